@@ -14,21 +14,20 @@ import { parse as parseYaml } from 'yaml';
 import { emitTypeScript } from './emit-typescript.ts';
 import { readKsy, KsyError } from './ksy-model.ts';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SPEC = join(ROOT, 'spec', 'qcow2.ksy');
+const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 interface KaitaiCompiler {
   compile(lang: string, spec: unknown, importer: unknown, debug: boolean): Promise<Record<string, string>>;
 }
 
-/** Every generated file (absolute path → content) for the current spec. */
-export async function generateAll(): Promise<Map<string, string>> {
-  const source = readFileSync(SPEC, 'utf8');
+/** Every generated file (absolute path → content) for the spec at root/spec/qcow2.ksy. */
+export async function generateAll(root: string = REPO): Promise<Map<string, string>> {
+  const source = readFileSync(join(root, 'spec', 'qcow2.ksy'), 'utf8');
   const hash = createHash('sha256').update(source).digest('hex');
   const yamlDoc: unknown = parseYaml(source);
   const spec = readKsy(yamlDoc);
   const files = new Map<string, string>();
-  files.set(join(ROOT, 'generated', 'qcow2.ts'), emitTypeScript(spec, 'spec/qcow2.ksy', hash));
+  files.set(join(root, 'generated', 'qcow2.ts'), emitTypeScript(spec, 'spec/qcow2.ksy', hash));
 
   const require = createRequire(import.meta.url);
   const ksc = require('kaitai-struct-compiler') as KaitaiCompiler;
@@ -36,7 +35,7 @@ export async function generateAll(): Promise<Map<string, string>> {
   const out = await ksc.compile('javascript', parseYaml(source), null, false);
   for (const [name, text] of Object.entries(out)) {
     const base = name.replace(/\.js$/, '.cjs');
-    files.set(join(ROOT, 'generated', 'kaitai', base),
+    files.set(join(root, 'generated', 'kaitai', base),
       `// GENERATED FILE - DO NOT EDIT. kaitai-struct-compiler output for spec/qcow2.ksy (sha256 ${hash}).\n// Used only to cross-check generated/qcow2.ts. Regenerate with \`npm run generate\`.\n${text}`);
   }
   return files;
@@ -45,12 +44,16 @@ export async function generateAll(): Promise<Map<string, string>> {
 async function main(argv: string[]): Promise<number> {
   const check = argv.includes('--check');
   if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write('usage: npm run generate [-- --check]\n  rewrites generated/ from spec/qcow2.ksy; --check only reports stale files (exit 1).\n');
+    process.stdout.write('usage: npm run generate [-- --check] [-- --root DIR]\n'
+      + '  rewrites generated/ from spec/qcow2.ksy; --check only reports stale files (exit 1);\n'
+      + '  --root DIR works on DIR/spec and DIR/generated instead of this repository (for tests).\n');
     return 0;
   }
+  const rootAt = argv.indexOf('--root');
+  const ROOT = rootAt >= 0 && argv[rootAt + 1] ? argv[rootAt + 1]! : REPO;
   let files: Map<string, string>;
   try {
-    files = await generateAll();
+    files = await generateAll(ROOT);
   } catch (e) {
     if (e instanceof KsyError) {
       process.stderr.write(`generate: spec/qcow2.ksy: ${e.message}\n`);

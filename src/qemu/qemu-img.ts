@@ -340,9 +340,34 @@ async function runOk(tool: QemuTool, args: string[], opts: RunOptions, what: str
 // ---------------------------------------------------------------------------------------------
 // qemu-img create
 
-/** Message qemu 7.2 gives when its LUKS PBKDF benchmark measures 0 ms of thread CPU time (flaky on some VMs). */
+/**
+ * Message qemu 7.2 gives when its LUKS PBKDF2 benchmark (first round: 2^15 iterations, a few ms)
+ * measures 0 ms of thread user time via getrusage(RUSAGE_THREAD), which has tick granularity on
+ * some kernels. Observed on the dev VM in about half of all LUKS creates; a failed attempt costs ~10 ms.
+ */
 const FLAKY_LUKS_BENCHMARK = 'Unable to get accurate CPU usage';
-const CREATE_ATTEMPTS = 5;
+const CREATE_ATTEMPTS = 20;
+
+/**
+ * The argument vector `qemuImgCreate` runs (after `qemu-img`), for logs and replay:
+ * `create -q -f <format> [-o k=v,…] [extraArgs…] path size`. Throws RangeError for a size that is a
+ * number but not a non-negative safe integer (pass a string for anything larger).
+ */
+export function qemuImgCreateArgs(
+  path: string,
+  sizeBytes: number | string,
+  options: Readonly<Record<string, string>>,
+  extraArgs: readonly string[] = [],
+  format = 'qcow2',
+): string[] {
+  if (typeof sizeBytes === 'number' && !(Number.isSafeInteger(sizeBytes) && sizeBytes >= 0)) {
+    throw new RangeError(`qemuImgCreate: size must be a non-negative safe integer, got ${sizeBytes}`);
+  }
+  const o = Object.entries(options)
+    .map(([k, v]) => `${k}=${escapeQemuOptionValue(v)}`)
+    .join(',');
+  return ['create', '-q', '-f', format, ...(o === '' ? [] : ['-o', o]), ...extraArgs, path, String(sizeBytes)];
+}
 
 /**
  * Creates an image with `qemu-img create -q -f <format> [-o k=v,…] [extraArgs…] path size`.
@@ -360,13 +385,7 @@ export async function qemuImgCreate(
   format = 'qcow2',
   runOptions: RunOptions = {},
 ): Promise<void> {
-  if (typeof sizeBytes === 'number' && !(Number.isSafeInteger(sizeBytes) && sizeBytes >= 0)) {
-    throw new RangeError(`qemuImgCreate: size must be a non-negative safe integer, got ${sizeBytes}`);
-  }
-  const o = Object.entries(options)
-    .map(([k, v]) => `${k}=${escapeQemuOptionValue(v)}`)
-    .join(',');
-  const args = ['create', '-q', '-f', format, ...(o === '' ? [] : ['-o', o]), ...extraArgs, path, String(sizeBytes)];
+  const args = qemuImgCreateArgs(path, sizeBytes, options, extraArgs, format);
   for (let attempt = 1; ; attempt++) {
     const r = await runTool('qemu-img', args, runOpts(runOptions));
     if (r.code === 0) return;
@@ -438,8 +457,8 @@ export interface QemuCheckOptions extends QemuOpenOptions {
 /**
  * Runs `qemu-img check --output=json` and returns the exit code with the parsed report (when one
  * was printed). Never throws for a non-zero exit: the code is the answer (0 clean, 1 check failed,
- * 2 corruptions, 3 leaks only, 63 unsupported format). Throws only if the tool is missing or the
- * JSON it printed is malformed.
+ * 2 corruptions, 3 leaks only, 63 unsupported format). Throws only if the tool is missing, was
+ * killed by a signal (a crash), or printed malformed JSON.
  */
 export async function qemuImgCheck(path: string, opts: QemuCheckOptions = {}): Promise<QemuCheckResult> {
   const args = ['check', '--output=json', ...(opts.repair !== undefined ? ['-r', opts.repair] : []), ...openArgs(path, opts, 'qcow2')];
@@ -514,13 +533,18 @@ export interface QemuIoOptions extends QemuOpenOptions {
   readonly expectAbort?: boolean;
 }
 
+/** The argument vector `qemuIo` runs (after `qemu-io`): `-c cmd…` then the open arguments, image last. */
+export function qemuIoArgs(path: string, commands: readonly string[], opts: QemuOpenOptions = {}): string[] {
+  return [...commands.flatMap((c) => ['-c', c]), ...openArgs(path, opts, 'qcow2')];
+}
+
 /**
  * Runs all `commands` in ONE qemu-io process (`qemu-io [-f qcow2] -c cmd1 -c cmd2 … path`), in order,
  * and returns its output. qemu-io 7.2 exits 1 if any command failed (and runs the rest anyway);
  * that, or any other non-zero exit, throws QemuCommandError. See `expectAbort` for crash simulation.
  */
 export async function qemuIo(path: string, commands: readonly string[], opts: QemuIoOptions = {}): Promise<RunResult> {
-  const args = [...commands.flatMap((c) => ['-c', c]), ...openArgs(path, opts, 'qcow2')];
+  const args = qemuIoArgs(path, commands, opts);
   const r = await runTool('qemu-io', args, runOpts(opts));
   if (opts.expectAbort === true) {
     if (r.signal !== 'SIGABRT') throw new QemuCommandError('qemu-io', args, r, `qemu-io on ${path} was expected to abort`);

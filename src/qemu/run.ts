@@ -4,6 +4,7 @@
  * A missing binary is never a skip: it is a `QemuToolMissingError` that says what to install.
  */
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 /** The QEMU tools this project drives. */
 export type QemuTool = 'qemu-img' | 'qemu-io';
@@ -107,7 +108,12 @@ export function runTool(cmd: QemuTool, args: readonly string[], opts: RunOptions
         // execFile reports spawn failures with a string errno code, and exits with a numeric code.
         const errno = (error as NodeJS.ErrnoException).code as unknown;
         if (errno === 'ENOENT') {
-          reject(new QemuToolMissingError(cmd, (opts.env ?? process.env).PATH));
+          // spawn also says ENOENT when the working directory is missing; don't blame the tool then.
+          if (opts.cwd !== undefined && !existsSync(opts.cwd)) {
+            reject(new Error(`could not run ${formatCommandLine(cmd, args)}: working directory ${opts.cwd} does not exist`));
+          } else {
+            reject(new QemuToolMissingError(cmd, (opts.env ?? process.env).PATH));
+          }
           return;
         }
         if (error.killed === true && (error as { signal?: unknown }).signal === 'SIGKILL') {
@@ -147,7 +153,7 @@ export function requireQemu(): Promise<QemuVersions> {
     }
     return { qemuImg: firstLine(img.stdout), qemuIo: firstLine(io.stdout) };
   })();
-  // A failed check is not cached as success, but is remembered: every caller sees the same error.
+  // A failure is cached too: every later caller gets the same rejection without re-running.
   return cachedCheck;
 }
 

@@ -12,7 +12,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { qemuImgBitmapAdd, qemuImgCreate, qemuImgSnapshot, qemuIo } from '../../src/qemu/qemu-img.ts';
+import { qemuImgBitmapAdd, qemuImgCreate, qemuImgCreateArgs, qemuImgSnapshot, qemuIo, qemuIoArgs } from '../../src/qemu/qemu-img.ts';
 import { formatCommandLine } from '../../src/qemu/run.ts';
 
 /** One image of the matrix. */
@@ -33,7 +33,10 @@ export interface MatrixImage {
   readonly virtualSize: number;
   /** True only for the image left by a simulated crash (dirty bit set, refcounts stale). */
   readonly leftDirty: boolean;
-  /** The QEMU command lines that built the image, in order (for debugging and replay). */
+  /**
+   * The QEMU command lines that built the image, in order (for debugging and replay). Snapshot and
+   * bitmap steps are shown in their short, format-probing form.
+   */
   readonly recipe: readonly string[];
 }
 
@@ -429,27 +432,30 @@ const IMAGE_SPECS: readonly ImageSpec[] = [
  * `dir`. Rejects with the first QEMU failure (QemuCommandError / QemuToolMissingError).
  */
 export async function buildImageMatrix(dir: string): Promise<MatrixImage[]> {
-  const limit = makeLimiter(Math.max(2, availableParallelism()));
-  const rawDone = new Map<string, Promise<void>>();
-  for (const raw of RAW_SPECS) rawDone.set(raw.file, buildRaw(dir, raw, limit));
-  const imageDone = new Map<string, Promise<MatrixImage>>();
+  // Check the declaration order first, so a mistake throws before any process starts.
+  const declared = new Set<string>(RAW_SPECS.map((r) => r.file));
   for (const spec of IMAGE_SPECS) {
-    const deps: Promise<unknown>[] = [];
-    if (spec.backing !== undefined) {
-      const dep = rawDone.get(spec.backing.file) ?? imageDone.get(spec.backing.file.replace(/\.qcow2$/, ''));
-      if (dep === undefined) throw new Error(`image-matrix: ${spec.name} needs ${spec.backing.file}, which is not declared before it`);
-      deps.push(dep);
+    if (spec.backing !== undefined && !declared.has(spec.backing.file)) {
+      throw new Error(`image-matrix: ${spec.name} needs ${spec.backing.file}, which is not declared before it`);
     }
-    imageDone.set(
-      spec.name,
-      Promise.all(deps).then(() => buildImage(dir, spec, limit)),
-    );
+    declared.add(`${spec.name}.qcow2`);
+  }
+  const limit = makeLimiter(Math.max(2, availableParallelism()));
+  // Every file being built, by file name; an overlay starts once its backing file is done.
+  const done = new Map<string, Promise<unknown>>();
+  for (const raw of RAW_SPECS) done.set(raw.file, buildRaw(dir, raw, limit));
+  const images: Promise<MatrixImage>[] = [];
+  for (const spec of IMAGE_SPECS) {
+    const backingDone = spec.backing !== undefined ? done.get(spec.backing.file) : undefined;
+    const built = Promise.resolve(backingDone).then(() => buildImage(dir, spec, limit));
+    done.set(`${spec.name}.qcow2`, built);
+    images.push(built);
   }
   // Wait for everything (so no process outlives a failure unobserved), then report the first error.
-  const settled = await Promise.allSettled([...rawDone.values(), ...imageDone.values()]);
+  const settled = await Promise.allSettled(done.values());
   const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
   if (failed !== undefined) throw failed.reason;
-  return Promise.all(IMAGE_SPECS.map((s) => imageDone.get(s.name)!));
+  return Promise.all(images);
 }
 
 /** Names of all matrix images, in build order (for tests that want to enumerate without building). */
@@ -478,16 +484,17 @@ async function buildImage(dir: string, spec: ImageSpec, limit: Limiter): Promise
   const createArgs = spec.createArgs ?? [];
   const ioOpts = spec.luksSecret !== undefined ? { luksSecret: spec.luksSecret } : {};
   const recipe: string[] = [];
-  // A relative backing_file is resolved against the overlay's directory, so create runs in `dir`.
-  recipe.push(describeCreate(path, spec.size, options, createArgs));
+  // A relative backing_file is resolved by QEMU against the overlay's directory (not the CWD), so
+  // it needs no cwd; create still runs in `dir` so nothing can land elsewhere.
+  recipe.push(formatCommandLine('qemu-img', qemuImgCreateArgs(path, spec.size, options, createArgs)));
   await limit(() => qemuImgCreate(path, spec.size, options, createArgs, 'qcow2', { cwd: dir }));
   for (const step of spec.steps) {
     if ('io' in step) {
-      recipe.push(formatCommandLine('qemu-io', [...step.io.flatMap((c) => ['-c', c]), path]));
+      recipe.push(formatCommandLine('qemu-io', qemuIoArgs(path, step.io, ioOpts)));
       await limit(() => qemuIo(path, step.io, ioOpts));
     } else if ('ioThenAbort' in step) {
       const commands = [...step.ioThenAbort, 'abort'];
-      recipe.push(formatCommandLine('qemu-io', [...commands.flatMap((c) => ['-c', c]), path]));
+      recipe.push(formatCommandLine('qemu-io', qemuIoArgs(path, commands, ioOpts)));
       await limit(() => qemuIo(path, commands, { ...ioOpts, expectAbort: true, cwd: dir }));
     } else if ('snapshot' in step) {
       recipe.push(formatCommandLine('qemu-img', ['snapshot', '-c', step.snapshot, path]));
@@ -521,13 +528,6 @@ async function buildImage(dir: string, spec: ImageSpec, limit: Limiter): Promise
     leftDirty: spec.leftDirty === true,
     recipe,
   };
-}
-
-function describeCreate(path: string, size: number, options: Record<string, string>, extraArgs: readonly string[]): string {
-  const o = Object.entries(options)
-    .map(([k, v]) => `${k}=${v}`)
-    .join(',');
-  return formatCommandLine('qemu-img', ['create', '-f', 'qcow2', ...(o === '' ? [] : ['-o', o]), ...extraArgs, path, String(size)]);
 }
 
 type Limiter = <T>(task: () => Promise<T>) => Promise<T>;

@@ -1,0 +1,109 @@
+/**
+ * Names of the header's feature bits and header extension types (facts §1.2, §2), and decoding of a
+ * 64-bit feature field into the names this implementation knows plus a mask of the bits it does not.
+ */
+import { match } from 'ts-pattern';
+import type { U64Fields } from '../../generated/qcow2.ts';
+import { HeaderExtensionType } from '../../generated/qcow2.ts';
+import { u64ToBigInt } from './u64.ts';
+
+/** The three feature fields of a version-3 header. */
+export type FeatureField = 'incompatible' | 'compatible' | 'autoclear';
+
+/** A known feature bit: its number in its field, the name QEMU writes in its feature table, and a short key. */
+export interface KnownFeature {
+  readonly bit: number;
+  /** The name as in QEMU's feature name table (e.g. "dirty bit"). */
+  readonly name: string;
+  /** A stable identifier for programs (e.g. "dirty"). */
+  readonly key: string;
+}
+
+/** Incompatible feature bits (unknown set bit ⇒ an image must not be opened). */
+export const INCOMPATIBLE_FEATURES: readonly KnownFeature[] = [
+  { bit: 0, name: 'dirty bit', key: 'dirty' },
+  { bit: 1, name: 'corrupt bit', key: 'corrupt' },
+  { bit: 2, name: 'external data file', key: 'data-file' },
+  { bit: 3, name: 'compression type', key: 'compression-type' },
+  { bit: 4, name: 'extended L2 entries', key: 'extended-l2' },
+];
+
+/** Compatible feature bits (unknown ones may be ignored). */
+export const COMPATIBLE_FEATURES: readonly KnownFeature[] = [{ bit: 0, name: 'lazy refcounts', key: 'lazy-refcounts' }];
+
+/** Autoclear feature bits (a writer that does not know one must clear it). */
+export const AUTOCLEAR_FEATURES: readonly KnownFeature[] = [
+  { bit: 0, name: 'bitmaps', key: 'bitmaps' },
+  { bit: 1, name: 'raw external data', key: 'data-file-raw' },
+];
+
+/** The known bits of one feature field. */
+export function knownFeatures(field: FeatureField): readonly KnownFeature[] {
+  return match(field)
+    .with('incompatible', () => INCOMPATIBLE_FEATURES)
+    .with('compatible', () => COMPATIBLE_FEATURES)
+    .with('autoclear', () => AUTOCLEAR_FEATURES)
+    .exhaustive();
+}
+
+/** The feature field a feature-name-table entry's type byte names (0, 1, 2), or undefined for other values. */
+export function featureFieldOfType(featureType: number): FeatureField | undefined {
+  return featureType === 0 ? 'incompatible' : featureType === 1 ? 'compatible' : featureType === 2 ? 'autoclear' : undefined;
+}
+
+/** A feature field split into the bits this implementation knows and the rest. */
+export interface DecodedFeatures {
+  /** The exact field value. */
+  readonly value: bigint;
+  /** Names of the known bits that are set, in bit order. */
+  readonly names: readonly string[];
+  /** Keys of the known bits that are set, in bit order. */
+  readonly keys: readonly string[];
+  /** The set bits that are not known (0n if none). */
+  readonly unknownMask: bigint;
+}
+
+/**
+ * Splits a 64-bit feature field (bigint or u64 halves) into the names of the known set bits and
+ * the mask of unknown set bits. Exact for every bit 0..63.
+ */
+export function decodeFeatureBits(field: FeatureField, value: bigint | U64Fields): DecodedFeatures {
+  const v = typeof value === 'bigint' ? value : u64ToBigInt(value);
+  const names: string[] = [];
+  const keys: string[] = [];
+  let unknownMask = v;
+  for (const f of knownFeatures(field)) {
+    const bit = 1n << BigInt(f.bit);
+    if ((v & bit) !== 0n) {
+      names.push(f.name);
+      keys.push(f.key);
+      unknownMask &= ~bit;
+    }
+  }
+  return { value: v, names, keys, unknownMask };
+}
+
+/** Name of a header extension type as in QEMU's documentation, or undefined when the type is unknown. */
+export function headerExtensionTypeName(type: number): string | undefined {
+  switch (type >>> 0) {
+    case HeaderExtensionType.END:
+      return 'end of header extensions';
+    case HeaderExtensionType.BACKING_FILE_FORMAT:
+      return 'backing file format name';
+    case HeaderExtensionType.FEATURE_NAME_TABLE:
+      return 'feature name table';
+    case HeaderExtensionType.BITMAPS:
+      return 'bitmaps extension';
+    case HeaderExtensionType.FULL_DISK_ENCRYPTION:
+      return 'full disk encryption header pointer';
+    case HeaderExtensionType.EXTERNAL_DATA_FILE:
+      return 'external data file name';
+    default:
+      return undefined;
+  }
+}
+
+/** A header extension type as `0x` + 8 hex digits (e.g. `0x6803f857`). */
+export function headerExtensionTypeHex(type: number): string {
+  return `0x${(type >>> 0).toString(16).padStart(8, '0')}`;
+}
