@@ -46,7 +46,7 @@ import {
   type SubclusterState,
 } from './entries.ts';
 import { Qcow2FormatError, isQcow2FormatError, type Qcow2ErrorCode } from './errors.ts';
-import { decodeFeatureBits, featureFieldOfType, headerExtensionTypeName, type DecodedFeatures, type FeatureField } from './features.ts';
+import { decodeFeatureBits, featureFieldOfType, type DecodedFeatures, type FeatureField } from './features.ts';
 import { u64ToBigInt } from './u64.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -714,9 +714,6 @@ function describeExtension(ext: HeaderExtension, offset: number): ExtensionInfo 
       return { ...base, type: 'unknown', data: ext.data as Uint8Array };
   }
 }
-
-/** Kept for callers that want the generic name of a type code. */
-export { headerExtensionTypeName };
 
 function walkRefcounts(bytes: Uint8Array, header: HeaderInfo, record: (at: string, e: unknown) => WalkError): RefcountInfo {
   const tableBytes = BigInt(header.refcountTableClusters) * BigInt(header.clusterSize);

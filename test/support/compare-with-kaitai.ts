@@ -154,7 +154,7 @@ export function compareWithKaitai(bytes: Uint8Array, options: CompareOptions = {
   const ours = attempt(() => decodeQcow2(bytes));
   const kaitai = attempt(() => decodeWithKaitai(kBytes));
   if (kaitai.ok) walker.kaitaiRootIo = (kaitai.value as { _io?: unknown })._io;
-  walker.compareOutcomes('root', ours, kaitai, undefined);
+  walker.compareOutcomes('root', 'root', ours, kaitai);
   return walker.report();
 }
 
@@ -177,10 +177,13 @@ function pointerKey(obj: Record<string, unknown>, name: string): string | undefi
     return o !== undefined && typeof o.hi === 'number' && typeof o.lo === 'number' ? `${o.hi}:${o.lo}` : undefined;
   };
   switch (name) {
+    // Unallocated entries (offset 0) are cheap and not deduplicated: both sides must give undefined.
     case 'l2Table':
-      return typeof obj['l2OffsetHi'] === 'number' ? `l2_table@${obj['l2OffsetHi']}:${String(obj['l2OffsetLo'])}` : undefined;
+      return typeof obj['l2OffsetHi'] === 'number' && (obj['l2OffsetHi'] !== 0 || obj['l2OffsetLo'] !== 0)
+        ? `l2_table@${obj['l2OffsetHi']}:${String(obj['l2OffsetLo'])}`
+        : undefined;
     case 'refcountBlock':
-      return typeof obj['refblockOffsetHi'] === 'number'
+      return typeof obj['refblockOffsetHi'] === 'number' && (obj['refblockOffsetHi'] !== 0 || obj['refblockOffsetLo'] !== 0)
         ? `refcount_block@${obj['refblockOffsetHi']}:${String(obj['refblockOffsetLo'])}`
         : undefined;
     case 'l1Table': {
@@ -288,8 +291,8 @@ class Walker {
     if (this.differences.length < this.maxDifferences) this.differences.push({ path, kind, ours, kaitai });
   }
 
-  /** Compares the outcomes of reading the same property on both sides; `pointerPos` is its position when known. */
-  compareOutcomes(path: string, ours: Outcome, kaitai: Outcome, pointerPos: number | undefined): void {
+  /** Compares the outcomes of reading the same property on both sides. */
+  compareOutcomes(path: string, shape: string, ours: Outcome, kaitai: Outcome): void {
     if (!kaitai.ok) this.clearKaitaiBits(path);
     if (!ours.ok && !isQcow2FormatError(ours.error)) {
       this.differ(path, 'foreign-error', showError(ours.error), kaitai.ok ? show(kaitai.value) : showError(kaitai.error));
@@ -300,7 +303,7 @@ class Walker {
       return;
     }
     if (!ours.ok && kaitai.ok) {
-      const quirk = this.explainOursThrew(ours.error as Error, kaitai.value, pointerPos);
+      const quirk = this.explainOursThrew(ours.error as Error, kaitai.value);
       if (quirk !== undefined) this.quirks.push({ path, quirk, detail: (ours.error as Error).message });
       else this.differ(path, 'only-ours-threw', showError(ours.error), show(kaitai.value));
       return;
@@ -309,18 +312,15 @@ class Walker {
       this.differ(path, 'only-kaitai-threw', show(ours.value), showError(kaitai.error));
       return;
     }
-    this.compareValues(path, (ours as { value: unknown }).value, (kaitai as { value: unknown }).value);
+    this.compareValues(path, shape, (ours as { value: unknown }).value, (kaitai as { value: unknown }).value);
   }
 
   /** Which documented quirk (if any) explains ours throwing where Kaitai returned `kValue`. */
-  private explainOursThrew(e: Error, kValue: unknown, pointerPos: number | undefined): KaitaiQuirk | undefined {
+  private explainOursThrew(e: Error, kValue: unknown): KaitaiQuirk | undefined {
     const detail = (e as { detail?: string }).detail ?? e.message;
-    // ByteReader.at(): "position P is outside the N-byte region it points into".
-    const outside = /^position (\S+) is outside/.exec(detail);
-    if (outside !== null && isEmptyValue(kValue)) {
-      const p = Number(outside[1]);
-      if (pointerPos === undefined || Number.isNaN(p) || p === pointerPos || !Number.isSafeInteger(p)) return 'kaitai-seek-clamps';
-    }
+    // ByteReader.at() (only used by pos: instances): "position P is outside the N-byte region it
+    // points into" - P is past the end or not a safe integer; Kaitai clamped and read nothing.
+    if (/^position \S+ is outside/.test(detail) && isEmptyValue(kValue)) return 'kaitai-seek-clamps';
     // ByteReader.ensure(): "needs N byte(s) at …"; checkSize(): "size N is not a valid byte count".
     const needs = /^needs (\d+) byte\(s\)/.exec(detail) ?? /^size (\S+) is not a valid byte count/.exec(detail);
     if (needs !== null && Number(needs[1]) >= TWO_31) return 'kaitai-length-int32';
@@ -335,19 +335,19 @@ class Walker {
     }
   }
 
-  private visit(path: string): boolean {
+  private visit(shape: string): boolean {
     if (this.nodes >= this.budget) {
       this.exhausted = true;
       return false;
     }
     this.nodes++;
-    const shape = path.replace(/\[\d+\]/g, '[]');
     this.shapes.set(shape, (this.shapes.get(shape) ?? 0) + 1);
     return true;
   }
 
-  private compareValues(path: string, a: unknown, b: unknown): void {
-    if (!this.visit(path)) return;
+  /** `shape` is `path` with array indices erased (the key of `shapes`). */
+  private compareValues(path: string, shape: string, a: unknown, b: unknown): void {
+    if (!this.visit(shape)) return;
     if (a instanceof Uint8Array) {
       this.compared++;
       if (!(b instanceof Uint8Array) || a.length !== b.length) return this.differ(path, 'bytes', show(a), show(b));
@@ -360,19 +360,20 @@ class Walker {
       if (!Array.isArray(b)) return this.differ(path, 'value', show(a), show(b));
       if (a.length !== b.length) this.differ(path, 'length', show(a), show(b));
       const n = Math.min(a.length, b.length);
-      for (let i = 0; i < n && !this.exhausted; i++) this.compareValues(`${path}[${i}]`, a[i], b[i]);
+      const elementShape = `${shape}[]`;
+      for (let i = 0; i < n && !this.exhausted; i++) this.compareValues(`${path}[${i}]`, elementShape, a[i], b[i]);
       return;
     }
     if (a !== null && typeof a === 'object') {
       if (b === null || typeof b !== 'object' || Array.isArray(b) || b instanceof Uint8Array) return this.differ(path, 'value', show(a), show(b));
-      this.compareObjects(path, a as Record<string, unknown>, b as Record<string, unknown>);
+      this.compareObjects(path, shape, a as Record<string, unknown>, b as Record<string, unknown>);
       return;
     }
     this.compared++;
     if (typeof a !== typeof b || (a !== b && !(Number.isNaN(a) && Number.isNaN(b)))) this.differ(path, 'value', show(a), show(b));
   }
 
-  private compareObjects(path: string, a: Record<string, unknown>, b: Record<string, unknown>): void {
+  private compareObjects(path: string, shape: string, a: Record<string, unknown>, b: Record<string, unknown>): void {
     const names = Object.getOwnPropertyNames(a);
     const ourNames = new Set(names);
     for (const n of kaitaiFieldNames(b)) {
@@ -395,35 +396,7 @@ class Walker {
       }
       const ours = attempt(() => a[name]);
       const kaitai = attempt(() => b[name]);
-      this.compareOutcomes(sub, ours, kaitai, pointerPosition(a, name));
+      this.compareOutcomes(sub, `${shape}.${name}`, ours, kaitai);
     }
-  }
-}
-
-/** The absolute position a pointer instance reads at (as our decoder computes it), when known. */
-function pointerPosition(obj: Record<string, unknown>, name: string): number | undefined {
-  const num = (v: unknown): number | undefined => {
-    const o = v as { hi?: number; lo?: number } | undefined;
-    return o !== undefined && typeof o.hi === 'number' && typeof o.lo === 'number' ? o.hi * 4294967296 + o.lo : undefined;
-  };
-  switch (name) {
-    case 'l2Table':
-      return typeof obj['l2OffsetHi'] === 'number' ? obj['l2OffsetHi'] * 4294967296 + (obj['l2OffsetLo'] as number) * 512 : undefined;
-    case 'refcountBlock':
-      return typeof obj['refblockOffsetHi'] === 'number' ? obj['refblockOffsetHi'] * 4294967296 + (obj['refblockOffsetLo'] as number) * 512 : undefined;
-    case 'l1Table':
-      return num(obj['l1TableOffset']) ?? num((obj['header'] as Record<string, unknown> | undefined)?.['l1TableOffset']);
-    case 'bitmapTable':
-      return num(obj['bitmapTableOffset']);
-    case 'bitmapDirectory':
-      return num(obj['bitmapDirectoryOffset']);
-    case 'refcountTable':
-      return num((obj['header'] as Record<string, unknown> | undefined)?.['refcountTableOffset']);
-    case 'snapshots':
-      return num((obj['header'] as Record<string, unknown> | undefined)?.['snapshotsOffset']);
-    case 'backingFileName':
-      return num((obj['header'] as Record<string, unknown> | undefined)?.['backingFileOffset']);
-    default:
-      return undefined;
   }
 }
