@@ -1,5 +1,5 @@
 // GENERATED FILE - DO NOT EDIT.
-// Produced by src/codegen (npm run generate) from spec/qcow2.ksy (sha256 a02b116aa76f06943c1fdcc97b5d7c87a1d89d15d801314ede458e365065f2a0).
+// Produced by src/codegen (npm run generate) from spec/qcow2.ksy (sha256 c4efddfff72bcb766a3fec6a852a08c385a5d26751f19a4354c12f3a5901b469).
 // Regenerate with `npm run generate`; `npm run generate -- --check` fails when this file is stale.
 /* eslint-disable */
 
@@ -1147,6 +1147,10 @@ export interface SnapshotEntryParams {
    * Whether L2 entries are extended.
    */
   readonly extendedL2: boolean;
+  /**
+   * Whether this is the table's last entry, which QEMU writes without trailing padding.
+   */
+  readonly isLast: boolean;
 }
 
 /**
@@ -1203,13 +1207,13 @@ export interface SnapshotEntryFields {
    */
   name: string;
   /**
-   * Padding to a multiple of 8 bytes.
+   * Padding to a multiple of 8 bytes before the next entry (QEMU aligns each entry's start, so the last has none).
    */
-  padding: Uint8Array;
+  padding?: Uint8Array;
 }
 
 /**
- * One snapshot table entry, padded to a multiple of 8 bytes.
+ * One snapshot table entry; every entry but the last is padded to a multiple of 8 bytes.
  */
 
 export interface SnapshotEntry {
@@ -1262,9 +1266,9 @@ export interface SnapshotEntry {
    */
   name: string;
   /**
-   * Padding to a multiple of 8 bytes.
+   * Padding to a multiple of 8 bytes before the next entry (QEMU aligns each entry's start, so the last has none).
    */
-  padding: Uint8Array;
+  padding?: Uint8Array;
   /**
    * The snapshot's L1 table.
    * (read on first access; not enumerable)
@@ -1557,7 +1561,7 @@ function readQcow2(io: ByteReader, c: DecodeContext, p: NoParams): Qcow2 {
     const r = io.at(instU64_num(s.header.l1TableOffset, {}, c), "qcow2", "l1_table");
     let out: unknown;
     {
-      const n = checkCount(r, s.header.l1Size, "qcow2", "l1_table");
+      const n = checkCount(r, s.header.l1Size, 64, "qcow2", "l1_table");
       const arr: unknown[] = [];
       for (let i = 0; i < n; i++) {
         const before = r.mark();
@@ -1580,11 +1584,11 @@ function readQcow2(io: ByteReader, c: DecodeContext, p: NoParams): Qcow2 {
     const r = io.at(instU64_num(s.header.snapshotsOffset, {}, c), "qcow2", "snapshots");
     let out: unknown;
     {
-      const n = checkCount(r, s.header.nbSnapshots, "qcow2", "snapshots");
+      const n = checkCount(r, s.header.nbSnapshots, 320, "qcow2", "snapshots");
       const arr: unknown[] = [];
       for (let i = 0; i < n; i++) {
         const before = r.mark();
-        arr.push((r.alignToByte(), readSnapshotEntry(r, c, { clusterBits: s.header.clusterBits, extendedL2: instHeader_hasExtendedL2(s.header, {}, c) })));
+        arr.push((r.alignToByte(), readSnapshotEntry(r, c, { clusterBits: s.header.clusterBits, extendedL2: instHeader_hasExtendedL2(s.header, {}, c), isLast: ((i + 1) === s.header.nbSnapshots) })));
         requireProgress(r, before, "qcow2", "snapshots");
       }
       out = arr;
@@ -1896,7 +1900,7 @@ function readHeaderExtensionArea(io: ByteReader, c: DecodeContext, p: NoParams):
   if (c.root === undefined) c.root = s;
   if ((!io.isEof())) {
     const arr: unknown[] = [];
-    for (;;) {
+    for (let i = 0; ; i++) {
       const before = io.mark();
       const _: any = (io.alignToByte(), readHeaderExtension(io, c, {  }));
       arr.push(_);
@@ -1925,7 +1929,8 @@ function writeHeaderExtensionArea(w: ByteWriter, s: any, c: EncodeContext, p: No
   if (typeof s !== 'object' || s === null) inconsistent("header_extension_area", '(value)', w.length, 'expected an object');
   if (s.extensions !== undefined) {
     if (!Array.isArray(s.extensions)) inconsistent("header_extension_area", "extensions", w.length, 'expected an array');
-    for (const el of s.extensions) {
+    for (let i = 0; i < s.extensions.length; i++) {
+      const el = s.extensions[i];
       w.alignToByte(); writeHeaderExtension(w, el, c, {  });
     }
   }
@@ -2084,7 +2089,7 @@ function readFeatureNameTable(io: ByteReader, c: DecodeContext, p: NoParams): Fe
   if (c.root === undefined) c.root = s;
   {
     const arr: unknown[] = [];
-    while (!io.isEof()) {
+    for (let i = 0; !io.isEof(); i++) {
       const before = io.mark();
       arr.push((io.alignToByte(), readFeatureNameEntry(io, c, {  })));
       requireProgress(io, before, "feature_name_table", "entries");
@@ -2107,7 +2112,8 @@ export function decodeFeatureNameTable(bytes: Uint8Array, offset = 0): FeatureNa
 function writeFeatureNameTable(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
   if (typeof s !== 'object' || s === null) inconsistent("feature_name_table", '(value)', w.length, 'expected an object');
   if (!Array.isArray(s.entries)) inconsistent("feature_name_table", "entries", w.length, 'expected an array');
-  for (const el of s.entries) {
+  for (let i = 0; i < s.entries.length; i++) {
+    const el = s.entries[i];
     w.alignToByte(); writeFeatureNameEntry(w, el, c, {  });
   }
 }
@@ -2332,7 +2338,7 @@ function readL2Table(io: ByteReader, c: DecodeContext, p: L2TableParams): L2Tabl
   const s: any = {};
   if (c.root === undefined) c.root = s;
   {
-    const n = checkCount(io, ((1 << p.clusterBits) >>> (p.extendedL2 ? 4 : 3)), "l2_table", "entries");
+    const n = checkCount(io, ((1 << p.clusterBits) >>> (p.extendedL2 ? 4 : 3)), 2, "l2_table", "entries");
     const arr: unknown[] = [];
     for (let i = 0; i < n; i++) {
       const before = io.mark();
@@ -2358,7 +2364,8 @@ function writeL2Table(w: ByteWriter, s: any, c: EncodeContext, p: L2TableParams)
   if (typeof s !== 'object' || s === null) inconsistent("l2_table", '(value)', w.length, 'expected an object');
   if (!Array.isArray(s.entries)) inconsistent("l2_table", "entries", w.length, 'expected an array');
   if (s.entries.length !== ((1 << p.clusterBits) >>> (p.extendedL2 ? 4 : 3))) inconsistent("l2_table", "entries", w.length, `has ${s.entries.length} element(s) but its count expression says ${((1 << p.clusterBits) >>> (p.extendedL2 ? 4 : 3))}`);
-  for (const el of s.entries) {
+  for (let i = 0; i < s.entries.length; i++) {
+    const el = s.entries[i];
     w.alignToByte(); writeL2Entry(w, el, c, { clusterBits: p.clusterBits, extendedL2: p.extendedL2 });
   }
 }
@@ -2496,7 +2503,7 @@ function readRefcountTable(io: ByteReader, c: DecodeContext, p: RefcountTablePar
   if (c.root === undefined) c.root = s;
   {
     const arr: unknown[] = [];
-    while (!io.isEof()) {
+    for (let i = 0; !io.isEof(); i++) {
       const before = io.mark();
       arr.push((io.alignToByte(), readRefcountTableEntry(io, c, { clusterBits: p.clusterBits, refcountOrder: p.refcountOrder })));
       requireProgress(io, before, "refcount_table", "entries");
@@ -2519,7 +2526,8 @@ export function decodeRefcountTable(bytes: Uint8Array, offset = 0, params: Refco
 function writeRefcountTable(w: ByteWriter, s: any, c: EncodeContext, p: RefcountTableParams): void {
   if (typeof s !== 'object' || s === null) inconsistent("refcount_table", '(value)', w.length, 'expected an object');
   if (!Array.isArray(s.entries)) inconsistent("refcount_table", "entries", w.length, 'expected an array');
-  for (const el of s.entries) {
+  for (let i = 0; i < s.entries.length; i++) {
+    const el = s.entries[i];
     w.alignToByte(); writeRefcountTableEntry(w, el, c, { clusterBits: p.clusterBits, refcountOrder: p.refcountOrder });
   }
 }
@@ -2597,7 +2605,7 @@ function readRefcountBlock(io: ByteReader, c: DecodeContext, p: RefcountBlockPar
   if (c.root === undefined) c.root = s;
   {
     const arr: unknown[] = [];
-    while (!io.isEof()) {
+    for (let i = 0; !io.isEof(); i++) {
       const before = io.mark();
       arr.push((() => {
       const on = p.refcountOrder;
@@ -2631,7 +2639,8 @@ export function decodeRefcountBlock(bytes: Uint8Array, offset = 0, params: Refco
 function writeRefcountBlock(w: ByteWriter, s: any, c: EncodeContext, p: RefcountBlockParams): void {
   if (typeof s !== 'object' || s === null) inconsistent("refcount_block", '(value)', w.length, 'expected an object');
   if (!Array.isArray(s.entries)) inconsistent("refcount_block", "entries", w.length, 'expected an array');
-  for (const el of s.entries) {
+  for (let i = 0; i < s.entries.length; i++) {
+    const el = s.entries[i];
     {
       const on = p.refcountOrder;
       const sub = w;
@@ -2697,14 +2706,14 @@ function readSnapshotEntry(io: ByteReader, c: DecodeContext, p: SnapshotEntryPar
   {
     s.name = asciiDecode(io.readBytes(checkSize(s.lenName, "snapshot_entry", "name", io.pos), "snapshot_entry", "name"));
   }
-  {
+  if ((!p.isLast)) {
     s.padding = io.readBytes(checkSize(kaitaiMod((8 - kaitaiMod((((40 + s.lenExtraData) + s.lenId) + s.lenName), 8)), 8), "snapshot_entry", "padding", io.pos), "snapshot_entry", "padding");
   }
   defineLazy(s, "l1Table", () => {
     const r = c.rootIo.at(instU64_num(s.l1TableOffset, {}, c), "snapshot_entry", "l1_table");
     let out: unknown;
     {
-      const n = checkCount(r, s.l1Size, "snapshot_entry", "l1_table");
+      const n = checkCount(r, s.l1Size, 64, "snapshot_entry", "l1_table");
       const arr: unknown[] = [];
       for (let i = 0; i < n; i++) {
         const before = r.mark();
@@ -2719,7 +2728,7 @@ function readSnapshotEntry(io: ByteReader, c: DecodeContext, p: SnapshotEntryPar
 }
 
 /**
- * Decodes a snapshot_entry at `offset` of `bytes`. One snapshot table entry, padded to a multiple of 8 bytes.
+ * Decodes a snapshot_entry at `offset` of `bytes`. One snapshot table entry; every entry but the last is padded to a multiple of 8 bytes.
  * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
@@ -2746,7 +2755,10 @@ function writeSnapshotEntry(w: ByteWriter, s: any, c: EncodeContext, p: Snapshot
   }
   w.writeBytes(asciiEncode(s.idStr, "snapshot_entry", "id_str"), "snapshot_entry", "id_str", checkSize(s.lenId, "snapshot_entry", "id_str", w.length));
   w.writeBytes(asciiEncode(s.name, "snapshot_entry", "name"), "snapshot_entry", "name", checkSize(s.lenName, "snapshot_entry", "name", w.length));
-  w.writeBytes(s.padding, "snapshot_entry", "padding", checkSize(kaitaiMod((8 - kaitaiMod((((40 + s.lenExtraData) + s.lenId) + s.lenName), 8)), 8), "snapshot_entry", "padding", w.length));
+  if ((!p.isLast)) {
+    if (s.padding === undefined) inconsistent("snapshot_entry", "padding", w.length, 'is required by its if: condition but missing');
+    w.writeBytes(s.padding, "snapshot_entry", "padding", checkSize(kaitaiMod((8 - kaitaiMod((((40 + s.lenExtraData) + s.lenId) + s.lenName), 8)), 8), "snapshot_entry", "padding", w.length));
+  } else if (s.padding !== undefined) inconsistent("snapshot_entry", "padding", w.length, 'must be absent: its if: condition is false');
 }
 
 /**
@@ -2821,7 +2833,7 @@ function readBitmapDirectory(io: ByteReader, c: DecodeContext, p: NoParams): Bit
   if (c.root === undefined) c.root = s;
   {
     const arr: unknown[] = [];
-    while (!io.isEof()) {
+    for (let i = 0; !io.isEof(); i++) {
       const before = io.mark();
       arr.push((io.alignToByte(), readBitmapDirectoryEntry(io, c, {  })));
       requireProgress(io, before, "bitmap_directory", "entries");
@@ -2844,7 +2856,8 @@ export function decodeBitmapDirectory(bytes: Uint8Array, offset = 0): BitmapDire
 function writeBitmapDirectory(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
   if (typeof s !== 'object' || s === null) inconsistent("bitmap_directory", '(value)', w.length, 'expected an object');
   if (!Array.isArray(s.entries)) inconsistent("bitmap_directory", "entries", w.length, 'expected an array');
-  for (const el of s.entries) {
+  for (let i = 0; i < s.entries.length; i++) {
+    const el = s.entries[i];
     w.alignToByte(); writeBitmapDirectoryEntry(w, el, c, {  });
   }
 }
@@ -2906,7 +2919,7 @@ function readBitmapDirectoryEntry(io: ByteReader, c: DecodeContext, p: NoParams)
     const r = c.rootIo.at(instU64_num(s.bitmapTableOffset, {}, c), "bitmap_directory_entry", "bitmap_table");
     let out: unknown;
     {
-      const n = checkCount(r, s.bitmapTableSize, "bitmap_directory_entry", "bitmap_table");
+      const n = checkCount(r, s.bitmapTableSize, 64, "bitmap_directory_entry", "bitmap_table");
       const arr: unknown[] = [];
       for (let i = 0; i < n; i++) {
         const before = r.mark();

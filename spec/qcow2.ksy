@@ -52,7 +52,7 @@ instances:
     doc: The refcount table, refcount_table_clusters clusters at refcount_table_offset.
   snapshots:
     pos: header.snapshots_offset.num
-    type: snapshot_entry(header.cluster_bits, header.has_extended_l2)
+    type: snapshot_entry(header.cluster_bits, header.has_extended_l2, _index + 1 == header.nb_snapshots)
     repeat: expr
     repeat-expr: header.nb_snapshots
     doc: The snapshot table, nb_snapshots variable-length entries at snapshots_offset.
@@ -511,7 +511,7 @@ types:
         doc: The refcounts, one per host cluster (64-bit ones as hi/lo halves; 1-bit ones as booleans).
 
   snapshot_entry:
-    doc: One snapshot table entry, padded to a multiple of 8 bytes.
+    doc: One snapshot table entry; every entry but the last is padded to a multiple of 8 bytes.
     params:
       - id: cluster_bits
         type: u1
@@ -519,6 +519,9 @@ types:
       - id: extended_l2
         type: bool
         doc: Whether L2 entries are extended.
+      - id: is_last
+        type: bool
+        doc: Whether this is the table's last entry, which QEMU writes without trailing padding.
     seq:
       - id: l1_table_offset
         type: u64
@@ -563,7 +566,8 @@ types:
         doc: The snapshot name (not NUL-terminated).
       - id: padding
         size: (8 - (40 + len_extra_data + len_id + len_name) % 8) % 8
-        doc: Padding to a multiple of 8 bytes.
+        if: not is_last
+        doc: Padding to a multiple of 8 bytes before the next entry (QEMU aligns each entry's start, so the last has none).
     instances:
       l1_table:
         io: _root._io

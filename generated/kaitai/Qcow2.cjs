@@ -1,4 +1,4 @@
-// GENERATED FILE - DO NOT EDIT. kaitai-struct-compiler output for spec/qcow2.ksy (sha256 a02b116aa76f06943c1fdcc97b5d7c87a1d89d15d801314ede458e365065f2a0).
+// GENERATED FILE - DO NOT EDIT. kaitai-struct-compiler output for spec/qcow2.ksy (sha256 c4efddfff72bcb766a3fec6a852a08c385a5d26751f19a4354c12f3a5901b469).
 // Used only to cross-check generated/qcow2.ts. Regenerate with `npm run generate`.
 // This is a generated file! Please edit source .ksy file and use kaitai-struct-compiler to rebuild
 
@@ -1310,16 +1310,17 @@ var Qcow2 = (function() {
   })();
 
   /**
-   * One snapshot table entry, padded to a multiple of 8 bytes.
+   * One snapshot table entry; every entry but the last is padded to a multiple of 8 bytes.
    */
 
   var SnapshotEntry = Qcow2.SnapshotEntry = (function() {
-    function SnapshotEntry(_io, _parent, _root, clusterBits, extendedL2) {
+    function SnapshotEntry(_io, _parent, _root, clusterBits, extendedL2, isLast) {
       this._io = _io;
       this._parent = _parent;
       this._root = _root;
       this.clusterBits = clusterBits;
       this.extendedL2 = extendedL2;
+      this.isLast = isLast;
 
       this._read();
     }
@@ -1338,7 +1339,9 @@ var Qcow2 = (function() {
       this.extraData = new SnapshotExtraData(_io__raw_extraData, this, this._root, this.lenExtraData);
       this.idStr = KaitaiStream.bytesToStr(this._io.readBytes(this.lenId), "ASCII");
       this.name = KaitaiStream.bytesToStr(this._io.readBytes(this.lenName), "ASCII");
-      this.padding = this._io.readBytes(KaitaiStream.mod(8 - KaitaiStream.mod(((40 + this.lenExtraData) + this.lenId) + this.lenName, 8), 8));
+      if (!(this.isLast)) {
+        this.padding = this._io.readBytes(KaitaiStream.mod(8 - KaitaiStream.mod(((40 + this.lenExtraData) + this.lenId) + this.lenName, 8), 8));
+      }
     }
 
     /**
@@ -1409,7 +1412,7 @@ var Qcow2 = (function() {
      */
 
     /**
-     * Padding to a multiple of 8 bytes.
+     * Padding to a multiple of 8 bytes before the next entry (QEMU aligns each entry's start, so the last has none).
      */
 
     /**
@@ -1418,6 +1421,10 @@ var Qcow2 = (function() {
 
     /**
      * Whether L2 entries are extended.
+     */
+
+    /**
+     * Whether this is the table's last entry, which QEMU writes without trailing padding.
      */
 
     return SnapshotEntry;
@@ -1587,7 +1594,7 @@ var Qcow2 = (function() {
       this._io.seek(this.header.snapshotsOffset.num);
       this._m_snapshots = [];
       for (var i = 0; i < this.header.nbSnapshots; i++) {
-        this._m_snapshots.push(new SnapshotEntry(this._io, this, this._root, this.header.clusterBits, this.header.hasExtendedL2));
+        this._m_snapshots.push(new SnapshotEntry(this._io, this, this._root, this.header.clusterBits, this.header.hasExtendedL2, i + 1 == this.header.nbSnapshots));
       }
       this._io.seek(_pos);
       return this._m_snapshots;

@@ -10,7 +10,7 @@ import { isQcow2FormatError } from '../format/errors.ts';
 import { headerExtensionTypeHex, type DecodedFeatures } from '../format/features.ts';
 import { jsonU64 } from '../format/u64.ts';
 import { walkImage, type ImageWalk, type L1Info, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/walk.ts';
-import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo } from './io.ts';
 
 /** Help text of the dump command. */
 export const DUMP_HELP = `Usage: qcow2-ref dump IMAGE [--output=human|json]
@@ -62,7 +62,7 @@ export async function runDump(args: readonly string[], io: CliIo): Promise<numbe
   const output = parsed.values.output ?? 'human';
   if (output !== 'human' && output !== 'json') throw new UsageError(`--output must be 'human' or 'json', not '${output}'`);
   if (parsed.positionals.length !== 1) {
-    throw new UsageError(parsed.positionals.length === 0 ? 'dump needs an IMAGE' : `dump takes one IMAGE, got ${parsed.positionals.length}`);
+    throw new UsageError(parsed.positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${parsed.positionals.length}`);
   }
   const image = parsed.positionals[0]!;
   let bytes: Uint8Array;
@@ -316,7 +316,7 @@ export function formatHuman(image: string, walk: ImageWalk): string {
       out.push(`  bitmap ${JSON.stringify(b.name)}: type ${b.bitmapType}, granularity ${2 ** b.granularityBits}, flags [${flags.join(', ')}], table ${b.tableSize} entries at ${hex(b.tableOffset)}`);
       if (b.error !== undefined) out.push(`    ${errorText(b.error)}`);
       for (const e of b.table) {
-        out.push(`    [${e.index}] ${e.dataOffset !== 0n ? `data at ${hex(e.dataOffset)}` : 'all ones'}${e.reservedBits !== 0n ? ` (reserved bits ${hex(e.reservedBits)})` : ''}`);
+        out.push(`    [${e.index}] ${e.dataOffset !== 0n ? `data at ${hex(e.dataOffset)}` : e.allOnes ? 'all ones' : 'all zeros'}${e.reservedBits !== 0n ? ` (reserved bits ${hex(e.reservedBits)})` : ''}`);
       }
     }
   }

@@ -76,6 +76,7 @@ class Emitter {
   private nameSType(t: KsyType, name: string): SType {
     if (name === '_io') return { k: 'io' };
     if (name === '_' && this.underscore) return this.underscore;
+    if (name === '_index') return { k: 'int' };
     if (name === '_root') return { k: 'user', name: this.spec.id };
     const a = t.seq.find((x) => x.id === name);
     if (a) return this.attrSType(a);
@@ -136,6 +137,7 @@ class Emitter {
         }
         if (name === '_root') return 'c.root';
         if (name === '_') return '_';
+        if (name === '_index') return 'i';
         if (t.seq.some((a) => a.id === name)) return `s.${lowerCamel(name)}`;
         const inst = t.instances.find((i) => i.id === name);
         if (inst?.kind === 'value') return `inst${upperCamel(t.name)}_${lowerCamel(name)}(s, p, c)`;
@@ -187,6 +189,34 @@ class Emitter {
     const target = this.type(ref.name);
     const parts = target.params.map((p, i) => `${lowerCamel(p.id)}: ${this.ts(t, ref.args[i]!, mode)}`);
     return `{ ${parts.join(', ')} }`;
+  }
+
+  // ---------------------------------------------------------------- sizes
+
+  /** The fewest bits one element of `a` can occupy (0 when it depends on data). */
+  private elementMinBits(a: Attr): number {
+    if (a.contents) return a.contents.length * 8;
+    if (a.size) return a.size.k === 'num' ? a.size.v * 8 : 0;
+    if (a.sizeEos || !a.type) return 0;
+    const ofCase = (ct: CaseType): number => {
+      switch (ct.kind) {
+        case 'int': return ct.width * 8;
+        case 'bits': return ct.width;
+        case 'str': return 0;
+        case 'user': return this.typeMinBits(ct.name, new Set());
+      }
+    };
+    if (a.type.kind === 'switch') return Math.min(...a.type.cases.map((c) => ofCase(c.type)));
+    return ofCase(a.type);
+  }
+
+  /** The fewest bits a value of type `name` can occupy: its unconditional, unrepeated fields. */
+  private typeMinBits(name: string, seen: Set<string>): number {
+    if (seen.has(name)) return 0;
+    seen.add(name);
+    let bits = 0;
+    for (const a of this.type(name).seq) if (!a.cond && !a.repeat) bits += this.elementMinBits(a);
+    return bits;
   }
 
   // ---------------------------------------------------------------- decoding
@@ -288,18 +318,18 @@ class Emitter {
       if (a.valid) throw new KsyError(`${a.path}: valid on a repeated field is not supported`);
       switch (a.repeat.kind) {
         case 'expr':
-          body = `const n = checkCount(${r}, ${this.ts(t, a.repeat.count, 'decode')}, ${S}, ${F});\nconst arr: unknown[] = [];\n`
+          body = `const n = checkCount(${r}, ${this.ts(t, a.repeat.count, 'decode')}, ${this.elementMinBits(a)}, ${S}, ${F});\nconst arr: unknown[] = [];\n`
             + `for (let i = 0; i < n; i++) {\n  const before = ${r}.mark();\n  arr.push(${el});\n  requireProgress(${r}, before, ${S}, ${F});\n}\n${assign('arr')}`;
           break;
         case 'eos':
-          body = `const arr: unknown[] = [];\nwhile (!${r}.isEof()) {\n  const before = ${r}.mark();\n  arr.push(${el});\n  requireProgress(${r}, before, ${S}, ${F});\n}\n${assign('arr')}`;
+          body = `const arr: unknown[] = [];\nfor (let i = 0; !${r}.isEof(); i++) {\n  const before = ${r}.mark();\n  arr.push(${el});\n  requireProgress(${r}, before, ${S}, ${F});\n}\n${assign('arr')}`;
           break;
         case 'until': {
           const elType = this.attrSType({ ...a, repeat: undefined } as Attr);
           this.underscore = elType;
           const cond = this.ts(t, a.repeat.cond, 'decode');
           this.underscore = undefined;
-          body = `const arr: unknown[] = [];\nfor (;;) {\n  const before = ${r}.mark();\n  const _: any = ${el};\n  arr.push(_);\n  requireProgress(${r}, before, ${S}, ${F});\n`
+          body = `const arr: unknown[] = [];\nfor (let i = 0; ; i++) {\n  const before = ${r}.mark();\n  const _: any = ${el};\n  arr.push(_);\n  requireProgress(${r}, before, ${S}, ${F});\n`
             + `  if (${cond}) break;\n}\n${assign('arr')}`;
           break;
         }
@@ -425,7 +455,7 @@ class Emitter {
         const n = this.ts(t, a.repeat.count, 'encode');
         body += `if (${v}.length !== ${n}) inconsistent(${S}, ${F}, w.length, \`has \${${v}.length} element(s) but its count expression says \${${n}}\`);\n`;
       }
-      body += `for (const el of ${v}) {\n${indent(this.writeElement(t, a, 'w', 'el'), '  ')}\n}\n`;
+      body += `for (let i = 0; i < ${v}.length; i++) {\n  const el = ${v}[i];\n${indent(this.writeElement(t, a, 'w', 'el'), '  ')}\n}\n`;
     }
     if (!a.cond) return body;
     if (this.usesIo(a.cond)) return `if (${v} !== undefined) {\n${indent(body, '  ')}}\n`;

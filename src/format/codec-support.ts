@@ -72,11 +72,15 @@ export function inconsistent(structure: string, field: string, offset: number, d
   throw new Qcow2FormatError('inconsistent', { structure, field, offset }, detail);
 }
 
-/** A repeat count that could not possibly fit the bytes left is refused before the loop starts. */
-export function checkCount(io: ByteReader, n: unknown, structure: string, field: string): number {
-  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0 || n > io.remainingBits()) {
+/**
+ * A repeat count whose elements (each at least `minBits` bits, as the generator computed from the
+ * spec) could not fit the bytes left is refused before the loop starts, so a hostile count costs
+ * nothing.
+ */
+export function checkCount(io: ByteReader, n: unknown, minBits: number, structure: string, field: string): number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0 || n * Math.max(1, minBits) > io.remainingBits()) {
     throw new Qcow2FormatError('too-large', { structure, field, offset: Math.min(io.pos, io.bytes.length) },
-      `repeat count ${String(n)} cannot fit the ${io.end - io.pos} byte(s) left`);
+      `repeat count ${String(n)} of elements of at least ${Math.max(1, minBits)} bit(s) cannot fit the ${Math.max(0, io.end - io.pos)} byte(s) left`);
   }
   return n;
 }

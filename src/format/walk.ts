@@ -30,6 +30,7 @@ import {
   type Header,
   type HeaderExtension,
   type L1Entry,
+  type SnapshotEntry,
 } from '../../generated/qcow2.ts';
 import {
   classifyL2Entry,
@@ -45,6 +46,7 @@ import {
   type L2EntryClass,
   type SubclusterState,
 } from './entries.ts';
+import { asciiDecode } from './codec-support.ts';
 import { Qcow2FormatError, isQcow2FormatError, type Qcow2ErrorCode } from './errors.ts';
 import { decodeFeatureBits, featureFieldOfType, type DecodedFeatures, type FeatureField } from './features.ts';
 import { u64ToBigInt } from './u64.ts';
@@ -377,7 +379,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
       backingFile = { ...base, error: record('backing file name', err) };
     } else {
       const start = Number(off);
-      backingFile = { ...base, name: latin1(bytes.subarray(start, start + header.backingFileSize)) };
+      backingFile = { ...base, name: asciiDecode(bytes.subarray(start, start + header.backingFileSize)) };
     }
   }
 
@@ -457,13 +459,14 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
       for (let i = 0; i < header.nbSnapshots; i++) {
         let raw;
         try {
-          raw = decodeSnapshotEntry(bytes, pos, l1params);
+          // QEMU aligns each entry's start, so the last entry has no padding (spec: is_last).
+          raw = decodeSnapshotEntry(bytes, pos, { ...l1params, isLast: i + 1 === header.nbSnapshots });
         } catch (e) {
           snapshotsError = record(`snapshot table entry ${i}`, e);
           break;
         }
         const entryOffset = pos;
-        pos += 40 + raw.lenExtraData + raw.lenId + raw.lenName + raw.padding.length;
+        pos += 40 + raw.lenExtraData + raw.lenId + raw.lenName + (raw.padding?.length ?? 0);
         const name = `snapshot ${i}`;
         const l1Offset = u64ToBigInt(raw.l1TableOffset);
         const key = `${l1Offset}:${raw.l1Size}`;
@@ -635,11 +638,6 @@ function clampOffset(v: bigint, fileSize: number): number {
   return v > BigInt(fileSize) ? fileSize : Number(v);
 }
 
-function latin1(b: Uint8Array): string {
-  let s = '';
-  for (const c of b) s += String.fromCharCode(c);
-  return s;
-}
 
 /** Reads l1Size L1 entries at `offset`, refusing (before allocating) a table that runs past the file. */
 function readL1(

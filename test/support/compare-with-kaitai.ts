@@ -18,20 +18,25 @@
  *    reads at the end of the file in Kaitai; if it reads zero bytes there (l1_size 0, nb_snapshots 0,
  *    refcount_table_clusters 0, backing_file_size 0, bitmap_directory_size 0, bitmap_table_size 0),
  *    Kaitai returns an empty value where ours throws `truncated` ("position … is outside …").
- *    Accepted only when ours threw exactly that error and Kaitai's value is empty.
+ *    Accepted only when ours threw exactly that error and Kaitai's value is empty. Example: the
+ *    snapshots image truncated to 262145 bytes with nb_snapshots 0 (snapshots_offset 917504).
  *  - `kaitai-length-int32`: `KaitaiStream.prototype.mapUint8Array` (behind every `readBytes`) does
  *    `length |= 0`, so a byte count ≥ 2^31 is reduced modulo 2^32 to an int32: negative ones throw a
  *    RangeError (agreeing with ours), non-negative ones read a short window and parse garbage. This
  *    happens for sizes computed from 64-bit or multiplied fields: `extensions_end - len_header`
  *    (backing_file_offset ≥ 2^32), `refcount_table_clusters * cluster_size`, and
  *    `bitmap_directory_size`. Accepted only when ours threw a Qcow2FormatError whose detail names a
- *    byte count ≥ 2^31 (`needs N byte(s)` / `size N is not a valid byte count`) and Kaitai did not throw.
+ *    byte count ≥ 2^31 (`needs N byte(s)` / `size N is not a valid byte count`) and Kaitai did not throw. Examples:
+ *    refcount_table_clusters = 2^31 (2^31 * 65536 | 0 = 0: Kaitai reads an empty refcount table);
+ *    backing_file_offset = 2^64-1 (Kaitai reads an empty header extension area).
  *  - `kaitai-stale-bits`: `readBitsIntBe` updates `bitsLeft` before `readBytes`, so an EOF inside a
  *    bit field leaves the shared root stream with buffered bits, and `seek` does not clear them. The
  *    next bit-field structure read on the root stream (an L1 table, a snapshot's L1 table, a bitmap
  *    table) would then start with stale bits and decode shifted values. After every error Kaitai
  *    throws, the walker clears the root stream's bit buffer (`alignToByte()`, what Kaitai would need
- *    to do on seek) and records the quirk when there were bits to clear.
+ *    to do on seek) and records the quirk when there were bits to clear. Example: compat-0.10 with
+ *    l1_size = 2^31-1 - the active L1 table hits EOF one bit into an entry, and without the clearing
+ *    Kaitai decodes snapshots[0].l1Table[0] shifted by 7 bits (copied false, reserved_hi 1).
  *
  * Kaitai's numbers for `u64.num` and positions are doubles computed by the same expression as ours,
  * so they are compared strictly like every other number (positions ≥ 2^53 fail on both sides).
@@ -139,6 +144,11 @@ export interface CompareOptions {
    * differences (a mutated copy against the original).
    */
   readonly kaitaiBytes?: Uint8Array;
+  /**
+   * Clear Kaitai's stale root-stream bits after an error (the `kaitai-stale-bits` quirk). Default
+   * true; false shows the shifted values Kaitai would otherwise decode.
+   */
+  readonly clearKaitaiStaleBits?: boolean;
 }
 
 /**
@@ -153,8 +163,8 @@ export function compareWithKaitai(bytes: Uint8Array, options: CompareOptions = {
   const kBytes = options.kaitaiBytes ?? bytes;
   const ours = attempt(() => decodeQcow2(bytes));
   const kaitai = attempt(() => decodeWithKaitai(kBytes));
-  if (kaitai.ok) walker.kaitaiRootIo = (kaitai.value as { _io?: unknown })._io;
-  walker.compareOutcomes('root', 'root', ours, kaitai);
+  if (kaitai.ok && options.clearKaitaiStaleBits !== false) walker.kaitaiRootIo = (kaitai.value as { _io?: unknown })._io;
+  walker.compareOutcomes('', 'root', '', ours, kaitai);
   return walker.report();
 }
 
@@ -205,30 +215,38 @@ function pointerKey(obj: Record<string, unknown>, name: string): string | undefi
   }
 }
 
-/** Kaitai's constructor parameters (stored as own properties, not part of the format) per class. */
-const kaitaiParamsCache = new Map<unknown, ReadonlySet<string>>();
-function kaitaiParams(ctor: unknown): ReadonlySet<string> {
-  let params = kaitaiParamsCache.get(ctor);
-  if (params === undefined) {
+/** Per Kaitai class: its constructor parameters (own properties, not format fields) and its instance getters. */
+interface KaitaiClassInfo {
+  readonly params: ReadonlySet<string>;
+  readonly getters: readonly string[];
+}
+const kaitaiClassCache = new Map<object | null, KaitaiClassInfo>();
+function kaitaiClass(proto: object | null): KaitaiClassInfo {
+  let info = kaitaiClassCache.get(proto);
+  if (info === undefined) {
+    const ctor = (proto as { constructor?: unknown } | null)?.constructor;
     const src = typeof ctor === 'function' ? Function.prototype.toString.call(ctor) : '';
     const m = /^function\s*\w*\s*\(([^)]*)\)/.exec(src);
-    const names = m?.[1]?.split(',').map((s) => s.trim()) ?? [];
-    params = new Set(names.filter((n) => n !== '' && !n.startsWith('_')));
-    kaitaiParamsCache.set(ctor, params);
+    const names = m?.[1]?.split(',').map((x) => x.trim()) ?? [];
+    const getters =
+      proto === null || proto === Object.prototype
+        ? []
+        : Object.getOwnPropertyNames(proto).filter(
+            (n) => !n.startsWith('_') && n !== 'constructor' && Object.getOwnPropertyDescriptor(proto, n)?.get !== undefined,
+          );
+    info = { params: new Set(names.filter((n) => n !== '' && !n.startsWith('_'))), getters };
+    kaitaiClassCache.set(proto, info);
   }
-  return params;
+  return info;
 }
 
 /** Kaitai's format-level property names of `k`: seq fields (own) and instances (prototype getters). */
 function kaitaiFieldNames(k: object): string[] {
-  const proto = Object.getPrototypeOf(k) as object | null;
-  const params = kaitaiParams(proto?.constructor);
-  const own = Object.keys(k).filter((n) => !n.startsWith('_') && !params.has(n));
-  const getters =
-    proto === null || proto === Object.prototype
-      ? []
-      : Object.getOwnPropertyNames(proto).filter((n) => !n.startsWith('_') && n !== 'constructor' && Object.getOwnPropertyDescriptor(proto, n)?.get !== undefined);
-  return [...own, ...getters];
+  const info = kaitaiClass(Object.getPrototypeOf(k) as object | null);
+  const out: string[] = [];
+  for (const n of Object.keys(k)) if (n.charCodeAt(0) !== 95 /* _ */ && !info.params.has(n)) out.push(n);
+  for (const n of info.getters) out.push(n);
+  return out;
 }
 
 function show(v: unknown): string {
@@ -256,6 +274,14 @@ function isEmptyValue(v: unknown): boolean {
   return false;
 }
 
+/** A path segment: a property name or an array index. */
+type Segment = string | number;
+
+function joinPath(parent: string, seg: Segment): string {
+  if (parent === '') return String(seg);
+  return typeof seg === 'number' ? `${parent}[${seg}]` : `${parent}.${seg}`;
+}
+
 class Walker {
   private nodes = 0;
   private compared = 0;
@@ -264,7 +290,8 @@ class Walker {
   private readonly differences: Difference[] = [];
   private readonly quirks: QuirkHit[] = [];
   private readonly bothThrew: BothThrew[] = [];
-  private readonly shapes = new Map<string, number>();
+  /** parent shape → segment (name, or `[]` for elements) → nodes visited. */
+  private readonly shapeCounts = new Map<string, Map<string, number>>();
   private readonly seenPointers = new Set<string>();
   /** Kaitai's root KaitaiStream (for the stale-bits quirk). */
   kaitaiRootIo: unknown;
@@ -275,6 +302,10 @@ class Walker {
   ) {}
 
   report(): CompareReport {
+    const shapes = new Map<string, number>();
+    for (const [parent, children] of this.shapeCounts) {
+      for (const [seg, n] of children) shapes.set(seg === '[]' ? `${parent}[]` : parent === '' ? seg : `${parent}.${seg}`, n);
+    }
     return {
       compared: this.compared,
       nodes: this.nodes,
@@ -283,7 +314,7 @@ class Walker {
       differences: this.differences,
       quirks: this.quirks,
       bothThrew: this.bothThrew,
-      shapes: this.shapes,
+      shapes,
     };
   }
 
@@ -292,27 +323,28 @@ class Walker {
   }
 
   /** Compares the outcomes of reading the same property on both sides. */
-  compareOutcomes(path: string, shape: string, ours: Outcome, kaitai: Outcome): void {
-    if (!kaitai.ok) this.clearKaitaiBits(path);
+  compareOutcomes(parentPath: string, seg: Segment, parentShape: string, ours: Outcome, kaitai: Outcome): void {
+    if (!kaitai.ok) this.clearKaitaiBits(joinPath(parentPath, seg));
     if (!ours.ok && !isQcow2FormatError(ours.error)) {
-      this.differ(path, 'foreign-error', showError(ours.error), kaitai.ok ? show(kaitai.value) : showError(kaitai.error));
+      this.differ(joinPath(parentPath, seg), 'foreign-error', showError(ours.error), kaitai.ok ? show(kaitai.value) : showError(kaitai.error));
       return;
     }
     if (!ours.ok && !kaitai.ok) {
-      this.bothThrew.push({ path, ours: showError(ours.error), kaitai: showError(kaitai.error) });
+      this.bothThrew.push({ path: joinPath(parentPath, seg), ours: showError(ours.error), kaitai: showError(kaitai.error) });
       return;
     }
     if (!ours.ok && kaitai.ok) {
       const quirk = this.explainOursThrew(ours.error as Error, kaitai.value);
+      const path = joinPath(parentPath, seg);
       if (quirk !== undefined) this.quirks.push({ path, quirk, detail: (ours.error as Error).message });
       else this.differ(path, 'only-ours-threw', showError(ours.error), show(kaitai.value));
       return;
     }
     if (ours.ok && !kaitai.ok) {
-      this.differ(path, 'only-kaitai-threw', show(ours.value), showError(kaitai.error));
+      this.differ(joinPath(parentPath, seg), 'only-kaitai-threw', show(ours.value), showError(kaitai.error));
       return;
     }
-    this.compareValues(path, shape, (ours as { value: unknown }).value, (kaitai as { value: unknown }).value);
+    this.compareValues(parentPath, seg, parentShape, (ours as { value: unknown }).value, (kaitai as { value: unknown }).value);
   }
 
   /** Which documented quirk (if any) explains ours throwing where Kaitai returned `kValue`. */
@@ -335,55 +367,62 @@ class Walker {
     }
   }
 
-  private visit(shape: string): boolean {
+  /** Counts one node; false (and the walk stops) when the budget is spent. */
+  private visit(parentShape: string, seg: Segment): boolean {
     if (this.nodes >= this.budget) {
       this.exhausted = true;
       return false;
     }
     this.nodes++;
-    this.shapes.set(shape, (this.shapes.get(shape) ?? 0) + 1);
+    const key = typeof seg === 'number' ? '[]' : seg;
+    let children = this.shapeCounts.get(parentShape);
+    if (children === undefined) this.shapeCounts.set(parentShape, (children = new Map()));
+    children.set(key, (children.get(key) ?? 0) + 1);
     return true;
   }
 
-  /** `shape` is `path` with array indices erased (the key of `shapes`). */
-  private compareValues(path: string, shape: string, a: unknown, b: unknown): void {
-    if (!this.visit(shape)) return;
+  /**
+   * Compares two values found at `parentPath` + `seg`. Paths of leaves are only built when they
+   * differ; `parentShape` is the parent's path with array indices erased (the key of `shapes`).
+   */
+  private compareValues(parentPath: string, seg: Segment, parentShape: string, a: unknown, b: unknown): void {
+    if (!this.visit(parentShape, seg)) return;
     if (a instanceof Uint8Array) {
       this.compared++;
-      if (!(b instanceof Uint8Array) || a.length !== b.length) return this.differ(path, 'bytes', show(a), show(b));
+      if (!(b instanceof Uint8Array) || a.length !== b.length) return this.differ(joinPath(parentPath, seg), 'bytes', show(a), show(b));
       for (let i = 0; i < a.length; i++) {
-        if (a[i] !== b[i]) return this.differ(path, 'bytes', `byte ${i} = ${a[i]}`, `byte ${i} = ${b[i]}`);
+        if (a[i] !== b[i]) return this.differ(joinPath(parentPath, seg), 'bytes', `byte ${i} = ${a[i]}`, `byte ${i} = ${b[i]}`);
       }
       return;
     }
+    if (a === null || typeof a !== 'object') {
+      this.compared++;
+      if (typeof a !== typeof b || (a !== b && !(Number.isNaN(a) && Number.isNaN(b)))) this.differ(joinPath(parentPath, seg), 'value', show(a), show(b));
+      return;
+    }
+    const path = joinPath(parentPath, seg);
+    const shape = parentShape === '' ? String(seg) : typeof seg === 'number' ? `${parentShape}[]` : `${parentShape}.${seg}`;
     if (Array.isArray(a)) {
       if (!Array.isArray(b)) return this.differ(path, 'value', show(a), show(b));
       if (a.length !== b.length) this.differ(path, 'length', show(a), show(b));
       const n = Math.min(a.length, b.length);
-      const elementShape = `${shape}[]`;
-      for (let i = 0; i < n && !this.exhausted; i++) this.compareValues(`${path}[${i}]`, elementShape, a[i], b[i]);
+      for (let i = 0; i < n && !this.exhausted; i++) this.compareValues(path, i, shape, a[i], b[i]);
       return;
     }
-    if (a !== null && typeof a === 'object') {
-      if (b === null || typeof b !== 'object' || Array.isArray(b) || b instanceof Uint8Array) return this.differ(path, 'value', show(a), show(b));
-      this.compareObjects(path, shape, a as Record<string, unknown>, b as Record<string, unknown>);
-      return;
-    }
-    this.compared++;
-    if (typeof a !== typeof b || (a !== b && !(Number.isNaN(a) && Number.isNaN(b)))) this.differ(path, 'value', show(a), show(b));
+    if (b === null || typeof b !== 'object' || Array.isArray(b) || b instanceof Uint8Array) return this.differ(path, 'value', show(a), show(b));
+    this.compareObjects(path, shape, a as Record<string, unknown>, b as Record<string, unknown>);
   }
 
   private compareObjects(path: string, shape: string, a: Record<string, unknown>, b: Record<string, unknown>): void {
     const names = Object.getOwnPropertyNames(a);
-    const ourNames = new Set(names);
-    for (const n of kaitaiFieldNames(b)) {
-      if (!ourNames.has(n)) this.differ(`${path}.${n}`, 'missing', '(absent)', 'present');
+    const kNames = kaitaiFieldNames(b);
+    if (kNames.length !== names.length || kNames.some((n) => !Object.prototype.hasOwnProperty.call(a, n))) {
+      for (const n of kNames) if (!Object.prototype.hasOwnProperty.call(a, n)) this.differ(`${path}.${n}`, 'missing', '(absent)', 'present');
     }
     for (const name of names) {
       if (this.exhausted) return;
-      const sub = `${path}.${name}`;
       if (!(name in b)) {
-        this.differ(sub, 'missing', 'present', '(absent)');
+        this.differ(`${path}.${name}`, 'missing', 'present', '(absent)');
         continue;
       }
       const key = pointerKey(a, name);
@@ -394,9 +433,19 @@ class Walker {
         }
         this.seenPointers.add(key);
       }
-      const ours = attempt(() => a[name]);
-      const kaitai = attempt(() => b[name]);
-      this.compareOutcomes(sub, `${shape}.${name}`, ours, kaitai);
+      let ours: Outcome;
+      let kaitai: Outcome;
+      try {
+        ours = { ok: true, value: a[name] };
+      } catch (error) {
+        ours = { ok: false, error };
+      }
+      try {
+        kaitai = { ok: true, value: b[name] };
+      } catch (error) {
+        kaitai = { ok: false, error };
+      }
+      this.compareOutcomes(path, name, shape, ours, kaitai);
     }
   }
 }

@@ -1,0 +1,69 @@
+/**
+ * The `qcow2-ref` command: dispatches to a subcommand. Exit codes: 0 ok, 1 the image could not be
+ * decoded, 2 usage error.
+ */
+import { parseArgs } from 'node:util';
+import { DUMP_HELP, runDump } from './dump.ts';
+import { EXIT_OK, EXIT_USAGE, UsageError, processIo, type CliIo } from './io.ts';
+
+/** Help text of the qcow2-ref command. */
+export const MAIN_HELP = `Usage: qcow2-ref COMMAND [OPTIONS] [ARGS]
+
+A reference implementation of QEMU's qcow2 disk image format.
+
+Commands:
+  dump IMAGE [--output=human|json]
+                   Decode and print every structure of a qcow2 image.
+
+Options:
+  -h, --help       Show this help (\`qcow2-ref COMMAND --help\` for a command's help).
+
+Exit codes:
+  0  success
+  1  the image could not be decoded (or read)
+  2  usage error (unknown command or option, missing argument)
+`;
+
+interface Command {
+  readonly help: string;
+  readonly run: (args: readonly string[], io: CliIo) => Promise<number>;
+}
+
+const COMMANDS: Readonly<Record<string, Command>> = {
+  dump: { help: DUMP_HELP, run: runDump },
+};
+
+/**
+ * Runs the CLI with `argv` (without node and script) and returns the exit code; writes only
+ * through `io`. A usage error prints `qcow2-ref: PROBLEM` and a hint on stderr and returns 2.
+ */
+export async function main(argv: readonly string[], io: CliIo = processIo): Promise<number> {
+  const usage = (msg: string): number => {
+    io.stderr(`qcow2-ref: ${msg}\nTry 'qcow2-ref --help' for more information.\n`);
+    return EXIT_USAGE;
+  };
+  const first = argv[0];
+  if (first === undefined) return usage('missing COMMAND');
+  if (first.startsWith('-')) {
+    // Only global options may come before the command.
+    let parsed;
+    try {
+      parsed = parseArgs({ args: [...argv], options: { help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+    } catch (e) {
+      return usage((e as Error).message);
+    }
+    if (parsed.values.help === true) {
+      io.stdout(MAIN_HELP);
+      return EXIT_OK;
+    }
+    return usage(`unexpected option '${first}'`);
+  }
+  if (!Object.hasOwn(COMMANDS, first)) return usage(`unknown command '${first}'`);
+  const command = COMMANDS[first]!;
+  try {
+    return await command.run(argv.slice(1), io);
+  } catch (e) {
+    if (e instanceof UsageError) return usage(`${first}: ${e.message}`);
+    throw e;
+  }
+}
