@@ -1,0 +1,126 @@
+/**
+ * The host file of an image as a persistent, sparse value: fixed 4 KiB pages in an immutable map
+ * (absent page = zeros) plus a length. Writing returns a new HostFile that shares every page it did
+ * not touch with the old one — the path copying the model relies on to stay pure and cheap on a
+ * multi-terabyte virtual disk. Pages that become all zeros are dropped, so zero-filled clusters
+ * cost nothing.
+ *
+ * `HostIO` is the vocabulary of host operations `step` returns; `applyHostIO` replays them onto a
+ * HostFile (what a real-file driver does to a file).
+ */
+import { Map as IMap } from 'immutable';
+
+/** Bytes per page of the sparse store. */
+export const PAGE_SIZE = 4096;
+const PAGE_BITS = 12;
+
+/** One host operation, in the order a crash-safe driver must issue them. */
+export type HostIO =
+  | { readonly kind: 'write'; readonly offset: bigint; readonly bytes: Uint8Array }
+  | { readonly kind: 'flush' }
+  | { readonly kind: 'truncate'; readonly length: bigint };
+
+export interface HostFile {
+  /** Length of the file in bytes (not necessarily cluster aligned). */
+  readonly length: bigint;
+  /** Page index → 4 KiB page; a missing page reads as zeros. Pages are never mutated. */
+  readonly pages: IMap<number, Uint8Array>;
+}
+
+/** An empty host file. */
+export function emptyHostFile(): HostFile {
+  return { length: 0n, pages: IMap<number, Uint8Array>() };
+}
+
+function isZero(b: Uint8Array): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+function pageIndexOf(offset: bigint): number {
+  return Number(offset >> BigInt(PAGE_BITS));
+}
+
+/** `length` bytes at `offset`; bytes past the end of the file (or in holes) read as zeros. */
+export function readHost(file: HostFile, offset: bigint, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let pos = 0;
+  while (pos < length) {
+    const abs = offset + BigInt(pos);
+    const page = pageIndexOf(abs);
+    const within = Number(abs & BigInt(PAGE_SIZE - 1));
+    const n = Math.min(PAGE_SIZE - within, length - pos);
+    const p = file.pages.get(page);
+    if (p !== undefined) out.set(p.subarray(within, within + n), pos);
+    pos += n;
+  }
+  return out;
+}
+
+/** A file with `bytes` written at `offset` (extending the length if needed). `file` is unchanged. */
+export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): HostFile {
+  if (bytes.length === 0) return file;
+  const pages = file.pages.withMutations((m) => {
+    let pos = 0;
+    while (pos < bytes.length) {
+      const abs = offset + BigInt(pos);
+      const page = pageIndexOf(abs);
+      const within = Number(abs & BigInt(PAGE_SIZE - 1));
+      const n = Math.min(PAGE_SIZE - within, bytes.length - pos);
+      const chunk = bytes.subarray(pos, pos + n);
+      const old = m.get(page);
+      let next: Uint8Array;
+      if (n === PAGE_SIZE) {
+        next = chunk.slice();
+      } else {
+        next = old ? old.slice() : new Uint8Array(PAGE_SIZE);
+        next.set(chunk, within);
+      }
+      if (isZero(next)) m.delete(page);
+      else m.set(page, next);
+      pos += n;
+    }
+  });
+  const end = offset + BigInt(bytes.length);
+  return { length: end > file.length ? end : file.length, pages };
+}
+
+/** A file cut (or extended with zeros) to `length`. */
+export function truncateHost(file: HostFile, length: bigint): HostFile {
+  if (length >= file.length) return { length, pages: file.pages };
+  const lastPage = pageIndexOf(length + BigInt(PAGE_SIZE - 1));
+  let pages = file.pages.filter((_p, i) => i < lastPage);
+  const tail = Number(length & BigInt(PAGE_SIZE - 1));
+  if (tail !== 0) {
+    const idx = pageIndexOf(length);
+    const p = pages.get(idx);
+    if (p !== undefined) {
+      const q = p.slice();
+      q.fill(0, tail);
+      pages = isZero(q) ? pages.delete(idx) : pages.set(idx, q);
+    }
+  }
+  return { length, pages };
+}
+
+/** Replays host operations onto a file (flushes are no-ops for an in-memory file). */
+export function applyHostIO(file: HostFile, io: readonly HostIO[]): HostFile {
+  let f = file;
+  for (const op of io) {
+    if (op.kind === 'write') f = writeHost(f, op.offset, op.bytes);
+    else if (op.kind === 'truncate') f = truncateHost(f, op.length);
+  }
+  return f;
+}
+
+/** The whole file as bytes (holes as zeros). Throws a RangeError-free error for files over 2 GiB. */
+export function hostBytes(file: HostFile): Uint8Array {
+  if (file.length > 0x7fffffffn) throw new Error(`host file of ${file.length} bytes is too large to materialise in memory`);
+  return readHost(file, 0n, Number(file.length));
+}
+
+/** A host file holding `bytes`. */
+export function hostFromBytes(bytes: Uint8Array): HostFile {
+  const f = writeHost(emptyHostFile(), 0n, bytes);
+  return { length: BigInt(bytes.length), pages: f.pages };
+}

@@ -1,0 +1,112 @@
+/**
+ * The model's immutable Image: the host file itself (a persistent sparse HostFile holding every byte
+ * of header, tables and data), an optional external data file, a decoded view of the header kept in
+ * step with the file's header bytes, and the per-process state QEMU keeps in memory (allocation hint,
+ * compressed-packing cursor). Nothing here mutates; every change produces a new Image sharing all
+ * untouched pages with the old one.
+ */
+import type { HostFile } from './host-file.ts';
+
+/** The decoded header fields the model works with (64-bit values as bigint). */
+export interface HeaderState {
+  readonly version: 2 | 3;
+  readonly backingFileOffset: bigint;
+  readonly backingFileSize: number;
+  readonly clusterBits: number;
+  readonly size: bigint;
+  readonly cryptMethod: number;
+  readonly l1Size: number;
+  readonly l1TableOffset: bigint;
+  readonly refcountTableOffset: bigint;
+  readonly refcountTableClusters: number;
+  readonly nbSnapshots: number;
+  readonly snapshotsOffset: bigint;
+  readonly incompatibleFeatures: bigint;
+  readonly compatibleFeatures: bigint;
+  readonly autoclearFeatures: bigint;
+  readonly refcountOrder: number;
+  readonly headerLength: number;
+  readonly compressionType: number;
+}
+
+/** What QEMU keeps in memory for one open image (fact sheet §11.1, §6): reset by every new open. */
+export interface SessionState {
+  /** First-fit allocation hint (`free_cluster_index`), a cluster index. */
+  readonly freeClusterIndex: bigint;
+  /** Where the next compressed blob may be packed (`free_byte_offset`), or 0 for "start a new cluster". */
+  readonly freeByteOffset: bigint;
+}
+
+/** A read-only backing image: its virtual size and a pure read function (zeros past its end). */
+export interface BackingSource {
+  readonly size: bigint;
+  read(offset: bigint, length: number): Uint8Array;
+}
+
+export interface Image {
+  /** The qcow2 file. */
+  readonly file: HostFile;
+  /** The external data file, when incompatible bit 2 is set. */
+  readonly dataFile?: HostFile;
+  /** The header, decoded; always equal to what the file's header bytes say. */
+  readonly header: HeaderState;
+  readonly session: SessionState;
+  /** The backing image, when there is one and the caller supplied it. */
+  readonly backing?: BackingSource;
+}
+
+/** Sizes derived from the header, computed once per use. */
+export interface Geometry {
+  readonly clusterBits: number;
+  readonly clusterSize: number;
+  /** 8 for standard L2 entries, 16 for extended ones. */
+  readonly l2EntrySize: number;
+  /** Entries per L2 table. */
+  readonly l2Entries: number;
+  readonly l2Bits: number;
+  readonly refcountBits: number;
+  /** Refcounts per refcount block. */
+  readonly refblockEntries: number;
+  readonly extendedL2: boolean;
+  /** Subclusters per cluster: 32 with extended L2, else 1. */
+  readonly subclusters: number;
+  readonly externalDataFile: boolean;
+}
+
+/** Incompatible feature bits (fact sheet §1.2). */
+export const INCOMPAT_DIRTY = 1n;
+export const INCOMPAT_CORRUPT = 2n;
+export const INCOMPAT_DATA_FILE = 4n;
+export const INCOMPAT_COMPRESSION = 8n;
+export const INCOMPAT_EXTL2 = 16n;
+/** Compatible bit 0: lazy refcounts. */
+export const COMPAT_LAZY_REFCOUNTS = 1n;
+/** Autoclear bits: 0 bitmaps, 1 raw external data. */
+export const AUTOCLEAR_BITMAPS = 1n;
+export const AUTOCLEAR_DATA_FILE_RAW = 2n;
+
+/** The geometry of an image with header `h`. */
+export function geometryOf(h: HeaderState): Geometry {
+  const extendedL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+  const clusterSize = 1 << h.clusterBits;
+  const l2EntrySize = extendedL2 ? 16 : 8;
+  const l2Entries = clusterSize / l2EntrySize;
+  const refcountBits = 1 << h.refcountOrder;
+  return {
+    clusterBits: h.clusterBits,
+    clusterSize,
+    l2EntrySize,
+    l2Entries,
+    l2Bits: Math.log2(l2Entries),
+    refcountBits,
+    refblockEntries: (clusterSize * 8) / refcountBits,
+    extendedL2,
+    subclusters: extendedL2 ? 32 : 1,
+    externalDataFile: (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n,
+  };
+}
+
+/** The session state of a freshly opened image (QEMU starts every process with these). */
+export function freshSession(): SessionState {
+  return { freeClusterIndex: 0n, freeByteOffset: 0n };
+}
