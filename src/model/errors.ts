@@ -1,0 +1,34 @@
+/**
+ * Errors of the model: an operation QEMU would refuse returns (throws) a ModelError with a stable
+ * code, the errno QEMU reports for it, and a message in QEMU's words where it has one.
+ */
+
+export type ModelErrorCode =
+  /** A refcount would exceed 2^refcount_bits - 1 or drop below 0 (QEMU: -EINVAL). */
+  | 'refcount-overflow'
+  /** The image would need more refcount table than QEMU allows (8 MiB) or offsets past 2^63 (-EFBIG). */
+  | 'too-big'
+  /** The request is outside the virtual disk (-EIO, "beyond end of device"). */
+  | 'out-of-range'
+  /** The operation is not possible with this image's features (-ENOTSUP / -EINVAL). */
+  | 'unsupported'
+  /** The image's metadata is inconsistent in a way the operation cannot work around (-EIO). */
+  | 'corrupt';
+
+export class ModelError extends Error {
+  override readonly name = 'ModelError';
+  readonly code: ModelErrorCode;
+  /** The negative errno QEMU returns for the same situation. */
+  readonly errno: number;
+
+  constructor(code: ModelErrorCode, errno: number, message: string) {
+    super(message);
+    this.code = code;
+    this.errno = errno;
+  }
+}
+
+export const EIO = -5;
+export const EINVAL = -22;
+export const EFBIG = -27;
+export const ENOTSUP = -95;

@@ -1,0 +1,350 @@
+/**
+ * Refcounts and cluster allocation, following QEMU 7.2's block/qcow2-refcount.c step by step so that
+ * the model places every cluster where QEMU does (fact sheet §4, §11.1):
+ *
+ * - allocClustersNoref: first fit upward from the per-process hint `free_cluster_index`, which
+ *   only moves forward while scanning and moves back when a refcount drops to 0 below it;
+ * - updateRefcount: walks the clusters, allocating refcount blocks on demand; when that allocation
+ *   says "again" (the caller's candidate clusters may now be taken) it undoes the increments it
+ *   already made in this call — which can move the hint back — and reports "again";
+ * - allocRefcountBlock: a new refblock describes itself when it lands in its own range, otherwise
+ *   its refcount goes into another block; hooked into the reftable in place, or the reftable grows;
+ * - refcountArea: reftable growth — self-describing refblocks and a new table at the end of the
+ *   covered area, 50 % headroom, one 12-byte header write, old table freed;
+ * - allocBytes: compressed-cluster byte packing with the in-memory cursor `free_byte_offset`.
+ *
+ * Refcount entries and reftable entries are read and written through the generated decoders and
+ * encoders (the sub-byte packing lives in spec/qcow2.ksy, not here).
+ */
+import {
+  decodeRefcountBlock, decodeRefcountTableEntry, encodeRefcountBlock, encodeRefcountTableEntry, type U64Fields,
+} from '../../generated/qcow2.ts';
+import { refcountBlockOffset, refcountValue } from '../format/entries.ts';
+import { bigIntToU64, offsetToParts } from '../format/u64.ts';
+import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
+import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields, setSession } from './tx.ts';
+
+/** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
+export const MAX_REFTABLE_BYTES = 8n * 1024n * 1024n;
+const INT64_MAX = (1n << 63n) - 1n;
+/** Retries of an allocation before giving up; QEMU's loop terminates after a handful. */
+const MAX_ALLOC_RETRIES = 64;
+
+type Again = 'ok' | 'again';
+
+function refblockBits(tx: Tx): number {
+  return Math.log2(geo(tx).refblockEntries);
+}
+
+/** Number of entries in the current refcount table. */
+export function reftableSize(tx: Tx): number {
+  return (tx.img.header.refcountTableClusters * geo(tx).clusterSize) / 8;
+}
+
+/** The refcount block offset in reftable slot `index` (0n when absent or past the table). */
+export function reftableEntry(tx: Tx, index: number): bigint {
+  if (index >= reftableSize(tx)) return 0n;
+  const g = geo(tx);
+  const raw = hostRead(tx, tx.img.header.refcountTableOffset + BigInt(index) * 8n, 8);
+  return refcountBlockOffset(decodeRefcountTableEntry(raw, 0, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
+}
+
+function encodeReftableEntry(tx: Tx, blockOffset: bigint): Uint8Array {
+  const { hi, lo9 } = offsetToParts(blockOffset, 32, { structure: 'refcount_table_entry', field: 'refblock_offset', offset: 0 });
+  return encodeRefcountTableEntry(
+    { refblockOffsetHi: hi, refblockOffsetLo: lo9, reserved: 0 },
+    { clusterBits: geo(tx).clusterBits, refcountOrder: tx.img.header.refcountOrder },
+  );
+}
+
+/** Byte range of refcount `index` inside its block, and its position among the entries decoded there. */
+function entrySlot(order: number, index: number): { byte: number; length: number; sub: number } {
+  const width = 1 << order;
+  if (width >= 8) return { byte: (index * width) / 8, length: width / 8, sub: 0 };
+  const perByte = 8 / width;
+  return { byte: Math.floor(index / perByte), length: 1, sub: index % perByte };
+}
+
+function readRefcountAt(tx: Tx, block: bigint, index: number): bigint {
+  const order = tx.img.header.refcountOrder;
+  const slot = entrySlot(order, index);
+  const raw = hostRead(tx, block + BigInt(slot.byte), slot.length);
+  return refcountValue(decodeRefcountBlock(raw, 0, { refcountOrder: order }).entries[slot.sub]!);
+}
+
+function writeRefcountAt(tx: Tx, block: bigint, index: number, value: bigint): void {
+  const order = tx.img.header.refcountOrder;
+  const slot = entrySlot(order, index);
+  const at = block + BigInt(slot.byte);
+  const decoded = decodeRefcountBlock(hostRead(tx, at, slot.length), 0, { refcountOrder: order });
+  const entries: Array<boolean | number | U64Fields> = decoded.entries.slice();
+  entries[slot.sub] = order === 0 ? value !== 0n : order === 6 ? bigIntToU64(value) : Number(value);
+  hostWrite(tx, at, encodeRefcountBlock({ entries }, { refcountOrder: order }));
+}
+
+function blockIndexOf(tx: Tx, clusterIndex: bigint): number {
+  return Number(clusterIndex & BigInt(geo(tx).refblockEntries - 1));
+}
+
+function checkedBlock(tx: Tx, tableIndex: number): bigint {
+  const block = reftableEntry(tx, tableIndex);
+  if (block !== 0n && (block & BigInt(geo(tx).clusterSize - 1)) !== 0n) {
+    throw new ModelError('corrupt', EIO, `Refblock offset 0x${block.toString(16)} unaligned (reftable index: 0x${tableIndex.toString(16)})`);
+  }
+  return block;
+}
+
+/** The refcount of host cluster `clusterIndex` (0 when no refcount block covers it). */
+export function getRefcount(tx: Tx, clusterIndex: bigint): bigint {
+  const tableIndex = Number(clusterIndex >> BigInt(refblockBits(tx)));
+  const block = checkedBlock(tx, tableIndex);
+  if (block === 0n) return 0n;
+  return readRefcountAt(tx, block, blockIndexOf(tx, clusterIndex));
+}
+
+/**
+ * `alloc_clusters_noref`: the first run of `ceil(size / cluster)` clusters with refcount 0 at or after
+ * the hint; the hint ends just past the run. Refcounts are not changed.
+ */
+export function allocClustersNoref(tx: Tx, size: bigint): bigint {
+  const g = geo(tx);
+  const nb = (size + BigInt(g.clusterSize) - 1n) >> BigInt(g.clusterBits);
+  let hint = tx.img.session.freeClusterIndex;
+  for (let i = 0n; i < nb; i++) {
+    const idx = hint++;
+    if (getRefcount(tx, idx) !== 0n) i = -1n; // `goto retry`: start a new run after this cluster
+  }
+  setSession(tx, { freeClusterIndex: hint });
+  if (hint > 0n && hint - 1n > INT64_MAX >> BigInt(g.clusterBits)) {
+    throw new ModelError('too-big', EFBIG, 'File too large');
+  }
+  return (hint - nb) << BigInt(g.clusterBits);
+}
+
+/**
+ * `update_refcount`: adds (or with `decrease` subtracts) `addend` to every cluster touched by
+ * [offset, offset+length). Returns 'again' when a refcount block had to be allocated: the increments
+ * made so far in this call are undone (QEMU's error path) and the caller must search again.
+ */
+export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: bigint, decrease: boolean): Again {
+  if (length <= 0n) return 'ok';
+  const g = geo(tx);
+  const cs = BigInt(g.clusterSize);
+  const start = offset & ~(cs - 1n);
+  const last = (offset + length - 1n) & ~(cs - 1n);
+  const max = (1n << BigInt(g.refcountBits)) - 1n;
+  let oldTableIndex = -1;
+  for (let co = start; co <= last; co += cs) {
+    const ci = co >> BigInt(g.clusterBits);
+    const tableIndex = Number(ci >> BigInt(refblockBits(tx)));
+    if (tableIndex !== oldTableIndex) {
+      if (allocRefcountBlock(tx, ci) === 'again') {
+        // QEMU: "Try do undo any updates if an error is returned".
+        updateRefcount(tx, offset, co - offset, addend, !decrease);
+        return 'again';
+      }
+    }
+    oldTableIndex = tableIndex;
+    const block = checkedBlock(tx, tableIndex);
+    const index = blockIndexOf(tx, ci);
+    const rc = readRefcountAt(tx, block, index);
+    const next = decrease ? rc - addend : rc + addend;
+    if (next < 0n || next > max) {
+      updateRefcount(tx, offset, co - offset, addend, !decrease);
+      throw new ModelError('refcount-overflow', EINVAL,
+        `refcount of cluster ${ci} would become ${next} (refcount_bits=${g.refcountBits})`);
+    }
+    if (next === 0n && ci < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: ci });
+    writeRefcountAt(tx, block, index, next);
+  }
+  return 'ok';
+}
+
+/**
+ * `alloc_refcount_block`: makes sure a refcount block covers cluster `ci`. 'ok' when one already
+ * did; 'again' after allocating one (hooked into the table, or with a grown table).
+ */
+function allocRefcountBlock(tx: Tx, ci: bigint): Again {
+  const g = geo(tx);
+  const rbBits = BigInt(refblockBits(tx));
+  const tableIndex = Number(ci >> rbBits);
+  if (tableIndex < reftableSize(tx) && checkedBlock(tx, tableIndex) !== 0n) return 'ok';
+
+  const cs = BigInt(g.clusterSize);
+  const newBlock = allocClustersNoref(tx, cs);
+  const newBlockCi = newBlock >> BigInt(g.clusterBits);
+  if (newBlockCi >> rbBits === ci >> rbBits) {
+    // The block describes itself: a zeroed block with its own refcount set to 1.
+    hostWrite(tx, newBlock, new Uint8Array(g.clusterSize));
+    writeRefcountAt(tx, newBlock, Number(newBlockCi & BigInt(g.refblockEntries - 1)), 1n);
+  } else {
+    // Described by another block (this recurses at most twice, QEMU's comment says).
+    if (updateRefcount(tx, newBlock, cs, 1n, false) === 'again') return 'again';
+    hostWrite(tx, newBlock, new Uint8Array(g.clusterSize));
+  }
+  // Crash safety: the new block (and its own refcount) must be on disk before the reftable points
+  // at it (QEMU flushes the refblock cache, then bdrv_pwrite_sync's the table entry).
+  hostFlush(tx);
+  if (tableIndex < reftableSize(tx)) {
+    hostWrite(tx, tx.img.header.refcountTableOffset + BigInt(tableIndex) * 8n, encodeReftableEntry(tx, newBlock));
+    hostFlush(tx);
+    return 'again';
+  }
+  // The table is full: grow it at the end of the area covered so far.
+  const rbe = BigInt(g.refblockEntries);
+  const need = ci + 1n > newBlockCi + 1n ? ci + 1n : newBlockCi + 1n;
+  const blocksUsed = (need + rbe - 1n) / rbe;
+  refcountArea(tx, blocksUsed * rbe * cs, 0n, false, tableIndex, newBlock);
+  return 'again';
+}
+
+/**
+ * `qcow2_refcount_metadata_size`: the number of refcount blocks needed to cover `clusters` clusters
+ * plus the refcount structures themselves (fixed point), with 50 % more table when `generous`.
+ */
+export function refcountMetadataBlocks(clusters: bigint, clusterSize: number, refcountOrder: number, generous: boolean): bigint {
+  const perTableCluster = BigInt(clusterSize / 8);
+  const perBlock = BigInt((clusterSize * 8) >> refcountOrder);
+  const divUp = (a: bigint, b: bigint): bigint => (a + b - 1n) / b;
+  let table = 0n;
+  let blocks = 0n;
+  let n = 0n;
+  let c = clusters;
+  let last: bigint;
+  do {
+    last = n;
+    blocks = divUp(c + table + blocks, perBlock);
+    table = divUp(blocks, perTableCluster);
+    n = c + blocks + table;
+    if (n === last && generous) {
+      c += divUp(table, 2n);
+      n = 0n;
+      generous = false;
+    }
+  } while (n !== last);
+  return blocks;
+}
+
+/**
+ * `qcow2_refcount_area`: new self-covering refcount structures from `startOffset` (the end of the
+ * image): refblocks for the not yet covered ranges, then a new reftable (50 % larger than needed
+ * unless `exactSize`) that also covers `additionalClusters` beyond; switches the header to it and
+ * frees the old table. Returns the offset after the new structures.
+ */
+export function refcountArea(tx: Tx, startOffset: bigint, additionalClusters: bigint, exactSize: boolean,
+  newRefblockIndex: number, newRefblockOffset: bigint): bigint {
+  const g = geo(tx);
+  const cs = BigInt(g.clusterSize);
+  const rbe = BigInt(g.refblockEntries);
+  const total = refcountMetadataBlocks(startOffset / cs + additionalClusters, g.clusterSize, tx.img.header.refcountOrder, !exactSize);
+  if (total * 8n > MAX_REFTABLE_BYTES) throw new ModelError('too-big', EFBIG, 'File too large');
+  const totalCount = Number(total);
+  const areaIndex = Number(startOffset / cs / rbe);
+  let tableSize = exactSize ? totalCount : totalCount + Math.ceil(totalCount / 2);
+  const perCluster = g.clusterSize / 8;
+  tableSize = Math.ceil(tableSize / perCluster) * perCluster;
+  const tableClusters = (tableSize * 8) / g.clusterSize;
+  if (BigInt(tableSize) * 8n > MAX_REFTABLE_BYTES) throw new ModelError('too-big', EFBIG, 'File too large');
+
+  const oldSize = reftableSize(tx);
+  const table: bigint[] = new Array<bigint>(tableSize).fill(0n);
+  for (let i = 0; i < Math.min(oldSize, tableSize); i++) table[i] = reftableEntry(tx, i);
+  if (newRefblockOffset !== 0n) table[newRefblockIndex] = newRefblockOffset;
+
+  let additional = 0n;
+  for (let i = areaIndex; i < totalCount; i++) if (table[i] === 0n) additional++;
+  const tableOffset = startOffset + additional * cs;
+  const endOffset = tableOffset + BigInt(tableClusters) * cs;
+
+  let blockOffset = startOffset;
+  for (let i = areaIndex; i < totalCount; i++) {
+    let block = table[i]!;
+    if (block === 0n) {
+      block = blockOffset;
+      hostWrite(tx, block, new Uint8Array(g.clusterSize));
+      table[i] = block;
+      blockOffset += cs;
+    }
+    const firstCovered = BigInt(i) * rbe * cs;
+    if (firstCovered < endOffset) {
+      // Set the refcount of all of the new refcount structures to 1.
+      let j = firstCovered < startOffset ? (startOffset - firstCovered) / cs : 0n;
+      const endIndex = (endOffset - firstCovered) / cs < rbe ? (endOffset - firstCovered) / cs : rbe;
+      for (; j < endIndex; j++) writeRefcountAt(tx, block, Number(j), 1n);
+    }
+  }
+  // Crash safety: refblocks, then the table, are on disk before the header switches to them.
+  hostFlush(tx);
+  const tableBytes = new Uint8Array(tableSize * 8);
+  for (let i = 0; i < totalCount; i++) if (table[i] !== 0n) tableBytes.set(encodeReftableEntry(tx, table[i]!), i * 8);
+  hostWrite(tx, tableOffset, tableBytes);
+  hostFlush(tx);
+  const oldOffset = tx.img.header.refcountTableOffset;
+  setHeaderFields(tx, { refcountTableOffset: tableOffset, refcountTableClusters: tableClusters });
+  hostFlush(tx);
+  // Free the old table (only after nothing points at it any more).
+  freeClusters(tx, oldOffset, BigInt(oldSize) * 8n);
+  return endOffset;
+}
+
+/** `qcow2_alloc_clusters`: allocates `size` bytes of contiguous clusters with refcount 1. */
+export function allocClusters(tx: Tx, size: bigint): bigint {
+  for (let attempt = 0; attempt < MAX_ALLOC_RETRIES; attempt++) {
+    const offset = allocClustersNoref(tx, size);
+    if (updateRefcount(tx, offset, size, 1n, false) === 'ok') return offset;
+  }
+  throw new ModelError('corrupt', EIO, 'cluster allocation did not converge');
+}
+
+/**
+ * `qcow2_free_clusters`: drops one reference on every cluster of [offset, offset+size). Like QEMU,
+ * a failure (a refcount already 0) is not fatal: the clusters leak and the operation goes on.
+ */
+export function freeClusters(tx: Tx, offset: bigint, size: bigint): void {
+  const before = tx.img;
+  const ioLength = tx.io.length;
+  try {
+    updateRefcount(tx, offset, size, 1n, true);
+  } catch (e) {
+    if (!(e instanceof ModelError)) throw e;
+    // QEMU prints "qcow2_free_clusters failed" and carries on; the undo already ran.
+    tx.img = { ...before, session: tx.img.session };
+    tx.io.length = ioLength;
+  }
+}
+
+/**
+ * `qcow2_alloc_bytes`: `size` (≤ cluster) bytes for a compressed cluster, packed right after the
+ * previous blob while it fits in the current cluster (or the next cluster is the next allocated one),
+ * and only while that cluster's refcount is below the maximum (§6).
+ */
+export function allocBytes(tx: Tx, size: number): bigint {
+  const g = geo(tx);
+  const cs = BigInt(g.clusterSize);
+  const max = (1n << BigInt(g.refcountBits)) - 1n;
+  let offset = tx.img.session.freeByteOffset;
+  if (offset !== 0n && getRefcount(tx, offset >> BigInt(g.clusterBits)) === max) offset = 0n;
+  let freeInCluster = cs - (offset & (cs - 1n));
+  for (let attempt = 0; attempt < MAX_ALLOC_RETRIES; attempt++) {
+    if (offset === 0n || freeInCluster < BigInt(size)) {
+      const newCluster = allocClustersNoref(tx, cs);
+      if (offset === 0n || ((offset + cs - 1n) & ~(cs - 1n)) !== newCluster) {
+        offset = newCluster;
+        freeInCluster = cs;
+      } else {
+        freeInCluster += cs;
+      }
+    }
+    if (offset === 0n) {
+      throw new ModelError('corrupt', EIO, 'Preventing invalid allocation of compressed cluster at offset 0');
+    }
+    if (updateRefcount(tx, offset, BigInt(size), 1n, false) === 'ok') {
+      let next = offset + BigInt(size);
+      if ((next & (cs - 1n)) === 0n) next = 0n;
+      setSession(tx, { freeByteOffset: next });
+      return offset;
+    }
+    offset = 0n;
+  }
+  throw new ModelError('corrupt', EIO, 'compressed allocation did not converge');
+}

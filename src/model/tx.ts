@@ -1,0 +1,94 @@
+/**
+ * A transaction: the working Image of one `step` plus the host operations issued so far. Functions
+ * of the model take a Tx and replace `tx.img` with new immutable Images as they go; the Image they
+ * started from is never mutated, so `step` stays pure at its boundary.
+ *
+ * Every host write goes through `hostWrite`, which updates the working Image's HostFile and records
+ * the write in `io` in the same order — the order a crash-safe driver must issue them.
+ */
+import { decodeHeader, encodeHeader } from '../../generated/qcow2.ts';
+import { bigIntToU64 } from '../format/u64.ts';
+import { type HostIO, readHost, writeHost } from './host-file.ts';
+import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
+
+export interface Tx {
+  img: Image;
+  readonly io: HostIO[];
+}
+
+/** A transaction starting from `img`. */
+export function beginTx(img: Image): Tx {
+  return { img, io: [] };
+}
+
+/** The geometry of the working image. */
+export function geo(tx: Tx): Geometry {
+  return geometryOf(tx.img.header);
+}
+
+/** Reads `length` bytes of the qcow2 file at `offset` (zeros past the end). */
+export function hostRead(tx: Tx, offset: bigint, length: number): Uint8Array {
+  return readHost(tx.img.file, offset, length);
+}
+
+/** Writes `bytes` at `offset` of the qcow2 file and records the write. */
+export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
+  tx.img = { ...tx.img, file: writeHost(tx.img.file, offset, bytes) };
+  tx.io.push({ kind: 'write', offset, bytes });
+}
+
+/** Records a flush barrier (the writes before it must be stable before any write after it). */
+export function hostFlush(tx: Tx): void {
+  if (tx.io.length > 0 && tx.io[tx.io.length - 1]!.kind === 'flush') return;
+  tx.io.push({ kind: 'flush' });
+}
+
+/** Replaces the per-process session state. */
+export function setSession(tx: Tx, s: Partial<SessionState>): void {
+  tx.img = { ...tx.img, session: { ...tx.img.session, ...s } };
+}
+
+const HEADER_FIELD_BYTES: Partial<Record<keyof HeaderState, readonly [number, number]>> = {
+  l1Size: [36, 4],
+  l1TableOffset: [40, 8],
+  refcountTableOffset: [48, 8],
+  refcountTableClusters: [56, 4],
+  nbSnapshots: [60, 4],
+  snapshotsOffset: [64, 8],
+  incompatibleFeatures: [72, 8],
+  size: [24, 8],
+};
+
+/**
+ * Changes header fields: re-encodes the header through the generated encoder from the file's own
+ * header bytes (so unknown fields are preserved) and writes only the byte range covering the changed
+ * fields, as QEMU does (e.g. one 12-byte write for refcount_table_offset + clusters, §11.1).
+ */
+export function setHeaderFields(tx: Tx, changes: Partial<HeaderState>): void {
+  const h = tx.img.header;
+  const len = h.version >= 3 ? h.headerLength : 72;
+  const decoded = decodeHeader(hostRead(tx, 0n, len));
+  const next: HeaderState = { ...h, ...changes };
+  const fields = {
+    ...decoded,
+    l1Size: next.l1Size,
+    l1TableOffset: bigIntToU64(next.l1TableOffset),
+    refcountTableOffset: bigIntToU64(next.refcountTableOffset),
+    refcountTableClusters: next.refcountTableClusters,
+    nbSnapshots: next.nbSnapshots,
+    snapshotsOffset: bigIntToU64(next.snapshotsOffset),
+    size: bigIntToU64(next.size),
+    ...(h.version >= 3 ? { incompatibleFeatures: bigIntToU64(next.incompatibleFeatures) } : {}),
+  };
+  const bytes = encodeHeader(fields);
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const key of Object.keys(changes) as (keyof HeaderState)[]) {
+    const at = HEADER_FIELD_BYTES[key];
+    if (!at) throw new Error(`setHeaderFields: field ${key} cannot be changed by the model`);
+    lo = Math.min(lo, at[0]);
+    hi = Math.max(hi, at[0] + at[1]);
+  }
+  tx.img = { ...tx.img, header: next };
+  if (lo < hi) hostWrite(tx, BigInt(lo), bytes.subarray(lo, hi));
+}
