@@ -17,6 +17,8 @@ const PAGE_BITS = 12;
 /** One host operation, in the order a crash-safe driver must issue them. */
 export type HostIO =
   | { readonly kind: 'write'; readonly offset: bigint; readonly bytes: Uint8Array }
+  /** Zero `length` bytes at `offset` (extending the file like a write; fallocate on a real file). */
+  | { readonly kind: 'zero'; readonly offset: bigint; readonly length: bigint }
   | { readonly kind: 'flush' }
   | { readonly kind: 'truncate'; readonly length: bigint };
 
@@ -85,6 +87,29 @@ export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): Ho
   return { length: end > file.length ? end : file.length, pages };
 }
 
+/** A file with [offset, offset+length) zeroed (extending the length if needed). `file` is unchanged. */
+export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFile {
+  if (length <= 0n) return file;
+  const end = offset + length;
+  const firstFull = (offset + BigInt(PAGE_SIZE - 1)) >> BigInt(PAGE_BITS);
+  const lastFull = end >> BigInt(PAGE_BITS); // exclusive
+  let f = file;
+  // Partial pages at the edges are rewritten; whole pages in between are dropped.
+  const headEnd = firstFull << BigInt(PAGE_BITS) < end ? firstFull << BigInt(PAGE_BITS) : end;
+  if (headEnd > offset) f = writeHost(f, offset, new Uint8Array(Number(headEnd - offset)));
+  const tailStart = lastFull << BigInt(PAGE_BITS);
+  if (tailStart > headEnd && end > tailStart) f = writeHost(f, tailStart, new Uint8Array(Number(end - tailStart)));
+  let pages = f.pages;
+  if (lastFull > firstFull) {
+    const from = Number(firstFull);
+    const to = Number(lastFull);
+    pages = to - from <= pages.size
+      ? pages.withMutations((m) => { for (let i = from; i < to; i++) m.delete(i); })
+      : pages.filter((_p, i) => i < from || i >= to);
+  }
+  return { length: end > f.length ? end : f.length, pages };
+}
+
 /** A file cut (or extended with zeros) to `length`. */
 export function truncateHost(file: HostFile, length: bigint): HostFile {
   if (length >= file.length) return { length, pages: file.pages };
@@ -108,6 +133,7 @@ export function applyHostIO(file: HostFile, io: readonly HostIO[]): HostFile {
   let f = file;
   for (const op of io) {
     if (op.kind === 'write') f = writeHost(f, op.offset, op.bytes);
+    else if (op.kind === 'zero') f = zeroHost(f, op.offset, op.length);
     else if (op.kind === 'truncate') f = truncateHost(f, op.length);
   }
   return f;

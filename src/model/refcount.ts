@@ -5,8 +5,9 @@
  * - allocClustersNoref: first fit upward from the per-process hint `free_cluster_index`, which
  *   only moves forward while scanning and moves back when a refcount drops to 0 below it;
  * - updateRefcount: walks the clusters, allocating refcount blocks on demand; when that allocation
- *   says "again" (the caller's candidate clusters may now be taken) it undoes the increments it
- *   already made in this call — which can move the hint back — and reports "again";
+ *   says "again" (the caller's candidate clusters may now be taken) it moves the hint back to the
+ *   start of the range ("try the same ones first"), undoes the increments it already made in this
+ *   call and reports "again";
  * - allocRefcountBlock: a new refblock describes itself when it lands in its own range, otherwise
  *   its refcount goes into another block; hooked into the reftable in place, or the reftable grows;
  * - refcountArea: reftable growth — self-describing refblocks and a new table at the end of the
@@ -139,6 +140,10 @@ export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: b
     const tableIndex = Number(ci >> BigInt(refblockBits(tx)));
     if (tableIndex !== oldTableIndex) {
       if (allocRefcountBlock(tx, ci) === 'again') {
+        // QEMU: "If the caller needs to restart the search for free clusters, try the same ones
+        // first to see if they're still free" — the hint moves back to the start of this range.
+        const startIndex = start >> BigInt(g.clusterBits);
+        if (tx.img.session.freeClusterIndex > startIndex) setSession(tx, { freeClusterIndex: startIndex });
         // QEMU: "Try do undo any updates if an error is returned".
         updateRefcount(tx, offset, co - offset, addend, !decrease);
         return 'again';
@@ -292,6 +297,22 @@ export function allocClusters(tx: Tx, size: bigint): bigint {
   for (let attempt = 0; attempt < MAX_ALLOC_RETRIES; attempt++) {
     const offset = allocClustersNoref(tx, size);
     if (updateRefcount(tx, offset, size, 1n, false) === 'ok') return offset;
+  }
+  throw new ModelError('corrupt', EIO, 'cluster allocation did not converge');
+}
+
+/**
+ * `qcow2_alloc_clusters_at`: allocates as many of the `nb` clusters starting at `offset` as are free
+ * (stopping at the first used one); returns how many were allocated (0 when the first is in use).
+ */
+export function allocClustersAt(tx: Tx, offset: bigint, nb: number): number {
+  if (nb === 0) return 0;
+  const g = geo(tx);
+  for (let attempt = 0; attempt < MAX_ALLOC_RETRIES; attempt++) {
+    let ci = offset >> BigInt(g.clusterBits);
+    let i = 0;
+    for (; i < nb; i++) if (getRefcount(tx, ci++) !== 0n) break;
+    if (updateRefcount(tx, offset, BigInt(i) << BigInt(g.clusterBits), 1n, false) === 'ok') return i;
   }
   throw new ModelError('corrupt', EIO, 'cluster allocation did not converge');
 }

@@ -8,7 +8,7 @@
  */
 import { decodeHeader, encodeHeader } from '../../generated/qcow2.ts';
 import { bigIntToU64 } from '../format/u64.ts';
-import { type HostIO, readHost, writeHost } from './host-file.ts';
+import { type HostIO, readHost, writeHost, zeroHost } from './host-file.ts';
 import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
 
 export interface Tx {
@@ -35,6 +35,13 @@ export function hostRead(tx: Tx, offset: bigint, length: number): Uint8Array {
 export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
   tx.img = { ...tx.img, file: writeHost(tx.img.file, offset, bytes) };
   tx.io.push({ kind: 'write', offset, bytes });
+}
+
+/** Zeroes `length` bytes at `offset` of the qcow2 file (a write_zeroes request) and records it. */
+export function hostZero(tx: Tx, offset: bigint, length: bigint): void {
+  if (length <= 0n) return;
+  tx.img = { ...tx.img, file: zeroHost(tx.img.file, offset, length) };
+  tx.io.push({ kind: 'zero', offset, length });
 }
 
 /** Records a flush barrier (the writes before it must be stable before any write after it). */

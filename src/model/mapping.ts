@@ -1,0 +1,118 @@
+/**
+ * Guest → host mapping: L1 and L2 entries read and written through the generated codecs, L2 table
+ * allocation (QEMU's get_cluster_table / l2_allocate, fact sheet §3, §11.1) and the per-subcluster
+ * type of a guest offset.
+ */
+import { decodeL1Entry, decodeL2Entry, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
+import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
+import { offsetToParts } from '../format/u64.ts';
+import { EIO, ModelError } from './errors.ts';
+import { allocClusters, freeClusters } from './refcount.ts';
+import { type Tx, geo, hostFlush, hostRead, hostWrite } from './tx.ts';
+
+/** The L1 index and L2 index of guest offset `offset`. */
+export function l1l2Index(tx: Tx, offset: bigint): { l1: number; l2: number } {
+  const g = geo(tx);
+  return {
+    l1: Number(offset >> BigInt(g.clusterBits + g.l2Bits)),
+    l2: Number((offset >> BigInt(g.clusterBits)) & BigInt(g.l2Entries - 1)),
+  };
+}
+
+/** The L2 table offset and COPIED flag of active L1 entry `index` (offset 0 past l1_size). */
+export function l1Entry(tx: Tx, index: number): { l2Offset: bigint; copied: boolean } {
+  if (index >= tx.img.header.l1Size) return { l2Offset: 0n, copied: false };
+  const g = geo(tx);
+  const e = decodeL1Entry(hostRead(tx, tx.img.header.l1TableOffset + BigInt(index) * 8n, 8), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
+  const l2Offset = l1L2Offset(e);
+  if ((l2Offset & BigInt(g.clusterSize - 1)) !== 0n) {
+    throw new ModelError('corrupt', EIO, `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${index.toString(16)})`);
+  }
+  return { l2Offset, copied: e.copied };
+}
+
+/**
+ * `qcow2_write_l1_entry`: sets active L1 entry `index` and writes the 512-byte chunk of the L1 table
+ * holding it (QEMU writes request-alignment chunks; entries past l1_size in the chunk are zero, §13.29).
+ */
+export function writeL1Entry(tx: Tx, index: number, l2Offset: bigint, copied: boolean): void {
+  const g = geo(tx);
+  const { hi, lo9 } = offsetToParts(l2Offset, 24, { structure: 'l1_entry', field: 'l2_offset', offset: 0 });
+  const entry = encodeL1Entry({ copied, reservedHi: 0, l2OffsetHi: hi, l2OffsetLo: lo9, reservedLo: 0 }, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
+  const perChunk = Math.max(1, Math.min(512, g.clusterSize) / 8);
+  const first = Math.floor(index / perChunk) * perChunk;
+  const chunk = new Uint8Array(perChunk * 8);
+  const live = Math.min(perChunk, tx.img.header.l1Size - first);
+  chunk.set(hostRead(tx, tx.img.header.l1TableOffset + BigInt(first) * 8n, live * 8));
+  chunk.set(entry, (index - first) * 8);
+  hostWrite(tx, tx.img.header.l1TableOffset + BigInt(first) * 8n, chunk);
+}
+
+/** L2 entry `index` of the table at `l2Offset`. */
+export function readL2Entry(tx: Tx, l2Offset: bigint, index: number): L2EntryFields {
+  const g = geo(tx);
+  return decodeL2Entry(hostRead(tx, l2Offset + BigInt(index * g.l2EntrySize), g.l2EntrySize), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
+}
+
+/** Writes L2 entry `index` of the table at `l2Offset`. */
+export function writeL2Entry(tx: Tx, l2Offset: bigint, index: number, e: L2EntryFields): void {
+  const g = geo(tx);
+  hostWrite(tx, l2Offset + BigInt(index * g.l2EntrySize), encodeL2Entry(e, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 }));
+}
+
+/** A standard-descriptor L2 entry for host cluster `hostOffset` (bitmaps as given for extended L2). */
+export function normalEntry(tx: Tx, hostOffset: bigint, copied: boolean, zero: boolean, bitmaps?: { alloc: number; zero: number }): L2EntryFields {
+  const { hi, lo9 } = offsetToParts(hostOffset, 24, { structure: 'l2_entry', field: 'host_offset', offset: 0 });
+  const ext = geo(tx).extendedL2;
+  return {
+    copied,
+    compressed: false,
+    reservedHi: 0,
+    hostOffsetHi: hi,
+    hostOffsetLo: lo9,
+    reservedLo: 0,
+    zero,
+    ...(ext ? { zeroBitmap: bitmaps?.zero ?? 0, allocBitmap: bitmaps?.alloc ?? 0 } : {}),
+  };
+}
+
+/** The entry of guest cluster at `offset` in the active tables (unallocated when there is no L2). */
+export function entryAt(tx: Tx, offset: bigint): { entry: L2EntryFields | undefined; l2Offset: bigint; l2Index: number } {
+  const { l1, l2 } = l1l2Index(tx, offset);
+  const { l2Offset } = l1Entry(tx, l1);
+  if (l2Offset === 0n) return { entry: undefined, l2Offset: 0n, l2Index: l2 };
+  return { entry: readL2Entry(tx, l2Offset, l2), l2Offset, l2Index: l2 };
+}
+
+/** The state of every subcluster (one per cluster without extended L2) of an entry. */
+export function statesOf(tx: Tx, entry: L2EntryFields | undefined): SubclusterState[] {
+  const g = geo(tx);
+  if (!entry) return new Array<SubclusterState>(g.subclusters).fill('unallocated-plain');
+  return subclusterStates(entry, { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile });
+}
+
+/**
+ * `get_cluster_table`: the L2 table for guest `offset`, allocating it when the L1 entry is not COPIED
+ * (new zeroed table, or a copy of a shared one whose reference is then dropped). Returns its offset.
+ */
+export function clusterTable(tx: Tx, offset: bigint): bigint {
+  const { l1 } = l1l2Index(tx, offset);
+  if (l1 >= tx.img.header.l1Size) {
+    throw new ModelError('unsupported', EIO, `L1 index ${l1} is beyond l1_size ${tx.img.header.l1Size} (L1 growth is not modelled yet)`);
+  }
+  const { l2Offset, copied } = l1Entry(tx, l1);
+  if (copied) return l2Offset;
+  const g = geo(tx);
+  // l2_allocate: allocate, fill (zeros or COW copy), then point the L1 entry at it.
+  const fresh = allocClusters(tx, BigInt(g.clusterSize));
+  if (fresh === 0n) throw new ModelError('corrupt', EIO, 'Preventing invalid allocation of L2 table at offset 0');
+  // Crash safety: the new table's refcount is on disk before anything points at the table.
+  hostFlush(tx);
+  hostWrite(tx, fresh, l2Offset === 0n ? new Uint8Array(g.clusterSize) : hostRead(tx, l2Offset, g.clusterSize));
+  hostFlush(tx);
+  writeL1Entry(tx, l1, fresh, true);
+  hostFlush(tx);
+  // Then decrease the refcount of the old table (mapping removed first).
+  if (l2Offset !== 0n) freeClusters(tx, l2Offset, BigInt(g.clusterSize));
+  return fresh;
+}

@@ -1,0 +1,318 @@
+/**
+ * Guest writes, as QEMU 7.2 performs them (block/qcow2.c qcow2_co_pwritev_part and
+ * block/qcow2-cluster.c): each round maps the longest host-contiguous run it can —
+ * `handle_copied` keeps clusters that may be overwritten in place (COPIED NORMAL / ZERO_ALLOC),
+ * `handle_alloc` allocates new clusters for the rest (contiguous with the run when possible),
+ * `calculate_l2_meta` decides the copy-on-write regions (to subcluster granularity with extended L2),
+ * then the data is written, the COW regions copied, the L2 entries linked and the old clusters freed.
+ *
+ * Crash-safety ordering (fact sheet §11.1, DESIGN.md): refcount increases and COW data are flushed
+ * before the L2 entries that use them; L2 entries are flushed before refcounts of the clusters they no
+ * longer point at are decreased.
+ */
+import type { L2EntryFields } from '../../generated/qcow2.ts';
+import { classifyL2Entry, compressedDescriptor, l2EntryWords, l2HostOffset, type SubclusterState } from '../format/entries.ts';
+import { EIO, ENOTSUP, ModelError } from './errors.ts';
+import { COMPAT_LAZY_REFCOUNTS } from './image.ts';
+import { clusterTable, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
+import { readGuestTx } from './read.ts';
+import { allocClusters, allocClustersAt, freeClusters } from './refcount.ts';
+import { type Tx, geo, hostFlush, hostWrite, hostZero } from './tx.ts';
+
+/** BDRV_REQUEST_MAX_BYTES: the largest request the block layer passes down. */
+const REQUEST_MAX_BYTES = 0x7ffffe00;
+
+interface CowRegion {
+  readonly offset: number;
+  readonly nbBytes: number;
+}
+
+/** QEMU's QCowL2Meta: one run of clusters whose L2 entries must be (re)linked. */
+interface L2Meta {
+  readonly allocOffset: bigint;
+  /** Guest offset of the first cluster. */
+  readonly guestCluster: bigint;
+  readonly nbClusters: number;
+  readonly keepOld: boolean;
+  readonly cowStart: CowRegion;
+  readonly cowEnd: CowRegion;
+}
+
+function ctx(tx: Tx) {
+  const g = geo(tx);
+  return { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
+}
+
+/** `cluster_needs_new_alloc`: false only for COPIED NORMAL / ZERO_ALLOC clusters. */
+function needsNewAlloc(tx: Tx, e: L2EntryFields): boolean {
+  const c = classifyL2Entry(e, ctx(tx));
+  return !((c.kind === 'normal' || c.kind === 'zero-alloc') && e.copied);
+}
+
+/** `count_single_write_clusters`. */
+function countSingleWrite(tx: Tx, nb: number, l2Offset: bigint, l2Index: number, newAlloc: boolean): number {
+  const g = geo(tx);
+  let expected = l2HostOffset(readL2Entry(tx, l2Offset, l2Index));
+  let i = 0;
+  for (; i < nb; i++) {
+    const e = readL2Entry(tx, l2Offset, l2Index + i);
+    if (needsNewAlloc(tx, e) !== newAlloc) break;
+    if (!newAlloc) {
+      if (expected !== l2HostOffset(e)) break;
+      expected += BigInt(g.clusterSize);
+    }
+  }
+  return i;
+}
+
+const ctz32 = (x: number): number => (x === 0 ? 32 : 31 - Math.clz32(x & -x));
+const cto32 = (x: number): number => ctz32(~x >>> 0);
+/** Bits [from, to) of a 32-bit mask. */
+const range32 = (from: number, to: number): number => (to >= 32 ? 0xffffffff : (1 << to) - 1) & ~((1 << from) - 1);
+
+/** `qcow2_get_subcluster_range_type`: the type at subcluster `from` and how many follow with it. */
+function subclusterRange(tx: Tx, e: L2EntryFields, from: number): { type: SubclusterState; count: number } {
+  const g = geo(tx);
+  const type = statesOf(tx, e)[g.extendedL2 ? from : 0]!;
+  if (type === 'invalid') return { type, count: 0 };
+  if (!g.extendedL2 || type === 'compressed') return { type, count: g.subclusters - from };
+  const alloc = (e.allocBitmap ?? 0) >>> 0;
+  const zero = (e.zeroBitmap ?? 0) >>> 0;
+  switch (type) {
+    case 'normal':
+      return { type, count: cto32((alloc | range32(0, from)) >>> 0) - from };
+    case 'zero-plain':
+    case 'zero-alloc':
+      return { type, count: cto32((zero | range32(0, from)) >>> 0) - from };
+    default:
+      return { type, count: ctz32(((zero | alloc) & ~range32(0, from)) >>> 0) - from };
+  }
+}
+
+/** `calculate_l2_meta`: the COW regions of a write of `bytes` at `guest` into clusters at `host`. */
+function calculateL2Meta(tx: Tx, host: bigint, guest: bigint, bytes: number, l2Offset: bigint, keepOld: boolean, metas: L2Meta[]): void {
+  const g = geo(tx);
+  const cs = g.clusterSize;
+  const scSize = cs / g.subclusters;
+  const scOf = (o: number): number => Math.floor(o / scSize) % g.subclusters;
+  const { l2: l2Index } = l1l2Index(tx, guest);
+  const cowStartTo = Number(guest & BigInt(cs - 1));
+  const cowEndFrom = cowStartTo + bytes;
+  const nb = Math.ceil(cowEndFrom / cs);
+  let skipCow = keepOld;
+  for (let i = 0; i < nb; i++) {
+    const e = readL2Entry(tx, l2Offset, l2Index + i);
+    let type: SubclusterState;
+    if (skipCow) {
+      const from = Math.max(cowStartTo, i * cs) - i * cs;
+      const to = Math.min(cowEndFrom, (i + 1) * cs) - i * cs;
+      const first = scOf(from);
+      const last = scOf(to - 1);
+      const r = subclusterRange(tx, e, first);
+      type = r.type;
+      if (type !== 'normal' || first + r.count <= last) skipCow = false;
+    } else {
+      type = statesOf(tx, e)[0]!;
+    }
+    if (type === 'invalid') {
+      throw new ModelError('corrupt', EIO, `Invalid cluster entry found  (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${(l2Index + i).toString(16)})`);
+    }
+  }
+  if (skipCow) return;
+
+  const firstEntry = readL2Entry(tx, l2Offset, l2Index);
+  const sc0 = scOf(cowStartTo);
+  const t0 = statesOf(tx, firstEntry)[g.extendedL2 ? sc0 : 0]!;
+  let cowStartFrom: number;
+  if (!keepOld) {
+    if (t0 === 'compressed') cowStartFrom = 0;
+    else if (t0 === 'normal' || t0 === 'zero-alloc' || t0 === 'unallocated-alloc') {
+      cowStartFrom = g.extendedL2 ? Math.min(sc0, ctz32((firstEntry.allocBitmap ?? 0) >>> 0)) * scSize : 0;
+    } else cowStartFrom = sc0 * scSize;
+  } else {
+    cowStartFrom = t0 === 'normal' ? cowStartTo : sc0 * scSize;
+  }
+
+  const lastEntry = readL2Entry(tx, l2Offset, l2Index + nb - 1);
+  const endInCluster = cowStartTo + bytes - 1 - (nb - 1) * cs;
+  const scN = scOf(endInCluster);
+  const tN = statesOf(tx, lastEntry)[g.extendedL2 ? scN : 0]!;
+  const roundUp = (x: number, a: number): number => Math.ceil(x / a) * a;
+  let cowEndTo: number;
+  if (!keepOld) {
+    if (tN === 'compressed') cowEndTo = roundUp(cowEndFrom, cs);
+    else if (tN === 'normal' || tN === 'zero-alloc' || tN === 'unallocated-alloc') {
+      cowEndTo = roundUp(cowEndFrom, cs);
+      if (g.extendedL2) cowEndTo -= Math.min(g.subclusters - scN - 1, Math.clz32((lastEntry.allocBitmap ?? 0) >>> 0)) * scSize;
+    } else cowEndTo = roundUp(cowEndFrom, scSize);
+  } else {
+    cowEndTo = tN === 'normal' ? cowEndFrom : roundUp(cowEndFrom, scSize);
+  }
+  metas.unshift({
+    allocOffset: host,
+    guestCluster: guest & ~BigInt(cs - 1),
+    nbClusters: nb,
+    keepOld,
+    cowStart: { offset: cowStartFrom, nbBytes: cowStartTo - cowStartFrom },
+    cowEnd: { offset: cowEndFrom, nbBytes: cowEndTo - cowEndFrom },
+  });
+}
+
+function clustersToLookAt(tx: Tx, guest: bigint, bytes: number): { nb: number; l2Index: number } {
+  const g = geo(tx);
+  const inCluster = Number(guest & BigInt(g.clusterSize - 1));
+  const { l2: l2Index } = l1l2Index(tx, guest);
+  let nb = Math.ceil((inCluster + bytes) / g.clusterSize);
+  nb = Math.min(nb, g.l2Entries - l2Index, Math.floor(REQUEST_MAX_BYTES / g.clusterSize));
+  return { nb, l2Index };
+}
+
+/** `handle_copied`: in-place clusters at `guest`; returns the host offset and bytes, or undefined. */
+function handleCopied(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[]): { host: bigint; bytes: number } | 'stop' | undefined {
+  const g = geo(tx);
+  const inCluster = Number(guest & BigInt(g.clusterSize - 1));
+  const { nb, l2Index } = clustersToLookAt(tx, guest, bytes);
+  const l2Offset = clusterTable(tx, guest);
+  const e = readL2Entry(tx, l2Offset, l2Index);
+  const clusterOffset = l2HostOffset(e);
+  if (needsNewAlloc(tx, e)) return undefined;
+  if ((clusterOffset & BigInt(g.clusterSize - 1)) !== 0n) {
+    throw new ModelError('corrupt', EIO, `${e.zero ? 'Preallocated zero' : 'Data'} cluster offset 0x${clusterOffset.toString(16)} unaligned (guest offset: 0x${guest.toString(16)})`);
+  }
+  if (host !== undefined && clusterOffset + BigInt(inCluster) !== host) return 'stop';
+  const keep = countSingleWrite(tx, nb, l2Offset, l2Index, false);
+  const n = Math.min(bytes, keep * g.clusterSize - inCluster);
+  calculateL2Meta(tx, clusterOffset, guest, n, l2Offset, true, metas);
+  return { host: clusterOffset + BigInt(inCluster), bytes: n };
+}
+
+/** `handle_alloc` + `do_alloc_cluster_offset`: new clusters at `guest`, contiguous with `host` if given. */
+function handleAlloc(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[]): { host: bigint; bytes: number } | undefined {
+  const g = geo(tx);
+  const cs = g.clusterSize;
+  const inCluster = Number(guest & BigInt(cs - 1));
+  let { nb, l2Index } = clustersToLookAt(tx, guest, bytes);
+  const l2Offset = clusterTable(tx, guest);
+  nb = countSingleWrite(tx, nb, l2Offset, l2Index, true);
+  let alloc: bigint;
+  if (g.externalDataFile) {
+    throw new ModelError('unsupported', ENOTSUP, 'writes to images with an external data file are not modelled yet');
+  } else if (host === undefined) {
+    alloc = allocClusters(tx, BigInt(nb) * BigInt(cs));
+  } else {
+    alloc = host & ~BigInt(cs - 1);
+    nb = allocClustersAt(tx, alloc, nb);
+  }
+  if (nb === 0) return undefined;
+  const requested = bytes + inCluster;
+  const nbBytes = Math.min(requested, nb * cs);
+  const n = Math.min(bytes, nbBytes - inCluster);
+  calculateL2Meta(tx, alloc, guest, n, l2Offset, false, metas);
+  return { host: alloc + BigInt(inCluster), bytes: n };
+}
+
+/** `qcow2_alloc_host_offset`: the longest host-contiguous mapping for [offset, offset+bytes). */
+function allocHostOffset(tx: Tx, offset: bigint, bytes: number, metas: L2Meta[]): { host: bigint; bytes: number } {
+  let start = offset;
+  let remaining = bytes;
+  let clusterOffset: bigint | undefined;
+  let hostOffset: bigint | undefined;
+  let cur = 0;
+  for (;;) {
+    if (hostOffset === undefined && clusterOffset !== undefined) hostOffset = clusterOffset;
+    start += BigInt(cur);
+    remaining -= cur;
+    if (clusterOffset !== undefined) clusterOffset += BigInt(cur);
+    if (remaining === 0) break;
+    cur = remaining;
+    const copied = handleCopied(tx, start, clusterOffset, cur, metas);
+    if (copied === 'stop') break;
+    if (copied !== undefined) {
+      clusterOffset = copied.host;
+      cur = copied.bytes;
+      continue;
+    }
+    const allocated = handleAlloc(tx, start, clusterOffset, cur, metas);
+    if (allocated === undefined) break;
+    clusterOffset = allocated.host;
+    cur = allocated.bytes;
+  }
+  if (hostOffset === undefined) throw new ModelError('corrupt', EIO, 'no host mapping found for a write');
+  return { host: hostOffset, bytes: bytes - remaining };
+}
+
+/** `qcow2_free_any_cluster`: drops the reference an L2 entry held (nothing for zero/unallocated). */
+export function freeAnyCluster(tx: Tx, e: L2EntryFields): void {
+  const g = geo(tx);
+  const c = classifyL2Entry(e, ctx(tx));
+  if (c.kind === 'compressed') {
+    const d = compressedDescriptor(e, g.clusterBits);
+    freeClusters(tx, d.hostOffset & ~511n, BigInt((d.additionalSectors + 1) * 512));
+  } else if ((c.kind === 'normal' || c.kind === 'zero-alloc') && !g.externalDataFile) {
+    // QEMU: an unaligned offset is reported ("Cannot free unaligned cluster") and not freed.
+    if ((c.hostOffset & BigInt(g.clusterSize - 1)) === 0n) freeClusters(tx, c.hostOffset, BigInt(g.clusterSize));
+  }
+}
+
+/** Writes the COW region `r` of meta `m`: the guest's current content there, at the new host place. */
+function copyRegion(tx: Tx, m: L2Meta, r: CowRegion): void {
+  if (r.nbBytes === 0) return;
+  const data = readGuestTx(tx, m.guestCluster + BigInt(r.offset), r.nbBytes);
+  const at = m.allocOffset + BigInt(r.offset);
+  // QEMU zero-fills COW areas that read as zero with write_zeroes (handle_alloc_space); same bytes.
+  if (data.every((b) => b === 0)) hostZero(tx, at, BigInt(r.nbBytes));
+  else hostWrite(tx, at, data);
+}
+
+/** `qcow2_alloc_cluster_link_l2` (with perform_cow before it). */
+function linkL2(tx: Tx, m: L2Meta): void {
+  const g = geo(tx);
+  const cs = g.clusterSize;
+  copyRegion(tx, m, m.cowStart);
+  copyRegion(tx, m, m.cowEnd);
+  // Crash safety: new clusters' refcounts and their COW data reach the disk before the L2 entries.
+  hostFlush(tx);
+  const l2Offset = clusterTable(tx, m.guestCluster);
+  const { l2: l2Index } = l1l2Index(tx, m.guestCluster);
+  const scSize = cs / g.subclusters;
+  const old: L2EntryFields[] = [];
+  for (let i = 0; i < m.nbClusters; i++) {
+    const prev = readL2Entry(tx, l2Offset, l2Index + i);
+    if (l2EntryWords(prev).word !== 0n) old.push(prev);
+    const host = m.allocOffset + BigInt(i * cs);
+    let bitmaps: { alloc: number; zero: number } | undefined;
+    if (g.extendedL2) {
+      let alloc = (prev.allocBitmap ?? 0) >>> 0;
+      let zero = (prev.zeroBitmap ?? 0) >>> 0;
+      const from = Math.max(m.cowStart.offset, i * cs) - i * cs;
+      const to = Math.min(m.cowEnd.offset + m.cowEnd.nbBytes, (i + 1) * cs) - i * cs;
+      const first = Math.floor(from / scSize);
+      const last = Math.floor((to - 1) / scSize);
+      alloc = (alloc | range32(first, last + 1)) >>> 0;
+      zero = (zero & ~range32(first, last + 1)) >>> 0;
+      bitmaps = { alloc, zero };
+    }
+    writeL2Entry(tx, l2Offset, l2Index + i, normalEntry(tx, host, true, false, bitmaps));
+  }
+  // Crash safety: the L2 entries no longer point at the old clusters before their refcounts drop.
+  hostFlush(tx);
+  if (!m.keepOld) for (const e of old) freeAnyCluster(tx, e);
+}
+
+/**
+ * Writes `data` at guest `offset` (any alignment and length). The caller checks the range is inside
+ * the virtual disk. Extended L2 COW works at subcluster granularity; data goes to the qcow2 file.
+ */
+export function guestWrite(tx: Tx, offset: bigint, data: Uint8Array): void {
+  if ((tx.img.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n) {
+    throw new ModelError('unsupported', ENOTSUP, 'writes to images with lazy refcounts are not modelled yet');
+  }
+  let pos = 0;
+  while (pos < data.length) {
+    const metas: L2Meta[] = [];
+    const { host, bytes } = allocHostOffset(tx, offset + BigInt(pos), data.length - pos, metas);
+    hostWrite(tx, host, data.subarray(pos, pos + bytes));
+    for (const m of metas) linkL2(tx, m);
+    pos += bytes;
+  }
+}
