@@ -19,6 +19,8 @@ export type HostIO =
   | { readonly kind: 'write'; readonly offset: bigint; readonly bytes: Uint8Array }
   /** Zero `length` bytes at `offset` (extending the file like a write; fallocate on a real file). */
   | { readonly kind: 'zero'; readonly offset: bigint; readonly length: bigint }
+  /** Punch a hole: the range reads as zeros afterwards, the file length does not change. */
+  | { readonly kind: 'discard'; readonly offset: bigint; readonly length: bigint }
   | { readonly kind: 'flush' }
   | { readonly kind: 'truncate'; readonly length: bigint };
 
@@ -91,23 +93,35 @@ export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): Ho
 export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFile {
   if (length <= 0n) return file;
   const end = offset + length;
-  const firstFull = (offset + BigInt(PAGE_SIZE - 1)) >> BigInt(PAGE_BITS);
-  const lastFull = end >> BigInt(PAGE_BITS); // exclusive
-  let f = file;
-  // Partial pages at the edges are rewritten; whole pages in between are dropped.
-  const headEnd = firstFull << BigInt(PAGE_BITS) < end ? firstFull << BigInt(PAGE_BITS) : end;
-  if (headEnd > offset) f = writeHost(f, offset, new Uint8Array(Number(headEnd - offset)));
-  const tailStart = lastFull << BigInt(PAGE_BITS);
-  if (tailStart > headEnd && end > tailStart) f = writeHost(f, tailStart, new Uint8Array(Number(end - tailStart)));
-  let pages = f.pages;
-  if (lastFull > firstFull) {
-    const from = Number(firstFull);
-    const to = Number(lastFull);
-    pages = to - from <= pages.size
-      ? pages.withMutations((m) => { for (let i = from; i < to; i++) m.delete(i); })
-      : pages.filter((_p, i) => i < from || i >= to);
+  const ps = BigInt(PAGE_SIZE);
+  const firstPage = offset / ps;
+  const lastPage = (end - 1n) / ps;
+  const partial = (p: bigint): boolean => offset > p * ps || end < (p + 1n) * ps;
+  let pages = file.pages;
+  // Whole pages drop out of the map (absent = zeros); the range may be far larger than the map.
+  if (lastPage - firstPage + 1n > BigInt(pages.size)) {
+    pages = pages.filter((_p, i) => BigInt(i) < firstPage || BigInt(i) > lastPage || partial(BigInt(i)));
+  } else {
+    pages = pages.withMutations((m) => {
+      for (let p = firstPage; p <= lastPage; p++) if (!partial(p)) m.delete(Number(p));
+    });
   }
-  return { length: end > f.length ? end : f.length, pages };
+  let f: HostFile = { length: file.length, pages };
+  // Pages only partly covered keep their other bytes.
+  for (const p of new Set([firstPage, lastPage])) {
+    if (!partial(p)) continue;
+    const from = offset > p * ps ? offset : p * ps;
+    const to = end < (p + 1n) * ps ? end : (p + 1n) * ps;
+    if (f.pages.has(Number(p))) f = writeHost(f, from, new Uint8Array(Number(to - from)));
+  }
+  return { length: end > f.length ? end : f.length, pages: f.pages };
+}
+
+/** A file with [offset, offset+length) punched out (zeros) without changing its length. */
+export function discardHost(file: HostFile, offset: bigint, length: bigint): HostFile {
+  const end = offset + length < file.length ? offset + length : file.length;
+  if (end <= offset) return file;
+  return zeroHost(file, offset, end - offset);
 }
 
 /** A file cut (or extended with zeros) to `length`. */
@@ -134,6 +148,7 @@ export function applyHostIO(file: HostFile, io: readonly HostIO[]): HostFile {
   for (const op of io) {
     if (op.kind === 'write') f = writeHost(f, op.offset, op.bytes);
     else if (op.kind === 'zero') f = zeroHost(f, op.offset, op.length);
+    else if (op.kind === 'discard') f = discardHost(f, op.offset, op.length);
     else if (op.kind === 'truncate') f = truncateHost(f, op.length);
   }
   return f;

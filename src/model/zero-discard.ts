@@ -1,0 +1,277 @@
+/**
+ * write_zeroes and discard, as QEMU 7.2's block layer and qcow2 driver perform them (fact sheet
+ * §11.3, §13 items 8/9; block/io.c bdrv_co_do_pwrite_zeroes / bdrv_co_pdiscard, block/qcow2.c
+ * qcow2_co_pwrite_zeroes / qcow2_co_pdiscard, block/qcow2-cluster.c qcow2_subcluster_zeroize,
+ * zero_in_l2_slice, zero_l2_subclusters, discard_in_l2_slice):
+ *
+ * - write_zeroes is split at subcluster boundaries; an unaligned piece uses the zero flag only when
+ *   the rest of its subcluster already reads as zero and is unallocated or zero, otherwise (and on
+ *   v2 images with a backing file, or partial zeroing of a compressed cluster) the block layer
+ *   falls back to writing a buffer of zeros through the normal write path;
+ * - discard only acts on whole clusters (and the partial last cluster of the disk); v2 images with
+ *   a backing file ignore it;
+ * - clusters whose refcount drops to 0 because of a guest request are punched out of the host file
+ *   (qemu-io and qemu-img pass discard requests down by default).
+ *
+ * Crash safety: L2 entries are rewritten before the clusters they pointed at are freed.
+ */
+import type { L2EntryFields } from '../../generated/qcow2.ts';
+import { classifyL2Entry, compressedDescriptor, l2EntryWords } from '../format/entries.ts';
+import { discardHost } from './host-file.ts';
+import { clusterTable, l1l2Index, readL2Entry, statesOf, writeL2Entry, entryAt } from './mapping.ts';
+import { getRefcount } from './refcount.ts';
+import { type Tx, geo, hostFlush } from './tx.ts';
+import { freeAnyCluster, guestWrite } from './write.ts';
+
+type Result = 'ok' | 'enotsup';
+
+const range32 = (from: number, to: number): number => (to >= 32 ? 0xffffffff : (1 << to) - 1) & ~((1 << from) - 1);
+
+function ctxOf(tx: Tx) {
+  const g = geo(tx);
+  return { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
+}
+
+/** Whether an entry's cluster is allocated in QEMU's sense (qcow2_cluster_is_allocated). */
+function isAllocated(tx: Tx, e: L2EntryFields): boolean {
+  const k = classifyL2Entry(e, ctxOf(tx)).kind;
+  return k === 'normal' || k === 'zero-alloc' || k === 'compressed';
+}
+
+/**
+ * Frees what entry `e` pointed at and punches out every host cluster whose refcount reached 0
+ * (QCOW2_DISCARD_REQUEST with discard passthrough, as qemu-io and qemu-img open images).
+ */
+function freeAndDiscard(tx: Tx, e: L2EntryFields): void {
+  const g = geo(tx);
+  const c = classifyL2Entry(e, ctxOf(tx));
+  let first: bigint;
+  let last: bigint;
+  if (c.kind === 'compressed') {
+    const d = compressedDescriptor(e, g.clusterBits);
+    first = d.hostOffset >> BigInt(g.clusterBits);
+    last = (d.hostOffset + BigInt(d.compressedBytes) - 1n) >> BigInt(g.clusterBits);
+  } else if ((c.kind === 'normal' || c.kind === 'zero-alloc') && !g.externalDataFile) {
+    first = c.hostOffset >> BigInt(g.clusterBits);
+    last = first;
+  } else {
+    return;
+  }
+  freeAnyCluster(tx, e);
+  for (let ci = first; ci <= last; ci++) {
+    if (getRefcount(tx, ci) === 0n) {
+      const at = ci << BigInt(g.clusterBits);
+      tx.img = { ...tx.img, file: discardHost(tx.img.file, at, BigInt(g.clusterSize)) };
+      tx.io.push({ kind: 'discard', offset: at, length: BigInt(g.clusterSize) });
+    }
+  }
+}
+
+/** Whether [offset, offset+bytes) reads as zero by block status (QEMU's is_zero): zero or unallocated without data below. */
+function readsAsZeroByStatus(tx: Tx, offset: bigint, bytes: number): boolean {
+  const size = tx.img.header.size;
+  if (offset + BigInt(bytes) > size) bytes = Number(size - offset);
+  if (bytes <= 0) return true;
+  const g = geo(tx);
+  const scSize = g.clusterSize / g.subclusters;
+  let pos = 0;
+  while (pos < bytes) {
+    const at = offset + BigInt(pos);
+    const inCluster = Number(at & BigInt(g.clusterSize - 1));
+    const sc = Math.floor(inCluster / scSize);
+    const state = statesOf(tx, entryAt(tx, at).entry)[g.extendedL2 ? sc : 0]!;
+    const span = Math.min(bytes - pos, (g.extendedL2 ? (sc + 1) * scSize : g.clusterSize) - inCluster);
+    if (state === 'zero-plain' || state === 'zero-alloc') {
+      // reads as zero
+    } else if (state === 'unallocated-plain' || state === 'unallocated-alloc') {
+      // Below an unallocated range is the backing file: zero only past its end.
+      if (tx.img.backing && at < tx.img.backing.size) return false;
+    } else {
+      return false;
+    }
+    pos += span;
+  }
+  return true;
+}
+
+/** `zero_in_l2_slice`: whole clusters from `offset`, at most up to the end of one L2 table. */
+function zeroInL2Slice(tx: Tx, offset: bigint, nbClusters: number, unmap: boolean): number {
+  const g = geo(tx);
+  const l2Offset = clusterTable(tx, offset);
+  const { l2: l2Index } = l1l2Index(tx, offset);
+  const nb = Math.min(nbClusters, g.l2Entries - l2Index);
+  const freed: L2EntryFields[] = [];
+  for (let i = 0; i < nb; i++) {
+    const old = readL2Entry(tx, l2Offset, l2Index + i);
+    const kind = classifyL2Entry(old, ctxOf(tx)).kind;
+    const drop = kind === 'compressed' || (unmap && isAllocated(tx, old));
+    let next: L2EntryFields = drop
+      ? { copied: false, compressed: false, reservedHi: 0, hostOffsetHi: 0, hostOffsetLo: 0, reservedLo: 0, zero: false }
+      : { ...old };
+    if (g.extendedL2) next = { ...next, zeroBitmap: 0xffffffff, allocBitmap: 0 };
+    else next = { ...next, zero: true };
+    if (!sameEntry(old, next)) {
+      writeL2Entry(tx, l2Offset, l2Index + i, next);
+      if (drop) freed.push(old);
+    }
+  }
+  // Crash safety: the entries no longer point at the clusters before their refcounts drop.
+  if (freed.length) hostFlush(tx);
+  for (const e of freed) freeAndDiscard(tx, e);
+  return nb;
+}
+
+function sameEntry(a: L2EntryFields, b: L2EntryFields): boolean {
+  const wa = l2EntryWords(a);
+  const wb = l2EntryWords(b);
+  return wa.word === wb.word && (wa.bitmap ?? 0n) === (wb.bitmap ?? 0n);
+}
+
+/** `zero_l2_subclusters`: marks `nb` subclusters of one cluster as zero (extended L2 only). */
+function zeroL2Subclusters(tx: Tx, offset: bigint, nb: number): Result {
+  const g = geo(tx);
+  const l2Offset = clusterTable(tx, offset);
+  const { l2: l2Index } = l1l2Index(tx, offset);
+  const e = readL2Entry(tx, l2Offset, l2Index);
+  if (classifyL2Entry(e, ctxOf(tx)).kind === 'compressed') return 'enotsup'; // cannot partially zeroize
+  const sc = Number((offset & BigInt(g.clusterSize - 1)) / BigInt(g.clusterSize / g.subclusters));
+  const zero = ((e.zeroBitmap ?? 0) | range32(sc, sc + nb)) >>> 0;
+  const alloc = ((e.allocBitmap ?? 0) & ~range32(sc, sc + nb)) >>> 0;
+  if (zero !== e.zeroBitmap || alloc !== e.allocBitmap) writeL2Entry(tx, l2Offset, l2Index, { ...e, zeroBitmap: zero, allocBitmap: alloc });
+  return 'ok';
+}
+
+/** `qcow2_subcluster_zeroize`: zero flags for a subcluster-aligned range (v2: discard or ENOTSUP). */
+function subclusterZeroize(tx: Tx, offset: bigint, bytes: bigint, unmap: boolean): Result {
+  const g = geo(tx);
+  const cs = BigInt(g.clusterSize);
+  const scSize = BigInt(g.clusterSize / g.subclusters);
+  if (tx.img.header.version < 3) {
+    if (!tx.img.backing) {
+      clusterDiscard(tx, offset, bytes);
+      return 'ok';
+    }
+    return 'enotsup';
+  }
+  let end = offset + bytes;
+  const roundUp = ((offset + cs - 1n) / cs) * cs;
+  const head = (end < roundUp ? end : roundUp) - offset;
+  offset += head;
+  const startOfEndCluster = end & ~(cs - 1n);
+  const tail = end >= tx.img.header.size ? 0n : end - (offset > startOfEndCluster ? offset : startOfEndCluster);
+  end -= tail;
+  if (head > 0n && zeroL2Subclusters(tx, offset - head, Number((head + scSize - 1n) / scSize)) === 'enotsup') return 'enotsup';
+  let nb = Number((end - offset + cs - 1n) / cs);
+  while (nb > 0) {
+    const cleared = zeroInL2Slice(tx, offset, nb, unmap);
+    nb -= cleared;
+    offset += BigInt(cleared) * cs;
+  }
+  if (tail > 0n && zeroL2Subclusters(tx, end, Number((tail + scSize - 1n) / scSize)) === 'enotsup') return 'enotsup';
+  return 'ok';
+}
+
+/** `qcow2_co_pwrite_zeroes` for one piece handed down by the block layer. */
+function qcow2PwriteZeroes(tx: Tx, offset: bigint, bytes: bigint, unmap: boolean): Result {
+  const g = geo(tx);
+  const sc = BigInt(g.clusterSize / g.subclusters);
+  const head = offset % sc;
+  let tail = ((offset + bytes + sc - 1n) / sc) * sc - (offset + bytes);
+  if (offset + bytes === tx.img.header.size) tail = 0n;
+  if (head > 0n || tail > 0n) {
+    if (!(readsAsZeroByStatus(tx, offset - head, Number(head)) && readsAsZeroByStatus(tx, offset + bytes, Number(tail)))) return 'enotsup';
+    offset -= head;
+    bytes = sc;
+    const inCluster = Number(offset & BigInt(g.clusterSize - 1));
+    const state = statesOf(tx, entryAt(tx, offset).entry)[g.extendedL2 ? Math.floor(inCluster / Number(sc)) : 0]!;
+    if (!['unallocated-plain', 'unallocated-alloc', 'zero-plain', 'zero-alloc'].includes(state)) return 'enotsup';
+  }
+  return subclusterZeroize(tx, offset, bytes, unmap);
+}
+
+/**
+ * write_zeroes of `length` bytes at `offset` (`unmap`: BDRV_REQ_MAY_UNMAP, qemu-io `write -z -u`).
+ * The caller checks the range is inside the virtual disk.
+ */
+export function guestWriteZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean): void {
+  const g = geo(tx);
+  const alignment = BigInt(g.clusterSize / g.subclusters);
+  let head = offset % alignment;
+  const tail = (offset + length) % alignment;
+  let bytes = length;
+  while (bytes > 0n) {
+    let num = bytes;
+    if (head > 0n) {
+      num = bytes < alignment - head ? bytes : alignment - head;
+      head = (head + num) % alignment;
+    } else if (tail > 0n && num > alignment) {
+      num -= tail;
+    }
+    if (qcow2PwriteZeroes(tx, offset, num, unmap) === 'enotsup') {
+      // The block layer's fallback: a buffer of zeros through the normal write path.
+      guestWrite(tx, offset, new Uint8Array(Number(num)));
+    }
+    offset += num;
+    bytes -= num;
+  }
+}
+
+/** `qcow2_cluster_discard` with full_discard = false: whole clusters from a cluster-aligned offset. */
+function clusterDiscard(tx: Tx, offset: bigint, bytes: bigint): void {
+  const g = geo(tx);
+  const cs = BigInt(g.clusterSize);
+  let nb = Number((bytes + cs - 1n) / cs);
+  while (nb > 0) {
+    const l2Offset = clusterTable(tx, offset);
+    const { l2: l2Index } = l1l2Index(tx, offset);
+    const n = Math.min(nb, g.l2Entries - l2Index);
+    const freed: L2EntryFields[] = [];
+    for (let i = 0; i < n; i++) {
+      const old = readL2Entry(tx, l2Offset, l2Index + i);
+      let next: L2EntryFields = old;
+      if (tx.img.backing || isAllocated(tx, old)) {
+        const empty: L2EntryFields = { copied: false, compressed: false, reservedHi: 0, hostOffsetHi: 0, hostOffsetLo: 0, reservedLo: 0, zero: false };
+        if (g.extendedL2) next = { ...empty, zeroBitmap: 0xffffffff, allocBitmap: 0 };
+        else next = { ...empty, zero: tx.img.header.version >= 3 };
+      }
+      if (sameEntry(old, next)) continue;
+      writeL2Entry(tx, l2Offset, l2Index + i, next);
+      freed.push(old);
+    }
+    // Crash safety: first remove the L2 entries, then decrease the refcounts.
+    if (freed.length) hostFlush(tx);
+    for (const e of freed) freeAndDiscard(tx, e);
+    nb -= n;
+    offset += BigInt(n) * cs;
+  }
+}
+
+/**
+ * discard of `length` bytes at `offset`: whole clusters (and the partial last cluster of the disk)
+ * read as zeros afterwards; partial clusters are left alone; v2 images with a backing file ignore
+ * it. The caller checks the range is inside the virtual disk.
+ */
+export function guestDiscard(tx: Tx, offset: bigint, length: bigint): void {
+  const g = geo(tx);
+  const align = BigInt(g.clusterSize);
+  const size = tx.img.header.size;
+  let head = offset % align;
+  const tail = (offset + length) % align;
+  let bytes = length;
+  while (bytes > 0n) {
+    let num = bytes;
+    if (head > 0n) {
+      num = bytes < align - head ? bytes : align - head;
+      head = (head + num) % align;
+    } else if (tail > 0n && num > align) {
+      num -= tail;
+    }
+    // qcow2_co_pdiscard
+    const v2WithBacking = tx.img.header.version < 3 && tx.img.backing !== undefined;
+    const aligned = offset % align === 0n && num % align === 0n;
+    const lastPartial = offset % align === 0n && offset + num === size;
+    if (!v2WithBacking && (aligned || lastPartial)) clusterDiscard(tx, offset, num);
+    offset += num;
+    bytes -= num;
+  }
+}
