@@ -28,8 +28,14 @@ import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields, setSessi
 /** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
 export const MAX_REFTABLE_BYTES = 8n * 1024n * 1024n;
 const INT64_MAX = (1n << 63n) - 1n;
-/** Retries of an allocation before giving up; QEMU's loop terminates after a handful. */
-const MAX_ALLOC_RETRIES = 64;
+/**
+ * Retries of an allocation before the model gives up. QEMU retries while update_refcount says
+ * -EAGAIN, without a limit; each "again" follows the allocation of a new refcount block, so a range
+ * crossing many not yet covered blocks retries once per block (a 25 MiB L1 table with 512-byte
+ * clusters: about 200 times). The bound is the largest number of refcount blocks a reftable can
+ * hold, so it only stops a model bug, never an allocation QEMU would complete.
+ */
+const MAX_ALLOC_RETRIES = Number(MAX_REFTABLE_BYTES / 8n) + 64;
 
 type Again = 'ok' | 'again';
 
@@ -83,6 +89,58 @@ function writeRefcountAt(tx: Tx, block: bigint, index: number, value: bigint): v
   hostWrite(tx, at, encodeRefcountBlock({ entries }, { refcountOrder: order }));
 }
 
+/**
+ * The byte range holding refcounts [index, index+count) of a block, and the position of `index`
+ * among the entries decoded from it (sub-byte widths share bytes with their neighbours).
+ */
+function runSlot(order: number, index: number, count: number): { byte: number; length: number; sub: number } {
+  const width = 1 << order;
+  if (width >= 8) return { byte: (index * width) / 8, length: (count * width) / 8, sub: 0 };
+  const perByte = 8 / width;
+  const byte = Math.floor(index / perByte);
+  return { byte, length: Math.ceil((index + count) / perByte) - byte, sub: index % perByte };
+}
+
+/** Refcounts [index, index+count) of the block at `block` (all inside that block), one read. */
+function readRefcountRun(tx: Tx, block: bigint, index: number, count: number): bigint[] {
+  const order = tx.img.header.refcountOrder;
+  const slot = runSlot(order, index, count);
+  const entries = decodeRefcountBlock(hostRead(tx, block + BigInt(slot.byte), slot.length), 0, { refcountOrder: order }).entries;
+  const out = new Array<bigint>(count);
+  for (let i = 0; i < count; i++) out[i] = refcountValue(entries[slot.sub + i]!);
+  return out;
+}
+
+/**
+ * Sets refcounts [index, index+values.length) of the block at `block` with one write of the bytes
+ * holding them (the same bytes as one write per refcount, in one request).
+ */
+function writeRefcountRun(tx: Tx, block: bigint, index: number, values: readonly bigint[]): void {
+  if (values.length === 0) return;
+  const order = tx.img.header.refcountOrder;
+  const slot = runSlot(order, index, values.length);
+  const at = block + BigInt(slot.byte);
+  const entries: Array<boolean | number | U64Fields> = decodeRefcountBlock(hostRead(tx, at, slot.length), 0, { refcountOrder: order }).entries.slice();
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    entries[slot.sub + i] = order === 0 ? v !== 0n : order === 6 ? bigIntToU64(v) : Number(v);
+  }
+  hostWrite(tx, at, encodeRefcountBlock({ entries }, { refcountOrder: order }));
+}
+
+/**
+ * The refcounts of clusters [clusterIndex, clusterIndex+count), read a block at a time (zeros where
+ * no refcount block covers them); `count` is capped at the end of the block holding the first one.
+ */
+function refcountsFrom(tx: Tx, clusterIndex: bigint, count: number): bigint[] {
+  const rbe = geo(tx).refblockEntries;
+  const index = blockIndexOf(tx, clusterIndex);
+  const n = Math.min(count, rbe - index);
+  const block = checkedBlock(tx, Number(clusterIndex >> BigInt(refblockBits(tx))));
+  if (block === 0n) return new Array<bigint>(n).fill(0n);
+  return readRefcountRun(tx, block, index, n);
+}
+
 function blockIndexOf(tx: Tx, clusterIndex: bigint): number {
   return Number(clusterIndex & BigInt(geo(tx).refblockEntries - 1));
 }
@@ -111,9 +169,16 @@ export function allocClustersNoref(tx: Tx, size: bigint): bigint {
   const g = geo(tx);
   const nb = (size + BigInt(g.clusterSize) - 1n) >> BigInt(g.clusterBits);
   let hint = tx.img.session.freeClusterIndex;
-  for (let i = 0n; i < nb; i++) {
-    const idx = hint++;
-    if (getRefcount(tx, idx) !== 0n) i = -1n; // `goto retry`: start a new run after this cluster
+  // QEMU reads one refcount per cluster; the model reads them a block run at a time (same result).
+  let found = 0n;
+  while (found < nb) {
+    const want = nb - found;
+    const run = refcountsFrom(tx, hint, want < 256n ? 256 : Number(want < 65536n ? want : 65536n));
+    for (const rc of run) {
+      hint++;
+      if (rc !== 0n) found = 0n; // `goto retry`: start a new run after this cluster
+      else if (++found === nb) break;
+    }
   }
   setSession(tx, { freeClusterIndex: hint });
   if (hint > 0n && hint - 1n > INT64_MAX >> BigInt(g.clusterBits)) {
@@ -135,7 +200,7 @@ export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: b
   const last = (offset + length - 1n) & ~(cs - 1n);
   const max = (1n << BigInt(g.refcountBits)) - 1n;
   let oldTableIndex = -1;
-  for (let co = start; co <= last; co += cs) {
+  for (let co = start; co <= last;) {
     const ci = co >> BigInt(g.clusterBits);
     const tableIndex = Number(ci >> BigInt(refblockBits(tx)));
     if (tableIndex !== oldTableIndex) {
@@ -150,17 +215,28 @@ export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: b
       }
     }
     oldTableIndex = tableIndex;
+    // The clusters of this range that this refcount block covers, updated together: QEMU updates
+    // them one by one in its cached block; the resulting bytes and hint are the same.
     const block = checkedBlock(tx, tableIndex);
     const index = blockIndexOf(tx, ci);
-    const rc = readRefcountAt(tx, block, index);
-    const next = decrease ? rc - addend : rc + addend;
-    if (next < 0n || next > max) {
-      updateRefcount(tx, offset, co - offset, addend, !decrease);
-      throw new ModelError('refcount-overflow', EINVAL,
-        `refcount of cluster ${ci} would become ${next} (refcount_bits=${g.refcountBits})`);
+    const count = Math.min(g.refblockEntries - index, Number((last - co) / cs) + 1);
+    const values = readRefcountRun(tx, block, index, count);
+    let k = 0;
+    for (; k < count; k++) {
+      const next = decrease ? values[k]! - addend : values[k]! + addend;
+      if (next < 0n || next > max) break;
+      values[k] = next;
+      if (next === 0n && ci + BigInt(k) < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: ci + BigInt(k) });
     }
-    if (next === 0n && ci < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: ci });
-    writeRefcountAt(tx, block, index, next);
+    writeRefcountRun(tx, block, index, values.slice(0, k));
+    if (k < count) {
+      const bad = co + BigInt(k) * cs;
+      const rc = values[k]!;
+      updateRefcount(tx, offset, bad - offset, addend, !decrease);
+      throw new ModelError('refcount-overflow', EINVAL,
+        `refcount of cluster ${ci + BigInt(k)} would become ${decrease ? rc - addend : rc + addend} (refcount_bits=${g.refcountBits})`);
+    }
+    co += BigInt(count) * cs;
   }
   return 'ok';
 }
@@ -275,7 +351,7 @@ export function refcountArea(tx: Tx, startOffset: bigint, additionalClusters: bi
       // Set the refcount of all of the new refcount structures to 1.
       let j = firstCovered < startOffset ? (startOffset - firstCovered) / cs : 0n;
       const endIndex = (endOffset - firstCovered) / cs < rbe ? (endOffset - firstCovered) / cs : rbe;
-      for (; j < endIndex; j++) writeRefcountAt(tx, block, Number(j), 1n);
+      if (j < endIndex) writeRefcountRun(tx, block, Number(j), new Array<bigint>(Number(endIndex - j)).fill(1n));
     }
   }
   // Crash safety: refblocks, then the table, are on disk before the header switches to them.
@@ -309,9 +385,14 @@ export function allocClustersAt(tx: Tx, offset: bigint, nb: number): number {
   if (nb === 0) return 0;
   const g = geo(tx);
   for (let attempt = 0; attempt < MAX_ALLOC_RETRIES; attempt++) {
-    let ci = offset >> BigInt(g.clusterBits);
+    const ci = offset >> BigInt(g.clusterBits);
     let i = 0;
-    for (; i < nb; i++) if (getRefcount(tx, ci++) !== 0n) break;
+    scan: while (i < nb) {
+      for (const rc of refcountsFrom(tx, ci + BigInt(i), nb - i)) {
+        if (rc !== 0n) break scan;
+        i++;
+      }
+    }
     if (updateRefcount(tx, offset, BigInt(i) << BigInt(g.clusterBits), 1n, false) === 'ok') return i;
   }
   throw new ModelError('corrupt', EIO, 'cluster allocation did not converge');
