@@ -1,0 +1,72 @@
+/**
+ * The model's single entry point: `step(image, op)` applies one operation of src/model/ops.ts to an
+ * immutable Image and returns the new Image and the ordered host I/O a driver must issue (with flush
+ * barriers), or the typed error QEMU's behaviour implies — in which case nothing changed.
+ *
+ * Pure: no I/O, no clock, no randomness; `image` is never mutated (the persistent HostFile shares every
+ * page the op did not touch).
+ */
+import { match } from 'ts-pattern';
+import { EIO, ENOTSUP, ModelError } from './errors.ts';
+import type { HostIO } from './host-file.ts';
+import type { Image } from './image.ts';
+import type { Op } from './ops.ts';
+import { beginTx, hostFlush, type Tx } from './tx.ts';
+import { guestWrite } from './write.ts';
+import { guestDiscard, guestWriteZeroes } from './zero-discard.ts';
+
+/** The outcome of one step. */
+export type StepResult =
+  | { readonly ok: true; readonly image: Image; readonly io: readonly HostIO[] }
+  | { readonly ok: false; readonly error: ModelError };
+
+/** The block layer's range check: a request must lie inside the virtual disk (QEMU: EIO). */
+function checkRange(img: Image, offset: bigint, length: bigint, what: string): void {
+  if (offset < 0n || length < 0n || offset + length > img.header.size) {
+    throw new ModelError('out-of-range', EIO,
+      `${what} of ${length} bytes at ${offset} is beyond the end of the ${img.header.size}-byte disk`);
+  }
+}
+
+function notYet(what: string): never {
+  throw new ModelError('unsupported', ENOTSUP, `${what} is not modelled yet`);
+}
+
+function apply(tx: Tx, op: Op): void {
+  match(op)
+    .with({ kind: 'write' }, (o) => {
+      checkRange(tx.img, o.offset, BigInt(o.data.length), 'write');
+      guestWrite(tx, o.offset, o.data);
+    })
+    .with({ kind: 'writeZeroes' }, (o) => {
+      checkRange(tx.img, o.offset, o.length, 'write_zeroes');
+      guestWriteZeroes(tx, o.offset, o.length, o.unmap);
+    })
+    .with({ kind: 'discard' }, (o) => {
+      checkRange(tx.img, o.offset, o.length, 'discard');
+      guestDiscard(tx, o.offset, o.length);
+    })
+    .with({ kind: 'writeCompressed' }, () => notYet('compressed writes'))
+    .with({ kind: 'snapshotCreate' }, () => notYet('snapshot creation'))
+    .with({ kind: 'snapshotApply' }, () => notYet('applying a snapshot'))
+    .with({ kind: 'snapshotDelete' }, () => notYet('snapshot deletion'))
+    .with({ kind: 'resize' }, () => notYet('resize'))
+    .with({ kind: 'flush' }, () => hostFlush(tx))
+    .exhaustive();
+}
+
+/**
+ * Applies `op` to `image`. On success returns the new image and the host I/O in the order a
+ * crash-safe driver must issue it; on failure returns the ModelError (QEMU's errno and message) and
+ * the caller keeps `image`, which is unchanged.
+ */
+export function step(image: Image, op: Op): StepResult {
+  const tx = beginTx(image);
+  try {
+    apply(tx, op);
+  } catch (e) {
+    if (e instanceof ModelError) return { ok: false, error: e };
+    throw e;
+  }
+  return { ok: true, image: tx.img, io: tx.io };
+}
