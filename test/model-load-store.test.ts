@@ -69,7 +69,7 @@ describe('loadImage on images made by qemu-img', QEMU, () => {
       }
       expect(h.backingFileOffset !== 0n).toBe(info['backing-filename'] !== undefined);
       expect(h.backingFileSize).toBe(info['backing-filename']?.length ?? 0);
-      expect(img.session).toEqual({ freeClusterIndex: 0n, freeByteOffset: 0n });
+      expect(img.session).toEqual({ freeClusterIndex: 0n, freeByteOffset: 0n, cursorClusterFreed: false, staleCursorAvoided: 0 });
       // store(load(b)) == b, and the header bytes re-encode to what is on disk.
       expect(Buffer.from(storeImage(img)).equals(Buffer.from(bytes))).toBe(true);
       if (data !== undefined) expect(Buffer.from(storeDataFile(img)!).equals(Buffer.from(data))).toBe(true);

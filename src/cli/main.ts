@@ -1,10 +1,12 @@
 /**
- * The `qcow2-ref` command: dispatches to a subcommand. Exit codes: 0 ok, 1 the image could not be
- * decoded, 2 usage error.
+ * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run). Exit codes: 0 ok, 1 the
+ * image could not be decoded / the operation was refused, 2 usage error.
  */
 import { parseArgs } from 'node:util';
+import { CREATE_HELP, runCreate } from './create.ts';
 import { DUMP_HELP, runDump } from './dump.ts';
 import { EXIT_OK, EXIT_USAGE, UsageError, processIo, type CliIo } from './io.ts';
+import { RUN_HELP, runRun } from './run.ts';
 
 /** Help text of the qcow2-ref command. */
 export const MAIN_HELP = `Usage: qcow2-ref COMMAND [OPTIONS] [ARGS]
@@ -14,14 +16,22 @@ A reference implementation of QEMU's qcow2 disk image format.
 Commands:
   dump IMAGE [--output=human|json]
                    Decode and print every structure of a qcow2 image.
+  create [-f qcow2] [-o OPTIONS] IMAGE [SIZE]
+                   Create a qcow2 image exactly as \`qemu-img create\` does.
+  run [--output=human|json] [--quiet] IMAGE SCRIPT
+                   Apply a JSON op script (docs/op-script.md) to an image
+                   through the model; the image is unchanged unless every op
+                   succeeds.
 
 Options:
   -h, --help       Show this help (\`qcow2-ref COMMAND --help\` for a command's help).
 
 Exit codes:
   0  success
-  1  the image could not be decoded (or read)
-  2  usage error (unknown command or option, missing argument)
+  1  the image could not be decoded (or read); create: qemu-img would refuse
+     the options; run: an op failed (the image is left unchanged)
+  2  usage error (unknown command or option, missing argument); run: the
+     script is invalid
 `;
 
 interface Command {
@@ -31,6 +41,8 @@ interface Command {
 
 const COMMANDS: Readonly<Record<string, Command>> = {
   dump: { help: DUMP_HELP, run: runDump },
+  create: { help: CREATE_HELP, run: runCreate },
+  run: { help: RUN_HELP, run: (args, io) => runRun(args, io) },
 };
 
 /**

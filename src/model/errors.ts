@@ -2,6 +2,8 @@
  * Errors of the model: an operation QEMU would refuse returns (throws) a ModelError with a stable
  * code, the errno QEMU reports for it, and a message in QEMU's words where it has one.
  */
+import type { HostIO } from './host-file.ts';
+import type { Image } from './image.ts';
 
 export type ModelErrorCode =
   /** A refcount would exceed 2^refcount_bits - 1 or drop below 0 (QEMU: -EINVAL). */
@@ -20,6 +22,11 @@ export class ModelError extends Error {
   readonly code: ModelErrorCode;
   /** The negative errno QEMU returns for the same situation. */
   readonly errno: number;
+  /**
+   * What QEMU leaves on disk despite the failure, when that is not "nothing": e.g. a fatal
+   * corruption sets the corrupt bit after metadata that was already flushed (fact sheet §8).
+   */
+  committed?: { readonly image: Image; readonly io: readonly HostIO[] };
 
   constructor(code: ModelErrorCode, errno: number, message: string) {
     super(message);

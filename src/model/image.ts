@@ -35,6 +35,14 @@ export interface SessionState {
   readonly freeClusterIndex: bigint;
   /** Where the next compressed blob may be packed (`free_byte_offset`), or 0 for "start a new cluster". */
   readonly freeByteOffset: bigint;
+  /** The cluster holding `freeByteOffset` has had its refcount drop to 0 since the cursor was set. */
+  readonly cursorClusterFreed: boolean;
+  /**
+   * How many times the model did NOT follow QEMU 7.2 because QEMU would have packed compressed data at
+   * a stale cursor inside a cluster freed and reused since — QEMU's data-corruption bug
+   * (docs/layout-differences.md). Layout comparisons with QEMU are meaningless once this is non-zero.
+   */
+  readonly staleCursorAvoided: number;
 }
 
 /** A read-only backing image: its virtual size and a pure read function (zeros past its end). */
@@ -108,5 +116,5 @@ export function geometryOf(h: HeaderState): Geometry {
 
 /** The session state of a freshly opened image (QEMU starts every process with these). */
 export function freshSession(): SessionState {
-  return { freeClusterIndex: 0n, freeByteOffset: 0n };
+  return { freeClusterIndex: 0n, freeByteOffset: 0n, cursorClusterFreed: false, staleCursorAvoided: 0 };
 }

@@ -12,7 +12,9 @@
  *   its refcount goes into another block; hooked into the reftable in place, or the reftable grows;
  * - refcountArea: reftable growth — self-describing refblocks and a new table at the end of the
  *   covered area, 50 % headroom, one 12-byte header write, old table freed;
- * - allocBytes: compressed-cluster byte packing with the in-memory cursor `free_byte_offset`.
+ * - allocBytes: compressed-cluster byte packing with the in-memory cursor `free_byte_offset` — except
+ *   that the model drops a cursor whose cluster was freed and reused since, where QEMU 7.2 packs
+ *   into the reused cluster and corrupts it (docs/layout-differences.md).
  *
  * Refcount entries and reftable entries are read and written through the generated decoders and
  * encoders (the sub-byte packing lives in spec/qcow2.ksy, not here).
@@ -141,6 +143,12 @@ function refcountsFrom(tx: Tx, clusterIndex: bigint, count: number): bigint[] {
   return readRefcountRun(tx, block, index, n);
 }
 
+/** The cluster the compressed-packing cursor points into, or -1n when there is no cursor. */
+function cursorCluster(tx: Tx): bigint {
+  const o = tx.img.session.freeByteOffset;
+  return o === 0n ? -1n : o >> BigInt(geo(tx).clusterBits);
+}
+
 function blockIndexOf(tx: Tx, clusterIndex: bigint): number {
   return Number(clusterIndex & BigInt(geo(tx).refblockEntries - 1));
 }
@@ -227,6 +235,7 @@ export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: b
       if (next < 0n || next > max) break;
       values[k] = next;
       if (next === 0n && ci + BigInt(k) < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: ci + BigInt(k) });
+      if (next === 0n && cursorCluster(tx) === ci + BigInt(k)) setSession(tx, { cursorClusterFreed: true });
     }
     writeRefcountRun(tx, block, index, values.slice(0, k));
     if (k < count) {
@@ -425,7 +434,18 @@ export function allocBytes(tx: Tx, size: number): bigint {
   const cs = BigInt(g.clusterSize);
   const max = (1n << BigInt(g.refcountBits)) - 1n;
   let offset = tx.img.session.freeByteOffset;
-  if (offset !== 0n && getRefcount(tx, offset >> BigInt(g.clusterBits)) === max) offset = 0n;
+  if (offset !== 0n) {
+    const rc = getRefcount(tx, offset >> BigInt(g.clusterBits));
+    if (rc === max) {
+      offset = 0n;
+    } else if (rc !== 0n && tx.img.session.cursorClusterFreed) {
+      // Deliberate difference from QEMU 7.2: the cursor's cluster was freed and has been reused
+      // since (as data or metadata). QEMU packs into it anyway — corrupting that cluster, or
+      // tripping its overlap check — so the model starts a new cluster instead and counts it.
+      offset = 0n;
+      setSession(tx, { staleCursorAvoided: tx.img.session.staleCursorAvoided + 1 });
+    }
+  }
   let freeInCluster = cs - (offset & (cs - 1n));
   for (let attempt = 0; attempt < MAX_ALLOC_RETRIES; attempt++) {
     if (offset === 0n || freeInCluster < BigInt(size)) {
@@ -443,7 +463,7 @@ export function allocBytes(tx: Tx, size: number): bigint {
     if (updateRefcount(tx, offset, BigInt(size), 1n, false) === 'ok') {
       let next = offset + BigInt(size);
       if ((next & (cs - 1n)) === 0n) next = 0n;
-      setSession(tx, { freeByteOffset: next });
+      setSession(tx, { freeByteOffset: next, cursorClusterFreed: false });
       return offset;
     }
     offset = 0n;

@@ -9,8 +9,9 @@
 import { match } from 'ts-pattern';
 import { EIO, ENOTSUP, ModelError } from './errors.ts';
 import type { HostIO } from './host-file.ts';
-import type { Image } from './image.ts';
+import { INCOMPAT_CORRUPT, type Image } from './image.ts';
 import type { Op } from './ops.ts';
+import { guestWriteCompressed } from './compress.ts';
 import { beginTx, hostFlush, type Tx } from './tx.ts';
 import { guestWrite } from './write.ts';
 import { guestDiscard, guestWriteZeroes } from './zero-discard.ts';
@@ -18,7 +19,11 @@ import { guestDiscard, guestWriteZeroes } from './zero-discard.ts';
 /** The outcome of one step. */
 export type StepResult =
   | { readonly ok: true; readonly image: Image; readonly io: readonly HostIO[] }
-  | { readonly ok: false; readonly error: ModelError };
+  /**
+   * `image` is the input unless QEMU changes the file despite the failure (then `io` says how; e.g.
+   * a fatal corruption marks the image corrupt).
+   */
+  | { readonly ok: false; readonly error: ModelError; readonly image: Image; readonly io: readonly HostIO[] };
 
 /** The block layer's range check: a request must lie inside the virtual disk (QEMU: EIO). */
 function checkRange(img: Image, offset: bigint, length: bigint, what: string): void {
@@ -32,7 +37,16 @@ function notYet(what: string): never {
   throw new ModelError('unsupported', ENOTSUP, `${what} is not modelled yet`);
 }
 
+/** A corrupt image takes no writes (QEMU refuses to open it read/write, fact sheet §1.3 #9). */
+function checkWritable(img: Image, op: Op): void {
+  if (op.kind === 'flush') return;
+  if ((img.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+    throw new ModelError('corrupt', EIO, 'qcow2: Image is corrupt; cannot be opened read/write');
+  }
+}
+
 function apply(tx: Tx, op: Op): void {
+  checkWritable(tx.img, op);
   match(op)
     .with({ kind: 'write' }, (o) => {
       checkRange(tx.img, o.offset, BigInt(o.data.length), 'write');
@@ -46,7 +60,10 @@ function apply(tx: Tx, op: Op): void {
       checkRange(tx.img, o.offset, o.length, 'discard');
       guestDiscard(tx, o.offset, o.length);
     })
-    .with({ kind: 'writeCompressed' }, () => notYet('compressed writes'))
+    .with({ kind: 'writeCompressed' }, (o) => {
+      checkRange(tx.img, o.offset, BigInt(o.data.length), 'compressed write');
+      guestWriteCompressed(tx, o.offset, o.data);
+    })
     .with({ kind: 'snapshotCreate' }, () => notYet('snapshot creation'))
     .with({ kind: 'snapshotApply' }, () => notYet('applying a snapshot'))
     .with({ kind: 'snapshotDelete' }, () => notYet('snapshot deletion'))
@@ -65,7 +82,9 @@ export function step(image: Image, op: Op): StepResult {
   try {
     apply(tx, op);
   } catch (e) {
-    if (e instanceof ModelError) return { ok: false, error: e };
+    if (e instanceof ModelError) {
+      return { ok: false, error: e, image: e.committed?.image ?? image, io: e.committed?.io ?? [] };
+    }
     throw e;
   }
   return { ok: true, image: tx.img, io: tx.io };

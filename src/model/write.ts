@@ -304,6 +304,11 @@ function linkL2(tx: Tx, m: L2Meta): void {
  * the virtual disk. Extended L2 COW works at subcluster granularity; data goes to the qcow2 file.
  */
 export function guestWrite(tx: Tx, offset: bigint, data: Uint8Array): void {
+  if (geo(tx).externalDataFile) {
+    // Regression (properties/model-commands.test.ts): preallocated clusters of a data-file image
+    // were written into the qcow2 file at host offset = guest offset.
+    throw new ModelError('unsupported', ENOTSUP, 'writes to images with an external data file are not modelled yet');
+  }
   if ((tx.img.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n) {
     throw new ModelError('unsupported', ENOTSUP, 'writes to images with lazy refcounts are not modelled yet');
   }
