@@ -285,13 +285,13 @@ describe('qcow2-ref run', () => {
     expect(Buffer.compare(await readFile(ours), await readFile(theirs))).toBe(0);
   });
 
-  it('an op the model does not support yet (snapshot-create) is reported clearly, exit 1, file unchanged', async () => {
+  it('an op the model does not support yet (resize) is reported clearly, exit 1, file unchanged', async () => {
     const { d, ours, theirs } = await pair('4M', {});
-    const scriptPath = join(d, 'snap.json');
-    await writeFile(scriptPath, JSON.stringify([{ op: 'write', offset: 0, length: 512, pattern: 1 }, { op: 'snapshot-create', name: 's1' }]));
+    const scriptPath = join(d, 'resize.json');
+    await writeFile(scriptPath, JSON.stringify([{ op: 'write', offset: 0, length: 512, pattern: 1 }, { op: 'resize', size: 8388608 }]));
     const r = await cli('run', ours, scriptPath);
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe(`qcow2-ref: ${ours}: op 1 (snapshot-create): snapshot creation is not modelled yet\n`);
+    expect(r.stderr).toBe(`qcow2-ref: ${ours}: op 1 (resize): resize is not modelled yet\n`);
     expect(Buffer.compare(await readFile(ours), await readFile(theirs))).toBe(0);
   });
 

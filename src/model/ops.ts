@@ -68,6 +68,14 @@ export interface WriteCompressedOp {
 export interface SnapshotCreateOp {
   readonly kind: 'snapshotCreate';
   readonly name: string;
+  /**
+   * Creation time recorded in the snapshot table (seconds and nanoseconds since the epoch) and the
+   * guest clock; the model has no clock, so the caller supplies them (default 0, as is the
+   * instruction count `qemu-img snapshot -c` records).
+   */
+  readonly dateSec?: number;
+  readonly dateNsec?: number;
+  readonly vmClockNsec?: bigint;
 }
 
 /**

@@ -12,6 +12,7 @@ import type { HostIO } from './host-file.ts';
 import { INCOMPAT_CORRUPT, type Image } from './image.ts';
 import type { Op } from './ops.ts';
 import { guestWriteCompressed } from './compress.ts';
+import { snapshotApply, snapshotCreate, snapshotDelete } from './snapshot.ts';
 import { beginTx, hostFlush, type Tx } from './tx.ts';
 import { guestWrite } from './write.ts';
 import { guestDiscard, guestWriteZeroes } from './zero-discard.ts';
@@ -64,9 +65,13 @@ function apply(tx: Tx, op: Op): void {
       checkRange(tx.img, o.offset, BigInt(o.data.length), 'compressed write');
       guestWriteCompressed(tx, o.offset, o.data);
     })
-    .with({ kind: 'snapshotCreate' }, () => notYet('snapshot creation'))
-    .with({ kind: 'snapshotApply' }, () => notYet('applying a snapshot'))
-    .with({ kind: 'snapshotDelete' }, () => notYet('snapshot deletion'))
+    .with({ kind: 'snapshotCreate' }, (o) => snapshotCreate(tx, o.name, {
+      ...(o.dateSec !== undefined ? { dateSec: o.dateSec } : {}),
+      ...(o.dateNsec !== undefined ? { dateNsec: o.dateNsec } : {}),
+      ...(o.vmClockNsec !== undefined ? { vmClockNsec: o.vmClockNsec } : {}),
+    }))
+    .with({ kind: 'snapshotApply' }, (o) => snapshotApply(tx, o.name))
+    .with({ kind: 'snapshotDelete' }, (o) => snapshotDelete(tx, o.name))
     .with({ kind: 'resize' }, () => notYet('resize'))
     .with({ kind: 'flush' }, () => hostFlush(tx))
     .exhaustive();

@@ -1,0 +1,328 @@
+/**
+ * Internal snapshots, as QEMU 7.2 creates, applies and deletes them (block/qcow2-snapshot.c,
+ * block/qcow2-refcount.c qcow2_update_snapshot_refcount; fact sheet §5):
+ *
+ * - create: a new L1 (first fit) holding a copy of the active L1; +1 on every L2 table and data
+ *   cluster (compressed: every host cluster touched) the active L1 reaches, COPIED cleared where the
+ *   refcount is no longer 1; then a new snapshot table in fresh clusters, one 12-byte header write,
+ *   the old table freed;
+ * - apply: +1 on everything the snapshot's L1 reaches, the snapshot's entries written over the active
+ *   L1 in place, -1 on everything the old active L1 reached, COPIED recomputed;
+ * - delete: the table rewritten without the entry, -1 on everything the snapshot reached, its L1
+ *   freed, COPIED recomputed in the active tables.
+ *
+ * Clusters whose refcount drops to 0 here are punched out of the file (pass-discard-snapshot is on by
+ * default). The snapshot table is read and written through the generated snapshot_entry codec.
+ */
+import { decodeL1Entry, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields } from '../../generated/qcow2.ts';
+import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
+import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
+import { EFBIG, EINVAL, ENOTSUP, ModelError } from './errors.ts';
+import { discardHost } from './host-file.ts';
+import { readL2Entry, writeL2Entry } from './mapping.ts';
+import { allocClusters, getRefcount, updateRefcount } from './refcount.ts';
+import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields } from './tx.ts';
+
+/** QEMU's limits (QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE). */
+const MAX_SNAPSHOTS = 65536;
+const MAX_SNAPSHOTS_SIZE = 1024 * 65536;
+
+/** One snapshot as QEMU keeps it in memory (QCowSnapshot). */
+export interface SnapshotState {
+  readonly l1TableOffset: bigint;
+  readonly l1Size: number;
+  readonly id: string;
+  readonly name: string;
+  readonly dateSec: number;
+  readonly dateNsec: number;
+  readonly vmClockNsec: bigint;
+  readonly vmStateSize: bigint;
+  readonly diskSize: bigint;
+  readonly icount: bigint;
+  /** Extra data size as read (at least 24 when written back). */
+  readonly extraDataSize: number;
+  readonly unknownExtraData: Uint8Array;
+}
+
+/** The snapshot table of the working image, decoded with the generated codec. */
+export function readSnapshots(tx: Tx): SnapshotState[] {
+  const h = tx.img.header;
+  const g = geo(tx);
+  const out: SnapshotState[] = [];
+  let pos = h.snapshotsOffset;
+  for (let i = 0; i < h.nbSnapshots; i++) {
+    pos = (pos + 7n) & ~7n;
+    // Enough bytes for the largest entry QEMU accepts: 40 + 1024 extra + two 64 KiB strings.
+    const window = hostRead(tx, pos, 40 + 1024 + 2 * 65536 + 8);
+    const e = decodeSnapshotEntry(window, 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2, isLast: true });
+    const x = e.extraData;
+    out.push({
+      l1TableOffset: u64ToBigInt(e.l1TableOffset),
+      l1Size: e.l1Size,
+      id: e.idStr,
+      name: e.name,
+      dateSec: e.dateSec,
+      dateNsec: e.dateNsec,
+      vmClockNsec: u64ToBigInt(e.vmClockNsec),
+      vmStateSize: x.vmStateSizeLarge ? u64ToBigInt(x.vmStateSizeLarge) : BigInt(e.vmStateSize),
+      diskSize: x.diskSize ? u64ToBigInt(x.diskSize) : h.size,
+      icount: x.icount ? u64ToBigInt(x.icount) : (1n << 64n) - 1n,
+      extraDataSize: e.lenExtraData,
+      unknownExtraData: e.lenExtraData > 24 ? x.unknown : new Uint8Array(0),
+    });
+    pos += BigInt(40 + e.lenExtraData + e.lenId + e.lenName);
+  }
+  return out;
+}
+
+/** Bytes of the snapshot table QEMU computes (entries 8-aligned, no padding after the last). */
+function tableSize(list: readonly SnapshotState[]): number {
+  let offset = 0;
+  for (const sn of list) {
+    offset = Math.ceil(offset / 8) * 8;
+    offset += 40 + Math.max(24, sn.extraDataSize) + Buffer.byteLength(sn.id, 'latin1') + Buffer.byteLength(sn.name, 'latin1');
+  }
+  return offset;
+}
+
+/** `qcow2_write_snapshots`: a new table in fresh clusters, the header switched, the old one freed. */
+function writeSnapshots(tx: Tx, list: readonly SnapshotState[], oldSize: number): void {
+  const g = geo(tx);
+  const size = tableSize(list);
+  if (size > MAX_SNAPSHOTS_SIZE) throw new ModelError('too-big', EFBIG, 'File too large');
+  const offset = allocClusters(tx, BigInt(size));
+  hostFlush(tx);
+  const parts: Uint8Array[] = list.map((sn, i) => encodeSnapshotEntry({
+    l1TableOffset: bigIntToU64(sn.l1TableOffset),
+    l1Size: sn.l1Size,
+    lenId: sn.id.length,
+    lenName: sn.name.length,
+    dateSec: sn.dateSec,
+    dateNsec: sn.dateNsec,
+    vmClockNsec: bigIntToU64(sn.vmClockNsec),
+    vmStateSize: sn.vmStateSize <= 0xffffffffn ? Number(sn.vmStateSize) : 0,
+    lenExtraData: Math.max(24, sn.extraDataSize),
+    extraData: {
+      vmStateSizeLarge: bigIntToU64(sn.vmStateSize),
+      diskSize: bigIntToU64(sn.diskSize),
+      icount: bigIntToU64(sn.icount),
+      unknown: sn.unknownExtraData,
+    },
+    idStr: sn.id,
+    name: sn.name,
+    ...(i + 1 < list.length ? { padding: new Uint8Array((8 - ((40 + Math.max(24, sn.extraDataSize) + sn.id.length + sn.name.length) % 8)) % 8) } : {}),
+  }, { clusterBits: g.clusterBits, extendedL2: g.extendedL2, isLast: i + 1 === list.length }));
+  const table = new Uint8Array(size);
+  let at = 0;
+  for (const p of parts) {
+    table.set(p, at);
+    at += p.length;
+  }
+  if (size > 0) hostWrite(tx, offset, table);
+  // Crash safety: the new table and its refcounts are stable before the header points at it.
+  hostFlush(tx);
+  const oldOffset = tx.img.header.snapshotsOffset;
+  setHeaderFields(tx, { nbSnapshots: list.length, snapshotsOffset: list.length === 0 ? 0n : offset });
+  hostFlush(tx);
+  decreaseAndPunch(tx, oldOffset, BigInt(oldSize));
+}
+
+/** Drops one reference on [offset, offset+length) and punches out clusters that reach refcount 0. */
+function decreaseAndPunch(tx: Tx, offset: bigint, length: bigint): void {
+  if (length <= 0n) return;
+  const g = geo(tx);
+  updateRefcount(tx, offset, length, 1n, true);
+  const first = offset >> BigInt(g.clusterBits);
+  const last = (offset + length - 1n) >> BigInt(g.clusterBits);
+  for (let ci = first; ci <= last; ci++) {
+    if (getRefcount(tx, ci) !== 0n) continue;
+    const at = ci << BigInt(g.clusterBits);
+    tx.img = { ...tx.img, file: discardHost(tx.img.file, at, BigInt(g.clusterSize)) };
+    tx.io.push({ kind: 'discard', offset: at, length: BigInt(g.clusterSize) });
+  }
+}
+
+function readL1(tx: Tx, offset: bigint, size: number): L1EntryFields[] {
+  const g = geo(tx);
+  const raw = hostRead(tx, offset, size * 8);
+  const out: L1EntryFields[] = [];
+  for (let i = 0; i < size; i++) out.push(decodeL1Entry(raw, i * 8, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 }));
+  return out;
+}
+
+function encodeL1(tx: Tx, entries: readonly L1EntryFields[]): Uint8Array {
+  const g = geo(tx);
+  const out = new Uint8Array(entries.length * 8);
+  entries.forEach((e, i) => out.set(encodeL1Entry(e, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 }), i * 8));
+  return out;
+}
+
+function isZeroRange(b: Uint8Array, from: number, length: number): boolean {
+  for (let i = from; i < from + length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+function withCopied<T extends { copied: boolean }>(e: T, copied: boolean): T {
+  return { ...e, copied };
+}
+
+/**
+ * `qcow2_update_snapshot_refcount`: adds `addend` (-1, 0, +1) to every L2 table and cluster reachable
+ * from `l1` (the caller's copy of an L1 table at `l1Offset`), recomputes COPIED on the L2 entries and
+ * returns the L1 with recomputed COPIED flags (written back by the caller when `addend >= 0`).
+ */
+function updateSnapshotRefcount(tx: Tx, l1: readonly L1EntryFields[], addend: -1 | 0 | 1): { l1: L1EntryFields[]; modified: boolean } {
+  const g = geo(tx);
+  const ctx = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
+  const next = l1.map((e) => ({ ...e }));
+  let modified = false;
+  const change = (offset: bigint, length: bigint): void => {
+    if (addend === 0) return;
+    if (addend > 0) {
+      if (updateRefcount(tx, offset, length, 1n, false) === 'again') throw new ModelError('corrupt', EINVAL, 'refcount block missing for an allocated cluster');
+    } else {
+      decreaseAndPunch(tx, offset, length);
+    }
+  };
+  for (let i = 0; i < l1.length; i++) {
+    const l2Offset = l1L2Offset(l1[i]!);
+    if (l2Offset === 0n && !l1[i]!.copied) continue;
+    if (l2Offset !== 0n) {
+      // One read of the table; all-zero entries (unallocated, no flags) need no work and no decode.
+      const table = hostRead(tx, l2Offset, g.clusterSize);
+      for (let j = 0; j < g.l2Entries; j++) {
+        if (isZeroRange(table, j * g.l2EntrySize, g.l2EntrySize)) continue;
+        const old = readL2Entry(tx, l2Offset, j);
+        const c = classifyL2Entry({ ...old, copied: false }, ctx);
+        let refcount = 0n;
+        if (c.kind === 'compressed') {
+          const d = compressedDescriptor(old, g.clusterBits);
+          change(d.hostOffset, BigInt(d.compressedBytes));
+          refcount = 2n; // compressed clusters are never modified
+        } else if (c.kind === 'normal' || c.kind === 'zero-alloc') {
+          change(c.hostOffset, 1n);
+          refcount = getRefcount(tx, c.hostOffset >> BigInt(g.clusterBits));
+        }
+        const copied = refcount === 1n;
+        if (old.copied !== copied) writeL2Entry(tx, l2Offset, j, withCopied(old, copied));
+      }
+      change(l2Offset, 1n);
+    }
+    const rc = l2Offset === 0n ? 0n : getRefcount(tx, l2Offset >> BigInt(g.clusterBits));
+    const copied = l2Offset !== 0n && rc === 1n;
+    if (next[i]!.copied !== copied) {
+      next[i] = withCopied(next[i]!, copied);
+      modified = true;
+    }
+  }
+  hostFlush(tx);
+  return { l1: next, modified };
+}
+
+function findByIdOrName(list: readonly SnapshotState[], idOrName: string): number {
+  const byId = list.findIndex((s) => s.id === idOrName);
+  return byId >= 0 ? byId : list.findIndex((s) => s.name === idOrName);
+}
+
+function checkSnapshotsSupported(tx: Tx): void {
+  if (geo(tx).externalDataFile) throw new ModelError('unsupported', ENOTSUP, 'Operation not supported');
+}
+
+/** `qcow2_snapshot_create` (qemu-img snapshot -c NAME). */
+export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; dateNsec?: number; vmClockNsec?: bigint } = {}): void {
+  checkSnapshotsSupported(tx);
+  const list = readSnapshots(tx);
+  if (list.length >= MAX_SNAPSHOTS) throw new ModelError('too-big', EFBIG, 'File too large');
+  const oldSize = tableSize(list);
+  let idMax = 0n;
+  for (const s of list) {
+    const m = /^\s*[+-]?\d+/.exec(s.id);
+    const v = m ? BigInt(m[0].trim()) : 0n;
+    if (v > idMax) idMax = v;
+  }
+  const h = tx.img.header;
+  // The new L1: allocated first fit, then a copy of the active one written into it.
+  const l1Offset = allocClusters(tx, BigInt(h.l1Size) * 8n);
+  const active = readL1(tx, h.l1TableOffset, h.l1Size);
+  if (h.l1Size > 0) hostWrite(tx, l1Offset, encodeL1(tx, active));
+  // Everything the active L1 reaches gains a reference; COPIED is cleared where it is shared now.
+  // On failure (e.g. refcount_bits=1 overflows) QEMU keeps what it did so far: the L1 leaks.
+  try {
+    const r = updateSnapshotRefcount(tx, active, 1);
+    if (r.modified) hostWrite(tx, h.l1TableOffset, encodeL1(tx, r.l1));
+  } catch (e) {
+    if (e instanceof ModelError) {
+      e.committed = { image: tx.img, io: [...tx.io] };
+      e.message = `Could not create snapshot '${name}': ${e.errno} (${e.errno === EINVAL ? 'Invalid argument' : e.message})`;
+    }
+    throw e;
+  }
+  const sn: SnapshotState = {
+    l1TableOffset: l1Offset,
+    l1Size: h.l1Size,
+    id: String(idMax + 1n),
+    name,
+    dateSec: opts.dateSec ?? 0,
+    dateNsec: opts.dateNsec ?? 0,
+    vmClockNsec: opts.vmClockNsec ?? 0n,
+    vmStateSize: 0n,
+    diskSize: h.size,
+    icount: 0n,
+    extraDataSize: 24,
+    unknownExtraData: new Uint8Array(0),
+  };
+  writeSnapshots(tx, [...list, sn], oldSize);
+}
+
+/** `qcow2_snapshot_goto` (qemu-img snapshot -a ID_OR_NAME). */
+export function snapshotApply(tx: Tx, idOrName: string): void {
+  checkSnapshotsSupported(tx);
+  const list = readSnapshots(tx);
+  const index = findByIdOrName(list, idOrName);
+  if (index < 0) throw new ModelError('unsupported', -2, `Could not apply snapshot '${idOrName}': -2 (No such file or directory)`);
+  const sn = list[index]!;
+  const h = tx.img.header;
+  if (sn.diskSize !== h.size) throw new ModelError('unsupported', ENOTSUP, 'qcow2: Loading snapshots with different disk size is not implemented');
+  if (sn.l1Size > h.l1Size) throw new ModelError('unsupported', ENOTSUP, 'applying a snapshot with a larger L1 table (L1 growth) is not modelled yet');
+  const snL1 = readL1(tx, sn.l1TableOffset, sn.l1Size);
+  const empty: L1EntryFields = { copied: false, reservedHi: 0, l2OffsetHi: 0, l2OffsetLo: 0, reservedLo: 0 };
+  const newActive = [...snL1, ...new Array<L1EntryFields>(h.l1Size - sn.l1Size).fill(empty)];
+  // QEMU writes the snapshot's own L1 back when the pass changed its COPIED flags (addend >= 0).
+  // A refcount overflow here (refcount_bits 1 or 2) fails the apply with the active L1 untouched
+  // and the references raised so far kept, as in QEMU.
+  let snPass: { l1: L1EntryFields[]; modified: boolean };
+  try {
+    snPass = updateSnapshotRefcount(tx, snL1, 1);
+  } catch (e) {
+    if (e instanceof ModelError) {
+      e.committed = { image: tx.img, io: [...tx.io] };
+      e.message = `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === EINVAL ? 'Invalid argument' : e.message}`;
+    }
+    throw e;
+  }
+  if (snPass.modified) hostWrite(tx, sn.l1TableOffset, encodeL1(tx, snPass.l1));
+  const oldActive = readL1(tx, h.l1TableOffset, h.l1Size);
+  // Crash safety: the new L1's references are counted before the active L1 is overwritten.
+  hostWrite(tx, h.l1TableOffset, encodeL1(tx, newActive));
+  hostFlush(tx);
+  updateSnapshotRefcount(tx, oldActive, -1);
+  const r = updateSnapshotRefcount(tx, newActive, 0);
+  if (r.modified) hostWrite(tx, h.l1TableOffset, encodeL1(tx, r.l1));
+}
+
+/** `qcow2_snapshot_delete` (qemu-img snapshot -d ID_OR_NAME: by id, else by name). */
+export function snapshotDelete(tx: Tx, idOrName: string): void {
+  checkSnapshotsSupported(tx);
+  const list = readSnapshots(tx);
+  const index = findByIdOrName(list, idOrName);
+  if (index < 0) throw new ModelError('unsupported', -2, `Could not delete snapshot '${idOrName}': Can't find the snapshot`);
+  const sn = list[index]!;
+  const oldSize = tableSize(list);
+  writeSnapshots(tx, list.filter((_s, i) => i !== index), oldSize);
+  updateSnapshotRefcount(tx, readL1(tx, sn.l1TableOffset, sn.l1Size), -1);
+  decreaseAndPunch(tx, sn.l1TableOffset, BigInt(sn.l1Size) * 8n);
+  const h = tx.img.header;
+  const r = updateSnapshotRefcount(tx, readL1(tx, h.l1TableOffset, h.l1Size), 0);
+  if (r.modified) hostWrite(tx, h.l1TableOffset, encodeL1(tx, r.l1));
+}
+
