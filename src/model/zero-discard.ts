@@ -195,7 +195,20 @@ function qcow2PwriteZeroes(tx: Tx, offset: bigint, bytes: bigint, unmap: boolean
  */
 export function guestWriteZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean): void {
   const g = geo(tx);
-  const alignment = BigInt(g.clusterSize / g.subclusters);
+  for (const [at, num] of blockLayerPieces(offset, length, BigInt(g.clusterSize / g.subclusters))) {
+    if (qcow2PwriteZeroes(tx, at, num, unmap) === 'enotsup') {
+      // The block layer's fallback: a buffer of zeros through the normal write path.
+      guestWrite(tx, at, new Uint8Array(Number(num)));
+    }
+  }
+}
+
+/**
+ * How QEMU's block layer (bdrv_co_do_pwrite_zeroes, bdrv_co_pdiscard) cuts a request for a driver
+ * with this alignment: the unaligned head up to the first boundary, the aligned bulk, then the
+ * unaligned tail, as [offset, length] pieces in order.
+ */
+function* blockLayerPieces(offset: bigint, length: bigint, alignment: bigint): Generator<[bigint, bigint]> {
   let head = offset % alignment;
   const tail = (offset + length) % alignment;
   let bytes = length;
@@ -207,10 +220,7 @@ export function guestWriteZeroes(tx: Tx, offset: bigint, length: bigint, unmap: 
     } else if (tail > 0n && num > alignment) {
       num -= tail;
     }
-    if (qcow2PwriteZeroes(tx, offset, num, unmap) === 'enotsup') {
-      // The block layer's fallback: a buffer of zeros through the normal write path.
-      guestWrite(tx, offset, new Uint8Array(Number(num)));
-    }
+    yield [offset, num];
     offset += num;
     bytes -= num;
   }
@@ -255,23 +265,11 @@ export function guestDiscard(tx: Tx, offset: bigint, length: bigint): void {
   const g = geo(tx);
   const align = BigInt(g.clusterSize);
   const size = tx.img.header.size;
-  let head = offset % align;
-  const tail = (offset + length) % align;
-  let bytes = length;
-  while (bytes > 0n) {
-    let num = bytes;
-    if (head > 0n) {
-      num = bytes < align - head ? bytes : align - head;
-      head = (head + num) % align;
-    } else if (tail > 0n && num > align) {
-      num -= tail;
-    }
+  for (const [at, num] of blockLayerPieces(offset, length, align)) {
     // qcow2_co_pdiscard
     const v2WithBacking = tx.img.header.version < 3 && tx.img.backing !== undefined;
-    const aligned = offset % align === 0n && num % align === 0n;
-    const lastPartial = offset % align === 0n && offset + num === size;
-    if (!v2WithBacking && (aligned || lastPartial)) clusterDiscard(tx, offset, num);
-    offset += num;
-    bytes -= num;
+    const aligned = at % align === 0n && num % align === 0n;
+    const lastPartial = at % align === 0n && at + num === size;
+    if (!v2WithBacking && (aligned || lastPartial)) clusterDiscard(tx, at, num);
   }
 }
