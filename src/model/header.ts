@@ -97,9 +97,10 @@ export function headerStateFrom(h: Header): HeaderState {
     incompatibleFeatures: v3 && h.incompatibleFeatures !== undefined ? u64ToBigInt(h.incompatibleFeatures) : 0n,
     compatibleFeatures: v3 && h.compatibleFeatures !== undefined ? u64ToBigInt(h.compatibleFeatures) : 0n,
     autoclearFeatures: v3 && h.autoclearFeatures !== undefined ? u64ToBigInt(h.autoclearFeatures) : 0n,
-    refcountOrder: v3 && h.refcountOrder !== undefined ? h.refcountOrder : 4,
-    headerLength: v3 && h.headerLength !== undefined ? h.headerLength : V2_HEADER_LENGTH,
-    compressionType: v3 && h.compressionType !== undefined ? h.compressionType : 0,
+    // The spec's value instances already apply the version-2 and absent-field defaults.
+    refcountOrder: h.refcountOrderEffective,
+    headerLength: h.lenHeader,
+    compressionType: h.compressionTypeEffective,
   };
 }
 

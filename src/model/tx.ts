@@ -6,8 +6,7 @@
  * Every host write goes through `hostWrite`, which updates the working Image's HostFile and records
  * the write in `io` in the same order — the order a crash-safe driver must issue them.
  */
-import { decodeHeader, encodeHeader } from '../../generated/qcow2.ts';
-import { bigIntToU64 } from '../format/u64.ts';
+import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
 import { type HostIO, readHost, writeHost, zeroHost } from './host-file.ts';
 import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
 
@@ -67,27 +66,16 @@ const HEADER_FIELD_BYTES: Partial<Record<keyof HeaderState, readonly [number, nu
 };
 
 /**
- * Changes header fields: re-encodes the header through the generated encoder from the file's own
- * header bytes (so unknown fields are preserved) and writes only the byte range covering the changed
+ * Changes header fields: re-encodes the header through the generated encoder (header.ts, with the
+ * file's unknown header bytes preserved) and writes only the byte range covering the changed
  * fields, as QEMU does (e.g. one 12-byte write for refcount_table_offset + clusters, §11.1).
  */
 export function setHeaderFields(tx: Tx, changes: Partial<HeaderState>): void {
   const h = tx.img.header;
-  const len = h.version >= 3 ? h.headerLength : 72;
-  const decoded = decodeHeader(hostRead(tx, 0n, len));
   const next: HeaderState = { ...h, ...changes };
-  const fields = {
-    ...decoded,
-    l1Size: next.l1Size,
-    l1TableOffset: bigIntToU64(next.l1TableOffset),
-    refcountTableOffset: bigIntToU64(next.refcountTableOffset),
-    refcountTableClusters: next.refcountTableClusters,
-    nbSnapshots: next.nbSnapshots,
-    snapshotsOffset: bigIntToU64(next.snapshotsOffset),
-    size: bigIntToU64(next.size),
-    ...(h.version >= 3 ? { incompatibleFeatures: bigIntToU64(next.incompatibleFeatures) } : {}),
-  };
-  const bytes = encodeHeader(fields);
+  const len = headerLengthOf(h);
+  const unknown = len > V3_HEADER_LENGTH ? hostRead(tx, BigInt(V3_HEADER_LENGTH), len - V3_HEADER_LENGTH) : undefined;
+  const bytes = encodeHeaderState(next, unknown);
   let lo = Infinity;
   let hi = -Infinity;
   for (const key of Object.keys(changes) as (keyof HeaderState)[]) {
