@@ -15,7 +15,9 @@ export type ModelErrorCode =
   /** The operation is not possible with this image's features (-ENOTSUP / -EINVAL). */
   | 'unsupported'
   /** The image's metadata is inconsistent in a way the operation cannot work around (-EIO). */
-  | 'corrupt';
+  | 'corrupt'
+  /** The image has an external data file (incompatible bit 2) but the caller supplied none (-EIO). */
+  | 'no-data-file';
 
 export class ModelError extends Error {
   override readonly name = 'ModelError';

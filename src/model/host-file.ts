@@ -14,15 +14,26 @@ import { Map as IMap } from 'immutable';
 export const PAGE_SIZE = 4096;
 const PAGE_BITS = 12;
 
+/**
+ * Which file a host operation addresses: the qcow2 file itself (the default, `target` absent) or the
+ * image's external data file (`target: 'data'`, incompatible bit 2). A flush is a barrier for both.
+ */
+export type HostTarget = 'image' | 'data';
+
 /** One host operation, in the order a crash-safe driver must issue them. */
 export type HostIO =
-  | { readonly kind: 'write'; readonly offset: bigint; readonly bytes: Uint8Array }
+  | { readonly kind: 'write'; readonly offset: bigint; readonly bytes: Uint8Array; readonly target?: 'data' }
   /** Zero `length` bytes at `offset` (extending the file like a write; fallocate on a real file). */
-  | { readonly kind: 'zero'; readonly offset: bigint; readonly length: bigint }
+  | { readonly kind: 'zero'; readonly offset: bigint; readonly length: bigint; readonly target?: 'data' }
   /** Punch a hole: the range reads as zeros afterwards, the file length does not change. */
-  | { readonly kind: 'discard'; readonly offset: bigint; readonly length: bigint }
+  | { readonly kind: 'discard'; readonly offset: bigint; readonly length: bigint; readonly target?: 'data' }
   | { readonly kind: 'flush' }
-  | { readonly kind: 'truncate'; readonly length: bigint };
+  | { readonly kind: 'truncate'; readonly length: bigint; readonly target?: 'data' };
+
+/** The file `op` addresses ('image' unless it says 'data'; flushes address both). */
+export function hostTargetOf(op: HostIO): HostTarget {
+  return op.kind !== 'flush' && op.target === 'data' ? 'data' : 'image';
+}
 
 export interface HostFile {
   /** Length of the file in bytes (not necessarily cluster aligned). */
@@ -142,10 +153,14 @@ export function truncateHost(file: HostFile, length: bigint): HostFile {
   return { length, pages };
 }
 
-/** Replays host operations onto a file (flushes are no-ops for an in-memory file). */
-export function applyHostIO(file: HostFile, io: readonly HostIO[]): HostFile {
+/**
+ * Replays the host operations addressed to `target` (default: the qcow2 file) onto `file`; the others
+ * are skipped, and flushes are no-ops for an in-memory file.
+ */
+export function applyHostIO(file: HostFile, io: readonly HostIO[], target: HostTarget = 'image'): HostFile {
   let f = file;
   for (const op of io) {
+    if (op.kind === 'flush' || hostTargetOf(op) !== target) continue;
     if (op.kind === 'write') f = writeHost(f, op.offset, op.bytes);
     else if (op.kind === 'zero') f = zeroHost(f, op.offset, op.length);
     else if (op.kind === 'discard') f = discardHost(f, op.offset, op.length);

@@ -7,7 +7,8 @@
  * the write in `io` in the same order — the order a crash-safe driver must issue them.
  */
 import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
-import { type HostIO, readHost, writeHost, zeroHost } from './host-file.ts';
+import { discardHost, type HostIO, readHost, writeHost, zeroHost } from './host-file.ts';
+import { ModelError, EIO } from './errors.ts';
 import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
 
 export interface Tx {
@@ -41,6 +42,39 @@ export function hostZero(tx: Tx, offset: bigint, length: bigint): void {
   if (length <= 0n) return;
   tx.img = { ...tx.img, file: zeroHost(tx.img.file, offset, length) };
   tx.io.push({ kind: 'zero', offset, length });
+}
+
+function dataFileOf(tx: Tx): import('./host-file.ts').HostFile {
+  const f = tx.img.dataFile;
+  // An image with incompatible bit 2 whose data file the caller did not supply cannot be served
+  // (QEMU refuses to open it: "Could not open data file" / "'data-file' is required").
+  if (f === undefined) throw new ModelError('no-data-file', EIO, 'the image has an external data file but none was supplied');
+  return f;
+}
+
+/** Reads `length` bytes of the external data file at `offset` (zeros past its end). */
+export function dataRead(tx: Tx, offset: bigint, length: number): Uint8Array {
+  return readHost(dataFileOf(tx), offset, length);
+}
+
+/** Writes `bytes` at `offset` of the external data file and records the write (`target: 'data'`). */
+export function dataWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
+  tx.img = { ...tx.img, dataFile: writeHost(dataFileOf(tx), offset, bytes) };
+  tx.io.push({ kind: 'write', offset, bytes, target: 'data' });
+}
+
+/** Zeroes `length` bytes at `offset` of the external data file and records it (`target: 'data'`). */
+export function dataZero(tx: Tx, offset: bigint, length: bigint): void {
+  if (length <= 0n) return;
+  tx.img = { ...tx.img, dataFile: zeroHost(dataFileOf(tx), offset, length) };
+  tx.io.push({ kind: 'zero', offset, length, target: 'data' });
+}
+
+/** Punches `length` bytes at `offset` out of the external data file and records it (`target: 'data'`). */
+export function dataDiscard(tx: Tx, offset: bigint, length: bigint): void {
+  if (length <= 0n) return;
+  tx.img = { ...tx.img, dataFile: discardHost(dataFileOf(tx), offset, length) };
+  tx.io.push({ kind: 'discard', offset, length, target: 'data' });
 }
 
 /** Records a flush barrier (the writes before it must be stable before any write after it). */
