@@ -43,12 +43,26 @@ export interface SessionState {
    * (docs/layout-differences.md). Layout comparisons with QEMU are meaningless once this is non-zero.
    */
   readonly staleCursorAvoided: number;
+  /**
+   * This session set the dirty bit (incompatible bit 0) itself: `qcow2_mark_dirty` on the first
+   * allocating write of an image with lazy refcounts (src/model/close.ts). Absent/false when the bit
+   * is clear, or when it was already set on disk when the image was loaded — a session that crashed
+   * with lazy refcounts left it, and QEMU repairs the refcounts on a writable open (fact sheet §1.3
+   * #25, §7.1), which the model does not do (yet), so it refuses to write such an image.
+   */
+  readonly dirtyBySession?: boolean;
 }
 
 /** A read-only backing image: its virtual size and a pure read function (zeros past its end). */
 export interface BackingSource {
   readonly size: bigint;
   read(offset: bigint, length: number): Uint8Array;
+  /**
+   * The extents of `[offset, offset + length)` (inside `size`) as `qemu-img map` of the backing image
+   * reports them, depths relative to it (src/model/map.ts). Absent: a raw file without holes, which
+   * QEMU reports as data at its own offsets.
+   */
+  map?(offset: bigint, length: bigint): readonly import('./map.ts').MapExtent[];
 }
 
 export interface Image {
@@ -93,8 +107,20 @@ export const COMPAT_LAZY_REFCOUNTS = 1n;
 export const AUTOCLEAR_BITMAPS = 1n;
 export const AUTOCLEAR_DATA_FILE_RAW = 2n;
 
-/** The geometry of an image with header `h`. */
+/** Geometry per header object: headers are immutable values, and geometry is asked for on every access. */
+const geometryCache = new WeakMap<HeaderState, Geometry>();
+
+/** The geometry of an image with header `h` (the same frozen object for the same header object). */
 export function geometryOf(h: HeaderState): Geometry {
+  let g = geometryCache.get(h);
+  if (g === undefined) {
+    g = Object.freeze(computeGeometry(h));
+    geometryCache.set(h, g);
+  }
+  return g;
+}
+
+function computeGeometry(h: HeaderState): Geometry {
   const extendedL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   const clusterSize = 1 << h.clusterBits;
   const l2EntrySize = extendedL2 ? 16 : 8;
