@@ -479,6 +479,65 @@ export function checkCounter(json: QemuCheckJson, key: QemuCheckCounter): QemuIn
 }
 
 // ---------------------------------------------------------------------------------------------
+// qemu-img compare / convert
+
+/** Options for qemuImgCompare. */
+export interface QemuCompareOptions extends RunOptions {
+  /** Format of the first image (`-f`, default qcow2). */
+  readonly formatA?: string;
+  /** Format of the second image (`-F`, default raw). */
+  readonly formatB?: string;
+  /** `-s`: images of different sizes differ, and an allocated-zero area differs from an unallocated one. */
+  readonly strict?: boolean;
+}
+
+/** What `qemu-img compare` said: exit code 0 identical, 1 different, 2 error; stdout names the first difference. */
+export interface QemuCompareResult {
+  readonly identical: boolean;
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/**
+ * Runs `qemu-img compare [-s] -f A -F B a b`. Returns identical (exit 0) or different (exit 1) with
+ * QEMU's message ("Content mismatch at offset N!" / "Image size mismatch!"); throws QemuCommandError
+ * for exit 2 (an image could not be opened or read) or a crash.
+ */
+export async function qemuImgCompare(a: string, b: string, opts: QemuCompareOptions = {}): Promise<QemuCompareResult> {
+  const args = ['compare', ...(opts.strict === true ? ['-s'] : []), '-f', opts.formatA ?? 'qcow2', '-F', opts.formatB ?? 'raw', a, b];
+  const r = await runTool('qemu-img', args, runOpts(opts));
+  if (r.code !== 0 && r.code !== 1) throw new QemuCommandError('qemu-img', args, r, `qemu-img compare of ${a} and ${b} failed`);
+  return { identical: r.code === 0, code: r.code, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Options for qemuImgConvert. */
+export interface QemuConvertOptions extends RunOptions {
+  /** Input format (`-f`, default qcow2). */
+  readonly inFormat?: string;
+  /** Output format (`-O`, default raw). */
+  readonly outFormat?: string;
+  /** `-c`: compress the output (qcow2 only). */
+  readonly compress?: boolean;
+  /** `-o` creation options of the output, in order. */
+  readonly options?: Readonly<Record<string, string>>;
+}
+
+/** Runs `qemu-img convert -q -f IN -O OUT [-c] [-o …] in out`; throws QemuCommandError on failure. */
+export async function qemuImgConvert(input: string, output: string, opts: QemuConvertOptions = {}): Promise<void> {
+  const o = Object.entries(opts.options ?? {}).map(([k, v]) => `${k}=${escapeQemuOptionValue(v)}`).join(',');
+  const args = ['convert', '-q', '-f', opts.inFormat ?? 'qcow2', '-O', opts.outFormat ?? 'raw',
+    ...(opts.compress === true ? ['-c'] : []), ...(o === '' ? [] : ['-o', o]), input, output];
+  await runOk('qemu-img', args, opts, `qemu-img convert of ${input} to ${output} failed`);
+}
+
+/** Runs `qemu-img resize [--shrink] -f qcow2 path size`; throws QemuCommandError on failure. */
+export async function qemuImgResize(path: string, size: bigint, opts: QemuOpenOptions & { readonly shrink?: boolean } = {}): Promise<void> {
+  const args = ['resize', '-q', ...(opts.shrink === true ? ['--shrink'] : []), ...openArgs(path, opts, 'qcow2'), String(size)];
+  await runOk('qemu-img', args, opts, `qemu-img resize of ${path} to ${size} failed`);
+}
+
+// ---------------------------------------------------------------------------------------------
 // qemu-img snapshot / bitmap
 
 /**
