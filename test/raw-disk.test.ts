@@ -15,32 +15,76 @@ import { RawDisk, RawDiskError, writeRawFile, type OracleBacking, type RawChunk 
 
 const TIB = 1n << 40n;
 
-/** The flat reference: every byte of the disk in one array. */
+/**
+ * The flat reference: every byte of the disk in one array, extended to the end of the last cluster
+ * (the "tail" QEMU keeps past an unaligned end, see src/oracle/raw-disk.ts), written per cluster and
+ * per subcluster from QEMU's rules instead of the oracle's page bookkeeping.
+ */
 class FlatDisk {
-  bytes: Uint8Array;
-  snaps = new Map<string, Uint8Array>();
+  /** Content of [0, roundUp(size, cluster)). */
+  ext: Uint8Array;
+  size: number;
+  snaps = new Map<string, { ext: Uint8Array; size: number }>();
   constructor(
     size: number,
     readonly version: 2 | 3,
     readonly cluster: number,
+    readonly sub: number,
     readonly backing: Uint8Array | undefined,
   ) {
-    this.bytes = new Uint8Array(size);
-    if (backing) this.bytes.set(backing.subarray(0, size));
+    this.size = size;
+    this.ext = new Uint8Array(this.tailEnd(size));
+    if (backing) this.ext.set(backing.subarray(0, this.ext.length));
+  }
+  get bytes(): Uint8Array {
+    return this.ext.subarray(0, this.size);
+  }
+  tailEnd(size: number): number {
+    return Math.ceil(size / this.cluster) * this.cluster;
+  }
+  /** Zeroes [from, to) of the extended content. */
+  clear(from: number, to: number): void {
+    this.ext.fill(0, from, Math.min(to, this.ext.length));
+  }
+  /** A write_zeroes [from, size) as QEMU's pieces reach the last cluster. */
+  zeroesToEnd(from: number): void {
+    const size = this.size;
+    const end = this.tailEnd(size);
+    if (end === size || (this.version === 2 && this.backing)) return;
+    const lastCluster = end - this.cluster;
+    // The block layer's last piece starts at the last subcluster boundary below the end (or at
+    // `from` when that is later); qcow2 zeroes whole clusters for a piece starting on a cluster
+    // boundary and whole subclusters otherwise.
+    const lastSub = Math.floor(size / this.sub) * this.sub;
+    const partialSub = lastSub < size;
+    if (this.sub === this.cluster) {
+      if (from <= lastCluster) this.clear(size, end);
+      return;
+    }
+    if (from <= lastCluster) {
+      // The pieces before the last one cover the cluster from its start.
+      if (!partialSub || lastSub === lastCluster) this.clear(size, end);
+      else this.clear(size, lastSub + this.sub);
+    } else if (partialSub && Math.ceil(from / this.sub) * this.sub < size) {
+      this.clear(size, lastSub + this.sub);
+    }
   }
   /** Returns the error code the op must fail with, or undefined after applying it. */
   apply(op: Op): string | undefined {
-    const size = this.bytes.length;
+    const size = this.size;
     const inRange = (o: bigint, n: number | bigint) => o + BigInt(n) <= BigInt(size);
     switch (op.kind) {
       case 'write':
       case 'writeCompressed':
         if (!inRange(op.offset, op.data.length)) return 'beyond-end';
-        this.bytes.set(op.data, Number(op.offset));
+        this.ext.set(op.data, Number(op.offset));
+        // A compressed partial last cluster is zero padded.
+        if (op.kind === 'writeCompressed' && op.data.length > 0 && Number(op.offset) + op.data.length === size) this.clear(size, this.tailEnd(size));
         return undefined;
       case 'writeZeroes':
         if (!inRange(op.offset, op.length)) return 'beyond-end';
-        this.bytes.fill(0, Number(op.offset), Number(op.offset + op.length));
+        this.ext.fill(0, Number(op.offset), Number(op.offset + op.length));
+        if (op.length > 0n && Number(op.offset + op.length) === size) this.zeroesToEnd(Number(op.offset));
         return undefined;
       case 'discard': {
         if (!inRange(op.offset, op.length)) return 'beyond-end';
@@ -49,27 +93,42 @@ class FlatDisk {
         const to = Number(op.offset + op.length);
         for (let cs = 0; cs < size; cs += this.cluster) {
           const ce = Math.min(cs + this.cluster, size);
-          if (from <= cs && ce <= to) this.bytes.fill(0, cs, ce);
+          // A discarded last cluster goes whole, its tail included.
+          if (from <= cs && ce <= to) this.clear(cs, ce === size ? this.tailEnd(size) : ce);
         }
         return undefined;
       }
       case 'snapshotCreate':
         if (this.snaps.has(op.name)) return 'snapshot-exists';
-        this.snaps.set(op.name, this.bytes.slice());
+        this.snaps.set(op.name, { ext: this.ext.slice(), size });
         return undefined;
       case 'snapshotApply': {
         const s = this.snaps.get(op.name);
         if (!s) return 'no-such-snapshot';
-        this.bytes = s.slice();
+        this.ext = s.ext.slice();
+        this.size = s.size;
         return undefined;
       }
       case 'snapshotDelete':
         if (!this.snaps.delete(op.name)) return 'no-such-snapshot';
         return undefined;
       case 'resize': {
-        const next = new Uint8Array(Number(op.size));
-        next.set(this.bytes.subarray(0, Math.min(size, next.length)));
-        this.bytes = next;
+        const n = Number(op.size);
+        const next = new Uint8Array(this.tailEnd(n));
+        next.set(this.ext.subarray(0, Math.min(this.ext.length, next.length)));
+        if (n > size && this.backing && this.backing.length > size) {
+          // Zero-filled when the backing reaches past the old end: explicit zeros to the first
+          // subcluster boundary, then zero flags on whole clusters — or, while still inside the
+          // cluster holding that boundary, on the subclusters up to the new end.
+          next.fill(0, size, n);
+          const zeroStart = Math.ceil(size / this.sub) * this.sub;
+          if (n > zeroStart) {
+            const wholeClusters = n > Math.ceil(zeroStart / this.cluster) * this.cluster;
+            next.fill(0, n, wholeClusters ? next.length : Math.ceil(n / this.sub) * this.sub);
+          }
+        }
+        this.ext = next;
+        this.size = n;
         return undefined;
       }
       case 'flush':
@@ -117,6 +176,7 @@ const arbConfig = fc.record({
   size: arbPos(MAX_OFF).map(Number),
   version: fc.constantFrom(2 as const, 3 as const),
   cluster: fc.constantFrom(512, 1024, 4096, 8192),
+  subDivisor: fc.constantFrom(1, 1, 4, 32),
   backing: fc.option(
     fc.record({ bytes: fc
           .tuple(fc.integer({ min: 0, max: MAX_OFF + 4000 }), fc.integer({ min: 1, max: 255 }))
@@ -184,14 +244,15 @@ describe('RawDisk against a flat Uint8Array reference', () => {
           size: BigInt(cfg.size),
           version: cfg.version,
           clusterSize: BigInt(cfg.cluster),
+          subclusterSize: BigInt(Math.max(1, cfg.cluster / cfg.subDivisor)),
           ...(cfg.backing ? { backing: makeBacking(cfg.backing.bytes, cfg.backing.asRawDisk) } : {}),
         });
-        const ref = new FlatDisk(cfg.size, cfg.version, cfg.cluster, backingBytes);
+        const ref = new FlatDisk(cfg.size, cfg.version, cfg.cluster, Math.max(1, cfg.cluster / cfg.subDivisor), backingBytes);
         sameBytes(disk.read(0n, cfg.size), ref.bytes);
         for (const op of ops) {
           const expected = ref.apply(op);
           expect(errorCode(() => disk.apply(op))).toBe(expected);
-          expect(disk.size).toBe(BigInt(ref.bytes.length));
+          expect(disk.size).toBe(BigInt(ref.size));
           sameBytes(disk.read(0n, ref.bytes.length), ref.bytes);
         }
         const chunks = [...disk.rawChunks(4096)];
@@ -387,5 +448,20 @@ describe('backing semantics (fact sheet §11.3, §11.4, §13 items 8/9)', () => 
     d.apply({ kind: 'resize', size: 4n * C });
     sameBytes(d.read(0n, 512), all(512, 0xbb));
     sameBytes(d.read(512n, 4 * 4096 - 512), all(4 * 4096 - 512, 0));
+  });
+
+  it('the tail of the partial last cluster survives a shrink and shows again on a grow (QEMU 7.2)', () => {
+    const d = new RawDisk({ size: 4n * C, clusterSize: C });
+    d.apply({ kind: 'write', offset: 0n, data: all(4 * 4096, 7) });
+    d.apply({ kind: 'resize', size: C + 512n });
+    d.apply({ kind: 'resize', size: 4n * C });
+    // [C+512, 2C) is the old content of the last cluster; past it, zeros.
+    sameBytes(d.read(0n, 2 * 4096), all(2 * 4096, 7));
+    sameBytes(d.read(2n * C, 2 * 4096), all(2 * 4096, 0));
+    // A write_zeroes reaching the end from the last cluster's start zeroes the tail too.
+    d.apply({ kind: 'resize', size: C + 512n });
+    d.apply({ kind: 'writeZeroes', offset: C, length: 512n, unmap: false });
+    d.apply({ kind: 'resize', size: 2n * C });
+    sameBytes(d.read(C, 4096), all(4096, 0));
   });
 });

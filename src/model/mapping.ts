@@ -1,14 +1,14 @@
 /**
  * Guest → host mapping: L1 and L2 entries read and written through the generated codecs, L2 table
- * allocation (QEMU's get_cluster_table / l2_allocate, fact sheet §3, §11.1) and the per-subcluster
- * type of a guest offset.
+ * allocation (QEMU's get_cluster_table / l2_allocate, fact sheet §3, §11.1), L1 table growth
+ * (qcow2_grow_l1_table, §11.1) and the per-subcluster type of a guest offset.
  */
 import { decodeL1Entry, decodeL2Entry, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
 import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
 import { offsetToParts } from '../format/u64.ts';
-import { EIO, ModelError } from './errors.ts';
+import { EFBIG, EIO, ModelError } from './errors.ts';
 import { allocClusters, freeClusters } from './refcount.ts';
-import { type Tx, geo, hostFlush, hostRead, hostWrite } from './tx.ts';
+import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields } from './tx.ts';
 
 /** The L1 index and L2 index of guest offset `offset`. */
 export function l1l2Index(tx: Tx, offset: bigint): { l1: number; l2: number } {
@@ -91,15 +91,66 @@ export function statesOf(tx: Tx, entry: L2EntryFields | undefined): SubclusterSt
   return subclusterStates(entry, { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile });
 }
 
+/** INT_MAX: qcow2_grow_l1_table refuses more than INT_MAX / 8 entries before computing a size. */
+const INT_MAX = 0x7fffffffn;
+/** QCOW_MAX_L1_SIZE: 32 MiB of L1 table. */
+const MAX_L1_BYTES = 32n * 1024n * 1024n;
+
+/**
+ * The number of entries the L1 table grows to for `minSize` needed entries (qcow2_grow_l1_table):
+ * exactly `minSize` when `exactSize` (resize), else the current size (at least 1) times 1.5, rounded
+ * as `(n * 3 + 1) / 2`, repeatedly until it reaches `minSize` (a write past l1_size).
+ */
+export function grownL1Size(currentSize: number, minSize: bigint, exactSize: boolean): bigint {
+  if (exactSize) return minSize;
+  let n = currentSize === 0 ? 1n : BigInt(currentSize);
+  while (minSize > n) n = (n * 3n + 1n) / 2n;
+  return n;
+}
+
+/**
+ * `qcow2_grow_l1_table`: makes the active L1 table hold at least `minSize` entries. Nothing happens
+ * when it already does. Otherwise, as QEMU 7.2 does (fact sheet §11.1, §13.18): the new size is
+ * `minSize` when `exactSize` (resize) or the 1.5x rule (grownL1Size); a new table of exactly
+ * `newSize * 8` bytes is allocated first fit (always elsewhere: the old one is still in use), the old
+ * entries copied into it, the header's l1_size + l1_table_offset switched with one 12-byte write, and
+ * the old table's clusters freed (QCOW2_DISCARD_OTHER: not punched). Throws ModelError 'too-big'
+ * (EFBIG, "File too large") before changing anything when more than INT_MAX / 8 entries are asked
+ * for or the table would exceed QEMU's 32 MiB limit.
+ */
+export function growL1Table(tx: Tx, minSize: bigint, exactSize: boolean): void {
+  const h = tx.img.header;
+  if (minSize <= BigInt(h.l1Size)) return;
+  // "Do a sanity check on min_size before trying to calculate new_l1_size".
+  if (minSize > INT_MAX / 8n) throw new ModelError('too-big', EFBIG, 'File too large');
+  const newSize = grownL1Size(h.l1Size, minSize, exactSize);
+  if (newSize > MAX_L1_BYTES / 8n) throw new ModelError('too-big', EFBIG, 'File too large');
+  const n = Number(newSize);
+  const table = new Uint8Array(n * 8);
+  if (h.l1Size > 0) table.set(hostRead(tx, h.l1TableOffset, h.l1Size * 8));
+  const offset = allocClusters(tx, BigInt(n * 8));
+  // Crash safety: the new table's refcounts are on disk (refcount cache flushed) before the table is
+  // written, and the table (exactly n * 8 bytes, bdrv_pwrite_sync) before the header points at it.
+  hostFlush(tx);
+  hostWrite(tx, offset, table);
+  hostFlush(tx);
+  const oldOffset = h.l1TableOffset;
+  const oldSize = h.l1Size;
+  setHeaderFields(tx, { l1Size: n, l1TableOffset: offset });
+  hostFlush(tx);
+  // Only now nothing points at the old table: drop its reference.
+  freeClusters(tx, oldOffset, BigInt(oldSize) * 8n);
+}
+
 /**
  * `get_cluster_table`: the L2 table for guest `offset`, allocating it when the L1 entry is not COPIED
- * (new zeroed table, or a copy of a shared one whose reference is then dropped). Returns its offset.
+ * (new zeroed table, or a copy of a shared one whose reference is then dropped). An L1 index past
+ * l1_size first grows the L1 table with the 1.5x rule (growL1Table, not exact). Returns its offset.
  */
 export function clusterTable(tx: Tx, offset: bigint): bigint {
   const { l1 } = l1l2Index(tx, offset);
-  if (l1 >= tx.img.header.l1Size) {
-    throw new ModelError('unsupported', EIO, `L1 index ${l1} is beyond l1_size ${tx.img.header.l1Size} (L1 growth is not modelled yet)`);
-  }
+  // get_cluster_table: an L1 index past l1_size grows the table by QEMU's 1.5x rule first.
+  if (l1 >= tx.img.header.l1Size) growL1Table(tx, BigInt(l1) + 1n, false);
   const { l2Offset, copied } = l1Entry(tx, l1);
   if (copied) return l2Offset;
   const g = geo(tx);

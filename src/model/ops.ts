@@ -96,10 +96,14 @@ export interface SnapshotDeleteOp {
 }
 
 /**
- * Change the virtual size to `size` (`qemu-img resize`, `--shrink` when smaller). Growing: the new
- * range reads as zeros (QEMU zero-fills it when a backing file would otherwise show through).
- * Shrinking: bytes past the new size are gone; a later grow reads zeros there (QEMU deviates for a
- * shrink to a size that is not a multiple of the cluster size — see src/oracle/raw-disk.ts).
+ * Change the virtual size to `size` (`qemu-img resize`, `--shrink` when smaller, preallocation off).
+ * QEMU refuses sizes that are 0, not a multiple of 512 or too large, and version 2 images with internal
+ * snapshots. Growing: the new range reads as zeros when a backing file longer than the old size would
+ * show through (QEMU zero-fills it; a version 2 image cannot, and the resize fails); otherwise it reads
+ * what QEMU's last cluster holds past the old end — zeros, except after a shrink to a size that is not
+ * a multiple of the cluster size, whose partial last cluster keeps its old bytes and shows them again.
+ * Shrinking: bytes past the new size are gone except that tail. src/oracle/raw-disk.ts states the exact
+ * rules (which ops zero the tail).
  */
 export interface ResizeOp {
   readonly kind: 'resize';

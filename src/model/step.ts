@@ -12,6 +12,7 @@ import type { HostIO } from './host-file.ts';
 import { INCOMPAT_CORRUPT, type Image } from './image.ts';
 import type { Op } from './ops.ts';
 import { guestWriteCompressed } from './compress.ts';
+import { resize } from './resize.ts';
 import { snapshotApply, snapshotCreate, snapshotDelete } from './snapshot.ts';
 import { beginTx, hostFlush, type Tx } from './tx.ts';
 import { guestWrite } from './write.ts';
@@ -72,7 +73,7 @@ function apply(tx: Tx, op: Op): void {
     }))
     .with({ kind: 'snapshotApply' }, (o) => snapshotApply(tx, o.name))
     .with({ kind: 'snapshotDelete' }, (o) => snapshotDelete(tx, o.name))
-    .with({ kind: 'resize' }, () => notYet('resize'))
+    .with({ kind: 'resize' }, (o) => resize(tx, o.size))
     .with({ kind: 'flush' }, () => hostFlush(tx))
     .exhaustive();
 }

@@ -17,11 +17,29 @@
  * - `clusterSize`: discard only acts on whole clusters (partial clusters are left as they are).
  * Nothing else about the image changes what a read returns.
  *
- * The one known place where QEMU 7.2 differs from this oracle: shrinking to a size that is not a
- * multiple of the cluster size keeps the old bytes of the partial last cluster in the image, and a
- * later grow without a (large enough) backing file shows them again; the oracle shows zeros. Whether
- * QEMU zeroes them on the way depends on allocation state the oracle does not have (block status in
- * `qcow2_co_pwrite_zeroes`), so harnesses comparing against QEMU only resize to cluster multiples.
+ * Past the end: the partial last cluster. When the virtual size is not a multiple of the cluster size,
+ * QEMU's last cluster holds bytes past the end of the disk, and QEMU 7.2 shows them again when the
+ * disk grows without zero-filling (block/qcow2.c qcow2_co_truncate: a shrink discards only from the
+ * first cluster boundary at or after the new size; a grow zero-fills only when a backing file longer
+ * than the old size would show through). The oracle therefore keeps the content of
+ * `[size, roundUp(size, clusterSize))` (the "tail") and follows QEMU's rules for it:
+ * - shrink: the tail is what the bytes there read before (content past the new end is otherwise gone);
+ * - grow with a backing file longer than the old size: the whole new range reads zeros (and the new
+ *   tail too where QEMU's zero flags cover it);
+ * - grow otherwise: the old tail shows again, everything after it reads zeros;
+ * - ops that QEMU applies to the whole last cluster zero the tail: a compressed write of the partial
+ *   last cluster (zero padded), a discard covering the last cluster from its start to the end of the
+ *   disk, and a write_zeroes covering it so (except v2 with a backing file, which writes explicit
+ *   zeros). With subclusters (`subclusterSize` < `clusterSize`, extended L2) a write_zeroes reaching
+ *   the end zeroes the whole tail when it covers the last cluster from its start and the end is in
+ *   the first subcluster or subcluster aligned, else only the rest of the last subcluster when the
+ *   end is not subcluster aligned and the range covers that subcluster from its start (and, starting
+ *   past the last cluster's start, also the subcluster before it).
+ * Ordinary writes never change the tail (QEMU's copy-on-write copies it).
+ * Known difference, from allocation state the oracle does not have: with extended L2, if the partial
+ * last cluster is compressed and a write_zeroes covers exactly its last (partial) subcluster, QEMU
+ * cannot zero part of a compressed cluster and writes explicit zeros, keeping that subcluster's tail;
+ * the oracle zeroes it. Harnesses must not generate that sequence.
  *
  * Errors. Ops addressing bytes past the virtual size are rejected as QEMU's block layer rejects them
  * (`blk_check_byte_request`: -EIO, qemu-io prints "Input/output error"), with a RawDiskError; a
@@ -91,6 +109,11 @@ export interface RawDiskConfig {
   readonly version?: 2 | 3;
   /** Cluster size in bytes (discard granularity); default 65536. */
   readonly clusterSize?: bigint;
+  /**
+   * Subcluster size in bytes (write_zeroes granularity): clusterSize / 32 with extended L2 entries,
+   * else the cluster size (the default). Only matters for the tail past an unaligned end.
+   */
+  readonly subclusterSize?: bigint;
   /** The backing disk unwritten ranges read from; none by default. */
   readonly backing?: OracleBacking;
 }
@@ -121,6 +144,7 @@ function isAllZero(b: Uint8Array): boolean {
 export class RawDisk implements OracleBacking {
   readonly version: 2 | 3;
   readonly clusterSize: bigint;
+  readonly subclusterSize: bigint;
   #backing: OracleBacking | undefined;
   #size: bigint;
   #pages: Map<number, Uint8Array>;
@@ -138,8 +162,13 @@ export class RawDisk implements OracleBacking {
     if (clusterSize <= 0n || (clusterSize & (clusterSize - 1n)) !== 0n) {
       throw new RawDiskError('invalid-argument', 'create', `cluster size ${clusterSize} is not a power of two`);
     }
+    const subclusterSize = config.subclusterSize ?? clusterSize;
+    if (subclusterSize <= 0n || (subclusterSize & (subclusterSize - 1n)) !== 0n || subclusterSize > clusterSize) {
+      throw new RawDiskError('invalid-argument', 'create', `subcluster size ${subclusterSize} is not a power of two up to the cluster size`);
+    }
     this.version = config.version ?? 3;
     this.clusterSize = clusterSize;
+    this.subclusterSize = subclusterSize;
     this.#backing = config.backing instanceof RawDisk ? config.backing.clone() : config.backing;
     this.#size = config.size;
     this.#pages = new Map();
@@ -168,7 +197,7 @@ export class RawDisk implements OracleBacking {
 
   /** An independent copy (content, size, snapshots); costs one Map copy, pages are shared. */
   clone(): RawDisk {
-    const c = new RawDisk({ size: this.#size, version: this.version, clusterSize: this.clusterSize });
+    const c = new RawDisk({ size: this.#size, version: this.version, clusterSize: this.clusterSize, subclusterSize: this.subclusterSize });
     c.#backing = this.#backing;
     c.#pages = new Map(this.#pages);
     c.#snapshots = new Map(this.#snapshots);
@@ -198,12 +227,15 @@ export class RawDisk implements OracleBacking {
         // Compression is invisible to the guest: same content as a plain write.
         this.#checkRange('writeCompressed', o.offset, BigInt(o.data.length));
         this.#write(o.offset, o.data);
+        // The partial last cluster is compressed zero padded.
+        if (o.data.length > 0 && o.offset + BigInt(o.data.length) === this.#size) this.#zeroTail();
       })
       .with({ kind: 'writeZeroes' }, (o) => {
         // Reads zeros in every configuration (fact sheet §11.3): v3 zero flags, v2 without backing
         // by deallocation, v2 with backing by explicit zeros. `unmap` is invisible.
         this.#checkRange('writeZeroes', o.offset, o.length);
         this.#zero(o.offset, o.offset + o.length);
+        if (o.length > 0n && o.offset + o.length === this.#size) this.#zeroesReachEnd(o.offset);
       })
       .with({ kind: 'discard' }, (o) => {
         this.#checkRange('discard', o.offset, o.length);
@@ -385,20 +417,87 @@ export class RawDisk implements OracleBacking {
     const end = to === this.#size ? to : (to / c) * c;
     // v3: the clusters become ZERO_PLAIN; v2 without backing: unallocated. Both read zeros.
     if (end > start) this.#zero(start, end);
+    // The whole partial last cluster was discarded, its tail with it.
+    if (to === this.#size && from <= this.#lastClusterStart()) this.#zeroTail();
+  }
+
+  /** Start of the cluster holding the last byte of the disk. */
+  #lastClusterStart(): bigint {
+    const c = this.clusterSize;
+    return this.#size === 0n ? 0n : ((this.#size - 1n) / c) * c;
+  }
+
+  /** The end of the tail: the end of the last cluster. */
+  #tailEnd(): bigint {
+    const c = this.clusterSize;
+    return ((this.#size + c - 1n) / c) * c;
+  }
+
+  /** Zeroes the tail, `[size, tailEnd)`. */
+  #zeroTail(): void {
+    if (this.#tailEnd() > this.#size) this.#zero(this.#size, this.#tailEnd());
+  }
+
+  /**
+   * What a write_zeroes of `[from, size)` does to the tail (see the module comment; QEMU's block layer
+   * cuts the request at subcluster boundaries and qcow2_subcluster_zeroize zeroes whole clusters, or
+   * whole subclusters, of the last piece).
+   */
+  #zeroesReachEnd(from: bigint): void {
+    const size = this.#size;
+    const tailEnd = this.#tailEnd();
+    if (tailEnd === size) return; // no tail
+    if (this.version === 2 && this.backing !== undefined) return; // explicit zeros (no zero flag)
+    const last = this.#lastClusterStart();
+    const sc = this.subclusterSize;
+    if (sc === this.clusterSize) {
+      if (from <= last) this.#zeroTail();
+      return;
+    }
+    const tail = size % sc;
+    const lastPiece = size - tail; // start of the last, partial subcluster
+    const subEnd = lastPiece + sc;
+    if (from <= last) {
+      if (tail === 0n || lastPiece === last) this.#zeroTail();
+      else this.#zero(size, subEnd);
+      return;
+    }
+    const firstAligned = ((from + sc - 1n) / sc) * sc;
+    if (firstAligned < size && tail !== 0n) this.#zero(size, subEnd);
   }
 
   #resize(size: bigint): void {
     const old = this.#size;
+    const c = this.clusterSize;
     if (size < old) {
-      // Bytes past the new end are gone: drop the pages lying wholly beyond it (a partial page keeps
-      // stale bytes past the end; the grow below zeroes them before they can be read).
-      const keep = (size + PAGE - 1n) / PAGE;
+      // Bytes past the new end are gone, except the tail of the new last cluster (QEMU discards from
+      // the first cluster boundary at or after the new size): drop the pages lying wholly beyond it.
+      const keep = (((size + c - 1n) / c) * c + PAGE - 1n) / PAGE;
       for (const p of [...this.#pages.keys()]) if (p >= keep) this.#pages.delete(p);
     }
+    if (size > old) {
+      const backing = this.backing;
+      const oldTailEnd = ((old + c - 1n) / c) * c;
+      const newTailEnd = ((size + c - 1n) / c) * c;
+      if (backing !== undefined && backing.size > old) {
+        // block/io.c bdrv_co_truncate: the backing would show through, so the new range is
+        // zero-filled (BDRV_REQ_ZERO_WRITE): explicit zeros up to the first subcluster boundary,
+        // zero flags from there (qcow2_subcluster_zeroize: whole clusters, or the subclusters up to
+        // the new end within the cluster holding that boundary). The new tail follows suit.
+        this.#zero(old, size);
+        const sc = this.subclusterSize;
+        const zeroStart = ((old + sc - 1n) / sc) * sc;
+        if (size > zeroStart) {
+          const firstClusterEnd = ((zeroStart + c - 1n) / c) * c;
+          if (size > firstClusterEnd) this.#zero(size, newTailEnd);
+          else this.#zero(size, ((size + sc - 1n) / sc) * sc);
+        }
+      } else if (newTailEnd > oldTailEnd) {
+        // Unallocated and no backing data there: the old tail shows again, the rest reads zeros.
+        this.#zero(oldTailEnd, newTailEnd);
+      }
+    }
     this.#size = size;
-    // Growing reads zeros: QEMU zero-fills the new range when the backing would show (block/io.c
-    // bdrv_co_truncate, BDRV_REQ_ZERO_WRITE); otherwise it is unallocated past the backing's end.
-    if (size > old) this.#zero(old, size);
   }
 
   /** The content as pieces of at most `max` bytes: stored pages, backing reads, zero runs. */
