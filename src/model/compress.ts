@@ -12,9 +12,21 @@
  * zlib is raw deflate with a 4 KiB window (deflateInit2(level 6, -12, memLevel 9)), produced with pako,
  * a port of reference zlib: its output equals the system zlib QEMU links against byte for byte, while
  * Node's built-in zlib (Chromium's fork) compresses differently (2848 vs 2985 bytes for one noisy
- * 4 KiB cluster), which would change every later compressed offset. zstd output is not produced
- * yet: no zstd encoder is a dependency of the project, so such writes return a typed ENOTSUP.
+ * 4 KiB cluster), which would change every later compressed offset.
+ *
+ * zstd (fact sheet §6, compression_type 1) is QEMU's qcow2_zstd_compress: a fresh ZSTD_CCtx with
+ * default parameters (level ZSTD_CLEVEL_DEFAULT = 3, no checksum) and ONE call
+ * ZSTD_compressStream2(ZSTD_e_end) with the whole cluster as input. On a fresh context that call
+ * pledges the input size, so the frame is exactly what one-shot ZSTD_compress(level 3) writes: the
+ * content size is in the header and the frame is single-segment. A non-zero return (the output
+ * buffer of cluster_size - 1 bytes is too small) is -ENOMEM, and the cluster is written normally.
+ * The encoder is libzstd compiled to wasm by @bokuweb/zstd-wasm 0.0.22 (pinned): its frames equal
+ * those QEMU 7.2 writes with Debian's libzstd 1.5.4 for every cluster tried (docs/layout-differences.md;
+ * 0.0.27, with zstd 1.5.7, compresses differently and must not replace it).
  */
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { deflateRaw } from 'pako';
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { l2EntryWords } from '../format/entries.ts';
@@ -25,10 +37,82 @@ import { allocBytes } from './refcount.ts';
 import { type Tx, geo, hostFlush, hostWrite } from './tx.ts';
 import { guestWrite } from './write.ts';
 
-/** The compressed form of one cluster, or undefined when it does not fit in cluster_size - 1 bytes. */
+/** zstd's default compression level (ZSTD_CLEVEL_DEFAULT), which QEMU's default-parameter CCtx uses. */
+const ZSTD_CLEVEL_DEFAULT = 3;
+
+type ZstdCompress = (buf: Uint8Array, level?: number) => Uint8Array;
+/** The part of the WebAssembly JS API used here (the project compiles without the DOM lib). */
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => object;
+}
+let zstdEncoder: ZstdCompress | undefined;
+
+/**
+ * Loads @bokuweb/zstd-wasm synchronously, once. The package's own `init()` is asynchronous (it
+ * awaits WebAssembly.instantiate); its Emscripten glue lets `Module.instantiateWasm` supply the
+ * instance instead, so the wasm is compiled and instantiated here with the synchronous
+ * `new WebAssembly.Module/Instance`, after which the runtime starts synchronously and the package's
+ * `compress` (one-shot ZSTD_compress into a ZSTD_compressBound buffer) is ready. Loading is not
+ * observable: every call with the same cluster gives the same bytes.
+ */
+function loadZstdEncoder(): ZstdCompress {
+  if (zstdEncoder !== undefined) return zstdEncoder;
+  try {
+    const require = createRequire(import.meta.url);
+    const entry = require.resolve('@bokuweb/zstd-wasm'); // dist/common/index.node.js
+    const dir = dirname(entry);
+    // An absolute path: the package's export map only exposes its entry point.
+    const glue = require(join(dir, 'module.js')) as {
+      Module: {
+        instantiateWasm?: (imports: object, receive: (instance: object) => void) => object;
+        init: (bytes?: Uint8Array) => void;
+        calledRun?: boolean;
+      };
+    };
+    const mod = glue.Module;
+    const started = (): boolean => mod.calledRun === true;
+    if (!started()) {
+      const wa = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+      const wasm = new wa.Module(readFileSync(join(dir, 'zstd.wasm')));
+      mod.instantiateWasm = (imports, receive) => {
+        receive(new wa.Instance(wasm, imports));
+        return {};
+      };
+      mod.init();
+      if (!started()) throw new Error('the wasm runtime did not start synchronously');
+    }
+    const api = require(entry) as { compress?: unknown };
+    if (typeof api.compress !== 'function') throw new Error('the package exports no compress function');
+    zstdEncoder = api.compress as ZstdCompress;
+    return zstdEncoder;
+  } catch (e) {
+    throw new ModelError('unsupported', ENOTSUP, `the zstd encoder (@bokuweb/zstd-wasm) cannot be loaded: ${(e as Error).message}`);
+  }
+}
+
+/** One cluster as QEMU's qcow2_zstd_compress writes it (the whole zstd frame; the size limit is the caller's). */
+export function zstdCompressCluster(cluster: Uint8Array): Uint8Array {
+  const encode = loadZstdEncoder();
+  try {
+    return encode(cluster, ZSTD_CLEVEL_DEFAULT);
+  } catch (e) {
+    // Any compressor error other than "does not fit" fails QEMU's write with -EINVAL.
+    throw new ModelError('unsupported', EINVAL, `zstd compression failed: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * The compressed form of one cluster, or undefined when it does not fit in cluster_size - 1 bytes
+ * (QEMU's compressors get an output buffer of cluster_size - 1 bytes and return -ENOMEM when the
+ * result does not fit; qcow2_co_pwritev_compressed_task then writes a normal cluster; §6).
+ * compressionType 0 is zlib (raw deflate), 1 is zstd; anything else is refused.
+ */
 export function compressCluster(cluster: Uint8Array, compressionType: number): Uint8Array | undefined {
-  if (compressionType !== 0) throw new ModelError('unsupported', ENOTSUP, 'writing zstd-compressed clusters is not modelled yet (no zstd encoder)');
-  const out = deflateRaw(cluster, { level: 6, windowBits: 12, memLevel: 9, strategy: 0 });
+  let out: Uint8Array;
+  if (compressionType === 0) out = deflateRaw(cluster, { level: 6, windowBits: 12, memLevel: 9, strategy: 0 });
+  else if (compressionType === 1) out = zstdCompressCluster(cluster);
+  else throw new ModelError('unsupported', ENOTSUP, `unknown compression type ${compressionType}`);
   return out.length <= cluster.length - 1 ? out : undefined;
 }
 
