@@ -4,7 +4,12 @@
  * - cluster_bits 9..21 (small ones weighted), refcount_bits 1..64, compat 0.10 and 1.1, extended L2
  *   where allowed, compression_type zlib/zstd, virtual sizes from tiny to 1 TiB (sparse);
  * - preallocation=metadata on small disks;
- * - a raw backing file (shorter, equal or longer than the disk; with extended L2 also preallocated).
+ * - a raw backing file (shorter, equal or longer than the disk; with extended L2 also preallocated);
+ * - qcow2 backing chains built by the model itself: 1 to 3 images below the overlay (qcow2 over qcow2
+ *   over raw and the other mixes), each shorter, equal or longer than the image above, with its own
+ *   geometry (v2/v3, extended L2) and history (writes, zeroes, discards, compressed writes, snapshot
+ *   create/apply/delete); the overlay reads them through the model's read path, and the oracle's
+ *   backing content is computed from the same history with RawDisk alone.
  * Commands: Write (any alignment and length, weighted to cluster and subcluster boundaries and to a few
  * hot clusters so later ops overwrite earlier ones), WriteZeroes (unmap or not), Discard, Flush,
  * ReadRandom, WriteCompressed (whole clusters; zlib — zstd and allocated targets must be refused
@@ -13,30 +18,39 @@
  * properties/support/model-commands.ts. Ops the model refuses as 'unsupported' are not generated yet:
  * see NOT_YET_MODELLED_OPS / NOT_YET_MODELLED_CONFIGS there.
  *
- * Runs: QCOW2_COMMANDS_RUNS=<n> runs n sequences per configuration class (default: the numbers below,
- * 300 in all, sized for `npm test` on 2 cores). On failure fast-check prints seed, path and the
+ * Runs: QCOW2_COMMANDS_RUNS=<n> runs n sequences per configuration class (default: CONFIG_CLASSES in
+ * the support file, 350 in all, sized for `npm test` on 2 cores; `npm run fuzz` runs them open-ended). On failure fast-check prints seed, path and the
  * shrunk command list (each command prints itself) with its replayPath; replay with
- * `{ seed, path, endOnFailure: true }` and `fc.commands(..., { replayPath })`.
+ * `fc.assert(commandsProperty(configArb(cls), modelStep, { maxCommands, compressed: true, replayPath }),
+ * { seed, path, endOnFailure: true })`.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createImage } from '../src/model/create.ts';
-import type { Image } from '../src/model/image.ts';
+import type { BackingSource, Image } from '../src/model/image.ts';
 import type { Op } from '../src/model/ops.ts';
 import { readGuest } from '../src/model/read.ts';
-import { step } from '../src/model/step.ts';
+import { step, type StepResult } from '../src/model/step.ts';
 import {
+  backingOps,
+  backingOracle,
   commandsProperty,
+  CONFIG_CLASSES,
   configArb,
+  DiscardCmd,
   modelStep,
   NOT_YET_MODELLED_CONFIGS,
   NOT_YET_MODELLED_OPS,
   ReadRandomCmd,
+  runArb,
   runSequence,
+  SnapshotCmd,
   WriteCmd,
   WriteCompressedCmd,
+  WriteZeroesCmd,
+  type BackingSpec,
+  type Cmd,
   type Config,
-  type ConfigClass,
   type StepFn,
 } from './support/model-commands.ts';
 
@@ -46,15 +60,8 @@ const runs = (dflt: number): number => (envRuns !== undefined && envRuns !== '' 
 /** Compressed writes (zlib) are generated unless QCOW2_COMMANDS_COMPRESSED=0. */
 const COMPRESSED_WRITES_IN_PROPERTY = process.env['QCOW2_COMMANDS_COMPRESSED'] !== '0';
 
-const CLASSES: readonly { cls: ConfigClass; title: string; numRuns: number; maxCommands: number }[] = [
-  { cls: 'small-clusters', title: 'cluster_bits 9..13, refcount_bits 1..64, v2/v3, up to the largest cheap disk', numRuns: 100, maxCommands: 100 },
-  { cls: 'large-clusters', title: 'cluster_bits 14..21, extended L2 on/off, disks up to 1 TiB', numRuns: 80, maxCommands: 100 },
-  { cls: 'preallocated', title: 'preallocation=metadata on small disks', numRuns: 60, maxCommands: 100 },
-  { cls: 'backing', title: 'a raw backing file (short, equal, long; v2/v3; extended L2)', numRuns: 60, maxCommands: 100 },
-];
-
 describe('model vs raw-disk oracle: fc.commands over every supported configuration', () => {
-  for (const c of CLASSES) {
+  for (const c of CONFIG_CLASSES) {
     it(`${c.title} (${runs(c.numRuns)} runs)`, () => {
       fc.assert(commandsProperty(configArb(c.cls), modelStep, { maxCommands: c.maxCommands, compressed: COMPRESSED_WRITES_IN_PROPERTY }), { numRuns: runs(c.numRuns), includeErrorInReport: true });
     }, 600_000);
@@ -179,3 +186,186 @@ describe('the property can fail', () => {
     }, 300_000);
   }
 });
+
+// ---------------------------------------------------------------------------------------------
+// qcow2 backing chains: the property catches a wrong backing read, and the generator makes the hard cases.
+
+/**
+ * A backing source reading `shift` bytes further on (zeros past its end): what a driver with an
+ * off-by-one-cluster backing read returns.
+ */
+function shiftedBacking(b: BackingSource, shift: bigint): BackingSource {
+  return {
+    size: b.size,
+    read: (offset, length) => {
+      const out = new Uint8Array(length);
+      const from = offset + shift;
+      if (from < b.size) out.set(b.read(from, Number(b.size - from < BigInt(length) ? b.size - from : BigInt(length))));
+      return out;
+    },
+  };
+}
+
+/**
+ * Steps with a backing read off by one cluster (of the overlay). `keep`: the returned image keeps the
+ * shifted source, so later reads are wrong too; otherwise only the data the step itself read from the
+ * backing (copy-on-write of a partially written cluster) is wrong.
+ */
+function backingOffByOneCluster(keep: boolean): StepFn {
+  const shifted = new WeakSet<BackingSource>();
+  return (image: Image, op: Op) => {
+    const b = image.backing;
+    if (b === undefined || shifted.has(b)) return step(image, op);
+    const s = shiftedBacking(b, 1n << BigInt(image.header.clusterBits));
+    shifted.add(s);
+    const r = step({ ...image, backing: s }, op);
+    return keep ? r : { ...r, image: { ...r.image, backing: b } } as StepResult;
+  };
+}
+
+describe('qcow2 backing chains', () => {
+  const broken: readonly { name: string; system: StepFn }[] = [
+    { name: 'a backing read off by one cluster', system: backingOffByOneCluster(true) },
+    { name: 'copy-on-write that copies the backing data of the next cluster', system: backingOffByOneCluster(false) },
+  ];
+  for (const b of broken) {
+    it(`detects ${b.name}, printing seed, path and the backing chain`, () => {
+      let message = '';
+      try {
+        fc.assert(commandsProperty(configArb('backing-chain'), b.system, { maxCommands: 100 }), { numRuns: 200, seed: 42, includeErrorInReport: true });
+      } catch (e) {
+        message = (e as Error).message;
+      }
+      expect(message).toMatch(/Property failed after \d+ tests/);
+      expect(message).toMatch(/seed: -?\d+, path: "[\d:]+"/);
+      expect(message).toMatch(/reads differ/);
+      // The counterexample prints the configuration as plain data, backing chain included.
+      expect(message).toMatch(/"format":"qcow2"/);
+      expect(message).toMatch(/(Write|WriteZeroes|Discard|ReadRandom)\(/);
+    }, 300_000);
+  }
+
+  it('the same systems pass without a backing file (the failures above come from the backing read)', () => {
+    for (const b of broken) {
+      fc.assert(commandsProperty(configArb('small-clusters'), b.system, { maxCommands: 30 }), { numRuns: 15, seed: 42 });
+    }
+  }, 300_000);
+
+  // A hand-written case with every level of difficulty at once; the expected bytes are spelled out
+  // here, not taken from the model or the oracle.
+  it('v2 overlay over a v3 extended-L2 image with a compressed cluster and a reverted snapshot over raw', () => {
+    const raw: BackingSpec = { format: 'raw', size: 200_000n, writes: [{ offset: 0n, length: 200_000, seed: 7 }] };
+    const mid: BackingSpec = {
+      format: 'qcow2', clusterBits: 14, refcountBits: 16, compat: '1.1', extendedL2: true, size: 65536n,
+      ops: [
+        { op: 'compress', offset: 16384n, length: 16384, seed: 3 },
+        { op: 'snapshot', action: 'create', name: 'p' },
+        { op: 'write', offset: 512n, length: 1000, seed: 9 }, // undone by the apply below
+        { op: 'snapshot', action: 'apply', name: 'p' },
+        { op: 'zero', offset: 32768n + 512n, length: 512n, unmap: false },
+        { op: 'discard', offset: 49152n, length: 16384n }, // v3: reads zeros, hides the raw data
+      ],
+      backing: raw,
+    };
+    const cfg: Config = { clusterBits: 12, refcountBits: 16, compat: '0.10', extendedL2: false, compressionType: 'zlib', preallocation: 'off', requestedSize: 131072n, size: 131072n, backing: mid };
+    const expectedBacking = (o: number): number => {
+      // What a read of the backing chain returns at guest offset o (< 65536: the middle image).
+      if (o >= 16384 && o < 32768) return compressedRunsByte(o - 16384, 3);
+      if ((o >= 33280 && o < 33792) || o >= 49152) return 0;
+      return patternByte(o, 7);
+    };
+    const oracle = backingOracle(mid);
+    for (const o of [0, 511, 512, 1511, 16384, 20000, 32767, 33279, 33280, 33791, 33792, 49151, 49152, 65535]) {
+      expect(oracle.read(BigInt(o), 1)[0], `oracle at ${o}`).toBe(expectedBacking(o));
+    }
+    // Overlay: a partial write into the compressed cluster (COW from a compressed backing cluster),
+    // one across the end of the backing (65536), a zero in v2 over backing data, a discard (v2 with a
+    // backing file: refused silently, nothing changes).
+    const cmds: Cmd[] = [
+      new WriteCmd(16384n + 100n, 50, 11),
+      new WriteCmd(65536n - 300n, 600, 12),
+      new WriteZeroesCmd(4096n, 4096n, true),
+      new DiscardCmd(0n, 16384n),
+      new ReadRandomCmd(0n, 131072),
+    ];
+    runSequence(cfg, cmds);
+    // And the same sequence through a shifted backing read fails.
+    expect(() => runSequence(cfg, cmds, backingOffByOneCluster(false))).toThrow(/reads differ/);
+  });
+
+  it('the generator produces the hard cases (sampled, counted against the backing oracle)', () => {
+    const counts = new Map<string, number>();
+    const count = (k: string): void => void counts.set(k, (counts.get(k) ?? 0) + 1);
+    const samples = fc.sample(runArb(configArb('backing-chain'), { maxCommands: 100, compressed: true }), { numRuns: 150, seed: 7 });
+    for (const { cfg, cmds } of samples) {
+      const spec = cfg.backing!;
+      const levels: BackingSpec[] = [];
+      for (let l: BackingSpec | undefined = spec; l !== undefined; l = l.format === 'qcow2' ? l.backing : undefined) levels.push(l);
+      count(`chain of ${levels.length}`);
+      if (levels.some((l, i) => l.format === 'qcow2' && levels[i + 1]?.format === 'qcow2')) count('qcow2 over qcow2');
+      if (levels.some((l) => l.format === 'raw')) count('raw at the bottom');
+      count(spec.size < cfg.size ? 'backing shorter' : spec.size === cfg.size ? 'backing equal' : 'backing longer');
+      for (const l of levels) {
+        if (l.format !== 'qcow2') continue;
+        if (l.compat === '0.10') count('a v2 backing');
+        if (l.extendedL2) count('an extended-L2 backing');
+        for (const { op } of backingOps(l)) count(`backing ${op.kind}`);
+      }
+      // Overlay commands against what the backing chain holds (RawDisk only).
+      const oracle = backingOracle(spec);
+      const cs = 1n << BigInt(cfg.clusterBits);
+      const sc = cfg.extendedL2 ? cs / 32n : cs;
+      // Whether the backing chain shows non-zero bytes in [from, to) (long ranges: at both ends).
+      const hasData = (from: bigint, to: bigint): boolean => {
+        if (to > oracle.size) to = oracle.size;
+        if (from >= to) return false;
+        const W = 128n * 1024n;
+        const windows = to - from <= 2n * W ? [[from, to]] : [[from, from + W], [to - W, to]];
+        return windows.some(([f, t]) => oracle.read(f!, Number(t! - f!)).some((x) => x !== 0));
+      };
+      const written = new Set<bigint>();
+      const v = cfg.compat === '0.10' ? 'v2' : 'v3';
+      for (const w of cmds) {
+        const c = (w as unknown as { cmd?: Cmd }).cmd ?? w;
+        if (c instanceof WriteCmd && c.length > 0) {
+          const first = c.offset / cs;
+          const last = (c.offset + BigInt(c.length) - 1n) / cs;
+          const partialHead = c.offset % cs !== 0n;
+          const partialTail = (c.offset + BigInt(c.length)) % cs !== 0n && c.offset + BigInt(c.length) < cfg.size;
+          for (const [k, partial] of [[first, partialHead], [last, partialTail]] as const) {
+            if (partial && !written.has(k) && hasData(k * cs, (k + 1n) * cs)) count(`COW from backing data (${cfg.extendedL2 ? 'extended L2' : 'standard L2'})`);
+          }
+          if (cfg.extendedL2 && (c.offset % sc !== 0n || BigInt(c.length) % sc !== 0n) && hasData(first * cs, (last + 1n) * cs)) count('partial subcluster write over backing data');
+          for (let k = first; k <= last; k++) written.add(k);
+        } else if (c instanceof WriteZeroesCmd && hasData(c.offset, c.offset + c.length)) {
+          count(`zero over backing data, ${v}`);
+        } else if (c instanceof DiscardCmd) {
+          const from = ((c.offset + cs - 1n) / cs) * cs;
+          if (hasData(from, c.offset + c.length)) count(`discard over backing data, ${v}`);
+        } else if (c instanceof SnapshotCmd && c.kind === 'snapshotApply') {
+          count('overlay snapshot apply');
+        }
+      }
+    }
+    const report = [...counts.entries()].sort().map(([k, n]) => `${k}: ${n}`).join('\n');
+    if (process.env['QCOW2_COVERAGE_REPORT'] === '1') console.log(report);
+    const atLeast: Record<string, number> = {
+      'chain of 1': 5, 'chain of 2': 10, 'chain of 3': 10, 'qcow2 over qcow2': 10, 'raw at the bottom': 10,
+      'backing shorter': 10, 'backing equal': 10, 'backing longer': 10, 'a v2 backing': 10, 'an extended-L2 backing': 5,
+      'backing write': 50, 'backing writeZeroes': 20, 'backing discard': 20, 'backing writeCompressed': 20, 'backing snapshotApply': 20, 'backing snapshotDelete': 5,
+      'COW from backing data (standard L2)': 20, 'COW from backing data (extended L2)': 5, 'partial subcluster write over backing data': 10,
+      'zero over backing data, v2': 10, 'zero over backing data, v3': 10, 'discard over backing data, v2': 5, 'discard over backing data, v3': 5,
+    };
+    for (const [k, n] of Object.entries(atLeast)) expect(counts.get(k) ?? 0, `${k} (of 150 runs)\n${report}`).toBeGreaterThanOrEqual(n);
+  }, 120_000);
+});
+
+/** Byte i of `pattern(0n, …, seed)` (properties/support/model-commands.ts), restated for the example. */
+function patternByte(p: number, seed: number): number {
+  return (seed * 131 + p * 7 + (p >>> 9) * 29) & 0xff || seed;
+}
+
+/** Byte i of the 'runs' compressed-write data (compressData), restated for the example. */
+function compressedRunsByte(i: number, seed: number): number {
+  return ((i >> 7) * seed + seed) & 0xff;
+}

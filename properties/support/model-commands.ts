@@ -5,6 +5,12 @@
  * (normally the model's `step`; the test also plugs in deliberately broken ones to show the property
  * can fail). The fast-check "model" is the flat raw-disk oracle (src/oracle/raw-disk.ts).
  *
+ * Backing files are plain data too (BackingSpec): a raw disk, or a qcow2 image the model builds from
+ * createImage and a list of ops (writes, zeroes, discards, compressed writes, snapshots), possibly
+ * over its own backing — chains of up to three images. The overlay gets the chain as a BackingSource
+ * that reads through the model's readGuest; the oracle gets the same chain computed with RawDisk
+ * alone (`backingOracle`). Each level is compared with its oracle when it is built.
+ *
  * After every command:
  * - reads of the image over the touched range widened by one cluster each side equal the oracle's
  *   (very large ranges are compared at both edges and at sampled windows inside);
@@ -23,9 +29,9 @@ import { decodeHeader } from '../../generated/qcow2.ts';
 import { createImage, type CreateOptions } from '../../src/model/create.ts';
 import { headerStateFrom } from '../../src/model/header.ts';
 import { applyHostIO, readHost, type HostFile, type HostIO } from '../../src/model/host-file.ts';
-import type { Image } from '../../src/model/image.ts';
+import type { BackingSource, Image } from '../../src/model/image.ts';
 import { loadImage, storeImage } from '../../src/model/load-store.ts';
-import type { Op } from '../../src/model/ops.ts';
+import { opRange, type Op } from '../../src/model/ops.ts';
 import { readGuest } from '../../src/model/read.ts';
 import { step, type StepResult } from '../../src/model/step.ts';
 import { RawDisk, RawDiskError } from '../../src/oracle/raw-disk.ts';
@@ -34,10 +40,40 @@ import { RawDisk, RawDiskError } from '../../src/oracle/raw-disk.ts';
 // Configurations
 
 /** A raw backing disk: its size and the patterned ranges written to it. */
-export interface BackingSpec {
+export interface RawBackingSpec {
+  readonly format: 'raw';
   readonly size: bigint;
   readonly writes: readonly { readonly offset: bigint; readonly length: number; readonly seed: number }[];
 }
+
+/**
+ * One op of a qcow2 backing image's history (applied with the model's `step` to build the image, and
+ * with RawDisk to build its expected content). Snapshot ops whose name is (not) taken at that point,
+ * and compressed writes to a cluster an earlier op of the same image touched, are skipped on both
+ * sides, so every op that runs must be accepted by the model.
+ */
+export type BackingOpSpec =
+  | { readonly op: 'write'; readonly offset: bigint; readonly length: number; readonly seed: number }
+  | { readonly op: 'zero'; readonly offset: bigint; readonly length: bigint; readonly unmap: boolean }
+  | { readonly op: 'discard'; readonly offset: bigint; readonly length: bigint }
+  | { readonly op: 'compress'; readonly offset: bigint; readonly length: number; readonly seed: number }
+  | { readonly op: 'snapshot'; readonly action: 'create' | 'apply' | 'delete'; readonly name: string };
+
+/** A qcow2 backing image made by the model: createImage, then `ops`; it may have its own backing. */
+export interface Qcow2BackingSpec {
+  readonly format: 'qcow2';
+  readonly clusterBits: number;
+  readonly refcountBits: number;
+  readonly compat: '0.10' | '1.1';
+  readonly extendedL2: boolean;
+  /** Virtual size (a multiple of 512). */
+  readonly size: bigint;
+  readonly ops: readonly BackingOpSpec[];
+  readonly backing?: BackingSpec;
+}
+
+/** A backing image: raw, or qcow2 (itself possibly over a backing chain). Plain data. */
+export type BackingSpec = RawBackingSpec | Qcow2BackingSpec;
 
 /** One image configuration (plain data, so fast-check prints it in counterexamples). */
 export interface Config {
@@ -109,7 +145,7 @@ const sizeArb: fc.Arbitrary<bigint> = fc.oneof(
   { weight: 3, arbitrary: fc.constantFrom(TiB, TiB - 512n) },
 );
 
-export type ConfigClass = 'small-clusters' | 'large-clusters' | 'preallocated' | 'backing';
+export type ConfigClass = 'small-clusters' | 'large-clusters' | 'preallocated' | 'backing' | 'backing-chain';
 
 function finishConfig(c: Omit<Config, 'size' | 'requestedSize'>, wanted: bigint, unalign: number): Config {
   const limit = sizeLimit(c.clusterBits, c.extendedL2);
@@ -120,21 +156,26 @@ function finishConfig(c: Omit<Config, 'size' | 'requestedSize'>, wanted: bigint,
   return { ...c, requestedSize, size };
 }
 
-const backingArb = (size: bigint): fc.Arbitrary<BackingSpec> =>
+/** A backing size relative to the image above it: equal, shorter (also tiny), or longer. */
+const backingSizeArb = (above: bigint): fc.Arbitrary<bigint> =>
+  fc.oneof(
+    fc.constant(above),
+    fc.bigInt({ min: 1n, max: above }),
+    fc.bigInt({ min: 1n, max: 300_000n }),
+    fc.oneof(fc.constant(above + MiB), fc.bigInt({ min: 1n, max: 64n }).map((k) => above + k * 512n)),
+  );
+
+const rawBackingArb = (above: bigint): fc.Arbitrary<RawBackingSpec> =>
   fc
     .record({
-      size: fc.oneof(
-        fc.constant(size),
-        fc.bigInt({ min: 1n, max: size }),
-        fc.bigInt({ min: 1n, max: 300_000n }),
-        fc.constant(size + MiB),
-      ),
+      size: backingSizeArb(above),
       writes: fc.array(
         fc.record({ at: fc.double({ min: 0, max: 1, noNaN: true }), length: fc.integer({ min: 1, max: 200_000 }), seed: fc.integer({ min: 1, max: 255 }) }),
         { minLength: 0, maxLength: 4 },
       ),
     })
     .map(({ size: bsize, writes }) => ({
+      format: 'raw' as const,
       size: bsize,
       writes: writes.map((w) => {
         const offset = BigInt(Math.floor(w.at * Number(bsize - 1n)));
@@ -142,6 +183,114 @@ const backingArb = (size: bigint): fc.Arbitrary<BackingSpec> =>
         return { offset, length, seed: w.seed };
       }),
     }));
+
+/**
+ * The ops of a qcow2 backing image of `size` bytes with clusters of `cs` and subclusters of `sc`:
+ * writes (partial clusters and subclusters included), zeroes, discards, compressed writes and
+ * snapshot create/apply/delete, mostly in the first 32 clusters (so they overlap each other and the
+ * overlay's hot clusters, which are drawn from these ranges) and at the end of the image.
+ */
+function backingOpsArb(size: bigint, cs: bigint, sc: bigint): fc.Arbitrary<BackingOpSpec[]> {
+  const clusters = (size + cs - 1n) / cs;
+  const lowClusters = clusters < 32n ? clusters : 32n;
+  const cluster = fc.oneof(
+    { weight: 6, arbitrary: fc.bigInt({ min: 0n, max: lowClusters - 1n }) },
+    { weight: 1, arbitrary: fc.constant(clusters - 1n) },
+    { weight: 2, arbitrary: fc.bigInt({ min: 0n, max: clusters - 1n }) },
+  );
+  const within = fc.oneof(
+    { weight: 3, arbitrary: fc.constant(0n) },
+    { weight: 3, arbitrary: fc.integer({ min: 0, max: 31 }).map((k) => (BigInt(k) * sc) % cs) },
+    { weight: 2, arbitrary: fc.bigInt({ min: 0n, max: cs - 1n }) },
+  );
+  const offset = fc.tuple(cluster, within).map(([c, w]) => {
+    const o = c * cs + w;
+    return o >= size ? size - 1n : o;
+  });
+  const maxLen = cs * 3n < 256n * KiB ? (cs * 3n > 4096n ? cs * 3n : 4096n) : 256n * KiB;
+  const length = fc.oneof(
+    { weight: 3, arbitrary: fc.constantFrom(cs, sc, cs + 1n, cs - 1n, sc + 1n, 2n * cs) },
+    { weight: 2, arbitrary: fc.integer({ min: 1, max: 32 }).map((k) => BigInt(k) * sc) },
+    { weight: 2, arbitrary: fc.bigInt({ min: 1n, max: 4096n }) },
+    { weight: 2, arbitrary: fc.bigInt({ min: 1n, max: maxLen }) },
+    { weight: 1, arbitrary: fc.bigInt({ min: 1n, max: 16n }).map((k) => k * cs) },
+  );
+  const clip = (o: bigint, n: bigint): bigint => (n > size - o ? size - o : n > 256n * KiB ? 256n * KiB : n);
+  const op: fc.Arbitrary<BackingOpSpec> = fc.oneof(
+    {
+      weight: 6,
+      arbitrary: fc.tuple(offset, length, fc.integer({ min: 1, max: 255 })).map(([o, n, seed]) => ({ op: 'write' as const, offset: o, length: Number(clip(o, n)), seed })),
+    },
+    { weight: 2, arbitrary: fc.tuple(offset, length, fc.boolean()).map(([o, n, unmap]) => ({ op: 'zero' as const, offset: o, length: clip(o, n), unmap })) },
+    { weight: 2, arbitrary: fc.tuple(offset, length).map(([o, n]) => ({ op: 'discard' as const, offset: o, length: clip(o, n) })) },
+    {
+      weight: 2,
+      arbitrary: fc.tuple(cluster, fc.integer({ min: 1, max: 2 }), fc.integer({ min: 1, max: 255 })).map(([c, k, seed]) => {
+        const o = c * cs;
+        return { op: 'compress' as const, offset: o, length: Number(size - o < BigInt(k) * cs ? size - o : BigInt(k) * cs), seed };
+      }),
+    },
+    {
+      weight: 3,
+      arbitrary: fc
+        .tuple(fc.constantFrom<'create' | 'apply' | 'delete'>('create', 'apply', 'apply', 'delete'), fc.constantFrom('p', 'p', 'q'))
+        .map(([action, name]) => ({ op: 'snapshot' as const, action, name })),
+    },
+  );
+  // Snapshot ops that could not run become ones that can: a create of a taken name applies it, an
+  // apply or delete of a free name creates it (so the printed spec is what runs).
+  return fc.array(op, { minLength: 1, maxLength: 12 }).map((ops) => {
+    const names = new Set<string>();
+    return ops.map((o): BackingOpSpec => {
+      if (o.op !== 'snapshot') return o;
+      const action = o.action === 'create' ? (names.has(o.name) ? 'apply' : 'create') : names.has(o.name) ? o.action : 'create';
+      if (action === 'create') names.add(o.name);
+      if (action === 'delete') names.delete(o.name);
+      return action === o.action ? o : { ...o, action };
+    });
+  });
+}
+
+/**
+ * A chain of `qcow2Levels` qcow2 backing images made by the model (each of its own geometry, v2 or
+ * v3, extended L2 or not; shorter, equal or longer than the image above), optionally over a raw
+ * bottom. Compression is zlib (the model has no zstd encoder); refcount widths are at least 8 so
+ * that building a backing image never hits a refcount overflow (the overlay classes cover those).
+ */
+function qcow2BackingArb(above: bigint, qcow2Levels: number, rawBottom: boolean): fc.Arbitrary<Qcow2BackingSpec> {
+  return fc
+    .record({
+      clusterBits: clusterBitsArb(9, 21),
+      refcountBits: fc.constantFrom(8, 16, 16, 64),
+      compat: fc.constantFrom<'0.10' | '1.1'>('0.10', '1.1', '1.1'),
+      extendedL2: fc.boolean(),
+      wanted: backingSizeArb(above),
+    })
+    .chain((b) => {
+      const v3 = b.compat === '1.1';
+      const extendedL2 = v3 && b.clusterBits >= 14 && b.extendedL2;
+      const limit = sizeLimit(b.clusterBits, extendedL2);
+      let size = b.wanted < limit ? b.wanted : limit;
+      size = ((size + 511n) / 512n) * 512n;
+      const cs = 1n << BigInt(b.clusterBits);
+      const geometry = { clusterBits: b.clusterBits, refcountBits: v3 ? b.refcountBits : 16, compat: b.compat, extendedL2, size };
+      const lower: fc.Arbitrary<BackingSpec | undefined> = qcow2Levels > 1
+        ? qcow2BackingArb(size, qcow2Levels - 1, rawBottom)
+        : rawBottom ? rawBackingArb(size) : fc.constant(undefined);
+      return fc.tuple(backingOpsArb(size, cs, extendedL2 ? cs / 32n : cs), lower).map(([ops, backing]): Qcow2BackingSpec => ({
+        format: 'qcow2',
+        ...geometry,
+        ops,
+        ...(backing !== undefined ? { backing } : {}),
+      }));
+    });
+}
+
+/** Backing chains below the overlay: 1 to 3 images, qcow2 over qcow2 over raw and the other mixes. */
+const backingChainArb = (above: bigint): fc.Arbitrary<Qcow2BackingSpec> =>
+  fc
+    .constantFrom<[number, boolean]>([1, false], [1, true], [2, false], [2, true], [2, true], [3, false])
+    .chain(([levels, raw]) => qcow2BackingArb(above, levels, raw));
 
 /** Configurations of one class; together the classes cover everything the model supports today. */
 export function configArb(cls: ConfigClass): fc.Arbitrary<Config> {
@@ -177,11 +326,13 @@ export function configArb(cls: ConfigClass): fc.Arbitrary<Config> {
         .tuple(base(9, 21), fc.oneof(fc.constant(MiB), fc.bigInt({ min: 1n, max: 4n * MiB })))
         .map(([b, wanted]) => finishConfig({ ...shape(b), preallocation: 'metadata' }, wanted, b.unalign));
     case 'backing':
+    case 'backing-chain':
       return base(9, 21)
         .chain((b) => {
           const c = finishConfig({ ...shape(b), preallocation: 'off' }, b.wanted, b.unalign);
+          const backingArb: fc.Arbitrary<BackingSpec> = cls === 'backing' ? rawBackingArb(c.size) : backingChainArb(c.size);
           // Backing + preallocation is allowed with extended L2 only (qemu-img).
-          return fc.tuple(backingArb(c.size), fc.boolean()).map(([backing, prealloc]) => {
+          return fc.tuple(backingArb, fc.boolean()).map(([backing, prealloc]) => {
             const pre = prealloc && c.extendedL2 && c.size <= 4n * MiB;
             return { ...c, preallocation: pre ? ('metadata' as const) : ('off' as const), backing };
           });
@@ -204,10 +355,141 @@ export function pattern(offset: bigint, length: number, seed: number): Uint8Arra
   return out;
 }
 
-function backingDisk(spec: BackingSpec): RawDisk {
-  const d = new RawDisk({ size: spec.size });
-  for (const w of spec.writes) if (w.length > 0) d.apply({ kind: 'write', offset: w.offset, data: pattern(w.offset, w.length, w.seed) });
+// ---- backing images ---------------------------------------------------------------------------
+
+/**
+ * The ops of a qcow2 backing spec that run, decided from the spec alone: a snapshot op runs only when
+ * its name is free (create) or taken (apply, delete) at that point, and a compressed write only when
+ * no earlier write, zero or compressed write of this image touched one of its clusters (QEMU refuses
+ * to compress over an allocated cluster). Both the model and the oracle apply exactly these.
+ */
+export function backingOps(spec: Qcow2BackingSpec): { readonly op: Op; readonly what: string }[] {
+  const cs = 1n << BigInt(spec.clusterBits);
+  const names = new Set<string>();
+  const touched = new Set<bigint>();
+  const touch = (o: bigint, n: bigint): void => {
+    for (let c = o / cs; c * cs < o + n; c++) touched.add(c);
+  };
+  const out: { op: Op; what: string }[] = [];
+  for (const o of spec.ops) {
+    switch (o.op) {
+      case 'write':
+        touch(o.offset, BigInt(o.length));
+        out.push({ op: { kind: 'write', offset: o.offset, data: pattern(o.offset, o.length, o.seed) }, what: `write(${o.offset}, ${o.length}, seed ${o.seed})` });
+        break;
+      case 'zero':
+        touch(o.offset, o.length);
+        out.push({ op: { kind: 'writeZeroes', offset: o.offset, length: o.length, unmap: o.unmap }, what: `zero(${o.offset}, ${o.length}${o.unmap ? ', unmap' : ''})` });
+        break;
+      case 'discard':
+        out.push({ op: { kind: 'discard', offset: o.offset, length: o.length }, what: `discard(${o.offset}, ${o.length})` });
+        break;
+      case 'compress': {
+        let free = true;
+        for (let c = o.offset / cs; c * cs < o.offset + BigInt(o.length); c++) if (touched.has(c)) free = false;
+        if (!free) break;
+        touch(o.offset, BigInt(o.length));
+        out.push({ op: { kind: 'writeCompressed', offset: o.offset, data: compressData(o.offset, o.length, o.seed, 'runs') }, what: `compress(${o.offset}, ${o.length}, seed ${o.seed})` });
+        break;
+      }
+      case 'snapshot': {
+        const exists = names.has(o.name);
+        if (o.action === 'create' ? exists : !exists) break;
+        if (o.action === 'create') names.add(o.name);
+        if (o.action === 'delete') names.delete(o.name);
+        const kind = o.action === 'create' ? 'snapshotCreate' : o.action === 'apply' ? 'snapshotApply' : 'snapshotDelete';
+        out.push({ op: { kind, name: o.name }, what: `snapshot ${o.action} ${o.name}` });
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The expected content of a backing chain, computed with RawDisk only (no model code): a raw spec's
+ * patterned writes, or a qcow2 spec's `backingOps` over the oracle of its own backing, with the
+ * qcow2 image's version and cluster size (they decide what discard does).
+ */
+export function backingOracle(spec: BackingSpec): RawDisk {
+  if (spec.format === 'raw') {
+    const d = new RawDisk({ size: spec.size });
+    for (const w of spec.writes) if (w.length > 0) d.apply({ kind: 'write', offset: w.offset, data: pattern(w.offset, w.length, w.seed) });
+    return d;
+  }
+  const lower = spec.backing !== undefined ? backingOracle(spec.backing) : undefined;
+  const d = new RawDisk({
+    size: spec.size,
+    version: spec.compat === '0.10' ? 2 : 3,
+    clusterSize: 1n << BigInt(spec.clusterBits),
+    ...(lower !== undefined ? { backing: lower } : {}),
+  });
+  for (const { op } of backingOps(spec)) d.apply(op);
   return d;
+}
+
+/** A qcow2 image as a backing source: its virtual size, and reads through the model's read path. */
+export function qcow2BackingSource(img: Image): BackingSource {
+  return { size: img.header.size, read: (offset, length) => readGuest(img, offset, length) };
+}
+
+/**
+ * Builds a backing chain with the model: a raw spec is a RawDisk (a raw file is its bytes); a qcow2
+ * spec is createImage (with `backing_file`/`backing_fmt` when it has a backing of its own) and
+ * `step` over `backingOps(spec)`, exposed through `qcow2BackingSource`. Throws when the model
+ * refuses one of those ops (each must be accepted, see backingOps) or when a level does not read as
+ * its oracle (`backingOracle`) around every op and, for small images, everywhere.
+ */
+export function buildBacking(spec: BackingSpec, level = 1): BackingSource {
+  if (spec.format === 'raw') return backingOracle(spec);
+  const lower = spec.backing !== undefined ? buildBacking(spec.backing, level + 1) : undefined;
+  let img = createImage({
+    size: spec.size,
+    clusterSize: 1 << spec.clusterBits,
+    compat: spec.compat,
+    refcountBits: spec.refcountBits,
+    extendedL2: spec.extendedL2,
+    ...(spec.backing !== undefined ? { backingFile: `base${level + 1}.${spec.backing.format}`, backingFmt: spec.backing.format } : {}),
+  }).image;
+  if (lower !== undefined) img = { ...img, backing: lower };
+  const ops = backingOps(spec);
+  for (const [i, { op, what }] of ops.entries()) {
+    const r = step(img, op);
+    if (!r.ok) throw new Error(`backing level ${level}: op ${i} ${what} refused with ${r.error.code}: ${r.error.message}`);
+    img = r.image;
+  }
+  const source = qcow2BackingSource(img);
+  const oracle = backingOracle(spec);
+  const rd = (o: bigint, n: number): Uint8Array => source.read(o, n);
+  const ro = (o: bigint, n: number): Uint8Array => oracle.read(o, n);
+  const cs = 1n << BigInt(spec.clusterBits);
+  if (spec.size <= 4n * MiB) compareReads(`backing level ${level}, whole image vs its oracle`, spec.size, 0n, spec.size, rd, ro);
+  else {
+    for (const { op, what } of ops) {
+      const range = opRange(op);
+      if (range !== undefined) compareReads(`backing level ${level}, around ${what}, vs its oracle`, spec.size, range.offset - cs, range.offset + range.length + cs, rd, ro);
+    }
+  }
+  return source;
+}
+
+/**
+ * Guest offsets of the overlay where the backing chain has something to show or an edge: the first
+ * and last byte of every range written, zeroed, discarded or compressed at any level, and each
+ * level's end. The overlay's hot clusters are drawn from these so that its ops land on backing data.
+ */
+export function backingSpots(spec: BackingSpec): bigint[] {
+  const out: bigint[] = [spec.size - 1n, spec.size];
+  if (spec.format === 'raw') {
+    for (const w of spec.writes) out.push(w.offset, w.offset + BigInt(w.length) - 1n);
+    return out;
+  }
+  for (const o of spec.ops) {
+    if (o.op === 'snapshot') continue;
+    out.push(o.offset, o.offset + BigInt(o.length) - 1n);
+  }
+  if (spec.backing !== undefined) out.push(...backingSpots(spec.backing));
+  return out;
 }
 
 interface Geo {
@@ -241,7 +523,7 @@ export interface Real {
   /** Every page object seen in an image of this run, with its hash when first seen. */
   readonly seenPages: Map<Uint8Array, number>;
   /** The backing source given to the model (also used to reload the image). */
-  readonly backing?: RawDisk;
+  readonly backing?: BackingSource;
   steps: number;
 }
 
@@ -692,6 +974,13 @@ export interface CommandOptions {
   readonly maxCommands: number;
   /** Generate WriteCompressed commands (see COMPRESSED_WRITES_IN_PROPERTY in the test). */
   readonly compressed?: boolean;
+  /**
+   * The replayPath fast-check printed with a failing command list: with the failure's seed and path
+   * (`fc.assert(…, { seed, path, endOnFailure: true })`) it replays that exact shrunk sequence.
+   */
+  readonly replayPath?: string;
+  /** Called after every execution of the property (also failing and shrinking ones) with the number of ops stepped. */
+  readonly onRun?: (info: { readonly steps: number }) => void;
 }
 
 /** The commands of one run, for a configuration and its hot clusters. */
@@ -750,15 +1039,37 @@ export function commandsArb(cfg: Config, hot: readonly bigint[], opts: CommandOp
     { weight: opts.compressed === true ? 2 : 0, arbitrary: compressed },
     { weight: 2, arbitrary: snapshot },
   );
-  return fc.commands([cmd], { size: 'max', maxCommands: opts.maxCommands });
+  return fc.commands([cmd], { size: 'max', maxCommands: opts.maxCommands, ...(opts.replayPath !== undefined ? { replayPath: opts.replayPath } : {}) });
 }
+
+// ---------------------------------------------------------------------------------------------
+// The configuration classes, as `npm test` runs them
+
+/** One configuration class with the size of its default run in `npm test`. */
+export interface ClassRun {
+  readonly cls: ConfigClass;
+  readonly title: string;
+  /** Sequences per `npm test` run (QCOW2_COMMANDS_RUNS overrides). */
+  readonly numRuns: number;
+  readonly maxCommands: number;
+}
+
+/** Every configuration class the model supports today, each once (the test and `npm run fuzz` use this list). */
+export const CONFIG_CLASSES: readonly ClassRun[] = [
+  { cls: 'small-clusters', title: 'cluster_bits 9..13, refcount_bits 1..64, v2/v3, up to the largest cheap disk', numRuns: 100, maxCommands: 100 },
+  { cls: 'large-clusters', title: 'cluster_bits 14..21, extended L2 on/off, disks up to 1 TiB', numRuns: 80, maxCommands: 100 },
+  { cls: 'preallocated', title: 'preallocation=metadata on small disks', numRuns: 60, maxCommands: 100 },
+  { cls: 'backing', title: 'a raw backing file (short, equal, long; v2/v3; extended L2)', numRuns: 60, maxCommands: 100 },
+  { cls: 'backing-chain', title: 'qcow2 backing chains made by the model (1-3 images, over raw or not; snapshots, compressed, zero/discard)', numRuns: 50, maxCommands: 100 },
+];
 
 // ---------------------------------------------------------------------------------------------
 // One run
 
 /** The image and oracle a run starts from. */
 export function setup(cfg: Config, system: StepFn): { model: Model; real: Real } {
-  const backing = cfg.backing !== undefined ? backingDisk(cfg.backing) : undefined;
+  const backing = cfg.backing !== undefined ? buildBacking(cfg.backing) : undefined;
+  const backingExpected = cfg.backing !== undefined ? backingOracle(cfg.backing) : undefined;
   const created = createImage({
     size: cfg.requestedSize,
     clusterSize: 1 << cfg.clusterBits,
@@ -767,7 +1078,7 @@ export function setup(cfg: Config, system: StepFn): { model: Model; real: Real }
     extendedL2: cfg.extendedL2,
     compressionType: cfg.compressionType,
     preallocation: cfg.preallocation,
-    ...(backing !== undefined ? { backingFile: 'base.raw', backingFmt: 'raw' } : {}),
+    ...(cfg.backing !== undefined ? { backingFile: `base.${cfg.backing.format}`, backingFmt: cfg.backing.format } : {}),
   }).image;
   if (created.header.size !== cfg.size) throw new Error(`createImage made a ${created.header.size}-byte disk, expected ${cfg.size}`);
   const image: Image = backing !== undefined ? { ...created, backing } : created;
@@ -775,7 +1086,7 @@ export function setup(cfg: Config, system: StepFn): { model: Model; real: Real }
     size: cfg.size,
     version: cfg.compat === '0.10' ? 2 : 3,
     clusterSize: 1n << BigInt(cfg.clusterBits),
-    ...(backing !== undefined ? { backing } : {}),
+    ...(backingExpected !== undefined ? { backing: backingExpected } : {}),
   });
   const real: Real = { image, cfg, geo: geoOf(cfg), system, touched: [], seenPages: new Map(), steps: 0, ...(backing !== undefined ? { backing } : {}) };
   notePages(real, image.file);
@@ -818,10 +1129,22 @@ export function finalChecks(model: Model, real: Real, randomRanges: readonly { a
 /** Hot clusters of a run: where most ops land, so they overwrite each other. */
 export function hotArb(cfg: Config): fc.Arbitrary<bigint[]> {
   const g = geoOf(cfg);
-  return fc.array(
-    fc.oneof(fc.bigInt({ min: 0n, max: g.clusters - 1n }), fc.constantFrom(0n, g.clusters - 1n, g.clusters / 2n)),
-    { minLength: 1, maxLength: 4 },
-  );
+  const options: fc.WeightedArbitrary<bigint>[] = [
+    { weight: 1, arbitrary: fc.bigInt({ min: 0n, max: g.clusters - 1n }) },
+    { weight: 1, arbitrary: fc.constantFrom(0n, g.clusters - 1n, g.clusters / 2n) },
+  ];
+  // With a backing file, mostly clusters where the backing chain has data or an edge (so writes land
+  // partially on backing data, COW copies it, and zero/discard hide it).
+  if (cfg.backing !== undefined) {
+    const spots = [...new Set(backingSpots(cfg.backing).filter((o) => o >= 0n && o < g.size).map((o) => o / g.cs))];
+    if (spots.length > 0) options.push({ weight: 6, arbitrary: fc.constantFrom(...spots) });
+  }
+  return fc.array(fc.oneof(...options), { minLength: 1, maxLength: 4 });
+}
+
+/** One run of the property: a configuration and its command sequence (drawn around its hot clusters). */
+export function runArb(cfgs: fc.Arbitrary<Config>, opts: CommandOptions): fc.Arbitrary<{ cfg: Config; cmds: Iterable<Cmd> }> {
+  return cfgs.chain((cfg) => hotArb(cfg).chain((hot) => commandsArb(cfg, hot, opts).map((cmds) => ({ cfg, cmds }))));
 }
 
 /** The whole property for one configuration class, with a given system. */
@@ -830,12 +1153,18 @@ export function commandsProperty(
   system: StepFn,
   opts: CommandOptions,
 ): fc.IPropertyWithHooks<[{ cfg: Config; cmds: Iterable<Cmd> }, { at: number; length: number }[]]> {
-  const run = cfgs.chain((cfg) => hotArb(cfg).chain((hot) => commandsArb(cfg, hot, opts).map((cmds) => ({ cfg, cmds }))));
+  const run = runArb(cfgs, opts);
   const ranges = fc.array(fc.record({ at: fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true }), length: fc.integer({ min: 1, max: 200_000 }) }), { minLength: 1, maxLength: 8 });
   return fc.property(run, ranges, ({ cfg, cmds }, randomRanges) => {
-    const s = setup(cfg, system);
-    fc.modelRun(() => s, cmds);
-    finalChecks(s.model, s.real, randomRanges);
+    let steps = 0;
+    try {
+      const s = setup(cfg, system);
+      fc.modelRun(() => s, cmds);
+      steps = s.real.steps;
+      finalChecks(s.model, s.real, randomRanges);
+    } finally {
+      opts.onRun?.({ steps });
+    }
   });
 }
 
