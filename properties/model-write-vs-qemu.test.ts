@@ -4,16 +4,21 @@
  *   model to the same `qemu-img create` image gives byte-identical files;
  * - data: every model read equals the flat raw-disk oracle;
  * - format: `qemu-img check` finds nothing wrong with the model's file.
- * Configurations cover every refcount width, cluster sizes from 512 B to 2 MiB, compat 0.10/1.1
- * and extended L2; sequences include writes that force new refcount blocks and reftable growth.
+ * Configurations cover every refcount width, cluster sizes from 512 B to 2 MiB, compat 0.10/1.1,
+ * extended L2, external data files (with and without data_file_raw; the data file is compared byte
+ * for byte too) and lazy refcounts (compared after a clean close: the model's closeImage, qemu-io's
+ * normal exit); sequences include writes that force new refcount blocks and reftable growth.
+ * qemu-img and qemu-io run in the images' directory: QEMU 7.2 resolves a relative data-file name
+ * against its working directory.
  */
 import fc from 'fast-check';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadImage, storeImage } from '../src/model/load-store.ts';
+import { closeImage } from '../src/model/close.ts';
+import { loadImage, storeDataFile, storeImage } from '../src/model/load-store.ts';
 import { readGuest } from '../src/model/read.ts';
 import { beginTx } from '../src/model/tx.ts';
 import { step } from '../src/model/step.ts';
@@ -29,6 +34,10 @@ interface Config {
   compat: '0.10' | '1.1';
   extendedL2: boolean;
   size: number;
+  /** External data file (v3 only): 'plain', or 'raw' for data_file_raw=on. */
+  dataFile?: 'plain' | 'raw';
+  /** lazy_refcounts=on (v3 only). */
+  lazy?: boolean;
 }
 
 interface Write {
@@ -59,13 +68,18 @@ const configArb: fc.Arbitrary<Config> = fc
     compat: fc.constantFrom<'0.10' | '1.1'>('0.10', '1.1', '1.1'),
     extendedL2: fc.boolean(),
     sizeMiB: fc.constantFrom(1, 8, 64),
+    dataFile: fc.constantFrom<'none' | 'plain' | 'raw'>('none', 'none', 'none', 'plain', 'raw'),
+    lazy: fc.constantFrom(false, false, true),
   })
   .map((c) => ({
     clusterBits: c.clusterBits,
     refcountBits: c.compat === '0.10' ? 16 : c.refcountBits,
     compat: c.compat,
     extendedL2: c.compat === '1.1' && c.clusterBits >= 14 && c.extendedL2,
-    size: c.sizeMiB * 1024 * 1024,
+    // data_file_raw preallocates every L2 table: keep those images small.
+    size: (c.dataFile === 'raw' ? Math.min(c.sizeMiB, 8) : c.sizeMiB) * 1024 * 1024,
+    ...(c.compat === '1.1' && c.dataFile !== 'none' ? { dataFile: c.dataFile } : {}),
+    ...(c.compat === '1.1' && c.lazy ? { lazy: true } : {}),
   }));
 
 function writesArb(cfg: Config): fc.Arbitrary<Write[]> {
@@ -106,16 +120,22 @@ async function checkSequence(cfg: Config, writes: Write[]): Promise<{ ours: stri
   const id = run++;
   const ours = join(dir, `ours-${id}.qcow2`);
   const theirs = join(dir, `qemu-${id}.qcow2`);
-  await qemuImgCreate(theirs, cfg.size, {
+  // The data file's name is stored relative; QEMU opens it relative to its working directory.
+  const dataName = `qemu-${id}.raw`;
+  await qemuImgCreate(`qemu-${id}.qcow2`, cfg.size, {
     cluster_size: String(1 << cfg.clusterBits),
     refcount_bits: String(cfg.refcountBits),
     compat: cfg.compat,
     ...(cfg.extendedL2 ? { extended_l2: 'on' } : {}),
-  });
+    ...(cfg.dataFile !== undefined ? { data_file: dataName } : {}),
+    ...(cfg.dataFile === 'raw' ? { data_file_raw: 'on' } : {}),
+    ...(cfg.lazy === true ? { lazy_refcounts: 'on' } : {}),
+  }, [], 'qcow2', { cwd: dir });
   const created = new Uint8Array(readFileSync(theirs));
+  const createdData = cfg.dataFile !== undefined ? new Uint8Array(readFileSync(join(dir, dataName))) : undefined;
 
   // The model.
-  const tx = beginTx(loadImage(created));
+  const tx = beginTx(loadImage(created, createdData !== undefined ? { dataFile: createdData } : {}));
   const kept = new Set(writes);
   let qemuMustFail = false;
   const oracle = new RawDisk({ size: BigInt(cfg.size), clusterSize: 1n << BigInt(cfg.clusterBits), version: cfg.compat === '0.10' ? 2 : 3 });
@@ -155,7 +175,8 @@ async function checkSequence(cfg: Config, writes: Write[]): Promise<{ ours: stri
       writeFileSync(join(dir, `data-${id}-${writes.indexOf(w)}`), data);
     }
   }
-  const img = tx.img;
+  // qemu-io closes the image when it exits (with lazy refcounts: qcow2_mark_clean clears the dirty bit).
+  const img = closeImage(tx.img).image;
   const ourBytes = storeImage(img);
   writeFileSync(ours, ourBytes);
 
@@ -169,10 +190,12 @@ async function checkSequence(cfg: Config, writes: Write[]): Promise<{ ours: stri
   // docs/layout-differences.md), QEMU's file is corrupt or refused: no byte comparison then.
   const divergent = img.session.staleCursorAvoided > 0;
   if (qemuMustFail) {
-    const r = await runTool('qemu-io', ['-f', 'qcow2', ...qemuOps.flatMap((c) => ['-c', c]), theirs]);
+    const r = await runTool('qemu-io', ['-f', 'qcow2', ...qemuOps.flatMap((c) => ['-c', c]), theirs], { cwd: dir });
     expect(r.stderr).toContain('Marking image as corrupt');
-  } else if (!divergent) {
-    await qemuIo(theirs, qemuOps);
+  } else if (!divergent && qemuOps.length > 0) {
+    // (qemu-io without any -c reads commands from stdin: an empty sequence — e.g. only compressed
+    // writes, all refused on a data-file image — must not start it.)
+    await qemuIo(theirs, qemuOps, { cwd: dir });
   }
   const qemuBytes = new Uint8Array(readFileSync(theirs));
 
@@ -182,8 +205,20 @@ async function checkSequence(cfg: Config, writes: Write[]): Promise<{ ours: stri
     const len = Math.min(cfg.size - from, w.length + 1400);
     expect(Buffer.from(readGuest(img, BigInt(from), len)).equals(Buffer.from(oracle.read(BigInt(from), len)))).toBe(true);
   }
-  // Format: QEMU finds the model's image clean.
-  const check = await qemuImgCheck(ours);
+  // Format: QEMU finds the model's image clean (with its own data file, under the name the header
+  // gives, in a directory of its own).
+  let check;
+  if (cfg.dataFile !== undefined) {
+    const m = join(dir, `model-${id}`);
+    mkdirSync(m);
+    writeFileSync(join(m, 'image.qcow2'), ourBytes);
+    writeFileSync(join(m, dataName), storeDataFile(img)!);
+    check = await qemuImgCheck('image.qcow2', { cwd: m });
+    // The data file: byte for byte.
+    if (!divergent) expect(Buffer.from(storeDataFile(img)!).equals(readFileSync(join(dir, dataName)))).toBe(true);
+  } else {
+    check = await qemuImgCheck(ours);
+  }
   expect({ code: check.code, stderr: check.stderr }).toEqual({ code: 0, stderr: '' });
   // The regression of the stale compressed cursor: the refusal leaves QEMU's exact bytes (checked
   // below), including the corrupt bit, which qemu-img check does not report (fact sheet §7.2).
@@ -241,6 +276,22 @@ describe('model writes against qemu-io and the raw oracle', () => {
       { kind: 'write', offset: 0, length: 1, pattern: 1, unmap: false },
     ]);
   }, 60_000);
+
+  it('external data files (plain and raw) and lazy refcounts: fixed sequences', async () => {
+    const seq: Write[] = [
+      { kind: 'write', offset: 1000, length: 200_000, pattern: 1, unmap: false },
+      { kind: 'zero', offset: 65536, length: 65536, pattern: 0, unmap: false },
+      { kind: 'zero', offset: 131072, length: 70_000, pattern: 0, unmap: true },
+      { kind: 'discard', offset: 0, length: 65536, pattern: 0, unmap: false },
+      { kind: 'compress', offset: 262144, length: 16384, pattern: 2, unmap: false, noise: 0 },
+      { kind: 'write', offset: 70_000, length: 333, pattern: 3, unmap: false },
+      { kind: 'write', offset: 1_000_000, length: 48_576, pattern: 4, unmap: false },
+    ];
+    const base = { clusterBits: 14, refcountBits: 16, compat: '1.1' as const, extendedL2: false, size: 1 << 20 };
+    for (const extra of [{ dataFile: 'plain' as const }, { dataFile: 'raw' as const }, { lazy: true }, { dataFile: 'plain' as const, lazy: true, extendedL2: true }, { dataFile: 'raw' as const, lazy: true, refcountBits: 1 }]) {
+      await checkSequence({ ...base, ...extra }, seq);
+    }
+  }, 120_000);
 
   it('QEMU 7.2 bug, avoided by the model: a stale compressed cursor in a cluster reused as an L2 table', async () => {
     // Found by properties/model-commands.test.ts (seed -673974742). QEMU's overlap check stops the

@@ -5,7 +5,10 @@
  *   qemu-img's message and exit 1, leaving no file (nor a temporary one) behind;
  * - run applies a script to an image and the result is byte-identical to qemu-io doing the same ops
  *   on a copy, and passes `qemu-img check`; a bad script (exit 2), an op failing in the model (exit 1)
- *   and an op the model does not support yet (exit 1) all leave the file byte-identical.
+ *   and an op the model does not support yet (exit 1) all leave the file byte-identical;
+ * - run writes an image's external data file too (same bytes as qemu-io), refuses a data-file name
+ *   that is absolute or leaves the image's directory unless --allow-data-file-path, and closes a
+ *   lazy-refcounts image like qemu-io does (dirty bit cleared).
  */
 import { spawnSync } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -285,14 +288,19 @@ describe('qcow2-ref run', () => {
     expect(Buffer.compare(await readFile(ours), await readFile(theirs))).toBe(0);
   });
 
-  it('an op the model does not support yet (resize) is reported clearly, exit 1, file unchanged', async () => {
-    const { d, ours, theirs } = await pair('4M', {});
+  it('an op the model does not support yet (resize of a data-file image) is reported clearly, exit 1, files unchanged', async () => {
+    const d = await freshDir();
+    const q = await runTool('qemu-img', qemuImgCreateArgs('img.qcow2', '4M', { data_file: 'img.raw' }), { cwd: d });
+    expect(q.code).toBe(0);
+    const before = await readFile(join(d, 'img.qcow2'));
+    const dataBefore = await readFile(join(d, 'img.raw'));
     const scriptPath = join(d, 'resize.json');
     await writeFile(scriptPath, JSON.stringify([{ op: 'write', offset: 0, length: 512, pattern: 1 }, { op: 'resize', size: 8388608 }]));
-    const r = await cli('run', ours, scriptPath);
+    const r = await cli('run', join(d, 'img.qcow2'), scriptPath);
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe(`qcow2-ref: ${ours}: op 1 (resize): resize is not modelled yet\n`);
-    expect(Buffer.compare(await readFile(ours), await readFile(theirs))).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`^qcow2-ref: ${join(d, 'img.qcow2').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: op 1 \\(resize\\): [^\\n]*not modelled yet\\n$`));
+    expect(Buffer.compare(await readFile(join(d, 'img.qcow2')), before)).toBe(0);
+    expect(Buffer.compare(await readFile(join(d, 'img.raw')), dataBefore)).toBe(0);
   });
 
   it('applies ops through a backing file like qemu-io (partial-cluster COW reads the backing image)', async () => {
@@ -311,10 +319,116 @@ describe('qcow2-ref run', () => {
     expect(Buffer.compare(await readFile(join(d, 'ours.qcow2')), await readFile(join(d, 'theirs.qcow2')))).toBe(0);
   });
 
+  it('writes the external data file too (raw and not), byte-identical to qemu-io run in the image directory', async () => {
+    for (const raw of [false, true]) {
+      const d = await freshDir();
+      await mkdir(join(d, 'ours'));
+      await mkdir(join(d, 'theirs'));
+      for (const side of ['ours', 'theirs']) {
+        // QEMU 7.2 resolves a relative data-file name against its working directory: run it in the image's.
+        const q = await runTool('qemu-img', qemuImgCreateArgs('img.qcow2', '4M', { data_file: 'img.raw', ...(raw ? { data_file_raw: 'on' } : {}) }), { cwd: join(d, side) });
+        expect(q.code).toBe(0);
+      }
+      await writeFile(join(d, 's.json'), JSON.stringify(script));
+      const r = await cli('run', join(d, 'ours', 'img.qcow2'), join(d, 's.json'));
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      await qemuIo('img.qcow2', commands, { cwd: join(d, 'theirs') });
+      expect(Buffer.compare(await readFile(join(d, 'ours', 'img.qcow2')), await readFile(join(d, 'theirs', 'img.qcow2')))).toBe(0);
+      const ourData = await readFile(join(d, 'ours', 'img.raw'));
+      expect(ourData.some((b) => b !== 0)).toBe(true);
+      expect(Buffer.compare(ourData, await readFile(join(d, 'theirs', 'img.raw')))).toBe(0);
+      expect((await qemuImgCheck('img.qcow2', { cwd: join(d, 'ours') })).code).toBe(0);
+    }
+  });
+
+  it('a data-file image over a backing file: COW reads the backing image and writes the data file, like qemu-io', async () => {
+    const d = await freshDir();
+    await runTool('qemu-img', qemuImgCreateArgs('base.qcow2', '4M', {}), { cwd: d });
+    await qemuIo(join(d, 'base.qcow2'), ['write -P 33 0 1M']);
+    for (const n of ['ours', 'theirs']) {
+      const q = await runTool('qemu-img', qemuImgCreateArgs(`${n}.qcow2`, '4M', { backing_file: 'base.qcow2', backing_fmt: 'qcow2', data_file: `${n}.raw` }), { cwd: d });
+      expect(q.code).toBe(0);
+    }
+    await writeFile(join(d, 's.json'), JSON.stringify([
+      { op: 'write', offset: 1000, length: 3000, pattern: 4 },
+      { op: 'zero', offset: 131072, length: 4096 },
+      { op: 'discard', offset: 196608, length: 65536 },
+      { op: 'write', offset: 200000, length: 10, pattern: 5 },
+    ]));
+    const r = await cli('run', join(d, 'ours.qcow2'), join(d, 's.json'));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    await qemuIo('theirs.qcow2', ['write -P 4 1000 3000', 'write -z 131072 4096', 'discard 196608 65536', 'write -P 5 200000 10'], { cwd: d });
+    // The headers differ only in the data file's name ('ours.raw' / 'theirs.raw'), so compare past it.
+    const ours = await readFile(join(d, 'ours.qcow2'));
+    const theirs = await readFile(join(d, 'theirs.qcow2'));
+    expect(ours.length).toBe(theirs.length);
+    expect(Buffer.compare(ours.subarray(65536), theirs.subarray(65536))).toBe(0);
+    const ourData = await readFile(join(d, 'ours.raw'));
+    expect(ourData[1000]).toBe(4);
+    expect(ourData[0]).toBe(33); // COW head from the backing file
+    expect(Buffer.compare(ourData, await readFile(join(d, 'theirs.raw')))).toBe(0);
+  });
+
+  it('a data file name that leaves the image directory (or is absolute) is refused: exit 1, nothing read or written', async () => {
+    for (const name of ['../outside.raw', 'sub/../../outside.raw']) {
+      const d = await freshDir();
+      await mkdir(join(d, 'img'));
+      await mkdir(join(d, 'img', 'sub'));
+      const q = await runTool('qemu-img', qemuImgCreateArgs('img.qcow2', '1M', { data_file: name }), { cwd: join(d, 'img') });
+      expect(q.code).toBe(0);
+      const before = await readFile(join(d, 'img', 'img.qcow2'));
+      const dataBefore = await readFile(join(d, 'outside.raw'));
+      await writeFile(join(d, 's.json'), JSON.stringify([{ op: 'write', offset: 0, length: 4096, pattern: 1 }]));
+      const r = await cli('run', join(d, 'img', 'img.qcow2'), join(d, 's.json'));
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`qcow2-ref: ${join(d, 'img', 'img.qcow2')}: data file path '${name}' is outside the image's directory; refusing to use it (--allow-data-file-path allows it)\n`);
+      expect(Buffer.compare(await readFile(join(d, 'img', 'img.qcow2')), before)).toBe(0);
+      expect(Buffer.compare(await readFile(join(d, 'outside.raw')), dataBefore)).toBe(0);
+      // With the flag the same run goes through and writes the data file outside.
+      const ok = await cli('run', '-q', '--allow-data-file-path', join(d, 'img', 'img.qcow2'), join(d, 's.json'));
+      expect(ok).toEqual({ code: 0, stdout: '', stderr: '' });
+      expect((await readFile(join(d, 'outside.raw')))[0]).toBe(1);
+    }
+    // An absolute name.
+    const d = await freshDir();
+    const abs = join(d, 'abs.raw');
+    const q = await runTool('qemu-img', qemuImgCreateArgs('img.qcow2', '1M', { data_file: abs }), { cwd: d });
+    expect(q.code).toBe(0);
+    await writeFile(join(d, 's.json'), JSON.stringify([{ op: 'write', offset: 0, length: 512, pattern: 1 }]));
+    const before = await readFile(join(d, 'img.qcow2'));
+    const r = await cli('run', join(d, 'img.qcow2'), join(d, 's.json'));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`qcow2-ref: ${join(d, 'img.qcow2')}: data file path '${abs}' is absolute; refusing to use it (--allow-data-file-path allows it)\n`);
+    expect(Buffer.compare(await readFile(join(d, 'img.qcow2')), before)).toBe(0);
+    expect((await readFile(abs)).every((b) => b === 0)).toBe(true);
+  });
+
+  it('closes a lazy-refcounts image like qemu-io: the dirty bit set by the writes is cleared', async () => {
+    const { d, ours, theirs } = await pair('4M', { lazy_refcounts: 'on' });
+    await writeFile(join(d, 's.json'), JSON.stringify([{ op: 'write', offset: 1000, length: 100000, pattern: 3 }, { op: 'zero', offset: 0, length: 65536, unmap: true }]));
+    const r = await cli('run', ours, join(d, 's.json'));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    await qemuIo(theirs, ['write -P 3 1000 100000', 'write -z -u 0 65536']);
+    const q = await readFile(theirs);
+    expect(q[79]! & 1).toBe(0);
+    expect(Buffer.compare(await readFile(ours), q)).toBe(0);
+    // An image a crashed QEMU left dirty is refused (QEMU would repair it first), file unchanged.
+    await qemuIo(theirs, ['write -P 4 2000000 4096', 'abort'], { expectAbort: true });
+    const crashed = await readFile(theirs);
+    expect(crashed[79]! & 1).toBe(1);
+    const again = await cli('run', theirs, join(d, 's.json'));
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('op 0 (write): write: the image is dirty');
+    expect(Buffer.compare(await readFile(theirs), crashed)).toBe(0);
+  });
+
   it('--help documents every option and the exit codes; usage errors exit 2', async () => {
     const h = await cli('run', '--help');
     expect(h.code).toBe(0);
-    for (const s of ['--output=json', '--quiet', 'Exit codes', 'data file']) expect(h.stdout).toContain(s);
+    for (const s of ['--output=json', '--quiet', '--allow-data-file-path', 'Exit codes', 'data file', 'dirty bit']) expect(h.stdout).toContain(s);
     expect((await cli('run')).code).toBe(2);
     expect((await cli('run', 'a')).code).toBe(2);
     expect((await cli('run', '--output=xml', 'a', 'b')).code).toBe(2);

@@ -67,7 +67,7 @@ const C = (offset: bigint, length: number, pattern: number): IoOp => ({
 });
 
 /** A step of a case: one qemu-io process, one `qemu-img resize`, or one `qemu-img snapshot -c`. */
-type Step = { readonly io: readonly IoOp[] } | { readonly resize: bigint } | { readonly snapshot: string };
+type Step = { readonly io: readonly IoOp[] } | { readonly resize: bigint } | { readonly snapshot: string } | { readonly apply: string };
 
 interface Case {
   readonly name: string;
@@ -169,6 +169,14 @@ async function runCase(c: Case, opts: { contentSizeLimit?: bigint } = {}): Promi
       const op: Op = { kind: 'snapshotCreate', name: s.snapshot, dateSec: q.dateSec, dateNsec: q.dateNsec };
       const r = step(img, op);
       if (!r.ok) throw r.error;
+      img = r.image;
+      oracle.apply(op);
+    } else if ('apply' in s) {
+      await qemuImgSnapshot(theirs, 'apply', s.apply);
+      const op: Op = { kind: 'snapshotApply', name: s.apply };
+      const r = step(img, op);
+      if (!r.ok) throw r.error;
+      expect(firstDiff(hostBytes(applyHostIO(img.file, r.io)), hostBytes(r.image.file)), `${what}: io replay`).toBe(-1);
       img = r.image;
       oracle.apply(op);
     } else {
@@ -351,6 +359,32 @@ describe('resize: byte-identical to qemu-img resize', () => {
       { snapshot: 's2' },
       { resize: M + 512n },
       { resize: 2n * M },
+    ] });
+  });
+
+  it('applying a snapshot taken at another size resizes first (QEMU 7.2 qcow2_snapshot_goto; the fact sheet §5.2 says it refuses)', async () => {
+    await runCase({ name: 'apply-other-size', size: 4n * M, options: { clusterSize: 4096 }, steps: [
+      { io: [W(0n, 100000, 1), W(3n * M, 5000, 2)] },
+      { snapshot: 'small' },
+      { resize: 64n * M },
+      { io: [W(40n * M, 70000, 3), W(1000n, 10, 4)] },
+      { snapshot: 'big' },
+      { apply: 'small' },
+      { io: [W(2n * M, 4096, 5)] },
+      { apply: 'big' },
+      { resize: 2n * M + 512n },
+      { apply: 'small' },
+    ] });
+  });
+
+  it('512-byte clusters: applying a snapshot with a larger L1 table grows the active L1 first', async () => {
+    await runCase({ name: 'apply-larger-l1', size: 1n * M, options: { clusterSize: 512 }, steps: [
+      { io: [W(0n, 3000, 1)] },
+      { resize: 40n * M },
+      { io: [W(39n * M, 3000, 2)] },
+      { snapshot: 'big' },
+      { resize: 1n * M },
+      { apply: 'big' },
     ] });
   });
 });

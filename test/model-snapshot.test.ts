@@ -92,3 +92,23 @@ describe('snapshots: byte-identical to qemu-img snapshot', () => {
     expect(r.image.header.nbSnapshots).toBe(0);
   });
 });
+
+describe('snapshot refusals in qemu-img\'s words', () => {
+  it('apply and delete of a snapshot that does not exist', async () => {
+    const path = join(dir, 'missing.qcow2');
+    await qemuImgCreate(path, 1 << 20, {});
+    const img = loadImage(new Uint8Array(readFileSync(path)));
+    for (const [flag, op] of [['-a', { kind: 'snapshotApply', name: 'nope' }], ['-d', { kind: 'snapshotDelete', name: 'nope' }]] as const) {
+      let stderr = '';
+      try {
+        execFileSync('qemu-img', ['snapshot', flag, 'nope', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+      } catch (e) {
+        stderr = String((e as { stderr: Buffer }).stderr);
+      }
+      expect(stderr, `qemu-img snapshot ${flag} must fail`).not.toBe('');
+      const r = step(img, op);
+      expect(r.ok).toBe(false);
+      if (!r.ok) expect(`qemu-img: ${r.error.message}\n`).toBe(stderr);
+    }
+  });
+});

@@ -10,20 +10,28 @@
  * before the mapping that uses it, mapping removal before the refcount decrease — holds on disk) and
  * one final fsync.
  *
+ * After the last op the image is closed the way QEMU closes it (closeImage, src/model/close.ts):
+ * caches flushed and, with lazy refcounts, the dirty bit the ops set is cleared. The file is
+ * therefore what `qemu-io` leaves when it exits normally.
+ *
  * Files the image refers to:
- * - external data file: the name in the header extension, resolved relative to IMAGE's directory
- *   (a deliberate simplification for now: QEMU 7.2 opens it relative to its current directory, which
- *   is the same when the command runs in IMAGE's directory or the name is absolute). Ops that would
- *   change the data file are refused (the model does not model data-file writes yet).
+ * - external data file: the name in the header extension, resolved relative to IMAGE's directory.
+ *   QEMU 7.2 opens it relative to its *current* directory (measured; the two agree when the command
+ *   runs in IMAGE's directory). A name that is absolute or leads out of IMAGE's directory is refused
+ *   before anything is read unless --allow-data-file-path is given: an image is data, and its header
+ *   should not choose which file on the system `run` reads and writes. The data file is written
+ *   with the image, only after every op succeeded, in the same ordered I/O stream (a flush barrier
+ *   fsyncs both files).
  * - backing file: resolved relative to IMAGE's directory, as QEMU does; qcow2 (recursively) or raw,
  *   read only.
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
-import { dirname, isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isQcow2FormatError } from '../format/errors.ts';
 import { walkImage } from '../format/walk.ts';
-import type { HostIO } from '../model/host-file.ts';
+import { closeImage } from '../model/close.ts';
+import { hostTargetOf, type HostIO, type HostTarget } from '../model/host-file.ts';
 import type { BackingSource, Image } from '../model/image.ts';
 import { loadImage } from '../model/load-store.ts';
 import type { Op } from '../model/ops.ts';
@@ -33,11 +41,13 @@ import { step } from '../model/step.ts';
 import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo } from './io.ts';
 
 /** Help text of the run command. */
-export const RUN_HELP = `Usage: qcow2-ref run [--output=human|json] [--quiet] IMAGE SCRIPT
+export const RUN_HELP = `Usage: qcow2-ref run [--output=human|json] [--quiet] [--allow-data-file-path]
+                     IMAGE SCRIPT
 
 Applies the ops of the JSON op script SCRIPT (a file, or - for stdin; format in
-docs/op-script.md) to the qcow2 image IMAGE through the model, and writes the
-resulting host writes to IMAGE.
+docs/op-script.md) to the qcow2 image IMAGE through the model, then closes the
+image as QEMU does, and writes the resulting host writes to IMAGE (and to its
+external data file, if it has one).
 
 All or nothing:
   1. The whole script is validated first. A bad script is reported with the op
@@ -45,19 +55,28 @@ All or nothing:
   2. Every op is applied in memory. If one fails (e.g. a write past the end of
      the disk, or an op the model does not support yet) it is reported as
      'qcow2-ref: IMAGE: op N (OP): MESSAGE' and IMAGE is not touched (exit 1).
-  3. Only then are the host writes issued to IMAGE, in the model's order, with
-     an fsync at every flush barrier the model emits and one at the end.
-     'zero' and 'discard' host requests are written as zeros (discard never
-     extends the file).
+  3. The image is closed as QEMU closes it: a flush, and with lazy refcounts
+     the dirty bit the ops set is cleared (qcow2_mark_clean). Without this
+     step the file would look like a crashed QEMU session's.
+  4. Only then are the host writes issued to IMAGE and its data file, in the
+     model's order, with an fsync (of both files) at every flush barrier the
+     model emits and one at the end. 'zero' and 'discard' host requests are
+     written as zeros (discard never extends the file).
+
+An image whose dirty bit is already set (a QEMU session with lazy refcounts
+that did not close it) is refused for writes: QEMU repairs its refcounts on a
+writable open, the model does not yet (run 'qemu-img check -r all' first).
 
 Files IMAGE refers to:
   backing file     resolved relative to IMAGE's directory (as QEMU does);
                    qcow2 or raw; only read.
   external data    the name in the header extension, resolved relative to
-  file             IMAGE's directory (QEMU resolves it relative to its current
-                   directory; the two agree for absolute names or when run
-                   from IMAGE's directory). Ops that would change the data
-                   file are refused: the model does not write data files yet.
+  file             IMAGE's directory (QEMU 7.2 resolves it relative to its
+                   current directory; the two agree when run from IMAGE's
+                   directory). Read, and written with IMAGE. A name that is
+                   absolute or leads out of IMAGE's directory is refused
+                   (exit 1, nothing read or written) unless
+                   --allow-data-file-path is given.
 
 Options:
   --output=human   One summary line (default):
@@ -65,16 +84,21 @@ Options:
   --output=json    The summary as JSON:
                    {"ops":N,"hostWrites":W,"bytesWritten":B,"flushes":F}
                    (hostWrites counts write, zero, discard and truncate
-                   requests; bytesWritten includes the zeros written for zero
-                   and discard; flushes counts fsyncs at flush barriers)
+                   requests to IMAGE and its data file; bytesWritten includes
+                   the zeros written for zero and discard; flushes counts
+                   flush barriers at which something was fsynced)
   -q, --quiet      Print no summary.
+  --allow-data-file-path
+                   Accept an external data file name that is absolute or
+                   leads out of IMAGE's directory.
   -h, --help       Show this help.
 
 Exit codes:
   0  every op succeeded and IMAGE was updated
   1  an op failed in the model, IMAGE (or its data or backing file) could
-     not be read or decoded, SCRIPT could not be read, or writing IMAGE
-     failed; in all cases but the last IMAGE is unchanged
+     not be read or decoded, its data file path was refused, SCRIPT could
+     not be read, or writing IMAGE or its data file failed; in all cases but
+     the last IMAGE and its data file are unchanged
   2  usage error, or SCRIPT is not a valid op script (IMAGE unchanged)
 `;
 
@@ -113,6 +137,30 @@ function besideImage(imagePath: string, name: string): string {
   return isAbsolute(name) ? name : join(dirname(imagePath), name);
 }
 
+/** How `run` treats the files an image names. */
+export interface LoadFileOptions {
+  /** Accept an external data file name that is absolute or leads out of the image's directory. */
+  readonly allowDataFilePath?: boolean;
+}
+
+/**
+ * The path of the external data file `name` of the image at `imagePath`: relative to the image's
+ * directory. Throws RunFailure when `name` is empty, absolute or leads out of that directory (`..`),
+ * unless `allow`.
+ */
+export function dataFilePath(imagePath: string, name: string, allow: boolean): string {
+  const path = besideImage(imagePath, name);
+  if (allow) return path;
+  const base = resolve(dirname(imagePath));
+  const rel = relative(base, resolve(path));
+  if (name === '' || isAbsolute(name) || rel === '' || rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel)) {
+    throw new RunFailure(
+      `${imagePath}: data file path '${name}' is ${isAbsolute(name) ? 'absolute' : "outside the image's directory"}; refusing to use it (--allow-data-file-path allows it)`,
+    );
+  }
+  return path;
+}
+
 async function readOrFail(path: string, what: string): Promise<Uint8Array> {
   try {
     return new Uint8Array(await readFile(path));
@@ -125,7 +173,12 @@ async function readOrFail(path: string, what: string): Promise<Uint8Array> {
  * The Image stored at `path` with its data file and backing chain loaded (each relative name
  * relative to the directory of the image naming it). Throws RunFailure naming the file.
  */
-export async function loadImageFile(path: string, depth = 0): Promise<Image> {
+export async function loadImageFile(path: string, depth = 0, opts: LoadFileOptions = {}): Promise<Image> {
+  return (await loadImageAndDataPath(path, depth, opts)).image;
+}
+
+/** loadImageFile, also returning the path of the external data file it read (if any). */
+async function loadImageAndDataPath(path: string, depth: number, opts: LoadFileOptions): Promise<{ image: Image; dataPath?: string }> {
   const bytes = await readOrFail(path, path);
   let walk;
   try {
@@ -135,8 +188,13 @@ export async function loadImageFile(path: string, depth = 0): Promise<Image> {
     throw e;
   }
   let dataFile: Uint8Array | undefined;
-  if (walk.dataFile !== undefined) {
-    dataFile = await readOrFail(besideImage(path, walk.dataFile), `${path}: data file`);
+  let dataPath: string | undefined;
+  // Incompatible bit 2 (byte 79, bit 2 of a version-3 header): without it QEMU ignores the name.
+  const hasDataFile = bytes.length >= 80 && new DataView(bytes.buffer, bytes.byteOffset).getUint32(4) >= 3 && (bytes[79]! & 4) !== 0;
+  if (hasDataFile && walk.dataFile === undefined) throw new RunFailure(`${path}: 'data-file' is required for this image`);
+  if (hasDataFile && walk.dataFile !== undefined) {
+    dataPath = dataFilePath(path, walk.dataFile, opts.allowDataFilePath === true);
+    dataFile = await readOrFail(dataPath, `${path}: data file`);
   }
   let backing: BackingSource | undefined;
   const b = walk.backingFile;
@@ -146,7 +204,7 @@ export async function loadImageFile(path: string, depth = 0): Promise<Image> {
     const bpath = besideImage(path, b.name);
     const fmt = b.format ?? 'raw';
     if (fmt === 'qcow2') {
-      const img = await loadImageFile(bpath, depth + 1);
+      const img = await loadImageFile(bpath, depth + 1, opts);
       backing = { size: img.header.size, read: (o, l) => readGuest(img, o, l) };
     } else if (fmt === 'raw') {
       const raw = await readOrFail(bpath, `${path}: backing file`);
@@ -162,16 +220,18 @@ export async function loadImageFile(path: string, depth = 0): Promise<Image> {
       throw new RunFailure(`${path}: backing format '${fmt}' is not supported by qcow2-ref`);
     }
   }
-  return loadImage(bytes, {
+  const image = loadImage(bytes, {
     ...(dataFile !== undefined ? { dataFile } : {}),
     ...(backing !== undefined ? { backing } : {}),
   });
+  return dataPath !== undefined ? { image, dataPath } : { image };
 }
 
 /**
- * Applies `ops` to `image` in memory. Returns the host I/O of all ops in order, or the index and
- * message of the first op that failed (nothing is applied then). An op that changes the external
- * data file counts as failed: that I/O is not part of HostIO yet.
+ * Applies `ops` to `image` in memory, then closes it as QEMU does (closeImage: flush, and the dirty
+ * bit set by lazy refcounts cleared). Returns the host I/O of all ops and of the close in order (I/O
+ * addressed to the external data file carries `target: 'data'`), or the index and message of the
+ * first op that failed (nothing is applied then).
  */
 export function planOps(image: Image, ops: readonly Op[]): { ok: true; io: HostIO[]; image: Image } | { ok: false; index: number; message: string } {
   let img = image;
@@ -179,13 +239,12 @@ export function planOps(image: Image, ops: readonly Op[]): { ok: true; io: HostI
   for (let i = 0; i < ops.length; i++) {
     const r = step(img, ops[i]!);
     if (!r.ok) return { ok: false, index: i, message: r.error.message };
-    if (r.image.dataFile !== img.dataFile) {
-      return { ok: false, index: i, message: 'the op would change the external data file, which qcow2-ref run cannot write yet' };
-    }
     img = r.image;
     for (const x of r.io) io.push(x);
   }
-  return { ok: true, io, image: img };
+  const closed = closeImage(img);
+  for (const x of closed.io) io.push(x);
+  return { ok: true, io, image: closed.image };
 }
 
 async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
@@ -198,19 +257,36 @@ async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Prom
 }
 
 /**
- * Issues `io` to the open file `fh` in order: writes as writes, 'zero' as writes of zeros (in chunks
- * of at most 1 MiB, extending the file like a write), 'discard' as writes of zeros clipped to the
- * current end of the file (never extending it), 'truncate' as ftruncate, 'flush' as fsync (repeated
- * barriers with nothing in between issue one fsync). Ends with an fsync when anything was written
- * after the last barrier.
+ * Issues `io` to the open file `fh` in order (see applyHostIOToFiles); `io` must address only the
+ * qcow2 file.
  */
 export async function applyHostIOToFile(fh: FileHandle, io: readonly HostIO[]): Promise<Omit<RunSummary, 'ops'>> {
-  let length = BigInt((await fh.stat()).size);
+  return applyHostIOToFiles({ image: fh }, io);
+}
+
+/**
+ * Issues `io` in order to the open files it addresses (`files.image` for the qcow2 file, `files.data`
+ * for the external data file): writes as writes, 'zero' as writes of zeros (in chunks of at most
+ * 1 MiB, extending the file like a write), 'discard' as writes of zeros clipped to the current end of
+ * the file (never extending it), 'truncate' as ftruncate, 'flush' as an fsync of every file written
+ * since the previous barrier (a barrier with nothing written in between issues none). Ends with an
+ * fsync of every file written after the last barrier. Throws if `io` addresses a file not given.
+ */
+export async function applyHostIOToFiles(
+  files: { readonly image: FileHandle; readonly data?: FileHandle },
+  io: readonly HostIO[],
+): Promise<Omit<RunSummary, 'ops'>> {
+  const lengths: Partial<Record<HostTarget, bigint>> = {};
+  for (const t of ['image', 'data'] as const) {
+    const fh = files[t];
+    if (fh !== undefined) lengths[t] = BigInt((await fh.stat()).size);
+  }
   let hostWrites = 0;
   let bytesWritten = 0;
   let flushes = 0;
-  let dirty = false;
+  const dirtyFiles = new Set<HostTarget>();
   let zeros: Uint8Array | undefined;
+  let fh: FileHandle = files.image;
   const writeZeros = async (offset: bigint, count: bigint): Promise<void> => {
     let pos = offset;
     const end = offset + count;
@@ -222,44 +298,47 @@ export async function applyHostIOToFile(fh: FileHandle, io: readonly HostIO[]): 
       bytesWritten += n;
     }
   };
+  const syncDirty = async (): Promise<boolean> => {
+    if (dirtyFiles.size === 0) return false;
+    for (const t of dirtyFiles) await files[t]!.sync();
+    dirtyFiles.clear();
+    return true;
+  };
   for (const op of io) {
+    if (op.kind === 'flush') {
+      if (await syncDirty()) flushes++;
+      continue;
+    }
+    const target = hostTargetOf(op);
+    const handle = files[target];
+    if (handle === undefined) throw new Error(`host I/O addresses the ${target} file, which is not open`);
+    fh = handle;
+    let length = lengths[target]!;
     switch (op.kind) {
       case 'write':
         await writeAll(fh, op.bytes, Number(op.offset));
         bytesWritten += op.bytes.length;
         if (op.offset + BigInt(op.bytes.length) > length) length = op.offset + BigInt(op.bytes.length);
-        hostWrites++;
-        dirty = true;
         break;
       case 'zero':
         await writeZeros(op.offset, op.length);
         if (op.offset + op.length > length) length = op.offset + op.length;
-        hostWrites++;
-        dirty = true;
         break;
       case 'discard': {
         const end = op.offset + op.length < length ? op.offset + op.length : length;
         if (end > op.offset) await writeZeros(op.offset, end - op.offset);
-        hostWrites++;
-        dirty = true;
         break;
       }
       case 'truncate':
         await fh.truncate(Number(op.length));
         length = op.length;
-        hostWrites++;
-        dirty = true;
-        break;
-      case 'flush':
-        if (dirty) {
-          await fh.sync();
-          flushes++;
-          dirty = false;
-        }
         break;
     }
+    lengths[target] = length;
+    hostWrites++;
+    dirtyFiles.add(target);
   }
-  if (dirty) await fh.sync();
+  await syncDirty();
   return { hostWrites, bytesWritten, flushes };
 }
 
@@ -279,6 +358,7 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
       options: {
         output: { type: 'string' },
         quiet: { type: 'boolean', short: 'q' },
+        'allow-data-file-path': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
       allowPositionals: true,
@@ -319,11 +399,14 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
     throw e;
   }
 
-  // 2. Every op in memory.
+  // 2. Every op in memory, then the close.
+  const allowDataFilePath = parsed.values['allow-data-file-path'] === true;
   let plan;
+  let dataPath: string | undefined;
   try {
-    const image = await loadImageFile(imagePath);
-    plan = planOps(image, ops);
+    const loaded = await loadImageAndDataPath(imagePath, 0, { allowDataFilePath });
+    dataPath = loaded.dataPath;
+    plan = planOps(loaded.image, ops);
   } catch (e) {
     if (e instanceof RunFailure) {
       io.stderr(`qcow2-ref: ${e.message}\n`);
@@ -336,17 +419,22 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
     return EXIT_DECODE;
   }
 
-  // 3. The host I/O, in order.
+  // 3. The host I/O, in order, to the image and (when the ops changed it) its data file.
   let done: Omit<RunSummary, 'ops'>;
+  const writesData = plan.io.some((x) => hostTargetOf(x) === 'data' && x.kind !== 'flush');
+  if (writesData && dataPath === undefined) throw new Error('the model wrote a data file the image does not name');
   try {
     const fh = await open(imagePath, 'r+');
+    let dfh: FileHandle | undefined;
     try {
-      done = await applyHostIOToFile(fh, plan.io);
+      if (writesData) dfh = await open(dataPath!, 'r+');
+      done = await applyHostIOToFiles(dfh !== undefined ? { image: fh, data: dfh } : { image: fh }, plan.io);
     } finally {
+      await dfh?.close();
       await fh.close();
     }
   } catch (e) {
-    io.stderr(`qcow2-ref: ${imagePath}: write failed: ${errnoText(e)} (the image may be partly updated)\n`);
+    io.stderr(`qcow2-ref: ${imagePath}: write failed: ${errnoText(e)} (the image and its data file may be partly updated)\n`);
     return EXIT_DECODE;
   }
   const summary: RunSummary = { ops: ops.length, ...done };

@@ -17,7 +17,12 @@ export type ModelErrorCode =
   /** The image's metadata is inconsistent in a way the operation cannot work around (-EIO). */
   | 'corrupt'
   /** The image has an external data file (incompatible bit 2) but the caller supplied none (-EIO). */
-  | 'no-data-file';
+  | 'no-data-file'
+  /**
+   * The image was loaded with the dirty bit set (lazy refcounts, no clean close): QEMU repairs its
+   * refcounts on a writable open, the model refuses to change it until it is repaired (-ENOTSUP).
+   */
+  | 'dirty';
 
 export class ModelError extends Error {
   override readonly name = 'ModelError';

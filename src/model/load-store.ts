@@ -24,6 +24,10 @@ export interface LoadOptions {
  * cut short), the file as a HostFile of exactly `bytes.length` bytes, the optional data file and
  * backing source, and a fresh session (as QEMU starts every open). `bytes` is not retained: later
  * changes to it do not affect the image.
+ *
+ * An image whose dirty bit (incompatible bit 0) is set loads, but the fresh session did not set the
+ * bit, so writes to it are refused (close.ts checkNotDirtyOnLoad): QEMU would repair its refcounts
+ * on a writable open first, which the model does not do yet.
  */
 export function loadImage(bytes: Uint8Array, opts: LoadOptions = {}): Image {
   const header = headerStateFrom(decodeHeader(bytes));

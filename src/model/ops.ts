@@ -81,8 +81,9 @@ export interface SnapshotCreateOp {
 /**
  * Revert to snapshot `name` (`qemu-img snapshot -a`). Afterwards every read returns exactly what it
  * returned when the snapshot was created, and the virtual size is the size at that time (QEMU 7.2
- * refuses when the sizes differ: "Loading snapshots with different disk size is not implemented").
- * The snapshot itself stays and can be applied again.
+ * resizes the disk to the snapshot's size first, as `qemu-img resize` would, and fails where that
+ * resize fails, e.g. a version 2 image with snapshots). The snapshot itself stays and can be applied
+ * again.
  */
 export interface SnapshotApplyOp {
   readonly kind: 'snapshotApply';

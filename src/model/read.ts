@@ -1,9 +1,13 @@
 /**
  * Guest reads: resolves every (sub)cluster of a range through L1/L2, the subcluster bitmaps,
  * compressed clusters and the backing image (fact sheet §3.6). Pure: the Image is only read.
+ *
+ * With an external data file (fact sheet §3.3, §7.3) allocated clusters are read from the data file
+ * at host offset == guest offset; QEMU's qcow2_get_host_offset treats any other host offset, and any
+ * compressed entry, as a fatal corruption.
  */
 import { inflateRawSync, constants as zlibConstants } from 'node:zlib';
-import { decompress as zstdDecompress } from 'fzstd';
+import { Decompress as ZstdDecompress } from 'fzstd';
 import { compressedDescriptor, l2HostOffset } from '../format/entries.ts';
 import { EIO, ModelError } from './errors.ts';
 import { readHost } from './host-file.ts';
@@ -11,12 +15,34 @@ import type { Image } from './image.ts';
 import { entryAt, statesOf } from './mapping.ts';
 import { beginTx, geo, type Tx } from './tx.ts';
 
+/**
+ * zstd-decompresses the start of `data` into exactly `clusterSize` bytes. The bytes after the frame
+ * (the next packed blob, or zeros up to the sector end) are never needed: like QEMU's
+ * qcow2_zstd_decompress, decoding stops once a whole cluster is produced, so an error QEMU would never
+ * see (fzstd reading the trailing bytes as a new frame) is ignored.
+ */
+function zstdCluster(data: Uint8Array, clusterSize: number): Uint8Array {
+  const out = new Uint8Array(clusterSize);
+  let got = 0;
+  const stream = new ZstdDecompress((chunk) => {
+    const n = Math.min(chunk.length, clusterSize - got);
+    out.set(chunk.subarray(0, n), got);
+    got += n;
+  });
+  try {
+    stream.push(data, true);
+  } catch (e) {
+    if (got < clusterSize) throw e;
+  }
+  return out.subarray(0, got);
+}
+
 /** Decompresses one cluster of compressed data as QEMU does (raw deflate or zstd; trailing bytes ignored). */
 export function decompressCluster(data: Uint8Array, clusterSize: number, compressionType: number): Uint8Array {
   let out: Uint8Array;
   try {
     out = compressionType === 1
-      ? zstdDecompress(data)
+      ? zstdCluster(data, clusterSize)
       : new Uint8Array(inflateRawSync(data, { finishFlush: zlibConstants.Z_SYNC_FLUSH }));
   } catch {
     throw new ModelError('corrupt', EIO, 'compressed cluster cannot be decompressed');
@@ -64,12 +90,27 @@ export function readGuestTx(tx: Tx, offset: bigint, length: number): Uint8Array 
         }
         break;
       case 'normal': {
-        const host = l2HostOffset(entry!) + BigInt(inCluster);
-        const file = g.externalDataFile ? tx.img.dataFile : tx.img.file;
-        if (file) out.set(readHost(file, host, span), pos);
+        const hostCluster = l2HostOffset(entry!);
+        const host = hostCluster + BigInt(inCluster);
+        if (g.externalDataFile) {
+          const guestCluster = at - BigInt(inCluster);
+          if (hostCluster !== guestCluster) {
+            throw new ModelError('corrupt', EIO,
+              `External data file host cluster offset 0x${hostCluster.toString(16)} does not match guest cluster offset: 0x${guestCluster.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
+          }
+          const data = tx.img.dataFile;
+          if (data === undefined) throw new ModelError('no-data-file', EIO, 'the image has an external data file but none was supplied');
+          out.set(readHost(data, host, span), pos);
+        } else {
+          out.set(readHost(tx.img.file, host, span), pos);
+        }
         break;
       }
       case 'compressed': {
+        if (g.externalDataFile) {
+          throw new ModelError('corrupt', EIO,
+            `Compressed cluster entry found in image with external data file (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
+        }
         const d = compressedDescriptor(entry!, g.clusterBits);
         const raw = readHost(tx.img.file, d.hostOffset, d.compressedBytes);
         const cluster = decompressCluster(raw, g.clusterSize, tx.img.header.compressionType);

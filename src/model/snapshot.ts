@@ -17,9 +17,11 @@
 import { decodeL1Entry, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
+import { checkNotDirtyOnLoad } from './close.ts';
 import { EFBIG, EINVAL, ENOTSUP, ModelError } from './errors.ts';
 import { discardHost } from './host-file.ts';
-import { readL2Entry, writeL2Entry } from './mapping.ts';
+import { growL1Table, readL2Entry, writeL2Entry } from './mapping.ts';
+import { resize } from './resize.ts';
 import { allocClusters, getRefcount, updateRefcount } from './refcount.ts';
 import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields } from './tx.ts';
 
@@ -224,13 +226,23 @@ function findByIdOrName(list: readonly SnapshotState[], idOrName: string): numbe
   return byId >= 0 ? byId : list.findIndex((s) => s.name === idOrName);
 }
 
-function checkSnapshotsSupported(tx: Tx): void {
-  if (geo(tx).externalDataFile) throw new ModelError('unsupported', ENOTSUP, 'Operation not supported');
+/**
+ * Internal snapshots are refused on images with an external data file, with qemu-img 7.2's messages
+ * (measured [7.2]): create and apply fail with ENOTSUP; delete finds no snapshot (a data-file image
+ * cannot have one). Writes to an image loaded with the dirty bit set are refused (close.ts).
+ */
+function checkSnapshotsSupported(tx: Tx, what: 'create' | 'apply' | 'delete', name: string): void {
+  if (geo(tx).externalDataFile) {
+    if (what === 'create') throw new ModelError('unsupported', ENOTSUP, `Could not create snapshot '${name}': -95 (Operation not supported)`);
+    if (what === 'apply') throw new ModelError('unsupported', ENOTSUP, `Could not apply snapshot '${name}': Failed to load snapshot: Operation not supported`);
+    if (findByIdOrName(readSnapshots(tx), name) < 0) throw new ModelError('unsupported', -2, `Could not delete snapshot '${name}': snapshot not found`);
+  }
+  checkNotDirtyOnLoad(tx, `snapshot ${what}`);
 }
 
 /** `qcow2_snapshot_create` (qemu-img snapshot -c NAME). */
 export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; dateNsec?: number; vmClockNsec?: bigint } = {}): void {
-  checkSnapshotsSupported(tx);
+  checkSnapshotsSupported(tx, 'create', name);
   const list = readSnapshots(tx);
   if (list.length >= MAX_SNAPSHOTS) throw new ModelError('too-big', EFBIG, 'File too large');
   const oldSize = tableSize(list);
@@ -276,14 +288,28 @@ export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; d
 
 /** `qcow2_snapshot_goto` (qemu-img snapshot -a ID_OR_NAME). */
 export function snapshotApply(tx: Tx, idOrName: string): void {
-  checkSnapshotsSupported(tx);
+  checkSnapshotsSupported(tx, 'apply', idOrName);
   const list = readSnapshots(tx);
   const index = findByIdOrName(list, idOrName);
-  if (index < 0) throw new ModelError('unsupported', -2, `Could not apply snapshot '${idOrName}': -2 (No such file or directory)`);
+  if (index < 0) throw new ModelError('unsupported', -2, `Could not apply snapshot '${idOrName}': Failed to load snapshot: No such file or directory`);
   const sn = list[index]!;
+  // QEMU 7.2 first resizes the disk to the snapshot's size (blk_truncate(exact, PREALLOC_MODE_OFF)
+  // in qcow2_snapshot_goto: the same path as `qemu-img resize`, zero-fill over a backing file
+  // included), then grows the L1 table to hold the snapshot's exactly. Fact sheet §5.2 says 7.2
+  // refuses different sizes; the measured 7.2 behaviour (test/model-resize.test.ts) wins.
+  if (sn.diskSize !== tx.img.header.size) {
+    try {
+      resize(tx, sn.diskSize);
+    } catch (e) {
+      if (e instanceof ModelError) {
+        e.committed = { image: tx.img, io: [...tx.io] };
+        e.message = `Could not apply snapshot '${idOrName}': ${e.message}`;
+      }
+      throw e;
+    }
+  }
+  growL1Table(tx, BigInt(sn.l1Size), true);
   const h = tx.img.header;
-  if (sn.diskSize !== h.size) throw new ModelError('unsupported', ENOTSUP, 'qcow2: Loading snapshots with different disk size is not implemented');
-  if (sn.l1Size > h.l1Size) throw new ModelError('unsupported', ENOTSUP, 'applying a snapshot with a larger L1 table (L1 growth) is not modelled yet');
   const snL1 = readL1(tx, sn.l1TableOffset, sn.l1Size);
   const empty: L1EntryFields = { copied: false, reservedHi: 0, l2OffsetHi: 0, l2OffsetLo: 0, reservedLo: 0 };
   const newActive = [...snL1, ...new Array<L1EntryFields>(h.l1Size - sn.l1Size).fill(empty)];
@@ -312,10 +338,10 @@ export function snapshotApply(tx: Tx, idOrName: string): void {
 
 /** `qcow2_snapshot_delete` (qemu-img snapshot -d ID_OR_NAME: by id, else by name). */
 export function snapshotDelete(tx: Tx, idOrName: string): void {
-  checkSnapshotsSupported(tx);
+  checkSnapshotsSupported(tx, 'delete', idOrName);
   const list = readSnapshots(tx);
   const index = findByIdOrName(list, idOrName);
-  if (index < 0) throw new ModelError('unsupported', -2, `Could not delete snapshot '${idOrName}': Can't find the snapshot`);
+  if (index < 0) throw new ModelError('unsupported', -2, `Could not delete snapshot '${idOrName}': snapshot not found`);
   const sn = list[index]!;
   const oldSize = tableSize(list);
   writeSnapshots(tx, list.filter((_s, i) => i !== index), oldSize);

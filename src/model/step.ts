@@ -7,7 +7,8 @@
  * page the op did not touch).
  */
 import { match } from 'ts-pattern';
-import { EIO, ENOTSUP, ModelError } from './errors.ts';
+import { checkNotDirtyOnLoad } from './close.ts';
+import { EIO, ModelError } from './errors.ts';
 import type { HostIO } from './host-file.ts';
 import { INCOMPAT_CORRUPT, type Image } from './image.ts';
 import type { Op } from './ops.ts';
@@ -35,20 +36,20 @@ function checkRange(img: Image, offset: bigint, length: bigint, what: string): v
   }
 }
 
-function notYet(what: string): never {
-  throw new ModelError('unsupported', ENOTSUP, `${what} is not modelled yet`);
-}
-
-/** A corrupt image takes no writes (QEMU refuses to open it read/write, fact sheet §1.3 #9). */
-function checkWritable(img: Image, op: Op): void {
+/**
+ * A corrupt image takes no writes (QEMU refuses to open it read/write, fact sheet §1.3 #9), and an
+ * image loaded dirty takes none until its refcounts are repaired (close.ts).
+ */
+function checkWritable(tx: Tx, op: Op): void {
   if (op.kind === 'flush') return;
-  if ((img.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+  if ((tx.img.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
     throw new ModelError('corrupt', EIO, 'qcow2: Image is corrupt; cannot be opened read/write');
   }
+  checkNotDirtyOnLoad(tx, op.kind);
 }
 
 function apply(tx: Tx, op: Op): void {
-  checkWritable(tx.img, op);
+  checkWritable(tx, op);
   match(op)
     .with({ kind: 'write' }, (o) => {
       checkRange(tx.img, o.offset, BigInt(o.data.length), 'write');

@@ -8,16 +8,22 @@
  *
  * Crash-safety ordering (fact sheet §11.1, DESIGN.md): refcount increases and COW data are flushed
  * before the L2 entries that use them; L2 entries are flushed before refcounts of the clusters they no
- * longer point at are decreased.
+ * longer point at are decreased. With lazy refcounts the first linking write marks the image dirty
+ * and refcount increases are no longer ordered before the L2 entries (close.ts says why that is safe).
+ *
+ * External data file (incompatible bit 2, fact sheet §7.3): guest data and COW go to the data file
+ * (HostIO `target: 'data'`) at host offset == guest offset — do_alloc_cluster_offset allocates
+ * nothing and takes the guest cluster's own offset — and data clusters have no refcounts; only the
+ * L2 tables (and their refcounts) change in the qcow2 file.
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l2EntryWords, l2HostOffset, type SubclusterState } from '../format/entries.ts';
-import { EIO, ENOTSUP, ModelError } from './errors.ts';
-import { COMPAT_LAZY_REFCOUNTS } from './image.ts';
+import { EIO, ModelError } from './errors.ts';
+import { checkNotDirtyOnLoad, markDirty, needsAccurateRefcounts, usesLazyRefcounts } from './close.ts';
 import { clusterTable, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
 import { readGuestTx } from './read.ts';
 import { allocClusters, allocClustersAt, freeClusters } from './refcount.ts';
-import { type Tx, geo, hostFlush, hostWrite, hostZero } from './tx.ts';
+import { type Tx, dataWrite, dataZero, geo, hostFlush, hostWrite, hostZero } from './tx.ts';
 
 /** BDRV_REQUEST_MAX_BYTES: the largest request the block layer passes down. */
 const REQUEST_MAX_BYTES = 0x7ffffe00;
@@ -196,7 +202,9 @@ function handleAlloc(tx: Tx, guest: bigint, host: bigint | undefined, bytes: num
   nb = countSingleWrite(tx, nb, l2Offset, l2Index, true);
   let alloc: bigint;
   if (g.externalDataFile) {
-    throw new ModelError('unsupported', ENOTSUP, 'writes to images with an external data file are not modelled yet');
+    // do_alloc_cluster_offset with a data file: no allocation, the host cluster is the guest
+    // cluster itself (a run continued from `host` is contiguous by construction), nb unchanged.
+    alloc = guest & ~BigInt(cs - 1);
   } else if (host === undefined) {
     alloc = allocClusters(tx, BigInt(nb) * BigInt(cs));
   } else {
@@ -260,24 +268,42 @@ function isAllZero(b: Uint8Array): boolean {
   return true;
 }
 
-/** Writes the COW region `r` of meta `m`: the guest's current content there, at the new host place. */
-function copyRegion(tx: Tx, m: L2Meta, r: CowRegion): void {
-  if (r.nbBytes === 0) return;
+/** Writes guest data at `host`: into the external data file when the image has one (s->data_file). */
+function writeData(tx: Tx, host: bigint, data: Uint8Array): void {
+  if (geo(tx).externalDataFile) dataWrite(tx, host, data);
+  else hostWrite(tx, host, data);
+}
+
+/**
+ * Writes the COW region `r` of meta `m`: the guest's current content there, at the new host place.
+ * Returns whether anything was written.
+ */
+function copyRegion(tx: Tx, m: L2Meta, r: CowRegion): boolean {
+  if (r.nbBytes === 0) return false;
   const data = readGuestTx(tx, m.guestCluster + BigInt(r.offset), r.nbBytes);
   const at = m.allocOffset + BigInt(r.offset);
   // QEMU zero-fills COW areas that read as zero with write_zeroes (handle_alloc_space); same bytes.
-  if (isAllZero(data)) hostZero(tx, at, BigInt(r.nbBytes));
-  else hostWrite(tx, at, data);
+  // Both go to s->data_file: the data file when the image has one.
+  if (!isAllZero(data)) writeData(tx, at, data);
+  else if (geo(tx).externalDataFile) dataZero(tx, at, BigInt(r.nbBytes));
+  else hostZero(tx, at, BigInt(r.nbBytes));
+  return true;
 }
 
 /** `qcow2_alloc_cluster_link_l2` (with perform_cow before it). */
 function linkL2(tx: Tx, m: L2Meta): void {
   const g = geo(tx);
   const cs = g.clusterSize;
-  copyRegion(tx, m, m.cowStart);
-  copyRegion(tx, m, m.cowEnd);
-  // Crash safety: new clusters' refcounts and their COW data reach the disk before the L2 entries.
-  hostFlush(tx);
+  const cowStart = copyRegion(tx, m, m.cowStart);
+  const cowEnd = copyRegion(tx, m, m.cowEnd);
+  // qcow2_alloc_cluster_link_l2: "Update L2 table." — with lazy refcounts the first one in a session
+  // sets the dirty bit (8-byte header write + flush) before any L2 entry changes.
+  if (usesLazyRefcounts(tx.img)) markDirty(tx);
+  // Crash safety: new clusters' refcounts (qcow2_cache_set_dependency, only while refcounts must be
+  // accurate, i.e. the image is not dirty) and their COW data (perform_cow's
+  // qcow2_cache_depends_on_flush) reach the disk before the L2 entries. On a dirty image a refcount
+  // that lags behind its L2 entry after a crash is what the repair on the next open fixes.
+  if (needsAccurateRefcounts(tx) || cowStart || cowEnd) hostFlush(tx);
   const l2Offset = clusterTable(tx, m.guestCluster);
   const { l2: l2Index } = l1l2Index(tx, m.guestCluster);
   const scSize = cs / g.subclusters;
@@ -307,22 +333,20 @@ function linkL2(tx: Tx, m: L2Meta): void {
 
 /**
  * Writes `data` at guest `offset` (any alignment and length). The caller checks the range is inside
- * the virtual disk. Extended L2 COW works at subcluster granularity; data goes to the qcow2 file.
+ * the virtual disk. Extended L2 COW works at subcluster granularity; data goes to the qcow2 file, or
+ * to the external data file at host offset == guest offset when the image has one. With lazy
+ * refcounts the first write that links new clusters sets the dirty bit (close.ts). Throws
+ * ModelError 'unsupported' for an image whose dirty bit was set when it was loaded.
  */
 export function guestWrite(tx: Tx, offset: bigint, data: Uint8Array): void {
-  if (geo(tx).externalDataFile) {
-    // Regression (properties/model-commands.test.ts): preallocated clusters of a data-file image
-    // were written into the qcow2 file at host offset = guest offset.
-    throw new ModelError('unsupported', ENOTSUP, 'writes to images with an external data file are not modelled yet');
-  }
-  if ((tx.img.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n) {
-    throw new ModelError('unsupported', ENOTSUP, 'writes to images with lazy refcounts are not modelled yet');
-  }
+  checkNotDirtyOnLoad(tx, 'write');
   let pos = 0;
   while (pos < data.length) {
     const metas: L2Meta[] = [];
     const { host, bytes } = allocHostOffset(tx, offset + BigInt(pos), data.length - pos, metas);
-    hostWrite(tx, host, data.subarray(pos, pos + bytes));
+    // Regression (properties/model-commands.test.ts): preallocated clusters of a data-file image
+    // were written into the qcow2 file at host offset = guest offset.
+    writeData(tx, host, data.subarray(pos, pos + bytes));
     for (const m of metas) linkL2(tx, m);
     pos += bytes;
   }

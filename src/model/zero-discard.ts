@@ -14,13 +14,23 @@
  *   (qemu-io and qemu-img pass discard requests down by default).
  *
  * Crash safety: L2 entries are rewritten before the clusters they pointed at are freed.
+ *
+ * External data file (fact sheet §7.3, §11.3; qcow2_free_any_cluster, qcow2_subcluster_zeroize):
+ * data clusters have no refcounts; when an L2 entry that pointed at a NORMAL or ZERO_ALLOC cluster is
+ * dropped by a guest zero-with-unmap or discard, the cluster is punched out of the data file
+ * (bdrv_pdiscard, discard passthrough as qemu-io opens images). A zero write without unmap keeps the
+ * mapping as ZERO_ALLOC and leaves the old bytes in the data file — except with data_file_raw
+ * (autoclear bit 1), where the whole zeroed range is first written as zeros in the data file so that
+ * it stays a valid raw image [7.2].
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l2EntryWords } from '../format/entries.ts';
+import { checkNotDirtyOnLoad } from './close.ts';
 import { discardHost } from './host-file.ts';
+import { AUTOCLEAR_DATA_FILE_RAW } from './image.ts';
 import { clusterTable, l1l2Index, readL2Entry, statesOf, writeL2Entry, entryAt } from './mapping.ts';
 import { getRefcount } from './refcount.ts';
-import { type Tx, geo, hostFlush } from './tx.ts';
+import { type Tx, dataDiscard, dataZero, geo, hostFlush } from './tx.ts';
 import { freeAnyCluster, guestWrite } from './write.ts';
 
 type Result = 'ok' | 'enotsup';
@@ -40,11 +50,17 @@ function isAllocated(tx: Tx, e: L2EntryFields): boolean {
 
 /**
  * Frees what entry `e` pointed at and punches out every host cluster whose refcount reached 0
- * (QCOW2_DISCARD_REQUEST with discard passthrough, as qemu-io and qemu-img open images).
+ * (QCOW2_DISCARD_REQUEST with discard passthrough, as qemu-io and qemu-img open images). With an
+ * external data file a NORMAL / ZERO_ALLOC cluster is punched out of the data file instead
+ * (qcow2_free_any_cluster: no refcount, bdrv_pdiscard on s->data_file).
  */
 function freeAndDiscard(tx: Tx, e: L2EntryFields): void {
   const g = geo(tx);
   const c = classifyL2Entry(e, ctxOf(tx));
+  if (g.externalDataFile) {
+    if (c.kind === 'normal' || c.kind === 'zero-alloc') dataDiscard(tx, c.hostOffset, BigInt(g.clusterSize));
+    return;
+  }
   let first: bigint;
   let last: bigint;
   if (c.kind === 'compressed') {
@@ -146,6 +162,8 @@ function subclusterZeroize(tx: Tx, offset: bigint, bytes: bigint, unmap: boolean
   const g = geo(tx);
   const cs = BigInt(g.clusterSize);
   const scSize = BigInt(g.clusterSize / g.subclusters);
+  // "If we have to stay in sync with an external data file, zero out s->data_file first."
+  if ((tx.img.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n && g.externalDataFile) dataZero(tx, offset, bytes);
   if (tx.img.header.version < 3) {
     if (!tx.img.backing) {
       clusterDiscard(tx, offset, bytes);
@@ -191,9 +209,11 @@ function qcow2PwriteZeroes(tx: Tx, offset: bigint, bytes: bigint, unmap: boolean
 
 /**
  * write_zeroes of `length` bytes at `offset` (`unmap`: BDRV_REQ_MAY_UNMAP, qemu-io `write -z -u`).
- * The caller checks the range is inside the virtual disk.
+ * The caller checks the range is inside the virtual disk. Throws ModelError 'unsupported' for an
+ * image whose dirty bit was set when it was loaded (close.ts).
  */
 export function guestWriteZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean): void {
+  checkNotDirtyOnLoad(tx, 'write_zeroes');
   const g = geo(tx);
   for (const [at, num] of blockLayerPieces(offset, length, BigInt(g.clusterSize / g.subclusters))) {
     if (qcow2PwriteZeroes(tx, at, num, unmap) === 'enotsup') {
@@ -259,9 +279,11 @@ function clusterDiscard(tx: Tx, offset: bigint, bytes: bigint): void {
 /**
  * discard of `length` bytes at `offset`: whole clusters (and the partial last cluster of the disk)
  * read as zeros afterwards; partial clusters are left alone; v2 images with a backing file ignore
- * it. The caller checks the range is inside the virtual disk.
+ * it. The caller checks the range is inside the virtual disk. Throws ModelError 'unsupported' for an
+ * image whose dirty bit was set when it was loaded (close.ts).
  */
 export function guestDiscard(tx: Tx, offset: bigint, length: bigint): void {
+  checkNotDirtyOnLoad(tx, 'discard');
   const g = geo(tx);
   const align = BigInt(g.clusterSize);
   const size = tx.img.header.size;
