@@ -30,7 +30,7 @@ import {
 } from '../src/format/codec-support.ts';
 
 type NoParams = Record<string, never>;
-interface DecodeContext { root: unknown; readonly rootIo: ByteReader }
+interface DecodeContext { root: unknown; readonly rootIo: ByteReader; readonly fieldsOnly: boolean }
 interface EncodeContext { readonly root: unknown }
 // kaitaiMod is referenced only by some expressions.
 void kaitaiMod;
@@ -1547,54 +1547,56 @@ function readQcow2(io: ByteReader, c: DecodeContext, p: NoParams): Qcow2 {
   {
     s.headerExtensions = readHeaderExtensionArea(io.substream(checkSize((instQcow2_extensionsEnd(s, p, c) - instHeader_lenHeader(s.header, {}, c)), "qcow2", "header_extensions", io.pos), "qcow2", "header_extensions"), c, {  });
   }
-  defineValue(s, "extensionsEnd", instQcow2_extensionsEnd(s, p, c));
-  defineLazy(s, "backingFileName", () => {
-    if (!((instU64_num(s.header.backingFileOffset, {}, c) !== 0))) return undefined;
-    const r = io.at(instU64_num(s.header.backingFileOffset, {}, c), "qcow2", "backing_file_name");
-    let out: unknown;
-    {
-      out = asciiDecode(r.readBytes(checkSize(s.header.backingFileSize, "qcow2", "backing_file_name", r.pos), "qcow2", "backing_file_name"));
-    }
-    return out;
-  });
-  defineLazy(s, "l1Table", () => {
-    const r = io.at(instU64_num(s.header.l1TableOffset, {}, c), "qcow2", "l1_table");
-    let out: unknown;
-    {
-      const n = checkCount(r, s.header.l1Size, 64, "qcow2", "l1_table");
-      const arr: unknown[] = [];
-      for (let i = 0; i < n; i++) {
-        const before = r.mark();
-        arr.push((r.alignToByte(), readL1Entry(r, c, { clusterBits: s.header.clusterBits, extendedL2: instHeader_hasExtendedL2(s.header, {}, c) })));
-        requireProgress(r, before, "qcow2", "l1_table");
+  if (!c.fieldsOnly) {
+    defineValue(s, "extensionsEnd", instQcow2_extensionsEnd(s, p, c));
+    defineLazy(s, "backingFileName", () => {
+      if (!((instU64_num(s.header.backingFileOffset, {}, c) !== 0))) return undefined;
+      const r = io.at(instU64_num(s.header.backingFileOffset, {}, c), "qcow2", "backing_file_name");
+      let out: unknown;
+      {
+        out = asciiDecode(r.readBytes(checkSize(s.header.backingFileSize, "qcow2", "backing_file_name", r.pos), "qcow2", "backing_file_name"));
       }
-      out = arr;
-    }
-    return out;
-  });
-  defineLazy(s, "refcountTable", () => {
-    const r = io.at(instU64_num(s.header.refcountTableOffset, {}, c), "qcow2", "refcount_table");
-    let out: unknown;
-    {
-      out = readRefcountTable(r.substream(checkSize((s.header.refcountTableClusters * instHeader_clusterSize(s.header, {}, c)), "qcow2", "refcount_table", r.pos), "qcow2", "refcount_table"), c, { clusterBits: s.header.clusterBits, refcountOrder: instHeader_refcountOrderEffective(s.header, {}, c) });
-    }
-    return out;
-  });
-  defineLazy(s, "snapshots", () => {
-    const r = io.at(instU64_num(s.header.snapshotsOffset, {}, c), "qcow2", "snapshots");
-    let out: unknown;
-    {
-      const n = checkCount(r, s.header.nbSnapshots, 320, "qcow2", "snapshots");
-      const arr: unknown[] = [];
-      for (let i = 0; i < n; i++) {
-        const before = r.mark();
-        arr.push((r.alignToByte(), readSnapshotEntry(r, c, { clusterBits: s.header.clusterBits, extendedL2: instHeader_hasExtendedL2(s.header, {}, c), isLast: ((i + 1) === s.header.nbSnapshots) })));
-        requireProgress(r, before, "qcow2", "snapshots");
+      return out;
+    });
+    defineLazy(s, "l1Table", () => {
+      const r = io.at(instU64_num(s.header.l1TableOffset, {}, c), "qcow2", "l1_table");
+      let out: unknown;
+      {
+        const n = checkCount(r, s.header.l1Size, 64, "qcow2", "l1_table");
+        const arr: unknown[] = [];
+        for (let i = 0; i < n; i++) {
+          const before = r.mark();
+          arr.push((r.alignToByte(), readL1Entry(r, c, { clusterBits: s.header.clusterBits, extendedL2: instHeader_hasExtendedL2(s.header, {}, c) })));
+          requireProgress(r, before, "qcow2", "l1_table");
+        }
+        out = arr;
       }
-      out = arr;
-    }
-    return out;
-  });
+      return out;
+    });
+    defineLazy(s, "refcountTable", () => {
+      const r = io.at(instU64_num(s.header.refcountTableOffset, {}, c), "qcow2", "refcount_table");
+      let out: unknown;
+      {
+        out = readRefcountTable(r.substream(checkSize((s.header.refcountTableClusters * instHeader_clusterSize(s.header, {}, c)), "qcow2", "refcount_table", r.pos), "qcow2", "refcount_table"), c, { clusterBits: s.header.clusterBits, refcountOrder: instHeader_refcountOrderEffective(s.header, {}, c) });
+      }
+      return out;
+    });
+    defineLazy(s, "snapshots", () => {
+      const r = io.at(instU64_num(s.header.snapshotsOffset, {}, c), "qcow2", "snapshots");
+      let out: unknown;
+      {
+        const n = checkCount(r, s.header.nbSnapshots, 320, "qcow2", "snapshots");
+        const arr: unknown[] = [];
+        for (let i = 0; i < n; i++) {
+          const before = r.mark();
+          arr.push((r.alignToByte(), readSnapshotEntry(r, c, { clusterBits: s.header.clusterBits, extendedL2: instHeader_hasExtendedL2(s.header, {}, c), isLast: ((i + 1) === s.header.nbSnapshots) })));
+          requireProgress(r, before, "qcow2", "snapshots");
+        }
+        out = arr;
+      }
+      return out;
+    });
+  }
   return s as Qcow2;
 }
 
@@ -1605,7 +1607,18 @@ function readQcow2(io: ByteReader, c: DecodeContext, p: NoParams): Qcow2 {
 
 export function decodeQcow2(bytes: Uint8Array, offset = 0): Qcow2 {
   const rootIo = new ByteReader(bytes);
-  return readQcow2(rootIo.at(offset, "qcow2", '(start)'), { root: undefined, rootIo }, {});
+  return readQcow2(rootIo.at(offset, "qcow2", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a qcow2 at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeQcow2 without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeQcow2Fields(bytes: Uint8Array, offset = 0): Qcow2Fields {
+  const rootIo = new ByteReader(bytes);
+  return readQcow2(rootIo.at(offset, "qcow2", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeQcow2(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -1642,7 +1655,9 @@ function readU64(io: ByteReader, c: DecodeContext, p: NoParams): U64 {
   {
     s.lo = io.readU4("u64", "lo");
   }
-  defineValue(s, "num", instU64_num(s, p, c));
+  if (!c.fieldsOnly) {
+    defineValue(s, "num", instU64_num(s, p, c));
+  }
   return s as U64;
 }
 
@@ -1653,7 +1668,18 @@ function readU64(io: ByteReader, c: DecodeContext, p: NoParams): U64 {
 
 export function decodeU64(bytes: Uint8Array, offset = 0): U64 {
   const rootIo = new ByteReader(bytes);
-  return readU64(rootIo.at(offset, "u64", '(start)'), { root: undefined, rootIo }, {});
+  return readU64(rootIo.at(offset, "u64", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a u64 at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeU64 without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeU64Fields(bytes: Uint8Array, offset = 0): U64Fields {
+  const rootIo = new ByteReader(bytes);
+  return readU64(rootIo.at(offset, "u64", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeU64(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -1810,18 +1836,20 @@ function readHeader(io: ByteReader, c: DecodeContext, p: NoParams): Header {
   if (((s.version >= 3) && (s.headerLength > 112))) {
     s.unknownHeaderFields = io.readBytes(checkSize((s.headerLength - 112), "header", "unknown_header_fields", io.pos), "header", "unknown_header_fields");
   }
-  defineValue(s, "lenHeader", instHeader_lenHeader(s, p, c));
-  defineValue(s, "clusterSize", instHeader_clusterSize(s, p, c));
-  defineValue(s, "refcountOrderEffective", instHeader_refcountOrderEffective(s, p, c));
-  defineValue(s, "compressionTypeEffective", instHeader_compressionTypeEffective(s, p, c));
-  defineValue(s, "isDirty", instHeader_isDirty(s, p, c));
-  defineValue(s, "isCorrupt", instHeader_isCorrupt(s, p, c));
-  defineValue(s, "hasExternalDataFile", instHeader_hasExternalDataFile(s, p, c));
-  defineValue(s, "hasCompressionType", instHeader_hasCompressionType(s, p, c));
-  defineValue(s, "hasExtendedL2", instHeader_hasExtendedL2(s, p, c));
-  defineValue(s, "hasLazyRefcounts", instHeader_hasLazyRefcounts(s, p, c));
-  defineValue(s, "hasBitmaps", instHeader_hasBitmaps(s, p, c));
-  defineValue(s, "hasRawExternalData", instHeader_hasRawExternalData(s, p, c));
+  if (!c.fieldsOnly) {
+    defineValue(s, "lenHeader", instHeader_lenHeader(s, p, c));
+    defineValue(s, "clusterSize", instHeader_clusterSize(s, p, c));
+    defineValue(s, "refcountOrderEffective", instHeader_refcountOrderEffective(s, p, c));
+    defineValue(s, "compressionTypeEffective", instHeader_compressionTypeEffective(s, p, c));
+    defineValue(s, "isDirty", instHeader_isDirty(s, p, c));
+    defineValue(s, "isCorrupt", instHeader_isCorrupt(s, p, c));
+    defineValue(s, "hasExternalDataFile", instHeader_hasExternalDataFile(s, p, c));
+    defineValue(s, "hasCompressionType", instHeader_hasCompressionType(s, p, c));
+    defineValue(s, "hasExtendedL2", instHeader_hasExtendedL2(s, p, c));
+    defineValue(s, "hasLazyRefcounts", instHeader_hasLazyRefcounts(s, p, c));
+    defineValue(s, "hasBitmaps", instHeader_hasBitmaps(s, p, c));
+    defineValue(s, "hasRawExternalData", instHeader_hasRawExternalData(s, p, c));
+  }
   return s as Header;
 }
 
@@ -1832,7 +1860,18 @@ function readHeader(io: ByteReader, c: DecodeContext, p: NoParams): Header {
 
 export function decodeHeader(bytes: Uint8Array, offset = 0): Header {
   const rootIo = new ByteReader(bytes);
-  return readHeader(rootIo.at(offset, "header", '(start)'), { root: undefined, rootIo }, {});
+  return readHeader(rootIo.at(offset, "header", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a header at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeHeader without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeHeaderFields(bytes: Uint8Array, offset = 0): HeaderFields {
+  const rootIo = new ByteReader(bytes);
+  return readHeader(rootIo.at(offset, "header", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeHeader(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -1922,7 +1961,18 @@ function readHeaderExtensionArea(io: ByteReader, c: DecodeContext, p: NoParams):
 
 export function decodeHeaderExtensionArea(bytes: Uint8Array, offset = 0): HeaderExtensionArea {
   const rootIo = new ByteReader(bytes);
-  return readHeaderExtensionArea(rootIo.at(offset, "header_extension_area", '(start)'), { root: undefined, rootIo }, {});
+  return readHeaderExtensionArea(rootIo.at(offset, "header_extension_area", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a header_extension_area at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeHeaderExtensionArea without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeHeaderExtensionAreaFields(bytes: Uint8Array, offset = 0): HeaderExtensionAreaFields {
+  const rootIo = new ByteReader(bytes);
+  return readHeaderExtensionArea(rootIo.at(offset, "header_extension_area", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeHeaderExtensionArea(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -1982,7 +2032,18 @@ function readHeaderExtension(io: ByteReader, c: DecodeContext, p: NoParams): Hea
 
 export function decodeHeaderExtension(bytes: Uint8Array, offset = 0): HeaderExtension {
   const rootIo = new ByteReader(bytes);
-  return readHeaderExtension(rootIo.at(offset, "header_extension", '(start)'), { root: undefined, rootIo }, {});
+  return readHeaderExtension(rootIo.at(offset, "header_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a header_extension at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeHeaderExtension without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeHeaderExtensionFields(bytes: Uint8Array, offset = 0): HeaderExtensionFields {
+  const rootIo = new ByteReader(bytes);
+  return readHeaderExtension(rootIo.at(offset, "header_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeHeaderExtension(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2030,7 +2091,18 @@ function readBackingFileFormat(io: ByteReader, c: DecodeContext, p: NoParams): B
 
 export function decodeBackingFileFormat(bytes: Uint8Array, offset = 0): BackingFileFormat {
   const rootIo = new ByteReader(bytes);
-  return readBackingFileFormat(rootIo.at(offset, "backing_file_format", '(start)'), { root: undefined, rootIo }, {});
+  return readBackingFileFormat(rootIo.at(offset, "backing_file_format", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a backing_file_format at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeBackingFileFormat without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeBackingFileFormatFields(bytes: Uint8Array, offset = 0): BackingFileFormatFields {
+  const rootIo = new ByteReader(bytes);
+  return readBackingFileFormat(rootIo.at(offset, "backing_file_format", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeBackingFileFormat(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2065,7 +2137,18 @@ function readExternalDataFileName(io: ByteReader, c: DecodeContext, p: NoParams)
 
 export function decodeExternalDataFileName(bytes: Uint8Array, offset = 0): ExternalDataFileName {
   const rootIo = new ByteReader(bytes);
-  return readExternalDataFileName(rootIo.at(offset, "external_data_file_name", '(start)'), { root: undefined, rootIo }, {});
+  return readExternalDataFileName(rootIo.at(offset, "external_data_file_name", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a external_data_file_name at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeExternalDataFileName without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeExternalDataFileNameFields(bytes: Uint8Array, offset = 0): ExternalDataFileNameFields {
+  const rootIo = new ByteReader(bytes);
+  return readExternalDataFileName(rootIo.at(offset, "external_data_file_name", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeExternalDataFileName(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2106,7 +2189,18 @@ function readFeatureNameTable(io: ByteReader, c: DecodeContext, p: NoParams): Fe
 
 export function decodeFeatureNameTable(bytes: Uint8Array, offset = 0): FeatureNameTable {
   const rootIo = new ByteReader(bytes);
-  return readFeatureNameTable(rootIo.at(offset, "feature_name_table", '(start)'), { root: undefined, rootIo }, {});
+  return readFeatureNameTable(rootIo.at(offset, "feature_name_table", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a feature_name_table at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeFeatureNameTable without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeFeatureNameTableFields(bytes: Uint8Array, offset = 0): FeatureNameTableFields {
+  const rootIo = new ByteReader(bytes);
+  return readFeatureNameTable(rootIo.at(offset, "feature_name_table", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeFeatureNameTable(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2151,7 +2245,18 @@ function readFeatureNameEntry(io: ByteReader, c: DecodeContext, p: NoParams): Fe
 
 export function decodeFeatureNameEntry(bytes: Uint8Array, offset = 0): FeatureNameEntry {
   const rootIo = new ByteReader(bytes);
-  return readFeatureNameEntry(rootIo.at(offset, "feature_name_entry", '(start)'), { root: undefined, rootIo }, {});
+  return readFeatureNameEntry(rootIo.at(offset, "feature_name_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a feature_name_entry at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeFeatureNameEntry without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeFeatureNameEntryFields(bytes: Uint8Array, offset = 0): FeatureNameEntryFields {
+  const rootIo = new ByteReader(bytes);
+  return readFeatureNameEntry(rootIo.at(offset, "feature_name_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeFeatureNameEntry(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2190,14 +2295,16 @@ function readBitmapsExtension(io: ByteReader, c: DecodeContext, p: NoParams): Bi
   {
     s.bitmapDirectoryOffset = (io.alignToByte(), readU64(io, c, {  }));
   }
-  defineLazy(s, "bitmapDirectory", () => {
-    const r = c.rootIo.at(instU64_num(s.bitmapDirectoryOffset, {}, c), "bitmaps_extension", "bitmap_directory");
-    let out: unknown;
-    {
-      out = readBitmapDirectory(r.substream(checkSize(instU64_num(s.bitmapDirectorySize, {}, c), "bitmaps_extension", "bitmap_directory", r.pos), "bitmaps_extension", "bitmap_directory"), c, {  });
-    }
-    return out;
-  });
+  if (!c.fieldsOnly) {
+    defineLazy(s, "bitmapDirectory", () => {
+      const r = c.rootIo.at(instU64_num(s.bitmapDirectoryOffset, {}, c), "bitmaps_extension", "bitmap_directory");
+      let out: unknown;
+      {
+        out = readBitmapDirectory(r.substream(checkSize(instU64_num(s.bitmapDirectorySize, {}, c), "bitmaps_extension", "bitmap_directory", r.pos), "bitmaps_extension", "bitmap_directory"), c, {  });
+      }
+      return out;
+    });
+  }
   return s as BitmapsExtension;
 }
 
@@ -2208,7 +2315,18 @@ function readBitmapsExtension(io: ByteReader, c: DecodeContext, p: NoParams): Bi
 
 export function decodeBitmapsExtension(bytes: Uint8Array, offset = 0): BitmapsExtension {
   const rootIo = new ByteReader(bytes);
-  return readBitmapsExtension(rootIo.at(offset, "bitmaps_extension", '(start)'), { root: undefined, rootIo }, {});
+  return readBitmapsExtension(rootIo.at(offset, "bitmaps_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a bitmaps_extension at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeBitmapsExtension without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeBitmapsExtensionFields(bytes: Uint8Array, offset = 0): BitmapsExtensionFields {
+  const rootIo = new ByteReader(bytes);
+  return readBitmapsExtension(rootIo.at(offset, "bitmaps_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeBitmapsExtension(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2249,7 +2367,18 @@ function readFullDiskEncryptionPointer(io: ByteReader, c: DecodeContext, p: NoPa
 
 export function decodeFullDiskEncryptionPointer(bytes: Uint8Array, offset = 0): FullDiskEncryptionPointer {
   const rootIo = new ByteReader(bytes);
-  return readFullDiskEncryptionPointer(rootIo.at(offset, "full_disk_encryption_pointer", '(start)'), { root: undefined, rootIo }, {});
+  return readFullDiskEncryptionPointer(rootIo.at(offset, "full_disk_encryption_pointer", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a full_disk_encryption_pointer at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeFullDiskEncryptionPointer without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeFullDiskEncryptionPointerFields(bytes: Uint8Array, offset = 0): FullDiskEncryptionPointerFields {
+  const rootIo = new ByteReader(bytes);
+  return readFullDiskEncryptionPointer(rootIo.at(offset, "full_disk_encryption_pointer", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeFullDiskEncryptionPointer(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2291,16 +2420,18 @@ function readL1Entry(io: ByteReader, c: DecodeContext, p: L1EntryParams): L1Entr
   {
     s.reservedLo = io.readBitsBe(9, "l1_entry", "reserved_lo");
   }
-  defineValue(s, "isAllocated", instL1Entry_isAllocated(s, p, c));
-  defineLazy(s, "l2Table", () => {
-    if (!(instL1Entry_isAllocated(s, p, c))) return undefined;
-    const r = c.rootIo.at(((s.l2OffsetHi * 4294967296) + (s.l2OffsetLo * 512)), "l1_entry", "l2_table");
-    let out: unknown;
-    {
-      out = readL2Table(r.substream(checkSize((1 << p.clusterBits), "l1_entry", "l2_table", r.pos), "l1_entry", "l2_table"), c, { clusterBits: p.clusterBits, extendedL2: p.extendedL2 });
-    }
-    return out;
-  });
+  if (!c.fieldsOnly) {
+    defineValue(s, "isAllocated", instL1Entry_isAllocated(s, p, c));
+    defineLazy(s, "l2Table", () => {
+      if (!(instL1Entry_isAllocated(s, p, c))) return undefined;
+      const r = c.rootIo.at(((s.l2OffsetHi * 4294967296) + (s.l2OffsetLo * 512)), "l1_entry", "l2_table");
+      let out: unknown;
+      {
+        out = readL2Table(r.substream(checkSize((1 << p.clusterBits), "l1_entry", "l2_table", r.pos), "l1_entry", "l2_table"), c, { clusterBits: p.clusterBits, extendedL2: p.extendedL2 });
+      }
+      return out;
+    });
+  }
   return s as L1Entry;
 }
 
@@ -2311,7 +2442,18 @@ function readL1Entry(io: ByteReader, c: DecodeContext, p: L1EntryParams): L1Entr
 
 export function decodeL1Entry(bytes: Uint8Array, offset = 0, params: L1EntryParams): L1Entry {
   const rootIo = new ByteReader(bytes);
-  return readL1Entry(rootIo.at(offset, "l1_entry", '(start)'), { root: undefined, rootIo }, params);
+  return readL1Entry(rootIo.at(offset, "l1_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a l1_entry at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeL1Entry without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeL1EntryFields(bytes: Uint8Array, offset = 0, params: L1EntryParams): L1EntryFields {
+  const rootIo = new ByteReader(bytes);
+  return readL1Entry(rootIo.at(offset, "l1_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeL1Entry(w: ByteWriter, s: any, c: EncodeContext, p: L1EntryParams): void {
@@ -2357,7 +2499,18 @@ function readL2Table(io: ByteReader, c: DecodeContext, p: L2TableParams): L2Tabl
 
 export function decodeL2Table(bytes: Uint8Array, offset = 0, params: L2TableParams): L2Table {
   const rootIo = new ByteReader(bytes);
-  return readL2Table(rootIo.at(offset, "l2_table", '(start)'), { root: undefined, rootIo }, params);
+  return readL2Table(rootIo.at(offset, "l2_table", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a l2_table at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeL2Table without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeL2TableFields(bytes: Uint8Array, offset = 0, params: L2TableParams): L2TableFields {
+  const rootIo = new ByteReader(bytes);
+  return readL2Table(rootIo.at(offset, "l2_table", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeL2Table(w: ByteWriter, s: any, c: EncodeContext, p: L2TableParams): void {
@@ -2429,9 +2582,11 @@ function readL2Entry(io: ByteReader, c: DecodeContext, p: L2EntryParams): L2Entr
   if (p.extendedL2) {
     s.allocBitmap = io.readU4("l2_entry", "alloc_bitmap");
   }
-  defineValue(s, "compressedSectorsShift", instL2Entry_compressedSectorsShift(s, p, c));
-  defineValue(s, "compressedAdditionalSectors", instL2Entry_compressedAdditionalSectors(s, p, c));
-  defineValue(s, "compressedOffsetHi", instL2Entry_compressedOffsetHi(s, p, c));
+  if (!c.fieldsOnly) {
+    defineValue(s, "compressedSectorsShift", instL2Entry_compressedSectorsShift(s, p, c));
+    defineValue(s, "compressedAdditionalSectors", instL2Entry_compressedAdditionalSectors(s, p, c));
+    defineValue(s, "compressedOffsetHi", instL2Entry_compressedOffsetHi(s, p, c));
+  }
   return s as L2Entry;
 }
 
@@ -2442,7 +2597,18 @@ function readL2Entry(io: ByteReader, c: DecodeContext, p: L2EntryParams): L2Entr
 
 export function decodeL2Entry(bytes: Uint8Array, offset = 0, params: L2EntryParams): L2Entry {
   const rootIo = new ByteReader(bytes);
-  return readL2Entry(rootIo.at(offset, "l2_entry", '(start)'), { root: undefined, rootIo }, params);
+  return readL2Entry(rootIo.at(offset, "l2_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a l2_entry at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeL2Entry without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeL2EntryFields(bytes: Uint8Array, offset = 0, params: L2EntryParams): L2EntryFields {
+  const rootIo = new ByteReader(bytes);
+  return readL2Entry(rootIo.at(offset, "l2_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeL2Entry(w: ByteWriter, s: any, c: EncodeContext, p: L2EntryParams): void {
@@ -2520,7 +2686,18 @@ function readRefcountTable(io: ByteReader, c: DecodeContext, p: RefcountTablePar
 
 export function decodeRefcountTable(bytes: Uint8Array, offset = 0, params: RefcountTableParams): RefcountTable {
   const rootIo = new ByteReader(bytes);
-  return readRefcountTable(rootIo.at(offset, "refcount_table", '(start)'), { root: undefined, rootIo }, params);
+  return readRefcountTable(rootIo.at(offset, "refcount_table", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a refcount_table at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeRefcountTable without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeRefcountTableFields(bytes: Uint8Array, offset = 0, params: RefcountTableParams): RefcountTableFields {
+  const rootIo = new ByteReader(bytes);
+  return readRefcountTable(rootIo.at(offset, "refcount_table", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeRefcountTable(w: ByteWriter, s: any, c: EncodeContext, p: RefcountTableParams): void {
@@ -2559,16 +2736,18 @@ function readRefcountTableEntry(io: ByteReader, c: DecodeContext, p: RefcountTab
   {
     s.reserved = io.readBitsBe(9, "refcount_table_entry", "reserved");
   }
-  defineValue(s, "isAllocated", instRefcountTableEntry_isAllocated(s, p, c));
-  defineLazy(s, "refcountBlock", () => {
-    if (!(instRefcountTableEntry_isAllocated(s, p, c))) return undefined;
-    const r = c.rootIo.at(((s.refblockOffsetHi * 4294967296) + (s.refblockOffsetLo * 512)), "refcount_table_entry", "refcount_block");
-    let out: unknown;
-    {
-      out = readRefcountBlock(r.substream(checkSize((1 << p.clusterBits), "refcount_table_entry", "refcount_block", r.pos), "refcount_table_entry", "refcount_block"), c, { refcountOrder: p.refcountOrder });
-    }
-    return out;
-  });
+  if (!c.fieldsOnly) {
+    defineValue(s, "isAllocated", instRefcountTableEntry_isAllocated(s, p, c));
+    defineLazy(s, "refcountBlock", () => {
+      if (!(instRefcountTableEntry_isAllocated(s, p, c))) return undefined;
+      const r = c.rootIo.at(((s.refblockOffsetHi * 4294967296) + (s.refblockOffsetLo * 512)), "refcount_table_entry", "refcount_block");
+      let out: unknown;
+      {
+        out = readRefcountBlock(r.substream(checkSize((1 << p.clusterBits), "refcount_table_entry", "refcount_block", r.pos), "refcount_table_entry", "refcount_block"), c, { refcountOrder: p.refcountOrder });
+      }
+      return out;
+    });
+  }
   return s as RefcountTableEntry;
 }
 
@@ -2579,7 +2758,18 @@ function readRefcountTableEntry(io: ByteReader, c: DecodeContext, p: RefcountTab
 
 export function decodeRefcountTableEntry(bytes: Uint8Array, offset = 0, params: RefcountTableEntryParams): RefcountTableEntry {
   const rootIo = new ByteReader(bytes);
-  return readRefcountTableEntry(rootIo.at(offset, "refcount_table_entry", '(start)'), { root: undefined, rootIo }, params);
+  return readRefcountTableEntry(rootIo.at(offset, "refcount_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a refcount_table_entry at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeRefcountTableEntry without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeRefcountTableEntryFields(bytes: Uint8Array, offset = 0, params: RefcountTableEntryParams): RefcountTableEntryFields {
+  const rootIo = new ByteReader(bytes);
+  return readRefcountTableEntry(rootIo.at(offset, "refcount_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeRefcountTableEntry(w: ByteWriter, s: any, c: EncodeContext, p: RefcountTableEntryParams): void {
@@ -2633,7 +2823,18 @@ function readRefcountBlock(io: ByteReader, c: DecodeContext, p: RefcountBlockPar
 
 export function decodeRefcountBlock(bytes: Uint8Array, offset = 0, params: RefcountBlockParams): RefcountBlock {
   const rootIo = new ByteReader(bytes);
-  return readRefcountBlock(rootIo.at(offset, "refcount_block", '(start)'), { root: undefined, rootIo }, params);
+  return readRefcountBlock(rootIo.at(offset, "refcount_block", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a refcount_block at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeRefcountBlock without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeRefcountBlockFields(bytes: Uint8Array, offset = 0, params: RefcountBlockParams): RefcountBlockFields {
+  const rootIo = new ByteReader(bytes);
+  return readRefcountBlock(rootIo.at(offset, "refcount_block", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeRefcountBlock(w: ByteWriter, s: any, c: EncodeContext, p: RefcountBlockParams): void {
@@ -2709,21 +2910,23 @@ function readSnapshotEntry(io: ByteReader, c: DecodeContext, p: SnapshotEntryPar
   if ((!p.isLast)) {
     s.padding = io.readBytes(checkSize(kaitaiMod((8 - kaitaiMod((((40 + s.lenExtraData) + s.lenId) + s.lenName), 8)), 8), "snapshot_entry", "padding", io.pos), "snapshot_entry", "padding");
   }
-  defineLazy(s, "l1Table", () => {
-    const r = c.rootIo.at(instU64_num(s.l1TableOffset, {}, c), "snapshot_entry", "l1_table");
-    let out: unknown;
-    {
-      const n = checkCount(r, s.l1Size, 64, "snapshot_entry", "l1_table");
-      const arr: unknown[] = [];
-      for (let i = 0; i < n; i++) {
-        const before = r.mark();
-        arr.push((r.alignToByte(), readL1Entry(r, c, { clusterBits: p.clusterBits, extendedL2: p.extendedL2 })));
-        requireProgress(r, before, "snapshot_entry", "l1_table");
+  if (!c.fieldsOnly) {
+    defineLazy(s, "l1Table", () => {
+      const r = c.rootIo.at(instU64_num(s.l1TableOffset, {}, c), "snapshot_entry", "l1_table");
+      let out: unknown;
+      {
+        const n = checkCount(r, s.l1Size, 64, "snapshot_entry", "l1_table");
+        const arr: unknown[] = [];
+        for (let i = 0; i < n; i++) {
+          const before = r.mark();
+          arr.push((r.alignToByte(), readL1Entry(r, c, { clusterBits: p.clusterBits, extendedL2: p.extendedL2 })));
+          requireProgress(r, before, "snapshot_entry", "l1_table");
+        }
+        out = arr;
       }
-      out = arr;
-    }
-    return out;
-  });
+      return out;
+    });
+  }
   return s as SnapshotEntry;
 }
 
@@ -2734,7 +2937,18 @@ function readSnapshotEntry(io: ByteReader, c: DecodeContext, p: SnapshotEntryPar
 
 export function decodeSnapshotEntry(bytes: Uint8Array, offset = 0, params: SnapshotEntryParams): SnapshotEntry {
   const rootIo = new ByteReader(bytes);
-  return readSnapshotEntry(rootIo.at(offset, "snapshot_entry", '(start)'), { root: undefined, rootIo }, params);
+  return readSnapshotEntry(rootIo.at(offset, "snapshot_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a snapshot_entry at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeSnapshotEntry without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeSnapshotEntryFields(bytes: Uint8Array, offset = 0, params: SnapshotEntryParams): SnapshotEntryFields {
+  const rootIo = new ByteReader(bytes);
+  return readSnapshotEntry(rootIo.at(offset, "snapshot_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeSnapshotEntry(w: ByteWriter, s: any, c: EncodeContext, p: SnapshotEntryParams): void {
@@ -2797,7 +3011,18 @@ function readSnapshotExtraData(io: ByteReader, c: DecodeContext, p: SnapshotExtr
 
 export function decodeSnapshotExtraData(bytes: Uint8Array, offset = 0, params: SnapshotExtraDataParams): SnapshotExtraData {
   const rootIo = new ByteReader(bytes);
-  return readSnapshotExtraData(rootIo.at(offset, "snapshot_extra_data", '(start)'), { root: undefined, rootIo }, params);
+  return readSnapshotExtraData(rootIo.at(offset, "snapshot_extra_data", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
+}
+
+/**
+ * Decodes only the seq fields of a snapshot_extra_data at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeSnapshotExtraData without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeSnapshotExtraDataFields(bytes: Uint8Array, offset = 0, params: SnapshotExtraDataParams): SnapshotExtraDataFields {
+  const rootIo = new ByteReader(bytes);
+  return readSnapshotExtraData(rootIo.at(offset, "snapshot_extra_data", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
 
 function writeSnapshotExtraData(w: ByteWriter, s: any, c: EncodeContext, p: SnapshotExtraDataParams): void {
@@ -2850,7 +3075,18 @@ function readBitmapDirectory(io: ByteReader, c: DecodeContext, p: NoParams): Bit
 
 export function decodeBitmapDirectory(bytes: Uint8Array, offset = 0): BitmapDirectory {
   const rootIo = new ByteReader(bytes);
-  return readBitmapDirectory(rootIo.at(offset, "bitmap_directory", '(start)'), { root: undefined, rootIo }, {});
+  return readBitmapDirectory(rootIo.at(offset, "bitmap_directory", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a bitmap_directory at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeBitmapDirectory without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeBitmapDirectoryFields(bytes: Uint8Array, offset = 0): BitmapDirectoryFields {
+  const rootIo = new ByteReader(bytes);
+  return readBitmapDirectory(rootIo.at(offset, "bitmap_directory", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeBitmapDirectory(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2915,21 +3151,23 @@ function readBitmapDirectoryEntry(io: ByteReader, c: DecodeContext, p: NoParams)
   {
     s.padding = io.readBytes(checkSize(kaitaiMod((8 - kaitaiMod(((24 + s.lenExtraData) + s.lenName), 8)), 8), "bitmap_directory_entry", "padding", io.pos), "bitmap_directory_entry", "padding");
   }
-  defineLazy(s, "bitmapTable", () => {
-    const r = c.rootIo.at(instU64_num(s.bitmapTableOffset, {}, c), "bitmap_directory_entry", "bitmap_table");
-    let out: unknown;
-    {
-      const n = checkCount(r, s.bitmapTableSize, 64, "bitmap_directory_entry", "bitmap_table");
-      const arr: unknown[] = [];
-      for (let i = 0; i < n; i++) {
-        const before = r.mark();
-        arr.push((r.alignToByte(), readBitmapTableEntry(r, c, {  })));
-        requireProgress(r, before, "bitmap_directory_entry", "bitmap_table");
+  if (!c.fieldsOnly) {
+    defineLazy(s, "bitmapTable", () => {
+      const r = c.rootIo.at(instU64_num(s.bitmapTableOffset, {}, c), "bitmap_directory_entry", "bitmap_table");
+      let out: unknown;
+      {
+        const n = checkCount(r, s.bitmapTableSize, 64, "bitmap_directory_entry", "bitmap_table");
+        const arr: unknown[] = [];
+        for (let i = 0; i < n; i++) {
+          const before = r.mark();
+          arr.push((r.alignToByte(), readBitmapTableEntry(r, c, {  })));
+          requireProgress(r, before, "bitmap_directory_entry", "bitmap_table");
+        }
+        out = arr;
       }
-      out = arr;
-    }
-    return out;
-  });
+      return out;
+    });
+  }
   return s as BitmapDirectoryEntry;
 }
 
@@ -2940,7 +3178,18 @@ function readBitmapDirectoryEntry(io: ByteReader, c: DecodeContext, p: NoParams)
 
 export function decodeBitmapDirectoryEntry(bytes: Uint8Array, offset = 0): BitmapDirectoryEntry {
   const rootIo = new ByteReader(bytes);
-  return readBitmapDirectoryEntry(rootIo.at(offset, "bitmap_directory_entry", '(start)'), { root: undefined, rootIo }, {});
+  return readBitmapDirectoryEntry(rootIo.at(offset, "bitmap_directory_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a bitmap_directory_entry at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeBitmapDirectoryEntry without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeBitmapDirectoryEntryFields(bytes: Uint8Array, offset = 0): BitmapDirectoryEntryFields {
+  const rootIo = new ByteReader(bytes);
+  return readBitmapDirectoryEntry(rootIo.at(offset, "bitmap_directory_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeBitmapDirectoryEntry(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {
@@ -2999,7 +3248,18 @@ function readBitmapTableEntry(io: ByteReader, c: DecodeContext, p: NoParams): Bi
 
 export function decodeBitmapTableEntry(bytes: Uint8Array, offset = 0): BitmapTableEntry {
   const rootIo = new ByteReader(bytes);
-  return readBitmapTableEntry(rootIo.at(offset, "bitmap_table_entry", '(start)'), { root: undefined, rootIo }, {});
+  return readBitmapTableEntry(rootIo.at(offset, "bitmap_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
+}
+
+/**
+ * Decodes only the seq fields of a bitmap_table_entry at `offset` of `bytes` (nested structures too): the same
+ * values and errors as decodeBitmapTableEntry without its instances, which are neither computed nor defined. For hot
+ * paths that read single table entries. Throws Qcow2FormatError only.
+ */
+
+export function decodeBitmapTableEntryFields(bytes: Uint8Array, offset = 0): BitmapTableEntryFields {
+  const rootIo = new ByteReader(bytes);
+  return readBitmapTableEntry(rootIo.at(offset, "bitmap_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
 
 function writeBitmapTableEntry(w: ByteWriter, s: any, c: EncodeContext, p: NoParams): void {

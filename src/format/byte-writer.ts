@@ -6,6 +6,9 @@
  */
 import { Qcow2FormatError } from './errors.ts';
 
+/** 2^bits - 1 for bits 0..32 (a table: `2 ** bits` with a variable exponent was most of an entry encode). */
+const UINT_MAX: readonly number[] = Array.from({ length: 33 }, (_v, bits) => 2 ** bits - 1);
+
 export class ByteWriter {
   private buf: Uint8Array;
   private len = 0;
@@ -13,7 +16,7 @@ export class ByteWriter {
   private curBits = 0;
   private curLe = false;
 
-  constructor(initialCapacity = 256) {
+  constructor(initialCapacity = 16) {
     this.buf = new Uint8Array(Math.max(16, initialCapacity));
   }
 
@@ -41,7 +44,9 @@ export class ByteWriter {
   }
 
   private checkUint(v: unknown, bits: number, structure: string, field: string): number {
-    const max = 2 ** bits - 1;
+    const max = UINT_MAX[bits] ?? 2 ** bits - 1;
+    // (v >>> 0) === v: an integer in [0, 2^32), the widths that matter; wider ones take the slow test.
+    if (typeof v === 'number' && (v >>> 0) === v && v <= max) return v;
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
       this.fail(structure, field, `value ${String(v)} does not fit an unsigned ${bits}-bit field`);
     }
@@ -124,9 +129,14 @@ export class ByteWriter {
     const x = this.checkUint(typeof v === 'boolean' ? Number(v) : v, n, structure, field);
     if (this.curBits > 0 && this.curLe) this.alignToByte();
     this.curLe = false;
-    for (let i = n - 1; i >= 0; i--) {
-      this.cur = (this.cur << 1) | (Math.floor(x / 2 ** i) & 1);
-      if (++this.curBits === 8) {
+    // Up to 8 bits at a time (x < 2^32, so `>>>` is exact); the same bits as one at a time.
+    let left = n;
+    while (left > 0) {
+      const take = Math.min(8 - this.curBits, left);
+      left -= take;
+      this.cur = (this.cur << take) | ((x >>> left) & ((1 << take) - 1));
+      this.curBits += take;
+      if (this.curBits === 8) {
         this.push(this.cur & 0xff);
         this.cur = 0;
         this.curBits = 0;
@@ -139,9 +149,13 @@ export class ByteWriter {
     const x = this.checkUint(typeof v === 'boolean' ? Number(v) : v, n, structure, field);
     if (this.curBits > 0 && !this.curLe) this.alignToByte();
     this.curLe = true;
-    for (let i = 0; i < n; i++) {
-      this.cur |= (Math.floor(x / 2 ** i) & 1) << this.curBits;
-      if (++this.curBits === 8) {
+    let shift = 0;
+    while (shift < n) {
+      const take = Math.min(8 - this.curBits, n - shift);
+      this.cur |= ((x >>> shift) & ((1 << take) - 1)) << this.curBits;
+      shift += take;
+      this.curBits += take;
+      if (this.curBits === 8) {
         this.push(this.cur & 0xff);
         this.cur = 0;
         this.curBits = 0;

@@ -1,14 +1,19 @@
 /**
- * The host file of an image as a persistent, sparse value: fixed 4 KiB pages in an immutable map
+ * The host file of an image as a persistent, sparse value: fixed 4 KiB pages in a persistent map
  * (absent page = zeros) plus a length. Writing returns a new HostFile that shares every page it did
  * not touch with the old one — the path copying the model relies on to stay pure and cheap on a
  * multi-terabyte virtual disk. Pages that become all zeros are dropped, so zero-filled clusters
  * cost nothing.
  *
+ * The page map is a 32-way radix trie keyed by page index (PageMap, below): page indexes are dense
+ * small integers, so digits index arrays directly — no hashing — and a range of pages (a COW zero
+ * range, a truncation) is one walk down the trie. It replaced an immutable.js Map whose hashing
+ * lookups were ~15 % of a guest write (bench/README.md).
+ *
  * `HostIO` is the vocabulary of host operations `step` returns; `applyHostIO` replays them onto a
  * HostFile (what a real-file driver does to a file).
  */
-import { Map as IMap } from 'immutable';
+import { isZeroBytes } from '../format/bytes.ts';
 
 /** Bytes per page of the sparse store. */
 export const PAGE_SIZE = 4096;
@@ -39,63 +44,119 @@ export interface HostFile {
   /** Length of the file in bytes (not necessarily cluster aligned). */
   readonly length: bigint;
   /** Page index → 4 KiB page; a missing page reads as zeros. Pages are never mutated. */
-  readonly pages: IMap<number, Uint8Array>;
+  readonly pages: PageMap;
 }
 
 /** An empty host file. */
 export function emptyHostFile(): HostFile {
-  return { length: 0n, pages: IMap<number, Uint8Array>() };
+  return { length: 0n, pages: PageMap.EMPTY };
 }
 
-function isZero(b: Uint8Array): boolean {
-  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
-}
+const PAGE_MASK = BigInt(PAGE_SIZE - 1);
+const PAGE_SHIFT = BigInt(PAGE_BITS);
+const TWO_53 = 2 ** 53;
 
+/** The page index of `offset` (exact: offsets below 2^64 give indexes below 2^52). */
 function pageIndexOf(offset: bigint): number {
-  return Number(offset >> BigInt(PAGE_BITS));
+  // Below 2^53 the offset converts exactly, and number arithmetic allocates no bigint.
+  const o = Number(offset);
+  return o < TWO_53 ? Math.floor(o / PAGE_SIZE) : Number(offset >> PAGE_SHIFT);
+}
+
+/** The position of `offset` inside its page. */
+function withinPage(offset: bigint): number {
+  const o = Number(offset);
+  return o < TWO_53 ? o % PAGE_SIZE : Number(offset & PAGE_MASK);
 }
 
 /** `length` bytes at `offset`; bytes past the end of the file (or in holes) read as zeros. */
 export function readHost(file: HostFile, offset: bigint, length: number): Uint8Array {
   const out = new Uint8Array(length);
+  // Page index and position once, then plain numbers page by page.
+  let page = pageIndexOf(offset);
+  let within = withinPage(offset);
   let pos = 0;
   while (pos < length) {
-    const abs = offset + BigInt(pos);
-    const page = pageIndexOf(abs);
-    const within = Number(abs & BigInt(PAGE_SIZE - 1));
     const n = Math.min(PAGE_SIZE - within, length - pos);
     const p = file.pages.get(page);
-    if (p !== undefined) out.set(p.subarray(within, within + n), pos);
+    if (p !== undefined) out.set(n === PAGE_SIZE ? p : p.subarray(within, within + n), pos);
     pos += n;
+    page++;
+    within = 0;
   }
   return out;
+}
+
+/**
+ * The bytes at `offset` without copying when they lie inside one stored page (a view of that page),
+ * else a fresh copy as readHost makes. The result must NOT be modified: it may share memory with
+ * the file's immutable pages. For read-only scans of metadata (refcounts, table entries).
+ */
+export function viewHost(file: HostFile, offset: bigint, length: number): Uint8Array {
+  const within = withinPage(offset);
+  if (within + length <= PAGE_SIZE) {
+    const p = file.pages.get(pageIndexOf(offset));
+    if (p !== undefined) return p.subarray(within, within + length);
+  }
+  return readHost(file, offset, length);
+}
+
+/**
+ * The stored page `index` (bytes [index*4096, index*4096+4096)), or undefined for a hole. The page
+ * must NOT be modified. Pages are immutable values, so a page object can key a cache of what was
+ * decoded from it (see overlap.ts, refcount.ts).
+ */
+export function hostPage(file: HostFile, index: number): Uint8Array | undefined {
+  return file.pages.get(index);
+}
+
+/**
+ * Writes `bytes[pos, pos+n)` (n ≤ one page, starting `within` the page) into page `page` of `m`:
+ * returns the new map (PageMap) or `m` itself changed (PageMapBatch). The page is copied, never modified.
+ */
+function putPageChunk<T>(m: PageStore<T> & T, page: number, within: number, bytes: Uint8Array, pos: number, n: number): T {
+  // Checking the incoming bytes first avoids copying and scanning pages that stay holes, and a
+  // non-zero chunk usually proves the page non-zero after a few bytes.
+  const zero = isZeroBytes(bytes, pos, n);
+  if (n === PAGE_SIZE) return zero ? m.delete(page) : m.set(page, bytes.slice(pos, pos + n));
+  const old = m.get(page);
+  if (old === undefined) {
+    if (zero) return m; // a hole stays a hole
+    const next = new Uint8Array(PAGE_SIZE);
+    next.set(bytes.subarray(pos, pos + n), within);
+    return m.set(page, next);
+  }
+  const next = old.slice();
+  next.set(bytes.subarray(pos, pos + n), within);
+  return zero && isZeroBytes(next) ? m.delete(page) : m.set(page, next);
 }
 
 /** A file with `bytes` written at `offset` (extending the length if needed). `file` is unchanged. */
 export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): HostFile {
   if (bytes.length === 0) return file;
-  const pages = file.pages.withMutations((m) => {
-    let pos = 0;
-    while (pos < bytes.length) {
-      const abs = offset + BigInt(pos);
-      const page = pageIndexOf(abs);
-      const within = Number(abs & BigInt(PAGE_SIZE - 1));
-      const n = Math.min(PAGE_SIZE - within, bytes.length - pos);
-      const chunk = bytes.subarray(pos, pos + n);
-      const old = m.get(page);
-      let next: Uint8Array;
-      if (n === PAGE_SIZE) {
-        next = chunk.slice();
-      } else {
-        next = old ? old.slice() : new Uint8Array(PAGE_SIZE);
-        next.set(chunk, within);
+  const first = pageIndexOf(offset);
+  const within0 = withinPage(offset);
+  let pages: PageMap;
+  if (within0 + bytes.length <= PAGE_SIZE) {
+    // One page (refcount, L1/L2 entry updates): a plain persistent set, no transient map.
+    pages = putPageChunk(file.pages, first, within0, bytes, 0, bytes.length);
+  } else if (bytes.length >= 2 * PAGE_SIZE && isZeroBytes(bytes)) {
+    // A buffer of zeros spanning pages (a new L2 table or refcount block): the same as zeroing.
+    return zeroHost(file, offset, BigInt(bytes.length));
+  } else {
+    pages = file.pages.batch((m) => {
+      let page = first;
+      let within = within0;
+      let pos = 0;
+      while (pos < bytes.length) {
+        const n = Math.min(PAGE_SIZE - within, bytes.length - pos);
+        putPageChunk(m, page, within, bytes, pos, n);
+        pos += n;
+        page++;
+        within = 0;
       }
-      if (isZero(next)) m.delete(page);
-      else m.set(page, next);
-      pos += n;
-    }
-  });
+    });
+  }
   const end = offset + BigInt(bytes.length);
   return { length: end > file.length ? end : file.length, pages };
 }
@@ -104,28 +165,31 @@ export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): Ho
 export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFile {
   if (length <= 0n) return file;
   const end = offset + length;
-  const ps = BigInt(PAGE_SIZE);
-  const firstPage = offset / ps;
-  const lastPage = (end - 1n) / ps;
-  const partial = (p: bigint): boolean => offset > p * ps || end < (p + 1n) * ps;
-  let pages = file.pages;
-  // Whole pages drop out of the map (absent = zeros); the range may be far larger than the map.
-  if (lastPage - firstPage + 1n > BigInt(pages.size)) {
-    pages = pages.filter((_p, i) => BigInt(i) < firstPage || BigInt(i) > lastPage || partial(BigInt(i)));
-  } else {
-    pages = pages.withMutations((m) => {
-      for (let p = firstPage; p <= lastPage; p++) if (!partial(p)) m.delete(Number(p));
-    });
-  }
-  let f: HostFile = { length: file.length, pages };
+  // Page indexes are exact numbers (offsets below 2^64).
+  const firstPage = pageIndexOf(offset);
+  const lastPage = pageIndexOf(end - 1n);
+  const headWithin = withinPage(offset);
+  const tailEnd = withinPage(end - 1n) + 1;
+  const partial = (p: number): boolean => (p === firstPage && headWithin !== 0) || (p === lastPage && tailEnd !== PAGE_SIZE);
+  // Whole pages drop out of the map (absent = zeros): one walk over the trie nodes of the range.
+  const firstWhole = partial(firstPage) ? firstPage + 1 : firstPage;
+  const lastWhole = partial(lastPage) ? lastPage - 1 : lastPage;
+  let pages = file.pages.deleteRange(firstWhole, lastWhole);
   // Pages only partly covered keep their other bytes.
-  for (const p of new Set([firstPage, lastPage])) {
-    if (!partial(p)) continue;
-    const from = offset > p * ps ? offset : p * ps;
-    const to = end < (p + 1n) * ps ? end : (p + 1n) * ps;
-    if (f.pages.has(Number(p))) f = writeHost(f, from, new Uint8Array(Number(to - from)));
+  const clearPart = (p: number, from: number, to: number): void => {
+    const old = pages.get(p);
+    if (old === undefined || isZeroBytes(old, from, to - from)) return;
+    const next = old.slice();
+    next.fill(0, from, to);
+    pages = isZeroBytes(next) ? pages.delete(p) : pages.set(p, next);
+  };
+  if (firstPage === lastPage) {
+    if (partial(firstPage)) clearPart(firstPage, headWithin, tailEnd);
+  } else {
+    if (partial(firstPage)) clearPart(firstPage, headWithin, PAGE_SIZE);
+    if (partial(lastPage)) clearPart(lastPage, 0, tailEnd);
   }
-  return { length: end > f.length ? end : f.length, pages: f.pages };
+  return { length: end > file.length ? end : file.length, pages };
 }
 
 /** A file with [offset, offset+length) punched out (zeros) without changing its length. */
@@ -139,7 +203,7 @@ export function discardHost(file: HostFile, offset: bigint, length: bigint): Hos
 export function truncateHost(file: HostFile, length: bigint): HostFile {
   if (length >= file.length) return { length, pages: file.pages };
   const lastPage = pageIndexOf(length + BigInt(PAGE_SIZE - 1));
-  let pages = file.pages.filter((_p, i) => i < lastPage);
+  let pages = file.pages.deleteRange(lastPage, POW32[11]! - 1);
   const tail = Number(length & BigInt(PAGE_SIZE - 1));
   if (tail !== 0) {
     const idx = pageIndexOf(length);
@@ -147,7 +211,7 @@ export function truncateHost(file: HostFile, length: bigint): HostFile {
     if (p !== undefined) {
       const q = p.slice();
       q.fill(0, tail);
-      pages = isZero(q) ? pages.delete(idx) : pages.set(idx, q);
+      pages = isZeroBytes(q) ? pages.delete(idx) : pages.set(idx, q);
     }
   }
   return { length, pages };
@@ -179,4 +243,295 @@ export function hostBytes(file: HostFile): Uint8Array {
 export function hostFromBytes(bytes: Uint8Array): HostFile {
   const f = writeHost(emptyHostFile(), 0n, bytes);
   return { length: BigInt(bytes.length), pages: f.pages };
+}
+
+// ---------------------------------------------------------------------------------------------
+// PageMap: a persistent sparse map page index → page
+
+/** A trie node: 32 slots, each a child node (inner levels) or a page (level 0), or undefined. */
+type TrieNode = Array<TrieNode | Uint8Array | undefined>;
+
+const FANOUT = 32;
+/** 32^level for level 0..11 (keys are below 2^52, so 11 levels always suffice). */
+const POW32: readonly number[] = Array.from({ length: 12 }, (_v, i) => 32 ** i);
+const EMPTY_NODE: TrieNode = Array.from({ length: FANOUT }, () => undefined);
+
+/** Digit `level` (0 = least significant) of key `k` in base 32. */
+function digit(k: number, level: number): number {
+  if (k < 0x40000000) return level < 6 ? (k >>> (level * 5)) & 31 : 0;
+  return Math.floor(k / POW32[level]!) % FANOUT;
+}
+
+function checkKey(k: number): void {
+  if (!(Number.isSafeInteger(k) && k >= 0 && k < POW32[11]!)) throw new RangeError(`page index ${k} is not a non-negative integer below 2^55`);
+}
+
+/** Pages under `node` (a subtree of `level`+1 levels). */
+function countPages(node: TrieNode, level: number): number {
+  let n = 0;
+  for (let d = 0; d < FANOUT; d++) {
+    const c = node[d];
+    if (c !== undefined) n += level === 0 ? 1 : countPages(c as TrieNode, level - 1);
+  }
+  return n;
+}
+
+function isEmptyNode(node: TrieNode): boolean {
+  for (let d = 0; d < FANOUT; d++) if (node[d] !== undefined) return false;
+  return true;
+}
+
+/** The trie without needless top levels (only slot 0 used): a map's shape depends only on its keys. */
+function shrink(root: TrieNode | undefined, depth: number): [TrieNode | undefined, number] {
+  if (root === undefined) return [undefined, 1];
+  while (depth > 1) {
+    let onlyFirst = true;
+    for (let d = 1; d < FANOUT && onlyFirst; d++) onlyFirst = root[d] === undefined;
+    if (!onlyFirst) break;
+    root = root[0] as TrieNode;
+    depth--;
+  }
+  return [root, depth];
+}
+
+/** Mutable state of a batch: nodes created during it may be changed in place. */
+interface Owner {
+  readonly nodes: Set<TrieNode>;
+}
+
+function editable(node: TrieNode | undefined, owner: Owner | undefined): TrieNode {
+  if (node !== undefined && owner?.nodes.has(node)) return node;
+  const copy = (node ?? EMPTY_NODE).slice();
+  owner?.nodes.add(copy);
+  return copy;
+}
+
+/** `node` with key `k` set to `v` (undefined: removed); the same node when nothing changes. `delta` counts pages. */
+function updateNode(node: TrieNode | undefined, level: number, k: number, v: Uint8Array | undefined, owner: Owner | undefined, delta: { n: number }): TrieNode | undefined {
+  const d = digit(k, level);
+  const old = node?.[d];
+  let next: TrieNode | Uint8Array | undefined;
+  if (level === 0) {
+    if (old === v) return node;
+    delta.n += (old === undefined ? 1 : 0) - (v === undefined ? 1 : 0);
+    next = v;
+  } else {
+    next = updateNode(old as TrieNode | undefined, level - 1, k, v, owner, delta);
+    if (next === old) return node;
+  }
+  if (next === undefined && node !== undefined) {
+    let others = false;
+    for (let i = 0; i < FANOUT && !others; i++) others = i !== d && node[i] !== undefined;
+    if (!others) return undefined; // prune empty nodes: an emptied map is the empty trie again
+  }
+  const out = editable(node, owner);
+  out[d] = next;
+  return out;
+}
+
+/** `node` (keys base..base+32^(level+1)-1) without the keys in [lo, hi]; the same node when none were there. */
+function deleteRangeNode(node: TrieNode, level: number, base: number, lo: number, hi: number, owner: Owner | undefined, delta: { n: number }): TrieNode | undefined {
+  const span = POW32[level]!;
+  let out: TrieNode | undefined;
+  for (let d = 0; d < FANOUT; d++) {
+    const c = node[d];
+    if (c === undefined) continue;
+    const from = base + d * span;
+    const to = from + span - 1;
+    if (to < lo || from > hi) continue;
+    let next: TrieNode | undefined;
+    if (from >= lo && to <= hi) {
+      delta.n -= level === 0 ? 1 : countPages(c as TrieNode, level - 1);
+      next = undefined;
+    } else {
+      next = deleteRangeNode(c as TrieNode, level - 1, from, lo, hi, owner, delta);
+      if (next === c) continue;
+    }
+    out ??= editable(node, owner);
+    out[d] = next;
+  }
+  if (out === undefined) return node;
+  return isEmptyNode(out) ? undefined : out;
+}
+
+function* entriesOf(node: TrieNode, level: number, base: number): Generator<[number, Uint8Array]> {
+  const span = POW32[level]!;
+  for (let d = 0; d < FANOUT; d++) {
+    const c = node[d];
+    if (c === undefined) continue;
+    if (level === 0) yield [base + d, c as Uint8Array];
+    else yield* entriesOf(c as TrieNode, level - 1, base + d * span);
+  }
+}
+
+/** What writeHost/zeroHost need from a page map, persistent (PageMap) or in a batch (PageMapBatch). */
+interface PageStore<T> {
+  get(k: number): Uint8Array | undefined;
+  has(k: number): boolean;
+  set(k: number, v: Uint8Array): T;
+  delete(k: number): T;
+}
+
+/**
+ * A persistent map from page index (an integer in [0, 2^55)) to page: every change returns a new
+ * map sharing all untouched nodes, and the same map when nothing changed. Iterates in ascending
+ * key order. Offers the read API of a JavaScript Map (get, has, size, keys, values, entries,
+ * forEach, iteration).
+ */
+export class PageMap implements PageStore<PageMap> {
+  /** Number of pages. */
+  readonly size: number;
+  private readonly root: TrieNode | undefined;
+  /** Levels of the trie: every key is below 32^depth. */
+  private readonly depth: number;
+
+  private constructor(root: TrieNode | undefined, depth: number, size: number) {
+    this.root = root;
+    this.depth = depth;
+    this.size = size;
+  }
+
+  /** The empty map. */
+  static readonly EMPTY = new PageMap(undefined, 1, 0);
+
+  /** The page at index `k`, or undefined for a hole. */
+  get(k: number): Uint8Array | undefined {
+    let n = this.root;
+    if (n === undefined || !(k < POW32[this.depth]!) || !(k >= 0)) return undefined;
+    for (let level = this.depth - 1; level > 0; level--) {
+      n = n[digit(k, level)] as TrieNode | undefined;
+      if (n === undefined) return undefined;
+    }
+    return n[digit(k, 0)] as Uint8Array | undefined;
+  }
+
+  /** Whether page `k` is stored. */
+  has(k: number): boolean {
+    return this.get(k) !== undefined;
+  }
+
+  /** A map with page `k` set to `v`. */
+  set(k: number, v: Uint8Array): PageMap {
+    return this.change(k, v, undefined);
+  }
+
+  /** A map without page `k`. */
+  delete(k: number): PageMap {
+    if (!this.has(k)) return this;
+    return this.change(k, undefined, undefined);
+  }
+
+  /** A map without any page in [lo, hi] (inclusive); proportional to the pages removed, not the range. */
+  deleteRange(lo: number, hi: number): PageMap {
+    if (this.root === undefined || hi < lo) return this;
+    const delta = { n: 0 };
+    const root = deleteRangeNode(this.root, this.depth - 1, 0, lo, hi, undefined, delta);
+    return root === this.root ? this : new PageMap(...shrink(root, this.depth), this.size + delta.n);
+  }
+
+  /**
+   * Applies the changes `fn` makes to a batch view and returns the resulting map (this map when
+   * the batch set nothing and deleted only absent pages). Nodes created by the batch are updated in place, so a run of pages costs one
+   * path copy per node, not per page; this map is never modified.
+   */
+  batch(fn: (b: PageMapBatch) => void): PageMap {
+    const b = new PageMapBatch(this.root, this.depth, this.size);
+    fn(b);
+    const [root, depth] = shrink(b.root, b.depth);
+    return root === this.root ? this : new PageMap(root, depth, b.size);
+  }
+
+  private change(k: number, v: Uint8Array | undefined, owner: Owner | undefined): PageMap {
+    checkKey(k);
+    let depth = this.depth;
+    let root = this.root;
+    while (k >= POW32[depth]!) {
+      if (root !== undefined) {
+        const up = EMPTY_NODE.slice();
+        up[0] = root;
+        root = up;
+      }
+      depth++;
+    }
+    const delta = { n: 0 };
+    const next = updateNode(root, depth - 1, k, v, owner, delta);
+    if (next === this.root && depth === this.depth) return this;
+    const [r, dp] = v === undefined ? shrink(next, depth) : [next, depth];
+    return new PageMap(r, dp, this.size + delta.n);
+  }
+
+  /** [index, page] pairs in ascending index order. */
+  *entries(): IterableIterator<[number, Uint8Array]> {
+    if (this.root !== undefined) yield* entriesOf(this.root, this.depth - 1, 0);
+  }
+
+  /** Page indexes in ascending order. */
+  *keys(): IterableIterator<number> {
+    for (const [k] of this.entries()) yield k;
+  }
+
+  /** Pages in ascending index order. */
+  *values(): IterableIterator<Uint8Array> {
+    for (const [, v] of this.entries()) yield v;
+  }
+
+  [Symbol.iterator](): IterableIterator<[number, Uint8Array]> {
+    return this.entries();
+  }
+
+  /** Calls `fn(page, index)` for every page in ascending index order. */
+  forEach(fn: (page: Uint8Array, index: number) => void): void {
+    for (const [k, v] of this.entries()) fn(v, k);
+  }
+}
+
+/** The mutable view PageMap.batch hands out; only valid inside the batch callback. */
+export class PageMapBatch implements PageStore<PageMapBatch> {
+  private readonly owner: Owner = { nodes: new Set() };
+
+  /** @internal */
+  constructor(public root: TrieNode | undefined, public depth: number, public size: number) {}
+
+  /** The page at index `k`, or undefined. */
+  get(k: number): Uint8Array | undefined {
+    let n = this.root;
+    if (n === undefined || !(k < POW32[this.depth]!) || !(k >= 0)) return undefined;
+    for (let level = this.depth - 1; level > 0; level--) {
+      n = n[digit(k, level)] as TrieNode | undefined;
+      if (n === undefined) return undefined;
+    }
+    return n[digit(k, 0)] as Uint8Array | undefined;
+  }
+
+  /** Whether page `k` is stored. */
+  has(k: number): boolean {
+    return this.get(k) !== undefined;
+  }
+
+  /** Sets page `k` to `v`. */
+  set(k: number, v: Uint8Array): PageMapBatch {
+    checkKey(k);
+    while (k >= POW32[this.depth]!) {
+      if (this.root !== undefined) {
+        const up = editable(undefined, this.owner);
+        up[0] = this.root;
+        this.root = up;
+      }
+      this.depth++;
+    }
+    const delta = { n: 0 };
+    this.root = updateNode(this.root, this.depth - 1, k, v, this.owner, delta);
+    this.size += delta.n;
+    return this;
+  }
+
+  /** Removes page `k`. */
+  delete(k: number): PageMapBatch {
+    if (!this.has(k)) return this;
+    const delta = { n: 0 };
+    this.root = updateNode(this.root, this.depth - 1, k, undefined, this.owner, delta);
+    [this.root, this.depth] = shrink(this.root, this.depth);
+    this.size += delta.n;
+    return this;
+  }
 }

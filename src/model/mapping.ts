@@ -3,12 +3,12 @@
  * allocation (QEMU's get_cluster_table / l2_allocate, fact sheet §3, §11.1), L1 table growth
  * (qcow2_grow_l1_table, §11.1) and the per-subcluster type of a guest offset.
  */
-import { decodeL1Entry, decodeL2Entry, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
+import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
 import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
 import { offsetToParts } from '../format/u64.ts';
 import { EFBIG, EIO, ModelError } from './errors.ts';
 import { allocClusters, freeClusters } from './refcount.ts';
-import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields } from './tx.ts';
+import { type Tx, geo, hostFlush, hostRead, hostView, hostWrite, setHeaderFields } from './tx.ts';
 
 /** The L1 index and L2 index of guest offset `offset`. */
 export function l1l2Index(tx: Tx, offset: bigint): { l1: number; l2: number } {
@@ -23,7 +23,8 @@ export function l1l2Index(tx: Tx, offset: bigint): { l1: number; l2: number } {
 export function l1Entry(tx: Tx, index: number): { l2Offset: bigint; copied: boolean } {
   if (index >= tx.img.header.l1Size) return { l2Offset: 0n, copied: false };
   const g = geo(tx);
-  const e = decodeL1Entry(hostRead(tx, tx.img.header.l1TableOffset + BigInt(index) * 8n, 8), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
+  // Fields only (no computed instances) from a view of the page: the hot path of every op.
+  const e = decodeL1EntryFields(hostView(tx, tx.img.header.l1TableOffset + BigInt(index) * 8n, 8), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
   const l2Offset = l1L2Offset(e);
   if ((l2Offset & BigInt(g.clusterSize - 1)) !== 0n) {
     throw new ModelError('corrupt', EIO, `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${index.toString(16)})`);
@@ -51,7 +52,7 @@ export function writeL1Entry(tx: Tx, index: number, l2Offset: bigint, copied: bo
 /** L2 entry `index` of the table at `l2Offset`. */
 export function readL2Entry(tx: Tx, l2Offset: bigint, index: number): L2EntryFields {
   const g = geo(tx);
-  return decodeL2Entry(hostRead(tx, l2Offset + BigInt(index * g.l2EntrySize), g.l2EntrySize), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
+  return decodeL2EntryFields(hostView(tx, l2Offset + BigInt(index * g.l2EntrySize), g.l2EntrySize), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
 }
 
 /** Writes L2 entry `index` of the table at `l2Offset`. */

@@ -20,12 +20,13 @@
  * encoders (the sub-byte packing lives in spec/qcow2.ksy, not here).
  */
 import {
-  decodeRefcountBlock, decodeRefcountTableEntry, encodeRefcountBlock, encodeRefcountTableEntry, type U64Fields,
+  decodeRefcountBlockFields, decodeRefcountTableEntryFields, encodeRefcountBlock, encodeRefcountTableEntry, type U64Fields,
 } from '../../generated/qcow2.ts';
 import { refcountBlockOffset, refcountValue } from '../format/entries.ts';
 import { bigIntToU64, offsetToParts } from '../format/u64.ts';
 import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
-import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields, setSession } from './tx.ts';
+import { hostPage, PAGE_SIZE, viewHost } from './host-file.ts';
+import { type Tx, geo, hostFlush, hostWrite, setHeaderFields, setSession } from './tx.ts';
 
 /** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
 export const MAX_REFTABLE_BYTES = 8n * 1024n * 1024n;
@@ -42,7 +43,16 @@ const MAX_ALLOC_RETRIES = Number(MAX_REFTABLE_BYTES / 8n) + 64;
 type Again = 'ok' | 'again';
 
 function refblockBits(tx: Tx): number {
-  return Math.log2(geo(tx).refblockEntries);
+  // refblockEntries = clusterSize * 8 / refcountBits, a power of two.
+  return geo(tx).clusterBits + 3 - tx.img.header.refcountOrder;
+}
+
+/**
+ * Bytes of the qcow2 file for decoding only (no copy when they lie in one page; never modified).
+ * The decoders below copy every value out, so nothing keeps a reference into the page.
+ */
+function viewBytes(tx: Tx, offset: bigint, length: number): Uint8Array {
+  return viewHost(tx.img.file, offset, length);
 }
 
 /** Number of entries in the current refcount table. */
@@ -50,12 +60,37 @@ export function reftableSize(tx: Tx): number {
   return (tx.img.header.refcountTableClusters * geo(tx).clusterSize) / 8;
 }
 
+/**
+ * Decoded reftable entries per page object (slot → offset, filled on first read). Pages are
+ * immutable, so a page's decoded entries never go stale; a table change makes a new page. The
+ * offset does not depend on the decoder's params (they only locate the refcount block instance).
+ */
+const reftablePageEntries = new WeakMap<Uint8Array, Array<bigint | undefined>>();
+
 /** The refcount block offset in reftable slot `index` (0n when absent or past the table). */
 export function reftableEntry(tx: Tx, index: number): bigint {
   if (index >= reftableSize(tx)) return 0n;
   const g = geo(tx);
-  const raw = hostRead(tx, tx.img.header.refcountTableOffset + BigInt(index) * 8n, 8);
-  return refcountBlockOffset(decodeRefcountTableEntry(raw, 0, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
+  const at = tx.img.header.refcountTableOffset + BigInt(index) * 8n;
+  if ((at & 7n) === 0n) {
+    // Entry inside one page: decode it once per page version.
+    const page = hostPage(tx.img.file, Number(at >> 12n));
+    if (page === undefined) return 0n;
+    let cache = reftablePageEntries.get(page);
+    if (cache === undefined) {
+      cache = new Array<bigint | undefined>(PAGE_SIZE / 8);
+      reftablePageEntries.set(page, cache);
+    }
+    const within = Number(at & BigInt(PAGE_SIZE - 1));
+    let v = cache[within / 8];
+    if (v === undefined) {
+      v = refcountBlockOffset(decodeRefcountTableEntryFields(page, within, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
+      cache[within / 8] = v;
+    }
+    return v;
+  }
+  const raw = viewBytes(tx, at, 8);
+  return refcountBlockOffset(decodeRefcountTableEntryFields(raw, 0, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
 }
 
 function encodeReftableEntry(tx: Tx, blockOffset: bigint): Uint8Array {
@@ -77,15 +112,15 @@ function entrySlot(order: number, index: number): { byte: number; length: number
 function readRefcountAt(tx: Tx, block: bigint, index: number): bigint {
   const order = tx.img.header.refcountOrder;
   const slot = entrySlot(order, index);
-  const raw = hostRead(tx, block + BigInt(slot.byte), slot.length);
-  return refcountValue(decodeRefcountBlock(raw, 0, { refcountOrder: order }).entries[slot.sub]!);
+  const raw = viewBytes(tx, block + BigInt(slot.byte), slot.length);
+  return refcountValue(decodeRefcountBlockFields(raw, 0, { refcountOrder: order }).entries[slot.sub]!);
 }
 
 function writeRefcountAt(tx: Tx, block: bigint, index: number, value: bigint): void {
   const order = tx.img.header.refcountOrder;
   const slot = entrySlot(order, index);
   const at = block + BigInt(slot.byte);
-  const decoded = decodeRefcountBlock(hostRead(tx, at, slot.length), 0, { refcountOrder: order });
+  const decoded = decodeRefcountBlockFields(viewBytes(tx, at, slot.length), 0, { refcountOrder: order });
   const entries: Array<boolean | number | U64Fields> = decoded.entries.slice();
   entries[slot.sub] = order === 0 ? value !== 0n : order === 6 ? bigIntToU64(value) : Number(value);
   hostWrite(tx, at, encodeRefcountBlock({ entries }, { refcountOrder: order }));
@@ -107,7 +142,7 @@ function runSlot(order: number, index: number, count: number): { byte: number; l
 function readRefcountRun(tx: Tx, block: bigint, index: number, count: number): bigint[] {
   const order = tx.img.header.refcountOrder;
   const slot = runSlot(order, index, count);
-  const entries = decodeRefcountBlock(hostRead(tx, block + BigInt(slot.byte), slot.length), 0, { refcountOrder: order }).entries;
+  const entries = decodeRefcountBlockFields(viewBytes(tx, block + BigInt(slot.byte), slot.length), 0, { refcountOrder: order }).entries;
   const out = new Array<bigint>(count);
   for (let i = 0; i < count; i++) out[i] = refcountValue(entries[slot.sub + i]!);
   return out;
@@ -122,10 +157,16 @@ function writeRefcountRun(tx: Tx, block: bigint, index: number, values: readonly
   const order = tx.img.header.refcountOrder;
   const slot = runSlot(order, index, values.length);
   const at = block + BigInt(slot.byte);
-  const entries: Array<boolean | number | U64Fields> = decodeRefcountBlock(hostRead(tx, at, slot.length), 0, { refcountOrder: order }).entries.slice();
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i]!;
-    entries[slot.sub + i] = order === 0 ? v !== 0n : order === 6 ? bigIntToU64(v) : Number(v);
+  let entries: Array<boolean | number | U64Fields>;
+  if (order >= 3) {
+    // Whole bytes per refcount: the bytes written hold exactly these values, no neighbour to keep.
+    entries = values.map((v) => (order === 6 ? bigIntToU64(v) : Number(v)));
+  } else {
+    entries = decodeRefcountBlockFields(viewBytes(tx, at, slot.length), 0, { refcountOrder: order }).entries;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i]!;
+      entries[slot.sub + i] = order === 0 ? v !== 0n : Number(v);
+    }
   }
   hostWrite(tx, at, encodeRefcountBlock({ entries }, { refcountOrder: order }));
 }
@@ -177,11 +218,14 @@ export function allocClustersNoref(tx: Tx, size: bigint): bigint {
   const g = geo(tx);
   const nb = (size + BigInt(g.clusterSize) - 1n) >> BigInt(g.clusterBits);
   let hint = tx.img.session.freeClusterIndex;
-  // QEMU reads one refcount per cluster; the model reads them a block run at a time (same result).
+  // QEMU reads one refcount per cluster; the model reads them a run at a time (same result). Runs
+  // start short — the hint usually sits on a free cluster — and double while the scan goes on.
   let found = 0n;
+  let chunk = 16;
   while (found < nb) {
     const want = nb - found;
-    const run = refcountsFrom(tx, hint, want < 256n ? 256 : Number(want < 65536n ? want : 65536n));
+    const run = refcountsFrom(tx, hint, Math.max(chunk, Number(want < 65536n ? want : 65536n)));
+    if (chunk < 65536) chunk *= 2;
     for (const rc of run) {
       hint++;
       if (rc !== 0n) found = 0n; // `goto retry`: start a new run after this cluster

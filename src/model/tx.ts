@@ -7,7 +7,7 @@
  * the write in `io` in the same order — the order a crash-safe driver must issue them.
  */
 import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
-import { discardHost, type HostIO, readHost, writeHost, zeroHost } from './host-file.ts';
+import { discardHost, type HostIO, readHost, viewHost, writeHost, zeroHost } from './host-file.ts';
 import { ModelError, EIO } from './errors.ts';
 import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
 
@@ -29,6 +29,15 @@ export function geo(tx: Tx): Geometry {
 /** Reads `length` bytes of the qcow2 file at `offset` (zeros past the end). */
 export function hostRead(tx: Tx, offset: bigint, length: number): Uint8Array {
   return readHost(tx.img.file, offset, length);
+}
+
+/**
+ * `length` bytes of the qcow2 file at `offset` (zeros past the end) for reading only: when they lie
+ * inside one stored page this is a view of that immutable page (no copy), so the caller must not
+ * modify it nor keep it expecting later writes to show. Meant for decoding table entries.
+ */
+export function hostView(tx: Tx, offset: bigint, length: number): Uint8Array {
+  return viewHost(tx.img.file, offset, length);
 }
 
 /** Writes `bytes` at `offset` of the qcow2 file and records the write. */

@@ -19,8 +19,9 @@
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l2EntryWords, l2HostOffset, type SubclusterState } from '../format/entries.ts';
 import { EIO, ModelError } from './errors.ts';
+import { isZeroBytes } from '../format/bytes.ts';
 import { checkNotDirtyOnLoad, markDirty, needsAccurateRefcounts, usesLazyRefcounts } from './close.ts';
-import { clusterTable, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
+import { clusterTable, entryAt, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
 import { readGuestTx } from './read.ts';
 import { allocClusters, allocClustersAt, freeClusters } from './refcount.ts';
 import { type Tx, dataWrite, dataZero, geo, hostFlush, hostWrite, hostZero } from './tx.ts';
@@ -264,7 +265,34 @@ export function freeAnyCluster(tx: Tx, e: L2EntryFields): void {
 
 /** Whether every byte is 0 (a plain loop: a per-byte closure was 63 % of write time, bench/README.md). */
 function isAllZero(b: Uint8Array): boolean {
-  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return isZeroBytes(b);
+}
+
+/**
+ * Whether `[offset, offset + length)` reads as zeros from the mapping alone: every subcluster is
+ * unallocated without a backing file, or a zero (sub)cluster of a v3 image. A shortcut for COW: such
+ * a region need not be read (a v2 image's zero flag is left to the read path, which refuses it).
+ */
+function readsAsZeroByMapping(tx: Tx, offset: bigint, length: number): boolean {
+  if (tx.img.backing) return false;
+  const g = geo(tx);
+  const cs = BigInt(g.clusterSize);
+  const scSize = g.clusterSize / g.subclusters;
+  const end = offset + BigInt(length);
+  for (let at = offset; at < end;) {
+    const cStart = at & ~(cs - 1n);
+    const stop = cStart + cs < end ? cStart + cs : end;
+    const states = statesOf(tx, entryAt(tx, at).entry);
+    const first = g.extendedL2 ? Math.floor(Number(at - cStart) / scSize) : 0;
+    const last = g.extendedL2 ? Math.floor(Number(stop - 1n - cStart) / scSize) : 0;
+    for (let i = first; i <= last; i++) {
+      const st = states[i]!;
+      if (st === 'unallocated-plain' || st === 'unallocated-alloc') continue;
+      if ((st === 'zero-plain' || st === 'zero-alloc') && tx.img.header.version >= 3) continue;
+      return false;
+    }
+    at = stop;
+  }
   return true;
 }
 
@@ -280,11 +308,12 @@ function writeData(tx: Tx, host: bigint, data: Uint8Array): void {
  */
 function copyRegion(tx: Tx, m: L2Meta, r: CowRegion): boolean {
   if (r.nbBytes === 0) return false;
-  const data = readGuestTx(tx, m.guestCluster + BigInt(r.offset), r.nbBytes);
+  const from = m.guestCluster + BigInt(r.offset);
+  const data = readsAsZeroByMapping(tx, from, r.nbBytes) ? undefined : readGuestTx(tx, from, r.nbBytes);
   const at = m.allocOffset + BigInt(r.offset);
   // QEMU zero-fills COW areas that read as zero with write_zeroes (handle_alloc_space); same bytes.
   // Both go to s->data_file: the data file when the image has one.
-  if (!isAllZero(data)) writeData(tx, at, data);
+  if (data !== undefined && !isAllZero(data)) writeData(tx, at, data);
   else if (geo(tx).externalDataFile) dataZero(tx, at, BigInt(r.nbBytes));
   else hostZero(tx, at, BigInt(r.nbBytes));
   return true;
