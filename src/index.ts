@@ -6,6 +6,9 @@
  * - The meaning of the bits: entry kinds, subcluster states, feature names, 64-bit helpers.
  * - `walkImage(bytes)`: every structure of an image, each distinct table decoded once.
  * - Errors: only `Qcow2FormatError` (code, structure, field, offset) escapes a decoder.
+ * - The model: `createImage`, `loadImage` / `storeImage`, `step(image, op) → {image, io}`, `readGuest`,
+ *   `mapImage`, `closeImage` — pure functions over immutable Images; `ModelError` for refusals.
+ * - The oracles: `RawDisk` (a flat sparse disk with the same ops) and `checkInvariants`.
  */
 export * from '../generated/qcow2.ts';
 export * from './format/errors.ts';
@@ -13,3 +16,19 @@ export * from './format/u64.ts';
 export * from './format/entries.ts';
 export * from './format/features.ts';
 export * from './format/walk.ts';
+
+// The model: a pure state machine over immutable Images (src/model), and its oracles.
+export { step, type StepResult } from './model/step.ts';
+export { OP_KINDS, opRange, type Op, type OpKind } from './model/ops.ts';
+export { createImage, CreateError, type CreateOptions, type CreateResult } from './model/create.ts';
+export { loadImage, storeImage, storeDataFile, type LoadOptions } from './model/load-store.ts';
+export { readGuest } from './model/read.ts';
+export { mapImage, type MapExtent, type MapOptions, type HostAllocation } from './model/map.ts';
+export { imageBackingSource, rawBackingSource } from './model/backing.ts';
+export { closeImage } from './model/close.ts';
+export { ModelError, type ModelErrorCode } from './model/errors.ts';
+export { freshSession, geometryOf, type BackingSource, type Geometry, type HeaderState, type Image, type SessionState } from './model/image.ts';
+export { applyHostIO, emptyHostFile, hostBytes, hostFromBytes, readHost, type HostFile, type HostIO, type HostTarget } from './model/host-file.ts';
+export { formatScript, parseScript, parseScriptValue, ScriptError } from './model/script.ts';
+export { RawDisk, RawDiskError, type RawDiskConfig } from './oracle/raw-disk.ts';
+export { checkInvariants, type InvariantKind, type InvariantViolation } from './oracle/invariants.ts';
