@@ -1,11 +1,13 @@
 /**
- * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run). Exit codes: 0 ok, 1 the
+ * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run, info, map). Exit codes: 0 ok, 1 the
  * image could not be decoded / the operation was refused, 2 usage error.
  */
 import { parseArgs } from 'node:util';
 import { CREATE_HELP, runCreate } from './create.ts';
 import { DUMP_HELP, runDump } from './dump.ts';
+import { INFO_HELP, runInfo } from './info.ts';
 import { EXIT_OK, EXIT_USAGE, UsageError, processIo, type CliIo } from './io.ts';
+import { MAP_HELP, runMap } from './map.ts';
 import { RUN_HELP, runRun } from './run.ts';
 
 /** Help text of the qcow2-ref command. */
@@ -18,9 +20,16 @@ Commands:
                    Decode and print every structure of a qcow2 image.
   create [-f qcow2] [-o OPTIONS] IMAGE [SIZE]
                    Create a qcow2 image exactly as \`qemu-img create\` does.
-  run [--output=human|json] [--quiet] IMAGE SCRIPT
+  info [--output=human|json] [--backing-chain] [--allow-backing] IMAGE
+                   What 'qemu-img info' prints, text for text (backing files
+                   are opened only with --allow-backing).
+  map [--output=human|json] [--allow-backing] IMAGE
+                   What 'qemu-img map' prints, text for text, through the
+                   backing chain (opened only with --allow-backing).
+  run [--output=human|json] [--quiet] [--allow-data-file-path] IMAGE SCRIPT
                    Apply a JSON op script (docs/op-script.md) to an image
-                   through the model; the image is unchanged unless every op
+                   (and its external data file) through the model, then close
+                   it as QEMU does; nothing is written unless every op
                    succeeds.
 
 Options:
@@ -29,7 +38,8 @@ Options:
 Exit codes:
   0  success
   1  the image could not be decoded (or read); create: qemu-img would refuse
-     the options; run: an op failed (the image is left unchanged)
+     the options; run: an op failed (the image is left unchanged); info, map:
+     a file the image refers to was refused
   2  usage error (unknown command or option, missing argument); run: the
      script is invalid
 `;
@@ -43,6 +53,8 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   dump: { help: DUMP_HELP, run: runDump },
   create: { help: CREATE_HELP, run: runCreate },
   run: { help: RUN_HELP, run: (args, io) => runRun(args, io) },
+  info: { help: INFO_HELP, run: runInfo },
+  map: { help: MAP_HELP, run: runMap },
 };
 
 /**

@@ -14,7 +14,9 @@ import { readGuest } from './read.ts';
  */
 export function imageBackingSource(image: Image, mapOptions: MapOptions = {}): BackingSource {
   return {
-    size: image.header.size,
+    // QEMU sees a qcow2 image as whole 512-byte sectors (bs->total_sectors = size / 512): the bytes
+    // of a partial last sector are past the backing file's end, so an overlay reads zeros there.
+    size: image.header.size & ~511n,
     read: (offset, length) => readGuest(image, offset, length),
     map: (offset, length) => mapImage(image, offset, length, mapOptions),
   };
