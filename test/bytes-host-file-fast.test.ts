@@ -78,6 +78,9 @@ describe('HostFile fast paths', () => {
         expect(Buffer.from(hostBytes(b)).equals(Buffer.from(flat([...first, ...second])))).toBe(true);
         expect(Buffer.from(hostBytes(a)).equals(Buffer.from(before))).toBe(true);
         for (const p of b.pages.values()) expect(p.some((x) => x !== 0)).toBe(true);
+        // Files without a base never grow a `base` field: their object shape stays the fast one.
+        expect('base' in b).toBe(false);
+        expect('base' in applyHostIO(b, [{ kind: 'truncate', length: 3n }])).toBe(false);
       }),
       { numRuns: 300 },
     );

@@ -11,12 +11,16 @@
  *   lazy-refcounts image like qemu-io does (dirty bit cleared).
  */
 import { spawnSync } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.ts';
 import { parseQemuSize } from '../src/cli/create.ts';
+import { fileReader } from '../src/cli/file-reader.ts';
+import { planOps } from '../src/cli/run.ts';
+import { loadImage } from '../src/model/load-store.ts';
+import { parseScript } from '../src/model/script.ts';
 import { qemuImgCheck, qemuImgCreate, qemuImgCreateArgs, qemuIo } from '../src/qemu/qemu-img.ts';
 import { requireQemu, runTool } from '../src/qemu/run.ts';
 
@@ -423,6 +427,116 @@ describe('qcow2-ref run', () => {
     expect(again.code).toBe(1);
     expect(again.stderr).toContain('op 0 (write): write: the image is dirty');
     expect(Buffer.compare(await readFile(theirs), crashed)).toBe(0);
+  });
+
+  describe('on a 1 TiB sparse file', () => {
+    const TiB = 1n << 40n;
+    const GiB = 1 << 30;
+    const big = [
+      { op: 'write', offset: 10 * GiB + 1000, length: 100000, pattern: 4 },
+      { op: 'zero', offset: String(900n << 30n), length: 65536 },
+      { op: 'flush' },
+      { op: 'write', offset: String(512n << 30n), length: 70000, pattern: 6 },
+      { op: 'discard', offset: 10 * GiB + 65536, length: 65536 },
+      { op: 'write', offset: String(TiB - 4096n), length: 4096, pattern: 8 },
+    ];
+    const bigCommands = [
+      `write -P 4 ${10 * GiB + 1000} 100000`,
+      `write -z ${900n << 30n} 65536`,
+      'flush',
+      `write -P 6 ${512n << 30n} 70000`,
+      `discard ${10 * GiB + 65536} 65536`,
+      `write -P 8 ${TiB - 4096n} 4096`,
+    ];
+    /** A 1 TiB-disk image holding data at 900 GiB, its file extended (sparse) to 1 TiB. */
+    async function hugeImage(path: string): Promise<void> {
+      await qemuImgCreate(path, '1T', {});
+      await qemuIo(path, [`write -P 3 ${900n << 30n} 65536`, `write -P 2 ${100n << 30n} 4096`]);
+      await truncate(path, Number(TiB));
+    }
+    /** The first `n` bytes of the file at `path`. */
+    async function head(path: string, n: number): Promise<Buffer> {
+      const fh = await open(path, 'r');
+      try {
+        const b = Buffer.alloc(n);
+        await fh.read(b, 0, n, 0);
+        return b;
+      } finally {
+        await fh.close();
+      }
+    }
+    /** Runs the CLI in a child process; returns its exit code, output and peak RSS in bytes. */
+    function measured(args: string[]): { code: number; stdout: string; stderr: string; maxRss: number } {
+      const code = [
+        "import { register } from 'tsx/esm/api';",
+        'register();',
+        "const { main } = await import('./src/cli/main.ts');",
+        'const args = JSON.parse(process.env.QCOW2_REF_ARGS);',
+        'const code = await main(args, { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) });',
+        "process.stdout.write('\\nMAXRSS ' + process.resourceUsage().maxRSS * 1024 + '\\n');",
+        'process.exitCode = code;',
+      ].join('\n');
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
+        cwd: resolve(import.meta.dirname, '..'),
+        env: { ...process.env, QCOW2_REF_ARGS: JSON.stringify(args) },
+        encoding: 'utf8',
+      });
+      const m = /\nMAXRSS (\d+)\n$/.exec(r.stdout);
+      return { code: r.status ?? -1, stdout: m ? r.stdout.slice(0, m.index) : r.stdout, stderr: r.stderr, maxRss: m ? Number(m[1]) : Infinity };
+    }
+
+    it('loads lazily: planning the script reads a few MiB of the 1 TiB file', async () => {
+      const d = await freshDir();
+      const path = join(d, 'huge.qcow2');
+      await hugeImage(path);
+      const reader = fileReader(path);
+      try {
+        expect(reader.length).toBe(TiB);
+        const plan = planOps(loadImage(reader), parseScript(JSON.stringify(big)));
+        expect(plan.ok).toBe(true);
+        expect(reader.bytesRead).toBeGreaterThan(0);
+        expect(reader.bytesRead).toBeLessThan(8 << 20);
+      } finally {
+        reader.close();
+      }
+    });
+
+    it('works like qemu-io with peak memory far below the file size', async () => {
+      const d = await freshDir();
+      const ours = join(d, 'ours.qcow2');
+      const theirs = join(d, 'theirs.qcow2');
+      await hugeImage(ours);
+      await hugeImage(theirs);
+      const scriptPath = join(d, 'big.json');
+      await writeFile(scriptPath, JSON.stringify(big));
+      const r = measured(['run', '--output=json', ours, scriptPath]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ ops: big.length });
+      // The same process shape on a small image: the 1 TiB file adds little on top.
+      const small = join(d, 'small.qcow2');
+      await qemuImgCreate(small, '1T', {});
+      const base = measured(['run', '--output=json', small, scriptPath]);
+      expect(base.code).toBe(0);
+      expect(r.maxRss).toBeLessThan(1 << 30);
+      expect(r.maxRss - base.maxRss).toBeLessThan(64 << 20);
+
+      await qemuIo(theirs, bigCommands);
+      expect((await stat(ours)).size).toBe(Number(TiB));
+      expect((await stat(theirs)).size).toBe(Number(TiB));
+      // Everything either side wrote lies in the first few MiB (allocation is by refcount, not file length).
+      expect(Buffer.compare(await head(ours, 8 << 20), await head(theirs, 8 << 20))).toBe(0);
+      const check = await qemuImgCheck(ours);
+      expect(check.code).toBe(0);
+      await qemuIo(ours, [
+        `read -P 4 ${10 * GiB + 1000} ${65536 - 1000}`,
+        `read -P 0 ${10 * GiB + 65536} 65536`,
+        `read -P 0 ${900n << 30n} 65536`,
+        `read -P 6 ${512n << 30n} 70000`,
+        `read -P 2 ${100n << 30n} 4096`,
+        `read -P 8 ${TiB - 4096n} 4096`,
+      ]);
+    });
   });
 
   it('--help documents every option and the exit codes; usage errors exit 2', async () => {

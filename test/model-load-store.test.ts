@@ -3,7 +3,8 @@
  * reports, store(load(b)) is b, header edits go through the generated encoder, and garbage is a
  * Qcow2FormatError.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -12,10 +13,15 @@ import { decodeHeader } from '../generated/qcow2.ts';
 import { Qcow2FormatError } from '../src/format/errors.ts';
 import { createImage } from '../src/model/create.ts';
 import { encodeHeaderState, headerStateFrom, withHeader } from '../src/model/header.ts';
-import { applyHostIO, hostBytes } from '../src/model/host-file.ts';
-import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW } from '../src/model/image.ts';
+import { fileReader, type FileReader } from '../src/cli/file-reader.ts';
+import { applyHostIO, hostBytes, rebaseHostFile, type HostIO } from '../src/model/host-file.ts';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, COMPAT_LAZY_REFCOUNTS, AUTOCLEAR_DATA_FILE_RAW, type BackingSource, type Image } from '../src/model/image.ts';
+import { mapImage } from '../src/model/map.ts';
+import type { Op } from '../src/model/ops.ts';
+import { readGuest } from '../src/model/read.ts';
+import { step } from '../src/model/step.ts';
 import { loadImage, storeDataFile, storeImage } from '../src/model/load-store.ts';
-import { qcow2Specific, qemuImgCreate, qemuImgInfo, toBigInt } from '../src/qemu/qemu-img.ts';
+import { qcow2Specific, qemuImgCreate, qemuImgInfo, qemuIo, toBigInt } from '../src/qemu/qemu-img.ts';
 import { requireQemu } from '../src/qemu/run.ts';
 
 const QEMU = { timeout: 60_000 };
@@ -75,6 +81,115 @@ describe('loadImage on images made by qemu-img', QEMU, () => {
       if (data !== undefined) expect(Buffer.from(storeDataFile(img)!).equals(Buffer.from(data))).toBe(true);
       const hl = h.version === 2 ? 72 : h.headerLength;
       expect(Buffer.from(encodeHeaderState(h)).equals(Buffer.from(bytes.subarray(0, hl)))).toBe(true);
+    });
+  }
+});
+
+describe('loadImage through a reader on images made by qemu-img and qemu-io', QEMU, () => {
+  /** The ops stepped on both loads of an image of `size` bytes with `cs`-byte clusters (some may fail, alike). */
+  const opsFor = (size: bigint, cs: bigint): Op[] => {
+    const pat = (n: number, v: number): Uint8Array => Uint8Array.from({ length: n }, (_x, i) => (i * v + 1) & 255);
+    const ops: Op[] = [
+      { kind: 'write', offset: 5000n, data: pat(3000, 3) },
+      { kind: 'writeZeroes', offset: 2n * cs, length: cs, unmap: true },
+      { kind: 'discard', offset: 0n, length: cs },
+      { kind: 'writeCompressed', offset: 3n * cs, data: pat(Number(cs), 5) },
+      { kind: 'write', offset: size - 4096n, data: pat(4096, 7) },
+      { kind: 'snapshotCreate', name: 's1', dateSec: 1, dateNsec: 2, vmClockNsec: 3n },
+      { kind: 'write', offset: 1000n, data: pat(70000, 11) },
+      { kind: 'flush' },
+      { kind: 'snapshotApply', name: 's1' },
+      { kind: 'write', offset: size / 2n, data: pat(513, 13) },
+    ];
+    return ops.filter((o) => !('offset' in o) || o.offset < size);
+  };
+
+  /** `io` with write payloads as hashes: vitest's deep equality on MiB-sized typed arrays is very slow. */
+  const ioShape = (io: readonly HostIO[]): unknown[] =>
+    io.map((x) => (x.kind === 'write' ? { ...x, bytes: `${x.bytes.length}:${createHash('sha256').update(x.bytes).digest('hex')}` } : x));
+
+  for (const c of CASES) {
+    it(`${c.name}: same header, reads, map and step io as loadImage(bytes); rebase keeps the content`, async () => {
+      const path = join(dir, `lazy-${c.name}.qcow2`);
+      const opts: Record<string, string> = {};
+      for (const [k, v] of Object.entries(c.options)) {
+        opts[k] = v === 'DATA' ? join(dir, `lazy-${c.name}.data`) : v === 'BACKING' ? join(dir, `lazy-${c.name}.raw`) : v;
+      }
+      if (opts.backing_file !== undefined) {
+        await qemuImgCreate(opts.backing_file, 1 << 20, {}, [], 'raw');
+        await qemuIo(opts.backing_file, ['write -P 9 0 1M'], { format: 'raw' });
+      }
+      await qemuImgCreate(path, c.size, opts);
+      await qemuIo(path, ['write -P 5 1000 70000', `write -P 6 ${c.size / 2} 4096`, 'write -z 0 512', `discard ${c.size / 2 + 4096} 4096`]);
+      const bytes = new Uint8Array(await readFile(path));
+      const data = opts.data_file !== undefined ? new Uint8Array(await readFile(opts.data_file)) : undefined;
+      let backing: BackingSource | undefined;
+      if (opts.backing_file !== undefined) {
+        const raw = new Uint8Array(await readFile(opts.backing_file));
+        backing = { size: BigInt(raw.length), read: (o, l) => { const out = new Uint8Array(l); out.set(raw.subarray(Number(o), Number(o) + l)); return out; } };
+      }
+      const readers: FileReader[] = [];
+      const open = (p: string): FileReader => {
+        const r = fileReader(p);
+        readers.push(r);
+        return r;
+      };
+      try {
+        const eager = loadImage(bytes, { ...(data !== undefined ? { dataFile: data } : {}), ...(backing !== undefined ? { backing } : {}) });
+        const reader = open(path);
+        const lazy = loadImage(reader, { ...(data !== undefined ? { dataFile: open(opts.data_file!) } : {}), ...(backing !== undefined ? { backing } : {}) });
+        expect(lazy.file.base).toBeDefined();
+        expect(lazy.file.pages.size).toBe(0);
+        expect(lazy.header).toEqual(eager.header);
+        expect(lazy.file.length).toBe(eager.file.length);
+        // Loading read only the header, not the file.
+        expect(reader.bytesRead).toBeLessThanOrEqual(4096);
+        const size = eager.header.size;
+        const cs = 1n << BigInt(eager.header.clusterBits);
+        const same = (a: Image, b: Image): void => {
+          expect(Buffer.from(hostBytes(a.file)).equals(Buffer.from(hostBytes(b.file)))).toBe(true);
+          if (a.dataFile !== undefined) expect(Buffer.from(hostBytes(a.dataFile)).equals(Buffer.from(hostBytes(b.dataFile!)))).toBe(true);
+          for (const [o, n] of [[0n, 200000], [size / 2n - 1000n, 10000], [size - 5000n, 5000]] as const) {
+            expect(Buffer.from(readGuest(a, o, n)).equals(Buffer.from(readGuest(b, o, n)))).toBe(true);
+          }
+          expect(mapImage(a)).toEqual(mapImage(b));
+        };
+        same(lazy, eager);
+        let e = eager;
+        let l = lazy;
+        let failures = 0;
+        for (const op of opsFor(size, cs)) {
+          const re = step(e, op);
+          const rl = step(l, op);
+          expect(rl.ok).toBe(re.ok);
+          if (!re.ok && !rl.ok) {
+            failures++;
+            expect(rl.error.message).toBe(re.error.message);
+          }
+          expect(ioShape(rl.io)).toEqual(ioShape(re.io));
+          e = re.image;
+          l = rl.image;
+        }
+        expect(failures).toBeLessThan(opsFor(size, cs).length);
+        same(l, e);
+        // The earlier lazy image is unchanged.
+        expect(Buffer.from(hostBytes(lazy.file)).equals(Buffer.from(bytes))).toBe(true);
+
+        // A driver writes the result to a file and rebases onto it: same content, no pages in memory.
+        const after = `${path}.after`;
+        await writeFile(after, storeImage(e));
+        const rebased: Image = { ...l, file: rebaseHostFile(l.file, open(after)) };
+        expect(rebased.file.pages.size).toBe(0);
+        same(rebased, e);
+        const more: Op = { kind: 'write', offset: 3n * cs + 100n < size ? 3n * cs + 100n : 100n, data: new Uint8Array(600).fill(0x3c) };
+        const me = step(e, more);
+        const mr = step(rebased, more);
+        expect(mr.ok).toBe(true);
+        expect(ioShape(mr.io)).toEqual(ioShape(me.io));
+        same(mr.image, me.image);
+      } finally {
+        for (const r of readers) r.close();
+      }
     });
   }
 });
@@ -140,6 +255,33 @@ describe('loadImage refuses garbage with Qcow2FormatError', () => {
     clusterBits[23] = 22;
     bad.push(clusterBits);
     for (const b of bad) expect(() => loadImage(b)).toThrow(Qcow2FormatError);
+  });
+
+  it('through a reader: the same header or the same Qcow2FormatError as from the bytes, also for headers longer than a page', () => {
+    const reader = (b: Uint8Array) => ({ length: BigInt(b.length), read: (o: bigint, n: number) => b.slice(Number(o), Number(o) + n) });
+    const good = storeImage(createImage({ size: 1n << 20n }).image);
+    // header_length 8200 (within one 64 KiB cluster): decoding the first page alone would say 'truncated'.
+    const long = new Uint8Array(70000);
+    long.set(good.subarray(0, 104));
+    new DataView(long.buffer).setUint32(100, 8200);
+    const longShort = long.slice(0, 6000); // really cut short
+    const cases = [good, long, longShort, new Uint8Array(0), good.slice(0, 50), Object.assign(good.slice(), { 5: 9 })];
+    for (const b of cases) {
+      let want: unknown;
+      try {
+        want = loadImage(b).header;
+      } catch (e) {
+        want = e;
+      }
+      if (want instanceof Error) {
+        expect(want).toBeInstanceOf(Qcow2FormatError);
+        expect(() => loadImage(reader(b))).toThrow(want.message);
+      } else {
+        expect(loadImage(reader(b)).header).toEqual(want);
+      }
+    }
+    expect(loadImage(reader(long)).header.headerLength).toBe(8200);
+    expect(() => loadImage(reader(longShort))).toThrow(Qcow2FormatError);
   });
 
   it('on random bytes (fast-check): either a Qcow2FormatError or a loaded image, never another error', () => {

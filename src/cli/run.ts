@@ -24,20 +24,30 @@
  *   fsyncs both files).
  * - backing file: resolved relative to IMAGE's directory, as QEMU does; qcow2 (recursively) or raw,
  *   read only.
+ *
+ * Files are not read into memory: the image, its data file and backing files are loaded through
+ * HostReaders (src/cli/file-reader.ts), so the model reads only the header and the metadata and
+ * data the ops touch, and running a small script against a huge sparse image costs memory in
+ * proportion to what it touches. `run` writes the host I/O into the very files those readers read,
+ * which is safe because every read happens before the first write: planOps has produced all the
+ * host I/O (plain bytes, holding no reference to the readers) and the readers are closed before
+ * the files are opened for writing; the Images built on them are never used after that point.
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isQcow2FormatError } from '../format/errors.ts';
-import { walkImage } from '../format/walk.ts';
+import { decodeHeader } from '../../generated/qcow2.ts';
+import { describeHeader, walkImage } from '../format/walk.ts';
 import { closeImage } from '../model/close.ts';
-import { hostTargetOf, type HostIO, type HostTarget } from '../model/host-file.ts';
+import { HostReaderError, hostTargetOf, type HostIO, type HostTarget } from '../model/host-file.ts';
 import type { BackingSource, Image } from '../model/image.ts';
 import { loadImage } from '../model/load-store.ts';
 import type { Op } from '../model/ops.ts';
 import { readGuest } from '../model/read.ts';
 import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../model/script.ts';
 import { step } from '../model/step.ts';
+import { fileReader, type FileReader } from './file-reader.ts';
 import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo } from './io.ts';
 
 /** Help text of the run command. */
@@ -55,6 +65,9 @@ All or nothing:
   2. Every op is applied in memory. If one fails (e.g. a write past the end of
      the disk, or an op the model does not support yet) it is reported as
      'qcow2-ref: IMAGE: op N (OP): MESSAGE' and IMAGE is not touched (exit 1).
+     IMAGE is not read into memory: only its header and the metadata and
+     data the ops touch are read, so a huge sparse image costs memory in
+     proportion to what the script touches.
   3. The image is closed as QEMU closes it: a flush, and with lazy refcounts
      the dirty bit the ops set is cleared (qcow2_mark_clean). Without this
      step the file would look like a crashed QEMU session's.
@@ -161,40 +174,95 @@ export function dataFilePath(imagePath: string, name: string, allow: boolean): s
   return path;
 }
 
-async function readOrFail(path: string, what: string): Promise<Uint8Array> {
+/** A reader of the file at `path`, added to `readers` (the caller closes them); RunFailure when it cannot be opened. */
+function openOrFail(path: string, what: string, readers: FileReader[]): FileReader {
+  let r: FileReader;
   try {
-    return new Uint8Array(await readFile(path));
+    r = fileReader(path);
   } catch (e) {
     throw new RunFailure(`${what}: Could not open '${path}': ${errnoText(e)}`);
   }
+  readers.push(r);
+  return r;
+}
+
+/**
+ * Bytes at the start of an image that hold its header, extensions and backing file name: QEMU
+ * keeps them in cluster 0 (at most 2 MiB). A crafted header pointing further (up to this bound) is
+ * still read as walkImage would read the whole file; past it the name or extensions count as cut off.
+ */
+const MAX_HEADER_AREA = 16 << 20;
+
+/**
+ * The walk of the header area of the image `reader` reads (what walkImage reports about the header,
+ * its extensions and the backing file name, which is all `run` needs of it). Throws
+ * Qcow2FormatError when the header cannot be decoded.
+ */
+function walkHeaderArea(reader: FileReader): { walk: ReturnType<typeof walkImage>; prefix: Uint8Array } {
+  const upTo = (n: bigint): Uint8Array => reader.read(0n, Number(n < reader.length ? n : reader.length));
+  // First the header: one page holds what QEMU writes; a longer one (at most a 2 MiB cluster) is
+  // read again in full, so a 'truncated' error is only reported when the file really is short.
+  let prefix = upTo(4096n);
+  let header;
+  try {
+    header = decodeHeader(prefix);
+  } catch (e) {
+    if (!(isQcow2FormatError(e) && e.code === 'truncated' && BigInt(prefix.length) < reader.length)) throw e;
+    prefix = upTo(2n << 20n);
+    header = decodeHeader(prefix);
+  }
+  // Then as far as its pointers say the area goes.
+  const h = describeHeader(header);
+  const extensionsEnd = h.backingFileOffset !== 0n ? h.backingFileOffset : BigInt(1 << h.clusterBits);
+  const nameEnd = h.backingFileOffset + BigInt(h.backingFileSize);
+  let need = extensionsEnd > nameEnd ? extensionsEnd : nameEnd;
+  if (need > BigInt(MAX_HEADER_AREA)) need = BigInt(MAX_HEADER_AREA);
+  if (need > BigInt(prefix.length) && BigInt(prefix.length) < reader.length) prefix = upTo(need);
+  return { walk: walkImage(prefix), prefix };
 }
 
 /**
  * The Image stored at `path` with its data file and backing chain loaded (each relative name
- * relative to the directory of the image naming it). Throws RunFailure naming the file.
+ * relative to the directory of the image naming it), read lazily through file readers (see the
+ * module doc). Throws RunFailure naming the file. The caller must call `close` once it no longer
+ * uses the image (nor any image derived from it), and before the files change.
  */
-export async function loadImageFile(path: string, depth = 0, opts: LoadFileOptions = {}): Promise<Image> {
-  return (await loadImageAndDataPath(path, depth, opts)).image;
+export async function loadImageFile(path: string, depth = 0, opts: LoadFileOptions = {}): Promise<{ image: Image; close(): void }> {
+  const readers: FileReader[] = [];
+  const close = (): void => {
+    for (const r of readers) r.close();
+  };
+  try {
+    const { image } = await loadImageAndDataPath(path, depth, opts, readers);
+    return { image, close };
+  } catch (e) {
+    close();
+    throw e;
+  }
 }
 
-/** loadImageFile, also returning the path of the external data file it read (if any). */
-async function loadImageAndDataPath(path: string, depth: number, opts: LoadFileOptions): Promise<{ image: Image; dataPath?: string }> {
-  const bytes = await readOrFail(path, path);
+/**
+ * loadImageFile, also returning the path of the external data file it read (if any); every reader
+ * it opens is added to `readers`, for the caller to close.
+ */
+async function loadImageAndDataPath(path: string, depth: number, opts: LoadFileOptions, readers: FileReader[]): Promise<{ image: Image; dataPath?: string }> {
+  const reader = openOrFail(path, path, readers);
   let walk;
+  let prefix: Uint8Array;
   try {
-    walk = walkImage(bytes);
+    ({ walk, prefix } = walkHeaderArea(reader));
   } catch (e) {
     if (isQcow2FormatError(e)) throw new RunFailure(`${path}: ${e.message}`);
     throw e;
   }
-  let dataFile: Uint8Array | undefined;
+  let dataFile: FileReader | undefined;
   let dataPath: string | undefined;
   // Incompatible bit 2 (byte 79, bit 2 of a version-3 header): without it QEMU ignores the name.
-  const hasDataFile = bytes.length >= 80 && new DataView(bytes.buffer, bytes.byteOffset).getUint32(4) >= 3 && (bytes[79]! & 4) !== 0;
+  const hasDataFile = prefix.length >= 80 && new DataView(prefix.buffer, prefix.byteOffset).getUint32(4) >= 3 && (prefix[79]! & 4) !== 0;
   if (hasDataFile && walk.dataFile === undefined) throw new RunFailure(`${path}: 'data-file' is required for this image`);
   if (hasDataFile && walk.dataFile !== undefined) {
     dataPath = dataFilePath(path, walk.dataFile, opts.allowDataFilePath === true);
-    dataFile = await readOrFail(dataPath, `${path}: data file`);
+    dataFile = openOrFail(dataPath, `${path}: data file`, readers);
   }
   let backing: BackingSource | undefined;
   const b = walk.backingFile;
@@ -204,15 +272,17 @@ async function loadImageAndDataPath(path: string, depth: number, opts: LoadFileO
     const bpath = besideImage(path, b.name);
     const fmt = b.format ?? 'raw';
     if (fmt === 'qcow2') {
-      const img = await loadImageFile(bpath, depth + 1, opts);
+      const { image: img } = await loadImageAndDataPath(bpath, depth + 1, opts, readers);
       backing = { size: img.header.size, read: (o, l) => readGuest(img, o, l) };
     } else if (fmt === 'raw') {
-      const raw = await readOrFail(bpath, `${path}: backing file`);
+      const raw = openOrFail(bpath, `${path}: backing file`, readers);
       backing = {
-        size: BigInt(raw.length),
+        size: raw.length,
         read: (o, l) => {
+          // Zeros past the end of the raw file.
           const out = new Uint8Array(l);
-          if (o < BigInt(raw.length)) out.set(raw.subarray(Number(o), Math.min(raw.length, Number(o) + l)));
+          const end = o + BigInt(l) < raw.length ? o + BigInt(l) : raw.length;
+          if (end > o) out.set(raw.read(o, Number(end - o)));
           return out;
         },
       };
@@ -220,7 +290,7 @@ async function loadImageAndDataPath(path: string, depth: number, opts: LoadFileO
       throw new RunFailure(`${path}: backing format '${fmt}' is not supported by qcow2-ref`);
     }
   }
-  const image = loadImage(bytes, {
+  const image = loadImage(reader, {
     ...(dataFile !== undefined ? { dataFile } : {}),
     ...(backing !== undefined ? { backing } : {}),
   });
@@ -403,8 +473,9 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
   const allowDataFilePath = parsed.values['allow-data-file-path'] === true;
   let plan;
   let dataPath: string | undefined;
+  const readers: FileReader[] = [];
   try {
-    const loaded = await loadImageAndDataPath(imagePath, 0, { allowDataFilePath });
+    const loaded = await loadImageAndDataPath(imagePath, 0, { allowDataFilePath }, readers);
     dataPath = loaded.dataPath;
     plan = planOps(loaded.image, ops);
   } catch (e) {
@@ -412,7 +483,15 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
       io.stderr(`qcow2-ref: ${e.message}\n`);
       return EXIT_DECODE;
     }
+    if (e instanceof HostReaderError) {
+      io.stderr(`qcow2-ref: ${imagePath}: ${e.message}\n`);
+      return EXIT_DECODE;
+    }
     throw e;
+  } finally {
+    // Every read of the files is done: the host I/O below is plain bytes. The Images built on the
+    // readers (loaded.image, plan.image) must not be used after this point — the files change.
+    for (const r of readers) r.close();
   }
   if (!plan.ok) {
     io.stderr(`qcow2-ref: ${imagePath}: op ${plan.index} (${scriptName(ops[plan.index]!)}): ${plan.message}\n`);

@@ -10,6 +10,13 @@
  * range, a truncation) is one walk down the trie. It replaced an immutable.js Map whose hashing
  * lookups were ~15 % of a guest write (bench/README.md).
  *
+ * A HostFile may lie over a read-only base (`HostReader`: e.g. the real file, read with pread), so
+ * that an image of any size loads without copying it: the pages in the map override the base, and
+ * a page absent from the map reads from the base below the base's limit and as zeros above it.
+ * Zeroing a range over the base records the whole pages in a persistent set of hidden page ranges
+ * (one entry per request, not per page), and a truncation below the base's length lowers the limit,
+ * so every operation keeps its cost independent of the size of the base.
+ *
  * `HostIO` is the vocabulary of host operations `step` returns; `applyHostIO` replays them onto a
  * HostFile (what a real-file driver does to a file).
  */
@@ -43,9 +50,174 @@ export function hostTargetOf(op: HostIO): HostTarget {
 export interface HostFile {
   /** Length of the file in bytes (not necessarily cluster aligned). */
   readonly length: bigint;
-  /** Page index → 4 KiB page; a missing page reads as zeros. Pages are never mutated. */
+  /**
+   * Page index → 4 KiB page: the pages written since the file was made (hostFromBytes, writes, or
+   * everything after rebaseHostFile). A missing page reads as zeros — or, when the file has a
+   * `base`, as the base's bytes where the base is visible. Pages are never mutated.
+   *
+   * Iterating `pages` therefore visits the file's whole content only when `base` is absent; with a
+   * base it visits the overlay only, and an overlay page may be all zeros (it hides a base page).
+   */
   readonly pages: PageMap;
+  /** The read-only bytes under `pages`, when the file was loaded from a reader (see HostBase). */
+  readonly base?: HostBase;
 }
+
+/**
+ * A synchronous, read-only source of bytes (e.g. `fs.readSync` on a file descriptor,
+ * src/cli/file-reader.ts). Its content and length must not change while any HostFile built on it
+ * (and any Image holding one) is still used: HostFiles read it lazily, at any later time, and cache
+ * what they read.
+ */
+export interface HostReader {
+  /** Length of the source in bytes. */
+  readonly length: bigint;
+  /**
+   * Exactly `length` bytes at `offset`, in a fresh array the caller may keep. HostFile only asks
+   * for ranges inside [0, this.length). May throw (an I/O error): the error propagates unchanged
+   * out of the HostFile function (and out of `step`) that needed the bytes.
+   */
+  read(offset: bigint, length: number): Uint8Array;
+}
+
+/** Pages of a base read once and kept for hostPage/viewHost (bounded: least recently used go). */
+const BASE_CACHE_PAGES = 4096;
+
+/**
+ * A memo of whole base pages (null: the page is all zeros). The reader's content is immutable by
+ * contract, so caching is invisible; it is shared by every HostFile derived from one base, and
+ * keeps page objects stable so the model's per-page decode caches (refcount.ts, overlap.ts) hit.
+ */
+class BasePageCache {
+  private readonly pages = new Map<number, Uint8Array | null>();
+
+  constructor(private readonly reader: HostReader) {}
+
+  /** Page `index` of the reader (zeros past its end), or null when it is all zeros. */
+  get(index: number): Uint8Array | null {
+    const hit = this.pages.get(index);
+    if (hit !== undefined) {
+      // Move to the end: Map iteration order is insertion order, the first key is the oldest.
+      this.pages.delete(index);
+      this.pages.set(index, hit);
+      return hit;
+    }
+    const start = BigInt(index) * BigInt(PAGE_SIZE);
+    const left = this.reader.length - start;
+    const n = left < BigInt(PAGE_SIZE) ? Number(left) : PAGE_SIZE;
+    let page: Uint8Array | null = readExactly(this.reader, start, n);
+    if (n < PAGE_SIZE) {
+      const full = new Uint8Array(PAGE_SIZE);
+      full.set(page);
+      page = full;
+    }
+    if (isZeroBytes(page)) page = null;
+    if (this.pages.size >= BASE_CACHE_PAGES) this.pages.delete(this.pages.keys().next().value!);
+    this.pages.set(index, page);
+    return page;
+  }
+}
+
+/** `reader.read`, checked to return the bytes asked for. */
+function readExactly(reader: HostReader, offset: bigint, length: number): Uint8Array {
+  const b = reader.read(offset, length);
+  if (b.length !== length) {
+    throw new HostReaderError('short-read', `host reader returned ${b.length} byte(s) at 0x${offset.toString(16)}, not ${length}`);
+  }
+  return b;
+}
+
+/** A reader broke its contract (see HostReader), or a driver broke rebaseHostFile's precondition. */
+export class HostReaderError extends Error {
+  override readonly name = 'HostReaderError';
+  constructor(readonly code: 'short-read' | 'length-mismatch' | 'io', message: string) {
+    super(message);
+  }
+}
+
+/**
+ * The read-only layer under a HostFile's pages: a reader, the offset from which its bytes are hidden
+ * (`limit`: its length, lowered by every truncation below it, so bytes cut off never come back), and
+ * the whole pages below the limit hidden by zero/discard requests. Immutable; changes make a new one.
+ */
+export class HostBase {
+  /** @internal Use rebaseHostFile / hostFromReader. */
+  constructor(
+    /** The source of the bytes. */
+    readonly reader: HostReader,
+    /** Base bytes at or past this offset read as zeros; at most reader.length and the file's length. */
+    readonly limit: bigint,
+    /** Hidden page ranges: sorted, disjoint, non-adjacent inclusive pairs [lo0, hi0, lo1, hi1, ...]. */
+    readonly hidden: readonly number[],
+    /** @internal */
+    readonly cache: BasePageCache,
+  ) {
+    this.pageCount = pageIndexOf(limit + BigInt(PAGE_SIZE - 1));
+  }
+
+  /** Number of pages holding base bytes below the limit (pages at or past it read no base bytes). */
+  readonly pageCount: number;
+}
+
+/** Whether inclusive page ranges `r` (see HostBase.hidden) contain page `p`. */
+function rangesHas(r: readonly number[], p: number): boolean {
+  let lo = 0;
+  let hi = r.length / 2 - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    if (p < r[2 * mid]!) hi = mid - 1;
+    else if (p > r[2 * mid + 1]!) lo = mid + 1;
+    else return true;
+  }
+  return false;
+}
+
+/** `r` with pages [a, b] added (merging overlapping and adjacent ranges). O(ranges). */
+function rangesAdd(r: readonly number[], a: number, b: number): readonly number[] {
+  const out: number[] = [];
+  let i = 0;
+  while (i < r.length && r[i + 1]! < a - 1) {
+    out.push(r[i]!, r[i + 1]!);
+    i += 2;
+  }
+  let lo = a;
+  let hi = b;
+  while (i < r.length && r[i]! <= b + 1) {
+    lo = Math.min(lo, r[i]!);
+    hi = Math.max(hi, r[i + 1]!);
+    i += 2;
+  }
+  out.push(lo, hi);
+  for (; i < r.length; i++) out.push(r[i]!);
+  return out;
+}
+
+/** Whether page `p` shows base bytes (below the limit and not hidden). */
+function baseVisible(base: HostBase, p: number): boolean {
+  return p < base.pageCount && (base.hidden.length === 0 || !rangesHas(base.hidden, p));
+}
+
+/**
+ * What page `p` shows of the base: the page (never to be modified), or undefined when it shows only
+ * zeros (hidden, past the limit, or zeros in the reader). The page straddling the limit is a fresh
+ * copy with the bytes past the limit zeroed.
+ */
+function basePage(base: HostBase, p: number): Uint8Array | undefined {
+  if (!baseVisible(base, p)) return undefined;
+  const page = base.cache.get(p);
+  if (page === null) return undefined;
+  const cut = Number(base.limit - BigInt(p) * BigInt(PAGE_SIZE));
+  if (cut >= PAGE_SIZE) return page;
+  const masked = page.slice();
+  masked.fill(0, cut);
+  return isZeroBytes(masked) ? undefined : masked;
+}
+
+/**
+ * The all-zero page an overlay holds where a base page must read as zeros (a page written or cut
+ * to zeros over visible base bytes: deleting it would uncover the base). Shared; never modified.
+ */
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 
 /** An empty host file. */
 export function emptyHostFile(): HostFile {
@@ -71,6 +243,7 @@ function withinPage(offset: bigint): number {
 
 /** `length` bytes at `offset`; bytes past the end of the file (or in holes) read as zeros. */
 export function readHost(file: HostFile, offset: bigint, length: number): Uint8Array {
+  if (file.base !== undefined) return readHostOverBase(file, file.base, offset, length);
   const out = new Uint8Array(length);
   // Page index and position once, then plain numbers page by page.
   let page = pageIndexOf(offset);
@@ -87,27 +260,71 @@ export function readHost(file: HostFile, offset: bigint, length: number): Uint8A
   return out;
 }
 
+/** readHost of a file with a base: overlay pages, then runs of visible base pages read in one call each. */
+function readHostOverBase(file: HostFile, base: HostBase, offset: bigint, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let page = pageIndexOf(offset);
+  let within = withinPage(offset);
+  let pos = 0;
+  // A pending run of base bytes: out[runPos, runPos+runLen) = base[runAt, runAt+runLen) (clipped at the limit).
+  let runPos = 0;
+  let runLen = 0;
+  let runAt = 0n;
+  const flushRun = (): void => {
+    if (runLen === 0) return;
+    const end = runAt + BigInt(runLen) < base.limit ? runAt + BigInt(runLen) : base.limit;
+    if (end > runAt) out.set(readExactly(base.reader, runAt, Number(end - runAt)), runPos);
+    runLen = 0;
+  };
+  while (pos < length) {
+    const n = Math.min(PAGE_SIZE - within, length - pos);
+    const p = file.pages.get(page);
+    if (p !== undefined) {
+      flushRun();
+      out.set(n === PAGE_SIZE ? p : p.subarray(within, within + n), pos);
+    } else if (baseVisible(base, page)) {
+      if (runLen === 0) {
+        runPos = pos;
+        runAt = offset + BigInt(pos);
+      }
+      runLen += n;
+    } else {
+      flushRun();
+    }
+    pos += n;
+    page++;
+    within = 0;
+  }
+  flushRun();
+  return out;
+}
+
 /**
- * The bytes at `offset` without copying when they lie inside one stored page (a view of that page),
- * else a fresh copy as readHost makes. The result must NOT be modified: it may share memory with
- * the file's immutable pages. For read-only scans of metadata (refcounts, table entries).
+ * The bytes at `offset` without copying when they lie inside one stored or base page (a view of
+ * that page), else a fresh copy as readHost makes. The result must NOT be modified: it may share
+ * memory with the file's immutable pages. For read-only scans of metadata (refcounts, table entries).
  */
 export function viewHost(file: HostFile, offset: bigint, length: number): Uint8Array {
   const within = withinPage(offset);
   if (within + length <= PAGE_SIZE) {
-    const p = file.pages.get(pageIndexOf(offset));
+    const index = pageIndexOf(offset);
+    const p = file.pages.get(index) ?? (file.base !== undefined ? basePage(file.base, index) : undefined);
     if (p !== undefined) return p.subarray(within, within + length);
   }
   return readHost(file, offset, length);
 }
 
 /**
- * The stored page `index` (bytes [index*4096, index*4096+4096)), or undefined for a hole. The page
- * must NOT be modified. Pages are immutable values, so a page object can key a cache of what was
- * decoded from it (see overlap.ts, refcount.ts).
+ * The content of page `index` (bytes [index*4096, index*4096+4096)): a stored page, or with a base
+ * the base's page where it is visible; undefined when the page reads as zeros (a hole) — though an
+ * all-zero page may also be returned. The page must NOT be modified. Pages are immutable values, so
+ * a page object can key a cache of what was decoded from it (see overlap.ts, refcount.ts); base
+ * pages come from a bounded cache, so the same base page is usually, not always, the same object.
  */
 export function hostPage(file: HostFile, index: number): Uint8Array | undefined {
-  return file.pages.get(index);
+  const p = file.pages.get(index);
+  if (p !== undefined || file.base === undefined) return p;
+  return basePage(file.base, index);
 }
 
 /**
@@ -134,6 +351,7 @@ function putPageChunk<T>(m: PageStore<T> & T, page: number, within: number, byte
 /** A file with `bytes` written at `offset` (extending the length if needed). `file` is unchanged. */
 export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): HostFile {
   if (bytes.length === 0) return file;
+  if (file.base !== undefined) return writeHostOverBase(file, file.base, offset, bytes);
   const first = pageIndexOf(offset);
   const within0 = withinPage(offset);
   let pages: PageMap;
@@ -161,9 +379,58 @@ export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): Ho
   return { length: end > file.length ? end : file.length, pages };
 }
 
+/**
+ * putPageChunk over a base: a partial page starts from what the page shows (overlay or base), and a
+ * page that ends up all zeros is ZERO_PAGE where the base is visible (deleting it would uncover the
+ * base), else deleted.
+ */
+function putChunkOverBase(m: PageMapBatch, base: HostBase, page: number, within: number, bytes: Uint8Array, pos: number, n: number): void {
+  const zero = isZeroBytes(bytes, pos, n);
+  const under = baseVisible(base, page);
+  if (n === PAGE_SIZE) {
+    if (!zero) m.set(page, bytes.slice(pos, pos + n));
+    else if (under) m.set(page, ZERO_PAGE);
+    else m.delete(page);
+    return;
+  }
+  const old = m.get(page) ?? (under ? basePage(base, page) : undefined);
+  if (old === undefined) {
+    if (zero) return; // zeros stay zeros
+    const next = new Uint8Array(PAGE_SIZE);
+    next.set(bytes.subarray(pos, pos + n), within);
+    m.set(page, next);
+    return;
+  }
+  const next = old.slice();
+  next.set(bytes.subarray(pos, pos + n), within);
+  if (!zero || !isZeroBytes(next)) m.set(page, next);
+  else if (under) m.set(page, ZERO_PAGE);
+  else m.delete(page);
+}
+
+/** writeHost of a file with a base. */
+function writeHostOverBase(file: HostFile, base: HostBase, offset: bigint, bytes: Uint8Array): HostFile {
+  if (bytes.length >= 2 * PAGE_SIZE && isZeroBytes(bytes)) return zeroHost(file, offset, BigInt(bytes.length));
+  const pages = file.pages.batch((m) => {
+    let page = pageIndexOf(offset);
+    let within = withinPage(offset);
+    let pos = 0;
+    while (pos < bytes.length) {
+      const n = Math.min(PAGE_SIZE - within, bytes.length - pos);
+      putChunkOverBase(m, base, page, within, bytes, pos, n);
+      pos += n;
+      page++;
+      within = 0;
+    }
+  });
+  const end = offset + BigInt(bytes.length);
+  return { length: end > file.length ? end : file.length, pages, base };
+}
+
 /** A file with [offset, offset+length) zeroed (extending the length if needed). `file` is unchanged. */
 export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFile {
   if (length <= 0n) return file;
+  if (file.base !== undefined) return zeroHostOverBase(file, file.base, offset, length);
   const end = offset + length;
   // Page indexes are exact numbers (offsets below 2^64).
   const firstPage = pageIndexOf(offset);
@@ -192,6 +459,40 @@ export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFi
   return { length: end > file.length ? end : file.length, pages };
 }
 
+/**
+ * zeroHost of a file with a base: whole pages leave the overlay and, below the limit, join the
+ * hidden ranges (one range per request, whatever its size); partial pages are rewritten.
+ */
+function zeroHostOverBase(file: HostFile, base0: HostBase, offset: bigint, length: bigint): HostFile {
+  const end = offset + length;
+  const firstPage = pageIndexOf(offset);
+  const lastPage = pageIndexOf(end - 1n);
+  const headWithin = withinPage(offset);
+  const tailEnd = withinPage(end - 1n) + 1;
+  const partial = (p: number): boolean => (p === firstPage && headWithin !== 0) || (p === lastPage && tailEnd !== PAGE_SIZE);
+  const firstWhole = partial(firstPage) ? firstPage + 1 : firstPage;
+  const lastWhole = partial(lastPage) ? lastPage - 1 : lastPage;
+  let pages = file.pages.deleteRange(firstWhole, lastWhole);
+  let base = base0;
+  const hideTo = Math.min(lastWhole, base.pageCount - 1);
+  if (firstWhole <= hideTo) base = new HostBase(base.reader, base.limit, rangesAdd(base.hidden, firstWhole, hideTo), base.cache);
+  const clearPart = (p: number, from: number, to: number): void => {
+    const under = baseVisible(base, p);
+    const old = pages.get(p) ?? (under ? basePage(base, p) : undefined);
+    if (old === undefined || isZeroBytes(old, from, to - from)) return;
+    const next = old.slice();
+    next.fill(0, from, to);
+    pages = !isZeroBytes(next) ? pages.set(p, next) : under ? pages.set(p, ZERO_PAGE) : pages.delete(p);
+  };
+  if (firstPage === lastPage) {
+    if (partial(firstPage)) clearPart(firstPage, headWithin, tailEnd);
+  } else {
+    if (partial(firstPage)) clearPart(firstPage, headWithin, PAGE_SIZE);
+    if (partial(lastPage)) clearPart(lastPage, 0, tailEnd);
+  }
+  return { length: end > file.length ? end : file.length, pages, base };
+}
+
 /** A file with [offset, offset+length) punched out (zeros) without changing its length. */
 export function discardHost(file: HostFile, offset: bigint, length: bigint): HostFile {
   const end = offset + length < file.length ? offset + length : file.length;
@@ -199,8 +500,12 @@ export function discardHost(file: HostFile, offset: bigint, length: bigint): Hos
   return zeroHost(file, offset, end - offset);
 }
 
-/** A file cut (or extended with zeros) to `length`. */
+/**
+ * A file cut (or extended with zeros) to `length`. Bytes cut off read as zeros after a later
+ * extension, base bytes included (the base's limit drops to `length`).
+ */
 export function truncateHost(file: HostFile, length: bigint): HostFile {
+  if (file.base !== undefined) return truncateHostOverBase(file, file.base, length);
   if (length >= file.length) return { length, pages: file.pages };
   const lastPage = pageIndexOf(length + BigInt(PAGE_SIZE - 1));
   let pages = file.pages.deleteRange(lastPage, POW32[11]! - 1);
@@ -215,6 +520,26 @@ export function truncateHost(file: HostFile, length: bigint): HostFile {
     }
   }
   return { length, pages };
+}
+
+/** truncateHost of a file with a base. */
+function truncateHostOverBase(file: HostFile, base0: HostBase, length: bigint): HostFile {
+  if (length >= file.length) return { length, pages: file.pages, base: base0 };
+  let pages = file.pages.deleteRange(pageIndexOf(length + BigInt(PAGE_SIZE - 1)), POW32[11]! - 1);
+  if (length === 0n) return { length, pages }; // nothing of the base can show again
+  // The limit never rises, so it stays at most the file's length.
+  const base = length < base0.limit ? new HostBase(base0.reader, length, base0.hidden, base0.cache) : base0;
+  const tail = Number(length & BigInt(PAGE_SIZE - 1));
+  if (tail !== 0) {
+    const idx = pageIndexOf(length);
+    const p = pages.get(idx);
+    if (p !== undefined) {
+      const q = p.slice();
+      q.fill(0, tail);
+      pages = !isZeroBytes(q) ? pages.set(idx, q) : baseVisible(base, idx) ? pages.set(idx, ZERO_PAGE) : pages.delete(idx);
+    }
+  }
+  return { length, pages, base };
 }
 
 /**
@@ -239,10 +564,33 @@ export function hostBytes(file: HostFile): Uint8Array {
   return readHost(file, 0n, Number(file.length));
 }
 
-/** A host file holding `bytes`. */
+/** A host file holding `bytes` (copied: later changes to `bytes` do not show). */
 export function hostFromBytes(bytes: Uint8Array): HostFile {
   const f = writeHost(emptyHostFile(), 0n, bytes);
   return { length: BigInt(bytes.length), pages: f.pages };
+}
+
+/**
+ * A host file showing `reader`'s content, `reader.length` bytes, with no pages in memory: bytes are
+ * read from `reader` when needed (see HostReader for what the reader must guarantee).
+ */
+export function hostFromReader(reader: HostReader): HostFile {
+  return rebaseHostFile({ length: reader.length, pages: PageMap.EMPTY }, reader);
+}
+
+/**
+ * A host file with the same content as `file` whose base is `reader` and whose overlay is empty:
+ * what a driver uses after writing `file`'s pending host I/O to the real file, to drop the written
+ * pages from memory. Precondition: `reader` shows exactly `file`'s content (same length, same
+ * bytes) — this is checked for the length only (HostReaderError 'length-mismatch'); other bytes are
+ * trusted. `file` is unchanged.
+ */
+export function rebaseHostFile(file: HostFile, reader: HostReader): HostFile {
+  if (reader.length !== file.length) {
+    throw new HostReaderError('length-mismatch', `host reader has ${reader.length} byte(s), the file ${file.length}`);
+  }
+  if (reader.length === 0n) return emptyHostFile();
+  return { length: file.length, pages: PageMap.EMPTY, base: new HostBase(reader, reader.length, [], new BasePageCache(reader)) };
 }
 
 // ---------------------------------------------------------------------------------------------
