@@ -8,6 +8,8 @@
  * - Errors: only `Qcow2FormatError` (code, structure, field, offset) escapes a decoder.
  * - The model: `createImage`, `loadImage` / `storeImage`, `step(image, op) → {image, io}`, `readGuest`,
  *   `mapImage`, `closeImage` — pure functions over immutable Images; `ModelError` for refusals.
+ *   Images may lie over a read-only HostReader (`loadImage(reader)`, `hostFromReader`), and a driver
+ *   that writes the file rebases onto a new reader (`rebaseHostFile`) to keep memory bounded.
  * - The oracles: `RawDisk` (a flat sparse disk with the same ops) and `checkInvariants`.
  */
 export * from '../generated/qcow2.ts';
@@ -24,11 +26,12 @@ export { createImage, CreateError, type CreateOptions, type CreateResult } from 
 export { loadImage, storeImage, storeDataFile, type LoadOptions } from './model/load-store.ts';
 export { readGuest } from './model/read.ts';
 export { mapImage, type MapExtent, type MapOptions, type HostAllocation } from './model/map.ts';
-export { imageBackingSource, rawBackingSource } from './model/backing.ts';
+export { imageBackingSource, rawBackingSource, rawReaderBackingSource } from './model/backing.ts';
 export { closeImage } from './model/close.ts';
 export { ModelError, type ModelErrorCode } from './model/errors.ts';
 export { freshSession, geometryOf, type BackingSource, type Geometry, type HeaderState, type Image, type SessionState } from './model/image.ts';
 export { applyHostIO, emptyHostFile, hostBytes, hostFromBytes, readHost, type HostFile, type HostIO, type HostTarget } from './model/host-file.ts';
+export { hostFromReader, rebaseHostFile, HostReaderError, type HostBase, type HostReader } from './model/host-file.ts';
 export { formatScript, parseScript, parseScriptValue, ScriptError } from './model/script.ts';
 export { RawDisk, RawDiskError, type RawDiskConfig } from './oracle/raw-disk.ts';
 export { checkInvariants, type InvariantKind, type InvariantViolation } from './oracle/invariants.ts';

@@ -16,7 +16,8 @@ import { parseArgs } from 'node:util';
 import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QObject } from '../model/info.ts';
 import { isQcow2FormatError } from '../format/errors.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo } from './io.ts';
-import { OpenImageError, openImage, type OpenedLayer } from './open-image.ts';
+import { HostReaderError } from '../model/host-file.ts';
+import { OpenImageError, withOpenImage, type OpenedLayer } from './open-image.ts';
 
 /** Help text of the info command. */
 export const INFO_HELP = `Usage: qcow2-ref info [--output=human|json] [--backing-chain]
@@ -377,13 +378,19 @@ export async function runInfo(args: readonly string[], io: CliIo): Promise<numbe
   const policy = { allowBacking: parsed.values['allow-backing'] === true || allowBackingPath, allowBackingPath };
   let text: string;
   try {
-    const top = await openImage(image, policy, { backing: chain, dataFile: 'ignore' });
-    const { infos, warnings } = layerInfos(top);
-    for (const w of warnings) io.stderr(`qcow2-ref: ${w}\n`);
-    text = formatInfo(infos, output, chain);
+    text = await withOpenImage(image, policy, { backing: chain, dataFile: 'ignore' }, (top) => {
+      const { infos, warnings } = layerInfos(top);
+      for (const w of warnings) io.stderr(`qcow2-ref: ${w}\n`);
+      return formatInfo(infos, output, chain);
+    });
   } catch (e) {
     if (e instanceof OpenImageError) {
       io.stderr(`qcow2-ref: ${e.file}: ${e.detail}\n`);
+      return EXIT_DECODE;
+    }
+    if (e instanceof HostReaderError) {
+      // A file changed or failed under the reader after it was opened.
+      io.stderr(`qcow2-ref: ${image}: ${e.message}\n`);
       return EXIT_DECODE;
     }
     throw e;

@@ -1,8 +1,9 @@
 /**
- * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run, info, map). Exit codes: 0 ok, 1 the
+ * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run, info, map, convert). Exit codes: 0 ok, 1 the
  * image could not be decoded / the operation was refused, 2 usage error.
  */
 import { parseArgs } from 'node:util';
+import { CONVERT_HELP, runConvertCommand } from './convert.ts';
 import { CREATE_HELP, runCreate } from './create.ts';
 import { DUMP_HELP, runDump } from './dump.ts';
 import { INFO_HELP, runInfo } from './info.ts';
@@ -26,6 +27,10 @@ Commands:
   map [--output=human|json] [--allow-backing] IMAGE
                    What 'qemu-img map' prints, text for text, through the
                    backing chain (opened only with --allow-backing).
+  convert [-f qcow2|raw] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [--allow-backing] IN OUT
+                   Convert IN to OUT as 'qemu-img convert' does (qcow2 <-> raw,
+                   qcow2 -> qcow2, -c compressed), streamed in bounded memory;
+                   OUT is replaced only once it is complete.
   run [--output=human|json] [--quiet] [--allow-data-file-path] IMAGE SCRIPT
                    Apply a JSON op script (docs/op-script.md) to an image
                    (and its external data file) through the model, then close
@@ -38,8 +43,9 @@ Options:
 Exit codes:
   0  success
   1  the image could not be decoded (or read); create: qemu-img would refuse
-     the options; run: an op failed (the image is left unchanged); info, map:
-     a file the image refers to was refused
+     the options; run: an op failed (the image is left unchanged); info, map,
+     convert: a file the image refers to was refused; convert: OUT could not
+     be written (it is left unchanged)
   2  usage error (unknown command or option, missing argument); run: the
      script is invalid
 `;
@@ -55,6 +61,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   run: { help: RUN_HELP, run: (args, io) => runRun(args, io) },
   info: { help: INFO_HELP, run: runInfo },
   map: { help: MAP_HELP, run: runMap },
+  convert: { help: CONVERT_HELP, run: runConvertCommand },
 };
 
 /**

@@ -18,6 +18,7 @@
 import { parseArgs } from 'node:util';
 import { isQcow2FormatError } from '../format/errors.ts';
 import { ModelError } from '../model/errors.ts';
+import { HostReaderError } from '../model/host-file.ts';
 import type { MapExtent } from '../model/map.ts';
 import { parseQemuSize } from './create.ts';
 import { probeHostAllocationsOrFull } from './host-allocation.ts';
@@ -176,7 +177,7 @@ export async function runMap(args: readonly string[], io: CliIo): Promise<number
     allowDataFilePath: parsed.values['allow-data-file-path'] === true,
   };
 
-  let top: OpenedLayer;
+  let top: OpenedLayer | undefined;
   let extents: MapExtent[];
   try {
     top = await openImage(imagePath, policy, { backing: true, dataFile: 'stat' });
@@ -192,11 +193,14 @@ export async function runMap(args: readonly string[], io: CliIo): Promise<number
       io.stderr(`qcow2-ref: ${e.file}: ${e.detail}\n`);
       return EXIT_DECODE;
     }
-    if (e instanceof ModelError || isQcow2FormatError(e)) {
+    if (e instanceof ModelError || isQcow2FormatError(e) || e instanceof HostReaderError) {
       io.stderr(`qcow2-ref: ${imagePath}: Could not read file metadata: ${e.message}\n`);
       return EXIT_DECODE;
     }
     throw e;
+  } finally {
+    // The extents are plain values: every file can be closed before printing.
+    top?.close();
   }
   // An empty range: qemu-img prints its initial, empty entry.
   if (extents.length === 0) {
@@ -208,7 +212,8 @@ export async function runMap(args: readonly string[], io: CliIo): Promise<number
     io.stdout(formatMapJson(extents));
     return EXIT_OK;
   }
-  const human = formatMapHuman(extents, (d) => fileAtDepth(top, d));
+  const opened = top;
+  const human = formatMapHuman(extents, (d) => fileAtDepth(opened, d));
   io.stdout(human.text);
   if (human.error !== undefined) {
     io.stderr(`qcow2-ref: ${imagePath}: guest offset 0x${human.error.start.toString(16)}: File contains external, encrypted or compressed clusters.\n`);

@@ -1,8 +1,9 @@
 /**
  * Opening an image file the way QEMU 7.2 does, for the CLI commands that read images: the file is
- * read and loaded as a model Image; the files its header names — the backing file (recursively) and
- * the external data file — are found as QEMU finds them, but only as far as the caller's policy
- * allows.
+ * loaded as a model Image through a file reader (src/cli/file-reader.ts: positioned reads, nothing
+ * read until the model needs it, so memory does not grow with the file's size); the files its
+ * header names — the backing file (recursively) and the external data file — are found as QEMU
+ * finds them, but only as far as the caller's policy allows.
  *
  * Where the named files are:
  * - backing file: the header's name taken relative to the directory of the image naming it, purely
@@ -28,15 +29,23 @@
  * the image's directory is followed (it was put there by whoever controls the directory, not by the
  * image). Chains are limited to MAX_BACKING_DEPTH files and a file that appears twice in a chain
  * (same device and inode) is refused, so a crafted loop cannot make the command run forever.
+ *
+ * Every opened file is held open by a reader until the caller closes the chain: `openImage` returns
+ * the top layer with a `close()` that closes every reader of the chain (withOpenImage does it for a
+ * callback). The files must not change while the layers, or Images built on them, are used.
  */
-import { open, readFile, stat } from 'node:fs/promises';
+import { fstatSync } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { isQcow2FormatError } from '../format/errors.ts';
+import { HostReaderError } from '../model/host-file.ts';
+import { rawReaderBackingSource } from '../model/backing.ts';
 import type { BackingSource, Image } from '../model/image.ts';
 import { headerReferences, pathHasProtocol, qemuFullBackingFilename, type HeaderReferences } from '../model/info.ts';
 import { loadImage } from '../model/load-store.ts';
 import { mapImage, type HostAllocation, type MapExtent, type MapOptions } from '../model/map.ts';
 import { readGuest } from '../model/read.ts';
+import { fileReader, type FileReader } from './file-reader.ts';
 
 /** Longest backing chain opened (the top image included). */
 export const MAX_BACKING_DEPTH = 64;
@@ -105,14 +114,20 @@ export interface OpenedLayer {
   readonly filename: string;
   readonly format: 'qcow2' | 'raw';
   readonly stat: FileStat;
-  readonly bytes: Uint8Array;
-  /** qcow2 only: the Image loaded from `bytes` (with its data file when read, without backing). */
+  /** The open reader of the file (closed by `close`). */
+  readonly reader: FileReader;
+  /** qcow2 only: the Image loaded through `reader` (with its data file when read, without backing). */
   readonly image?: Image;
   /** qcow2 only: the header's references (backing name and format, data file, ...). */
   readonly refs?: HeaderReferences;
   readonly dataFile?: OpenedDataFile;
   /** The opened backing layer, when the chain was followed. */
   readonly backing?: OpenedLayer;
+  /**
+   * Closes the readers of this layer (its file and data file) and of every layer below it. Idempotent.
+   * Reading through the layer, or an Image built on it, afterwards throws HostReaderError('io').
+   */
+  close(): void;
 }
 
 function errnoText(e: unknown): string {
@@ -132,10 +147,20 @@ async function statFile(path: string, owner: string): Promise<FileStat> {
   }
 }
 
-async function readWhole(path: string, owner: string): Promise<Uint8Array> {
+/** A reader of the file at `path` and what fstat says about the file it opened. */
+function openReader(path: string, owner: string): { reader: FileReader; stat: FileStat } {
+  let reader: FileReader;
   try {
-    return new Uint8Array(await readFile(path));
+    reader = fileReader(path);
   } catch (e) {
+    throw new OpenImageError('read', owner, `Could not open '${path}': ${errnoText(e)}`);
+  }
+  try {
+    const st = fstatSync(reader.fd, { bigint: true });
+    if (st.isDirectory()) throw Object.assign(new Error('EISDIR'), { code: 'EISDIR' });
+    return { reader, stat: { length: st.size, allocatedBytes: st.blocks * 512n, dev: st.dev, ino: st.ino } };
+  } catch (e) {
+    reader.close();
     throw new OpenImageError('read', owner, `Could not open '${path}': ${errnoText(e)}`);
   }
 }
@@ -189,59 +214,77 @@ async function openLayer(
   opts: OpenOptions,
   seen: FileStat[],
 ): Promise<OpenedLayer> {
-  const st = await statFile(filename, filename);
-  if (seen.some((s) => s.dev === st.dev && s.ino === st.ino)) {
-    throw new OpenImageError('loop', filename, `Backing file '${filename}' creates an infinite loop.`);
-  }
-  if (seen.length >= MAX_BACKING_DEPTH) {
-    throw new OpenImageError('unsupported', filename, `backing chain longer than ${MAX_BACKING_DEPTH} files`);
-  }
-  const bytes = await readWhole(filename, filename);
-  if (format === 'raw') return { filename, format, stat: st, bytes };
-
-  let refs: HeaderReferences;
-  let image: Image;
+  const { reader, stat: st } = openReader(filename, filename);
+  // Everything opened from here on is closed again if this layer cannot be opened.
+  const opened: { close(): void }[] = [reader];
+  const closeAll = (): void => {
+    for (const r of opened) r.close();
+  };
   try {
-    image = loadImage(bytes);
-    refs = headerReferences(image);
+    if (seen.some((s) => s.dev === st.dev && s.ino === st.ino)) {
+      throw new OpenImageError('loop', filename, `Backing file '${filename}' creates an infinite loop.`);
+    }
+    if (seen.length >= MAX_BACKING_DEPTH) {
+      throw new OpenImageError('unsupported', filename, `backing chain longer than ${MAX_BACKING_DEPTH} files`);
+    }
+    if (format === 'raw') return { filename, format, stat: st, reader, close: closeAll };
+
+    let refs: HeaderReferences;
+    let image: Image;
+    try {
+      image = loadImage(reader);
+      refs = headerReferences(image);
+    } catch (e) {
+      if (isQcow2FormatError(e)) throw new OpenImageError('decode', filename, e.message);
+      if (e instanceof HostReaderError) throw new OpenImageError('read', filename, e.message);
+      throw e;
+    }
+    let dataFile: OpenedDataFile | undefined;
+    let dataReader: FileReader | undefined;
+    const h = image.header;
+    if (opts.dataFile !== 'ignore' && h.version === 3 && (h.incompatibleFeatures & 4n) !== 0n) {
+      if (refs.dataFile === undefined) throw new OpenImageError('decode', filename, `'data-file' is required for this image`);
+      const path = dataFilePathOf(filename, refs.dataFile, policy.allowDataFilePath === true);
+      if (opts.dataFile === 'read') {
+        const d = openReader(path, filename);
+        dataReader = d.reader;
+        opened.push(dataReader);
+        dataFile = { name: refs.dataFile, path, stat: d.stat };
+      } else {
+        dataFile = { name: refs.dataFile, path, stat: await statFile(path, filename) };
+      }
+    }
+    let backing: OpenedLayer | undefined;
+    if (opts.backing === true && refs.backingFile !== undefined) {
+      if (policy.allowBacking !== true) {
+        throw new OpenImageError('refused', filename,
+          `has backing file '${refs.backingFile}', which is opened only with --allow-backing (the image's header should not choose which files are read)`);
+      }
+      const path = backingPathOf(filename, refs.backingFile, policy.allowBackingPath === true);
+      const fmt = refs.backingFormat;
+      let bfmt: 'qcow2' | 'raw';
+      if (fmt === 'qcow2' || fmt === 'raw') bfmt = fmt;
+      else if (fmt !== undefined) throw new OpenImageError('unsupported', filename, `backing file format '${fmt}' is not supported by qcow2-ref (only qcow2 and raw)`);
+      else bfmt = isQcow2(await readHead(path, filename)) ? 'qcow2' : 'raw';
+      backing = await openLayer(path, bfmt, policy, opts, [...seen, st]);
+      opened.push(backing);
+    }
+    if (dataReader !== undefined) image = loadImage(reader, { dataFile: dataReader });
+    return {
+      filename,
+      format,
+      stat: st,
+      reader,
+      image,
+      refs,
+      ...(dataFile !== undefined ? { dataFile } : {}),
+      ...(backing !== undefined ? { backing } : {}),
+      close: closeAll,
+    };
   } catch (e) {
-    if (isQcow2FormatError(e)) throw new OpenImageError('decode', filename, e.message);
+    closeAll();
     throw e;
   }
-  let dataFile: OpenedDataFile | undefined;
-  let dataBytes: Uint8Array | undefined;
-  const h = image.header;
-  if (opts.dataFile !== 'ignore' && h.version === 3 && (h.incompatibleFeatures & 4n) !== 0n) {
-    if (refs.dataFile === undefined) throw new OpenImageError('decode', filename, `'data-file' is required for this image`);
-    const path = dataFilePathOf(filename, refs.dataFile, policy.allowDataFilePath === true);
-    dataFile = { name: refs.dataFile, path, stat: await statFile(path, filename) };
-    if (opts.dataFile === 'read') dataBytes = await readWhole(path, filename);
-  }
-  let backing: OpenedLayer | undefined;
-  if (opts.backing === true && refs.backingFile !== undefined) {
-    if (policy.allowBacking !== true) {
-      throw new OpenImageError('refused', filename,
-        `has backing file '${refs.backingFile}', which is opened only with --allow-backing (the image's header should not choose which files are read)`);
-    }
-    const path = backingPathOf(filename, refs.backingFile, policy.allowBackingPath === true);
-    const fmt = refs.backingFormat;
-    let bfmt: 'qcow2' | 'raw';
-    if (fmt === 'qcow2' || fmt === 'raw') bfmt = fmt;
-    else if (fmt !== undefined) throw new OpenImageError('unsupported', filename, `backing file format '${fmt}' is not supported by qcow2-ref (only qcow2 and raw)`);
-    else bfmt = isQcow2(await readHead(path, filename)) ? 'qcow2' : 'raw';
-    backing = await openLayer(path, bfmt, policy, opts, [...seen, st]);
-  }
-  if (dataBytes !== undefined) image = loadImage(bytes, { dataFile: dataBytes });
-  return {
-    filename,
-    format,
-    stat: st,
-    bytes,
-    image,
-    refs,
-    ...(dataFile !== undefined ? { dataFile } : {}),
-    ...(backing !== undefined ? { backing } : {}),
-  };
 }
 
 /** The first 4 bytes of the file at `path` (fewer if it is shorter). */
@@ -260,11 +303,13 @@ async function readHead(path: string, owner: string): Promise<Uint8Array> {
 }
 
 /**
- * Opens the image at `path` (as given: it is QEMU's name for the top file) under `policy`: reads
- * the file, loads it (qcow2 magic required), checks and stats its external data file (reading it
- * only with `opts.dataFile: 'read'`, leaving it alone with 'ignore'), and with `opts.backing` follows the backing chain. Throws only
+ * Opens the image at `path` (as given: it is QEMU's name for the top file) under `policy`: opens a
+ * reader of the file and loads it through it (qcow2 magic required; only the header is read now),
+ * checks and stats its external data file (opening a reader of it only with `opts.dataFile: 'read'`,
+ * leaving it alone with 'ignore'), and with `opts.backing` follows the backing chain. Throws only
  * OpenImageError: unreadable or undecodable files (the message names the file, and for a decode
- * error the structure, field and offset), refused names, unsupported formats, loops.
+ * error the structure, field and offset), refused names, unsupported formats, loops; nothing stays
+ * open then. On success the caller must call the result's `close()` (or use withOpenImage).
  */
 export async function openImage(path: string, policy: OpenPolicy = {}, opts: OpenOptions = {}): Promise<OpenedLayer> {
   const head = await readHeadOrFail(path);
@@ -272,6 +317,19 @@ export async function openImage(path: string, policy: OpenPolicy = {}, opts: Ope
     throw new OpenImageError('decode', path, 'header.magic at 0x0: Image is not in qcow2 format');
   }
   return openLayer(path, 'qcow2', policy, opts, []);
+}
+
+/**
+ * openImage, then `fn` with the opened top layer; the chain is closed when `fn` settles, whether it
+ * returned or threw. Returns what `fn` returns; throws what openImage or `fn` throws.
+ */
+export async function withOpenImage<T>(path: string, policy: OpenPolicy, opts: OpenOptions, fn: (top: OpenedLayer) => T | Promise<T>): Promise<T> {
+  const top = await openImage(path, policy, opts);
+  try {
+    return await fn(top);
+  } finally {
+    top.close();
+  }
 }
 
 async function readHeadOrFail(path: string): Promise<Uint8Array> {
@@ -337,40 +395,8 @@ export function mapLayer(layer: OpenedLayer, image: Image, hosts: HostAllocation
 
 /** A raw file as QEMU's file-posix reports it: data ranges as data, holes and the tail of the last sector as zeros. */
 function rawSource(layer: OpenedLayer, hosts: HostAllocations | undefined): BackingSource {
-  const bytes = layer.bytes;
-  const length = BigInt(bytes.length);
-  const size = (length + 511n) & ~511n;
   const alloc = hosts?.get(layer.filename);
-  const data: readonly (readonly [bigint, bigint])[] = alloc !== undefined ? alloc.data : length > 0n ? [[0n, length]] : [];
-  return {
-    size,
-    read: (offset, n) => {
-      const out = new Uint8Array(n);
-      if (offset < length) {
-        const from = Number(offset);
-        out.set(bytes.subarray(from, Math.min(bytes.length, from + n)));
-      }
-      return out;
-    },
-    map: (offset, n) => {
-      const end = offset + n;
-      const out: MapExtent[] = [];
-      let at = offset;
-      const piece = (to: bigint, isData: boolean): void => {
-        if (to <= at) return;
-        out.push({ start: at, length: to - at, depth: 0, present: true, zero: !isData, data: isData, offset: at });
-        at = to;
-      };
-      for (const [a, b] of data) {
-        if (at >= end) break;
-        if (b <= at) continue;
-        piece(a < end ? a : end, false);
-        piece(b < end ? b : end, true);
-      }
-      piece(end, false);
-      return out;
-    },
-  };
+  return rawReaderBackingSource(layer.reader, alloc?.data);
 }
 
 /**

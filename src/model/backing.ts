@@ -2,6 +2,7 @@
  * Backing sources: what an overlay reads through when its clusters are unallocated (fact sheet §3.6).
  * A model Image can be the backing image of another, so chains of any depth are built from Images.
  */
+import { HostReaderError, type HostReader } from './host-file.ts';
 import type { BackingSource, Image } from './image.ts';
 import { mapImage, type MapExtent, type MapOptions } from './map.ts';
 import { readGuest } from './read.ts';
@@ -30,27 +31,58 @@ export function imageBackingSource(image: Image, mapOptions: MapOptions = {}): B
  */
 export function rawBackingSource(bytes: Uint8Array): BackingSource {
   const copy = bytes.slice();
-  const length = BigInt(copy.length);
+  return rawReaderBackingSource({
+    length: BigInt(copy.length),
+    // A view is enough: rawReaderBackingSource copies what it reads into a fresh array.
+    read: (offset, n) => copy.subarray(Number(offset), Number(offset) + n),
+  });
+}
+
+/**
+ * A raw backing file read through `reader` (e.g. a file, with positioned reads), never copied into
+ * memory: the same BackingSource rawBackingSource makes of the reader's bytes. QEMU sees the file's
+ * length rounded up to 512 bytes (bdrv_getlength counts sectors); reads return the reader's bytes and
+ * zeros past its end. `map` reports the ranges of `data` (sorted, disjoint [start, end) pairs: what
+ * SEEK_DATA/SEEK_HOLE say holds data; default the whole file) as data, and holes and the tail of the
+ * last sector as zeros, every extent at its own offset — what QEMU's file-posix block status reports
+ * for a raw file. The reader's content must not change while the source is used (HostReader);
+ * a reader that returns fewer bytes than asked makes `read` throw HostReaderError('short-read').
+ */
+export function rawReaderBackingSource(reader: HostReader, data?: readonly (readonly [bigint, bigint])[]): BackingSource {
+  const length = reader.length;
   const size = (length + 511n) & ~511n;
+  const ranges: readonly (readonly [bigint, bigint])[] = data ?? (length > 0n ? [[0n, length]] : []);
   return {
     size,
     read: (offset, n) => {
       const out = new Uint8Array(n);
-      if (offset < length) {
-        const from = Number(offset);
-        out.set(copy.subarray(from, Math.min(copy.length, from + n)));
+      const end = offset + BigInt(n) < length ? offset + BigInt(n) : length;
+      if (offset < end) {
+        const want = Number(end - offset);
+        const got = reader.read(offset, want);
+        if (got.length !== want) {
+          throw new HostReaderError('short-read', `raw backing reader returned ${got.length} byte(s) at 0x${offset.toString(16)}, not ${want}`);
+        }
+        out.set(got);
       }
       return out;
     },
     map: (offset, n) => {
       const end = offset + n;
       const out: MapExtent[] = [];
-      if (offset < length) {
-        const to = end < length ? end : length;
-        out.push({ start: offset, length: to - offset, depth: 0, present: true, zero: false, data: true, offset });
+      let at = offset;
+      const piece = (to: bigint, isData: boolean): void => {
+        if (to <= at) return;
+        out.push({ start: at, length: to - at, depth: 0, present: true, zero: !isData, data: isData, offset: at });
+        at = to;
+      };
+      for (const [a, b] of ranges) {
+        if (at >= end) break;
+        if (b <= at) continue;
+        piece(a < end ? a : end, false);
+        piece(b < end ? b : end, true);
       }
-      const from = offset > length ? offset : length;
-      if (from < end) out.push({ start: from, length: end - from, depth: 0, present: true, zero: true, data: false, offset: from });
+      piece(end, false);
       return out;
     },
   };

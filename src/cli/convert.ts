@@ -1,0 +1,979 @@
+/**
+ * `qcow2-ref convert [-f qcow2|raw] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] IN OUT`: what
+ * `qemu-img convert` (QEMU 7.2) does for qcow2 and raw images, streamed: memory does not depend on
+ * the size of the image or of its data.
+ *
+ * The copy loop is qemu-img.c's (convert_iteration_sectors, convert_co_write, is_allocated_sectors,
+ * is_allocated_sectors_min), run in order as qemu-img runs it with its default in-order writes:
+ * - the input is walked by block status: for a qcow2 input the model's map (mapImage, through the
+ *   backing chain when it is opened), for a raw input the file's data/hole ranges
+ *   (SEEK_DATA/SEEK_HOLE, src/cli/host-allocation.ts). A data extent ends where QEMU's would: at
+ *   the end of an L2 table of every qcow2 layer involved, after one cluster for compressed data, at
+ *   most BDRV_REQUEST_MAX_BYTES after its start, and aligned down to the input's cluster size when it
+ *   crosses such a boundary (QEMU's source alignment); zero extents are not cut at L2 tables, which
+ *   changes no write (see qcow2Source);
+ * - zero extents (unallocated, zero clusters, holes) are not written at all: both outputs are new
+ *   files that read as zeros (QEMU's has_zero_init), so the raw output stays sparse there and the
+ *   qcow2 output leaves those clusters unallocated;
+ * - data extents are read in chunks of at most 2 MiB (one output cluster with -c) through the model's
+ *   read path (readGuest) or the raw file, and each chunk is written except for runs of zeros of at
+ *   least 4 KiB (qemu-img's default -S 4k sparse detection, aligned to 4 KiB exactly as
+ *   is_allocated_sectors does); with -c a cluster is written compressed unless it is all zeros.
+ *
+ * The output is written to a temporary file next to OUT and renamed over OUT only once it is
+ * complete and fsync'ed; on any failure (or SIGINT/SIGTERM) the temporary file is removed and OUT is
+ * untouched.
+ * - raw output: the temporary file is truncated to the virtual size (a sparse file), its first block
+ *   is allocated as QEMU's file-posix does, and the data chunks are written at their guest offsets.
+ * - qcow2 output: createImage with the -o options (the names `qcow2-ref create` takes) is written to
+ *   the temporary file; then every chunk is a model `step` (write, or writeCompressed per cluster)
+ *   whose host I/O is applied to the file at once, and closeImage ends it. The model's flush barriers
+ *   are not fsync'ed one by one — like qemu-img convert (cache=unsafe) — because the temporary file is
+ *   worthless until the final fsync and rename. To keep memory bounded, the Image's host file is
+ *   rebased (rebaseHostFile) onto a reader of the output file every REBASE_BYTES of host writes, which
+ *   drops the pages written so far from memory. This is safe although the reader's file keeps changing
+ *   after the rebase: every byte written to the file after a rebase is also in the Image's overlay
+ *   (the HostIO and the new Image come from the same step), and the overlay always hides the base
+ *   where they differ, so the base is only read where the file still holds what it held at the rebase.
+ *
+ * Files IN refers to (backing files, an external data file) are opened under the same policy as
+ * `info` and `map` (src/cli/open-image.ts): backing files only with --allow-backing.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { isZeroBytes } from '../format/bytes.ts';
+import { isQcow2FormatError } from '../format/errors.ts';
+import { closeImage } from '../model/close.ts';
+import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
+import { ModelError } from '../model/errors.ts';
+import { applyHostIO, HostReaderError, hostTargetOf, rebaseHostFile, type HostIO } from '../model/host-file.ts';
+import { geometryOf, type Image } from '../model/image.ts';
+import { mapImage, type MapExtent } from '../model/map.ts';
+import { readGuest } from '../model/read.ts';
+import { step } from '../model/step.ts';
+import { parseQemuSize, writeHostFileTo } from './create.ts';
+import { fileReader, type FileReader } from './file-reader.ts';
+import { probeHostAllocationsOrFull } from './host-allocation.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo } from './io.ts';
+import { OpenImageError, chainImage, openImage, type OpenedLayer } from './open-image.ts';
+import { NO_PROGRESS, startProgress, type Progress } from './progress.ts';
+
+/** Help text of the convert command. */
+export const CONVERT_HELP = `Usage: qcow2-ref convert [-f qcow2|raw] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q]
+                         [--allow-backing] [--allow-backing-path]
+                         [--allow-data-file-path] IN OUT
+
+Converts the disk image IN to OUT as 'qemu-img convert' (QEMU 7.2) does: the
+guest content of OUT is that of IN. Formats: qcow2 to raw, raw to qcow2
+(optionally compressed), qcow2 to qcow2 (and raw to raw).
+
+Streaming: IN is read in chunks of at most 2 MiB and OUT is written as it
+goes, so memory does not grow with the size of the image or of its data.
+Ranges of IN that are unallocated or read as zeros (and runs of at least
+4 KiB of zeros inside data, as qemu-img's default -S 4k) are not written: a
+raw OUT is sparse there and a qcow2 OUT leaves them unallocated.
+
+OUT is written to a temporary file in its directory and renamed over OUT
+only when it is complete and synced; if anything fails (or the command is
+interrupted) the temporary file is removed and OUT is left as it was. An
+existing OUT is replaced, as qemu-img does.
+
+Options:
+  -f FMT           Format of IN: qcow2 or raw (default: qcow2 when IN starts
+                   with the qcow2 magic, else raw).
+  -O FMT           Format of OUT: raw (default, as qemu-img) or qcow2.
+  -o OPTIONS       qcow2 creation options of OUT, with the names and syntax of
+                   'qcow2-ref create' (key=value,...; several -o accumulate):
+                   cluster_size, compat, refcount_bits, extended_l2,
+                   compression_type, lazy_refcounts, preallocation. OUT gets
+                   IN's virtual size; backing and data files cannot be set.
+  -c               Compress OUT (qcow2 only): every cluster that is not all
+                   zeros is written compressed (a cluster that does not shrink
+                   is stored normally, as QEMU does).
+  -p               Show a progress bar on stderr when stderr is a terminal
+                   (nothing is printed otherwise).
+  -q               Quiet: no progress bar.
+  --allow-backing  Read IN's backing files (needed when IN has one). Their
+                   names are taken relative to the directory of the image
+                   naming them; a name that is absolute, leads out of that
+                   directory or names a protocol is refused unless
+                   --allow-backing-path is also given.
+  --allow-backing-path
+                   Accept such backing file names (implies --allow-backing).
+  --allow-data-file-path
+                   Accept an external data file name of IN that is absolute
+                   or leads out of IN's directory.
+  -h, --help       Show this help.
+
+Why backing files need a flag: an image's header names the files it refers to,
+and whoever made the image chose those names. A tool that follows them reads
+whatever file the image's author picked (CVE-2015-1851, CVE-2024-32498).
+
+Differences from qemu-img: only qcow2 and raw; no -B/-n/-S/-l/--bitmaps; the
+qcow2 OUT is built by the model (docs/layout-differences.md says where its
+bytes may differ from qemu-img's).
+
+Exit codes:
+  0  OUT was written
+  1  IN (or a file it refers to) could not be read or decoded, a file it
+     refers to was refused, the model refused a write, OUT could not be
+     written, or the command was interrupted; one line on stderr:
+     qcow2-ref: FILE: PROBLEM   (OUT is unchanged)
+  2  usage error (unknown option, wrong number of files, bad format, -c or
+     -o without -O qcow2)
+`;
+
+/** Bytes per sector (BDRV_SECTOR_SIZE). */
+const SECTOR = 512n;
+/** qemu-img's IO_BUF_SIZE: the largest chunk read and written at once. */
+const IO_BUF_SIZE = 2n * 1024n * 1024n;
+/** BDRV_REQUEST_MAX_SECTORS × 512: the longest block-status query. */
+const MAX_STATUS_BYTES = BigInt(0x7fffffff >> 9) * SECTOR;
+/** qemu-img's default -S: runs of at least this many zero sectors are not written. */
+const MIN_SPARSE_SECTORS = 8;
+/** s.alignment = MAX(pow2floor(min_sparse), request_alignment / 512) = 8 sectors for files. */
+const WRITE_ALIGNMENT_SECTORS = 8;
+/** How much host I/O may be applied to a qcow2 output before its Image is rebased onto the file. */
+export const REBASE_BYTES = 8 * 1024 * 1024;
+/** How much of the guest address space the map of a qcow2 input covers at once. */
+const MAP_WINDOW = 1n << 30n;
+
+/** A failure that leaves OUT unchanged; printed as `qcow2-ref: MESSAGE`, exit 1. */
+export class ConvertError extends Error {
+  override readonly name = 'ConvertError';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zero detection (qemu-img.c is_allocated_sectors / is_allocated_sectors_min, QEMU 7.2)
+
+function sectorIsZero(buf: Uint8Array, sector: number): boolean {
+  const from = sector * 512;
+  return isZeroBytes(buf, from, Math.min(512, buf.length - from));
+}
+
+/**
+ * is_allocated_sectors: whether the first sector of `buf` (from sector `first`, `n` sectors) holds
+ * data, and how many sectors from it share that state — a data run's end aligned up and a zero run's
+ * end aligned down to `alignment` sectors (counted from `sectorNum`, the guest sector of `first`),
+ * a short zero run before an unaligned boundary counted as data.
+ */
+function isAllocatedSectors(buf: Uint8Array, first: number, n: number, sectorNum: bigint, alignment: number): { allocated: boolean; count: number } {
+  if (n <= 0) return { allocated: false, count: 0 };
+  const isZero = sectorIsZero(buf, first);
+  let i = 1;
+  while (i < n && sectorIsZero(buf, first + i) === isZero) i++;
+  if (i === n) return { allocated: !isZero, count: i };
+  const tail = Number((sectorNum + BigInt(i)) & BigInt(alignment - 1));
+  let zero = isZero;
+  if (tail !== 0) {
+    if (zero && i <= tail) zero = false;
+    if (!zero) i = Math.min(i + alignment - tail, n);
+    else i -= tail;
+  }
+  return { allocated: !zero, count: i };
+}
+
+/**
+ * qemu-img's is_allocated_sectors_min for `n` sectors of `buf` starting at sector `first` (guest
+ * sector `sectorNum`): when the first sector is zero, the zero run (as isAllocatedSectors); when it
+ * is data, the longest prefix that ends with data and contains no zero run of `min` sectors or more
+ * (shorter zero runs are written with the data, so requests are not broken up for small holes).
+ */
+export function isAllocatedSectorsMin(buf: Uint8Array, first: number, n: number, min: number, sectorNum: bigint, alignment: number): { allocated: boolean; count: number } {
+  const minRun = n < min ? n : min;
+  const head = isAllocatedSectors(buf, first, n, sectorNum, alignment);
+  if (!head.allocated) return head;
+  let numUsed = head.count;
+  let numChecked = numUsed;
+  let at = first + head.count;
+  let left = n - head.count;
+  let sector = sectorNum + BigInt(head.count);
+  while (left > 0) {
+    const r = isAllocatedSectors(buf, at, left, sector, alignment);
+    at += r.count;
+    left -= r.count;
+    sector += BigInt(r.count);
+    numChecked += r.count;
+    if (r.allocated) numUsed = numChecked;
+    else if (r.count >= minRun) break;
+  }
+  return { allocated: true, count: numUsed };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources: block status and reads
+
+/** One block-status answer: `length` bytes from the queried offset are data, or read as zeros. */
+interface Status {
+  readonly length: bigint;
+  readonly data: boolean;
+}
+
+/** What the copy loop reads. */
+interface ConvertSource {
+  /** The input's name, for messages. */
+  readonly name: string;
+  /** The guest size copied (whole sectors, as QEMU's total_sectors). */
+  readonly size: bigint;
+  /** A fresh block-status walker (queries must come in ascending order of offset). */
+  statusWalker(): (offset: bigint, maxLength: bigint) => Status;
+  /** `length` bytes of guest data at `offset` (inside `size`). */
+  read(offset: bigint, length: number): Uint8Array;
+  /** Frees what the source holds open. */
+  close(): void;
+}
+
+const roundUp = (v: bigint, a: bigint): bigint => ((v + a - 1n) / a) * a;
+const roundDown = (v: bigint, a: bigint): bigint => (v / a) * a;
+const min = (a: bigint, b: bigint): bigint => (a < b ? a : b);
+
+/** Where QEMU's block status splits extents of each layer of a qcow2 chain (undefined: a raw layer). */
+interface LayerGeometry {
+  readonly clusterSize: bigint;
+  /** Guest bytes one L2 table maps. */
+  readonly l2Span: bigint;
+}
+
+/** A qcow2 input (its chain opened under the policy) as a ConvertSource. */
+function qcow2Source(top: OpenedLayer): ConvertSource {
+  const image = chainImage(top);
+  const layers: (LayerGeometry | undefined)[] = [];
+  for (let l: OpenedLayer | undefined = top; l !== undefined; l = l.backing) {
+    if (l.image === undefined) {
+      layers.push(undefined);
+      continue;
+    }
+    if (l.image.header.cryptMethod !== 0) throw new ConvertError(`${l.filename}: encrypted images are not supported (qcow2-ref does not decrypt)`);
+    const g = geometryOf(l.image.header);
+    layers.push({ clusterSize: BigInt(g.clusterSize), l2Span: BigInt(g.clusterSize) * BigInt(g.l2Entries) });
+  }
+  const size = image.header.size & ~511n;
+  // QEMU's src_alignment: the input's cluster size in sectors (request_alignment is 1 for qcow2).
+  const alignment = layers[0]!.clusterSize;
+  return {
+    name: top.filename,
+    size,
+    statusWalker() {
+      let window: MapExtent[] = [];
+      let wStart = 0n;
+      let wEnd = 0n;
+      let idx = 0;
+      const load = (from: bigint): void => {
+        wStart = from;
+        wEnd = min(size, from + MAP_WINDOW);
+        window = mapImage(image, wStart, wEnd - wStart);
+        idx = 0;
+      };
+      return (pos, maxLength) => {
+        if (pos < wStart || pos >= wEnd) load(pos);
+        while (idx < window.length && window[idx]!.start + window[idx]!.length <= pos) idx++;
+        let e = window[idx]!;
+        const queryEnd = min(pos + maxLength, size);
+        // The extent may go on past the window: map again from here.
+        if (e.start + e.length === wEnd && wEnd < queryEnd && wStart !== pos) {
+          load(pos);
+          e = window[0]!;
+        }
+        let end = min(e.start + e.length, queryEnd);
+        // QEMU's qcow2 block status stops at the end of each L2 table. For zero extents that changes
+        // nothing that is written (they are skipped, and with -c the cut only decides which whole
+        // clusters are read and found to be zeros), so only data extents are cut: a huge sparse image
+        // with small clusters then needs one query per zero run instead of one per L2 table.
+        for (let d = 0; !e.zero && d <= e.depth && d < layers.length; d++) {
+          const g = layers[d];
+          if (g !== undefined) end = min(end, roundDown(pos, g.l2Span) + g.l2Span);
+        }
+        // Compressed data (data without an offset): QEMU reports one cluster at a time.
+        const g = layers[e.depth];
+        if (e.data && !e.zero && e.offset === undefined && g !== undefined) end = min(end, roundDown(pos, g.clusterSize) + g.clusterSize);
+        let length = end - pos;
+        const tail = (pos + length) % alignment;
+        if (length > tail) length -= tail;
+        return { length, data: !e.zero };
+      };
+    },
+    read: (offset, length) => readGuest(image, offset, length),
+    close: () => top.close(),
+  };
+}
+
+/** A raw input: `reader` over the file, `data` its data ranges (SEEK_DATA/SEEK_HOLE). */
+function rawSource(name: string, reader: FileReader, data: readonly (readonly [bigint, bigint])[]): ConvertSource {
+  const length = reader.length;
+  // bdrv_getlength counts whole sectors; the tail of the last one reads as zeros.
+  const size = roundUp(length, SECTOR);
+  return {
+    name,
+    size,
+    statusWalker() {
+      let i = 0;
+      return (pos, maxLength) => {
+        const queryEnd = min(pos + maxLength, size);
+        while (i < data.length && roundUp(data[i]![1], SECTOR) <= pos) i++;
+        const r = data[i];
+        if (r === undefined) return { length: queryEnd - pos, data: false };
+        const a = roundDown(r[0], SECTOR);
+        if (a > pos) return { length: min(a, queryEnd) - pos, data: false };
+        return { length: min(roundUp(r[1], SECTOR), queryEnd) - pos, data: true };
+      };
+    },
+    read: (offset, n) => {
+      const out = new Uint8Array(n);
+      const end = min(offset + BigInt(n), length);
+      if (end > offset) out.set(reader.read(offset, Number(end - offset)));
+      return out;
+    },
+    close: () => reader.close(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sinks: the output file
+
+/** What the copy loop writes to. */
+interface ConvertSink {
+  /** Cluster size of a compressed output (the unit of compressed writes). */
+  readonly clusterSize: bigint;
+  write(offset: bigint, bytes: Uint8Array): void;
+  writeCompressed(offset: bigint, bytes: Uint8Array): void;
+  /** Completes the file (qcow2: close the image; -c: align the end of the file) and fsyncs it. */
+  finish(compressed: boolean): void;
+  /** Closes the file descriptor (idempotent). */
+  close(): void;
+}
+
+function writeAllSync(fd: number, bytes: Uint8Array, offset: bigint): void {
+  if (offset + BigInt(bytes.length) > BigInt(Number.MAX_SAFE_INTEGER)) throw new ConvertError(`write at ${offset} is beyond what the file system interface can address`);
+  let done = 0;
+  while (done < bytes.length) {
+    done += writeSync(fd, bytes, done, bytes.length - done, Number(offset) + done);
+  }
+}
+
+/**
+ * A raw output: the file truncated to `size` (sparse), data written at guest offsets. Like QEMU's
+ * file-posix, which allocates the first block of a file it grows from empty (allocate_first_block:
+ * 4 KiB of zeros, 512 bytes for files under 4 KiB, so that O_DIRECT block-size probing works on it
+ * later), the first block is written as zeros: the output then has the same holes as qemu-img's.
+ */
+function rawSink(path: string, size: bigint): ConvertSink {
+  const fd = openSync(path, 'wx', 0o644);
+  let open = true;
+  try {
+    ftruncateSync(fd, Number(size));
+    if (size > 0n) writeAllSync(fd, new Uint8Array(size < 4096n ? 512 : 4096), 0n);
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  return {
+    clusterSize: 0n,
+    write: (offset, bytes) => writeAllSync(fd, bytes, offset),
+    writeCompressed: () => {
+      throw new ConvertError('compression is only supported for qcow2 output');
+    },
+    finish: () => fsyncSync(fd),
+    close: () => {
+      if (open) closeSync(fd);
+      open = false;
+    },
+  };
+}
+
+const ZERO_CHUNK = new Uint8Array(1 << 20);
+
+/**
+ * Applies `io` to the file `fd` whose length is `length`; returns the new length and the bytes
+ * issued. Flush barriers are skipped (see the module comment); I/O for an external data file is refused.
+ */
+function applyIo(fd: number, io: readonly HostIO[], length: bigint): { length: bigint; bytes: number } {
+  let len = length;
+  let bytes = 0;
+  const zeros = (offset: bigint, count: bigint): void => {
+    let pos = offset;
+    while (pos < offset + count) {
+      const n = min(offset + count - pos, BigInt(ZERO_CHUNK.length));
+      writeAllSync(fd, ZERO_CHUNK.subarray(0, Number(n)), pos);
+      pos += n;
+      bytes += Number(n);
+    }
+  };
+  for (const op of io) {
+    if (op.kind === 'flush') continue;
+    if (hostTargetOf(op) !== 'image') throw new ConvertError('the model addressed an external data file, which convert does not create');
+    switch (op.kind) {
+      case 'write':
+        writeAllSync(fd, op.bytes, op.offset);
+        bytes += op.bytes.length;
+        if (op.offset + BigInt(op.bytes.length) > len) len = op.offset + BigInt(op.bytes.length);
+        break;
+      case 'zero':
+        zeros(op.offset, op.length);
+        if (op.offset + op.length > len) len = op.offset + op.length;
+        break;
+      case 'discard': {
+        const end = min(op.offset + op.length, len);
+        if (end > op.offset) zeros(op.offset, end - op.offset);
+        break;
+      }
+      case 'truncate':
+        ftruncateSync(fd, Number(op.length));
+        len = op.length;
+        break;
+    }
+  }
+  return { length: len, bytes };
+}
+
+/**
+ * A qcow2 output: `image` (from createImage, already written to `path`) driven through `step`, its
+ * host I/O applied to the file as it comes, rebased onto the file every REBASE_BYTES.
+ */
+function qcow2Sink(path: string, created: Image, outName: string): ConvertSink {
+  const fd = openSync(path, 'r+');
+  let open = true;
+  let length = BigInt(fstatSync(fd).size);
+  let sinceRebase = 0;
+  let image: Image;
+  const rebase = (): void => {
+    // A reader over the descriptor we write (not owned: closing it is a no-op), see the module comment.
+    image = { ...image, file: rebaseHostFile(image.file, fileReader(fd)) };
+    sinceRebase = 0;
+  };
+  try {
+    image = created;
+    rebase();
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  const apply = (io: readonly HostIO[]): void => {
+    const r = applyIo(fd, io, length);
+    length = r.length;
+    sinceRebase += r.bytes;
+    if (sinceRebase >= REBASE_BYTES) rebase();
+  };
+  const run = (op: Parameters<typeof step>[1], what: string): void => {
+    const r = step(image, op);
+    if (!r.ok) throw new ConvertError(`${outName}: ${what}: ${r.error.message}`);
+    image = r.image;
+    apply(r.io);
+  };
+  return {
+    clusterSize: BigInt(geometryOf(created.header).clusterSize),
+    write: (offset, bytes) => run({ kind: 'write', offset, data: bytes }, `write of ${bytes.length} bytes at guest offset ${offset}`),
+    writeCompressed: (offset, bytes) => run({ kind: 'writeCompressed', offset, data: bytes }, `compressed write at guest offset ${offset}`),
+    finish: (compressed) => {
+      if (compressed) {
+        // qemu-img ends a compressed conversion with blk_pwrite_compressed(0 bytes), which qcow2
+        // turns into "align end of file to a sector boundary": a truncate to the length in sectors.
+        // (The model's writeCompressed of 0 bytes does nothing, so the driver issues it.)
+        const aligned = roundUp(length, SECTOR);
+        if (aligned !== length) {
+          const io: HostIO[] = [{ kind: 'truncate', length: aligned }];
+          image = { ...image, file: applyHostIO(image.file, io) };
+          apply(io);
+        }
+      }
+      // The image first, then its I/O: apply() may rebase, which needs the two to agree.
+      const closed = closeImage(image);
+      image = closed.image;
+      apply(closed.io);
+      fsyncSync(fd);
+    },
+    close: () => {
+      if (open) closeSync(fd);
+      open = false;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target options
+
+const TARGET_OPTION_TYPES: Readonly<Record<string, 'size' | 'num' | 'bool' | 'str'>> = {
+  cluster_size: 'size',
+  compat: 'str',
+  compression_type: 'str',
+  extended_l2: 'bool',
+  lazy_refcounts: 'bool',
+  preallocation: 'str',
+  refcount_bits: 'num',
+};
+const NOT_FOR_CONVERT = new Set(['size', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw']);
+
+/** is_valid_option_list of qemu-img.c: not empty, no leading comma, no unescaped trailing comma. */
+function isValidOptionList(s: string): boolean {
+  if (s === '' || s.startsWith(',')) return false;
+  let i = s.length;
+  while (i > 0 && s[i - 1] === ',') i--;
+  return (s.length - i) % 2 === 0;
+}
+
+/** QemuOpts list → [name, value] pairs (`,,` escapes a comma; `key` = on, `nokey` = off). */
+function splitOptions(list: string): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  let i = 0;
+  while (i < list.length) {
+    let j = i;
+    while (j < list.length && list[j] !== '=' && list[j] !== ',') j++;
+    const name = list.slice(i, j);
+    if (list[j] !== '=') {
+      const known = Object.hasOwn(TARGET_OPTION_TYPES, name) || NOT_FOR_CONVERT.has(name);
+      out.push(name.startsWith('no') && !known ? [name.slice(2), 'off'] : [name, 'on']);
+      i = j + 1;
+      continue;
+    }
+    let value = '';
+    j++;
+    while (j < list.length) {
+      if (list[j] === ',') {
+        if (list[j + 1] !== ',') break;
+        value += ',';
+        j += 2;
+        continue;
+      }
+      value += list[j];
+      j++;
+    }
+    out.push([name, value]);
+    i = j + 1;
+  }
+  return out;
+}
+
+/**
+ * The createImage options (without size) of the -o lists `lists`, with qemu-img's messages for bad
+ * values. Throws ConvertError (message without a file name) for an invalid list, unknown or
+ * unsupported option, or a value of the wrong type.
+ */
+export function parseTargetOptions(lists: readonly string[]): Omit<CreateOptions, 'size'> {
+  for (const l of lists) if (!isValidOptionList(l)) throw new ConvertError(`Invalid option list: ${l}`);
+  const o: Record<string, unknown> = {};
+  for (const [name, raw] of splitOptions(lists.join(','))) {
+    if (NOT_FOR_CONVERT.has(name)) throw new ConvertError(`Parameter '${name}' is not supported by qcow2-ref convert (OUT gets IN's size and no backing or data file)`);
+    const type = TARGET_OPTION_TYPES[name];
+    if (!Object.hasOwn(TARGET_OPTION_TYPES, name) || type === undefined) throw new ConvertError(`Invalid parameter '${name}'`);
+    switch (type) {
+      case 'str':
+        o[name] = raw;
+        break;
+      case 'bool':
+        if (['on', 'yes', 'true', 'y'].includes(raw)) o[name] = true;
+        else if (['off', 'no', 'false', 'n'].includes(raw)) o[name] = false;
+        else throw new ConvertError(`Parameter '${name}' expects 'on' or 'off'`);
+        break;
+      case 'num': {
+        if (!/^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.test(raw)) throw new ConvertError(`Parameter '${name}' expects a number`);
+        const v = /^0[xX]/.test(raw) ? BigInt(raw) : raw.length > 1 && raw.startsWith('0') ? BigInt(`0o${raw.slice(1)}`) : BigInt(raw);
+        if (v >= 1n << 64n) throw new ConvertError(`Parameter '${name}' expects a number`);
+        o[name] = v;
+        break;
+      }
+      case 'size': {
+        const v = parseQemuSize(raw);
+        if (typeof v !== 'bigint') throw new ConvertError(`Parameter '${name}' expects a non-negative number below 2^64`);
+        o[name] = v;
+        break;
+      }
+    }
+  }
+  const out: Record<string, unknown> = {
+    clusterSize: o.cluster_size !== undefined ? Number(o.cluster_size as bigint) : undefined,
+    compat: o.compat,
+    refcountBits: o.refcount_bits !== undefined ? Number(o.refcount_bits as bigint) : undefined,
+    extendedL2: o.extended_l2,
+    compressionType: o.compression_type,
+    lazyRefcounts: o.lazy_refcounts,
+    preallocation: o.preallocation,
+  };
+  for (const k of Object.keys(out)) if (out[k] === undefined) delete out[k];
+  return out as Omit<CreateOptions, 'size'>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The copy
+
+/** What a conversion did. */
+export interface ConvertSummary {
+  /** Guest bytes of OUT (IN's size in whole sectors). */
+  readonly size: bigint;
+  /** Guest bytes read from IN (data extents). */
+  readonly bytesRead: bigint;
+  /** Guest bytes written to OUT (data; compressed clusters count their guest size). */
+  readonly bytesWritten: bigint;
+}
+
+/** Hooks of the copy loop. */
+interface CopyHooks {
+  readonly progress: Progress;
+  /** Called between chunks; may throw to abort (interruption). */
+  readonly checkpoint: () => Promise<void>;
+}
+
+/**
+ * Runs `fn`, turning the errors a read of the input can raise (corrupt metadata or compressed data,
+ * an undecodable structure, a file that failed or changed under its reader) into one ConvertError
+ * naming the input, what was being done and where, as qemu-img's "error while reading ..." does.
+ */
+function readingInput<T>(name: string, what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof ModelError || isQcow2FormatError(e) || e instanceof HostReaderError) {
+      throw new ConvertError(`${name}: ${what}: ${e.message.replace(/\r?\n/g, ' ')}`);
+    }
+    throw e;
+  }
+}
+
+/** The data bytes the copy loop will read (qemu-img's allocated_sectors pre-pass), for progress. */
+function dataBytes(source: ConvertSource, compressed: boolean, clusterSize: bigint): bigint {
+  let total = 0n;
+  for (const c of chunksOf(source, compressed, clusterSize)) if (c.data) total += c.length;
+  return total;
+}
+
+/** One piece of the copy: `length` guest bytes at `offset`, data to copy or zeros to skip. */
+interface Chunk {
+  readonly offset: bigint;
+  readonly length: bigint;
+  readonly data: boolean;
+}
+
+/**
+ * convert_iteration_sectors over the whole source: the pieces in order, cut as qemu-img cuts them
+ * (status extents, data in chunks of at most 2 MiB, whole output clusters with -c). Lazy: one
+ * status query at a time, so memory does not depend on the number of pieces.
+ */
+function* chunksOf(source: ConvertSource, compressed: boolean, clusterSize: bigint): Generator<Chunk> {
+  const status = source.statusWalker();
+  const bufBytes = compressed ? clusterSize : IO_BUF_SIZE;
+  const total = source.size;
+  let pos = 0n;
+  let nextStatus = 0n;
+  let data = false;
+  while (pos < total) {
+    let n = min(total - pos, MAX_STATUS_BYTES);
+    if (nextStatus <= pos) {
+      const at = pos;
+      const s = readingInput(source.name, `error while reading block status at guest offset ${at}`, () => status(at, n));
+      data = s.data;
+      nextStatus = pos + s.length;
+    }
+    n = min(n, nextStatus - pos);
+    if (data) n = min(n, bufBytes);
+    if (compressed) {
+      // "We need to write complete clusters for compressed images": a shorter extent is taken as data.
+      if (n < clusterSize) {
+        n = min(clusterSize, total - pos);
+        data = true;
+      } else {
+        n = roundDown(n, clusterSize);
+      }
+    }
+    yield { offset: pos, length: n, data };
+    pos += n;
+  }
+}
+
+/** convert_co_write for one data chunk `buf` at guest offset `pos`; returns the guest bytes written. */
+function writeChunk(sink: ConvertSink, pos: bigint, buf: Uint8Array, compressed: boolean): bigint {
+  if (compressed) {
+    // A compressed cluster is written whole, unless it is all zeros (the new file reads as zeros).
+    if (isZeroBytes(buf)) return 0n;
+    sink.writeCompressed(pos, buf);
+    return BigInt(buf.length);
+  }
+  // Write the data, skip zero runs of at least -S (4 KiB): the new file reads as zeros there.
+  let written = 0n;
+  const sectors = buf.length / 512;
+  let at = 0;
+  while (at < sectors) {
+    const r = isAllocatedSectorsMin(buf, at, sectors - at, MIN_SPARSE_SECTORS, pos / SECTOR + BigInt(at), WRITE_ALIGNMENT_SECTORS);
+    if (r.allocated) {
+      sink.write(pos + BigInt(at) * SECTOR, buf.subarray(at * 512, (at + r.count) * 512));
+      written += BigInt(r.count) * SECTOR;
+    }
+    at += r.count;
+  }
+  return written;
+}
+
+/** Copies every data chunk of `source` to `sink` in guest order; zero chunks are skipped. */
+async function copy(source: ConvertSource, sink: ConvertSink, compressed: boolean, hooks: CopyHooks): Promise<ConvertSummary> {
+  let bytesRead = 0n;
+  let bytesWritten = 0n;
+  for (const c of chunksOf(source, compressed, sink.clusterSize)) {
+    if (!c.data) continue;
+    const buf = readingInput(source.name, `error while reading ${c.length} bytes at guest offset ${c.offset}`, () => source.read(c.offset, Number(c.length)));
+    bytesRead += c.length;
+    bytesWritten += writeChunk(sink, c.offset, buf, compressed);
+    hooks.progress.update(Number(bytesRead));
+    await hooks.checkpoint();
+  }
+  return { size: source.size, bytesRead, bytesWritten };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command
+
+/** What runConvert needs to know about its environment besides the output sinks. */
+export interface ConvertEnv {
+  /** stderr is a terminal (the progress bar is drawn only then). */
+  readonly stderrIsTTY?: boolean;
+  /** Terminal width for the progress bar. */
+  readonly columns?: number;
+  /** Install SIGINT/SIGTERM handlers that stop the copy and remove the temporary file. */
+  readonly handleSignals?: boolean;
+}
+
+const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
+
+function errnoText(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  if (err.code === 'ENOENT') return 'No such file or directory';
+  if (err.code === 'EACCES') return 'Permission denied';
+  if (err.code === 'EISDIR') return 'Is a directory';
+  return err.code ?? err.message;
+}
+
+/** A temporary file name in the directory of `target` (the rename into place stays on one file system). */
+function tempName(target: string): string {
+  return join(dirname(target), `.${basename(target)}.qcow2-ref-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+}
+
+/** Whether the file at `path` starts with the qcow2 magic (false when it is shorter). */
+function startsWithQcow2Magic(path: string): boolean {
+  const r = fileReader(path);
+  try {
+    if (r.length < 4n) return false;
+    const head = r.read(0n, 4);
+    return QCOW2_MAGIC.every((m, i) => head[i] === m);
+  } finally {
+    r.close();
+  }
+}
+
+/** How `convert` reports progress and notices interruption. */
+interface ConvertHooks {
+  /** Called between chunks; throws to abort the conversion. */
+  readonly checkpoint: () => Promise<void>;
+  /** Whether to start a progress display (then the data is measured first, as qemu-img does). */
+  readonly showProgress: boolean;
+  /** Starts the progress display for `total` data bytes. */
+  readonly progressTarget: (total: number) => Progress;
+}
+
+interface ConvertRequest {
+  readonly input: string;
+  readonly output: string;
+  readonly inFormat: 'qcow2' | 'raw' | undefined;
+  readonly outFormat: 'qcow2' | 'raw';
+  readonly targetOptions: Omit<CreateOptions, 'size'>;
+  readonly compressed: boolean;
+  readonly policy: { readonly allowBacking: boolean; readonly allowBackingPath: boolean; readonly allowDataFilePath: boolean };
+}
+
+/** Opens IN as a ConvertSource; throws OpenImageError / ConvertError naming the file. */
+async function openSource(req: ConvertRequest, warn: (line: string) => void): Promise<ConvertSource> {
+  let format = req.inFormat;
+  if (format === undefined) {
+    try {
+      format = startsWithQcow2Magic(req.input) ? 'qcow2' : 'raw';
+    } catch (e) {
+      throw new ConvertError(`${req.input}: Could not open '${req.input}': ${errnoText(e)}`);
+    }
+  }
+  if (format === 'qcow2') {
+    const top = await openImage(req.input, req.policy, { backing: true, dataFile: 'read' });
+    try {
+      return qcow2Source(top);
+    } catch (e) {
+      top.close();
+      throw e;
+    }
+  }
+  let reader: FileReader;
+  try {
+    reader = fileReader(req.input);
+  } catch (e) {
+    throw new ConvertError(`${req.input}: Could not open '${req.input}': ${errnoText(e)}`);
+  }
+  try {
+    if (fstatSync(reader.fd).isDirectory()) throw new ConvertError(`${req.input}: Could not open '${req.input}': Is a directory`);
+    const [alloc] = probeHostAllocationsOrFull([req.input], warn);
+    return rawSource(req.input, reader, alloc!.data);
+  } catch (e) {
+    reader.close();
+    throw e;
+  }
+}
+
+/**
+ * Converts `req.input` to `req.output` (see the module comment): the output is complete and renamed
+ * into place when this returns; on a throw the temporary file is gone and the output untouched.
+ * Throws OpenImageError, ConvertError, CreateError, ModelError, Qcow2FormatError, HostReaderError or
+ * an fs error; the caller reports them.
+ */
+async function convert(req: ConvertRequest, hooks: ConvertHooks, warn: (line: string) => void): Promise<ConvertSummary> {
+  const source = await openSource(req, warn);
+  const temp = tempName(req.output);
+  let sink: ConvertSink | undefined;
+  let progress: Progress = NO_PROGRESS;
+  try {
+    // Refuse a directory as OUT before any work (the final rename would fail anyway).
+    const st = await stat(req.output).catch(() => undefined);
+    if (st?.isDirectory() === true) throw new ConvertError(`${req.output}: Could not create '${req.output}': Is a directory`);
+    if (req.outFormat === 'raw') {
+      sink = rawSink(temp, source.size);
+    } else {
+      const created = createImage({ ...req.targetOptions, size: source.size });
+      await writeHostFileTo(temp, created.image.file);
+      sink = qcow2Sink(temp, created.image, req.output);
+    }
+    if (hooks.showProgress) progress = hooks.progressTarget(Number(dataBytes(source, req.compressed, sink.clusterSize)));
+    const summary = await copy(source, sink, req.compressed, { progress, checkpoint: hooks.checkpoint });
+    sink.finish(req.compressed);
+    sink.close();
+    progress.update(Number(summary.bytesRead));
+    progress.stop();
+    await rename(temp, req.output);
+    return summary;
+  } catch (e) {
+    progress.stop();
+    sink?.close();
+    await rm(temp, { force: true });
+    throw e;
+  } finally {
+    source.close();
+  }
+}
+
+/** Runs `convert` with the arguments after the command name; returns the exit code. */
+export async function runConvert(args: readonly string[], io: CliIo, env: ConvertEnv = {}): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...args],
+      options: {
+        format: { type: 'string', short: 'f' },
+        'target-format': { type: 'string', short: 'O' },
+        options: { type: 'string', short: 'o', multiple: true },
+        compress: { type: 'boolean', short: 'c' },
+        progress: { type: 'boolean', short: 'p' },
+        quiet: { type: 'boolean', short: 'q' },
+        'allow-backing': { type: 'boolean' },
+        'allow-backing-path': { type: 'boolean' },
+        'allow-data-file-path': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help === true) {
+    io.stdout(CONVERT_HELP);
+    return EXIT_OK;
+  }
+  const inFormat = v.format;
+  if (inFormat !== undefined && inFormat !== 'qcow2' && inFormat !== 'raw') throw new UsageError(`-f must be 'qcow2' or 'raw', not '${inFormat}'`);
+  const outFormat = v['target-format'] ?? 'raw';
+  if (outFormat !== 'qcow2' && outFormat !== 'raw') throw new UsageError(`-O must be 'raw' or 'qcow2', not '${outFormat}'`);
+  const compressed = v.compress === true;
+  if (compressed && outFormat !== 'qcow2') throw new UsageError('-c (compression) needs -O qcow2');
+  const lists = v.options ?? [];
+  if (lists.length > 0 && outFormat !== 'qcow2') throw new UsageError('-o needs -O qcow2');
+  if (parsed.positionals.length !== 2) {
+    throw new UsageError(parsed.positionals.length < 2 ? `missing ${parsed.positionals.length === 0 ? 'IN and OUT' : 'OUT'}` : `takes IN and OUT, got ${parsed.positionals.length} files`);
+  }
+  const [input, output] = parsed.positionals as [string, string];
+  const allowBackingPath = v['allow-backing-path'] === true;
+  let targetOptions: Omit<CreateOptions, 'size'>;
+  try {
+    targetOptions = parseTargetOptions(lists);
+  } catch (e) {
+    if (e instanceof ConvertError) {
+      io.stderr(`qcow2-ref: ${output}: ${e.message}\n`);
+      return EXIT_DECODE;
+    }
+    throw e;
+  }
+  const req: ConvertRequest = {
+    input,
+    output,
+    inFormat,
+    outFormat,
+    targetOptions,
+    compressed,
+    policy: { allowBacking: v['allow-backing'] === true || allowBackingPath, allowBackingPath, allowDataFilePath: v['allow-data-file-path'] === true },
+  };
+
+  // Interruption: the handlers only record the signal; the copy loop notices it between chunks.
+  let interrupted: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    interrupted = sig;
+  };
+  if (env.handleSignals === true) {
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  }
+  let lastYield = Date.now();
+  const checkpoint = async (): Promise<void> => {
+    if (Date.now() - lastYield >= 50) {
+      await new Promise<void>((r) => setImmediate(r));
+      lastYield = Date.now();
+    }
+    if (interrupted !== undefined) throw new ConvertError(`${output}: interrupted by ${interrupted}; nothing was written`);
+  };
+  const showProgress = v.progress === true && v.quiet !== true && env.stderrIsTTY === true;
+  const progressTarget = (total: number): Progress =>
+    startProgress('convert', total, { write: io.stderr, isTTY: env.stderrIsTTY === true, ...(env.columns !== undefined ? { columns: env.columns } : {}) }, showProgress);
+  try {
+    await convert(req, { checkpoint, showProgress, progressTarget }, (line) => io.stderr(`qcow2-ref: warning: ${line}\n`));
+  } catch (e) {
+    const line = describeFailure(e, req);
+    if (line === undefined) throw e;
+    io.stderr(`qcow2-ref: ${line}\n`);
+    return EXIT_DECODE;
+  } finally {
+    if (env.handleSignals === true) {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+  }
+  return EXIT_OK;
+}
+
+/** The one-line message for a failure of `convert`, or undefined for an unexpected error (a bug). */
+function describeFailure(e: unknown, req: ConvertRequest): string | undefined {
+  const oneLine = (s: string): string => s.replace(/\r?\n/g, ' ');
+  if (e instanceof OpenImageError) return `${e.file}: ${e.detail}`;
+  if (e instanceof ConvertError) return oneLine(e.message);
+  if (e instanceof CreateError) return `${req.output}: ${oneLine(e.message)}`;
+  // Failed reads of IN are ConvertErrors naming IN (readingInput), and the model's refusals of
+  // writes are ConvertErrors naming OUT; what is left of these comes from the output's reader.
+  if (e instanceof ModelError || isQcow2FormatError(e) || e instanceof HostReaderError) return `${req.output}: ${oneLine(e.message)}`;
+  const err = e as NodeJS.ErrnoException;
+  if (typeof err?.code === 'string' && err.syscall !== undefined) {
+    // The temporary file's name means nothing to the user: name OUT.
+    return `${req.output}: Could not write '${req.output}': ${errnoText(e)}`;
+  }
+  return undefined;
+}
+
+/** The command table entry: runConvert told about the real process's stderr. */
+export function runConvertCommand(args: readonly string[], io: CliIo): Promise<number> {
+  const real = io === processIo;
+  return runConvert(args, io, {
+    stderrIsTTY: real && process.stderr.isTTY === true,
+    ...(real && process.stderr.columns !== undefined ? { columns: process.stderr.columns } : {}),
+    handleSignals: real,
+  });
+}
