@@ -12,14 +12,21 @@
  *   backing content is computed from the same history with RawDisk alone.
  * Commands: Write (any alignment and length, weighted to cluster and subcluster boundaries and to a few
  * hot clusters so later ops overwrite earlier ones), WriteZeroes (unmap or not), Discard, Flush,
- * ReadRandom, WriteCompressed (whole clusters; zlib — zstd and allocated targets must be refused
- * without change), and out-of-range Write/WriteZeroes/Discard that must be refused with 'out-of-range'
- * and change nothing. What is checked after each command and at the end of a run is described in
- * properties/support/model-commands.ts. Ops the model refuses as 'unsupported' are not generated yet:
- * see NOT_YET_MODELLED_OPS / NOT_YET_MODELLED_CONFIGS there.
+ * ReadRandom, WriteCompressed (whole clusters, zlib or zstd; a target already allocated must be
+ * refused without change), snapshot create/apply/delete (an apply to a snapshot of another size
+ * resizes first, as QEMU 7.2 does), Resize (grow and shrink, to sizes aligned or not to the cluster
+ * size, L1 growth past one cluster, shrinks that drop refcount blocks, and QEMU's refusals, which must
+ * change no read), and out-of-range Write/WriteZeroes/Discard that must be refused with 'out-of-range'
+ * and change nothing. Commands are generated up front against the initial size and placed on the
+ * current disk when they run (`place` in the support file). What is checked after each command and at
+ * the end of a run is described in properties/support/model-commands.ts. Ops and configurations the
+ * model refuses as 'unsupported' are not generated: see NOT_YET_MODELLED_OPS (empty now) /
+ * NOT_YET_MODELLED_CONFIGS there.
  *
  * Runs: QCOW2_COMMANDS_RUNS=<n> runs n sequences per configuration class (default: CONFIG_CLASSES in
- * the support file, 350 in all, sized for `npm test` on 2 cores; `npm run fuzz` runs them open-ended). On failure fast-check prints seed, path and the
+ * the support file, 350 in all, sized for `npm test` on 2 cores; `npm run fuzz` runs them open-ended).
+ * With the default counts each class also checks that its runs met the resize cases it should (see
+ * PER_CLASS_COVERAGE, and TOTAL_COVERAGE over all classes). On failure fast-check prints seed, path and the
  * shrunk command list (each command prints itself) with its replayPath; replay with
  * `fc.assert(commandsProperty(configArb(cls), modelStep, { maxCommands, compressed: true, replayPath }),
  * { seed, path, endOnFailure: true })`.
@@ -31,6 +38,7 @@ import type { BackingSource, Image } from '../src/model/image.ts';
 import type { Op } from '../src/model/ops.ts';
 import { readGuest } from '../src/model/read.ts';
 import { step, type StepResult } from '../src/model/step.ts';
+import { RawDisk } from '../src/oracle/raw-disk.ts';
 import {
   backingOps,
   backingOracle,
@@ -38,10 +46,13 @@ import {
   CONFIG_CLASSES,
   configArb,
   DiscardCmd,
+  geoOf,
   modelStep,
   NOT_YET_MODELLED_CONFIGS,
   NOT_YET_MODELLED_OPS,
+  place,
   ReadRandomCmd,
+  ResizeCmd,
   runArb,
   runSequence,
   SnapshotCmd,
@@ -57,15 +68,71 @@ import {
 const envRuns = process.env['QCOW2_COMMANDS_RUNS'];
 const runs = (dflt: number): number => (envRuns !== undefined && envRuns !== '' ? Number(envRuns) : dflt);
 
-/** Compressed writes (zlib) are generated unless QCOW2_COMMANDS_COMPRESSED=0. */
+/** Compressed writes (zlib or zstd, as the configuration says) are generated unless QCOW2_COMMANDS_COMPRESSED=0. */
 const COMPRESSED_WRITES_IN_PROPERTY = process.env['QCOW2_COMMANDS_COMPRESSED'] !== '0';
 
+/**
+ * What the default runs must meet at least (Real.stats, counted by the commands), per class and over
+ * all classes together: low enough to hold for any seed, so that a generator that stops producing one
+ * of these cases fails the test.
+ */
+const PER_CLASS_COVERAGE: Record<string, number> = {
+  'resize grow': 20,
+  'resize shrink': 20,
+  'resize grow to a size not cluster aligned': 5,
+  'resize shrink to a size not cluster aligned': 5,
+  'resize grow from a partial last cluster': 5,
+};
+const TOTAL_COVERAGE: Record<string, number> = {
+  'resize grows the L1 table past one cluster': 10,
+  'resize drops refcount blocks': 2,
+  'resize grow zero-fills over the backing file': 10,
+  'resize refused: size not positive': 10,
+  'resize refused: past the maximum': 5,
+  'resize refused: not a multiple of 512': 10,
+  'resize refused: L1 over 32 MiB': 10,
+  'resize refused: v2 with snapshots': 10,
+  'resize refused: zero-fill impossible': 1,
+  'snapshot apply grows the disk': 5,
+  'snapshot apply shrinks the disk': 5,
+  'compressed write (zstd)': 50,
+  'compressed write (zlib)': 50,
+};
+
 describe('model vs raw-disk oracle: fc.commands over every supported configuration', () => {
+  const totals = new Map<string, number>();
+  const reports: string[] = [];
+  let classesPassed = 0;
+  it('every class runs sequences of up to 100 commands, at least 200 sequences in all by default', () => {
+    for (const c of CONFIG_CLASSES) expect(c.maxCommands, c.cls).toBe(100);
+    expect(CONFIG_CLASSES.reduce((n, c) => n + c.numRuns, 0)).toBeGreaterThanOrEqual(200);
+    expect(new Set(CONFIG_CLASSES.map((c) => c.cls)).size).toBe(CONFIG_CLASSES.length);
+  });
+
   for (const c of CONFIG_CLASSES) {
     it(`${c.title} (${runs(c.numRuns)} runs)`, () => {
-      fc.assert(commandsProperty(configArb(c.cls), modelStep, { maxCommands: c.maxCommands, compressed: COMPRESSED_WRITES_IN_PROPERTY }), { numRuns: runs(c.numRuns), includeErrorInReport: true });
+      const stats = new Map<string, number>();
+      const onRun = ({ stats: s }: { stats: ReadonlyMap<string, number> }): void => {
+        for (const [k, n] of s) stats.set(k, (stats.get(k) ?? 0) + n);
+      };
+      fc.assert(commandsProperty(configArb(c.cls), modelStep, { maxCommands: c.maxCommands, compressed: COMPRESSED_WRITES_IN_PROPERTY, onRun }), { numRuns: runs(c.numRuns), includeErrorInReport: true });
+      const report = [...stats.entries()].sort().map(([k, n]) => `${k}: ${n}`).join('\n');
+      if (process.env['QCOW2_COVERAGE_REPORT'] === '1') console.log(`${c.cls}\n${report}`);
+      if (runs(c.numRuns) < c.numRuns || !COMPRESSED_WRITES_IN_PROPERTY) return;
+      for (const [k, n] of Object.entries(PER_CLASS_COVERAGE)) {
+        expect(stats.get(k) ?? 0, `${c.cls}: ${k} (of ${runs(c.numRuns)} runs)\n${report}`).toBeGreaterThanOrEqual(n);
+      }
+      for (const [k, n] of stats) totals.set(k, (totals.get(k) ?? 0) + n);
+      reports.push(`${c.cls}:\n${report}`);
+      classesPassed++;
     }, 600_000);
   }
+
+  it('the default runs of all classes together meet every resize, snapshot-apply and compression case', (ctx) => {
+    // Only meaningful after every class ran with its default count (not with -t or QCOW2_COMMANDS_RUNS).
+    if (classesPassed < CONFIG_CLASSES.length) ctx.skip();
+    for (const [k, n] of Object.entries(TOTAL_COVERAGE)) expect(totals.get(k) ?? 0, `${k}\n${reports.join('\n')}`).toBeGreaterThanOrEqual(n);
+  });
 
   // Regression (seed -673974742): the compressed-byte cursor (session.freeByteOffset) pointed into a
   // host cluster freed by a COW and reused as an L2 table, and the model packed the next blob into
@@ -132,6 +199,102 @@ describe('model vs raw-disk oracle: fc.commands over every supported configurati
 });
 
 // ---------------------------------------------------------------------------------------------
+// Size changes: where commands land, and the oracle's one known difference.
+
+describe('commands after a size change', () => {
+  it('place: the identity at the initial size; from the end, modulo, cut or moved after a resize (values worked out by hand)', () => {
+    // 4 KiB clusters, 10 clusters and 512 bytes: 11 clusters, the last one partial.
+    const cfg: Config = { clusterBits: 12, refcountBits: 16, compat: '1.1', extendedL2: false, compressionType: 'zlib', preallocation: 'off', requestedSize: 41472n, size: 41472n };
+    const g = geoOf(cfg);
+    expect(place(g, 41472n, 40960n + 100n, 412n, true)).toEqual({ offset: 41060n, length: 412n });
+    expect(place(g, 41472n, 12345n, 7n, false)).toEqual({ offset: 12345n, length: 7n });
+    // Shrunk to 5 clusters + 1024 bytes (6 clusters).
+    const small = 5n * 4096n + 1024n;
+    expect(place(g, small, 10n * 4096n + 100n, 412n, true)).toEqual({ offset: 5n * 4096n + 100n, length: 924n }); // last cluster → last cluster, to the end
+    expect(place(g, small, 9n * 4096n + 8n, 16n, true)).toEqual({ offset: 4n * 4096n + 8n, length: 16n }); // one before the last
+    expect(place(g, small, 3n * 4096n, 100n, false)).toEqual({ offset: 3n * 4096n, length: 100n }); // inside: unchanged
+    expect(place(g, small, 8n * 4096n + 7n, 10n, false)).toEqual({ offset: 2n * 4096n + 7n, length: 10n }); // cluster 8 mod 6
+    expect(place(g, small, 5n * 4096n + 1000n, 5000n, false)).toEqual({ offset: 5n * 4096n + 1000n, length: 24n }); // cut at the end
+    expect(place(g, small, 2n * 4096n, 8n * 4096n + 512n, false)).toEqual({ offset: 2n * 4096n, length: 3n * 4096n + 1024n }); // reached the end: still does
+    // Grown to 100 clusters.
+    const big = 100n * 4096n;
+    expect(place(g, big, 10n * 4096n, 512n, false)).toEqual({ offset: big - 512n, length: 512n }); // reached the end: moved there
+    expect(place(g, big, 10n * 4096n + 1n, 511n, true)).toEqual({ offset: 99n * 4096n + 1n, length: 4095n }); // from the end: to the new end
+    expect(place(g, big, 10n * 4096n + 1n, 100n, false)).toEqual({ offset: 10n * 4096n + 1n, length: 100n }); // the old partial cluster, now inside
+  });
+
+  // QEMU 7.2, measured with qemu-img/qemu-io: `create -o extended_l2=on,cluster_size=65536 1M`,
+  // `write -c -P 0x61 983040 65536`, `resize --shrink 988672`, then either `write -z 987136 1536` (the
+  // last partial subcluster exactly) or `write -z 985088 3584` (one subcluster more), then `resize 2M`:
+  // read 988672+512 gives 0x61 in the first case (zero_l2_subclusters refuses a compressed cluster,
+  // the block layer writes explicit zeros, the subcluster's bytes past the end stay), zeros in the
+  // second (the first piece turns the cluster into a normal one, the last piece gets a zero flag), and
+  // 989184..1048576 keeps 0x61 in both. The oracle has no allocation state and says zeros in both.
+  it('the oracle\'s known difference: zeroing exactly the last partial subcluster of a compressed extended-L2 cluster', () => {
+    const L = 983040n;
+    const run = (zeroAt: bigint): { model: (o: bigint, n: number) => Uint8Array; oracle: RawDisk } => {
+      let img = createImage({ size: 1n << 20n, clusterSize: 65536, extendedL2: true }).image;
+      const oracle = new RawDisk({ size: 1n << 20n, clusterSize: 65536n, subclusterSize: 2048n });
+      const ops: Op[] = [
+        { kind: 'writeCompressed', offset: L, data: new Uint8Array(65536).fill(0x61) },
+        { kind: 'resize', size: L + 5632n },
+        { kind: 'writeZeroes', offset: zeroAt, length: L + 5632n - zeroAt, unmap: false },
+        { kind: 'resize', size: 2n << 20n },
+      ];
+      for (const op of ops) {
+        const r = step(img, op);
+        if (!r.ok) throw r.error;
+        img = r.image;
+        oracle.apply(op);
+      }
+      return { model: (o, n) => readGuest(img, o, n), oracle };
+    };
+    const exact = run(L + 4096n);
+    expect([...new Set(exact.model(L + 5632n, 512))]).toEqual([0x61]); // QEMU's bytes
+    expect([...new Set(exact.oracle.read(L + 5632n, 512))]).toEqual([0]); // the documented difference
+    const widened = run(L + 2048n);
+    for (const r of [widened.model, (o: bigint, n: number) => widened.oracle.read(o, n)]) {
+      expect([...new Set(r(L + 4096n, 2048))]).toEqual([0]);
+      expect([...new Set(r(L + 6144n, 65536 - 6144))]).toEqual([0x61]);
+    }
+    // The property never generates the exact case: WriteZeroesCmd widens it by one subcluster.
+    const cfg: Config = { clusterBits: 16, refcountBits: 16, compat: '1.1', extendedL2: true, compressionType: 'zstd', preallocation: 'off', requestedSize: 1n << 20n, size: 1n << 20n };
+    const stats = runSequence(cfg, [
+      new WriteCompressedCmd(L, 65536, 5, 'pattern'),
+      new ResizeCmd({ to: 'size', size: L + 5632n }),
+      new WriteZeroesCmd(L + 4096n, 65536n - 4096n, false, true), // placed at [L + 4096, L + 5632)
+      new ResizeCmd({ to: 'size', size: 2n << 20n }),
+      new ReadRandomCmd(L, 65536),
+    ]);
+    expect(stats.get('write_zeroes widened: last partial subcluster of a compressed cluster')).toBe(1);
+  });
+
+  it('zstd compressed writes, resizes and a snapshot of another size applied (a fixed sequence)', () => {
+    // 732 clusters of 4 KiB and a partial one of 2048 bytes.
+    const cfg: Config = { clusterBits: 12, refcountBits: 4, compat: '1.1', extendedL2: false, compressionType: 'zstd', preallocation: 'off', requestedSize: 3000220n, size: 3000320n };
+    const stats = runSequence(cfg, [
+      new WriteCompressedCmd(0n, 8192, 7, 'runs'),
+      new WriteCmd(3000320n - 700n, 700, 9, true),
+      new SnapshotCmd('snapshotCreate', 'a'),
+      new ResizeCmd({ to: 'clusters', clusters: -3n, plus: 1536n }), // to 729 clusters + 1536
+      new WriteCompressedCmd(732n * 4096n, 2048, 3, 'pattern', true), // the new partial last cluster
+      new SnapshotCmd('snapshotApply', 'a'), // back to 3000320 bytes
+      new ResizeCmd({ to: 'l1', plus: 512n }), // 1 GiB + 512: 513 L1 entries
+      new ResizeCmd({ to: 'unaligned', plus: 100n }),
+      new ReadRandomCmd(0n, 65536),
+    ]);
+    expect(Object.fromEntries(stats)).toMatchObject({
+      'compressed write (zstd)': 2,
+      'resize shrink': 1,
+      'resize grow': 1,
+      'resize grows the L1 table past one cluster': 1,
+      'snapshot apply grows the disk': 1,
+      'resize refused: not a multiple of 512': 1,
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
 // The property can fail: the same machinery against deliberately broken systems.
 
 /** Writes all but the last byte of every non-empty write. */
@@ -156,6 +319,20 @@ const dropsLastIo: StepFn = (image: Image, op: Op) => {
   return last < 0 ? r : { ...r, io: r.io.filter((_o, i) => i !== last) };
 };
 
+/** Accepts a resize to a size that is not a multiple of 512 by rounding it up (QEMU refuses it). */
+const roundsUnalignedResize: StepFn = (image: Image, op: Op) =>
+  op.kind === 'resize' && op.size > 0n && op.size % 512n !== 0n ? step(image, { ...op, size: ((op.size + 511n) / 512n) * 512n }) : step(image, op);
+
+/** Shrinks, then zeroes the new last cluster as well (data lost at the new end; the io is complete). */
+const shrinkLosesLastCluster: StepFn = (image: Image, op: Op) => {
+  const r = step(image, op);
+  if (!r.ok || op.kind !== 'resize' || op.size >= image.header.size) return r;
+  const cs = 1n << BigInt(image.header.clusterBits);
+  const last = ((op.size - 1n) / cs) * cs;
+  const z = step(r.image, { kind: 'writeZeroes', offset: last, length: op.size - last, unmap: true });
+  return z.ok ? { ok: true, image: z.image, io: [...r.io, ...z.io] } : r;
+};
+
 /** Accepts writes past the end by clipping them (never reports 'out-of-range'). */
 const clipsOutOfRange: StepFn = (image: Image, op: Op) => {
   const r = step(image, op);
@@ -169,6 +346,8 @@ describe('the property can fail', () => {
     { name: 'a step that mutates its input image', system: mutatesInput, message: /mutated in place/ },
     { name: 'an io list missing a write', system: dropsLastIo, message: /applyHostIO/ },
     { name: 'out-of-range ops accepted', system: clipsOutOfRange, message: /accepted an op beyond the end/ },
+    { name: 'a resize to a size that is not a multiple of 512 accepted', system: roundsUnalignedResize, message: /Resize\(unaligned \+\d+\) .*accepted; QEMU refuses it/ },
+    { name: 'a shrink that loses the data of the new last cluster', system: shrinkLosesLastCluster, message: /reads differ/ },
   ];
   for (const b of broken) {
     it(`detects ${b.name}, printing seed, path and the command list`, () => {
@@ -182,7 +361,7 @@ describe('the property can fail', () => {
       expect(message).toMatch(/seed: -?\d+, path: "[\d:]+"/);
       expect(message).toMatch(b.message);
       // The shrunk counterexample lists the commands that ran.
-      expect(message).toMatch(/(Write|WriteZeroes|Discard|OutOfRange\w+)\(/);
+      expect(message).toMatch(/(Write|WriteZeroes|Discard|OutOfRange\w+|Resize|Snapshot\w+)\(/);
     }, 300_000);
   }
 });
@@ -256,7 +435,7 @@ describe('qcow2 backing chains', () => {
   it('v2 overlay over a v3 extended-L2 image with a compressed cluster and a reverted snapshot over raw', () => {
     const raw: BackingSpec = { format: 'raw', size: 200_000n, writes: [{ offset: 0n, length: 200_000, seed: 7 }] };
     const mid: BackingSpec = {
-      format: 'qcow2', clusterBits: 14, refcountBits: 16, compat: '1.1', extendedL2: true, size: 65536n,
+      format: 'qcow2', clusterBits: 14, refcountBits: 16, compat: '1.1', extendedL2: true, compressionType: 'zstd', size: 65536n,
       ops: [
         { op: 'compress', offset: 16384n, length: 16384, seed: 3 },
         { op: 'snapshot', action: 'create', name: 'p' },

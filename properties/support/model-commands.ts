@@ -20,7 +20,13 @@
  *   at the end of the run);
  * - `applyHostIO(previous.file, io)` gives exactly the new image's file (the io list is complete and
  *   ordered), and the new header equals what the file's header bytes decode to;
- * - a refused op is refused with the expected code and the holder keeps the unchanged image.
+ * - the model's virtual size equals the oracle's (only resize and snapshot apply change it);
+ * - a refused op is refused with the expected code (and, for resizes, QEMU's message) and no read
+ *   changes: the holder keeps the unchanged image, or the image QEMU leaves behind after a failure
+ *   part-way (a grow whose zero-fill fails after the L1 table grew; a snapshot apply whose refcount
+ *   update overflows after its resize, when the oracle is resized too).
+ * Commands are generated up front against the initial size and placed on the current disk when they
+ * run (`place`); resizes stay within cost bounds (cheapResizeSize).
  * At the end of each run: `loadImage(storeImage(image))` has the same header and reads the same on
  * every touched range and on random ranges; and the oracle agrees with both.
  */
@@ -66,6 +72,8 @@ export interface Qcow2BackingSpec {
   readonly refcountBits: number;
   readonly compat: '0.10' | '1.1';
   readonly extendedL2: boolean;
+  /** compression_type of its compressed writes (zstd needs v3). */
+  readonly compressionType: 'zlib' | 'zstd';
   /** Virtual size (a multiple of 512). */
   readonly size: bigint;
   readonly ops: readonly BackingOpSpec[];
@@ -91,10 +99,13 @@ export interface Config {
 }
 
 /**
- * Configuration classes the model does not support yet: createImage accepts them but `step` refuses
- * guest writes with 'unsupported'. Add them to the generators below when the model implements them.
+ * Configuration classes not generated yet: createImage accepts them, and until the model implements
+ * them `step` refuses guest writes with 'unsupported' (the test checks that while they are listed).
+ * Add them to the generators below when the model implements them.
  * - lazy_refcounts=on (write.ts: "writes to images with lazy refcounts are not modelled yet");
  * - data_file / data_file_raw (write.ts: "writes to images with an external data file ...").
+ * Every other option createImage takes is generated: cluster sizes, refcount widths, compat,
+ * extended L2, compression_type zlib and zstd, preallocation=metadata, raw and qcow2 backing files.
  */
 export const NOT_YET_MODELLED_CONFIGS: readonly Partial<CreateOptions>[] = [
   { lazyRefcounts: true },
@@ -104,13 +115,11 @@ export const NOT_YET_MODELLED_CONFIGS: readonly Partial<CreateOptions>[] = [
 
 /**
  * Ops the model refuses with 'unsupported' today (step.ts `notYet`). They are deliberately NOT
- * generated; when the model implements one, add a command for it next to the others.
+ * generated; when the model implements one, add a command for it next to the others. Every op of
+ * src/model/ops.ts is modelled now: write, writeZeroes, discard, writeCompressed (zlib and zstd),
+ * snapshot create/apply/delete (apply resizes to the snapshot's size first), resize, flush.
  */
-export const NOT_YET_MODELLED_OPS: readonly Op['kind'][] = [
-  // writeCompressed is modelled for zlib (WriteCompressedCmd); with compression_type=zstd the model
-  // still refuses it ('unsupported', no zstd encoder), which WriteCompressedCmd accepts as a refusal.
-  'resize',
-];
+export const NOT_YET_MODELLED_OPS: readonly Op['kind'][] = [];
 
 const KiB = 1024n;
 const MiB = 1024n * KiB;
@@ -254,8 +263,8 @@ function backingOpsArb(size: bigint, cs: bigint, sc: bigint): fc.Arbitrary<Backi
 /**
  * A chain of `qcow2Levels` qcow2 backing images made by the model (each of its own geometry, v2 or
  * v3, extended L2 or not; shorter, equal or longer than the image above), optionally over a raw
- * bottom. Compression is zlib (the model has no zstd encoder); refcount widths are at least 8 so
- * that building a backing image never hits a refcount overflow (the overlay classes cover those).
+ * bottom. Compression is zlib or (v3) zstd; refcount widths are at least 8 so that building a
+ * backing image never hits a refcount overflow (the overlay classes cover those).
  */
 function qcow2BackingArb(above: bigint, qcow2Levels: number, rawBottom: boolean): fc.Arbitrary<Qcow2BackingSpec> {
   return fc
@@ -264,6 +273,7 @@ function qcow2BackingArb(above: bigint, qcow2Levels: number, rawBottom: boolean)
       refcountBits: fc.constantFrom(8, 16, 16, 64),
       compat: fc.constantFrom<'0.10' | '1.1'>('0.10', '1.1', '1.1'),
       extendedL2: fc.boolean(),
+      zstd: fc.boolean(),
       wanted: backingSizeArb(above),
     })
     .chain((b) => {
@@ -273,7 +283,8 @@ function qcow2BackingArb(above: bigint, qcow2Levels: number, rawBottom: boolean)
       let size = b.wanted < limit ? b.wanted : limit;
       size = ((size + 511n) / 512n) * 512n;
       const cs = 1n << BigInt(b.clusterBits);
-      const geometry = { clusterBits: b.clusterBits, refcountBits: v3 ? b.refcountBits : 16, compat: b.compat, extendedL2, size };
+      const compressionType = v3 && b.zstd ? ('zstd' as const) : ('zlib' as const);
+      const geometry = { clusterBits: b.clusterBits, refcountBits: v3 ? b.refcountBits : 16, compat: b.compat, extendedL2, compressionType, size };
       const lower: fc.Arbitrary<BackingSpec | undefined> = qcow2Levels > 1
         ? qcow2BackingArb(size, qcow2Levels - 1, rawBottom)
         : rawBottom ? rawBackingArb(size) : fc.constant(undefined);
@@ -422,6 +433,7 @@ export function backingOracle(spec: BackingSpec): RawDisk {
     size: spec.size,
     version: spec.compat === '0.10' ? 2 : 3,
     clusterSize: 1n << BigInt(spec.clusterBits),
+    subclusterSize: (1n << BigInt(spec.clusterBits)) / (spec.extendedL2 ? 32n : 1n),
     ...(lower !== undefined ? { backing: lower } : {}),
   });
   for (const { op } of backingOps(spec)) d.apply(op);
@@ -449,6 +461,7 @@ export function buildBacking(spec: BackingSpec, level = 1): BackingSource {
     compat: spec.compat,
     refcountBits: spec.refcountBits,
     extendedL2: spec.extendedL2,
+    compressionType: spec.compressionType,
     ...(spec.backing !== undefined ? { backingFile: `base${level + 1}.${spec.backing.format}`, backingFmt: spec.backing.format } : {}),
   }).image;
   if (lower !== undefined) img = { ...img, backing: lower };
@@ -492,17 +505,30 @@ export function backingSpots(spec: BackingSpec): bigint[] {
   return out;
 }
 
-interface Geo {
+/** The geometry of a configuration; `size` and `clusters` are the initial ones (commands are generated against them). */
+export interface Geo {
   readonly size: bigint;
   readonly cs: bigint;
   /** Subcluster size (the cluster size without extended L2). */
   readonly sc: bigint;
   readonly clusters: bigint;
+  /** Guest bytes one L2 table maps (one L1 entry). */
+  readonly perL2: bigint;
+  readonly version: 2 | 3;
+  readonly extendedL2: boolean;
 }
 
-function geoOf(cfg: Config): Geo {
+export function geoOf(cfg: Config): Geo {
   const cs = 1n << BigInt(cfg.clusterBits);
-  return { size: cfg.size, cs, sc: cfg.extendedL2 ? cs / 32n : cs, clusters: (cfg.size + cs - 1n) / cs };
+  return {
+    size: cfg.size,
+    cs,
+    sc: cfg.extendedL2 ? cs / 32n : cs,
+    clusters: (cfg.size + cs - 1n) / cs,
+    perL2: cs * (cs / (cfg.extendedL2 ? 16n : 8n)),
+    version: cfg.compat === '0.10' ? 2 : 3,
+    extendedL2: cfg.extendedL2,
+  };
 }
 
 const fmt = (n: bigint): string => (n >= 1n << 20n && n % 512n === 0n ? `0x${n.toString(16)}` : n.toString());
@@ -516,6 +542,7 @@ export type StepFn = (image: Image, op: Op) => StepResult;
 export interface Real {
   image: Image;
   readonly cfg: Config;
+  /** The initial geometry (the current size is the oracle's, `model.disk.size`). */
   readonly geo: Geo;
   readonly system: StepFn;
   /** Guest ranges touched so far, for the end-of-run comparisons. */
@@ -525,10 +552,16 @@ export interface Real {
   /** The backing source given to the model (also used to reload the image). */
   readonly backing?: BackingSource;
   steps: number;
+  /** What the run's resizes and snapshot applies met (for the coverage checks), by outcome. */
+  readonly stats: Map<string, number>;
 }
 
 export interface Model {
   readonly disk: RawDisk;
+  /** The initial geometry of the configuration (cluster size, version, …). */
+  readonly geo: Geo;
+  /** The virtual size each existing snapshot was created at (what an apply resizes to). */
+  readonly snapshotSizes: Map<string, bigint>;
   /**
    * Set when the system marked the image corrupt, as QEMU does on a fatal corruption (fact sheet §8):
    * QEMU refuses every later request, so no further command runs.
@@ -672,7 +705,7 @@ function compareReads(
 
 function checkAround(model: Model, real: Real, offset: bigint, length: bigint, what: string): void {
   const cs = real.geo.cs;
-  compareReads(what, real.geo.size, offset - cs, offset + length + cs, (o, n) => readGuest(real.image, o, n), (o, n) => model.disk.read(o, n));
+  compareReads(what, model.disk.size, offset - cs, offset + length + cs, (o, n) => readGuest(real.image, o, n), (o, n) => model.disk.read(o, n));
 }
 
 // ---- stepping ---------------------------------------------------------------------------------
@@ -680,9 +713,10 @@ function checkAround(model: Model, real: Real, offset: bigint, length: bigint, w
 /**
  * Steps the system with `op` and checks purity, io completeness and the header; on success applies
  * `op` to the oracle and installs the new image. Returns the failed result instead when the system
- * refuses the op (the caller decides whether that was expected).
+ * refuses the op (the caller decides whether that was expected). `refusal`: QEMU refuses this op, so
+ * success is an error (thrown before the oracle sees the op).
  */
-function stepChecked(model: Model, real: Real, op: Op, what: string): StepResult {
+function stepChecked(model: Model, real: Real, op: Op, what: string, refusal?: ExpectedRefusal): StepResult {
   const prev = real.image;
   const fp = fingerprint(prev);
   const r = real.system(prev, op);
@@ -695,13 +729,15 @@ function stepChecked(model: Model, real: Real, op: Op, what: string): StepResult
   const cs = Number(1n << BigInt(prev.header.clusterBits));
   const decoded = headerStateFrom(decodeHeader(readHost(r.image.file, 0n, cs)));
   if (show(decoded) !== show(r.image.header)) throw new Error(`${what}: the image header ${show(r.image.header)} is not what the file says: ${show(decoded)}`);
-  if (r.image.header.size !== prev.header.size) throw new Error(`${what}: the virtual size changed`);
+  if (op.kind !== 'resize' && op.kind !== 'snapshotApply' && r.image.header.size !== prev.header.size) throw new Error(`${what}: the virtual size changed`);
+  if (refusal !== undefined) throw new Error(`${what}: accepted; QEMU refuses it with '${refusal.message.source}'`);
   try {
     model.disk.apply(op);
   } catch (e) {
     if (e instanceof RawDiskError) throw new Error(`${what}: accepted an op beyond the end of the disk that the oracle refuses (${e.message})`);
     throw e;
   }
+  if (r.image.header.size !== model.disk.size) throw new Error(`${what}: the virtual size is ${r.image.header.size}, the oracle's ${model.disk.size}`);
   notePages(real, r.image.file);
   real.image = r.image;
   return r;
@@ -714,51 +750,138 @@ function expectOk(r: StepResult, what: string): void {
 // ---------------------------------------------------------------------------------------------
 // Commands
 
+/*
+ * Where a command lands after the size changed. fc.commands generates every command up front, against
+ * the initial size (`Geo.size`); a resize or a snapshot apply moves the end of the disk later. Each
+ * range command therefore keeps the offset and length it was generated with (what it prints) and is
+ * placed on the current disk when it runs, by `place`:
+ * - while the size is the initial one, the range is used as generated (a sequence without a size
+ *   change runs exactly as printed);
+ * - a range generated `fromEnd` (drawn only in the last two clusters of the initial disk) keeps its
+ *   distance in clusters from the last cluster and its offset inside the cluster, so the partial last
+ *   cluster stays the partial last cluster after a resize;
+ * - any other range keeps its offset when that is inside the disk, else moves to cluster
+ *   (index mod the current number of clusters) at the same offset inside the cluster;
+ * - the offset is clamped to the last byte; a range that reached the initial end reaches the current
+ *   end (one not `fromEnd` keeps its length: when the end is farther away it moves to end there),
+ *   any other range is cut at it.
+ * A placed range that differs from the printed one is printed with it in every failure message.
+ */
+
+/** The current virtual size: the oracle's (the model's must be equal after every step, stepChecked). */
+function sizeOf(model: Model): bigint {
+  return model.disk.size;
+}
+
+/** See above: where a range generated against the initial disk lands on a disk of `size` bytes. */
+export function place(g: Geo, size: bigint, offset: bigint, length: bigint, fromEnd: boolean): { offset: bigint; length: bigint } {
+  if (size === g.size) return { offset, length };
+  const cs = g.cs;
+  const clusters = (size + cs - 1n) / cs;
+  const c = offset / cs;
+  const w = offset % cs;
+  let o = fromEnd ? (clusters - 1n - (g.clusters - 1n - c)) * cs + w : offset < size ? offset : (c % clusters) * cs + w;
+  if (o >= size) o = size - 1n;
+  if (o < 0n) o = 0n;
+  if (offset + length === g.size && !fromEnd && size - o > length) o = size - length;
+  const n = offset + length === g.size || length > size - o ? size - o : length;
+  return { offset: o, length: n };
+}
+
+/** ` at OFFSET+LENGTH` when the placed range differs from the generated one (for messages). */
+function placedNote(offset: bigint, length: bigint, p: { offset: bigint; length: bigint }): string {
+  return p.offset === offset && p.length === length ? '' : ` at ${fmt(p.offset)}+${fmt(p.length)}`;
+}
+
+function count(real: Real, key: string): void {
+  real.stats.set(key, (real.stats.get(key) ?? 0) + 1);
+}
+
 export class WriteCmd implements Cmd {
-  constructor(readonly offset: bigint, readonly length: number, readonly seed: number) {}
+  constructor(readonly offset: bigint, readonly length: number, readonly seed: number, readonly fromEnd = false) {}
   check(m: Readonly<Model>): boolean {
     return m.corrupt !== true;
   }
   run(model: Model, real: Real): void {
-    const op: Op = { kind: 'write', offset: this.offset, data: pattern(this.offset, this.length, this.seed) };
-    expectOk(stepChecked(model, real, op, this.toString()), this.toString());
-    real.touched.push({ offset: this.offset, length: BigInt(this.length) });
-    checkAround(model, real, this.offset, BigInt(this.length), this.toString());
+    const p = place(model.geo, sizeOf(model), this.offset, BigInt(this.length), this.fromEnd);
+    const what = `${this}${placedNote(this.offset, BigInt(this.length), p)}`;
+    const op: Op = { kind: 'write', offset: p.offset, data: pattern(p.offset, Number(p.length), this.seed) };
+    expectOk(stepChecked(model, real, op, what), what);
+    real.touched.push(p);
+    checkAround(model, real, p.offset, p.length, what);
   }
   toString(): string {
-    return `Write(${fmt(this.offset)}, ${this.length}, seed ${this.seed})`;
+    return `Write(${fmt(this.offset)}, ${this.length}, seed ${this.seed}${this.fromEnd ? ', from end' : ''})`;
   }
 }
 
+/**
+ * Whether the cluster holding guest `offset` is compressed, read straight from the image file (the
+ * header's L1 table, the L2 entry's bit 62), not through the model's code.
+ */
+function compressedAt(img: Image, offset: bigint): boolean {
+  const h = img.header;
+  const cs = 1n << BigInt(h.clusterBits);
+  const ext = (h.incompatibleFeatures & 16n) !== 0n;
+  const entryBytes = ext ? 16n : 8n;
+  const l2Entries = cs / entryBytes;
+  const l1Index = offset / (cs * l2Entries);
+  if (l1Index >= BigInt(h.l1Size)) return false;
+  const be64 = (b: Uint8Array): bigint => new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0);
+  const l2 = be64(readHost(img.file, h.l1TableOffset + l1Index * 8n, 8)) & 0x00fffffffffffe00n;
+  if (l2 === 0n) return false;
+  const e = be64(readHost(img.file, l2 + ((offset / cs) % l2Entries) * entryBytes, 8));
+  return (e & (1n << 62n)) !== 0n;
+}
+
 export class WriteZeroesCmd implements Cmd {
-  constructor(readonly offset: bigint, readonly length: bigint, readonly unmap: boolean) {}
+  constructor(readonly offset: bigint, readonly length: bigint, readonly unmap: boolean, readonly fromEnd = false) {}
   check(m: Readonly<Model>): boolean {
     return m.corrupt !== true;
   }
   run(model: Model, real: Real): void {
-    const op: Op = { kind: 'writeZeroes', offset: this.offset, length: this.length, unmap: this.unmap };
-    expectOk(stepChecked(model, real, op, this.toString()), this.toString());
-    real.touched.push({ offset: this.offset, length: this.length });
-    checkAround(model, real, this.offset, this.length, this.toString());
+    const size = sizeOf(model);
+    const p = place(model.geo, size, this.offset, this.length, this.fromEnd);
+    // The oracle's one known difference (src/oracle/raw-disk.ts): with extended L2, a write_zeroes of
+    // exactly the last, partial subcluster [roundDown(size, sc), size) of a compressed last cluster
+    // (not starting at the cluster's start) makes QEMU write explicit zeros (zero_l2_subclusters
+    // cannot zero part of a compressed cluster: -ENOTSUP, the block layer's fallback), which keep the
+    // bytes past the end in that subcluster; the oracle, which has no allocation state, zeroes them.
+    // Such a range is widened by one subcluster to the left: the first piece then turns the compressed
+    // cluster into a normal one (explicit zeros) and the last piece gets a zero flag, as the oracle says.
+    const g = model.geo;
+    const lastPiece = (size / g.sc) * g.sc;
+    if (g.extendedL2 && size % g.sc !== 0n && lastPiece % g.cs !== 0n && p.offset === lastPiece && p.offset + p.length === size && compressedAt(real.image, lastPiece)) {
+      p.offset -= g.sc;
+      p.length += g.sc;
+      count(real, 'write_zeroes widened: last partial subcluster of a compressed cluster');
+    }
+    const what = `${this}${placedNote(this.offset, this.length, p)}`;
+    const op: Op = { kind: 'writeZeroes', offset: p.offset, length: p.length, unmap: this.unmap };
+    expectOk(stepChecked(model, real, op, what), what);
+    real.touched.push(p);
+    checkAround(model, real, p.offset, p.length, what);
   }
   toString(): string {
-    return `WriteZeroes(${fmt(this.offset)}, ${fmt(this.length)}${this.unmap ? ', unmap' : ''})`;
+    return `WriteZeroes(${fmt(this.offset)}, ${fmt(this.length)}${this.unmap ? ', unmap' : ''}${this.fromEnd ? ', from end' : ''})`;
   }
 }
 
 export class DiscardCmd implements Cmd {
-  constructor(readonly offset: bigint, readonly length: bigint) {}
+  constructor(readonly offset: bigint, readonly length: bigint, readonly fromEnd = false) {}
   check(m: Readonly<Model>): boolean {
     return m.corrupt !== true;
   }
   run(model: Model, real: Real): void {
-    const op: Op = { kind: 'discard', offset: this.offset, length: this.length };
-    expectOk(stepChecked(model, real, op, this.toString()), this.toString());
-    real.touched.push({ offset: this.offset, length: this.length });
-    checkAround(model, real, this.offset, this.length, this.toString());
+    const p = place(model.geo, sizeOf(model), this.offset, this.length, this.fromEnd);
+    const what = `${this}${placedNote(this.offset, this.length, p)}`;
+    const op: Op = { kind: 'discard', offset: p.offset, length: p.length };
+    expectOk(stepChecked(model, real, op, what), what);
+    real.touched.push(p);
+    checkAround(model, real, p.offset, p.length, what);
   }
   toString(): string {
-    return `Discard(${fmt(this.offset)}, ${fmt(this.length)})`;
+    return `Discard(${fmt(this.offset)}, ${fmt(this.length)}${this.fromEnd ? ', from end' : ''})`;
   }
 }
 
@@ -778,34 +901,284 @@ export class FlushCmd implements Cmd {
   }
 }
 
+// ---- resize -----------------------------------------------------------------------------------
+
+/** QEMU's limits (qemu-img resize, block/io.c bdrv_check_request, qcow2_grow_l1_table). */
+const INT64_MAX = (1n << 63n) - 1n;
+const BDRV_MAX_LENGTH = (1n << 63n) - (1n << 30n);
+const QCOW_MAX_L1_ENTRIES = (32n * MiB) / 8n;
+
+/**
+ * Cost bounds of a resize in the property (the model does what QEMU does, and some of it is linear in
+ * the range): a shrink fetches (allocates) one L2 table per L1 entry between the new and the old end,
+ * so at most MAX_SHRINK_L2_TABLES tables and MAX_SHRINK_L2_BYTES of them (at least one); a grow keeps
+ * the L1 table at most MAX_L1_ENTRIES entries (256 KiB) and the disk at most MAX_GROWN_SIZE, and a
+ * grow the backing file shows through zero-fills at most MAX_ZERO_FILL_CLUSTERS clusters.
+ */
+const MAX_SHRINK_L2_TABLES = 64n;
+const MAX_SHRINK_L2_BYTES = 256n * KiB;
+const MAX_L1_ENTRIES = 32768n;
+const MAX_GROWN_SIZE = 16n * TiB;
+const MAX_ZERO_FILL_CLUSTERS = 4096n;
+
+/**
+ * The valid size a resize from `from` towards `to` (both multiples of 512, positive) is clamped to by
+ * the cost bounds: a shrink stops at the lowest L1-entry boundary within the table budget (keeping
+ * `to`'s offset inside its cluster where that is still below `from`), a grow at the L1 and zero-fill
+ * budgets. Returns `to` itself when it is within them.
+ */
+function cheapResizeSize(g: Geo, backingSize: bigint | undefined, from: bigint, to: bigint): bigint {
+  const cs = g.cs;
+  if (to > from) {
+    let t = to;
+    const byL1 = MAX_L1_ENTRIES * g.perL2;
+    const l1Max = byL1 < MAX_GROWN_SIZE ? byL1 : MAX_GROWN_SIZE;
+    if (t > l1Max) t = l1Max > from ? l1Max : from;
+    if (backingSize !== undefined && backingSize > from) {
+      const zMax = (from / cs + MAX_ZERO_FILL_CLUSTERS) * cs;
+      if (t > zMax) t = zMax;
+    }
+    return t;
+  }
+  if (to < from) {
+    const budget = MAX_SHRINK_L2_BYTES / cs < MAX_SHRINK_L2_TABLES ? MAX_SHRINK_L2_BYTES / cs : MAX_SHRINK_L2_TABLES;
+    const maxTables = budget < 1n ? 1n : budget;
+    const lowest = ((from + g.perL2 - 1n) / g.perL2 - maxTables) * g.perL2;
+    if (((to + cs - 1n) / cs) * cs >= lowest) return to;
+    const t = lowest + (to % cs);
+    return t < from ? t : lowest;
+  }
+  return to;
+}
+
+/** What a ResizeCmd resizes to, relative to the size when it runs (plain data, so it prints). */
+export type ResizeTarget =
+  /** An absolute size (valid: clamped to at least 512 and by the cost bounds). */
+  | { readonly to: 'size'; readonly size: bigint }
+  /** The current size plus `delta` (a multiple of 512, negative shrinks). */
+  | { readonly to: 'delta'; readonly delta: bigint }
+  /** The current size rounded down to a cluster, plus `clusters` clusters and `plus` bytes (multiple of 512). */
+  | { readonly to: 'clusters'; readonly clusters: bigint; readonly plus: bigint }
+  /** `plus` bytes past the largest size whose L1 table fits one cluster: the L1 needs a second cluster. */
+  | { readonly to: 'l1'; readonly plus: bigint }
+  /** Refused: an invalid absolute size (0, negative, past INT64_MAX or the block layer's maximum). */
+  | { readonly to: 'invalid'; readonly size: bigint }
+  /** Refused: the current size plus 1..511. */
+  | { readonly to: 'unaligned'; readonly plus: bigint }
+  /** Refused: a size whose L1 table would exceed QEMU's 32 MiB, `512 + plus` bytes past the limit. */
+  | { readonly to: 'l1-too-large'; readonly plus: bigint };
+
+/** The size a target resolves to on a disk of `from` bytes (see ResizeTarget; valid kinds clamped by cost). */
+function resolveResize(t: ResizeTarget, g: Geo, backingSize: bigint | undefined, from: bigint): bigint {
+  const valid = (n: bigint): bigint => cheapResizeSize(g, backingSize, from, n < 512n ? 512n : n);
+  switch (t.to) {
+    case 'size':
+      return valid(t.size);
+    case 'delta':
+      return valid(from + t.delta);
+    case 'clusters':
+      return valid((from / g.cs + t.clusters) * g.cs + t.plus);
+    case 'l1':
+      return valid((g.cs / 8n) * g.perL2 + t.plus);
+    case 'invalid':
+      return t.size;
+    case 'unaligned':
+      return from + t.plus;
+    case 'l1-too-large':
+      return QCOW_MAX_L1_ENTRIES * g.perL2 + 512n + t.plus;
+  }
+}
+
+/**
+ * A grow whose zero-fill QEMU cannot do (block/qcow2.c qcow2_co_truncate with BDRV_REQ_ZERO_WRITE, which
+ * bdrv_co_truncate adds when a backing file longer than the old size would show through): zero flags
+ * are needed from the first subcluster boundary at or after the old size up to the new size, and
+ * version 2 has none; with extended L2, the subclusters of a partial cluster at that boundary cannot be
+ * zeroed when the cluster is compressed (zero_l2_subclusters: -ENOTSUP).
+ */
+function zeroFillFails(model: Model, img: Image, from: bigint, to: bigint): boolean {
+  const b = model.disk.backing;
+  const g = model.geo;
+  if (b === undefined || b.size <= from || to <= from) return false;
+  const zeroStart = ((from + g.sc - 1n) / g.sc) * g.sc;
+  if (to <= zeroStart) return false;
+  if (g.version === 2) return true;
+  return g.extendedL2 && zeroStart % g.cs !== 0n && compressedAt(img, zeroStart);
+}
+
+/** QEMU's refusal of `qemu-img resize` from `from` to `to` bytes (its rules, restated), or undefined. */
+function expectedResizeRefusal(model: Model, img: Image, from: bigint, to: bigint): ExpectedRefusal | undefined {
+  if (to <= 0n || to > INT64_MAX) return { label: 'size not positive', code: 'unsupported', message: /^New image size must be positive$/ };
+  if (to > BDRV_MAX_LENGTH) return { label: 'past the maximum', code: 'too-big', message: /^offset\(\d+\) exceeds maximum\(9223372035781033984\)$/ };
+  if (to % 512n !== 0n) return { label: 'not a multiple of 512', code: 'unsupported', message: /^The new size must be a multiple of 512$/ };
+  const g = model.geo;
+  if (g.version === 2 && model.disk.snapshotNames.length > 0) return { label: 'v2 with snapshots', code: 'unsupported', message: /^Can't resize a v2 image which has snapshots$/ };
+  if (to > from && (to + g.perL2 - 1n) / g.perL2 > QCOW_MAX_L1_ENTRIES) return { label: 'L1 over 32 MiB', code: 'too-big', message: /^Failed to grow the L1 table: File too large$/ };
+  if (zeroFillFails(model, img, from, to)) return { label: 'zero-fill impossible', code: 'unsupported', message: /^Failed to zero out new clusters: Operation not supported$/ };
+  return undefined;
+}
+
+/** A refusal QEMU gives: a short label (for the coverage counts), the model's error code and QEMU's message. */
+interface ExpectedRefusal {
+  readonly label: string;
+  readonly code: string;
+  readonly message: RegExp;
+}
+
+/** Refcount blocks the reftable points at, read from the file. */
+function liveRefblocks(img: Image): number {
+  const h = img.header;
+  const t = readHost(img.file, h.refcountTableOffset, h.refcountTableClusters << h.clusterBits);
+  const v = new DataView(t.buffer, t.byteOffset, t.length);
+  let n = 0;
+  for (let i = 0; i + 8 <= t.length; i += 8) if (v.getBigUint64(i) !== 0n) n++;
+  return n;
+}
+
+/**
+ * A refused step that QEMU also refuses: the oracle is not applied; the model either returned the
+ * image unchanged with no io, or (a grow whose zero-fill failed after the L1 table grew) an image
+ * with the same virtual size whose io replays to it, which the holder then keeps — in both cases
+ * every read is as before (compared around the end and on the whole disk, sampled).
+ */
+function acceptRefusal(model: Model, real: Real, prev: Image, r: StepResult, expected: ExpectedRefusal, what: string): void {
+  if (r.ok) throw new Error(`${what}: accepted; QEMU refuses it with '${expected.message.source}'`);
+  if (r.error.code !== expected.code || !expected.message.test(r.error.message)) {
+    throw new Error(`${what}: refused with ${r.error.code}: ${r.error.message}; expected ${expected.code}: ${expected.message.source}`);
+  }
+  if (r.image === prev) {
+    if (r.io.length > 0) throw new Error(`${what}: refused with the image unchanged but ${r.io.length} io`);
+    return;
+  }
+  const diff = sameFile(applyHostIO(prev.file, r.io), r.image.file);
+  if (diff !== undefined) throw new Error(`${what}: refused; applyHostIO(previous file, io) is not the file left behind: ${diff}`);
+  if (r.image.header.size !== prev.header.size) throw new Error(`${what}: refused, but the virtual size changed to ${r.image.header.size}`);
+  notePages(real, r.image.file);
+  real.image = r.image;
+  const size = sizeOf(model);
+  checkAround(model, real, size - real.geo.cs, real.geo.cs, `${what} (refused, left changed)`);
+  compareReads(`${what} (refused, left changed)`, size, 0n, size, (o, n) => readGuest(real.image, o, n), (o, n) => model.disk.read(o, n));
+}
+
+/**
+ * `qemu-img resize [--shrink]` to a target relative to the size when it runs (ResizeTarget). Valid
+ * sizes must succeed: afterwards the model's size is the new one and reads equal the oracle's around
+ * the old and the new end and on the whole disk (sampled when large). QEMU's refusals (computed here
+ * from QEMU's rules: size 0 / negative / past the maximum / not a multiple of 512, a version 2 image
+ * with snapshots, an L1 table over 32 MiB, a zero-fill over a backing file version 2 or a compressed
+ * extended-L2 cluster cannot do) must be refused with QEMU's message and change no read.
+ */
+export class ResizeCmd implements Cmd {
+  constructor(readonly target: ResizeTarget) {}
+  check(m: Readonly<Model>): boolean {
+    return m.corrupt !== true;
+  }
+  run(model: Model, real: Real): void {
+    const from = sizeOf(model);
+    const g = model.geo;
+    const to = resolveResize(this.target, g, model.disk.backing?.size, from);
+    const what = `${this} (${fmt(from)} → ${fmt(to)})`;
+    const prev = real.image;
+    const expected = expectedResizeRefusal(model, prev, from, to);
+    const refblocks = liveRefblocks(prev);
+    const r = stepChecked(model, real, { kind: 'resize', size: to }, what, expected);
+    if (expected !== undefined) {
+      acceptRefusal(model, real, prev, r, expected, what);
+      count(real, `resize refused: ${expected.label}`);
+      return;
+    }
+    expectOk(r, what);
+    count(real, to > from ? 'resize grow' : to < from ? 'resize shrink' : 'resize to the same size');
+    if (to !== from && to % g.cs !== 0n) count(real, `resize ${to > from ? 'grow' : 'shrink'} to a size not cluster aligned`);
+    if (to > from && from % g.cs !== 0n) count(real, 'resize grow from a partial last cluster');
+    if (BigInt(real.image.header.l1Size) * 8n > g.cs && BigInt(prev.header.l1Size) * 8n <= g.cs) count(real, 'resize grows the L1 table past one cluster');
+    if (liveRefblocks(real.image) < refblocks) count(real, 'resize drops refcount blocks');
+    const b = model.disk.backing;
+    if (to > from && b !== undefined && b.size > from) count(real, 'resize grow zero-fills over the backing file');
+    const low = from < to ? from : to;
+    checkAround(model, real, low, 0n, what);
+    if (to > from) checkAround(model, real, to, 0n, what);
+    compareReads(what, to, 0n, to, (o, n) => readGuest(real.image, o, n), (o, n) => model.disk.read(o, n));
+  }
+  toString(): string {
+    const t = this.target;
+    switch (t.to) {
+      case 'size':
+      case 'invalid':
+        return `Resize(${t.to} ${fmt(t.size)})`;
+      case 'delta':
+        return `Resize(${t.delta < 0n ? '-' : '+'}${fmt(t.delta < 0n ? -t.delta : t.delta)})`;
+      case 'clusters':
+        return `Resize(cluster ${t.clusters < 0n ? '' : '+'}${t.clusters}, +${t.plus})`;
+      case 'l1':
+      case 'unaligned':
+      case 'l1-too-large':
+        return `Resize(${t.to} +${t.plus})`;
+    }
+  }
+}
+
 /**
  * Snapshot create / apply / delete by name. Names are unique in the oracle, so a create is generated
  * only for a free name and apply/delete only for an existing one. Creating or applying can fail when
  * a refcount would overflow (narrow refcount_bits): QEMU then keeps what it did so far (a new L1
  * leaks, some refcounts stay raised, the guest content is unchanged), the model returns that image,
- * and the oracle is unchanged.
+ * and the oracle is unchanged — except that an apply resizes the disk to the snapshot's size first
+ * (QEMU 7.2 qcow2_snapshot_goto: blk_truncate, the same path as `qemu-img resize`), so when it fails
+ * after that the oracle is resized too. An apply whose resize is beyond the cost bounds of ResizeCmd
+ * is skipped (check); one whose zero-fill QEMU cannot do (see zeroFillFails) must be refused like the
+ * resize and change no read.
  */
 export class SnapshotCmd implements Cmd {
   constructor(readonly kind: 'snapshotCreate' | 'snapshotApply' | 'snapshotDelete', readonly name: string) {}
   check(m: Readonly<Model>): boolean {
     if (m.corrupt === true) return false;
     const exists = m.disk.snapshotNames.includes(this.name);
-    return this.kind === 'snapshotCreate' ? !exists : exists;
+    if (this.kind === 'snapshotCreate') return !exists;
+    if (!exists) return false;
+    if (this.kind === 'snapshotDelete') return true;
+    const to = m.snapshotSizes.get(this.name)!;
+    return cheapResizeSize(m.geo, m.disk.backing?.size, m.disk.size, to) === to;
   }
   run(model: Model, real: Real): void {
     const what = this.toString();
-    const r = stepChecked(model, real, { kind: this.kind, name: this.name }, what);
+    const from = sizeOf(model);
+    const prev = real.image;
+    const to = this.kind === 'snapshotApply' ? model.snapshotSizes.get(this.name)! : from;
+    const refusal: ExpectedRefusal | undefined = this.kind === 'snapshotApply' && zeroFillFails(model, prev, from, to)
+      ? { label: 'zero-fill impossible', code: 'unsupported', message: new RegExp(`^Could not apply snapshot '${this.name}': Failed to zero out new clusters: Operation not supported$`) }
+      : undefined;
+    const r = stepChecked(model, real, { kind: this.kind, name: this.name }, what, refusal);
+    if (refusal !== undefined) {
+      acceptRefusal(model, real, prev, r, refusal, what);
+      count(real, 'snapshot apply refused: zero-fill of the resize');
+      return;
+    }
     if (!r.ok) {
       // Narrow widths overflow easily: a shared cluster (refcount_bits 1, 2) or a host cluster packed
       // with many compressed blobs (each blob is one reference; 4 bits allow only 15).
       if (this.kind !== 'snapshotDelete' && r.error.code === 'refcount-overflow' && real.cfg.refcountBits <= 8) {
+        const size = r.image.header.size;
+        if (size !== from && size !== to) throw new Error(`${what}: failed leaving a ${size}-byte disk (before ${from}, the snapshot's ${to})`);
+        if (size !== from) {
+          // The resize to the snapshot's size happened before the failure, and stays.
+          model.disk.apply({ kind: 'resize', size });
+          count(real, 'snapshot apply failed after its resize');
+        }
+        notePages(real, r.image.file);
         real.image = r.image;
+        if (size !== from) checkAround(model, real, 0n, size, `${what} (failed after the resize)`);
         return;
       }
       throw new Error(`${what}: refused with ${r.error.code}: ${r.error.message}`);
     }
+    if (this.kind === 'snapshotCreate') model.snapshotSizes.set(this.name, from);
+    if (this.kind === 'snapshotDelete') model.snapshotSizes.delete(this.name);
     // After an apply every read equals the content captured at create time (the oracle's snapshot).
-    if (this.kind === 'snapshotApply') checkAround(model, real, 0n, real.geo.size, what);
+    if (this.kind === 'snapshotApply') {
+      if (to !== from) count(real, `snapshot apply ${to > from ? 'grows' : 'shrinks'} the disk`);
+      checkAround(model, real, 0n, sizeOf(model), what);
+    }
   }
   toString(): string {
     return `${this.kind[0]!.toUpperCase()}${this.kind.slice(1)}(${JSON.stringify(this.name)})`;
@@ -813,15 +1186,18 @@ export class SnapshotCmd implements Cmd {
 }
 
 export class ReadRandomCmd implements Cmd {
-  constructor(readonly offset: bigint, readonly length: number) {}
+  constructor(readonly offset: bigint, readonly length: number, readonly fromEnd = false) {}
   check(m: Readonly<Model>): boolean {
     return m.corrupt !== true;
   }
   run(model: Model, real: Real): void {
-    compareReads(this.toString(), real.geo.size, this.offset, this.offset + BigInt(this.length), (o, n) => readGuest(real.image, o, n), (o, n) => model.disk.read(o, n));
+    const size = sizeOf(model);
+    const p = place(model.geo, size, this.offset, BigInt(this.length), this.fromEnd);
+    const what = `${this}${placedNote(this.offset, BigInt(this.length), p)}`;
+    compareReads(what, size, p.offset, p.offset + p.length, (o, n) => readGuest(real.image, o, n), (o, n) => model.disk.read(o, n));
   }
   toString(): string {
-    return `ReadRandom(${fmt(this.offset)}, ${this.length})`;
+    return `ReadRandom(${fmt(this.offset)}, ${this.length}${this.fromEnd ? ', from end' : ''})`;
   }
 }
 
@@ -842,18 +1218,25 @@ function compressData(offset: bigint, length: number, seed: number, mode: 'runs'
 }
 
 /**
- * A compressed write of whole clusters (the last one may be the partial last cluster of the disk).
- * QEMU refuses it when a target cluster is allocated ("Compression can't overwrite anything", EIO)
- * and the model refuses zstd ('unsupported', no encoder yet): such refusals must change nothing.
+ * A compressed write of whole clusters (the last one may be the partial last cluster of the disk),
+ * zlib or zstd as the image's compression_type says. After a size change it is placed like the
+ * other ranges, then cut to whole clusters of the current disk. QEMU refuses it when a target
+ * cluster is allocated ("Compression can't overwrite anything", EIO): that refusal must change nothing.
  */
 export class WriteCompressedCmd implements Cmd {
-  constructor(readonly offset: bigint, readonly length: number, readonly seed: number, readonly mode: 'runs' | 'pattern' | 'noise') {}
+  constructor(readonly offset: bigint, readonly length: number, readonly seed: number, readonly mode: 'runs' | 'pattern' | 'noise', readonly fromEnd = false) {}
   check(m: Readonly<Model>): boolean {
     return m.corrupt !== true;
   }
   run(model: Model, real: Real): void {
-    const what = this.toString();
-    const op: Op = { kind: 'writeCompressed', offset: this.offset, data: compressData(this.offset, this.length, this.seed, this.mode) };
+    const size = sizeOf(model);
+    const cs = model.geo.cs;
+    const placed = place(model.geo, size, this.offset, BigInt(this.length), this.fromEnd);
+    const offset = (placed.offset / cs) * cs;
+    const whole = ((BigInt(this.length) + cs - 1n) / cs) * cs;
+    const p = { offset, length: whole < size - offset ? whole : size - offset };
+    const what = `${this}${placedNote(this.offset, BigInt(this.length), p)}`;
+    const op: Op = { kind: 'writeCompressed', offset: p.offset, data: compressData(p.offset, Number(p.length), this.seed, this.mode) };
     const prev = real.image;
     const r = stepChecked(model, real, op, what);
     if (!r.ok && r.error.code === 'corrupt' && /Preventing invalid write on metadata/.test(r.error.message)) {
@@ -865,38 +1248,43 @@ export class WriteCompressedCmd implements Cmd {
       return;
     }
     if (!r.ok) {
-      const expected = r.error.code === 'unsupported'
-        && (/allocated cluster/.test(r.error.message) || (real.cfg.compressionType === 'zstd' && /zstd/.test(r.error.message)));
-      if (!expected) throw new Error(`${what}: refused with ${r.error.code}: ${r.error.message}`);
-      if (real.image !== prev) throw new Error(`${what}: the image changed`);
+      if (r.error.code !== 'unsupported' || !/allocated cluster/.test(r.error.message)) throw new Error(`${what}: refused with ${r.error.code}: ${r.error.message}`);
+      if (real.image !== prev || r.image !== prev) throw new Error(`${what}: the image changed`);
       return;
     }
-    real.touched.push({ offset: this.offset, length: BigInt(this.length) });
-    checkAround(model, real, this.offset, BigInt(this.length), what);
+    count(real, `compressed write (${real.cfg.compressionType})`);
+    real.touched.push(p);
+    checkAround(model, real, p.offset, p.length, what);
   }
   toString(): string {
-    return `WriteCompressed(${fmt(this.offset)}, ${this.length}, ${this.mode} ${this.seed})`;
+    return `WriteCompressed(${fmt(this.offset)}, ${this.length}, ${this.mode} ${this.seed}${this.fromEnd ? ', from end' : ''})`;
   }
 }
 
-/** An op past the end of the disk (or at a negative offset): refused, 'out-of-range', nothing changes. */
+/**
+ * An op past the end of the disk (or at a negative offset): refused, 'out-of-range', nothing changes.
+ * `fromEnd`: `offset` is counted back from the current end (0 = starting at the end), so it straddles
+ * the end whatever the size is when it runs.
+ */
 export class OutOfRangeCmd implements Cmd {
-  constructor(readonly kind: 'write' | 'writeZeroes' | 'discard', readonly offset: bigint, readonly length: number) {}
+  constructor(readonly kind: 'write' | 'writeZeroes' | 'discard', readonly offset: bigint, readonly length: number, readonly fromEnd = false) {}
   check(m: Readonly<Model>): boolean {
     return m.corrupt !== true;
   }
   run(model: Model, real: Real): void {
-    const what = this.toString();
+    const size = sizeOf(model);
+    const at = this.fromEnd ? size - this.offset : this.offset;
+    const what = `${this}${this.fromEnd ? ` at ${fmt(at)}` : ''}`;
     const op: Op = this.kind === 'write'
-      ? { kind: 'write', offset: this.offset, data: pattern(this.offset < 0n ? 0n : this.offset, this.length, 99) }
+      ? { kind: 'write', offset: at, data: pattern(at < 0n ? 0n : at, this.length, 99) }
       : this.kind === 'writeZeroes'
-        ? { kind: 'writeZeroes', offset: this.offset, length: BigInt(this.length), unmap: true }
-        : { kind: 'discard', offset: this.offset, length: BigInt(this.length) };
+        ? { kind: 'writeZeroes', offset: at, length: BigInt(this.length), unmap: true }
+        : { kind: 'discard', offset: at, length: BigInt(this.length) };
     const prev = real.image;
     const pages = prev.file.pages;
     const header = show(prev.header);
     const r = stepChecked(model, real, op, what);
-    if (r.ok) throw new Error(`${what}: accepted an op beyond the end of the ${real.geo.size}-byte disk`);
+    if (r.ok) throw new Error(`${what}: accepted an op beyond the end of the ${size}-byte disk`);
     if (r.error.code !== 'out-of-range') throw new Error(`${what}: refused with '${r.error.code}' (${r.error.message}), expected 'out-of-range'`);
     if (real.image !== prev || real.image.file.pages !== pages || show(real.image.header) !== header) throw new Error(`${what}: the image changed`);
     // The oracle refuses it too (and stays as it was).
@@ -910,7 +1298,8 @@ export class OutOfRangeCmd implements Cmd {
     if (!refused) throw new Error(`${what}: the oracle accepted it`);
   }
   toString(): string {
-    return `OutOfRange${this.kind[0]!.toUpperCase()}${this.kind.slice(1)}(${fmt(this.offset)}, ${this.length})`;
+    const at = this.fromEnd ? `end${this.offset === 0n ? '' : `-${this.offset}`}` : fmt(this.offset);
+    return `OutOfRange${this.kind[0]!.toUpperCase()}${this.kind.slice(1)}(${at}, ${this.length})`;
   }
 }
 
@@ -920,8 +1309,11 @@ function clampOffset(g: Geo, o: bigint): bigint {
   return o < 0n ? 0n : o >= g.size ? g.size - 1n : o;
 }
 
-/** Offsets weighted to a few hot clusters (so later ops overwrite earlier ranges) and to boundaries. */
-function offsetArb(g: Geo, hot: readonly bigint[]): fc.Arbitrary<bigint> {
+/**
+ * Offsets weighted to a few hot clusters (so later ops overwrite earlier ranges) and to boundaries;
+ * about half of those in the last two clusters follow the end of the disk when it moves (see `place`).
+ */
+function offsetArb(g: Geo, hot: readonly bigint[]): fc.Arbitrary<{ offset: bigint; fromEnd: boolean }> {
   const last = g.clusters - 1n;
   const cluster = fc.oneof(
     { weight: 5, arbitrary: fc.tuple(fc.constantFrom(...hot), fc.integer({ min: -1, max: 2 })).map(([h, d]) => h + BigInt(d)) },
@@ -936,7 +1328,49 @@ function offsetArb(g: Geo, hot: readonly bigint[]): fc.Arbitrary<bigint> {
     { weight: 1, arbitrary: fc.integer({ min: 1, max: 16 }).map((d) => g.cs - BigInt(d)) },
     { weight: 1, arbitrary: fc.integer({ min: 1, max: 16 }).map((d) => g.sc - BigInt(d)) },
   );
-  return fc.tuple(cluster, within).map(([c, w]) => clampOffset(g, c * g.cs + w));
+  return fc.tuple(cluster, within, fc.boolean()).map(([c, w, end]) => {
+    const offset = clampOffset(g, c * g.cs + w);
+    return { offset, fromEnd: end && offset / g.cs >= g.clusters - 2n };
+  });
+}
+
+/**
+ * Resize targets (see ResizeTarget), relative to the size when the command runs: a few sectors either
+ * way, a few clusters either way to a cluster boundary or into a cluster, absolute sizes from one sector
+ * (tiny ones weighted: a shrink that frees most of the file drops refcount blocks) to twice the initial
+ * size and large ones (64 GiB to 4 TiB, clamped by the cost bounds), sizes just
+ * past one cluster of L1 table, and the sizes QEMU refuses (about one resize in seven).
+ */
+function resizeArb(g: Geo): fc.Arbitrary<ResizeTarget> {
+  const sectorsPerCluster = g.cs / 512n;
+  const intoCluster = fc.oneof(
+    { weight: 2, arbitrary: fc.constant(0n) },
+    { weight: 2, arbitrary: fc.bigInt({ min: 0n, max: sectorsPerCluster - 1n }).map((k) => k * 512n) },
+    { weight: 1, arbitrary: fc.constantFrom(512n, g.cs - 512n, g.sc, g.sc + 512n, g.sc > 512n ? g.sc - 512n : 0n) },
+  );
+  return fc.oneof(
+    { weight: 3, arbitrary: fc.bigInt({ min: -64n, max: 64n }).map((k): ResizeTarget => ({ to: 'delta', delta: k * 512n })) },
+    { weight: 5, arbitrary: fc.tuple(fc.bigInt({ min: -6n, max: 6n }), intoCluster).map(([clusters, plus]): ResizeTarget => ({ to: 'clusters', clusters, plus })) },
+    {
+      weight: 3,
+      arbitrary: fc.oneof(
+        fc.bigInt({ min: 1n, max: 8192n }).map((k) => k * 512n),
+        fc.bigInt({ min: 1n, max: 16n }).map((k) => k * 512n),
+        fc.bigInt({ min: 1n, max: (2n * g.size) / 512n + 1n }).map((k) => k * 512n),
+        fc.constantFrom(512n, g.cs, g.cs + 512n, 2n * g.cs - 512n, MiB, 4n * MiB + 512n, 64n * GiB, TiB, 4n * TiB),
+      ).map((size): ResizeTarget => ({ to: 'size', size })),
+    },
+    { weight: 1, arbitrary: fc.oneof(fc.constantFrom(0n, 512n, g.cs, g.perL2, g.perL2 + 512n), fc.bigInt({ min: 1n, max: (4n * g.perL2) / 512n }).map((k) => k * 512n)).map((plus): ResizeTarget => ({ to: 'l1', plus })) },
+    {
+      weight: 2,
+      arbitrary: fc.oneof(
+        fc.constantFrom(0n, -512n, -(1n << 40n), 1n << 63n, (1n << 64n) - 512n, (1n << 63n) - 1n, (1n << 63n) - 512n, (1n << 63n) - (1n << 30n) + 512n)
+          .map((size): ResizeTarget => ({ to: 'invalid', size })),
+        fc.bigInt({ min: 1n, max: 511n }).map((plus): ResizeTarget => ({ to: 'unaligned', plus })),
+        fc.constantFrom(0n, 512n, g.cs).map((plus): ResizeTarget => ({ to: 'l1-too-large', plus })),
+      ),
+    },
+  );
 }
 
 function writeLengthArb(g: Geo): fc.Arbitrary<number> {
@@ -974,13 +1408,18 @@ export interface CommandOptions {
   readonly maxCommands: number;
   /** Generate WriteCompressed commands (see COMPRESSED_WRITES_IN_PROPERTY in the test). */
   readonly compressed?: boolean;
+  /** Generate Resize commands (default true). */
+  readonly resize?: boolean;
   /**
    * The replayPath fast-check printed with a failing command list: with the failure's seed and path
    * (`fc.assert(…, { seed, path, endOnFailure: true })`) it replays that exact shrunk sequence.
    */
   readonly replayPath?: string;
-  /** Called after every execution of the property (also failing and shrinking ones) with the number of ops stepped. */
-  readonly onRun?: (info: { readonly steps: number }) => void;
+  /**
+   * Called after every execution of the property (also failing and shrinking ones) with the number of
+   * ops stepped and what the run's resizes, snapshot applies and compressed writes met (Real.stats).
+   */
+  readonly onRun?: (info: { readonly steps: number; readonly stats: ReadonlyMap<string, number> }) => void;
 }
 
 /** The commands of one run, for a configuration and its hot clusters. */
@@ -989,29 +1428,29 @@ export function commandsArb(cfg: Config, hot: readonly bigint[], opts: CommandOp
   const off = offsetArb(g, hot);
   const write = fc
     .tuple(off, writeLengthArb(g), fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1, max: 255 }) }, { weight: 1, arbitrary: fc.constant(0) }))
-    .map(([o, n, seed]): Cmd => new WriteCmd(o, Number(clampLength(g, o, BigInt(n))), seed));
-  const zeroes = fc.tuple(off, rangeLengthArb(g), fc.boolean()).map(([o, n, unmap]): Cmd => new WriteZeroesCmd(o, clampLength(g, o, n), unmap));
-  const discard = fc.tuple(off, rangeLengthArb(g)).map(([o, n]): Cmd => new DiscardCmd(o, clampLength(g, o, n)));
+    .map(([o, n, seed]): Cmd => new WriteCmd(o.offset, Number(clampLength(g, o.offset, BigInt(n))), seed, o.fromEnd));
+  const zeroes = fc.tuple(off, rangeLengthArb(g), fc.boolean()).map(([o, n, unmap]): Cmd => new WriteZeroesCmd(o.offset, clampLength(g, o.offset, n), unmap, o.fromEnd));
+  const discard = fc.tuple(off, rangeLengthArb(g)).map(([o, n]): Cmd => new DiscardCmd(o.offset, clampLength(g, o.offset, n), o.fromEnd));
   const flush = fc.constant<Cmd>(new FlushCmd());
   const snapshot = fc
     .tuple(fc.constantFrom<SnapshotCmd['kind']>('snapshotCreate', 'snapshotCreate', 'snapshotApply', 'snapshotDelete'), fc.constantFrom('a', 'b', 'c'))
     .map(([kind, name]): Cmd => new SnapshotCmd(kind, name));
   const read = fc
-    .tuple(fc.oneof(off, fc.bigInt({ min: 0n, max: g.size - 1n })), fc.integer({ min: 1, max: Math.max(Number(g.cs) * 2, 65536) }))
-    .map(([o, n]): Cmd => new ReadRandomCmd(o, Number(clampLength(g, o, BigInt(n)))));
+    .tuple(fc.oneof(off, fc.bigInt({ min: 0n, max: g.size - 1n }).map((offset) => ({ offset, fromEnd: false }))), fc.integer({ min: 1, max: Math.max(Number(g.cs) * 2, 65536) }))
+    .map(([o, n]): Cmd => new ReadRandomCmd(o.offset, Number(clampLength(g, o.offset, BigInt(n))), o.fromEnd));
   const oor = fc
     .tuple(
       fc.constantFrom<'write' | 'writeZeroes' | 'discard'>('write', 'write', 'writeZeroes', 'discard'),
       fc.oneof(
-        // Straddling the end, starting at the end, far beyond, negative.
-        fc.integer({ min: 1, max: 4096 }).map((k) => ({ at: g.size - BigInt(k), min: k + 1 })),
-        fc.constant({ at: g.size, min: 1 }),
-        fc.constant({ at: 1n << 62n, min: 1 }),
-        fc.constant({ at: -1n, min: 0 }),
+        // Straddling the (current) end, starting at it, far beyond, negative.
+        fc.integer({ min: 1, max: 4096 }).map((k) => ({ at: BigInt(k), min: k + 1, fromEnd: true })),
+        fc.constant({ at: 0n, min: 1, fromEnd: true }),
+        fc.constant({ at: 1n << 62n, min: 1, fromEnd: false }),
+        fc.constant({ at: -1n, min: 0, fromEnd: false }),
       ),
       fc.integer({ min: 1, max: 8192 }),
     )
-    .map(([kind, { at, min }, n]): Cmd => new OutOfRangeCmd(kind, at, Math.max(min, n)));
+    .map(([kind, { at, min, fromEnd }, n]): Cmd => new OutOfRangeCmd(kind, at, Math.max(min, n), fromEnd));
   const compressed = fc
     .tuple(
       fc.oneof(
@@ -1022,13 +1461,15 @@ export function commandsArb(cfg: Config, hot: readonly bigint[], opts: CommandOp
       fc.integer({ min: 1, max: 3 }),
       fc.integer({ min: 1, max: 255 }),
       fc.constantFrom<'runs' | 'pattern' | 'noise'>('runs', 'runs', 'pattern', 'noise'),
+      fc.boolean(),
     )
-    .map(([c, k, seed, mode]): Cmd => {
+    .map(([c, k, seed, mode, end]): Cmd => {
       const idx = c < 0n ? 0n : c >= g.clusters ? g.clusters - 1n : c;
       const offset = idx * g.cs;
       const length = Number(clampLength(g, offset, BigInt(k) * g.cs));
-      return new WriteCompressedCmd(offset, length, seed, mode);
+      return new WriteCompressedCmd(offset, length, seed, mode, end && idx >= g.clusters - 2n);
     });
+  const resize = resizeArb(g).map((t): Cmd => new ResizeCmd(t));
   const cmd = fc.oneof(
     { weight: 8, arbitrary: write },
     { weight: 3, arbitrary: zeroes },
@@ -1038,6 +1479,7 @@ export function commandsArb(cfg: Config, hot: readonly bigint[], opts: CommandOp
     { weight: 1, arbitrary: oor },
     { weight: opts.compressed === true ? 2 : 0, arbitrary: compressed },
     { weight: 2, arbitrary: snapshot },
+    { weight: opts.resize === false ? 0 : 3, arbitrary: resize },
   );
   return fc.commands([cmd], { size: 'max', maxCommands: opts.maxCommands, ...(opts.replayPath !== undefined ? { replayPath: opts.replayPath } : {}) });
 }
@@ -1086,11 +1528,13 @@ export function setup(cfg: Config, system: StepFn): { model: Model; real: Real }
     size: cfg.size,
     version: cfg.compat === '0.10' ? 2 : 3,
     clusterSize: 1n << BigInt(cfg.clusterBits),
+    subclusterSize: (1n << BigInt(cfg.clusterBits)) / (cfg.extendedL2 ? 32n : 1n),
     ...(backingExpected !== undefined ? { backing: backingExpected } : {}),
   });
-  const real: Real = { image, cfg, geo: geoOf(cfg), system, touched: [], seenPages: new Map(), steps: 0, ...(backing !== undefined ? { backing } : {}) };
+  const geo = geoOf(cfg);
+  const real: Real = { image, cfg, geo, system, touched: [], seenPages: new Map(), steps: 0, stats: new Map(), ...(backing !== undefined ? { backing } : {}) };
   notePages(real, image.file);
-  return { model: { disk }, real };
+  return { model: { disk, geo, snapshotSizes: new Map() }, real };
 }
 
 /** End of a run: every page seen is unchanged, and the stored image reloads with the same header and reads. */
@@ -1104,7 +1548,8 @@ export function finalChecks(model: Model, real: Real, randomRanges: readonly { a
   // The reloaded image has the same bytes and header, so it reads as the image does; both must read as
   // the oracle on every range touched in the run (already compared ±1 cluster right after each op,
   // but later ops may have changed them) and on random ranges.
-  const g = real.geo;
+  const size = model.disk.size;
+  if (img.header.size !== size) throw new Error(`end of run: the image is ${img.header.size} bytes, the oracle ${size}`);
   const rdImage = (o: bigint, n: number): Uint8Array => readGuest(img, o, n);
   const rdReloaded = (o: bigint, n: number): Uint8Array => readGuest(reloaded, o, n);
   const rdOracle = (o: bigint, n: number): Uint8Array => model.disk.read(o, n);
@@ -1113,16 +1558,16 @@ export function finalChecks(model: Model, real: Real, randomRanges: readonly { a
     const key = `${t.offset}+${t.length}`;
     if (seen.has(key)) continue;
     seen.add(key);
-    compareReads(`end of run, touched [${t.offset}, ${t.offset + t.length}), reloaded vs oracle`, g.size, t.offset - 512n, t.offset + t.length + 512n, rdReloaded, rdOracle);
+    compareReads(`end of run, touched [${t.offset}, ${t.offset + t.length}), reloaded vs oracle`, size, t.offset - 512n, t.offset + t.length + 512n, rdReloaded, rdOracle);
   }
   const ranges = randomRanges.map((r) => {
-    const from = BigInt(Math.floor(r.at * Number(g.size)));
+    const from = BigInt(Math.floor(r.at * Number(size)));
     return { from, to: from + BigInt(r.length) };
   });
-  if (g.size <= 4n * MiB) ranges.push({ from: 0n, to: g.size });
+  if (size <= 4n * MiB) ranges.push({ from: 0n, to: size });
   for (const { from, to } of ranges) {
-    compareReads(`end of run, [${from}, ${to}), reloaded vs oracle`, g.size, from, to, rdReloaded, rdOracle);
-    compareReads(`end of run, [${from}, ${to}), reloaded vs image`, g.size, from, to, rdReloaded, rdImage);
+    compareReads(`end of run, [${from}, ${to}), reloaded vs oracle`, size, from, to, rdReloaded, rdOracle);
+    compareReads(`end of run, [${from}, ${to}), reloaded vs image`, size, from, to, rdReloaded, rdImage);
   }
 }
 
@@ -1157,22 +1602,28 @@ export function commandsProperty(
   const ranges = fc.array(fc.record({ at: fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true }), length: fc.integer({ min: 1, max: 200_000 }) }), { minLength: 1, maxLength: 8 });
   return fc.property(run, ranges, ({ cfg, cmds }, randomRanges) => {
     let steps = 0;
+    let stats: ReadonlyMap<string, number> = new Map();
     try {
       const s = setup(cfg, system);
+      stats = s.real.stats;
       fc.modelRun(() => s, cmds);
       steps = s.real.steps;
       finalChecks(s.model, s.real, randomRanges);
     } finally {
-      opts.onRun?.({ steps });
+      opts.onRun?.({ steps, stats });
     }
   });
 }
 
-/** Runs a fixed command sequence (a shrunk counterexample) with all the checks of the property. */
-export function runSequence(cfg: Config, cmds: readonly Cmd[], system: StepFn = step): void {
+/**
+ * Runs a fixed command sequence (a shrunk counterexample) with all the checks of the property; a
+ * command whose `check` is false is skipped, as fc.modelRun does. Returns what the run met (Real.stats).
+ */
+export function runSequence(cfg: Config, cmds: readonly Cmd[], system: StepFn = step): ReadonlyMap<string, number> {
   const s = setup(cfg, system);
-  for (const c of cmds) c.run(s.model, s.real);
+  for (const c of cmds) if (c.check(s.model)) c.run(s.model, s.real);
   finalChecks(s.model, s.real, [{ at: 0, length: 1 }]);
+  return s.real.stats;
 }
 
 /** The model's own step. */
