@@ -57,9 +57,10 @@ import { step } from '../model/step.ts';
 import { parseQemuSize, writeHostFileTo } from './create.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
 import { probeHostAllocationsOrFull } from './host-allocation.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseUsage } from './io.ts';
 import { OpenImageError, chainImage, openImage, type OpenedLayer } from './open-image.ts';
 import { NO_PROGRESS, startProgress, type Progress } from './progress.ts';
+import { isValidOptionList, splitOptions } from './qemu-opts.ts';
 
 /** Help text of the convert command. */
 export const CONVERT_HELP = `Usage: qcow2-ref convert [-f qcow2|raw] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q]
@@ -505,44 +506,9 @@ const TARGET_OPTION_TYPES: Readonly<Record<string, 'size' | 'num' | 'bool' | 'st
 };
 const NOT_FOR_CONVERT = new Set(['size', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw']);
 
-/** is_valid_option_list of qemu-img.c: not empty, no leading comma, no unescaped trailing comma. */
-function isValidOptionList(s: string): boolean {
-  if (s === '' || s.startsWith(',')) return false;
-  let i = s.length;
-  while (i > 0 && s[i - 1] === ',') i--;
-  return (s.length - i) % 2 === 0;
-}
-
-/** QemuOpts list → [name, value] pairs (`,,` escapes a comma; `key` = on, `nokey` = off). */
-function splitOptions(list: string): Array<[string, string]> {
-  const out: Array<[string, string]> = [];
-  let i = 0;
-  while (i < list.length) {
-    let j = i;
-    while (j < list.length && list[j] !== '=' && list[j] !== ',') j++;
-    const name = list.slice(i, j);
-    if (list[j] !== '=') {
-      const known = Object.hasOwn(TARGET_OPTION_TYPES, name) || NOT_FOR_CONVERT.has(name);
-      out.push(name.startsWith('no') && !known ? [name.slice(2), 'off'] : [name, 'on']);
-      i = j + 1;
-      continue;
-    }
-    let value = '';
-    j++;
-    while (j < list.length) {
-      if (list[j] === ',') {
-        if (list[j + 1] !== ',') break;
-        value += ',';
-        j += 2;
-        continue;
-      }
-      value += list[j];
-      j++;
-    }
-    out.push([name, value]);
-    i = j + 1;
-  }
-  return out;
+/** The option pairs of a convert -o list (qemu-opts.ts), with the target and refused option names known. */
+function splitConvertOptions(list: string): Array<[string, string]> {
+  return splitOptions(list, (name) => Object.hasOwn(TARGET_OPTION_TYPES, name) || NOT_FOR_CONVERT.has(name));
 }
 
 /**
@@ -553,7 +519,7 @@ function splitOptions(list: string): Array<[string, string]> {
 export function parseTargetOptions(lists: readonly string[]): Omit<CreateOptions, 'size'> {
   for (const l of lists) if (!isValidOptionList(l)) throw new ConvertError(`Invalid option list: ${l}`);
   const o: Record<string, unknown> = {};
-  for (const [name, raw] of splitOptions(lists.join(','))) {
+  for (const [name, raw] of splitConvertOptions(lists.join(','))) {
     if (NOT_FOR_CONVERT.has(name)) throw new ConvertError(`Parameter '${name}' is not supported by qcow2-ref convert (OUT gets IN's size and no backing or data file)`);
     const type = TARGET_OPTION_TYPES[name];
     if (!Object.hasOwn(TARGET_OPTION_TYPES, name) || type === undefined) throw new ConvertError(`Invalid parameter '${name}'`);
@@ -855,28 +821,23 @@ async function convert(req: ConvertRequest, hooks: ConvertHooks, warn: (line: st
 
 /** Runs `convert` with the arguments after the command name; returns the exit code. */
 export async function runConvert(args: readonly string[], io: CliIo, env: ConvertEnv = {}): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...args],
-      options: {
-        format: { type: 'string', short: 'f' },
-        'target-format': { type: 'string', short: 'O' },
-        options: { type: 'string', short: 'o', multiple: true },
-        compress: { type: 'boolean', short: 'c' },
-        progress: { type: 'boolean', short: 'p' },
-        quiet: { type: 'boolean', short: 'q' },
-        'allow-backing': { type: 'boolean' },
-        'allow-backing-path': { type: 'boolean' },
-        'allow-data-file-path': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const parsed = parseUsage(() => parseArgs({
+    args: [...args],
+    options: {
+      format: { type: 'string', short: 'f' },
+      'target-format': { type: 'string', short: 'O' },
+      options: { type: 'string', short: 'o', multiple: true },
+      compress: { type: 'boolean', short: 'c' },
+      progress: { type: 'boolean', short: 'p' },
+      quiet: { type: 'boolean', short: 'q' },
+      'allow-backing': { type: 'boolean' },
+      'allow-backing-path': { type: 'boolean' },
+      'allow-data-file-path': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  }));
   const v = parsed.values;
   if (v.help === true) {
     io.stdout(CONVERT_HELP);

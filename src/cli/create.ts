@@ -16,7 +16,8 @@ import { basename, dirname, isAbsolute, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
 import type { HostFile } from '../model/host-file.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage } from './io.ts';
+import { isValidOptionList, splitOptions } from './qemu-opts.ts';
 
 /** Help text of the create command. */
 export const CREATE_HELP = `Usage: qcow2-ref create [-f qcow2] [-o OPTIONS] IMAGE [SIZE]
@@ -186,51 +187,13 @@ function parseQemuNumber(text: string): bigint | undefined {
   return v;
 }
 
-/** is_valid_option_list of qemu-img.c: not empty, no leading comma, no unescaped trailing comma. */
-function isValidOptionList(s: string): boolean {
-  if (s === '' || s.startsWith(',')) return false;
-  let i = s.length;
-  while (i > 0 && s[i - 1] === ',') i--;
-  return (s.length - i) % 2 === 0;
-}
-
-/** Splits a QemuOpts list into [name, value] pairs (`,,` escapes a comma in values; `key` = on, `nokey` = off). */
-function splitOptions(list: string): Array<[string, string]> {
-  const out: Array<[string, string]> = [];
-  let i = 0;
-  while (i < list.length) {
-    let j = i;
-    while (j < list.length && list[j] !== '=' && list[j] !== ',') j++;
-    const name = list.slice(i, j);
-    if (list[j] !== '=') {
-      if (name.startsWith('no') && !Object.hasOwn(OPTION_TYPES, name)) out.push([name.slice(2), 'off']);
-      else out.push([name, 'on']);
-      i = j + 1;
-      continue;
-    }
-    let value = '';
-    j++;
-    for (;;) {
-      if (j >= list.length) break;
-      if (list[j] === ',') {
-        if (list[j + 1] === ',') {
-          value += ',';
-          j += 2;
-          continue;
-        }
-        break;
-      }
-      value += list[j];
-      j++;
-    }
-    out.push([name, value]);
-    i = j + 1;
-  }
-  return out;
+/** The option pairs of a create -o list (qemu-opts.ts), with create's option names known. */
+function splitCreateOptions(list: string): Array<[string, string]> {
+  return splitOptions(list, (name) => Object.hasOwn(OPTION_TYPES, name));
 }
 
 function hasHelpOption(list: string): boolean {
-  return splitOptions(list).some(([n, v]) => v === 'on' && (n === 'help' || n === '?'));
+  return splitCreateOptions(list).some(([n, v]) => v === 'on' && (n === 'help' || n === '?'));
 }
 
 function parseBool(name: string, v: string): boolean {
@@ -242,7 +205,7 @@ function parseBool(name: string, v: string): boolean {
 /** The typed value of each -o option (last one wins), checked in order like qemu_opts_do_parse. */
 function parseOptionValues(list: string): Map<string, string | bigint | boolean> {
   const values = new Map<string, string | bigint | boolean>();
-  for (const [name, raw] of splitOptions(list)) {
+  for (const [name, raw] of splitCreateOptions(list)) {
     if (UNMODELLED.has(name)) throw new CreateCliError(`Parameter '${name}' is not supported by qcow2-ref (encryption is not modelled)`);
     if (!Object.hasOwn(OPTION_TYPES, name)) throw new CreateCliError(`Invalid parameter '${name}'`);
     const type = OPTION_TYPES[name]!;
@@ -399,22 +362,17 @@ export async function writeHostFileTo(path: string, file: HostFile): Promise<voi
 
 /** Runs `create` with the arguments after the command name; returns the exit code. */
 export async function runCreate(args: readonly string[], io: CliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...args],
-      options: {
-        format: { type: 'string', short: 'f' },
-        options: { type: 'string', short: 'o', multiple: true },
-        quiet: { type: 'boolean', short: 'q' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const parsed = parseUsage(() => parseArgs({
+    args: [...args],
+    options: {
+      format: { type: 'string', short: 'f' },
+      options: { type: 'string', short: 'o', multiple: true },
+      quiet: { type: 'boolean', short: 'q' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  }));
   if (parsed.values.help === true) {
     io.stdout(CREATE_HELP);
     return EXIT_OK;

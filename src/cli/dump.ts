@@ -10,7 +10,7 @@ import { isQcow2FormatError } from '../format/errors.ts';
 import { headerExtensionTypeHex, type DecodedFeatures } from '../format/features.ts';
 import { jsonU64 } from '../format/u64.ts';
 import { walkImage, type ImageWalk, type L1Info, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/walk.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
 
 /** Help text of the dump command. */
 export const DUMP_HELP = `Usage: qcow2-ref dump IMAGE [--output=human|json]
@@ -44,23 +44,17 @@ Exit codes:
 
 /** Runs `dump` with the arguments after the command name; returns the exit code. */
 export async function runDump(args: readonly string[], io: CliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...args],
-      options: { output: { type: 'string', short: 'o' }, help: { type: 'boolean', short: 'h' } },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const parsed = parseUsage(() => parseArgs({
+    args: [...args],
+    options: { output: { type: 'string', short: 'o' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  }));
   if (parsed.values.help === true) {
     io.stdout(DUMP_HELP);
     return EXIT_OK;
   }
-  const output = parsed.values.output ?? 'human';
-  if (output !== 'human' && output !== 'json') throw new UsageError(`--output must be 'human' or 'json', not '${output}'`);
+  const output = outputFormat(parsed.values.output);
   if (parsed.positionals.length !== 1) {
     throw new UsageError(parsed.positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${parsed.positionals.length}`);
   }

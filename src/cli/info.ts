@@ -15,7 +15,7 @@
 import { parseArgs } from 'node:util';
 import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QObject } from '../model/info.ts';
 import { isQcow2FormatError } from '../format/errors.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
 import { HostReaderError } from '../model/host-file.ts';
 import { OpenImageError, withOpenImage, type OpenedLayer } from './open-image.ts';
 
@@ -345,30 +345,24 @@ export function formatInfo(infos: readonly ImageInfo[], output: 'human' | 'json'
 
 /** Runs `info` with the arguments after the command name; returns the exit code. */
 export async function runInfo(args: readonly string[], io: CliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...args],
-      options: {
-        output: { type: 'string' },
-        'backing-chain': { type: 'boolean' },
-        'allow-backing': { type: 'boolean' },
-        'allow-backing-path': { type: 'boolean' },
-        'allow-data-file-path': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const parsed = parseUsage(() => parseArgs({
+    args: [...args],
+    options: {
+      output: { type: 'string' },
+      'backing-chain': { type: 'boolean' },
+      'allow-backing': { type: 'boolean' },
+      'allow-backing-path': { type: 'boolean' },
+      'allow-data-file-path': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  }));
   if (parsed.values.help === true) {
     io.stdout(INFO_HELP);
     return EXIT_OK;
   }
-  const output = parsed.values.output ?? 'human';
-  if (output !== 'human' && output !== 'json') throw new UsageError(`--output must be 'human' or 'json', not '${output}'`);
+  const output = outputFormat(parsed.values.output);
   if (parsed.positionals.length !== 1) {
     throw new UsageError(parsed.positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${parsed.positionals.length}`);
   }

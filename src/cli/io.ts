@@ -26,3 +26,22 @@ export const processIo: CliIo = {
   stdout: (t) => void process.stdout.write(t),
   stderr: (t) => void process.stderr.write(t),
 };
+
+/**
+ * Runs a command-line parser (node:util parseArgs) and turns its complaint about an unknown option,
+ * a missing value or a stray argument into a UsageError (exit code 2) with the same message.
+ */
+export function parseUsage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/** The value of `--output`: 'human' (the default) or 'json'; anything else is a UsageError. */
+export function outputFormat(value: string | undefined): 'human' | 'json' {
+  const output = value ?? 'human';
+  if (output !== 'human' && output !== 'json') throw new UsageError(`--output must be 'human' or 'json', not '${output}'`);
+  return output;
+}

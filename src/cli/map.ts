@@ -22,7 +22,7 @@ import { HostReaderError } from '../model/host-file.ts';
 import type { MapExtent } from '../model/map.ts';
 import { parseQemuSize } from './create.ts';
 import { probeHostAllocationsOrFull } from './host-allocation.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
 import { OpenImageError, chainImage, mapDependencies, mapLayer, openImage, type OpenedLayer } from './open-image.ts';
 
 /** Help text of the map command. */
@@ -139,31 +139,25 @@ function parseOffset(name: string, text: string): bigint {
 
 /** Runs `map` with the arguments after the command name; returns the exit code. */
 export async function runMap(args: readonly string[], io: CliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...args],
-      options: {
-        output: { type: 'string' },
-        'start-offset': { type: 'string', short: 's' },
-        'max-length': { type: 'string', short: 'l' },
-        'allow-backing': { type: 'boolean' },
-        'allow-backing-path': { type: 'boolean' },
-        'allow-data-file-path': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const parsed = parseUsage(() => parseArgs({
+    args: [...args],
+    options: {
+      output: { type: 'string' },
+      'start-offset': { type: 'string', short: 's' },
+      'max-length': { type: 'string', short: 'l' },
+      'allow-backing': { type: 'boolean' },
+      'allow-backing-path': { type: 'boolean' },
+      'allow-data-file-path': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  }));
   if (parsed.values.help === true) {
     io.stdout(MAP_HELP);
     return EXIT_OK;
   }
-  const output = parsed.values.output ?? 'human';
-  if (output !== 'human' && output !== 'json') throw new UsageError(`--output must be 'human' or 'json', not '${output}'`);
+  const output = outputFormat(parsed.values.output);
   if (parsed.positionals.length !== 1) {
     throw new UsageError(parsed.positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${parsed.positionals.length}`);
   }

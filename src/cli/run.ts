@@ -48,7 +48,7 @@ import { readGuest } from '../model/read.ts';
 import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../model/script.ts';
 import { step } from '../model/step.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
-import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
 
 /** Help text of the run command. */
 export const RUN_HELP = `Usage: qcow2-ref run [--output=human|json] [--quiet] [--allow-data-file-path]
@@ -421,28 +421,22 @@ async function readScript(path: string): Promise<string> {
 
 /** Runs `run` with the arguments after the command name; returns the exit code. */
 export async function runRun(args: readonly string[], io: CliIo, stdin: () => Promise<string> = () => readScript('-')): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...args],
-      options: {
-        output: { type: 'string' },
-        quiet: { type: 'boolean', short: 'q' },
-        'allow-data-file-path': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const parsed = parseUsage(() => parseArgs({
+    args: [...args],
+    options: {
+      output: { type: 'string' },
+      quiet: { type: 'boolean', short: 'q' },
+      'allow-data-file-path': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  }));
   if (parsed.values.help === true) {
     io.stdout(RUN_HELP);
     return EXIT_OK;
   }
-  const output = parsed.values.output ?? 'human';
-  if (output !== 'human' && output !== 'json') throw new UsageError(`--output must be 'human' or 'json', not '${output}'`);
+  const output = outputFormat(parsed.values.output);
   const pos = parsed.positionals;
   if (pos.length < 2) throw new UsageError(pos.length === 0 ? 'missing IMAGE and SCRIPT' : 'missing SCRIPT');
   if (pos.length > 2) throw new UsageError(`unexpected argument: ${pos[2]}`);
