@@ -34,7 +34,7 @@ import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { clusterTable, l1l2Index, readL2Entry, writeL2Entry } from './mapping.ts';
 import { metadataOverlap, signalFatalCorruption } from './overlap.ts';
 import { allocBytes } from './refcount.ts';
-import { type Tx, geo, hostFlush, hostWrite } from './tx.ts';
+import { type Tx, checkpointImg, geo, hostFlush, hostWrite, withOwnedPages } from './tx.ts';
 import { guestWrite } from './write.ts';
 
 /** zstd's default compression level (ZSTD_CLEVEL_DEFAULT), which QEMU's default-parameter CCtx uses. */
@@ -139,6 +139,10 @@ function compressedEntry(tx: Tx, host: bigint, length: number): L2EntryFields {
  * inside the virtual disk.
  */
 export function guestWriteCompressed(tx: Tx, offset: bigint, data: Uint8Array): void {
+  withOwnedPages(tx, () => writeCompressed(tx, offset, data));
+}
+
+function writeCompressed(tx: Tx, offset: bigint, data: Uint8Array): void {
   const g = geo(tx);
   const cs = g.clusterSize;
   if (g.externalDataFile) throw new ModelError('unsupported', ENOTSUP, 'compressed writes are not supported with an external data file');
@@ -169,7 +173,7 @@ export function guestWriteCompressed(tx: Tx, offset: bigint, data: Uint8Array): 
     // on the target range; the packing cursor can point into a cluster that was freed and reused
     // as metadata since (a stale free_byte_offset), and then the check stops the write. Nothing of
     // the allocation reaches the disk: QEMU drops its caches once the image is marked corrupt.
-    const beforeAlloc = tx.img;
+    const beforeAlloc = checkpointImg(tx);
     const ioBefore = tx.io.length;
     const host = allocBytes(tx, out.length);
     const overlap = metadataOverlap(tx, host, BigInt(out.length));

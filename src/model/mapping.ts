@@ -7,24 +7,62 @@ import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry,
 import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
 import { offsetToParts } from '../format/u64.ts';
 import { EFBIG, EIO, ModelError } from './errors.ts';
+import { hostPage, PAGE_SIZE } from './host-file.ts';
+import type { Geometry } from './image.ts';
 import { allocClusters, freeClusters } from './refcount.ts';
 import { type Tx, geo, hostFlush, hostRead, hostView, hostWrite, setHeaderFields } from './tx.ts';
+
+const TWO_53 = 2 ** 53;
 
 /** The L1 index and L2 index of guest offset `offset`. */
 export function l1l2Index(tx: Tx, offset: bigint): { l1: number; l2: number } {
   const g = geo(tx);
+  const o = Number(offset);
+  if (o < TWO_53 && o >= 0) {
+    // Exact below 2^53 (the number is the offset itself), and no bigint temporaries.
+    const cluster = Math.floor(o / g.clusterSize);
+    return { l1: Math.floor(cluster / g.l2Entries), l2: cluster % g.l2Entries };
+  }
   return {
     l1: Number(offset >> BigInt(g.clusterBits + g.l2Bits)),
     l2: Number((offset >> BigInt(g.clusterBits)) & BigInt(g.l2Entries - 1)),
   };
 }
 
+/** Decoder parameters per geometry (one object, not one per decoded entry). */
+const codecParams = new WeakMap<Geometry, { clusterBits: number; extendedL2: boolean }>();
+
+function paramsOf(g: Geometry): { clusterBits: number; extendedL2: boolean } {
+  let p = codecParams.get(g);
+  if (p === undefined) {
+    p = { clusterBits: g.clusterBits, extendedL2: g.extendedL2 };
+    codecParams.set(g, p);
+  }
+  return p;
+}
+
+/**
+ * The page holding the `length` bytes at `offset` and their position in it, when they lie inside one
+ * stored page (else undefined: the caller reads a copy). For decoding in place, without a view.
+ */
+function pageAt(tx: Tx, offset: bigint, length: number): { page: Uint8Array; within: number } | undefined {
+  const o = Number(offset);
+  if (!(o < TWO_53)) return undefined;
+  const index = Math.floor(o / PAGE_SIZE);
+  const within = o - index * PAGE_SIZE;
+  if (within + length > PAGE_SIZE) return undefined;
+  const page = hostPage(tx.img.file, index);
+  return page === undefined ? undefined : { page, within };
+}
+
 /** The L2 table offset and COPIED flag of active L1 entry `index` (offset 0 past l1_size). */
 export function l1Entry(tx: Tx, index: number): { l2Offset: bigint; copied: boolean } {
   if (index >= tx.img.header.l1Size) return { l2Offset: 0n, copied: false };
   const g = geo(tx);
-  // Fields only (no computed instances) from a view of the page: the hot path of every op.
-  const e = decodeL1EntryFields(hostView(tx, tx.img.header.l1TableOffset + BigInt(index) * 8n, 8), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
+  // Fields only (no computed instances), decoded in place in the page: the hot path of every op.
+  const at = tx.img.header.l1TableOffset + BigInt(index) * 8n;
+  const p = pageAt(tx, at, 8);
+  const e = p !== undefined ? decodeL1EntryFields(p.page, p.within, paramsOf(g)) : decodeL1EntryFields(hostView(tx, at, 8), 0, paramsOf(g));
   const l2Offset = l1L2Offset(e);
   if ((l2Offset & BigInt(g.clusterSize - 1)) !== 0n) {
     throw new ModelError('corrupt', EIO, `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${index.toString(16)})`);
@@ -49,10 +87,13 @@ export function writeL1Entry(tx: Tx, index: number, l2Offset: bigint, copied: bo
   hostWrite(tx, tx.img.header.l1TableOffset + BigInt(first) * 8n, chunk);
 }
 
-/** L2 entry `index` of the table at `l2Offset`. */
+/** L2 entry `index` of the table at `l2Offset` (a fresh object). */
 export function readL2Entry(tx: Tx, l2Offset: bigint, index: number): L2EntryFields {
   const g = geo(tx);
-  return decodeL2EntryFields(hostView(tx, l2Offset + BigInt(index * g.l2EntrySize), g.l2EntrySize), 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 });
+  const at = l2Offset + BigInt(index * g.l2EntrySize);
+  const p = pageAt(tx, at, g.l2EntrySize);
+  if (p !== undefined) return decodeL2EntryFields(p.page, p.within, paramsOf(g));
+  return decodeL2EntryFields(hostView(tx, at, g.l2EntrySize), 0, paramsOf(g));
 }
 
 /** Writes L2 entry `index` of the table at `l2Offset`. */

@@ -12,7 +12,7 @@ import { hostPage, PAGE_SIZE } from './host-file.ts';
 import { INCOMPAT_CORRUPT } from './image.ts';
 import { l1Entry } from './mapping.ts';
 import { reftableEntry, reftableSize } from './refcount.ts';
-import { type Tx, geo, setHeaderFields } from './tx.ts';
+import { type Tx, checkpointImg, geo, isOwnedPage, setHeaderFields } from './tx.ts';
 
 /**
  * The non-zero table-entry offsets of one 4 KiB page of an L1 table or refcount table, decoded once
@@ -57,7 +57,9 @@ function decodePage(page: Uint8Array, clusterBits: number, kind: 'l1' | 'reftabl
   return { clusterBits, slots, offsets, clusters };
 }
 
-function pageEntries(page: Uint8Array, clusterBits: number, kind: 'l1' | 'reftable'): PageEntries {
+function pageEntries(page: Uint8Array, clusterBits: number, kind: 'l1' | 'reftable', cacheable: boolean): PageEntries {
+  // A page the running operation may still change in place is decoded, never cached.
+  if (!cacheable) return decodePage(page, clusterBits, kind);
   const cache = kind === 'l1' ? l1PageCache : reftablePageCache;
   let e = cache.get(page);
   if (e === undefined || e.clusterBits !== clusterBits) {
@@ -81,7 +83,7 @@ function someEntry(tx: Tx, tableOffset: bigint, count: number, kind: 'l1' | 'ref
   for (let p = firstPage; p <= lastPage; p++) {
     const page = hostPage(tx.img.file, p);
     if (page === undefined) continue; // a hole: every entry is 0
-    const e = pageEntries(page, cb, kind);
+    const e = pageEntries(page, cb, kind, !isOwnedPage(tx, p, page));
     // Table index of slot 0 of this page (may be negative for the page holding the table start).
     const base = Number((BigInt(p) * BigInt(PAGE_SIZE) - tableOffset) / 8n);
     for (let k = 0; k < e.slots.length; k++) {
@@ -144,6 +146,6 @@ export function metadataOverlap(tx: Tx, offset: bigint, length: bigint): string 
 export function signalFatalCorruption(tx: Tx, message: string): never {
   setHeaderFields(tx, { incompatibleFeatures: tx.img.header.incompatibleFeatures | INCOMPAT_CORRUPT });
   const e = new ModelError('corrupt', EIO, `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`);
-  e.committed = { image: tx.img, io: [...tx.io] };
+  e.committed = { image: checkpointImg(tx), io: [...tx.io] };
   throw e;
 }

@@ -26,7 +26,7 @@ import { refcountBlockOffset, refcountValue } from '../format/entries.ts';
 import { bigIntToU64, offsetToParts } from '../format/u64.ts';
 import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
 import { hostPage, PAGE_SIZE, viewHost } from './host-file.ts';
-import { type Tx, geo, hostFlush, hostWrite, setHeaderFields, setSession } from './tx.ts';
+import { type Tx, checkpointImg, geo, hostFlush, hostWrite, isOwnedPage, setHeaderFields, setSession } from './tx.ts';
 
 /** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
 export const MAX_REFTABLE_BYTES = 8n * 1024n * 1024n;
@@ -74,14 +74,19 @@ export function reftableEntry(tx: Tx, index: number): bigint {
   const at = tx.img.header.refcountTableOffset + BigInt(index) * 8n;
   if ((at & 7n) === 0n) {
     // Entry inside one page: decode it once per page version.
-    const page = hostPage(tx.img.file, Number(at >> 12n));
+    const pageIndex = Number(at >> 12n);
+    const page = hostPage(tx.img.file, pageIndex);
     if (page === undefined) return 0n;
+    const within = Number(at & BigInt(PAGE_SIZE - 1));
+    // A page this operation may still change in place is decoded, never cached.
+    if (isOwnedPage(tx, pageIndex, page)) {
+      return refcountBlockOffset(decodeRefcountTableEntryFields(page, within, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
+    }
     let cache = reftablePageEntries.get(page);
     if (cache === undefined) {
       cache = new Array<bigint | undefined>(PAGE_SIZE / 8);
       reftablePageEntries.set(page, cache);
     }
-    const within = Number(at & BigInt(PAGE_SIZE - 1));
     let v = cache[within / 8];
     if (v === undefined) {
       v = refcountBlockOffset(decodeRefcountTableEntryFields(page, within, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
@@ -456,7 +461,7 @@ export function allocClustersAt(tx: Tx, offset: bigint, nb: number): number {
  * a failure (a refcount already 0) is not fatal: the clusters leak and the operation goes on.
  */
 export function freeClusters(tx: Tx, offset: bigint, size: bigint): void {
-  const before = tx.img;
+  const before = checkpointImg(tx);
   const ioLength = tx.io.length;
   try {
     updateRefcount(tx, offset, size, 1n, true);

@@ -14,16 +14,17 @@
  * Clusters whose refcount drops to 0 here are punched out of the file (pass-discard-snapshot is on by
  * default). The snapshot table is read and written through the generated snapshot_entry codec.
  */
-import { decodeL1Entry, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields } from '../../generated/qcow2.ts';
+import { decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
+import { isZeroBytes } from '../format/bytes.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { EFBIG, EINVAL, ENOTSUP, ModelError } from './errors.ts';
-import { discardHost } from './host-file.ts';
+import { discardHost, hostPage, PAGE_SIZE } from './host-file.ts';
 import { growL1Table, readL2Entry, writeL2Entry } from './mapping.ts';
 import { resize } from './resize.ts';
 import { allocClusters, getRefcount, updateRefcount } from './refcount.ts';
-import { type Tx, geo, hostFlush, hostRead, hostWrite, setHeaderFields } from './tx.ts';
+import { type Tx, checkpointImg, geo, hostFlush, hostRead, hostWrite, setHeaderFields, withOwnedPages } from './tx.ts';
 
 /** QEMU's limits (QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE). */
 const MAX_SNAPSHOTS = 65536;
@@ -148,7 +149,8 @@ function readL1(tx: Tx, offset: bigint, size: number): L1EntryFields[] {
   const g = geo(tx);
   const raw = hostRead(tx, offset, size * 8);
   const out: L1EntryFields[] = [];
-  for (let i = 0; i < size; i++) out.push(decodeL1Entry(raw, i * 8, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 }));
+  // Fields only: the entries are copied and re-encoded, never asked for computed instances.
+  for (let i = 0; i < size; i++) out.push(decodeL1EntryFields(raw, i * 8, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 }));
   return out;
 }
 
@@ -162,6 +164,46 @@ function encodeL1(tx: Tx, entries: readonly L1EntryFields[]): Uint8Array {
 function isZeroRange(b: Uint8Array, from: number, length: number): boolean {
   for (let i = from; i < from + length; i++) if (b[i] !== 0) return false;
   return true;
+}
+
+/** Entries per block tested at once with the native zero check before looking at single entries. */
+const SCAN_BLOCK_BYTES = 512;
+
+/**
+ * The indexes of the entries of the L2 table at `l2Offset` whose bytes are not all zero, as the table
+ * reads now (the caller takes them before changing anything). Pages that are holes are skipped
+ * whole and stored pages are scanned in place, 512 bytes at a time; the same indexes as testing
+ * every entry of a copy of the table.
+ */
+function nonZeroEntries(tx: Tx, l2Offset: bigint): number[] {
+  const g = geo(tx);
+  const es = g.l2EntrySize;
+  const out: number[] = [];
+  if ((l2Offset & BigInt(es - 1)) !== 0n) {
+    // An unaligned table (a corrupt image): entries may straddle pages, test a copy.
+    const table = hostRead(tx, l2Offset, g.clusterSize);
+    for (let j = 0; j < g.l2Entries; j++) if (!isZeroRange(table, j * es, es)) out.push(j);
+    return out;
+  }
+  const file = tx.img.file;
+  let j = 0;
+  while (j < g.l2Entries) {
+    const at = l2Offset + BigInt(j * es);
+    const pageIndex = Number(at / BigInt(PAGE_SIZE));
+    const within = Number(at % BigInt(PAGE_SIZE));
+    const n = Math.min(g.l2Entries - j, (PAGE_SIZE - within) / es);
+    const page = hostPage(file, pageIndex);
+    if (page !== undefined) {
+      for (let k = 0; k < n; k += SCAN_BLOCK_BYTES / es) {
+        const m = Math.min(SCAN_BLOCK_BYTES / es, n - k);
+        const from = within + k * es;
+        if (isZeroBytes(page, from, m * es)) continue;
+        for (let e = 0; e < m; e++) if (!isZeroRange(page, from + e * es, es)) out.push(j + k + e);
+      }
+    }
+    j += n;
+  }
+  return out;
 }
 
 function withCopied<T extends { copied: boolean }>(e: T, copied: boolean): T {
@@ -190,10 +232,9 @@ function updateSnapshotRefcount(tx: Tx, l1: readonly L1EntryFields[], addend: -1
     const l2Offset = l1L2Offset(l1[i]!);
     if (l2Offset === 0n && !l1[i]!.copied) continue;
     if (l2Offset !== 0n) {
-      // One read of the table; all-zero entries (unallocated, no flags) need no work and no decode.
-      const table = hostRead(tx, l2Offset, g.clusterSize);
-      for (let j = 0; j < g.l2Entries; j++) {
-        if (isZeroRange(table, j * g.l2EntrySize, g.l2EntrySize)) continue;
+      // The table's non-zero entries, found before anything changes; all-zero entries
+      // (unallocated, no flags) need no work and no decode.
+      for (const j of nonZeroEntries(tx, l2Offset)) {
         const old = readL2Entry(tx, l2Offset, j);
         const c = classifyL2Entry({ ...old, copied: false }, ctx);
         let refcount = 0n;
@@ -242,6 +283,10 @@ function checkSnapshotsSupported(tx: Tx, what: 'create' | 'apply' | 'delete', na
 
 /** `qcow2_snapshot_create` (qemu-img snapshot -c NAME). */
 export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; dateNsec?: number; vmClockNsec?: bigint } = {}): void {
+  withOwnedPages(tx, () => snapshotCreateBody(tx, name, opts));
+}
+
+function snapshotCreateBody(tx: Tx, name: string, opts: { dateSec?: number; dateNsec?: number; vmClockNsec?: bigint } = {}): void {
   checkSnapshotsSupported(tx, 'create', name);
   const list = readSnapshots(tx);
   if (list.length >= MAX_SNAPSHOTS) throw new ModelError('too-big', EFBIG, 'File too large');
@@ -264,7 +309,7 @@ export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; d
     if (r.modified) hostWrite(tx, h.l1TableOffset, encodeL1(tx, r.l1));
   } catch (e) {
     if (e instanceof ModelError) {
-      e.committed = { image: tx.img, io: [...tx.io] };
+      e.committed = { image: checkpointImg(tx), io: [...tx.io] };
       e.message = `Could not create snapshot '${name}': ${e.errno} (${e.errno === EINVAL ? 'Invalid argument' : e.message})`;
     }
     throw e;
@@ -288,6 +333,10 @@ export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; d
 
 /** `qcow2_snapshot_goto` (qemu-img snapshot -a ID_OR_NAME). */
 export function snapshotApply(tx: Tx, idOrName: string): void {
+  withOwnedPages(tx, () => snapshotApplyBody(tx, idOrName));
+}
+
+function snapshotApplyBody(tx: Tx, idOrName: string): void {
   checkSnapshotsSupported(tx, 'apply', idOrName);
   const list = readSnapshots(tx);
   const index = findByIdOrName(list, idOrName);
@@ -302,7 +351,7 @@ export function snapshotApply(tx: Tx, idOrName: string): void {
       resize(tx, sn.diskSize);
     } catch (e) {
       if (e instanceof ModelError) {
-        e.committed = { image: tx.img, io: [...tx.io] };
+        e.committed = { image: checkpointImg(tx), io: [...tx.io] };
         e.message = `Could not apply snapshot '${idOrName}': ${e.message}`;
       }
       throw e;
@@ -321,7 +370,7 @@ export function snapshotApply(tx: Tx, idOrName: string): void {
     snPass = updateSnapshotRefcount(tx, snL1, 1);
   } catch (e) {
     if (e instanceof ModelError) {
-      e.committed = { image: tx.img, io: [...tx.io] };
+      e.committed = { image: checkpointImg(tx), io: [...tx.io] };
       e.message = `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === EINVAL ? 'Invalid argument' : e.message}`;
     }
     throw e;
@@ -338,6 +387,10 @@ export function snapshotApply(tx: Tx, idOrName: string): void {
 
 /** `qcow2_snapshot_delete` (qemu-img snapshot -d ID_OR_NAME: by id, else by name). */
 export function snapshotDelete(tx: Tx, idOrName: string): void {
+  withOwnedPages(tx, () => snapshotDeleteBody(tx, idOrName));
+}
+
+function snapshotDeleteBody(tx: Tx, idOrName: string): void {
   checkSnapshotsSupported(tx, 'delete', idOrName);
   const list = readSnapshots(tx);
   const index = findByIdOrName(list, idOrName);

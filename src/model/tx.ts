@@ -5,15 +5,34 @@
  *
  * Every host write goes through `hostWrite`, which updates the working Image's HostFile and records
  * the write in `io` in the same order — the order a crash-safe driver must issue them.
+ *
+ * Owned pages (the per-operation page overlay): inside `withOwnedPages` — the body of one guest
+ * operation or snapshot command — a small metadata write (a refcount, an L2 entry: less than a page)
+ * copies its 4 KiB page once, puts the copy into the working file and remembers it as *owned*; later
+ * small writes to that page in the same operation change the copy in place instead of copying the
+ * page (and the trie path to it) again. A snapshot that adds a reference to thousands of clusters of
+ * one refcount block, or a discard rewriting a run of L2 entries, then costs one page copy instead
+ * of one per entry. An owned page was created by this operation and no Image outside it can hold it
+ * until the operation returns; when it does (normally or by an exception) nothing is owned any more,
+ * so every Image that leaves the operation is immutable as before. Code that keeps an intermediate
+ * `tx.img` to roll back to, or hands one out (`ModelError.committed`), takes it with
+ * `checkpointImg`, which ends the ownership first. Caches keyed by page objects must not keep an
+ * owned page (`isOwnedPage`): its bytes may still change.
  */
+import { isZeroBytes } from '../format/bytes.ts';
 import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
-import { discardHost, type HostIO, readHost, viewHost, writeHost, zeroHost } from './host-file.ts';
+import { discardHost, type HostIO, hostPage, PAGE_SIZE, readHost, viewHost, writeHost, zeroHost } from './host-file.ts';
 import { ModelError, EIO } from './errors.ts';
 import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
 
 export interface Tx {
   img: Image;
   readonly io: HostIO[];
+  /**
+   * Page index → page of `img.file` that this transaction created inside the current
+   * `withOwnedPages` scope and may still change in place; undefined outside such a scope.
+   */
+  owned?: Map<number, Uint8Array>;
 }
 
 /** A transaction starting from `img`. */
@@ -21,10 +40,95 @@ export function beginTx(img: Image): Tx {
   return { img, io: [] };
 }
 
+/**
+ * Runs `fn` with the owned-page overlay enabled (see the module comment) and returns its result.
+ * When `fn` returns or throws, no page is owned any more, so `tx.img` is an ordinary immutable Image
+ * again. Nested calls share the outer scope.
+ */
+export function withOwnedPages<T>(tx: Tx, fn: () => T): T {
+  if (tx.owned !== undefined) return fn();
+  tx.owned = new Map();
+  try {
+    return fn();
+  } finally {
+    tx.owned = undefined;
+  }
+}
+
+/**
+ * `tx.img`, safe to keep: ends the ownership of every page first, so later writes in this
+ * transaction copy pages again and never change the returned Image (for rollbacks and for
+ * `ModelError.committed`).
+ */
+export function checkpointImg(tx: Tx): Image {
+  tx.owned?.clear();
+  return tx.img;
+}
+
+/**
+ * Whether `page` (stored at page index `index` of the working file) is owned by `tx`, i.e. may still
+ * change in place: a cache keyed by page objects must not keep it.
+ */
+export function isOwnedPage(tx: Tx, index: number, page: Uint8Array): boolean {
+  return tx.owned !== undefined && tx.owned.get(index) === page;
+}
+
+const TWO_53 = 2 ** 53;
+
+/**
+ * The owned-page fast path of hostWrite: writes `bytes` into the page holding them when the write
+ * lies inside one page, does not extend the file and is not all zeros (a zero write may turn the page
+ * into a hole, which writeHost decides), copying the page once per scope. Returns false (nothing
+ * done) when the ordinary path must be taken. The resulting file reads exactly as after writeHost.
+ */
+function writeOwned(tx: Tx, owned: Map<number, Uint8Array>, offset: bigint, bytes: Uint8Array): boolean {
+  const n = bytes.length;
+  if (n === 0 || n >= PAGE_SIZE) return false;
+  const o = Number(offset);
+  if (!(o + n < TWO_53)) return false;
+  const index = Math.floor(o / PAGE_SIZE);
+  const within = o - index * PAGE_SIZE;
+  const file = tx.img.file;
+  if (within + n > PAGE_SIZE || offset + BigInt(n) > file.length) return false;
+  if (isZeroBytes(bytes)) return false;
+  let page = owned.get(index);
+  // The working file may have been replaced since (zeroHost, discardHost, a rollback): own the
+  // page only while the file still holds this very object.
+  if (page !== undefined && hostPage(file, index) === page) {
+    page.set(bytes, within);
+    return true;
+  }
+  // First small write to this page in the scope: a private copy of what the page reads (hostPage:
+  // a stored page or what a base shows; undefined reads as zeros) with the bytes in, stored in
+  // place of the old page. The page is not all zeros (the bytes are not), so writeHost would store
+  // it too.
+  const old = hostPage(file, index);
+  page = old !== undefined ? old.slice() : new Uint8Array(PAGE_SIZE);
+  page.set(bytes, within);
+  const next = { ...file, pages: file.pages.set(index, page) };
+  if (hostPage(next, index) !== page) {
+    owned.delete(index);
+    return false;
+  }
+  owned.set(index, page);
+  tx.img = { ...tx.img, file: next };
+  return true;
+}
+
 /** The geometry of the working image. */
 export function geo(tx: Tx): Geometry {
-  return geometryOf(tx.img.header);
+  // geometryOf is a WeakMap lookup; the model asks dozens of times per operation for the same
+  // header object, so the last answer is kept (headers are immutable: same object, same geometry).
+  const h = tx.img.header;
+  if (h !== lastHeader) {
+    lastGeometry = geometryOf(h);
+    lastHeader = h;
+  }
+  return lastGeometry!;
 }
+
+let lastHeader: HeaderState | undefined;
+let lastGeometry: Geometry | undefined;
 
 /** Reads `length` bytes of the qcow2 file at `offset` (zeros past the end). */
 export function hostRead(tx: Tx, offset: bigint, length: number): Uint8Array {
@@ -42,7 +146,10 @@ export function hostView(tx: Tx, offset: bigint, length: number): Uint8Array {
 
 /** Writes `bytes` at `offset` of the qcow2 file and records the write. */
 export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
-  tx.img = { ...tx.img, file: writeHost(tx.img.file, offset, bytes) };
+  const owned = tx.owned;
+  if (owned === undefined || !writeOwned(tx, owned, offset, bytes)) {
+    tx.img = { ...tx.img, file: writeHost(tx.img.file, offset, bytes) };
+  }
   tx.io.push({ kind: 'write', offset, bytes });
 }
 

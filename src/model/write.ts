@@ -24,7 +24,8 @@ import { checkNotDirtyOnLoad, markDirty, needsAccurateRefcounts, usesLazyRefcoun
 import { clusterTable, entryAt, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
 import { readGuestTx } from './read.ts';
 import { allocClusters, allocClustersAt, freeClusters } from './refcount.ts';
-import { type Tx, dataWrite, dataZero, geo, hostFlush, hostWrite, hostZero } from './tx.ts';
+import type { Geometry } from './image.ts';
+import { type Tx, dataWrite, dataZero, geo, hostFlush, hostWrite, hostZero, withOwnedPages } from './tx.ts';
 
 /** BDRV_REQUEST_MAX_BYTES: the largest request the block layer passes down. */
 const REQUEST_MAX_BYTES = 0x7ffffe00;
@@ -45,9 +46,17 @@ interface L2Meta {
   readonly cowEnd: CowRegion;
 }
 
-function ctx(tx: Tx) {
+/** classifyL2Entry's context per geometry (one object, not one per entry classified). */
+const ctxCache = new WeakMap<Geometry, { clusterBits: number; extendedL2: boolean; externalDataFile: boolean }>();
+
+function ctx(tx: Tx): { clusterBits: number; extendedL2: boolean; externalDataFile: boolean } {
   const g = geo(tx);
-  return { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
+  let c = ctxCache.get(g);
+  if (c === undefined) {
+    c = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
+    ctxCache.set(g, c);
+  }
+  return c;
 }
 
 /** `cluster_needs_new_alloc`: false only for COPIED NORMAL / ZERO_ALLOC clusters. */
@@ -56,13 +65,17 @@ function needsNewAlloc(tx: Tx, e: L2EntryFields): boolean {
   return !((c.kind === 'normal' || c.kind === 'zero-alloc') && e.copied);
 }
 
-/** `count_single_write_clusters`. */
-function countSingleWrite(tx: Tx, nb: number, l2Offset: bigint, l2Index: number, newAlloc: boolean): number {
+/**
+ * `count_single_write_clusters`. `first`, when given, is entry `l2Index` as the table holds it now
+ * (decoded by the caller with nothing written since).
+ */
+function countSingleWrite(tx: Tx, nb: number, l2Offset: bigint, l2Index: number, newAlloc: boolean, first?: L2EntryFields): number {
   const g = geo(tx);
-  let expected = l2HostOffset(readL2Entry(tx, l2Offset, l2Index));
+  const e0 = first ?? readL2Entry(tx, l2Offset, l2Index);
+  let expected = l2HostOffset(e0);
   let i = 0;
   for (; i < nb; i++) {
-    const e = readL2Entry(tx, l2Offset, l2Index + i);
+    const e = i === 0 ? e0 : readL2Entry(tx, l2Offset, l2Index + i);
     if (needsNewAlloc(tx, e) !== newAlloc) break;
     if (!newAlloc) {
       if (expected !== l2HostOffset(e)) break;
@@ -96,25 +109,39 @@ function subclusterRange(tx: Tx, e: L2EntryFields, from: number): { type: Subclu
   }
 }
 
+/** The subcluster of byte `o` of a cluster (`o` may run past the cluster: taken modulo the subclusters). */
+function scOf(g: Geometry, o: number): number {
+  return Math.floor(o / (g.clusterSize / g.subclusters)) % g.subclusters;
+}
+
+/** `x` rounded up to a multiple of `a`. */
+function roundUp(x: number, a: number): number {
+  return Math.ceil(x / a) * a;
+}
+
 /** `calculate_l2_meta`: the COW regions of a write of `bytes` at `guest` into clusters at `host`. */
 function calculateL2Meta(tx: Tx, host: bigint, guest: bigint, bytes: number, l2Offset: bigint, keepOld: boolean, metas: L2Meta[]): void {
   const g = geo(tx);
   const cs = g.clusterSize;
   const scSize = cs / g.subclusters;
-  const scOf = (o: number): number => Math.floor(o / scSize) % g.subclusters;
   const { l2: l2Index } = l1l2Index(tx, guest);
   const cowStartTo = Number(guest & BigInt(cs - 1));
   const cowEndFrom = cowStartTo + bytes;
   const nb = Math.ceil(cowEndFrom / cs);
   let skipCow = keepOld;
+  // The first and last entries again below: nothing is written in between, so the decoded ones.
+  let firstEntry: L2EntryFields | undefined;
+  let lastEntry: L2EntryFields | undefined;
   for (let i = 0; i < nb; i++) {
     const e = readL2Entry(tx, l2Offset, l2Index + i);
+    if (i === 0) firstEntry = e;
+    if (i === nb - 1) lastEntry = e;
     let type: SubclusterState;
     if (skipCow) {
       const from = Math.max(cowStartTo, i * cs) - i * cs;
       const to = Math.min(cowEndFrom, (i + 1) * cs) - i * cs;
-      const first = scOf(from);
-      const last = scOf(to - 1);
+      const first = scOf(g, from);
+      const last = scOf(g, to - 1);
       const r = subclusterRange(tx, e, first);
       type = r.type;
       if (type !== 'normal' || first + r.count <= last) skipCow = false;
@@ -126,9 +153,10 @@ function calculateL2Meta(tx: Tx, host: bigint, guest: bigint, bytes: number, l2O
     }
   }
   if (skipCow) return;
+  firstEntry ??= readL2Entry(tx, l2Offset, l2Index);
+  lastEntry ??= readL2Entry(tx, l2Offset, l2Index + nb - 1);
 
-  const firstEntry = readL2Entry(tx, l2Offset, l2Index);
-  const sc0 = scOf(cowStartTo);
+  const sc0 = scOf(g, cowStartTo);
   const t0 = statesOf(tx, firstEntry)[g.extendedL2 ? sc0 : 0]!;
   let cowStartFrom: number;
   if (!keepOld) {
@@ -140,11 +168,9 @@ function calculateL2Meta(tx: Tx, host: bigint, guest: bigint, bytes: number, l2O
     cowStartFrom = t0 === 'normal' ? cowStartTo : sc0 * scSize;
   }
 
-  const lastEntry = readL2Entry(tx, l2Offset, l2Index + nb - 1);
   const endInCluster = cowStartTo + bytes - 1 - (nb - 1) * cs;
-  const scN = scOf(endInCluster);
+  const scN = scOf(g, endInCluster);
   const tN = statesOf(tx, lastEntry)[g.extendedL2 ? scN : 0]!;
-  const roundUp = (x: number, a: number): number => Math.ceil(x / a) * a;
   let cowEndTo: number;
   if (!keepOld) {
     if (tN === 'compressed') cowEndTo = roundUp(cowEndFrom, cs);
@@ -174,33 +200,48 @@ function clustersToLookAt(tx: Tx, guest: bigint, bytes: number): { nb: number; l
   return { nb, l2Index };
 }
 
-/** `handle_copied`: in-place clusters at `guest`; returns the host offset and bytes, or undefined. */
-function handleCopied(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[]): { host: bigint; bytes: number } | 'stop' | undefined {
+/**
+ * What handle_copied looked up when the cluster needs a new allocation. handle_alloc looks up the
+ * same (get_cluster_table, the clusters to look at, the first entry) with nothing written in
+ * between — the first get_cluster_table left the L1 entry COPIED, so the second one only reads —
+ * and takes these instead of decoding them again.
+ */
+interface Lookup {
+  readonly l2Offset: bigint;
+  readonly l2Index: number;
+  readonly nb: number;
+  readonly first: L2EntryFields;
+}
+
+/**
+ * `handle_copied`: in-place clusters at `guest`; returns the host offset and bytes, 'stop', or
+ * (the cluster needs a new allocation) what it looked up, for handleAlloc.
+ */
+function handleCopied(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[]): { host: bigint; bytes: number } | 'stop' | Lookup {
   const g = geo(tx);
   const inCluster = Number(guest & BigInt(g.clusterSize - 1));
   const { nb, l2Index } = clustersToLookAt(tx, guest, bytes);
   const l2Offset = clusterTable(tx, guest);
   const e = readL2Entry(tx, l2Offset, l2Index);
+  if (needsNewAlloc(tx, e)) return { l2Offset, l2Index, nb, first: e };
   const clusterOffset = l2HostOffset(e);
-  if (needsNewAlloc(tx, e)) return undefined;
   if ((clusterOffset & BigInt(g.clusterSize - 1)) !== 0n) {
     throw new ModelError('corrupt', EIO, `${e.zero ? 'Preallocated zero' : 'Data'} cluster offset 0x${clusterOffset.toString(16)} unaligned (guest offset: 0x${guest.toString(16)})`);
   }
   if (host !== undefined && clusterOffset + BigInt(inCluster) !== host) return 'stop';
-  const keep = countSingleWrite(tx, nb, l2Offset, l2Index, false);
+  const keep = countSingleWrite(tx, nb, l2Offset, l2Index, false, e);
   const n = Math.min(bytes, keep * g.clusterSize - inCluster);
   calculateL2Meta(tx, clusterOffset, guest, n, l2Offset, true, metas);
   return { host: clusterOffset + BigInt(inCluster), bytes: n };
 }
 
 /** `handle_alloc` + `do_alloc_cluster_offset`: new clusters at `guest`, contiguous with `host` if given. */
-function handleAlloc(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[]): { host: bigint; bytes: number } | undefined {
+function handleAlloc(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[], lookup: Lookup): { host: bigint; bytes: number } | undefined {
   const g = geo(tx);
   const cs = g.clusterSize;
   const inCluster = Number(guest & BigInt(cs - 1));
-  let { nb, l2Index } = clustersToLookAt(tx, guest, bytes);
-  const l2Offset = clusterTable(tx, guest);
-  nb = countSingleWrite(tx, nb, l2Offset, l2Index, true);
+  const { l2Offset, l2Index } = lookup;
+  let nb = countSingleWrite(tx, lookup.nb, l2Offset, l2Index, true, lookup.first);
   let alloc: bigint;
   if (g.externalDataFile) {
     // do_alloc_cluster_offset with a data file: no allocation, the host cluster is the guest
@@ -236,12 +277,12 @@ function allocHostOffset(tx: Tx, offset: bigint, bytes: number, metas: L2Meta[])
     cur = remaining;
     const copied = handleCopied(tx, start, clusterOffset, cur, metas);
     if (copied === 'stop') break;
-    if (copied !== undefined) {
+    if (!('first' in copied)) {
       clusterOffset = copied.host;
       cur = copied.bytes;
       continue;
     }
-    const allocated = handleAlloc(tx, start, clusterOffset, cur, metas);
+    const allocated = handleAlloc(tx, start, clusterOffset, cur, metas, copied);
     if (allocated === undefined) break;
     clusterOffset = allocated.host;
     cur = allocated.bytes;
@@ -368,6 +409,10 @@ function linkL2(tx: Tx, m: L2Meta): void {
  * ModelError 'unsupported' for an image whose dirty bit was set when it was loaded.
  */
 export function guestWrite(tx: Tx, offset: bigint, data: Uint8Array): void {
+  withOwnedPages(tx, () => writeGuest(tx, offset, data));
+}
+
+function writeGuest(tx: Tx, offset: bigint, data: Uint8Array): void {
   checkNotDirtyOnLoad(tx, 'write');
   let pos = 0;
   while (pos < data.length) {

@@ -30,7 +30,7 @@ import { discardHost } from './host-file.ts';
 import { AUTOCLEAR_DATA_FILE_RAW } from './image.ts';
 import { clusterTable, l1l2Index, readL2Entry, statesOf, writeL2Entry, entryAt } from './mapping.ts';
 import { getRefcount } from './refcount.ts';
-import { type Tx, dataDiscard, dataZero, geo, hostFlush } from './tx.ts';
+import { type Tx, dataDiscard, dataZero, geo, hostFlush, withOwnedPages } from './tx.ts';
 import { freeAnyCluster, guestWrite } from './write.ts';
 
 type Result = 'ok' | 'enotsup';
@@ -213,6 +213,10 @@ function qcow2PwriteZeroes(tx: Tx, offset: bigint, bytes: bigint, unmap: boolean
  * image whose dirty bit was set when it was loaded (close.ts).
  */
 export function guestWriteZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean): void {
+  withOwnedPages(tx, () => writeZeroes(tx, offset, length, unmap));
+}
+
+function writeZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean): void {
   checkNotDirtyOnLoad(tx, 'write_zeroes');
   const g = geo(tx);
   for (const [at, num] of blockLayerPieces(offset, length, BigInt(g.clusterSize / g.subclusters))) {
@@ -283,6 +287,10 @@ function clusterDiscard(tx: Tx, offset: bigint, bytes: bigint): void {
  * image whose dirty bit was set when it was loaded (close.ts).
  */
 export function guestDiscard(tx: Tx, offset: bigint, length: bigint): void {
+  withOwnedPages(tx, () => discard(tx, offset, length));
+}
+
+function discard(tx: Tx, offset: bigint, length: bigint): void {
   checkNotDirtyOnLoad(tx, 'discard');
   const g = geo(tx);
   const align = BigInt(g.clusterSize);
