@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what qcow2-ref needs on a fresh Debian machine: qemu-utils (qemu-img, qemu-io) through
-# apt-get when qemu-img is missing, python3 when missing, then the npm packages pinned in package-lock.json.
+# apt-get when qemu-img is missing, python3 when missing, libqcow's python3 module and 7-Zip (the
+# other readers the conformance tests run) when missing, then the npm packages pinned in package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,16 @@ if ! command -v python3 >/dev/null 2>&1; then
   echo "setup: installing python3 with apt-get" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-minimal >/dev/null
+fi
+
+# The other qcow2 implementations the conformance tests and the scoreboard run: libqcow and 7-Zip.
+need=()
+/usr/bin/python3 -c 'import pyqcow' >/dev/null 2>&1 || need+=(python3-libqcow)
+command -v 7zz >/dev/null 2>&1 || need+=(7zip)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]} with apt-get (conformance adapters)" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 if ! command -v node >/dev/null 2>&1; then

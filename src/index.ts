@@ -35,3 +35,7 @@ export { hostFromReader, rebaseHostFile, HostReaderError, type HostBase, type Ho
 export { formatScript, parseScript, parseScriptValue, ScriptError } from './model/script.ts';
 export { RawDisk, RawDiskError, type RawDiskConfig } from './oracle/raw-disk.ts';
 export { checkInvariants, type InvariantKind, type InvariantViolation } from './oracle/invariants.ts';
+export { openImage, openImageWithIo, OpenError, isOpenError, type OpenErrorCode, type OpenOptions, type OpenResult } from './model/open.ts';
+export { formatManifest, parseManifest, readManifest, writeManifest, ManifestError, type CorpusCase } from './corpus/manifest.ts';
+export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from './model/check.ts';
+export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './model/repair.ts';

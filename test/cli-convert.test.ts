@@ -276,6 +276,26 @@ describe('backing files of the input: only with --allow-backing', () => {
     await rm(out);
   });
 
+  it('a raw backing file whose length is not a multiple of 512: same bytes as qemu-img (regression)', async () => {
+    // Found by the conformance harness: a status extent ending at the backing file's odd length
+    // (84448 bytes) made a chunk of 164.9375 sectors and convert threw a RangeError. qemu-img's
+    // convert_iteration_sectors rounds each status length up to whole sectors (DIV_ROUND_UP).
+    const back = join(dir, 'odd-back.raw');
+    const bytes = new Uint8Array(84448);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = 1 + (i % 251);
+    writeFileSync(back, bytes);
+    const top = join(dir, 'odd-top.qcow2');
+    expect(spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'odd-back.raw', '-F', 'raw', top, '1M'], { cwd: dir }).status).toBe(0);
+    await qemuIo(top, ['write -P 7 0 4096', 'write -P 9 200000 1000']); // 64K..128K stays backed
+    const ours = join(dir, 'odd-ours.raw');
+    const theirs = join(dir, 'odd-theirs.raw');
+    const r = await cli('convert', '--allow-backing', top, ours);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    await qemuImgConvert(top, theirs);
+    expect(sameFile(ours, theirs)).toBe(true);
+  });
+
   it('an absolute data file path is refused without --allow-data-file-path', async () => {
     const m = matrix.find((x) => x.name === 'data-file')!;
     const r = await cli('convert', m.path, join(dir, 'df.raw'));

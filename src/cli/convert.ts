@@ -628,7 +628,9 @@ function* chunksOf(source: ConvertSource, compressed: boolean, clusterSize: bigi
       const at = pos;
       const s = readingInput(source.name, `error while reading block status at guest offset ${at}`, () => status(at, n));
       data = s.data;
-      nextStatus = pos + s.length;
+      // n = DIV_ROUND_UP(count, BDRV_SECTOR_SIZE): qemu-img works in whole sectors, so a status
+      // extent ending inside a sector (a raw backing file of odd length) covers the whole sector.
+      nextStatus = pos + roundUp(s.length, SECTOR);
     }
     n = min(n, nextStatus - pos);
     if (data) n = min(n, bufBytes);

@@ -3,7 +3,10 @@
  * image could not be decoded / the operation was refused, 2 usage error.
  */
 import { parseArgs } from 'node:util';
+import { CHECK_HELP, runCheck } from './check.ts';
+import { CONFORM_HELP, runConform } from './conform.ts';
 import { CONVERT_HELP, runConvertCommand } from './convert.ts';
+import { CORPUS_HELP, runCorpus } from './corpus.ts';
 import { CREATE_HELP, runCreate } from './create.ts';
 import { DUMP_HELP, runDump } from './dump.ts';
 import { INFO_HELP, runInfo } from './info.ts';
@@ -31,11 +34,24 @@ Commands:
                    Convert IN to OUT as 'qemu-img convert' does (qcow2 <-> raw,
                    qcow2 -> qcow2, -c compressed), streamed in bounded memory;
                    OUT is replaced only once it is complete.
+  check [-r leaks|all] [--output=human|json] [-f qcow2] [-q] IMAGE
+                   What 'qemu-img check' (with -r, 'check -r') prints and
+                   returns, text for text; exit codes 0/1/2/3/63 as qemu-img.
   run [--output=human|json] [--quiet] [--allow-data-file-path] IMAGE SCRIPT
                    Apply a JSON op script (docs/op-script.md) to an image
                    (and its external data file) through the model, then close
                    it as QEMU does; nothing is written unless every op
                    succeeds.
+  corpus --out DIR [--seed S] [--count N] [--families LIST] [--max-size BYTES]
+         [--verify] [--flat] [--minimize] [--output=human|json]
+                   Generate a qcow2 conformance/fuzzing corpus: valid images of
+                   every feature class and invalid ones of every rejection
+                   class, with a manifest of expected outcomes (same seed,
+                   same bytes; --verify checks them against QEMU).
+  conform [--corpus DIR] [--impl NAME | --reader TEMPLATE | --writer TEMPLATE]
+          [--expected-failures FILE] [--output=human|json] [--jobs N] [--timeout S]
+                   Run a qcow2 corpus (default: the checked-in one) against an
+                   implementation (default: qemu-img) and report per family.
 
 Options:
   -h, --help       Show this help (\`qcow2-ref COMMAND --help\` for a command's help).
@@ -45,9 +61,12 @@ Exit codes:
   1  the image could not be decoded (or read); create: qemu-img would refuse
      the options; run: an op failed (the image is left unchanged); info, map,
      convert: a file the image refers to was refused; convert: OUT could not
-     be written (it is left unchanged)
+     be written (it is left unchanged); conform: an unexpected failure or
+     unexpected pass
   2  usage error (unknown command or option, missing argument); run: the
      script is invalid
+  3  corpus --verify: qemu-img/qemu-io missing; conform: the run could not
+     be made (corpus, QEMU or implementation missing)
 `;
 
 interface Command {
@@ -62,6 +81,9 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   info: { help: INFO_HELP, run: runInfo },
   map: { help: MAP_HELP, run: runMap },
   convert: { help: CONVERT_HELP, run: runConvertCommand },
+  check: { help: CHECK_HELP, run: runCheck },
+  corpus: { help: CORPUS_HELP, run: (args, io) => runCorpus(args, io) },
+  conform: { help: CONFORM_HELP, run: (args, io) => runConform(args, io) },
 };
 
 /**

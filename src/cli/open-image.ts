@@ -1,7 +1,10 @@
 /**
  * Opening an image file the way QEMU 7.2 does, for the CLI commands that read images: the file is
- * loaded as a model Image through a file reader (src/cli/file-reader.ts: positioned reads, nothing
- * read until the model needs it, so memory does not grow with the file's size); the files its
+ * opened as a model Image through a file reader (src/cli/file-reader.ts: positioned reads, nothing
+ * read until the model needs it, so memory does not grow with the file's size) with QEMU's open-time
+ * validation (src/model/open.ts openImage: an image QEMU refuses is refused with QEMU's message, naming the
+ * header structure, field and file offset; `qemu-img info`'s no-I/O open for dataFile 'ignore',
+ * read-only otherwise unless `writable`); the files its
  * header names — the backing file (recursively) and the external data file — are found as QEMU
  * finds them, but only as far as the caller's policy allows.
  *
@@ -38,11 +41,12 @@ import { fstatSync } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { isQcow2FormatError } from '../format/errors.ts';
-import { HostReaderError } from '../model/host-file.ts';
+import { hostFromReader, HostReaderError, type HostIO } from '../model/host-file.ts';
 import { rawReaderBackingSource } from '../model/backing.ts';
 import type { BackingSource, Image } from '../model/image.ts';
 import { headerReferences, pathHasProtocol, qemuFullBackingFilename, type HeaderReferences } from '../model/info.ts';
-import { loadImage } from '../model/load-store.ts';
+import { isOpenError, openImageWithIo } from '../model/open.ts';
+import type { RepairResult } from '../model/repair.ts';
 import { mapImage, type HostAllocation, type MapExtent, type MapOptions } from '../model/map.ts';
 import { readGuest } from '../model/read.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
@@ -71,6 +75,17 @@ export interface OpenOptions {
    * `qemu-img info` does (it opens images without I/O and never touches the data file).
    */
   readonly dataFile?: 'ignore' | 'stat' | 'read';
+  /**
+   * Open the top image for writing (QEMU's BDRV_O_RDWR; backing files are always read-only): the
+   * corrupt bit is refused, unknown autoclear bits are cleared and a dirty image is repaired
+   * (src/model/open.ts); the layer's `openIo` holds the writes it made. Default false.
+   */
+  readonly writable?: boolean;
+  /**
+   * Open the top image as `qemu-img check` does (QEMU's BDRV_O_CHECK): the checks QEMU skips in check
+   * mode are skipped and a dirty image is not repaired at open (the check itself does that).
+   */
+  readonly checkMode?: boolean;
 }
 
 /** A file that could not be opened, read, decoded, or that the policy refuses. */
@@ -121,6 +136,12 @@ export interface OpenedLayer {
   readonly image?: Image;
   /** qcow2 only: the header's references (backing name and format, data file, ...). */
   readonly refs?: HeaderReferences;
+  /** qcow2 only: the host writes a writable open made (already in `image`'s file; to be issued before any others). */
+  readonly openIo?: readonly HostIO[];
+  /** qcow2 only: the automatic repair of a dirty image a writable open ran (what QEMU prints while opening). */
+  readonly repair?: RepairResult;
+  /** qcow2 only: warnings QEMU prints while opening the image. */
+  readonly warnings?: readonly string[];
   readonly dataFile?: OpenedDataFile;
   /** The opened backing layer, when the chain was followed. */
   readonly backing?: OpenedLayer;
@@ -222,21 +243,31 @@ async function openLayer(
     }
     if (format === 'raw') return { filename, format, stat: st, reader, close: closeAll };
 
+    // QEMU's open-time validation (src/model/open.ts): `qemu-img info` opens without I/O ('ignore':
+    // no data file checks), everything else with I/O; only the top image may be writable. The data
+    // file is attached below, once its name has passed the policy.
     let refs: HeaderReferences;
     let image: Image;
+    let openIo: readonly HostIO[] = [];
+    let repair: RepairResult | undefined;
+    let warnings: readonly string[] = [];
     try {
-      image = loadImage(reader);
+      const writable = opts.writable === true && seen.length === 0;
+      const r = openImageWithIo(reader, { noIo: opts.dataFile === 'ignore', writable, checkMode: opts.checkMode === true && seen.length === 0 });
+      image = r.image;
+      openIo = r.io;
+      repair = r.repair;
+      warnings = r.warnings;
       refs = headerReferences(image);
     } catch (e) {
-      if (isQcow2FormatError(e)) throw new OpenImageError('decode', filename, e.message);
+      if (isOpenError(e) || isQcow2FormatError(e)) throw new OpenImageError('decode', filename, e.message);
       if (e instanceof HostReaderError) throw new OpenImageError('read', filename, e.message);
       throw e;
     }
     let dataFile: OpenedDataFile | undefined;
     let dataReader: FileReader | undefined;
     const h = image.header;
-    if (opts.dataFile !== 'ignore' && h.version === 3 && (h.incompatibleFeatures & 4n) !== 0n) {
-      if (refs.dataFile === undefined) throw new OpenImageError('decode', filename, `'data-file' is required for this image`);
+    if (opts.dataFile !== 'ignore' && h.version === 3 && (h.incompatibleFeatures & 4n) !== 0n && refs.dataFile !== undefined) {
       const path = dataFilePathOf(filename, refs.dataFile, policy.allowDataFilePath === true);
       if (opts.dataFile === 'read') {
         const d = openReader(path, filename);
@@ -262,7 +293,8 @@ async function openLayer(
       backing = await openLayer(path, bfmt, policy, opts, [...seen, st]);
       opened.push(backing);
     }
-    if (dataReader !== undefined) image = loadImage(reader, { dataFile: dataReader });
+    // The data file joins the opened image (the open's checks and repair do not depend on it).
+    if (dataReader !== undefined) image = { ...image, dataFile: hostFromReader(dataReader) };
     return {
       filename,
       format,
@@ -270,6 +302,9 @@ async function openLayer(
       reader,
       image,
       refs,
+      openIo,
+      ...(repair !== undefined ? { repair } : {}),
+      warnings,
       ...(dataFile !== undefined ? { dataFile } : {}),
       ...(backing !== undefined ? { backing } : {}),
       close: closeAll,

@@ -36,6 +36,26 @@ const MIB = 1024 * 1024;
  * redraw when due), and leaves one finished line behind after `stop`.
  */
 export function startProgress(label: string, totalBytes: number, target: ProgressTarget, enabled: boolean): Progress {
+  const mib = (bytes: number): string => (bytes / MIB).toFixed(1);
+  return startBar(`${label} |{bar}| {percentage}% | {doneMiB}/{totalMiB} MiB | ETA {eta_formatted}`, totalBytes, target, enabled, (done) => ({
+    doneMiB: mib(Math.min(done, totalBytes)),
+    totalMiB: mib(totalBytes),
+  }));
+}
+
+/**
+ * Like startProgress, for a job of `total` countable items (e.g. tests): the bar shows the
+ * percentage, `done/total <unit>` and an ETA. Same promises (nothing at all unless a TTY and `enabled`).
+ */
+export function startCountProgress(label: string, total: number, unit: string, target: ProgressTarget, enabled: boolean): Progress {
+  return startBar(`${label} |{bar}| {percentage}% | {done}/{all} ${unit} | ETA {eta_formatted}`, total, target, enabled, (done) => ({
+    done: String(Math.min(done, total)),
+    all: String(total),
+  }));
+}
+
+/** The bar both kinds share; `payload` gives the format's extra tokens for a done count. */
+function startBar(format: string, totalUnits: number, target: ProgressTarget, enabled: boolean, payload: (done: number) => Record<string, string>): Progress {
   if (!enabled || !target.isTTY) return NO_PROGRESS;
   // cli-progress writes to a stream; this adapter forwards to the sink and says it is a terminal.
   const stream = {
@@ -46,11 +66,11 @@ export function startProgress(label: string, totalBytes: number, target: Progres
       return true;
     },
   };
-  const total = Math.max(totalBytes, 1);
+  const total = Math.max(totalUnits, 1);
   const bar = new cliProgress.SingleBar(
     {
       stream: stream as unknown as NodeJS.WritableStream,
-      format: `${label} |{bar}| {percentage}% | {doneMiB}/{totalMiB} MiB | ETA {eta_formatted}`,
+      format,
       barCompleteChar: '#',
       barIncompleteChar: '-',
       hideCursor: true,
@@ -61,15 +81,14 @@ export function startProgress(label: string, totalBytes: number, target: Progres
     },
     cliProgress.Presets.legacy,
   );
-  const mib = (bytes: number): string => (bytes / MIB).toFixed(1);
-  bar.start(total, 0, { doneMiB: mib(0), totalMiB: mib(totalBytes) });
+  bar.start(total, 0, payload(0));
   let stopped = false;
   let last = 0;
   return {
     update(done: number): void {
       if (stopped) return;
       last = Math.min(Math.max(done, last), total);
-      bar.update(last, { doneMiB: mib(Math.min(last, totalBytes)) });
+      bar.update(last, payload(last));
     },
     stop(): void {
       if (stopped) return;

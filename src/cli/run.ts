@@ -72,9 +72,12 @@ All or nothing:
      model emits and one at the end. 'zero' and 'discard' host requests are
      written as zeros (discard never extends the file).
 
-An image whose dirty bit is already set (a QEMU session with lazy refcounts
-that did not close it) is refused for writes: QEMU repairs its refcounts on a
-writable open, the model does not yet (run 'qemu-img check -r all' first).
+IMAGE is opened for writing as qemu-io opens it (QEMU 7.2's open-time checks):
+an image with the corrupt bit set is refused ('qcow2: Image is corrupt; cannot
+be opened read/write'); unknown autoclear feature bits are cleared; an image
+whose dirty bit is set (a QEMU session with lazy refcounts that did not close
+it) is first repaired as QEMU repairs it ('qemu-img check -r all'), and those
+writes are issued before the ops' writes.
 
 Files IMAGE refers to:
   backing file     resolved relative to IMAGE's directory (as QEMU does);
@@ -309,9 +312,15 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
   let plan;
   let dataPath: string | undefined;
   let top: OpenedLayer | undefined;
+  let openIo: readonly HostIO[] = [];
   try {
-    top = await openImage(imagePath, runPolicy(allowDataFilePath), { backing: true, dataFile: 'read' });
+    // Writable, as qemu-io opens it: QEMU's writable-open checks, and what the open writes (unknown
+    // autoclear bits cleared, a dirty image repaired) goes to the file before the ops' writes.
+    top = await openImage(imagePath, runPolicy(allowDataFilePath), { backing: true, dataFile: 'read', writable: true });
     dataPath = top.dataFile?.path;
+    openIo = top.openIo ?? [];
+    // What qemu-io prints while its open repairs a dirty image (the check's findings and repairs).
+    for (const f of top.repair?.first.findings ?? []) io.stderr(`${f.message}\n`);
     plan = planOps(chainImage(top), ops);
   } catch (e) {
     if (e instanceof OpenImageError) {
@@ -334,15 +343,16 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
   }
 
   // 3. The host I/O, in order, to the image and (when the ops changed it) its data file.
+  const allIo = [...openIo, ...plan.io];
   let done: Omit<RunSummary, 'ops'>;
-  const writesData = plan.io.some((x) => hostTargetOf(x) === 'data' && x.kind !== 'flush');
+  const writesData = allIo.some((x) => hostTargetOf(x) === 'data' && x.kind !== 'flush');
   if (writesData && dataPath === undefined) throw new Error('the model wrote a data file the image does not name');
   try {
     const fh = await open(imagePath, 'r+');
     let dfh: FileHandle | undefined;
     try {
       if (writesData) dfh = await open(dataPath!, 'r+');
-      done = await applyHostIOToFiles(dfh !== undefined ? { image: fh, data: dfh } : { image: fh }, plan.io);
+      done = await applyHostIOToFiles(dfh !== undefined ? { image: fh, data: dfh } : { image: fh }, allIo);
     } finally {
       await dfh?.close();
       await fh.close();

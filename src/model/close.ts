@@ -65,7 +65,8 @@ export function markDirty(tx: Tx): void {
 /**
  * Refuses to change an image whose dirty bit was already set when it was loaded (a QEMU session
  * with lazy refcounts ended without a clean close). QEMU would first repair the refcounts on the
- * writable open (`qemu-img check -r all`, fact sheet §1.3 #25); the model does not repair, and
+ * writable open (`qemu-img check -r all`, fact sheet §1.3 #25) — src/model/open.ts openImage with
+ * `writable: true` does exactly that; an image loaded with plain loadImage is not repaired, and
  * writing on top of possibly wrong refcounts could hand out clusters that are in use. Throws
  * ModelError 'dirty' (ENOTSUP) naming the dirty bit. A bit this session set is fine.
  */
@@ -73,7 +74,7 @@ export function checkNotDirtyOnLoad(tx: Tx, what: string): void {
   if (!isDirty(tx.img) || tx.img.session.dirtyBySession === true) return;
   throw new ModelError('dirty', ENOTSUP,
     `${what}: the image is dirty (incompatible bit 0 was set when it was loaded: lazy refcounts and no clean close); ` +
-    `QEMU repairs its refcounts on a writable open, which is not modelled yet (run 'qemu-img check -r all' first)`);
+    `QEMU repairs its refcounts on a writable open (openImage with writable: true, or 'qcow2-ref check -r all' first)`);
 }
 
 /**
@@ -83,8 +84,8 @@ export function checkNotDirtyOnLoad(tx: Tx, what: string): void {
  * header rewrite followed by a flush. Returns the closed image and that I/O; `image` is unchanged.
  *
  * A dirty bit that was already set when the image was loaded is left set: QEMU would have repaired
- * and cleared it on a writable open, which the model does not do (checkNotDirtyOnLoad refuses
- * writes to such an image), and a read-only QEMU open leaves it too.
+ * and cleared it on a writable open (openImage with `writable: true` does; after a plain loadImage
+ * checkNotDirtyOnLoad refuses writes), and a read-only QEMU open leaves it too.
  *
  * Not calling closeImage leaves the image as a crash (or `qemu-io … -c abort`) would: the dirty bit
  * set if an allocating write happened with lazy refcounts.

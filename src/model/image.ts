@@ -48,7 +48,8 @@ export interface SessionState {
    * allocating write of an image with lazy refcounts (src/model/close.ts). Absent/false when the bit
    * is clear, or when it was already set on disk when the image was loaded — a session that crashed
    * with lazy refcounts left it, and QEMU repairs the refcounts on a writable open (fact sheet §1.3
-   * #25, §7.1), which the model does not do (yet), so it refuses to write such an image.
+   * #25, §7.1) — openImage with `writable: true` (src/model/open.ts) does; after a plain loadImage the
+   * model refuses to write such an image.
    */
   readonly dirtyBySession?: boolean;
 }

@@ -68,8 +68,9 @@ function hostOf(source: Uint8Array | HostReader): HostFile {
  * results are the same. The same holds for `opts.dataFile`.
  *
  * An image whose dirty bit (incompatible bit 0) is set loads, but the fresh session did not set the
- * bit, so writes to it are refused (close.ts checkNotDirtyOnLoad): QEMU would repair its refcounts
- * on a writable open first, which the model does not do yet.
+ * bit, so writes to it are refused (close.ts checkNotDirtyOnLoad): QEMU repairs its refcounts on a
+ * writable open first, which src/model/open.ts openImage({ writable: true }) does and loadImage does not.
+ * loadImage validates nothing beyond the header decoder's rules; openImage adds QEMU's open checks.
  */
 export function loadImage(source: Uint8Array | HostReader, opts: LoadOptions = {}): Image {
   // Decoded before the file is copied: garbage fails fast.

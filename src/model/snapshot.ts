@@ -24,7 +24,7 @@ import { discardHost, hostPage, PAGE_SIZE, readHost, type HostFile } from './hos
 import { geometryOf, type HeaderState } from './image.ts';
 import { growL1Table, readL2Entry, writeL2Entry } from './mapping.ts';
 import { resize } from './resize.ts';
-import { allocClusters, getRefcount, updateRefcount } from './refcount.ts';
+import { allocClusters, freeClusters, getRefcount, updateRefcount } from './refcount.ts';
 import { type Tx, checkpointImg, geo, hostFlush, hostRead, hostWrite, setHeaderFields, withOwnedPages } from './tx.ts';
 
 /** QEMU's limits (QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE). */
@@ -48,33 +48,64 @@ export interface SnapshotState {
   readonly unknownExtraData: Uint8Array;
 }
 
+/** The sizes an entry's fixed part gives, known before the rest of the entry is read. */
+export interface SnapshotEntrySizes {
+  /** The entry's index in the table. */
+  readonly index: number;
+  /** len_extra_data, len_id and len_name of the entry's fixed part. */
+  readonly extraData: number;
+  readonly id: number;
+  readonly name: number;
+  /** Bytes of the entry (40 + extra data + id + name), without the padding to the next entry. */
+  readonly size: bigint;
+}
+
 /** Options of snapshotTableEntries. */
 export interface SnapshotTableWalk {
   /** Decode from a window cut at the end of the file (a short file is 'truncated'), not zero-padded. */
   readonly clipToFile?: boolean;
-  /** Runs each entry's decode (e.g. to check bounds first or move error offsets into the file). */
-  readonly guard?: <T>(pos: bigint, decode: () => T) => T;
+  /**
+   * Runs each entry's decode (e.g. to check bounds first or move error offsets into the file).
+   * `sizes` come from the entry's fixed part: a guard may refuse an entry on them (QEMU's limits)
+   * before `decode` reads the rest of it.
+   */
+  readonly guard?: <T>(pos: bigint, decode: () => T, sizes: SnapshotEntrySizes) => T;
 }
+
+/** Bytes of an entry's fixed part (l1_table_offset .. len_extra_data). */
+const SNAPSHOT_FIXED_PART = 40;
 
 /**
  * The entries of the snapshot table of `file` with header `h`, in order, each with its file offset
- * (8-byte aligned as QEMU places them), decoded by the generated codec from a window the size of the
- * largest entry QEMU accepts (40 + 1024 extra + two 64 KiB strings).
+ * (8-byte aligned as QEMU places them), decoded by the generated codec from a window of the entry's
+ * own size (40 + extra data + id + name; never more than the largest entry QEMU accepts, 40 + 1024
+ * extra + two 64 KiB strings), zeros past the end of the file unless `clipToFile`. Lazy: an entry is
+ * read only when the caller asks for it, so a caller that stops early reads no further.
  */
 export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: SnapshotTableWalk = {}): Generator<{ readonly pos: bigint; readonly entry: SnapshotEntry }> {
   const g = geometryOf(h);
   const params = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, isLast: true };
-  const max = BigInt(40 + 1024 + 2 * 65536 + 8);
+  const max = BigInt(SNAPSHOT_FIXED_PART + 1024 + 2 * 65536 + 8);
   const guard = opts.guard ?? (<T>(_pos: bigint, decode: () => T): T => decode());
   let pos = h.snapshotsOffset;
   for (let i = 0; i < h.nbSnapshots; i++) {
     pos = (pos + 7n) & ~7n;
-    const len = opts.clipToFile === true && pos + max > file.length ? file.length - pos : max;
-    const window = readHost(file, pos, Number(len > 0n ? len : 0n));
+    // The three length fields of the fixed part (big-endian, offsets 12, 14 and 36 of
+    // spec/qcow2.ksy snapshot_entry) size the window; the entry itself is decoded by the codec.
+    const fixed = readHost(file, pos, SNAPSHOT_FIXED_PART);
+    const dv = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
+    const extraData = dv.getUint32(36);
+    const id = dv.getUint16(12);
+    const name = dv.getUint16(14);
+    const size = BigInt(SNAPSHOT_FIXED_PART + extraData + id + name);
     const at = pos;
-    const entry = guard(at, () => decodeSnapshotEntry(window, 0, params));
+    const entry = guard(at, () => {
+      let len = size < max ? size : max;
+      if (opts.clipToFile === true && at + len > file.length) len = file.length - at;
+      return decodeSnapshotEntry(readHost(file, at, Number(len > 0n ? len : 0n)), 0, params);
+    }, { index: i, extraData, id, name, size });
     yield { pos: at, entry };
-    pos += BigInt(40 + entry.lenExtraData + entry.lenId + entry.lenName);
+    pos += size;
   }
 }
 
@@ -112,13 +143,27 @@ function tableSize(list: readonly SnapshotState[]): number {
   return offset;
 }
 
-/** `qcow2_write_snapshots`: a new table in fresh clusters, the header switched, the old one freed. */
-function writeSnapshots(tx: Tx, list: readonly SnapshotState[], oldSize: number): void {
+/**
+ * `qcow2_write_snapshots`: a new table in fresh clusters, the header switched, the old one freed.
+ * `overlapCheck`, when given, is QEMU's qcow2_pre_write_overlap_check of the new table's range, run
+ * once the clusters are allocated and flushed: when it throws, the new clusters are freed again (as
+ * QEMU's fail path does) and the error propagates.
+ */
+export function writeSnapshots(tx: Tx, list: readonly SnapshotState[], oldSize: number,
+  overlapCheck?: (offset: bigint, size: bigint) => void): void {
   const g = geo(tx);
   const size = tableSize(list);
   if (size > MAX_SNAPSHOTS_SIZE) throw new ModelError('too-big', EFBIG, 'File too large');
   const offset = allocClusters(tx, BigInt(size));
   hostFlush(tx);
+  if (overlapCheck !== undefined) {
+    try {
+      overlapCheck(offset, BigInt(size));
+    } catch (e) {
+      freeClusters(tx, offset, BigInt(size));
+      throw e;
+    }
+  }
   const parts: Uint8Array[] = list.map((sn, i) => encodeSnapshotEntry({
     l1TableOffset: bigIntToU64(sn.l1TableOffset),
     l1Size: sn.l1Size,

@@ -1,0 +1,435 @@
+/**
+ * What one pass of `qemu-img check` works on and the primitives every step of it shares
+ * (src/model/check.ts runs the pass): QEMU's BDRVQcow2State as far as the check reads it (the
+ * CheckContext), the BlockDriverState's lifetime across passes (CheckSession: corruption events,
+ * the refcount-block cache), the result counters, the printed lines (Transcript), reading the file
+ * as the block layer does (zeros past the end, EIO past BDRV_MAX_LENGTH), the on-disk refcounts
+ * (qcow2_get_refcount) and the in-memory reference count (qcow2_inc_refcounts_imrt).
+ */
+import { decodeL1EntryFields, decodeRefcountBlockFields, decodeRefcountTableEntryFields, type U64Fields } from '../../generated/qcow2.ts';
+import { isZeroBytes } from '../format/bytes.ts';
+import { isQcow2FormatError } from '../format/errors.ts';
+import { l1EntryWord, refcountBlockOffset, refcountValue } from '../format/entries.ts';
+import type { CheckFinding } from './check.ts';
+import { readHost, type HostFile, type HostIO } from './host-file.ts';
+import { AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, geometryOf, type Geometry } from './image.ts';
+import type { Imrt } from './imrt.ts';
+import { headerReferences } from './info.ts';
+import { hostFlush, setHeaderFields, type Tx } from './tx.ts';
+
+
+/** QEMU's BdrvCheckMode: 0 = check only, 1 = BDRV_FIX_LEAKS (-r leaks), 3 = LEAKS | ERRORS (-r all). */
+export type FixMode = 0 | 1 | 3;
+export const FIX_LEAKS = 1;
+export const FIX_ERRORS = 2;
+
+/**
+ * What lives as long as QEMU's open BlockDriverState across the passes of one `qemu-img check`:
+ * whether the image is open read-write (corruption events are then fatal), whether a corruption was
+ * signalled already (QEMU prints only the first), whether a fatal one made the image unusable
+ * (`bs->drv = NULL`: the next check fails with ENOMEDIUM), and every line printed to stderr so far.
+ */
+export interface CheckSession {
+  readonly writable: boolean;
+  signaled: boolean;
+  dead: boolean;
+  readonly lines: string[];
+  /**
+   * Refcount-block writes QEMU still holds in its refcount-block cache (made by update_refcount since
+   * the last cache flush). They reach the file when the cache is flushed — at the latest when the
+   * image is closed — unless the image died first: QEMU then never writes them back.
+   */
+  readonly cachedWrites: Set<HostIO>;
+}
+
+/** A fresh session for an image opened read-only (`writable` false) or read-write (`-r`). */
+export function newCheckSession(writable: boolean): CheckSession {
+  return { writable, signaled: false, dead: false, lines: [], cachedWrites: new Set() };
+}
+
+/** qcow2_cache_flush of the refcount-block cache: every cached refcount write is on disk now. */
+export function flushRefcountCache(session: CheckSession): void {
+  session.cachedWrites.clear();
+}
+
+/** Errno values and the strerror text glibc prints for them. */
+export const EIO = 5;
+export const ENOMEM = 12;
+export const EINVAL = 22;
+export const EFBIG = 27;
+export const ENOMEDIUM = 123;
+export const STRERROR: Readonly<Record<number, string>> = {
+  [EIO]: 'Input/output error',
+  [ENOMEM]: 'Cannot allocate memory',
+  [EINVAL]: 'Invalid argument',
+  [EFBIG]: 'File too large',
+  [ENOMEDIUM]: 'No medium found',
+};
+
+/** glibc's strerror text for errno `e`. */
+export function strerror(e: number): string {
+  return STRERROR[e] ?? `Unknown error ${e}`;
+}
+
+/** The check function returned -errno: the pass stops here (qemu-img: `Check failed: ...`). */
+export class CheckAbort extends Error {
+  constructor(readonly errno: number) {
+    super(strerror(errno));
+  }
+}
+
+/** The lines one pass prints, and its findings (see CheckFinding for how uncounted lines attach). */
+export class Transcript {
+  readonly findings: CheckFinding[] = [];
+  private pending: string[] = [];
+
+  constructor(private readonly session: CheckSession) {}
+
+  /** Prints `message` as a finding of `kind`. */
+  emit(kind: CheckFinding['kind'], message: string): void {
+    this.session.lines.push(message);
+    const text = [...this.pending, message].join('\n');
+    this.pending = [];
+    this.findings.push({ kind, message: text });
+  }
+
+  /** Prints `line`, which QEMU does not count: it joins the previous finding, or the next one. */
+  note(line: string, attach: 'previous' | 'next'): void {
+    this.session.lines.push(line);
+    const last = this.findings[this.findings.length - 1];
+    if (attach === 'previous' && last !== undefined) {
+      this.findings[this.findings.length - 1] = { kind: last.kind, message: `${last.message}\n${line}` };
+    } else {
+      this.pending.push(line);
+    }
+  }
+
+  /** Findings with any lines still waiting for a next finding attached to the last one. */
+  done(): CheckFinding[] {
+    if (this.pending.length > 0) {
+      const last = this.findings[this.findings.length - 1];
+      if (last !== undefined) this.findings[this.findings.length - 1] = { kind: last.kind, message: [last.message, ...this.pending].join('\n') };
+      this.pending = [];
+    }
+    return this.findings;
+  }
+}
+
+/** QEMU's BdrvCheckResult, mutable while a pass runs. */
+export interface Counters {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset: bigint;
+  totalClusters: bigint;
+  allocatedClusters: bigint;
+  fragmentedClusters: bigint;
+  compressedClusters: bigint;
+}
+
+export function zeroCounters(): Counters {
+  return {
+    corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
+    imageEndOffset: 0n, totalClusters: 0n, allocatedClusters: 0n, fragmentedClusters: 0n, compressedClusters: 0n,
+  };
+}
+
+// Masks and limits (block/qcow2.h, include/block/block_int-common.h).
+export const INT64_MAX = (1n << 63n) - 1n;
+export const U64_RANGE = 1n << 64n;
+/** BDRV_MAX_LENGTH: QEMU_ALIGN_DOWN(INT64_MAX, 1 GiB); a request past it fails with EIO. */
+export const BDRV_MAX_LENGTH = INT64_MAX & ~((1n << 30n) - 1n);
+export const INT_MAX = 0x7fffffff;
+export const QCOW_OFLAG_COPIED = 1n << 63n;
+export const QCOW_OFLAG_ZERO = 1n;
+export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
+export const L1E_RESERVED_MASK = 0x7f000000000001ffn;
+export const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
+export const L2E_STD_RESERVED_MASK = 0x3f000000000001fen;
+export const REFT_RESERVED_MASK = 0x1ffn;
+export const L2_BITMAP_ALL_ALLOC = 0xffffffffn;
+export const L2_BITMAP_ALL_ZEROES = 0xffffffff00000000n;
+export const QCOW_MAX_L1_SIZE = 32 * 1024 * 1024;
+export const QCOW_MAX_SNAPSHOTS = 65536;
+export const QCOW_MAX_SNAPSHOTS_SIZE = 1024 * 65536;
+export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
+export const SNAPSHOT_HEADER_SIZE = 40;
+/** sizeof(QCowSnapshotExtraData): vm_state_size_large, disk_size, icount. */
+export const SNAPSHOT_KNOWN_EXTRA = 24;
+export const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * 65535;
+export const BME_MAX_TABLE_SIZE = 0x8000000;
+export const BME_MAX_PHYS_SIZE = 0x20000000;
+export const BME_MAX_NAME_SIZE = 1023;
+export const BME_FLAG_IN_USE = 1;
+export const BME_RESERVED_FLAGS = 0xfffffffc;
+export const CHECK_FRAG_INFO = 2;
+
+/** `%lx` of a uint64. */
+export const hex = (v: bigint): string => BigInt.asUintN(64, v).toString(16);
+/** `%#lx`: 0x-prefixed hex, but plain "0" for zero (C's alternate form). */
+export const hashHex = (v: bigint): string => (v === 0n ? '0' : `0x${hex(v)}`);
+/** A uint64 as C's int64. */
+export const asInt64 = (v: bigint): bigint => BigInt.asIntN(64, v);
+/** A C string read from bytes: up to the first NUL, one char per byte. */
+export function cString(bytes: Uint8Array): string {
+  const end = bytes.indexOf(0);
+  return Buffer.from(end < 0 ? bytes : bytes.subarray(0, end)).toString('latin1');
+}
+export function roundUp8(v: bigint): bigint {
+  return (v + 7n) & ~7n;
+}
+
+/** One snapshot as the check reads it (QCowSnapshot). */
+export interface CheckedSnapshot {
+  readonly l1TableOffset: bigint;
+  readonly l1Size: number;
+  /** C strings (cut at the first NUL), one char per byte. */
+  readonly id: string;
+  readonly name: string;
+  readonly dateSec: number;
+  readonly dateNsec: number;
+  readonly vmClockNsec: bigint;
+  readonly vmStateSize: bigint;
+  readonly diskSize: bigint;
+  readonly icount: bigint;
+  /** As read, or 1024 when repair truncated it. */
+  readonly extraDataSize: number;
+  readonly unknownExtraData: Uint8Array;
+}
+
+/** Everything one pass works on: QEMU's BDRVQcow2State as far as the check reads it. */
+export interface CheckContext {
+  readonly tx: Tx;
+  /** The fix flags of the step running now (calculate_refcounts after a rebuild runs with 0). */
+  fix: FixMode;
+  readonly out: Transcript;
+  readonly session: CheckSession;
+  readonly g: Geometry;
+  /** bs->total_sectors * 512: the virtual size rounded down to a sector. */
+  readonly virtualBytes: bigint;
+  /** s->snapshots as the check read them, and s->snapshots_size. */
+  snapshots: CheckedSnapshot[];
+  snapshotsSize: bigint;
+  /** The bitmap directory (only when autoclear bit 0 is set, as QEMU reads it at open). */
+  readonly bitmaps?: { readonly count: number; readonly offset: bigint; readonly size: bigint };
+  /** The LUKS header area (crypt_method 2). */
+  readonly crypto?: { readonly offset: bigint; readonly length: bigint };
+  /** rebuild_refcount_structure, supplied by the repair driver for -r all (src/model/rebuild-refcounts.ts). */
+  readonly rebuild?: RebuildRefcounts;
+}
+
+/** rebuild_refcount_structure: writes new refcount structures from `imrt` (throws CheckAbort on failure). */
+export type RebuildRefcounts = (c: CheckContext, res: Counters, imrt: Imrt) => void;
+
+/** The context of one pass over the working image of `tx`, read as QEMU's check-mode open leaves it. */
+export function newCheckContext(tx: Tx, fix: FixMode, out: Transcript, session: CheckSession, rebuild?: RebuildRefcounts): CheckContext {
+  const h = tx.img.header;
+  const g = geometryOf(h);
+  let refs: ReturnType<typeof headerReferences> = {};
+  try {
+    refs = headerReferences(tx.img);
+  } catch (e) {
+    // QEMU's open fails on an extension area it cannot parse; there is nothing to count then.
+    if (!isQcow2FormatError(e)) throw e;
+  }
+  const bitmaps = (h.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n && refs.bitmaps !== undefined && refs.bitmaps.count > 0
+    ? { count: refs.bitmaps.count, offset: refs.bitmaps.directoryOffset, size: refs.bitmaps.directorySize }
+    : undefined;
+  const crypto = h.cryptMethod === 2 && refs.fde !== undefined && refs.fde.length !== 0n ? { offset: refs.fde.offset, length: refs.fde.length } : undefined;
+  return {
+    tx, fix, out, session, g,
+    virtualBytes: h.size & ~511n,
+    snapshots: [],
+    snapshotsSize: 0n,
+    ...(bitmaps !== undefined ? { bitmaps } : {}),
+    ...(crypto !== undefined ? { crypto } : {}),
+    ...(rebuild !== undefined ? { rebuild } : {}),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the file as the block layer does
+
+/** Whether the block layer accepts a request of `length` bytes at `offset` (bdrv_check_request). */
+export function readable(offset: bigint, length: bigint): boolean {
+  return offset >= 0n && offset <= BDRV_MAX_LENGTH && length <= BDRV_MAX_LENGTH - offset;
+}
+
+/**
+ * `bdrv_pread(bs->file, offset, length)`: the bytes (zeros past the end of the file), or undefined
+ * when the request fails (offset or end past BDRV_MAX_LENGTH: EIO).
+ */
+export function pread(c: CheckContext, offset: bigint, length: number): Uint8Array | undefined {
+  if (!readable(offset, BigInt(length))) return undefined;
+  return readHost(c.tx.img.file, offset, length);
+}
+
+/** Bytes [offset, offset+length) of which only those inside the file are read (the rest are zero). */
+export function inFileLength(c: CheckContext, offset: bigint, length: bigint): number {
+  const len = c.tx.img.file.length;
+  if (offset >= len) return 0;
+  return Number(len - offset < length ? len - offset : length);
+}
+
+export function fileLength(c: CheckContext): bigint {
+  return c.tx.img.file.length;
+}
+
+/** ceil(bytes / cluster size) (size_to_clusters). */
+export function sizeToClusters(c: CheckContext, bytes: bigint): bigint {
+  return (bytes + BigInt(c.g.clusterSize) - 1n) >> BigInt(c.g.clusterBits);
+}
+
+/** Word `index` of a 64-bit table at `offset` read through the generated decoders (exact). */
+export function l1WordAt(bytes: Uint8Array, at: number, g: Geometry): bigint {
+  return l1EntryWord(decodeL1EntryFields(bytes, at, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 }));
+}
+
+/** The number of refcount-table entries (s->refcount_table_size). */
+export function reftableSize(c: CheckContext): number {
+  return (c.tx.img.header.refcountTableClusters * c.g.clusterSize) / 8;
+}
+
+/** Reftable entry `i` as its exact 64-bit word (the in-memory s->refcount_table; 0 past the file). */
+export function reftableWord(c: CheckContext, i: number): bigint {
+  const at = c.tx.img.header.refcountTableOffset + BigInt(i) * 8n;
+  const raw = readHost(c.tx.img.file, at, 8);
+  const e = decodeRefcountTableEntryFields(raw, 0, { clusterBits: c.g.clusterBits, refcountOrder: c.tx.img.header.refcountOrder });
+  return refcountBlockOffset(e) | BigInt(e.reserved >>> 0);
+}
+
+/** Reftable entries inside the file (those past its end read as 0, which every loop skips). */
+export function reftableEntriesInFile(c: CheckContext): number {
+  const n = inFileLength(c, c.tx.img.header.refcountTableOffset, BigInt(reftableSize(c)) * 8n);
+  return Math.ceil(n / 8);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Corruption events (qcow2_signal_corruption)
+
+/**
+ * qcow2_signal_corruption with fatal = true: on a writable image it marks the image corrupt (writes
+ * the corrupt bit) and makes it unusable; on a read-only one it only prints. Printed once per open.
+ */
+export function signalCorruption(c: CheckContext, message: string, attach: 'previous' | 'next'): void {
+  const fatal = c.session.writable;
+  const alreadyCorrupt = (c.tx.img.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+  if (c.session.signaled && (!fatal || alreadyCorrupt)) return;
+  if (fatal) {
+    c.out.note(`qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`, attach);
+    setHeaderFields(c.tx, { incompatibleFeatures: c.tx.img.header.incompatibleFeatures | INCOMPAT_CORRUPT });
+    hostFlush(c.tx);
+    c.session.dead = true;
+  } else {
+    c.out.note(`qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`, attach);
+  }
+  c.session.signaled = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// On-disk refcounts (qcow2_get_refcount)
+
+/** One decoded refcount (boolean, number or u64 halves by width, as the generated decoder gives it). */
+export type RefcountEntry = boolean | number | U64Fields;
+
+export type RefblockRead =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'error'; readonly errno: number }
+  | { readonly kind: 'block'; readonly entries: readonly RefcountEntry[]; readonly allZero: boolean };
+
+export function refblockBits(c: CheckContext): number {
+  return c.g.clusterBits + 3 - c.tx.img.header.refcountOrder;
+}
+
+/** Decoded refcount blocks kept while the file does not change (any write makes a new HostFile). */
+export const refblockCache = new WeakMap<HostFile, Map<number, RefblockRead>>();
+/** Blocks kept per file version (a bound on memory for images with many refcount blocks). */
+export const REFBLOCK_CACHE_BLOCKS = 64;
+
+/**
+ * The refcount block for reftable index `t` as qcow2_get_refcount reaches it: absent (every refcount
+ * 0), unreadable (unaligned offset — a corruption event — or past BDRV_MAX_LENGTH: EIO), or decoded
+ * through the generated refcount-block decoder.
+ */
+export function readRefblock(c: CheckContext, t: number, attach: 'previous' | 'next'): RefblockRead {
+  if (t >= reftableSize(c)) return { kind: 'none' };
+  const word = reftableWord(c, t);
+  const offset = word & ~REFT_RESERVED_MASK;
+  if (offset === 0n) return { kind: 'none' };
+  if ((offset & BigInt(c.g.clusterSize - 1)) !== 0n) {
+    signalCorruption(c, `Refblock offset ${hashHex(offset)} unaligned (reftable index: ${hashHex(BigInt(t))})`, attach);
+    return { kind: 'error', errno: EIO };
+  }
+  const file = c.tx.img.file;
+  let cache = refblockCache.get(file);
+  const hit = cache?.get(t);
+  if (hit !== undefined) return hit;
+  const bytes = pread(c, offset, c.g.clusterSize);
+  let r: RefblockRead;
+  if (bytes === undefined) {
+    r = { kind: 'error', errno: EIO };
+  } else {
+    const allZero = isZeroBytes(bytes);
+    r = { kind: 'block', allZero, entries: allZero ? [] : decodeRefcountBlockFields(bytes, 0, { refcountOrder: c.tx.img.header.refcountOrder }).entries };
+  }
+  if (cache === undefined || cache.size >= REFBLOCK_CACHE_BLOCKS) {
+    cache = new Map();
+    refblockCache.set(file, cache);
+  }
+  cache.set(t, r);
+  return r;
+}
+
+/** Refcount `index` of a refcount block. */
+export function refcountIn(block: RefblockRead & { kind: 'block' }, index: number): bigint {
+  return block.allZero ? 0n : refcountValue(block.entries[index]!);
+}
+
+/** qcow2_get_refcount of cluster `k`: the refcount, or the errno it fails with. */
+export function getRefcountChecked(c: CheckContext, k: bigint, attach: 'previous' | 'next'): { ok: true; value: bigint } | { ok: false; errno: number } {
+  const bits = BigInt(refblockBits(c));
+  const tIndex = k >> bits;
+  if (tIndex >= BigInt(reftableSize(c))) return { ok: true, value: 0n };
+  const r = readRefblock(c, Number(tIndex), attach);
+  if (r.kind === 'none') return { ok: true, value: 0n };
+  if (r.kind === 'error') return { ok: false, errno: r.errno };
+  return { ok: true, value: refcountIn(r, Number(k & ((1n << bits) - 1n))) };
+}
+
+/**
+ * qcow2_inc_refcounts_imrt: +1 for every cluster [offset, offset+size) touches. A range reaching a
+ * whole cluster or more past the end of the file is a corruption instead. Arithmetic as QEMU's:
+ * `offset` is an int64, the cluster walk unsigned.
+ */
+export function incRefcounts(c: CheckContext, res: Counters, imrt: Imrt, offset: bigint, size: bigint): void {
+  if (size <= 0n) return;
+  const cs = BigInt(c.g.clusterSize);
+  if (asInt64(offset) + size - fileLength(c) >= cs) {
+    c.out.emit('corruption', `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(offset)} size 0x${hex(size)}`);
+    res.corruptions++;
+    return;
+  }
+  const start = offset & ~(cs - 1n);
+  const last = BigInt.asUintN(64, offset + size - 1n) & ~(cs - 1n);
+  if (offset >= 1n << 63n) {
+    // A negative int64 offset passes the test above; QEMU then grows its array to the cluster index
+    // (2^63 / cluster size entries), which g_try_realloc cannot allocate.
+    res.checkErrors++;
+    throw new CheckAbort(ENOMEM);
+  }
+  const max = (1n << BigInt(1 << c.tx.img.header.refcountOrder)) - 1n;
+  for (let co = start; co <= last; co += cs) {
+    const k = Number(co >> BigInt(c.g.clusterBits));
+    if (k >= imrt.size) imrt.size = k + 1;
+    const rc = imrt.get(k);
+    if (BigInt(rc) === max) {
+      c.out.emit('corruption', `ERROR: overflow cluster offset=0x${hex(co)}`);
+      c.out.note('Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing', 'previous');
+      res.corruptions++;
+      continue;
+    }
+    imrt.set(k, rc + 1);
+  }
+}

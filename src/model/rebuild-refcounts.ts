@@ -1,0 +1,151 @@
+/**
+ * `rebuild_refcount_structure` of QEMU 7.2 (block/qcow2-refcount.c, the version rewritten in 7.1;
+ * fact sheet §9.2): new refcount blocks and a new refcount table made from the check's in-memory
+ * refcount table alone, placed first-fit in clusters that table says are free, so nothing the old
+ * (possibly broken) structures say is trusted. The old structures are left behind as leaks, which the
+ * check's next step frees.
+ *
+ * 1. Every refcount block's range holding a referenced cluster gets a block, allocated in the
+ *    in-memory table at the first free cluster at or after the start of that range, and written as
+ *    the slice of the in-memory table it describes (its own refcount included).
+ * 2. The reftable is allocated first-fit from cluster 0; the blocks covering it are written again
+ *    (they now count it). If that needed a new block beyond the table's size, the table grows and is
+ *    placed again (the old place stays allocated and leaks).
+ * 3. The reftable is written, then the header's refcount_table_offset and refcount_table_clusters in
+ *    one 12-byte write.
+ *
+ * Every write first passes QEMU's metadata overlap check against the image's current metadata.
+ */
+import { encodeRefcountTableEntry } from '../../generated/qcow2.ts';
+import { offsetToParts } from '../format/u64.ts';
+import { CheckAbort, EIO, flushRefcountCache, signalCorruption, strerror, type CheckContext, type Counters } from './check-context.ts';
+import { metadataOverlap } from './check-overlap.ts';
+import type { Imrt } from './imrt.ts';
+import { hostFlush, hostWrite, setHeaderFields } from './tx.ts';
+
+/** The smallest index of sorted `a` whose value is ≥ `v`. */
+function lowerBound(a: readonly number[], v: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** A refcount rebuild failed: QEMU's message (printed as `qemu-img: <message>`) and errno. */
+class RebuildError extends Error {
+  constructor(readonly errno: number, message: string) {
+    super(message);
+  }
+}
+
+/**
+ * rebuild_refcount_structure: writes new refcount structures for the references in `imrt` (which
+ * gains the new structures' own references) and switches the header to them. On failure prints
+ * QEMU's message, counts a check error where QEMU does, and throws CheckAbort.
+ */
+export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: Imrt): void {
+  const g = c.g;
+  const cs = g.clusterSize;
+  const rbBits = g.clusterBits + 3 - c.tx.img.header.refcountOrder;
+  const rbe = 2 ** rbBits;
+  const entriesPerCluster = cs / 8;
+  // The clusters with a non-zero count: those at the start, and those the rebuild allocates.
+  const initial = imrt.sortedClusters();
+  const added: number[] = [];
+  let reftable: number[] = [];
+  let entries = 0;
+
+  const nextUsed = (from: number): number => {
+    const a = initial[lowerBound(initial, from)];
+    const b = added[lowerBound(added, from)];
+    if (a === undefined) return b ?? Infinity;
+    return b === undefined ? a : Math.min(a, b);
+  };
+  const allocate = (count: number, first: { value: number }): number => {
+    const cluster = imrt.allocClusters(count, first);
+    for (let i = 0; i < count; i++) added.splice(lowerBound(added, cluster + i), 0, cluster + i);
+    return cluster;
+  };
+  const checkedWrite = (offset: bigint, bytes: Uint8Array, what: string): void => {
+    const overlap = metadataOverlap(c, 0, offset, BigInt(bytes.length));
+    if (overlap !== undefined) {
+      signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
+      throw new RebuildError(EIO, `${what}: ${strerror(EIO)}`);
+    }
+    hostWrite(c.tx, offset, bytes);
+  };
+
+  /** rebuild_refcounts_write_refblocks over clusters [firstCluster, endCluster); whether the table grew. */
+  const writeRefblocks = (firstCluster: number, endCluster: number): boolean => {
+    let firstFree = { value: 0 };
+    let grown = false;
+    let end = endCluster;
+    // Bounded: each iteration moves to the next used cluster and then past its whole refblock range;
+    // `end` grows at most once per allocated refblock.
+    for (let cluster = nextUsed(firstCluster); cluster < end; cluster = nextUsed(cluster + 1)) {
+      const index = Math.floor(cluster / rbe);
+      const start = index * rbe;
+      let offsetCluster: number;
+      if (entries > index && reftable[index] !== 0) {
+        offsetCluster = reftable[index]!;
+      } else {
+        // Don't allocate a cluster in a refblock already written to disk.
+        if (firstFree.value < start) firstFree = { value: start };
+        offsetCluster = allocate(1, firstFree);
+        // The refblock that holds this refblock's refcount must be written too.
+        if (offsetCluster >= end) end = offsetCluster + 1;
+        if (entries <= index) {
+          const grownEntries = Math.ceil(((index + 1) * 8) / cs) * entriesPerCluster;
+          reftable = reftable.concat(new Array<number>(grownEntries - entries).fill(0));
+          entries = grownEntries;
+          grown = true;
+        }
+        reftable[index] = offsetCluster;
+      }
+      checkedWrite(BigInt(offsetCluster) * BigInt(cs), imrt.refblockBytes(index, rbe), 'ERROR writing refblock');
+      // This refblock is done: skip to its end.
+      cluster = start + rbe - 1;
+    }
+    return grown;
+  };
+
+  // qcow2_cache_empty: the refcount-block cache is written back and dropped first.
+  flushRefcountCache(c.session);
+  try {
+    writeRefblocks(0, imrt.size);
+    let reftableCluster = -1;
+    let reftableClusters = 0;
+    let grown: boolean;
+    // Bounded: every round that grows the table adds a refblock range it must cover, and a table
+    // cluster covers entriesPerCluster blocks, so the table stops growing after a few rounds.
+    do {
+      reftableClusters = Math.ceil((entries * 8) / cs);
+      reftableCluster = allocate(reftableClusters, { value: 0 });
+      grown = writeRefblocks(reftableCluster, reftableCluster + reftableClusters);
+    } while (grown);
+    const table = new Uint8Array(entries * 8);
+    for (let i = 0; i < entries; i++) {
+      if (reftable[i] === 0) continue;
+      const { hi, lo9 } = offsetToParts(BigInt(reftable[i]!) * BigInt(cs), 32, { structure: 'refcount_table_entry', field: 'refblock_offset', offset: i * 8 });
+      table.set(encodeRefcountTableEntry({ refblockOffsetHi: hi, refblockOffsetLo: lo9, reserved: 0 },
+        { clusterBits: g.clusterBits, refcountOrder: c.tx.img.header.refcountOrder }), i * 8);
+    }
+    const reftableOffset = BigInt(reftableCluster) * BigInt(cs);
+    checkedWrite(reftableOffset, table, 'ERROR writing reftable');
+    // Crash safety (stronger than QEMU, which only syncs after the header write): the new blocks and
+    // table are on disk before the header points at them.
+    hostFlush(c.tx);
+    setHeaderFields(c.tx, { refcountTableOffset: reftableOffset, refcountTableClusters: reftableClusters });
+    hostFlush(c.tx);
+  } catch (e) {
+    if (!(e instanceof RebuildError)) throw e;
+    // QEMU counts a check error when writing the refblocks fails, not the reftable.
+    if (e.message.startsWith('ERROR writing refblock')) res.checkErrors++;
+    c.out.emit('check-error', `qemu-img: ${e.message}`);
+    throw new CheckAbort(e.errno);
+  }
+}
