@@ -5,7 +5,7 @@
  * × implementations with everything each gets wrong (the first failing case of each family and why),
  * known failures included: the scoreboard shows, it does not hide.
  *
- *   npx tsx scripts/scoreboard.ts [--corpus corpus] [--out docs/scoreboard.md] [--jobs N] [--timeout S]
+ *   npx tsx scripts/scoreboard.ts [--corpus corpus] [--out docs/scoreboard.md | --out -] [--jobs N] [--timeout S]
  *                                 [--update-expected-failures]
  *
  * --update-expected-failures rewrites conform/expected-failures/<impl>.txt of every implementation
@@ -103,7 +103,8 @@ async function main(): Promise<number> {
     strict: true,
   });
   const corpus = resolve(values.corpus ?? resolve(REPO_ROOT, 'corpus'));
-  const out = resolve(values.out ?? resolve(REPO_ROOT, 'docs/scoreboard.md'));
+  // `--out -` prints the table on stdout instead (the README's first command).
+  const out = values.out === '-' ? '-' : resolve(values.out ?? resolve(REPO_ROOT, 'docs/scoreboard.md'));
   const jobs = values.jobs !== undefined ? Number(values.jobs) : availableParallelism();
   const timeoutMs = (values.timeout !== undefined ? Number(values.timeout) : 60) * 1000;
   const versions = await requireQemu();
@@ -190,7 +191,9 @@ async function main(): Promise<number> {
     for (const f of skipped) md.push(`- ${escapeCell(f.family)}: ${f.skip} skipped, e.g. \`${f.firstSkip!.caseId}\`: ${escapeCell(f.firstSkip!.detail)}`);
     md.push('');
   }
-  writeFileSync(out, `${md.join('\n').replace(/\n+$/, '')}\n`);
+  const table = `${md.join('\n').replace(/\n+$/, '')}\n`;
+  if (out === '-') process.stdout.write(table);
+  else writeFileSync(out, table);
   if (values['update-expected-failures'] === true) {
     for (const [impl, report] of reports) {
       const path = resolve(REPO_ROOT, 'conform/expected-failures', `${impl}.txt`);
@@ -198,7 +201,7 @@ async function main(): Promise<number> {
       process.stderr.write(`scoreboard: wrote ${relative(process.cwd(), path)}\n`);
     }
   }
-  process.stderr.write(`scoreboard: wrote ${relative(process.cwd(), out)}\n`);
+  if (out !== '-') process.stderr.write(`scoreboard: wrote ${relative(process.cwd(), out)}\n`);
   return 0;
 }
 

@@ -674,8 +674,11 @@ export interface Real {
   readonly system: StepFn;
   /** Guest ranges touched so far, for the end-of-run comparisons. */
   readonly touched: { offset: bigint; length: bigint }[];
-  /** Every page object seen in an image of this run, with its hash when first seen. */
-  readonly seenPages: Map<Uint8Array, number>;
+  /**
+   * Every page leaf (a page or a chunked page, src/model/chunked-page.ts) seen in an image of this
+   * run, with where it was seen and the hash of its bytes then.
+   */
+  readonly seenPages: Map<object, { readonly file: HostFile; readonly index: number; readonly hash: number }>;
   /** The backing source given to the model (also used to reload the image). */
   readonly backing?: BackingSource;
   steps: number;
@@ -717,14 +720,22 @@ function filesOf(img: Image): { readonly target: HostTarget; readonly file: Host
   return img.dataFile !== undefined ? [{ target: 'image', file: img.file }, { target: 'data', file: img.dataFile }] : [{ target: 'image', file: img.file }];
 }
 
-/** Records the hash of every page of the image's files not seen before (pages are immutable by contract). */
-function notePages(real: Real, img: Image): void {
-  for (const { file } of filesOf(img)) for (const p of file.pages.values()) if (!real.seenPages.has(p)) real.seenPages.set(p, pageHash(p));
+/** Page `i` of `file` as it reads now: a chunked page's chunks are read, not a cached copy. */
+function pageBytes(file: HostFile, i: number): Uint8Array {
+  return readHost(file, BigInt(i) * 4096n, 4096);
 }
 
-function checkPage(real: Real, idx: number, p: Uint8Array, what: string): void {
-  const h = real.seenPages.get(p);
-  if (h !== undefined && pageHash(p) !== h) throw new Error(`${what}: page ${idx} (host offset 0x${(idx * 4096).toString(16)}) was mutated in place`);
+/** Records the hash of every page leaf of the image's files not seen before (leaves are immutable by contract). */
+function notePages(real: Real, img: Image): void {
+  for (const { file } of filesOf(img)) {
+    for (const [i, leaf] of file.pages.leaves()) if (!real.seenPages.has(leaf)) real.seenPages.set(leaf, { file, index: i, hash: pageHash(pageBytes(file, i)) });
+  }
+}
+
+function checkPage(real: Real, file: HostFile, idx: number, what: string): void {
+  const leaf = file.pages.leaf(idx);
+  const seen = leaf === undefined ? undefined : real.seenPages.get(leaf);
+  if (seen !== undefined && pageHash(pageBytes(file, idx)) !== seen.hash) throw new Error(`${what}: page ${idx} (host offset 0x${(idx * 4096).toString(16)}) was mutated in place`);
 }
 
 interface FileFingerprint {
@@ -771,14 +782,11 @@ function checkUnchanged(real: Real, fp: Fingerprint, io: readonly HostIO[], what
 function checkFilePages(real: Real, file: HostFile, target: HostTarget, io: readonly HostIO[], what: string): void {
   const pages = file.pages;
   if (pages.size <= 256) {
-    for (const [i, p] of pages.entries()) checkPage(real, i, p, what);
+    for (const [i] of pages.leaves()) checkPage(real, file, i, what);
     return;
   }
   // Large files: the pages this step wrote to (where an in-place write would land), plus a sample.
-  const check = (i: number): void => {
-    const p = pages.get(i);
-    if (p !== undefined) checkPage(real, i, p, what);
-  };
+  const check = (i: number): void => checkPage(real, file, i, what);
   for (const o of io) {
     if (o.kind === 'flush') continue;
     if (o.kind === 'truncate') continue;
@@ -788,13 +796,13 @@ function checkFilePages(real: Real, file: HostFile, target: HostTarget, io: read
     const first = Number(o.offset >> 12n);
     const last = Number((o.offset + len - 1n) >> 12n);
     if (last - first > 4096) {
-      for (const i of pages.keys()) if (i >= first && i <= last) check(i);
+      for (const [i] of pages.leaves()) if (i >= first && i <= last) check(i);
     } else {
       for (let i = first; i <= last; i++) check(i);
     }
   }
   check(0);
-  const keys = [...pages.keys()];
+  const keys = [...pages.leaves()].map(([i]) => i);
   for (let k = 0; k < 16; k++) check(keys[(real.steps * 7919 + k * 104729) % keys.length]!);
 }
 
@@ -2005,7 +2013,7 @@ export function setup(cfg: Config, system: StepFn): { model: Model; real: Real }
 
 /** End of a run: every page seen is unchanged, and the stored image reloads with the same header and reads. */
 export function finalChecks(model: Model, real: Real, randomRanges: readonly { at: number; length: number }[]): void {
-  for (const [p, h] of real.seenPages) if (pageHash(p) !== h) throw new Error('end of run: a page of an earlier image was mutated in place');
+  for (const s of real.seenPages.values()) if (pageHash(pageBytes(s.file, s.index)) !== s.hash) throw new Error('end of run: a page of an earlier image was mutated in place');
   const img = real.image;
   const reloaded = reload(real, img);
   if (show(reloaded.header) !== show(img.header)) throw new Error(`load(store(image)): header ${show(reloaded.header)} differs from ${show(img.header)}`);

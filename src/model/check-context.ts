@@ -3,15 +3,15 @@
  * (src/model/check.ts runs the pass): QEMU's BDRVQcow2State as far as the check reads it (the
  * CheckContext), the BlockDriverState's lifetime across passes (CheckSession: corruption events,
  * the refcount-block cache), the result counters, the printed lines (Transcript), reading the file
- * as the block layer does (zeros past the end, EIO past BDRV_MAX_LENGTH), the on-disk refcounts
- * (qcow2_get_refcount) and the in-memory reference count (qcow2_inc_refcounts_imrt).
+ * as the block layer does (zeros past the end, EIO past BDRV_MAX_LENGTH) and the in-memory reference
+ * count (qcow2_inc_refcounts_imrt). The on-disk refcounts and the refcount-block cache are
+ * src/model/check-refblocks.ts; the in-memory reftable and L1 table src/model/check-tables.ts.
  */
-import { decodeL1EntryFields, decodeRefcountBlockFields, decodeRefcountTableEntryFields, type U64Fields } from '../../generated/qcow2.ts';
-import { isZeroBytes } from '../format/bytes.ts';
+import { decodeL1EntryFields } from '../../generated/qcow2.ts';
 import { isQcow2FormatError } from '../format/errors.ts';
-import { l1EntryWord, refcountBlockOffset, refcountValue } from '../format/entries.ts';
+import { l1EntryWord } from '../format/entries.ts';
 import type { CheckFinding } from './check.ts';
-import { readHost, type HostFile, type HostIO } from './host-file.ts';
+import { readHost, type HostIO } from './host-file.ts';
 import { AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, geometryOf, type Geometry } from './image.ts';
 import type { Imrt } from './imrt.ts';
 import { headerReferences } from './info.ts';
@@ -27,29 +27,56 @@ export const FIX_ERRORS = 2;
  * What lives as long as QEMU's open BlockDriverState across the passes of one `qemu-img check`:
  * whether the image is open read-write (corruption events are then fatal), whether a corruption was
  * signalled already (QEMU prints only the first), whether a fatal one made the image unusable
- * (`bs->drv = NULL`: the next check fails with ENOMEDIUM), and every line printed to stderr so far.
+ * (`bs->drv = NULL`: the next check fails with ENOMEDIUM, and the image is never flushed or closed
+ * properly), the refcount-block cache, and every line printed to stderr so far.
  */
 export interface CheckSession {
   readonly writable: boolean;
   signaled: boolean;
   dead: boolean;
   readonly lines: string[];
+  /** QEMU's refcount-block cache (src/model/check-refblocks.ts). */
+  readonly refblockCache: RefblockCacheState;
   /**
-   * Refcount-block writes QEMU still holds in its refcount-block cache (made by update_refcount since
-   * the last cache flush). They reach the file when the cache is flushed — at the latest when the
-   * image is closed — unless the image died first: QEMU then never writes them back.
+   * Host writes the model made that QEMU would not have made (a refcount change QEMU's cache could
+   * not take): never part of the result.
    */
-  readonly cachedWrites: Set<HostIO>;
+  readonly droppedWrites: Set<HostIO>;
+  /** The context of the last pass: what the image is closed with (its snapshot list, bitmaps). */
+  lastContext?: CheckContext;
 }
+
+/** One entry of the refcount-block cache (Qcow2CachedTable). */
+export interface RefblockCacheEntry {
+  /** The cached block's offset; 0 when the entry is empty. */
+  offset: bigint;
+  /** The cache's counter when the entry was last used (0 when never). */
+  lru: number;
+  dirty: boolean;
+  /** The model's host writes of this block's changes not yet written back (see check-refblocks.ts). */
+  pending: HostIO[];
+}
+
+/** The refcount-block cache (Qcow2Cache): its entries and use counter. */
+export interface RefblockCacheState {
+  readonly entries: readonly RefblockCacheEntry[];
+  counter: number;
+}
+
+/** Entries of the refcount-block cache: MIN_REFCOUNT_CACHE_SIZE, what QEMU 7.2 uses by default. */
+export const REFBLOCK_CACHE_ENTRIES = 4;
 
 /** A fresh session for an image opened read-only (`writable` false) or read-write (`-r`). */
 export function newCheckSession(writable: boolean): CheckSession {
-  return { writable, signaled: false, dead: false, lines: [], cachedWrites: new Set() };
+  const entries = Array.from({ length: REFBLOCK_CACHE_ENTRIES }, (): RefblockCacheEntry => ({ offset: 0n, lru: 0, dirty: false, pending: [] }));
+  return { writable, signaled: false, dead: false, lines: [], refblockCache: { entries, counter: 0 }, droppedWrites: new Set() };
 }
 
-/** qcow2_cache_flush of the refcount-block cache: every cached refcount write is on disk now. */
-export function flushRefcountCache(session: CheckSession): void {
-  session.cachedWrites.clear();
+/** The host writes of refcount changes still waiting in the cache (lost if the image never writes them back). */
+export function pendingRefblockWrites(session: CheckSession): Set<HostIO> {
+  const out = new Set<HostIO>();
+  for (const e of session.refblockCache.entries) if (e.dirty) for (const w of e.pending) out.add(w);
+  return out;
 }
 
 /** Errno values and the strerror text glibc prints for them. */
@@ -88,6 +115,10 @@ export class Transcript {
   /** Prints `message` as a finding of `kind`. */
   emit(kind: CheckFinding['kind'], message: string): void {
     this.session.lines.push(message);
+    if (this.pending.length === 0) {
+      this.findings.push({ kind, message });
+      return;
+    }
     const text = [...this.pending, message].join('\n');
     this.pending = [];
     this.findings.push({ kind, message: text });
@@ -292,20 +323,6 @@ export function reftableSize(c: CheckContext): number {
   return (c.tx.img.header.refcountTableClusters * c.g.clusterSize) / 8;
 }
 
-/** Reftable entry `i` as its exact 64-bit word (the in-memory s->refcount_table; 0 past the file). */
-export function reftableWord(c: CheckContext, i: number): bigint {
-  const at = c.tx.img.header.refcountTableOffset + BigInt(i) * 8n;
-  const raw = readHost(c.tx.img.file, at, 8);
-  const e = decodeRefcountTableEntryFields(raw, 0, { clusterBits: c.g.clusterBits, refcountOrder: c.tx.img.header.refcountOrder });
-  return refcountBlockOffset(e) | BigInt(e.reserved >>> 0);
-}
-
-/** Reftable entries inside the file (those past its end read as 0, which every loop skips). */
-export function reftableEntriesInFile(c: CheckContext): number {
-  const n = inFileLength(c, c.tx.img.header.refcountTableOffset, BigInt(reftableSize(c)) * 8n);
-  return Math.ceil(n / 8);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Corruption events (qcow2_signal_corruption)
 
@@ -329,74 +346,7 @@ export function signalCorruption(c: CheckContext, message: string, attach: 'prev
 }
 
 // ---------------------------------------------------------------------------------------------
-// On-disk refcounts (qcow2_get_refcount)
-
-/** One decoded refcount (boolean, number or u64 halves by width, as the generated decoder gives it). */
-export type RefcountEntry = boolean | number | U64Fields;
-
-export type RefblockRead =
-  | { readonly kind: 'none' }
-  | { readonly kind: 'error'; readonly errno: number }
-  | { readonly kind: 'block'; readonly entries: readonly RefcountEntry[]; readonly allZero: boolean };
-
-export function refblockBits(c: CheckContext): number {
-  return c.g.clusterBits + 3 - c.tx.img.header.refcountOrder;
-}
-
-/** Decoded refcount blocks kept while the file does not change (any write makes a new HostFile). */
-export const refblockCache = new WeakMap<HostFile, Map<number, RefblockRead>>();
-/** Blocks kept per file version (a bound on memory for images with many refcount blocks). */
-export const REFBLOCK_CACHE_BLOCKS = 64;
-
-/**
- * The refcount block for reftable index `t` as qcow2_get_refcount reaches it: absent (every refcount
- * 0), unreadable (unaligned offset — a corruption event — or past BDRV_MAX_LENGTH: EIO), or decoded
- * through the generated refcount-block decoder.
- */
-export function readRefblock(c: CheckContext, t: number, attach: 'previous' | 'next'): RefblockRead {
-  if (t >= reftableSize(c)) return { kind: 'none' };
-  const word = reftableWord(c, t);
-  const offset = word & ~REFT_RESERVED_MASK;
-  if (offset === 0n) return { kind: 'none' };
-  if ((offset & BigInt(c.g.clusterSize - 1)) !== 0n) {
-    signalCorruption(c, `Refblock offset ${hashHex(offset)} unaligned (reftable index: ${hashHex(BigInt(t))})`, attach);
-    return { kind: 'error', errno: EIO };
-  }
-  const file = c.tx.img.file;
-  let cache = refblockCache.get(file);
-  const hit = cache?.get(t);
-  if (hit !== undefined) return hit;
-  const bytes = pread(c, offset, c.g.clusterSize);
-  let r: RefblockRead;
-  if (bytes === undefined) {
-    r = { kind: 'error', errno: EIO };
-  } else {
-    const allZero = isZeroBytes(bytes);
-    r = { kind: 'block', allZero, entries: allZero ? [] : decodeRefcountBlockFields(bytes, 0, { refcountOrder: c.tx.img.header.refcountOrder }).entries };
-  }
-  if (cache === undefined || cache.size >= REFBLOCK_CACHE_BLOCKS) {
-    cache = new Map();
-    refblockCache.set(file, cache);
-  }
-  cache.set(t, r);
-  return r;
-}
-
-/** Refcount `index` of a refcount block. */
-export function refcountIn(block: RefblockRead & { kind: 'block' }, index: number): bigint {
-  return block.allZero ? 0n : refcountValue(block.entries[index]!);
-}
-
-/** qcow2_get_refcount of cluster `k`: the refcount, or the errno it fails with. */
-export function getRefcountChecked(c: CheckContext, k: bigint, attach: 'previous' | 'next'): { ok: true; value: bigint } | { ok: false; errno: number } {
-  const bits = BigInt(refblockBits(c));
-  const tIndex = k >> bits;
-  if (tIndex >= BigInt(reftableSize(c))) return { ok: true, value: 0n };
-  const r = readRefblock(c, Number(tIndex), attach);
-  if (r.kind === 'none') return { ok: true, value: 0n };
-  if (r.kind === 'error') return { ok: false, errno: r.errno };
-  return { ok: true, value: refcountIn(r, Number(k & ((1n << bits) - 1n))) };
-}
+// The in-memory reference count
 
 /**
  * qcow2_inc_refcounts_imrt: +1 for every cluster [offset, offset+size) touches. A range reaching a

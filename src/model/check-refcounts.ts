@@ -19,10 +19,12 @@ import { checkBitmapsRefcounts } from './check-bitmaps.ts';
 import {
   BDRV_MAX_LENGTH, CHECK_FRAG_INFO, CheckAbort, EFBIG, EINVAL, EIO, FIX_ERRORS, FIX_LEAKS, INT64_MAX, INT_MAX,
   L1E_OFFSET_MASK, L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_STD_RESERVED_MASK, L2_BITMAP_ALL_ALLOC, L2_BITMAP_ALL_ZEROES,
-  QCOW_MAX_L1_SIZE, QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, REFT_RESERVED_MASK, fileLength, getRefcountChecked, hashHex, hex,
-  inFileLength, incRefcounts, l1WordAt, pread, readRefblock, readable, refblockBits, reftableEntriesInFile, reftableSize,
-  reftableWord, signalCorruption, sizeToClusters, strerror, zeroCounters, type CheckContext, type Counters, type FixMode,
+  QCOW_MAX_L1_SIZE, QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, REFT_RESERVED_MASK, fileLength, hashHex, hex,
+  inFileLength, incRefcounts, l1WordAt, pread, readable, reftableSize,
+  signalCorruption, sizeToClusters, strerror, zeroCounters, type CheckContext, type Counters, type FixMode,
 } from './check-context.ts';
+import { cacheMarkDirty, getRefcountChecked, nonZeroRefcounts, readRefblock, refblockBits } from './check-refblocks.ts';
+import { reftableView } from './check-tables.ts';
 import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_INACTIVE_L2, metadataOverlap } from './check-overlap.ts';
 
 
@@ -225,6 +227,8 @@ function checkOflagCopied(c: CheckContext, res: Counters): void {
       // Don't print a message nor count a check error (compare_refcounts did).
       continue;
     }
+    // A table past the end of the file reads as zeros: no entry to look at.
+    if (l2Offset >= fileLength(c)) continue;
     const table = pread(c, l2Offset, g.clusterSize);
     if (table === undefined) {
       c.out.emit('check-error', `ERROR: Could not read L2 table: ${strerror(EIO)}`);
@@ -287,9 +291,12 @@ function writeL1EntryWord(c: CheckContext, res: Counters, i: number, word: bigin
 /** check_refblocks: each refcount block must be aligned, inside the image and referenced once. */
 function checkRefblocks(c: CheckContext, res: Counters, imrt: Imrt, rebuild: { value: boolean }): void {
   const cs = BigInt(c.g.clusterSize);
-  const n = reftableEntriesInFile(c);
-  for (let i = 0; i < n; i++) {
-    const word = reftableWord(c, i);
+  // The non-zero entries (a zero entry is aligned, inside the image and skipped); nothing below
+  // writes the reftable, so the view holds for the whole walk.
+  const view = reftableView(c.tx);
+  for (let k = 0; k < view.indexes.length; k++) {
+    const i = view.indexes[k]!;
+    const word = view.words[k]!;
     const offset = word & ~REFT_RESERVED_MASK;
     const cluster = offset >> BigInt(c.g.clusterBits);
     if ((word & REFT_RESERVED_MASK) !== 0n) {
@@ -427,11 +434,8 @@ export function compareRefcounts(c: CheckContext, res: Counters, fix: FixMode, r
     const candidates: number[] = [];
     let rj = ri;
     while (rj < referenced.length && referenced[rj]! < end) candidates.push(referenced[rj++]!);
-    if (block.kind === 'block' && !block.allZero) {
-      for (let k = 0; k < end - start; k++) {
-        const v = block.entries[k]!;
-        if (v !== false && v !== 0 && !(typeof v === 'object' && v.hi === 0 && v.lo === 0)) candidates.push(start + k);
-      }
+    if (block.kind === 'block') {
+      for (const k of nonZeroRefcounts(c, block.offset, 0, end - start)) candidates.push(start + k);
       candidates.sort((a, b) => a - b);
     }
     let prev = -1;
@@ -468,12 +472,17 @@ export function compareRefcounts(c: CheckContext, res: Counters, fix: FixMode, r
 }
 
 /**
- * update_refcount(cluster, diff, QCOW2_DISCARD_ALWAYS) through the model's refcount code: a cluster
- * whose refcount drops to 0 is punched out of the file. False when the update fails.
+ * update_refcount(cluster, diff, QCOW2_DISCARD_ALWAYS) through the model's refcount code: the block
+ * is got through QEMU's refcount-block cache and changed there (the write waits for the block's
+ * write-back, check-refblocks.ts); a cluster whose refcount drops to 0 is punched out of the file at
+ * once. False when the update fails.
  */
 function setRefcount(c: CheckContext, cluster: bigint, from: bigint, to: bigint): boolean {
   const tx = c.tx;
   const cb = BigInt(c.g.clusterBits);
+  // alloc_refcount_block → load_refcount_block: the block the refcount was just read from (a hit).
+  const block = readRefblock(c, Number(cluster >> BigInt(refblockBits(c))), 'next');
+  if (block.kind !== 'block') return false;
   const before = checkpointImg(tx);
   const ioLength = tx.io.length;
   try {
@@ -485,8 +494,7 @@ function setRefcount(c: CheckContext, cluster: bigint, from: bigint, to: bigint)
     tx.io.length = ioLength;
     return false;
   }
-  // The new refcount lives in QEMU's refcount-block cache until the next flush.
-  for (let k = ioLength; k < tx.io.length; k++) if (tx.io[k]!.kind === 'write') c.session.cachedWrites.add(tx.io[k]!);
+  cacheMarkDirty(c, block.offset, tx.io.slice(ioLength).filter((op) => op.kind === 'write'));
   if (to === 0n && getRefcount(tx, cluster) === 0n) {
     const at = cluster << cb;
     const len = BigInt(c.g.clusterSize);

@@ -11,10 +11,12 @@ import { writeSnapshots, type SnapshotState } from './snapshot.ts';
 import { hostFlush, setHeaderFields } from './tx.ts';
 import {
   CheckAbort, EFBIG, EINVAL, EIO, FIX_ERRORS, INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
-  QCOW_MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_HEADER_SIZE, SNAPSHOT_KNOWN_EXTRA, U64_RANGE, cString, flushRefcountCache,
+  QCOW_MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_HEADER_SIZE, SNAPSHOT_KNOWN_EXTRA, U64_RANGE, cString,
   pread, roundUp8, signalCorruption, strerror, type CheckContext, type CheckedSnapshot, type Counters,
 } from './check-context.ts';
 import { metadataOverlap } from './check-overlap.ts';
+import { cacheTakeWrites, cacheWrite } from './check-refblocks.ts';
+import { INCOMPAT_DIRTY } from './image.ts';
 
 
 /** qcow2_validate_table: the error message and errno, or undefined when the table is acceptable. */
@@ -183,27 +185,42 @@ export function checkFixSnapshotTable(c: CheckContext, res: Counters): void {
     extraDataSize: sn.extraDataSize,
     unknownExtraData: sn.unknownExtraData,
   }));
-  let afterFlush = -1;
+  // The model's refcount changes go through QEMU's refcount-block cache (check-refblocks.ts): those
+  // up to an index of the operation log are accounted for.
+  let taken = c.tx.io.length;
+  let newSize = c.snapshotsSize;
   const overlapCheck = (offset: bigint, size: bigint): void => {
+    newSize = size;
+    // qcow2_alloc_clusters changed refcounts in the cache; the bdrv_flush that followed wrote the
+    // cache back — unless the dirty bit says refcounts need not be accurate.
+    cacheTakeWrites(c, taken, c.tx.io.length, 'previous');
+    taken = c.tx.io.length;
+    if ((c.tx.img.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) {
+      const r = cacheWrite(c, 'previous');
+      if (r !== 0) throw new CheckAbort(r);
+    }
     const overlap = metadataOverlap(c, 0, offset, size);
     if (overlap !== undefined) {
       signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
-      // What follows (freeing the new clusters again) only reaches QEMU's refcount cache.
-      afterFlush = c.tx.io.length;
       throw new CheckAbort(EIO);
     }
   };
   try {
     // qcow2_write_snapshots frees the old table by s->snapshots_size (the size the check read).
     writeSnapshots(c.tx, list, Number(c.snapshotsSize), overlapCheck);
-    // qcow2_write_snapshots flushes the image (and so its caches) on the way.
-    flushRefcountCache(c.session);
+    // The new table and the header were written directly; freeing the old table, after the last
+    // flush, stays in the cache.
+    let last = c.tx.io.length - 1;
+    while (last >= taken && c.tx.io[last]!.kind !== 'flush') last--;
+    cacheTakeWrites(c, Math.max(taken, last + 1), c.tx.io.length, 'previous');
+    // s->snapshots_size follows the new table (the overlap checks of later writes use it).
+    c.snapshotsSize = newSize;
   } catch (e) {
+    // Freeing the new clusters again (or what the model did before failing) stays in the cache.
+    cacheTakeWrites(c, taken, c.tx.io.length, 'previous');
     let errno: number;
     if (e instanceof CheckAbort) {
       errno = e.errno;
-      // Freeing the new clusters again only reached QEMU's refcount cache.
-      for (let k = afterFlush; k >= 0 && k < c.tx.io.length; k++) if (c.tx.io[k]!.kind === 'write') c.session.cachedWrites.add(c.tx.io[k]!);
     } else if (e instanceof ModelError) {
       errno = -e.errno;
     } else {

@@ -16,8 +16,10 @@
  * The same pass runs with QEMU's fix flags for `qemu-img check -r` (src/model/repair.ts drives it,
  * src/model/rebuild-refcounts.ts rebuilds): repairs are written through a transaction
  * (src/model/tx.ts) in QEMU's order, each after QEMU's metadata overlap check
- * (src/model/check-overlap.ts). What the passes share — the context, the session, reading the file
- * as the block layer does, the on-disk and in-memory refcounts — is src/model/check-context.ts.
+ * (src/model/check-overlap.ts); refcount changes go through QEMU's refcount-block cache, which
+ * decides whether they ever reach the file (src/model/check-refblocks.ts). What the passes share —
+ * the context, the session, reading the file as the block layer does, the in-memory reference
+ * count — is src/model/check-context.ts; the in-memory reftable and L1 table src/model/check-tables.ts.
  *
  * Bounded on hostile input: every loop runs over entries inside the file (entries past its end read
  * as zeros and are skipped, exactly as QEMU skips zero entries), the reference table is sparse, the
@@ -29,10 +31,11 @@
 import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, freshSession, type Image } from './image.ts';
 import { beginTx, hostFlush, setHeaderFields, type Tx } from './tx.ts';
 import {
-  CheckAbort, ENOMEDIUM, Transcript, flushRefcountCache, newCheckContext, newCheckSession, strerror, zeroCounters,
+  CheckAbort, ENOMEDIUM, Transcript, newCheckContext, newCheckSession, strerror, zeroCounters,
   type CheckContext, type CheckSession, type Counters, type FixMode, type RebuildRefcounts,
 } from './check-context.ts';
 import { checkRefcounts } from './check-refcounts.ts';
+import { cacheWrite } from './check-refblocks.ts';
 import { checkFixSnapshotTable, checkReadSnapshotTable } from './check-snapshots.ts';
 
 export { newCheckSession, type CheckSession, type FixMode } from './check-context.ts';
@@ -124,6 +127,7 @@ export function runCheckPass(tx: Tx, fix: FixMode, session: CheckSession, rebuil
   // bdrv_check on a BlockDriverState a fatal corruption made unusable.
   if (session.dead) return finish(false, ENOMEDIUM);
   const c = newCheckContext(tx, fix, out, session, rebuild);
+  session.lastContext = c;
   const snapshotRes = zeroCounters();
   const refcountRes = zeroCounters();
   const needsRebuild = { value: false };
@@ -149,7 +153,8 @@ export function runCheckPass(tx: Tx, fix: FixMode, session: CheckSession, rebuil
   }
   addCheckResult(result, snapshotRes, false);
   if (fix !== 0 && result.checkErrors === 0 && result.corruptions === 0) {
-    markCleanAndConsistent(c);
+    const errno = markCleanAndConsistent(c);
+    if (errno !== 0) return finish(needsRebuild.value, errno);
   }
   return finish(needsRebuild.value);
 }
@@ -175,21 +180,20 @@ function addCheckResult(out: Counters, src: Counters, setAllocationInfo: boolean
   }
 }
 
-/** qcow2_mark_clean + qcow2_mark_consistent: clear the dirty bit, then the corrupt bit, when set. */
-function markCleanAndConsistent(c: CheckContext): void {
+/**
+ * qcow2_mark_clean + qcow2_mark_consistent: clear the dirty bit, then the corrupt bit, when set —
+ * each after qcow2_flush_caches, whose refcount-block write-back may fail (then the errno, and the
+ * bits stay).
+ */
+function markCleanAndConsistent(c: CheckContext): number {
   const tx = c.tx;
-  if ((tx.img.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
-    // qcow2_flush_caches, then the header rewrite.
-    flushRefcountCache(c.session);
+  for (const bit of [INCOMPAT_DIRTY, INCOMPAT_CORRUPT]) {
+    if ((tx.img.header.incompatibleFeatures & bit) === 0n) continue;
+    const errno = cacheWrite(c, 'previous');
+    if (errno !== 0) return errno;
     hostFlush(tx);
-    setHeaderFields(tx, { incompatibleFeatures: tx.img.header.incompatibleFeatures & ~INCOMPAT_DIRTY });
-    hostFlush(tx);
-  }
-  if ((tx.img.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
-    flushRefcountCache(c.session);
-    hostFlush(tx);
-    setHeaderFields(tx, { incompatibleFeatures: tx.img.header.incompatibleFeatures & ~INCOMPAT_CORRUPT });
+    setHeaderFields(tx, { incompatibleFeatures: tx.img.header.incompatibleFeatures & ~bit });
     hostFlush(tx);
   }
+  return 0;
 }
-

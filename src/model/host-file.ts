@@ -8,7 +8,10 @@
  * The page map is a 32-way radix trie keyed by page index (PageMap, below): page indexes are dense
  * small integers, so digits index arrays directly — no hashing — and a range of pages (a COW zero
  * range, a truncation) is one walk down the trie. It replaced an immutable.js Map whose hashing
- * lookups were ~15 % of a guest write (bench/README.md).
+ * lookups were ~15 % of a guest write (bench/README.md). A page is stored whole (a Uint8Array) or,
+ * after small writes, as 64-byte chunks over the page it replaced (chunked-page.ts): an 8-byte L2
+ * entry or a 2-byte refcount no longer copies 4 KiB. Readers see pages either way (PageMap.get,
+ * hostPage); hostSpot reads an entry in place, chunk or page.
  *
  * A HostFile may lie over a read-only base (`HostReader`: e.g. the real file, read with pread), so
  * that an image of any size loads without copying it: the pages in the map override the base, and
@@ -21,9 +24,13 @@
  * HostFile (what a real-file driver does to a file).
  */
 import { isZeroBytes } from '../format/bytes.ts';
+import {
+  ChunkedPage, copyFromLeaf, flatOf, isZeroSmall, LEAF_PAGE_SIZE, leafIsZero, leafRangeIsZero, leafSpot, ownLeaf, patchLeaf, SMALL_WRITE,
+  writeOwnedLeaf, type PageLeaf,
+} from './chunked-page.ts';
 
-/** Bytes per page of the sparse store. */
-export const PAGE_SIZE = 4096;
+/** Bytes per page of the sparse store (4096; the page size chunked pages are cut from). */
+export const PAGE_SIZE = LEAF_PAGE_SIZE;
 const PAGE_BITS = 12;
 
 /**
@@ -32,7 +39,10 @@ const PAGE_BITS = 12;
  */
 export type HostTarget = 'image' | 'data';
 
-/** One host operation, in the order a crash-safe driver must issue them. */
+/**
+ * One host operation, in the order a crash-safe driver must issue them. A write's `bytes` must not
+ * be modified: they may be the guest's buffer or an array shared between writes (sharedZeros).
+ */
 export type HostIO =
   | { readonly kind: 'write'; readonly offset: bigint; readonly bytes: Uint8Array; readonly target?: 'data' }
   /** Zero `length` bytes at `offset` (extending the file like a write; fallocate on a real file). */
@@ -219,6 +229,24 @@ function basePage(base: HostBase, p: number): Uint8Array | undefined {
  */
 const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 
+/** Shared all-zero arrays by length (sharedZeros). */
+const zeroArrays = new Map<number, Uint8Array>();
+
+/**
+ * An all-zero array of `length` bytes for a write of zeros (a new table's content), shared by every
+ * caller asking for that length; it must not be modified. Checked to be still all zeros before it is
+ * handed out again — a fresh one replaces it if not — so a misbehaving consumer of HostIO cannot make
+ * a later write wrong. Saves allocating (and page-faulting) a cluster of zeros per new L2 table.
+ */
+export function sharedZeros(length: number): Uint8Array {
+  let z = zeroArrays.get(length);
+  if (z === undefined || !isZeroBytes(z)) {
+    z = new Uint8Array(length);
+    zeroArrays.set(length, z);
+  }
+  return z;
+}
+
 /** An empty host file. */
 export function emptyHostFile(): HostFile {
   return { length: 0n, pages: PageMap.EMPTY };
@@ -251,8 +279,8 @@ export function readHost(file: HostFile, offset: bigint, length: number): Uint8A
   let pos = 0;
   while (pos < length) {
     const n = Math.min(PAGE_SIZE - within, length - pos);
-    const p = file.pages.get(page);
-    if (p !== undefined) out.set(n === PAGE_SIZE ? p : p.subarray(within, within + n), pos);
+    const p = file.pages.leaf(page);
+    if (p !== undefined) copyFromLeaf(p, within, n, out, pos);
     pos += n;
     page++;
     within = 0;
@@ -278,10 +306,10 @@ function readHostOverBase(file: HostFile, base: HostBase, offset: bigint, length
   };
   while (pos < length) {
     const n = Math.min(PAGE_SIZE - within, length - pos);
-    const p = file.pages.get(page);
+    const p = file.pages.leaf(page);
     if (p !== undefined) {
       flushRun();
-      out.set(n === PAGE_SIZE ? p : p.subarray(within, within + n), pos);
+      copyFromLeaf(p, within, n, out, pos);
     } else if (baseVisible(base, page)) {
       if (runLen === 0) {
         runPos = pos;
@@ -308,7 +336,10 @@ export function viewHost(file: HostFile, offset: bigint, length: number): Uint8A
   const within = withinPage(offset);
   if (within + length <= PAGE_SIZE) {
     const index = pageIndexOf(offset);
-    const p = file.pages.get(index) ?? (file.base !== undefined ? basePage(file.base, index) : undefined);
+    const leaf = file.pages.leaf(index);
+    // A chunked page is copied (readHost): its chunks must not be viewed (chunked-page.ts).
+    const p = leaf !== undefined ? (leaf instanceof ChunkedPage ? leaf.flat : leaf)
+      : file.base !== undefined ? basePage(file.base, index) : undefined;
     if (p !== undefined) return p.subarray(within, within + length);
   }
   return readHost(file, offset, length);
@@ -319,12 +350,71 @@ export function viewHost(file: HostFile, offset: bigint, length: number): Uint8A
  * the base's page where it is visible; undefined when the page reads as zeros (a hole) — though an
  * all-zero page may also be returned. The page must NOT be modified. Pages are immutable values, so
  * a page object can key a cache of what was decoded from it (see overlap.ts, refcount.ts); base
- * pages come from a bounded cache, so the same base page is usually, not always, the same object.
+ * pages and the whole-page copies of chunked pages come from bounded caches, so the same page is
+ * usually, not always, the same object.
  */
 export function hostPage(file: HostFile, index: number): Uint8Array | undefined {
-  const p = file.pages.get(index);
-  if (p !== undefined || file.base === undefined) return p;
+  const p = file.pages.leaf(index);
+  if (p !== undefined) return flatOf(p);
+  if (file.base === undefined) return undefined;
   return basePage(file.base, index);
+}
+
+/**
+ * Where the `length` bytes at `offset` can be decoded in place, when they lie inside one page and,
+ * for a page kept in chunks (chunked-page.ts), inside one 64-byte chunk — always the case for an
+ * aligned table entry or refcount: an array and the position of the first byte in it (a hole reads
+ * from a shared page of zeros). Undefined otherwise: read a copy (readHost). The array must NOT be
+ * modified nor viewed with `subarray` (it may be an on-heap chunk); no copy, no allocation of bytes.
+ */
+export function hostSpot(file: HostFile, offset: bigint, length: number): { bytes: Uint8Array; at: number } | undefined {
+  const o = Number(offset);
+  return o < TWO_53 ? hostSpotAt(file, o, length) : undefined;
+}
+
+/** hostSpot for an offset given as a number: an exact non-negative integer below 2^53. */
+export function hostSpotAt(file: HostFile, o: number, length: number): { bytes: Uint8Array; at: number } | undefined {
+  const index = Math.floor(o / PAGE_SIZE);
+  const within = o - index * PAGE_SIZE;
+  if (within + length > PAGE_SIZE) return undefined;
+  const leaf = file.pages.leaf(index) ?? (file.base !== undefined ? basePage(file.base, index) : undefined);
+  if (leaf === undefined) return { bytes: ZERO_PAGE, at: within };
+  return leafSpot(leaf, within, length, ZERO_PAGE);
+}
+
+/**
+ * writeHost of a small write (at most SMALL_WRITE bytes, inside one page, not extending the file, not
+ * all zeros) by a transaction that owns the pages it made in `owned` (tx.ts, withOwnedPages): the
+ * first such write to a page stores an owned chunked copy of it (chunked-page.ts), later ones change
+ * that copy in place while the file still holds it — no page copy per write. Returns the file (the
+ * same object when it changed in place), or undefined when the write does not qualify and nothing was
+ * done (use writeHost). The result reads exactly as writeHost's would. Only the transaction that
+ * owns `owned` may call this, and no Image holding an owned page may outlive its scope.
+ */
+export function writeHostOwned(file: HostFile, offset: bigint, bytes: Uint8Array, owned: Map<number, ChunkedPage>): HostFile | undefined {
+  const n = bytes.length;
+  if (n === 0 || n > SMALL_WRITE) return undefined;
+  const o = Number(offset);
+  if (!(o + n < TWO_53)) return undefined;
+  const index = Math.floor(o / PAGE_SIZE);
+  const within = o - index * PAGE_SIZE;
+  // Number(file.length) is exact below 2^53 and at least 2^53 above it, where o + n is smaller.
+  if (within + n > PAGE_SIZE || o + n > Number(file.length)) return undefined;
+  // A zero write may turn the page into a hole, which writeHost decides.
+  if (isZeroSmall(bytes)) return undefined;
+  const cur = file.pages.leaf(index) ?? (file.base !== undefined ? basePage(file.base, index) : undefined);
+  const mine = owned.get(index);
+  // The working file may have been replaced since (zeroHost, a rollback): the owned copy is changed
+  // in place only while the file still holds that very object.
+  if (mine !== undefined && mine === cur) {
+    writeOwnedLeaf(mine, within, bytes, 0, n);
+    return file;
+  }
+  const fresh = ownLeaf(cur);
+  writeOwnedLeaf(fresh, within, bytes, 0, n);
+  owned.set(index, fresh);
+  const pages = file.pages.setLeaf(index, fresh);
+  return file.base !== undefined ? { length: file.length, pages, base: file.base } : { length: file.length, pages };
 }
 
 /**
@@ -334,18 +424,13 @@ export function hostPage(file: HostFile, index: number): Uint8Array | undefined 
 function putPageChunk<T>(m: PageStore<T> & T, page: number, within: number, bytes: Uint8Array, pos: number, n: number): T {
   // Checking the incoming bytes first avoids copying and scanning pages that stay holes, and a
   // non-zero chunk usually proves the page non-zero after a few bytes.
-  const zero = isZeroBytes(bytes, pos, n);
-  if (n === PAGE_SIZE) return zero ? m.delete(page) : m.set(page, bytes.slice(pos, pos + n));
-  const old = m.get(page);
-  if (old === undefined) {
-    if (zero) return m; // a hole stays a hole
-    const next = new Uint8Array(PAGE_SIZE);
-    next.set(bytes.subarray(pos, pos + n), within);
-    return m.set(page, next);
-  }
-  const next = old.slice();
-  next.set(bytes.subarray(pos, pos + n), within);
-  return zero && isZeroBytes(next) ? m.delete(page) : m.set(page, next);
+  const zero = n <= SMALL_WRITE ? isZeroSmall(bytes, pos, n) : isZeroBytes(bytes, pos, n);
+  if (n === PAGE_SIZE) return zero ? m.delete(page) : m.setLeaf(page, bytes.slice(pos, pos + n));
+  const old = m.leaf(page);
+  if (old === undefined && zero) return m; // a hole stays a hole
+  // A small write makes a chunked page (chunked-page.ts), a larger one a copy of the page.
+  const next = patchLeaf(old, within, bytes, pos, n);
+  return zero && leafIsZero(next) ? m.delete(page) : m.setLeaf(page, next);
 }
 
 /** A file with `bytes` written at `offset` (extending the length if needed). `file` is unchanged. */
@@ -385,26 +470,19 @@ export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): Ho
  * base), else deleted.
  */
 function putChunkOverBase(m: PageMapBatch, base: HostBase, page: number, within: number, bytes: Uint8Array, pos: number, n: number): void {
-  const zero = isZeroBytes(bytes, pos, n);
+  const zero = n <= SMALL_WRITE ? isZeroSmall(bytes, pos, n) : isZeroBytes(bytes, pos, n);
   const under = baseVisible(base, page);
   if (n === PAGE_SIZE) {
-    if (!zero) m.set(page, bytes.slice(pos, pos + n));
-    else if (under) m.set(page, ZERO_PAGE);
+    if (!zero) m.setLeaf(page, bytes.slice(pos, pos + n));
+    else if (under) m.setLeaf(page, ZERO_PAGE);
     else m.delete(page);
     return;
   }
-  const old = m.get(page) ?? (under ? basePage(base, page) : undefined);
-  if (old === undefined) {
-    if (zero) return; // zeros stay zeros
-    const next = new Uint8Array(PAGE_SIZE);
-    next.set(bytes.subarray(pos, pos + n), within);
-    m.set(page, next);
-    return;
-  }
-  const next = old.slice();
-  next.set(bytes.subarray(pos, pos + n), within);
-  if (!zero || !isZeroBytes(next)) m.set(page, next);
-  else if (under) m.set(page, ZERO_PAGE);
+  const old = m.leaf(page) ?? (under ? basePage(base, page) : undefined);
+  if (old === undefined && zero) return; // zeros stay zeros
+  const next = patchLeaf(old, within, bytes, pos, n);
+  if (!zero || !leafIsZero(next)) m.setLeaf(page, next);
+  else if (under) m.setLeaf(page, ZERO_PAGE);
   else m.delete(page);
 }
 
@@ -444,11 +522,10 @@ export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFi
   let pages = file.pages.deleteRange(firstWhole, lastWhole);
   // Pages only partly covered keep their other bytes.
   const clearPart = (p: number, from: number, to: number): void => {
-    const old = pages.get(p);
-    if (old === undefined || isZeroBytes(old, from, to - from)) return;
-    const next = old.slice();
-    next.fill(0, from, to);
-    pages = isZeroBytes(next) ? pages.delete(p) : pages.set(p, next);
+    const old = pages.leaf(p);
+    if (old === undefined || leafRangeIsZero(old, from, to - from)) return;
+    const next = patchLeaf(old, from, undefined, 0, to - from);
+    pages = leafIsZero(next) ? pages.delete(p) : pages.setLeaf(p, next);
   };
   if (firstPage === lastPage) {
     if (partial(firstPage)) clearPart(firstPage, headWithin, tailEnd);
@@ -456,6 +533,8 @@ export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFi
     if (partial(firstPage)) clearPart(firstPage, headWithin, PAGE_SIZE);
     if (partial(lastPage)) clearPart(lastPage, 0, tailEnd);
   }
+  // Zeros over holes inside the file (a COW region of a new cluster) change nothing: the same file.
+  if (pages === file.pages && end <= file.length) return file;
   return { length: end > file.length ? end : file.length, pages };
 }
 
@@ -478,11 +557,10 @@ function zeroHostOverBase(file: HostFile, base0: HostBase, offset: bigint, lengt
   if (firstWhole <= hideTo) base = new HostBase(base.reader, base.limit, rangesAdd(base.hidden, firstWhole, hideTo), base.cache);
   const clearPart = (p: number, from: number, to: number): void => {
     const under = baseVisible(base, p);
-    const old = pages.get(p) ?? (under ? basePage(base, p) : undefined);
-    if (old === undefined || isZeroBytes(old, from, to - from)) return;
-    const next = old.slice();
-    next.fill(0, from, to);
-    pages = !isZeroBytes(next) ? pages.set(p, next) : under ? pages.set(p, ZERO_PAGE) : pages.delete(p);
+    const old = pages.leaf(p) ?? (under ? basePage(base, p) : undefined);
+    if (old === undefined || leafRangeIsZero(old, from, to - from)) return;
+    const next = patchLeaf(old, from, undefined, 0, to - from);
+    pages = !leafIsZero(next) ? pages.setLeaf(p, next) : under ? pages.setLeaf(p, ZERO_PAGE) : pages.delete(p);
   };
   if (firstPage === lastPage) {
     if (partial(firstPage)) clearPart(firstPage, headWithin, tailEnd);
@@ -508,15 +586,14 @@ export function truncateHost(file: HostFile, length: bigint): HostFile {
   if (file.base !== undefined) return truncateHostOverBase(file, file.base, length);
   if (length >= file.length) return { length, pages: file.pages };
   const lastPage = pageIndexOf(length + BigInt(PAGE_SIZE - 1));
-  let pages = file.pages.deleteRange(lastPage, POW32[11]! - 1);
+  let pages = file.pages.deleteRange(lastPage, MAX_KEY - 1);
   const tail = Number(length & BigInt(PAGE_SIZE - 1));
   if (tail !== 0) {
     const idx = pageIndexOf(length);
-    const p = pages.get(idx);
+    const p = pages.leaf(idx);
     if (p !== undefined) {
-      const q = p.slice();
-      q.fill(0, tail);
-      pages = isZeroBytes(q) ? pages.delete(idx) : pages.set(idx, q);
+      const q = patchLeaf(p, tail, undefined, 0, PAGE_SIZE - tail);
+      pages = leafIsZero(q) ? pages.delete(idx) : pages.setLeaf(idx, q);
     }
   }
   return { length, pages };
@@ -525,18 +602,17 @@ export function truncateHost(file: HostFile, length: bigint): HostFile {
 /** truncateHost of a file with a base. */
 function truncateHostOverBase(file: HostFile, base0: HostBase, length: bigint): HostFile {
   if (length >= file.length) return { length, pages: file.pages, base: base0 };
-  let pages = file.pages.deleteRange(pageIndexOf(length + BigInt(PAGE_SIZE - 1)), POW32[11]! - 1);
+  let pages = file.pages.deleteRange(pageIndexOf(length + BigInt(PAGE_SIZE - 1)), MAX_KEY - 1);
   if (length === 0n) return { length, pages }; // nothing of the base can show again
   // The limit never rises, so it stays at most the file's length.
   const base = length < base0.limit ? new HostBase(base0.reader, length, base0.hidden, base0.cache) : base0;
   const tail = Number(length & BigInt(PAGE_SIZE - 1));
   if (tail !== 0) {
     const idx = pageIndexOf(length);
-    const p = pages.get(idx);
+    const p = pages.leaf(idx);
     if (p !== undefined) {
-      const q = p.slice();
-      q.fill(0, tail);
-      pages = !isZeroBytes(q) ? pages.set(idx, q) : baseVisible(base, idx) ? pages.set(idx, ZERO_PAGE) : pages.delete(idx);
+      const q = patchLeaf(p, tail, undefined, 0, PAGE_SIZE - tail);
+      pages = !leafIsZero(q) ? pages.setLeaf(idx, q) : baseVisible(base, idx) ? pages.setLeaf(idx, ZERO_PAGE) : pages.delete(idx);
     }
   }
   return { length, pages, base };
@@ -596,22 +672,26 @@ export function rebaseHostFile(file: HostFile, reader: HostReader): HostFile {
 // ---------------------------------------------------------------------------------------------
 // PageMap: a persistent sparse map page index → page
 
-/** A trie node: 32 slots, each a child node (inner levels) or a page (level 0), or undefined. */
-type TrieNode = Array<TrieNode | Uint8Array | undefined>;
+/** A trie node: 32 slots, each a child node (inner levels) or a page leaf (level 0), or undefined. */
+type TrieNode = Array<TrieNode | PageLeaf | undefined>;
 
-const FANOUT = 32;
-/** 32^level for level 0..11 (keys are below 2^52, so 11 levels always suffice). */
-const POW32: readonly number[] = Array.from({ length: 12 }, (_v, i) => 32 ** i);
+/** log2 of the trie's fanout. */
+const DIGIT_BITS = 5;
+const FANOUT = 1 << DIGIT_BITS;
+/** Keys (page indexes) are below 2^55: byte offsets below 2^67, more than any 64-bit offset needs. */
+const MAX_KEY = 2 ** 55;
+/** FANOUT^level for every level a key below MAX_KEY needs. */
+const POW32: readonly number[] = Array.from({ length: Math.ceil(55 / DIGIT_BITS) + 1 }, (_v, i) => FANOUT ** i);
 const EMPTY_NODE: TrieNode = Array.from({ length: FANOUT }, () => undefined);
 
 /** Digit `level` (0 = least significant) of key `k` in base 32. */
 function digit(k: number, level: number): number {
-  if (k < 0x40000000) return level < 6 ? (k >>> (level * 5)) & 31 : 0;
+  if (k < 0x40000000) return level * DIGIT_BITS < 30 ? (k >>> (level * DIGIT_BITS)) & (FANOUT - 1) : 0;
   return Math.floor(k / POW32[level]!) % FANOUT;
 }
 
 function checkKey(k: number): void {
-  if (!(Number.isSafeInteger(k) && k >= 0 && k < POW32[11]!)) throw new RangeError(`page index ${k} is not a non-negative integer below 2^55`);
+  if (!(Number.isSafeInteger(k) && k >= 0 && k < MAX_KEY)) throw new RangeError(`page index ${k} is not a non-negative integer below 2^55`);
 }
 
 /** Pages under `node` (a subtree of `level`+1 levels). */
@@ -655,14 +735,14 @@ function editable(node: TrieNode | undefined, owner: Owner | undefined): TrieNod
 }
 
 /** The page at key `k` of the trie `root` of `depth` levels, or undefined. */
-function trieGet(root: TrieNode | undefined, depth: number, k: number): Uint8Array | undefined {
+function trieGet(root: TrieNode | undefined, depth: number, k: number): PageLeaf | undefined {
   let n = root;
   if (n === undefined || !(k < POW32[depth]!) || !(k >= 0)) return undefined;
   for (let level = depth - 1; level > 0; level--) {
     n = n[digit(k, level)] as TrieNode | undefined;
     if (n === undefined) return undefined;
   }
-  return n[digit(k, 0)] as Uint8Array | undefined;
+  return n[digit(k, 0)] as PageLeaf | undefined;
 }
 
 /** The trie `root` of `depth` levels grown (new roots above it) until key `k` fits. */
@@ -679,10 +759,10 @@ function growTo(root: TrieNode | undefined, depth: number, k: number, owner: Own
 }
 
 /** `node` with key `k` set to `v` (undefined: removed); the same node when nothing changes. `delta` counts pages. */
-function updateNode(node: TrieNode | undefined, level: number, k: number, v: Uint8Array | undefined, owner: Owner | undefined, delta: { n: number }): TrieNode | undefined {
+function updateNode(node: TrieNode | undefined, level: number, k: number, v: PageLeaf | undefined, owner: Owner | undefined, delta: { n: number }): TrieNode | undefined {
   const d = digit(k, level);
   const old = node?.[d];
-  let next: TrieNode | Uint8Array | undefined;
+  let next: TrieNode | PageLeaf | undefined;
   if (level === 0) {
     if (old === v) return node;
     delta.n += (old === undefined ? 1 : 0) - (v === undefined ? 1 : 0);
@@ -705,7 +785,10 @@ function updateNode(node: TrieNode | undefined, level: number, k: number, v: Uin
 function deleteRangeNode(node: TrieNode, level: number, base: number, lo: number, hi: number, owner: Owner | undefined, delta: { n: number }): TrieNode | undefined {
   const span = POW32[level]!;
   let out: TrieNode | undefined;
-  for (let d = 0; d < FANOUT; d++) {
+  // Only the slots whose key ranges meet [lo, hi].
+  const dFirst = lo > base ? Math.floor((lo - base) / span) : 0;
+  const dLast = Math.min(FANOUT - 1, Math.floor((hi - base) / span));
+  for (let d = dFirst; d <= dLast; d++) {
     const c = node[d];
     if (c === undefined) continue;
     const from = base + d * span;
@@ -726,21 +809,20 @@ function deleteRangeNode(node: TrieNode, level: number, base: number, lo: number
   return isEmptyNode(out) ? undefined : out;
 }
 
-function* entriesOf(node: TrieNode, level: number, base: number): Generator<[number, Uint8Array]> {
+function* leavesOf(node: TrieNode, level: number, base: number): Generator<[number, PageLeaf]> {
   const span = POW32[level]!;
   for (let d = 0; d < FANOUT; d++) {
     const c = node[d];
     if (c === undefined) continue;
-    if (level === 0) yield [base + d, c as Uint8Array];
-    else yield* entriesOf(c as TrieNode, level - 1, base + d * span);
+    if (level === 0) yield [base + d, c as PageLeaf];
+    else yield* leavesOf(c as TrieNode, level - 1, base + d * span);
   }
 }
 
 /** What writeHost/zeroHost need from a page map, persistent (PageMap) or in a batch (PageMapBatch). */
 interface PageStore<T> {
-  get(k: number): Uint8Array | undefined;
-  has(k: number): boolean;
-  set(k: number, v: Uint8Array): T;
+  leaf(k: number): PageLeaf | undefined;
+  setLeaf(k: number, v: PageLeaf): T;
   delete(k: number): T;
 }
 
@@ -768,16 +850,27 @@ export class PageMap implements PageStore<PageMap> {
 
   /** The page at index `k`, or undefined for a hole. */
   get(k: number): Uint8Array | undefined {
-    return trieGet(this.root, this.depth, k);
+    const leaf = trieGet(this.root, this.depth, k);
+    return leaf === undefined ? undefined : flatOf(leaf);
   }
 
   /** Whether page `k` is stored. */
   has(k: number): boolean {
-    return this.get(k) !== undefined;
+    return trieGet(this.root, this.depth, k) !== undefined;
   }
 
   /** A map with page `k` set to `v`. */
   set(k: number, v: Uint8Array): PageMap {
+    return this.change(k, v);
+  }
+
+  /** @internal The leaf stored for page `k` (a page or a chunked page, chunked-page.ts), or undefined. */
+  leaf(k: number): PageLeaf | undefined {
+    return trieGet(this.root, this.depth, k);
+  }
+
+  /** @internal A map with page `k` set to the leaf `v`. */
+  setLeaf(k: number, v: PageLeaf): PageMap {
     return this.change(k, v);
   }
 
@@ -807,19 +900,32 @@ export class PageMap implements PageStore<PageMap> {
     return root === this.root ? this : new PageMap(root, depth, b.size);
   }
 
-  private change(k: number, v: Uint8Array | undefined): PageMap {
+  private change(k: number, v: PageLeaf | undefined): PageMap {
     checkKey(k);
-    const [root, depth] = growTo(this.root, this.depth, k, undefined);
+    let root = this.root;
+    let depth = this.depth;
+    if (!(k < POW32[depth]!)) [root, depth] = growTo(root, depth, k, undefined);
     const delta = { n: 0 };
     const next = updateNode(root, depth - 1, k, v, undefined, delta);
     if (next === this.root && depth === this.depth) return this;
-    const [r, dp] = v === undefined ? shrink(next, depth) : [next, depth];
+    if (v !== undefined) return new PageMap(next, depth, this.size + delta.n);
+    const [r, dp] = shrink(next, depth);
     return new PageMap(r, dp, this.size + delta.n);
   }
 
   /** [index, page] pairs in ascending index order. */
   *entries(): IterableIterator<[number, Uint8Array]> {
-    if (this.root !== undefined) yield* entriesOf(this.root, this.depth - 1, 0);
+    for (const [k, leaf] of this.leaves()) yield [k, flatOf(leaf)];
+  }
+
+  /**
+   * @internal [index, leaf] pairs in ascending index order: the stored pages and chunked pages
+   * (chunked-page.ts) themselves, without making whole-page copies. A leaf never changes once an
+   * operation has returned, so a purity check can key what it saw by leaf (reading the bytes with
+   * readHost, which reads a chunked page's chunks).
+   */
+  *leaves(): IterableIterator<[number, PageLeaf]> {
+    if (this.root !== undefined) yield* leavesOf(this.root, this.depth - 1, 0);
   }
 
   /** Page indexes in ascending order. */
@@ -851,16 +957,27 @@ export class PageMapBatch implements PageStore<PageMapBatch> {
 
   /** The page at index `k`, or undefined. */
   get(k: number): Uint8Array | undefined {
-    return trieGet(this.root, this.depth, k);
+    const leaf = trieGet(this.root, this.depth, k);
+    return leaf === undefined ? undefined : flatOf(leaf);
   }
 
   /** Whether page `k` is stored. */
   has(k: number): boolean {
-    return this.get(k) !== undefined;
+    return trieGet(this.root, this.depth, k) !== undefined;
   }
 
   /** Sets page `k` to `v`. */
   set(k: number, v: Uint8Array): PageMapBatch {
+    return this.setLeaf(k, v);
+  }
+
+  /** @internal The leaf stored for page `k`, or undefined. */
+  leaf(k: number): PageLeaf | undefined {
+    return trieGet(this.root, this.depth, k);
+  }
+
+  /** @internal Sets page `k` to the leaf `v`. */
+  setLeaf(k: number, v: PageLeaf): PageMapBatch {
     checkKey(k);
     [this.root, this.depth] = growTo(this.root, this.depth, k, this.owner);
     const delta = { n: 0 };

@@ -80,18 +80,41 @@ export class Imrt {
   }
 
   /**
-   * The on-disk bytes of the refcount block `index` of `entriesPerBlock` refcounts: the slice of this
-   * table QEMU writes as it is (counts past `size` are 0), encoded by the generated refcount-block
-   * encoder at this table's refcount width.
+   * The on-disk bytes of the refcount block `index` of `entriesPerBlock` refcounts (`clusterSize`
+   * bytes): the slice of this table QEMU writes as it is (counts past `size` are 0). Only the bytes
+   * holding a non-zero count are encoded, by the generated refcount-block encoder at this table's
+   * refcount width, one byte (or one refcount, when wider) at a time; the rest stays zero. A block
+   * of 2 MiB clusters with 2-bit refcounts holds 8 Mi refcounts, of which a handful are not 0.
    */
-  refblockBytes(index: number, entriesPerBlock: number): Uint8Array {
+  refblockBytes(index: number, entriesPerBlock: number, clusterSize: number): Uint8Array {
     const order = this.refcountOrder;
     const start = index * entriesPerBlock;
-    const entries: Array<boolean | number | U64Fields> = new Array(entriesPerBlock);
-    for (let i = 0; i < entriesPerBlock; i++) {
-      const v = this.get(start + i);
-      entries[i] = order === 0 ? v !== 0 : order === 6 ? bigIntToU64(BigInt(v)) : v;
+    const end = start + entriesPerBlock;
+    // The clusters of the block with a count: by walking the counts or the block, whichever is shorter.
+    const present: number[] = [];
+    if (this.counts.size < entriesPerBlock) {
+      for (const k of this.counts.keys()) if (k >= start && k < end) present.push(k - start);
+      present.sort((a, b) => a - b);
+    } else {
+      for (let i = 0; i < entriesPerBlock; i++) if (this.counts.has(start + i)) present.push(i);
     }
-    return encodeRefcountBlock({ entries }, { refcountOrder: order });
+    const out = new Uint8Array(clusterSize);
+    // A unit: the entries one byte holds (widths below 8 bits), or one entry.
+    const perUnit = order < 3 ? 8 >> order : 1;
+    const unitBytes = order < 3 ? 1 : 1 << (order - 3);
+    const params = { refcountOrder: order };
+    let lastUnit = -1;
+    for (const i of present) {
+      const unit = Math.floor(i / perUnit);
+      if (unit === lastUnit) continue;
+      lastUnit = unit;
+      const entries: Array<boolean | number | U64Fields> = [];
+      for (let j = 0; j < perUnit; j++) {
+        const v = this.get(start + unit * perUnit + j);
+        entries.push(order === 0 ? v !== 0 : order === 6 ? bigIntToU64(BigInt(v)) : v);
+      }
+      out.set(encodeRefcountBlock({ entries }, params), unit * unitBytes);
+    }
+    return out;
   }
 }

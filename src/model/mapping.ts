@@ -7,7 +7,7 @@ import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry,
 import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
 import { offsetToParts } from '../format/u64.ts';
 import { EFBIG, EIO, ModelError } from './errors.ts';
-import { hostPage, PAGE_SIZE } from './host-file.ts';
+import { hostSpotAt, sharedZeros } from './host-file.ts';
 import type { Geometry } from './image.ts';
 import { allocClusters, freeClusters } from './refcount.ts';
 import { type Tx, geo, hostFlush, hostRead, hostView, hostWrite, setHeaderFields } from './tx.ts';
@@ -32,40 +32,72 @@ export function l1l2Index(tx: Tx, offset: bigint): { l1: number; l2: number } {
 /** Decoder parameters per geometry (one object, not one per decoded entry). */
 const codecParams = new WeakMap<Geometry, { clusterBits: number; extendedL2: boolean }>();
 
+/** The last geometry asked for and its parameters (a WeakMap lookup per decoded entry shows in profiles). */
+let lastParamsGeometry: Geometry | undefined;
+let lastParams: { clusterBits: number; extendedL2: boolean } | undefined;
+
 function paramsOf(g: Geometry): { clusterBits: number; extendedL2: boolean } {
+  if (g === lastParamsGeometry) return lastParams!;
   let p = codecParams.get(g);
   if (p === undefined) {
     p = { clusterBits: g.clusterBits, extendedL2: g.extendedL2 };
     codecParams.set(g, p);
   }
+  lastParamsGeometry = g;
+  lastParams = p;
   return p;
 }
 
+
 /**
- * The page holding the `length` bytes at `offset` and their position in it, when they lie inside one
- * stored page (else undefined: the caller reads a copy). For decoding in place, without a view.
+ * Decode memos: the last L1 entry and the last L2 entry decoded in place, by the byte array and
+ * position they were decoded from and the decoder parameters. A HostFile never changes an array it
+ * hands out (chunked-page.ts), so the same array, position and parameters decode to the same
+ * fields. The write path reads the same L1 and L2 entry several times per operation
+ * (get_cluster_table, handle_copied, calculate_l2_meta, the COW shortcut, link_l2); decoding one
+ * costs far more than comparing three references. Callers get fresh objects, never the memo's.
  */
-function pageAt(tx: Tx, offset: bigint, length: number): { page: Uint8Array; within: number } | undefined {
-  const o = Number(offset);
-  if (!(o < TWO_53)) return undefined;
-  const index = Math.floor(o / PAGE_SIZE);
-  const within = o - index * PAGE_SIZE;
-  if (within + length > PAGE_SIZE) return undefined;
-  const page = hostPage(tx.img.file, index);
-  return page === undefined ? undefined : { page, within };
+let l1MemoBytes: Uint8Array | undefined;
+let l1MemoAt = -1;
+let l1MemoParams: object | undefined;
+let l1MemoOffset = 0n;
+let l1MemoCopied = false;
+let l2MemoBytes: Uint8Array | undefined;
+let l2MemoAt = -1;
+let l2MemoParams: object | undefined;
+let l2MemoFields: L2EntryFields | undefined;
+
+/** The byte offset `base + index * size` as an exact number, or -1 when it is not below 2^53. */
+function offsetNumber(base: bigint, index: number, size: number): number {
+  const o = Number(base) + index * size;
+  return o < TWO_53 ? o : -1;
 }
 
 /** The L2 table offset and COPIED flag of active L1 entry `index` (offset 0 past l1_size). */
 export function l1Entry(tx: Tx, index: number): { l2Offset: bigint; copied: boolean } {
   if (index >= tx.img.header.l1Size) return { l2Offset: 0n, copied: false };
   const g = geo(tx);
+  const params = paramsOf(g);
   // Fields only (no computed instances), decoded in place in the page: the hot path of every op.
-  const at = tx.img.header.l1TableOffset + BigInt(index) * 8n;
-  const p = pageAt(tx, at, 8);
-  const e = p !== undefined ? decodeL1EntryFields(p.page, p.within, paramsOf(g)) : decodeL1EntryFields(hostView(tx, at, 8), 0, paramsOf(g));
+  const o = offsetNumber(tx.img.header.l1TableOffset, index, 8);
+  const p = o >= 0 ? hostSpotAt(tx.img.file, o, 8) : undefined;
+  if (p !== undefined && p.bytes === l1MemoBytes && p.at === l1MemoAt && params === l1MemoParams) {
+    // Decoded (and checked for alignment: same parameters, same cluster size) before.
+    return { l2Offset: l1MemoOffset, copied: l1MemoCopied };
+  }
+  const e = p !== undefined
+    ? decodeL1EntryFields(p.bytes, p.at, params)
+    : decodeL1EntryFields(hostView(tx, tx.img.header.l1TableOffset + BigInt(index) * 8n, 8), 0, params);
   const l2Offset = l1L2Offset(e);
   if ((l2Offset & BigInt(g.clusterSize - 1)) !== 0n) {
     throw new ModelError('corrupt', EIO, `L2 table offset 0x${l2Offset.toString(16)} unaligned (L1 index: 0x${index.toString(16)})`);
+  }
+  if (p !== undefined) {
+    l1MemoBytes = p.bytes;
+    l1MemoAt = p.at;
+    l1MemoParams = params;
+    l1MemoOffset = l2Offset;
+    l1MemoCopied = e.copied;
   }
   return { l2Offset, copied: e.copied };
 }
@@ -87,10 +119,17 @@ export function writeL1Entry(tx: Tx, index: number, l2Offset: bigint, copied: bo
 /** L2 entry `index` of the table at `l2Offset` (a fresh object). */
 export function readL2Entry(tx: Tx, l2Offset: bigint, index: number): L2EntryFields {
   const g = geo(tx);
-  const at = l2Offset + BigInt(index * g.l2EntrySize);
-  const p = pageAt(tx, at, g.l2EntrySize);
-  if (p !== undefined) return decodeL2EntryFields(p.page, p.within, paramsOf(g));
-  return decodeL2EntryFields(hostView(tx, at, g.l2EntrySize), 0, paramsOf(g));
+  const params = paramsOf(g);
+  const o = offsetNumber(l2Offset, index, g.l2EntrySize);
+  const p = o >= 0 ? hostSpotAt(tx.img.file, o, g.l2EntrySize) : undefined;
+  if (p === undefined) return decodeL2EntryFields(hostView(tx, l2Offset + BigInt(index * g.l2EntrySize), g.l2EntrySize), 0, params);
+  if (p.bytes === l2MemoBytes && p.at === l2MemoAt && params === l2MemoParams) return { ...l2MemoFields! };
+  const e = decodeL2EntryFields(p.bytes, p.at, params);
+  l2MemoBytes = p.bytes;
+  l2MemoAt = p.at;
+  l2MemoParams = params;
+  l2MemoFields = { ...e };
+  return e;
 }
 
 /** Writes L2 entry `index` of the table at `l2Offset`. */
@@ -102,7 +141,8 @@ export function writeL2Entry(tx: Tx, l2Offset: bigint, index: number, e: L2Entry
 /** A standard-descriptor L2 entry for host cluster `hostOffset` (bitmaps as given for extended L2). */
 export function normalEntry(tx: Tx, hostOffset: bigint, copied: boolean, zero: boolean, bitmaps?: { alloc: number; zero: number }): L2EntryFields {
   const { hi, lo9 } = offsetToParts(hostOffset, 24, { structure: 'l2_entry', field: 'host_offset', offset: 0 });
-  const ext = geo(tx).extendedL2;
+  // Two literals rather than a conditional spread (a spread into a literal is V8's slow generic path).
+  if (!geo(tx).extendedL2) return { copied, compressed: false, reservedHi: 0, hostOffsetHi: hi, hostOffsetLo: lo9, reservedLo: 0, zero };
   return {
     copied,
     compressed: false,
@@ -111,7 +151,8 @@ export function normalEntry(tx: Tx, hostOffset: bigint, copied: boolean, zero: b
     hostOffsetLo: lo9,
     reservedLo: 0,
     zero,
-    ...(ext ? { zeroBitmap: bitmaps?.zero ?? 0, allocBitmap: bitmaps?.alloc ?? 0 } : {}),
+    zeroBitmap: bitmaps?.zero ?? 0,
+    allocBitmap: bitmaps?.alloc ?? 0,
   };
 }
 
@@ -198,7 +239,7 @@ export function clusterTable(tx: Tx, offset: bigint): bigint {
   if (fresh === 0n) throw new ModelError('corrupt', EIO, 'Preventing invalid allocation of L2 table at offset 0');
   // Crash safety: the new table's refcount is on disk before anything points at the table.
   hostFlush(tx);
-  hostWrite(tx, fresh, l2Offset === 0n ? new Uint8Array(g.clusterSize) : hostRead(tx, l2Offset, g.clusterSize));
+  hostWrite(tx, fresh, l2Offset === 0n ? sharedZeros(g.clusterSize) : hostRead(tx, l2Offset, g.clusterSize));
   hostFlush(tx);
   writeL1Entry(tx, l1, fresh, true);
   hostFlush(tx);

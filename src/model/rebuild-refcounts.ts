@@ -18,7 +18,8 @@
  */
 import { encodeRefcountTableEntry } from '../../generated/qcow2.ts';
 import { offsetToParts } from '../format/u64.ts';
-import { CheckAbort, EIO, flushRefcountCache, signalCorruption, strerror, type CheckContext, type Counters } from './check-context.ts';
+import { CheckAbort, EIO, signalCorruption, strerror, type CheckContext, type Counters } from './check-context.ts';
+import { cacheEmpty } from './check-refblocks.ts';
 import { metadataOverlap } from './check-overlap.ts';
 import type { Imrt } from './imrt.ts';
 import { hostFlush, hostWrite, setHeaderFields } from './tx.ts';
@@ -106,15 +107,16 @@ export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: I
         }
         reftable[index] = offsetCluster;
       }
-      checkedWrite(BigInt(offsetCluster) * BigInt(cs), imrt.refblockBytes(index, rbe), 'ERROR writing refblock');
+      checkedWrite(BigInt(offsetCluster) * BigInt(cs), imrt.refblockBytes(index, rbe, cs), 'ERROR writing refblock');
       // This refblock is done: skip to its end.
       cluster = start + rbe - 1;
     }
     return grown;
   };
 
-  // qcow2_cache_empty: the refcount-block cache is written back and dropped first.
-  flushRefcountCache(c.session);
+  // qcow2_cache_empty: the refcount-block cache is written back and dropped first (QEMU ignores a
+  // failure: the cache then stays as it is).
+  cacheEmpty(c, 'previous');
   try {
     writeRefblocks(0, imrt.size);
     let reftableCluster = -1;

@@ -25,8 +25,8 @@ import {
 import { refcountBlockOffset, refcountValue } from '../format/entries.ts';
 import { bigIntToU64, offsetToParts } from '../format/u64.ts';
 import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
-import { hostPage, PAGE_SIZE, viewHost } from './host-file.ts';
-import { type Tx, checkpointImg, geo, hostFlush, hostWrite, isOwnedPage, setHeaderFields, setSession } from './tx.ts';
+import { hostPage, hostSpotAt, PAGE_SIZE, viewHost } from './host-file.ts';
+import { type Tx, checkpointImg, geo, hostFlush, hostWrite, isOwnedPage, setFreeClusterIndex, setHeaderFields, setSession } from './tx.ts';
 
 /** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
 export const MAX_REFTABLE_BYTES = 8n * 1024n * 1024n;
@@ -55,6 +55,53 @@ function viewBytes(tx: Tx, offset: bigint, length: number): Uint8Array {
   return viewHost(tx.img.file, offset, length);
 }
 
+const TWO_53 = 2 ** 53;
+
+/** Whether `v` (≥ 0) is not a multiple of `size` (a power of two), without bigint temporaries below 2^53. */
+function misaligned(v: bigint, size: number): boolean {
+  const n = Number(v);
+  return n < TWO_53 ? n % size !== 0 : (v & BigInt(size - 1)) !== 0n;
+}
+
+/** One refcount as the generated refcount block decodes it (boolean, number or u64 halves by width). */
+type RefcountEntry = boolean | number | U64Fields;
+
+/** Decoder parameters per refcount order (one object each, not one per decode). */
+const ORDER_PARAMS: ReadonlyArray<{ readonly refcountOrder: number }> = [0, 1, 2, 3, 4, 5, 6].map((refcountOrder) => ({ refcountOrder }));
+
+/** Whether a decoded refcount is 0 (what refcountValue(v) === 0n says, without a bigint). */
+function isZeroEntry(v: RefcountEntry): boolean {
+  return typeof v === 'boolean' ? !v : typeof v === 'number' ? v === 0 : v.hi === 0 && v.lo === 0;
+}
+
+/**
+ * Decode memo: the entries last decoded from refcount-block bytes, by the array and position the
+ * bytes were found at (host-file.ts hostSpotAt), their length and the refcount order. A HostFile
+ * never changes an array it hands out (chunked-page.ts), so the same key decodes to the same
+ * entries. An allocation scans the refcount of the cluster it then increments: one decode, not two.
+ */
+let memoBytes: Uint8Array | undefined;
+let memoAt = -1;
+let memoLength = -1;
+let memoOrder = -1;
+let memoEntries: readonly RefcountEntry[] = [];
+
+/** The refcount-block entries held by the `length` bytes at `offset` (refcount order `order`). Never modify the result. */
+function decodeRefcountBytes(tx: Tx, offset: bigint, length: number, order: number): readonly RefcountEntry[] {
+  const o = Number(offset);
+  const spot = o < TWO_53 ? hostSpotAt(tx.img.file, o, length) : undefined;
+  if (spot !== undefined && spot.bytes === memoBytes && spot.at === memoAt && length === memoLength && order === memoOrder) return memoEntries;
+  const entries = decodeRefcountBlockFields(viewBytes(tx, offset, length), 0, ORDER_PARAMS[order]!).entries;
+  if (spot !== undefined) {
+    memoBytes = spot.bytes;
+    memoAt = spot.at;
+    memoLength = length;
+    memoOrder = order;
+    memoEntries = entries;
+  }
+  return entries;
+}
+
 /** Number of entries in the current refcount table. */
 export function reftableSize(tx: Tx): number {
   return (tx.img.header.refcountTableClusters * geo(tx).clusterSize) / 8;
@@ -67,21 +114,29 @@ export function reftableSize(tx: Tx): number {
  */
 const reftablePageEntries = new WeakMap<Uint8Array, Array<bigint | undefined>>();
 
+let lastReftablePage: Uint8Array | undefined;
+let lastReftableWithin = -1;
+let lastReftableValue = 0n;
+
 /** The refcount block offset in reftable slot `index` (0n when absent or past the table). */
 export function reftableEntry(tx: Tx, index: number): bigint {
   if (index >= reftableSize(tx)) return 0n;
   const g = geo(tx);
-  const at = tx.img.header.refcountTableOffset + BigInt(index) * 8n;
-  if ((at & 7n) === 0n) {
+  // The entry's offset as an exact number when it is below 2^53 (no bigint temporaries).
+  const o = Number(tx.img.header.refcountTableOffset) + index * 8;
+  const at = o < TWO_53 ? undefined : tx.img.header.refcountTableOffset + BigInt(index) * 8n;
+  if (at === undefined && o % 8 === 0) {
     // Entry inside one page: decode it once per page version.
-    const pageIndex = Number(at >> 12n);
+    const pageIndex = Math.floor(o / PAGE_SIZE);
     const page = hostPage(tx.img.file, pageIndex);
     if (page === undefined) return 0n;
-    const within = Number(at & BigInt(PAGE_SIZE - 1));
+    const within = o - pageIndex * PAGE_SIZE;
     // A page this operation may still change in place is decoded, never cached.
     if (isOwnedPage(tx, pageIndex, page)) {
       return refcountBlockOffset(decodeRefcountTableEntryFields(page, within, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
     }
+    // The entry asked for last (every refcount access asks for its block's entry, often the same).
+    if (page === lastReftablePage && within === lastReftableWithin) return lastReftableValue;
     let cache = reftablePageEntries.get(page);
     if (cache === undefined) {
       cache = new Array<bigint | undefined>(PAGE_SIZE / 8);
@@ -92,9 +147,12 @@ export function reftableEntry(tx: Tx, index: number): bigint {
       v = refcountBlockOffset(decodeRefcountTableEntryFields(page, within, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
       cache[within / 8] = v;
     }
+    lastReftablePage = page;
+    lastReftableWithin = within;
+    lastReftableValue = v;
     return v;
   }
-  const raw = viewBytes(tx, at, 8);
+  const raw = viewBytes(tx, at ?? BigInt(o), 8);
   return refcountBlockOffset(decodeRefcountTableEntryFields(raw, 0, { clusterBits: g.clusterBits, refcountOrder: tx.img.header.refcountOrder }));
 }
 
@@ -117,18 +175,16 @@ function entrySlot(order: number, index: number): { byte: number; length: number
 function readRefcountAt(tx: Tx, block: bigint, index: number): bigint {
   const order = tx.img.header.refcountOrder;
   const slot = entrySlot(order, index);
-  const raw = viewBytes(tx, block + BigInt(slot.byte), slot.length);
-  return refcountValue(decodeRefcountBlockFields(raw, 0, { refcountOrder: order }).entries[slot.sub]!);
+  return refcountValue(decodeRefcountBytes(tx, block + BigInt(slot.byte), slot.length, order)[slot.sub]!);
 }
 
 function writeRefcountAt(tx: Tx, block: bigint, index: number, value: bigint): void {
   const order = tx.img.header.refcountOrder;
   const slot = entrySlot(order, index);
   const at = block + BigInt(slot.byte);
-  const decoded = decodeRefcountBlockFields(viewBytes(tx, at, slot.length), 0, { refcountOrder: order });
-  const entries: Array<boolean | number | U64Fields> = decoded.entries.slice();
+  const entries: RefcountEntry[] = decodeRefcountBytes(tx, at, slot.length, order).slice();
   entries[slot.sub] = order === 0 ? value !== 0n : order === 6 ? bigIntToU64(value) : Number(value);
-  hostWrite(tx, at, encodeRefcountBlock({ entries }, { refcountOrder: order }));
+  hostWrite(tx, at, encodeRefcountBlock({ entries }, ORDER_PARAMS[order]!));
 }
 
 /**
@@ -147,7 +203,7 @@ function runSlot(order: number, index: number, count: number): { byte: number; l
 function readRefcountRun(tx: Tx, block: bigint, index: number, count: number): bigint[] {
   const order = tx.img.header.refcountOrder;
   const slot = runSlot(order, index, count);
-  const entries = decodeRefcountBlockFields(viewBytes(tx, block + BigInt(slot.byte), slot.length), 0, { refcountOrder: order }).entries;
+  const entries = decodeRefcountBytes(tx, block + BigInt(slot.byte), slot.length, order);
   const out = new Array<bigint>(count);
   for (let i = 0; i < count; i++) out[i] = refcountValue(entries[slot.sub + i]!);
   return out;
@@ -162,18 +218,18 @@ function writeRefcountRun(tx: Tx, block: bigint, index: number, values: readonly
   const order = tx.img.header.refcountOrder;
   const slot = runSlot(order, index, values.length);
   const at = block + BigInt(slot.byte);
-  let entries: Array<boolean | number | U64Fields>;
+  let entries: RefcountEntry[];
   if (order >= 3) {
     // Whole bytes per refcount: the bytes written hold exactly these values, no neighbour to keep.
     entries = values.map((v) => (order === 6 ? bigIntToU64(v) : Number(v)));
   } else {
-    entries = decodeRefcountBlockFields(viewBytes(tx, at, slot.length), 0, { refcountOrder: order }).entries;
+    entries = decodeRefcountBytes(tx, at, slot.length, order).slice();
     for (let i = 0; i < values.length; i++) {
       const v = values[i]!;
       entries[slot.sub + i] = order === 0 ? v !== 0n : Number(v);
     }
   }
-  hostWrite(tx, at, encodeRefcountBlock({ entries }, { refcountOrder: order }));
+  hostWrite(tx, at, encodeRefcountBlock({ entries }, ORDER_PARAMS[order]!));
 }
 
 /**
@@ -189,6 +245,25 @@ function refcountsFrom(tx: Tx, clusterIndex: bigint, count: number): bigint[] {
   return readRefcountRun(tx, block, index, n);
 }
 
+/**
+ * refcountsFrom for a cluster index given as an exact number, without converting the refcounts:
+ * entries [sub, sub + n) of `entries` are the refcounts of clusters [clusterIndex, clusterIndex + n)
+ * (`entries` undefined: no refcount block covers them, all 0). Never modify `entries`.
+ */
+function refcountEntriesFrom(tx: Tx, clusterIndex: number, count: number): { entries: readonly RefcountEntry[] | undefined; sub: number; n: number } {
+  const rbe = geo(tx).refblockEntries;
+  const index = clusterIndex % rbe;
+  const n = Math.min(count, rbe - index);
+  const block = checkedBlock(tx, Math.floor(clusterIndex / rbe));
+  if (block === 0n) return { entries: undefined, sub: 0, n };
+  const order = tx.img.header.refcountOrder;
+  const slot = runSlot(order, index, n);
+  return { entries: decodeRefcountBytes(tx, block + BigInt(slot.byte), slot.length, order), sub: slot.sub, n };
+}
+
+/** The largest refcount per refcount width in bits (1..64). */
+const MAX_REFCOUNT: readonly bigint[] = Array.from({ length: 65 }, (_v, bits) => (1n << BigInt(bits)) - 1n);
+
 /** The cluster the compressed-packing cursor points into, or -1n when there is no cursor. */
 function cursorCluster(tx: Tx): bigint {
   const o = tx.img.session.freeByteOffset;
@@ -201,7 +276,7 @@ function blockIndexOf(tx: Tx, clusterIndex: bigint): number {
 
 function checkedBlock(tx: Tx, tableIndex: number): bigint {
   const block = reftableEntry(tx, tableIndex);
-  if (block !== 0n && (block & BigInt(geo(tx).clusterSize - 1)) !== 0n) {
+  if (block !== 0n && misaligned(block, geo(tx).clusterSize)) {
     throw new ModelError('corrupt', EIO, `Refblock offset 0x${block.toString(16)} unaligned (reftable index: 0x${tableIndex.toString(16)})`);
   }
   return block;
@@ -215,6 +290,9 @@ export function getRefcount(tx: Tx, clusterIndex: bigint): bigint {
   return readRefcountAt(tx, block, blockIndexOf(tx, clusterIndex));
 }
 
+/** Cluster indexes below this are scanned with numbers (allocClustersNoref). */
+const SCAN_NUMBER_LIMIT = 1n << 52n;
+
 /**
  * `alloc_clusters_noref`: the first run of `ceil(size / cluster)` clusters with refcount 0 at or after
  * the hint; the hint ends just past the run. Refcounts are not changed.
@@ -224,9 +302,28 @@ export function allocClustersNoref(tx: Tx, size: bigint): bigint {
   const nb = (size + BigInt(g.clusterSize) - 1n) >> BigInt(g.clusterBits);
   let hint = tx.img.session.freeClusterIndex;
   // QEMU reads one refcount per cluster; the model reads them a run at a time (same result). Runs
-  // start short — the hint usually sits on a free cluster — and double while the scan goes on.
+  // start at one refcount — the hint usually sits on a free cluster, whose refcount the allocation
+  // then increments (decoded once: decodeRefcountBytes) — and double while the scan goes on.
   let found = 0n;
-  let chunk = 16;
+  let chunk = 1;
+  if (hint < SCAN_NUMBER_LIMIT && nb < 1n << 32n) {
+    // The same scan with exact numbers (no bigint per cluster) while the index is below 2^52; it
+    // hands over to the bigint loop below at the limit, which no refcount structure reaches.
+    let h = Number(hint);
+    const n = Number(nb);
+    let f = 0;
+    while (f < n && h < Number(SCAN_NUMBER_LIMIT)) {
+      const run = refcountEntriesFrom(tx, h, Math.max(chunk, Math.min(n - f, 65536)));
+      if (chunk < 65536) chunk *= 2;
+      for (let i = 0; i < run.n; i++) {
+        h++;
+        if (run.entries !== undefined && !isZeroEntry(run.entries[run.sub + i]!)) f = 0; // `goto retry`
+        else if (++f === n) break;
+      }
+    }
+    hint = BigInt(h);
+    found = BigInt(f);
+  }
   while (found < nb) {
     const want = nb - found;
     const run = refcountsFrom(tx, hint, Math.max(chunk, Number(want < 65536n ? want : 65536n)));
@@ -237,7 +334,7 @@ export function allocClustersNoref(tx: Tx, size: bigint): bigint {
       else if (++found === nb) break;
     }
   }
-  setSession(tx, { freeClusterIndex: hint });
+  setFreeClusterIndex(tx, hint);
   if (hint > 0n && hint - 1n > INT64_MAX >> BigInt(g.clusterBits)) {
     throw new ModelError('too-big', EFBIG, 'File too large');
   }
@@ -251,6 +348,7 @@ export function allocClustersNoref(tx: Tx, size: bigint): bigint {
  */
 export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: bigint, decrease: boolean): Again {
   if (length <= 0n) return 'ok';
+  if (offset >= 0n && offset + length <= 1n << 53n) return updateRefcountBelow2p53(tx, Number(offset), Number(length), addend, decrease);
   const g = geo(tx);
   const cs = BigInt(g.clusterSize);
   const start = offset & ~(cs - 1n);
@@ -295,6 +393,63 @@ export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: b
         `refcount of cluster ${ci + BigInt(k)} would become ${decrease ? rc - addend : rc + addend} (refcount_bits=${g.refcountBits})`);
     }
     co += BigInt(count) * cs;
+  }
+  return 'ok';
+}
+
+/**
+ * updateRefcount for a range below 2^53, with its byte and cluster positions as exact numbers
+ * (a guest write updates one or two refcounts, and bigint temporaries were most of that). Step for
+ * step the same as the general loop in updateRefcount; refcount values stay bigint.
+ */
+function updateRefcountBelow2p53(tx: Tx, offset: number, length: number, addend: bigint, decrease: boolean): Again {
+  const g = geo(tx);
+  const cs = g.clusterSize;
+  const rbe = g.refblockEntries;
+  const start = offset - (offset % cs);
+  const lastByte = offset + length - 1;
+  const last = lastByte - (lastByte % cs);
+  const max = MAX_REFCOUNT[g.refcountBits]!;
+  let oldTableIndex = -1;
+  for (let co = start; co <= last;) {
+    const ci = co / cs;
+    const tableIndex = Math.floor(ci / rbe);
+    if (tableIndex !== oldTableIndex) {
+      // allocRefcountBlock answers 'ok' at once when a block covers the cluster: asked only when none does.
+      const covered = tableIndex < reftableSize(tx) && checkedBlock(tx, tableIndex) !== 0n;
+      if (!covered && allocRefcountBlock(tx, BigInt(ci)) === 'again') {
+        // As in updateRefcount: the hint moves back to the start of the range, and the updates
+        // made so far are undone.
+        const startIndex = BigInt(start / cs);
+        if (tx.img.session.freeClusterIndex > startIndex) setSession(tx, { freeClusterIndex: startIndex });
+        updateRefcount(tx, BigInt(offset), BigInt(co - offset), addend, !decrease);
+        return 'again';
+      }
+    }
+    oldTableIndex = tableIndex;
+    const block = checkedBlock(tx, tableIndex);
+    const index = ci % rbe;
+    const count = Math.min(rbe - index, (last - co) / cs + 1);
+    const values = readRefcountRun(tx, block, index, count);
+    let k = 0;
+    for (; k < count; k++) {
+      const next = decrease ? values[k]! - addend : values[k]! + addend;
+      if (next < 0n || next > max) break;
+      values[k] = next;
+      if (next === 0n) {
+        const c = BigInt(ci + k);
+        if (c < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: c });
+        if (cursorCluster(tx) === c) setSession(tx, { cursorClusterFreed: true });
+      }
+    }
+    writeRefcountRun(tx, block, index, k === count ? values : values.slice(0, k));
+    if (k < count) {
+      const rc = values[k]!;
+      updateRefcount(tx, BigInt(offset), BigInt(co + k * cs - offset), addend, !decrease);
+      throw new ModelError('refcount-overflow', EINVAL,
+        `refcount of cluster ${ci + k} would become ${decrease ? rc - addend : rc + addend} (refcount_bits=${g.refcountBits})`);
+    }
+    co += count * cs;
   }
   return 'ok';
 }

@@ -7,13 +7,18 @@
  * file brought inside it, unaligned preallocated zero clusters made plain zero clusters, the snapshot
  * table rewritten without excess snapshots or extra data, the dirty and corrupt bits cleared when no
  * corruption remains) — and, when anything was fixed, checked again without fixing ("Double checking
- * the fixed image now..."), whose result qemu-img prints with the first pass's fixed counters.
+ * the fixed image now..."), whose result qemu-img prints with the first pass's fixed counters; then
+ * closed, which writes QEMU's refcount-block cache back. Refcount repairs still in that cache when
+ * the image dies — a write-back that fails the metadata overlap check kills it — never reach the
+ * file (src/model/check-refblocks.ts).
  */
 import { runCheckPass, newCheckSession, type CheckResult, type FixMode } from './check.ts';
+import { Transcript, pendingRefblockWrites, strerror, type CheckContext, type CheckSession } from './check-context.ts';
+import { cacheWrite } from './check-refblocks.ts';
 import { applyHostIO, type HostIO } from './host-file.ts';
 import { INCOMPAT_DIRTY, freshSession, type Image } from './image.ts';
 import { rebuildRefcountStructure } from './rebuild-refcounts.ts';
-import { beginTx, checkpointImg, hostFlush, setHeaderFields } from './tx.ts';
+import { beginTx, checkpointImg, hostFlush, setHeaderFields, type Tx } from './tx.ts';
 
 export type RepairMode = 'leaks' | 'all';
 
@@ -56,19 +61,40 @@ export function repairImage(image: Image, mode: RepairMode, opts: RepairOptions 
     const again = runCheckPass(tx, 0, session);
     result = { ...again, corruptionsFixed: first.corruptionsFixed, leaksFixed: first.leaksFixed };
   }
-  if (!session.dead) {
-    if (opts.close !== false && (tx.img.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
-      // qcow2_close -> qcow2_inactivate: caches flushed, then qcow2_mark_clean clears the dirty bit
-      // — whatever the check found (a failed `-r leaks` included) [7.2].
-      hostFlush(tx);
-      setHeaderFields(tx, { incompatibleFeatures: tx.img.header.incompatibleFeatures & ~INCOMPAT_DIRTY });
-      hostFlush(tx);
-    }
-    return { image: checkpointImg(tx), io: tx.io, first, result, log: session.lines };
-  }
-  // A fatal corruption made the image unusable: QEMU never closes it properly, so the refcount
-  // updates still in its cache never reach the file.
-  const io = tx.io.filter((op) => !session.cachedWrites.has(op));
+  const closing = opts.close !== false;
+  if (closing && !session.dead) closeImage(tx, session);
+  // Refcount changes still in QEMU's cache never reach the file when the image dies (or fails to
+  // write them back while closing); a repair that leaves the image open keeps them for later.
+  const lost = closing || session.dead ? pendingRefblockWrites(session) : new Set<HostIO>();
+  for (const w of session.droppedWrites) lost.add(w);
+  if (lost.size === 0) return { image: checkpointImg(tx), io: tx.io, first, result, log: session.lines };
+  const io = tx.io.filter((op) => !lost.has(op));
   const done = checkpointImg(tx);
   return { image: { ...done, file: applyHostIO(image.file, io) }, io, first, result, log: session.lines };
+}
+
+/**
+ * What closing the image does after the check (blk_unref → bdrv_close): bdrv_flush writes the
+ * caches back — the refcount blocks only when refcounts must be accurate (no dirty bit) — and, if
+ * the image is still usable, qcow2_close → qcow2_inactivate flushes them again and marks the image
+ * clean (clears the dirty bit, whatever the check found [7.2]) unless that flush failed. A write-back
+ * that fails the overlap check kills the image (its pending changes are lost).
+ */
+function closeImage(tx: Tx, session: CheckSession): void {
+  const last = session.lastContext;
+  if (last === undefined) return;
+  const c: CheckContext = { ...last, out: new Transcript(session) };
+  if ((tx.img.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) cacheWrite(c, 'previous');
+  // bs->drv = NULL: qcow2_close never runs.
+  if (session.dead) return;
+  hostFlush(tx);
+  const errno = cacheWrite(c, 'previous');
+  if (errno !== 0) {
+    c.out.note(`qemu-img: Failed to flush the refcount block cache: ${strerror(errno)}`, 'previous');
+    return;
+  }
+  if ((tx.img.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) {
+    setHeaderFields(tx, { incompatibleFeatures: tx.img.header.incompatibleFeatures & ~INCOMPAT_DIRTY });
+    hostFlush(tx);
+  }
 }

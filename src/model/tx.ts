@@ -7,21 +7,21 @@
  * the write in `io` in the same order — the order a crash-safe driver must issue them.
  *
  * Owned pages (the per-operation page overlay): inside `withOwnedPages` — the body of one guest
- * operation or snapshot command — a small metadata write (a refcount, an L2 entry: less than a page)
- * copies its 4 KiB page once, puts the copy into the working file and remembers it as *owned*; later
- * small writes to that page in the same operation change the copy in place instead of copying the
- * page (and the trie path to it) again. A snapshot that adds a reference to thousands of clusters of
- * one refcount block, or a discard rewriting a run of L2 entries, then costs one page copy instead
- * of one per entry. An owned page was created by this operation and no Image outside it can hold it
- * until the operation returns; when it does (normally or by an exception) nothing is owned any more,
- * so every Image that leaves the operation is immutable as before. Code that keeps an intermediate
- * `tx.img` to roll back to, or hands one out (`ModelError.committed`), takes it with
- * `checkpointImg`, which ends the ownership first. Caches keyed by page objects must not keep an
- * owned page (`isOwnedPage`): its bytes may still change.
+ * operation or snapshot command — a small metadata write (a refcount, an L2 entry: at most 256 bytes)
+ * makes a chunked copy of its 4 KiB page once (chunked-page.ts: 64-byte chunks over the old page),
+ * puts the copy into the working file and remembers it as *owned*; later small writes to that page
+ * in the same operation change the copy in place instead of copying chunks (and the trie path to
+ * the page) again. A snapshot that adds a reference to thousands of clusters of one refcount block,
+ * or a discard rewriting a run of L2 entries, then costs one copy instead of one per entry. An owned
+ * page was created by this operation and no Image outside it can hold it until the operation
+ * returns; when it does (normally or by an exception) nothing is owned any more, so every Image that
+ * leaves the operation is immutable as before. Code that keeps an intermediate `tx.img` to roll back
+ * to, or hands one out (`ModelError.committed`), takes it with `checkpointImg`, which ends the
+ * ownership first. The arrays hostPage and hostView hand out never change (`isOwnedPage`).
  */
-import { isZeroBytes } from '../format/bytes.ts';
 import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
-import { discardHost, type HostIO, hostPage, PAGE_SIZE, readHost, viewHost, writeHost, zeroHost } from './host-file.ts';
+import type { ChunkedPage } from './chunked-page.ts';
+import { discardHost, type HostFile, type HostIO, readHost, viewHost, writeHost, writeHostOwned, zeroHost } from './host-file.ts';
 import { ModelError, EIO } from './errors.ts';
 import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
 
@@ -29,10 +29,11 @@ export interface Tx {
   img: Image;
   readonly io: HostIO[];
   /**
-   * Page index → page of `img.file` that this transaction created inside the current
-   * `withOwnedPages` scope and may still change in place; undefined outside such a scope.
+   * Page index → the chunked page of `img.file` (chunked-page.ts) that this transaction created
+   * inside the current `withOwnedPages` scope and may still change in place; undefined outside such
+   * a scope.
    */
-  owned?: Map<number, Uint8Array>;
+  owned?: Map<number, ChunkedPage>;
 }
 
 /** A transaction starting from `img`. */
@@ -66,52 +67,27 @@ export function checkpointImg(tx: Tx): Image {
 }
 
 /**
- * Whether `page` (stored at page index `index` of the working file) is owned by `tx`, i.e. may still
- * change in place: a cache keyed by page objects must not keep it.
+ * Whether `page` (as hostPage returned it for page index `index` of the working file) may still
+ * change in place, so that a cache keyed by page objects must not keep it. Always false now: what
+ * changes in place is an owned chunked page's chunks, never an array hostPage hands out (a chunked
+ * page's flat copy is dropped and made again after a change, see chunked-page.ts). Kept for the
+ * callers' caches, which stay correct if that ever changes.
  */
-export function isOwnedPage(tx: Tx, index: number, page: Uint8Array): boolean {
-  return tx.owned !== undefined && tx.owned.get(index) === page;
+export function isOwnedPage(_tx: Tx, _index: number, _page: Uint8Array): boolean {
+  return false;
 }
 
-const TWO_53 = 2 ** 53;
-
 /**
- * The owned-page fast path of hostWrite: writes `bytes` into the page holding them when the write
- * lies inside one page, does not extend the file and is not all zeros (a zero write may turn the page
- * into a hole, which writeHost decides), copying the page once per scope. Returns false (nothing
+ * The owned-page fast path of hostWrite (host-file.ts writeHostOwned): a small write inside one page
+ * that does not extend the file and is not all zeros goes into this scope's own chunked copy of the
+ * page, made by the first such write and changed in place by the later ones. Returns false (nothing
  * done) when the ordinary path must be taken. The resulting file reads exactly as after writeHost.
  */
-function writeOwned(tx: Tx, owned: Map<number, Uint8Array>, offset: bigint, bytes: Uint8Array): boolean {
-  const n = bytes.length;
-  if (n === 0 || n >= PAGE_SIZE) return false;
-  const o = Number(offset);
-  if (!(o + n < TWO_53)) return false;
-  const index = Math.floor(o / PAGE_SIZE);
-  const within = o - index * PAGE_SIZE;
+function writeOwned(tx: Tx, owned: Map<number, ChunkedPage>, offset: bigint, bytes: Uint8Array): boolean {
   const file = tx.img.file;
-  if (within + n > PAGE_SIZE || offset + BigInt(n) > file.length) return false;
-  if (isZeroBytes(bytes)) return false;
-  let page = owned.get(index);
-  // The working file may have been replaced since (zeroHost, discardHost, a rollback): own the
-  // page only while the file still holds this very object.
-  if (page !== undefined && hostPage(file, index) === page) {
-    page.set(bytes, within);
-    return true;
-  }
-  // First small write to this page in the scope: a private copy of what the page reads (hostPage:
-  // a stored page or what a base shows; undefined reads as zeros) with the bytes in, stored in
-  // place of the old page. The page is not all zeros (the bytes are not), so writeHost would store
-  // it too.
-  const old = hostPage(file, index);
-  page = old !== undefined ? old.slice() : new Uint8Array(PAGE_SIZE);
-  page.set(bytes, within);
-  const next = { ...file, pages: file.pages.set(index, page) };
-  if (hostPage(next, index) !== page) {
-    owned.delete(index);
-    return false;
-  }
-  owned.set(index, page);
-  tx.img = { ...tx.img, file: next };
+  const next = writeHostOwned(file, offset, bytes, owned);
+  if (next === undefined) return false;
+  if (next !== file) tx.img = imageWith(tx.img, next, tx.img.dataFile, tx.img.header, tx.img.session);
   return true;
 }
 
@@ -148,7 +124,7 @@ export function hostView(tx: Tx, offset: bigint, length: number): Uint8Array {
 export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
   const owned = tx.owned;
   if (owned === undefined || !writeOwned(tx, owned, offset, bytes)) {
-    tx.img = { ...tx.img, file: writeHost(tx.img.file, offset, bytes) };
+    tx.img = imageWith(tx.img, writeHost(tx.img.file, offset, bytes), tx.img.dataFile, tx.img.header, tx.img.session);
   }
   tx.io.push({ kind: 'write', offset, bytes });
 }
@@ -156,11 +132,12 @@ export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
 /** Zeroes `length` bytes at `offset` of the qcow2 file (a write_zeroes request) and records it. */
 export function hostZero(tx: Tx, offset: bigint, length: bigint): void {
   if (length <= 0n) return;
-  tx.img = { ...tx.img, file: zeroHost(tx.img.file, offset, length) };
+  const file = zeroHost(tx.img.file, offset, length);
+  if (file !== tx.img.file) tx.img = imageWith(tx.img, file, tx.img.dataFile, tx.img.header, tx.img.session);
   tx.io.push({ kind: 'zero', offset, length });
 }
 
-function dataFileOf(tx: Tx): import('./host-file.ts').HostFile {
+function dataFileOf(tx: Tx): HostFile {
   const f = tx.img.dataFile;
   // An image with incompatible bit 2 whose data file the caller did not supply cannot be served
   // (QEMU refuses to open it: "Could not open data file" / "'data-file' is required").
@@ -175,21 +152,21 @@ export function dataRead(tx: Tx, offset: bigint, length: number): Uint8Array {
 
 /** Writes `bytes` at `offset` of the external data file and records the write (`target: 'data'`). */
 export function dataWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
-  tx.img = { ...tx.img, dataFile: writeHost(dataFileOf(tx), offset, bytes) };
+  tx.img = imageWith(tx.img, tx.img.file, writeHost(dataFileOf(tx), offset, bytes), tx.img.header, tx.img.session);
   tx.io.push({ kind: 'write', offset, bytes, target: 'data' });
 }
 
 /** Zeroes `length` bytes at `offset` of the external data file and records it (`target: 'data'`). */
 export function dataZero(tx: Tx, offset: bigint, length: bigint): void {
   if (length <= 0n) return;
-  tx.img = { ...tx.img, dataFile: zeroHost(dataFileOf(tx), offset, length) };
+  tx.img = imageWith(tx.img, tx.img.file, zeroHost(dataFileOf(tx), offset, length), tx.img.header, tx.img.session);
   tx.io.push({ kind: 'zero', offset, length, target: 'data' });
 }
 
 /** Punches `length` bytes at `offset` out of the external data file and records it (`target: 'data'`). */
 export function dataDiscard(tx: Tx, offset: bigint, length: bigint): void {
   if (length <= 0n) return;
-  tx.img = { ...tx.img, dataFile: discardHost(dataFileOf(tx), offset, length) };
+  tx.img = imageWith(tx.img, tx.img.file, discardHost(dataFileOf(tx), offset, length), tx.img.header, tx.img.session);
   tx.io.push({ kind: 'discard', offset, length, target: 'data' });
 }
 
@@ -201,7 +178,38 @@ export function hostFlush(tx: Tx): void {
 
 /** Replaces the per-process session state. */
 export function setSession(tx: Tx, s: Partial<SessionState>): void {
-  tx.img = { ...tx.img, session: { ...tx.img.session, ...s } };
+  tx.img = imageWith(tx.img, tx.img.file, tx.img.dataFile, tx.img.header, { ...tx.img.session, ...s });
+}
+
+/** setSession(tx, { freeClusterIndex }): the allocator's hint, moved on every allocation. */
+export function setFreeClusterIndex(tx: Tx, freeClusterIndex: bigint): void {
+  const c = tx.img.session;
+  // The literal has every SessionState field (SESSION_FIELDS_LISTED); the optional one only when present.
+  const session: SessionState = !('dirtyBySession' in c)
+    ? { freeClusterIndex, freeByteOffset: c.freeByteOffset, cursorClusterFreed: c.cursorClusterFreed, staleCursorAvoided: c.staleCursorAvoided }
+    : { freeClusterIndex, freeByteOffset: c.freeByteOffset, cursorClusterFreed: c.cursorClusterFreed, staleCursorAvoided: c.staleCursorAvoided, dirtyBySession: c.dirtyBySession };
+  tx.img = imageWith(tx.img, tx.img.file, tx.img.dataFile, tx.img.header, session);
+}
+
+/** True when A and B are the same union of keys (a compile-time check). */
+type SameKeys<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+/** imageWith and setFreeClusterIndex list every field: adding one to Image or SessionState fails to compile here. */
+const IMAGE_FIELDS_LISTED: SameKeys<keyof Image, 'file' | 'dataFile' | 'header' | 'session' | 'backing'> = true;
+const SESSION_FIELDS_LISTED: SameKeys<keyof SessionState, 'freeClusterIndex' | 'freeByteOffset' | 'cursorClusterFreed' | 'staleCursorAvoided' | 'dirtyBySession'> = true;
+void IMAGE_FIELDS_LISTED;
+void SESSION_FIELDS_LISTED;
+
+/**
+ * `img` with the given file, data file, header and session: what `{ ...img, file, ... }` makes — the
+ * same own properties, `dataFile` and `backing` only when `img` has them (or a data file is given) —
+ * built as an object literal. V8 makes a spread with an overriding property through a generic slow
+ * path, about ten times the cost of a literal, and the model replaces its working Image on every
+ * host write.
+ */
+function imageWith(img: Image, file: HostFile, dataFile: HostFile | undefined, header: HeaderState, session: SessionState): Image {
+  const hasData = dataFile !== undefined || 'dataFile' in img;
+  if (!('backing' in img)) return hasData ? { file, dataFile, header, session } : { file, header, session };
+  return hasData ? { file, dataFile, header, session, backing: img.backing } : { file, header, session, backing: img.backing };
 }
 
 const HEADER_FIELD_BYTES: Partial<Record<keyof HeaderState, readonly [number, number]>> = {
@@ -234,6 +242,6 @@ export function setHeaderFields(tx: Tx, changes: Partial<HeaderState>): void {
     lo = Math.min(lo, at[0]);
     hi = Math.max(hi, at[0] + at[1]);
   }
-  tx.img = { ...tx.img, header: next };
+  tx.img = imageWith(tx.img, tx.img.file, tx.img.dataFile, next, tx.img.session);
   if (lo < hi) hostWrite(tx, BigInt(lo), bytes.subarray(lo, hi));
 }

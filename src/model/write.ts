@@ -17,7 +17,7 @@
  * L2 tables (and their refcounts) change in the qcow2 file.
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
-import { classifyL2Entry, compressedDescriptor, l2EntryWords, l2HostOffset, type SubclusterState } from '../format/entries.ts';
+import { classifyL2Entry, compressedDescriptor, l2HostOffset, type SubclusterState } from '../format/entries.ts';
 import { EIO, ModelError } from './errors.ts';
 import { isZeroBytes } from '../format/bytes.ts';
 import { checkNotDirtyOnLoad, markDirty, needsAccurateRefcounts, usesLazyRefcounts } from './close.ts';
@@ -49,13 +49,19 @@ interface L2Meta {
 /** classifyL2Entry's context per geometry (one object, not one per entry classified). */
 const ctxCache = new WeakMap<Geometry, { clusterBits: number; extendedL2: boolean; externalDataFile: boolean }>();
 
+let lastCtxGeometry: Geometry | undefined;
+let lastCtx: { clusterBits: number; extendedL2: boolean; externalDataFile: boolean } | undefined;
+
 function ctx(tx: Tx): { clusterBits: number; extendedL2: boolean; externalDataFile: boolean } {
   const g = geo(tx);
+  if (g === lastCtxGeometry) return lastCtx!;
   let c = ctxCache.get(g);
   if (c === undefined) {
     c = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
     ctxCache.set(g, c);
   }
+  lastCtxGeometry = g;
+  lastCtx = c;
   return c;
 }
 
@@ -83,6 +89,14 @@ function countSingleWrite(tx: Tx, nb: number, l2Offset: bigint, l2Index: number,
     }
   }
   return i;
+}
+
+const TWO_53 = 2 ** 53;
+
+/** `v mod clusterSize` for `v` ≥ 0: exact, and without bigint temporaries below 2^53. */
+function offsetInCluster(g: Geometry, v: bigint): number {
+  const n = Number(v);
+  return n < TWO_53 ? n % g.clusterSize : Number(v & BigInt(g.clusterSize - 1));
 }
 
 const ctz32 = (x: number): number => (x === 0 ? 32 : 31 - Math.clz32(x & -x));
@@ -125,7 +139,7 @@ function calculateL2Meta(tx: Tx, host: bigint, guest: bigint, bytes: number, l2O
   const cs = g.clusterSize;
   const scSize = cs / g.subclusters;
   const { l2: l2Index } = l1l2Index(tx, guest);
-  const cowStartTo = Number(guest & BigInt(cs - 1));
+  const cowStartTo = offsetInCluster(g, guest);
   const cowEndFrom = cowStartTo + bytes;
   const nb = Math.ceil(cowEndFrom / cs);
   let skipCow = keepOld;
@@ -193,7 +207,7 @@ function calculateL2Meta(tx: Tx, host: bigint, guest: bigint, bytes: number, l2O
 
 function clustersToLookAt(tx: Tx, guest: bigint, bytes: number): { nb: number; l2Index: number } {
   const g = geo(tx);
-  const inCluster = Number(guest & BigInt(g.clusterSize - 1));
+  const inCluster = offsetInCluster(g, guest);
   const { l2: l2Index } = l1l2Index(tx, guest);
   let nb = Math.ceil((inCluster + bytes) / g.clusterSize);
   nb = Math.min(nb, g.l2Entries - l2Index, Math.floor(REQUEST_MAX_BYTES / g.clusterSize));
@@ -219,7 +233,7 @@ interface Lookup {
  */
 function handleCopied(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[]): { host: bigint; bytes: number } | 'stop' | Lookup {
   const g = geo(tx);
-  const inCluster = Number(guest & BigInt(g.clusterSize - 1));
+  const inCluster = offsetInCluster(g, guest);
   const { nb, l2Index } = clustersToLookAt(tx, guest, bytes);
   const l2Offset = clusterTable(tx, guest);
   const e = readL2Entry(tx, l2Offset, l2Index);
@@ -239,7 +253,7 @@ function handleCopied(tx: Tx, guest: bigint, host: bigint | undefined, bytes: nu
 function handleAlloc(tx: Tx, guest: bigint, host: bigint | undefined, bytes: number, metas: L2Meta[], lookup: Lookup): { host: bigint; bytes: number } | undefined {
   const g = geo(tx);
   const cs = g.clusterSize;
-  const inCluster = Number(guest & BigInt(cs - 1));
+  const inCluster = offsetInCluster(g, guest);
   const { l2Offset, l2Index } = lookup;
   let nb = countSingleWrite(tx, lookup.nb, l2Offset, l2Index, true, lookup.first);
   let alloc: bigint;
@@ -360,6 +374,16 @@ function copyRegion(tx: Tx, m: L2Meta, r: CowRegion): boolean {
   return true;
 }
 
+/**
+ * Whether word 0 of `e` has a bit set — `l2EntryWords(e).word !== 0n` (format/entries.ts), term by
+ * term, without building the 64-bit bigint (once per linked cluster).
+ */
+function wordNonZero(e: L2EntryFields): boolean {
+  if (e.copied || e.compressed) return true; // bits 63, 62
+  return ((e.reservedHi ?? 0) >>> 0) !== 0 || ((e.hostOffsetHi ?? 0) >>> 0) !== 0 || ((e.hostOffsetLo ?? 0) >>> 0) !== 0
+    || ((e.reservedLo ?? 0) >>> 0) !== 0 || e.zero === true;
+}
+
 /** `qcow2_alloc_cluster_link_l2` (with perform_cow before it). */
 function linkL2(tx: Tx, m: L2Meta): void {
   const g = geo(tx);
@@ -380,7 +404,7 @@ function linkL2(tx: Tx, m: L2Meta): void {
   const old: L2EntryFields[] = [];
   for (let i = 0; i < m.nbClusters; i++) {
     const prev = readL2Entry(tx, l2Offset, l2Index + i);
-    if (l2EntryWords(prev).word !== 0n) old.push(prev);
+    if (wordNonZero(prev)) old.push(prev);
     const host = m.allocOffset + BigInt(i * cs);
     let bitmaps: { alloc: number; zero: number } | undefined;
     if (g.extendedL2) {
