@@ -12,8 +12,11 @@
  *             { seed: SEED, path: PATH, endOnFailure: true })
  *
  * Campaigns today: `model-commands` (properties/support/model-commands.ts, every configuration
- * class of CONFIG_CLASSES). QEMU round trips and hostile-input fuzzing are meant to be added to
- * `defaultCampaigns()` as further entries.
+ * class of CONFIG_CLASSES), `qemu-forward` and `qemu-reverse` (properties/support/qemu-sequences.ts:
+ * real QEMU judges the model's files, the model reads and continues QEMU's; every class of
+ * QEMU_CLASSES). The table then also gives the QEMU processes run and, for qemu-reverse, the share of
+ * sequences whose files were byte-identical to QEMU's. Hostile-input fuzzing is meant to be added to
+ * `defaultCampaigns()` as a further entry.
  *
  * Exit codes: 0 no failure, 1 at least one failure, 2 usage error. Importing this module has no side
  * effects: `main` runs only when the file is executed directly.
@@ -30,6 +33,18 @@ import {
   type ConfigClass,
   type StepFn,
 } from '../properties/support/model-commands.ts';
+import {
+  closeProbeServer,
+  formatLayoutTable,
+  forwardRun,
+  QEMU_CLASSES,
+  reverseRun,
+  sequenceArb,
+  tallyLayout,
+  type LayoutTally,
+  type QemuClass,
+  type RunReport,
+} from '../properties/support/qemu-sequences.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Campaigns
@@ -129,9 +144,84 @@ export function modelCommandsCampaign(system: StepFn = modelStep, systemName = '
   };
 }
 
+/** Totals of a QEMU campaign beyond sequences and ops: QEMU processes run and the layout tally. */
+export interface QemuCampaignStats {
+  qemuCalls: number;
+  readonly layout: LayoutTally;
+}
+
+/**
+ * Real QEMU as the second oracle (properties/support/qemu-sequences.ts), one class per entry of
+ * QEMU_CLASSES: `qemu-forward` (QEMU judges the model's files) or `qemu-reverse` (the model reads and
+ * continues QEMU's files; layout compared byte for byte). Sequences of up to `maxCommands` ops
+ * (default 50). A failure replays with
+ *
+ *   fc.assert(fc.asyncProperty(sequenceArb(CLASS, MAX), (s) => forwardRun(s)), { seed: SEED, path: PATH, endOnFailure: true })
+ */
+export function qemuCampaign(direction: 'forward' | 'reverse', stats: QemuCampaignStats = { qemuCalls: 0, layout: new Map() }): Campaign & { readonly stats: QemuCampaignStats } {
+  const name = `qemu-${direction}`;
+  const run = direction === 'forward' ? forwardRun : reverseRun;
+  return {
+    name,
+    stats,
+    classes: QEMU_CLASSES.map((c) => ({ name: c.cls, title: c.title })),
+    async runBatch(cls, { seed, numRuns, maxCommands }) {
+      if (!QEMU_CLASSES.some((c) => c.cls === cls)) throw new Error(`${name}: no class ${cls}`);
+      const max = maxCommands ?? 50;
+      const reports: RunReport[] = [];
+      // Runs after the first failure are fast-check's shrinking: not counted.
+      let failed = false;
+      const prop = fc.asyncProperty(sequenceArb(cls as QemuClass, max), async (spec) => {
+        let r: RunReport;
+        try {
+          r = await run(spec);
+        } catch (e) {
+          failed = true;
+          throw e;
+        }
+        if (failed) return;
+        reports.push(r);
+        stats.qemuCalls += r.qemuCalls;
+        tallyLayout(stats.layout, cls, r);
+      });
+      const d = await fc.check(prop, { seed, numRuns });
+      const ops = reports.reduce((a, r) => a + r.ops, 0);
+      if (!d.failed) return { sequences: d.numRuns, ops };
+      const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
+      const path = d.counterexamplePath ?? '';
+      const err = d.errorInstance;
+      return {
+        sequences: d.numRuns,
+        ops,
+        failure: {
+          campaign: name,
+          cls,
+          seed: d.seed,
+          path,
+          counterexample,
+          error: err instanceof Error ? err.message : String(err),
+          replay: `fc.assert(fc.asyncProperty(sequenceArb('${cls}', ${max}), (s) => ${direction}Run(s)), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`,
+        },
+      };
+    },
+  };
+}
+
 /** Every campaign `npm run fuzz` runs, in round-robin order. */
 export function defaultCampaigns(): Campaign[] {
-  return [modelCommandsCampaign()];
+  return [modelCommandsCampaign(), qemuCampaign('forward'), qemuCampaign('reverse')];
+}
+
+/** The QEMU campaigns' extra summary: QEMU processes per campaign and the layout-identical shares. */
+export function formatQemuStats(campaigns: readonly Campaign[]): string {
+  const out: string[] = [];
+  for (const c of campaigns) {
+    const s = (c as Partial<{ stats: QemuCampaignStats }>).stats;
+    if (s === undefined) continue;
+    out.push(`${c.name}: ${s.qemuCalls} qemu calls`);
+    if (s.layout.size > 0) out.push(`${c.name}: layout-identical sequences (model vs QEMU, same ops and process boundaries):`, formatLayoutTable(s.layout));
+  }
+  return out.length > 0 ? `\n${out.join('\n')}\n` : '';
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,8 +522,9 @@ export async function fuzzMain(argv: readonly string[], io: FuzzIO = processIO, 
     io.stderr(`\r\x1b[K[${r.elapsedSeconds.toFixed(0)}/${r.seconds} s] ${u.campaign}/${u.cls}  ${seqs} sequences, ${ops} ops, ${r.failures.length} failures`);
   };
   const report = await runFuzz(opts, campaigns, { progress });
+  closeProbeServer();
   if (io.isTTY) io.stderr('\r\x1b[K');
-  io.stdout(opts.output === 'json' ? reportJson(report) : formatReport(report));
+  io.stdout(opts.output === 'json' ? reportJson(report) : formatReport(report) + formatQemuStats(campaigns));
   return report.failures.length > 0 ? 1 : 0;
 }
 

@@ -12,7 +12,9 @@ import {
   batchSeed,
   fuzzMain,
   modelCommandsCampaign,
+  formatQemuStats,
   parseFuzzArgs,
+  qemuCampaign,
   runFuzz,
   UsageError,
   type Campaign,
@@ -156,5 +158,26 @@ describe('npm run fuzz', () => {
     // …and the correct model passes the same case.
     const fixed = fc.check(commandsProperty(configArb('small-clusters'), step, replay), { seed: f.seed, path: f.path, endOnFailure: true });
     expect(fixed.failed).toBe(false);
+  }, 300_000);
+
+  it('qemu-forward / qemu-reverse campaigns: batches run real QEMU, count its processes and the layout-identical share', async () => {
+    const forward = qemuCampaign('forward');
+    const reverse = qemuCampaign('reverse');
+    expect(forward.classes.map((c) => c.name)).toContain('data-file');
+    const f = await forward.runBatch('small-clusters', { seed: 11, numRuns: 2, maxCommands: 8 });
+    expect(f.failure).toBeUndefined();
+    expect(f.sequences).toBe(2);
+    expect(forward.stats.qemuCalls).toBeGreaterThanOrEqual(2 * 4);
+    const r = await reverse.runBatch('lazy-refcounts', { seed: 12, numRuns: 2, maxCommands: 8 });
+    expect(r.failure).toBeUndefined();
+    expect(r.sequences).toBe(2);
+    const out = formatQemuStats([forward, reverse]);
+    expect(out).toMatch(/qemu-forward: \d+ qemu calls/);
+    expect(out).toMatch(/qemu-reverse: layout-identical sequences[\s\S]*lazy-refcounts\s+.*\d+\/\d+ \(\d+ %\)/);
+    // A run of both through the command line prints the extra table after the usual one.
+    const io = capture();
+    expect(await fuzzMain(['--seconds', '1', '--seed', '5', '--classes', 'qemu-forward/backing,qemu-reverse/backing', '--max-commands', '6'], io, [forward, reverse])).toBe(0);
+    expect(io.out()).toMatch(/qemu-forward\s+backing\s+\d+\s+\d+\s+0\n/);
+    expect(io.out()).toMatch(/qemu-reverse: \d+ qemu calls/);
   }, 300_000);
 });
