@@ -14,6 +14,7 @@ import type { Op } from '../src/model/ops.ts';
 import { RawDisk, RawDiskError, writeRawFile, type OracleBacking, type RawChunk } from '../src/oracle/raw-disk.ts';
 
 const TIB = 1n << 40n;
+const MIB = 1n << 20n;
 
 /**
  * The flat reference: every byte of the disk in one array, extended to the end of the last cluster
@@ -357,6 +358,36 @@ describe('sparse cost', () => {
     disk.apply({ kind: 'resize', size: 4n * TIB });
     expect(disk.pageCount).toBe(1);
     sameBytes(disk.read(2n * TIB - 7n, 7), new Uint8Array(7));
+  });
+
+  it('a 1 TiB sparse RawDisk backing streams through rawChunks at the cost of its pages (regression: forward property hung for hours)', () => {
+    // properties/qemu-forward 'backing' class: writeRawFile of an overlay over a 1 TiB raw backing
+    // read the backing byte by byte (268 M pages) instead of streaming its sparse content.
+    const backing = new RawDisk({ size: TIB + 27648n });
+    backing.apply({ kind: 'write', offset: 5000n, data: new Uint8Array(10_000).fill(4) });
+    backing.apply({ kind: 'write', offset: TIB - 100n, data: new Uint8Array(300).fill(5) });
+    const disk = new RawDisk({ size: TIB + MIB, backing });
+    disk.apply({ kind: 'write', offset: 8192n, data: new Uint8Array(100).fill(6) }); // inside the backing's data
+    disk.apply({ kind: 'discard', offset: 0n, length: 4096n }); // v3 + backing: a zero page
+    disk.apply({ kind: 'write', offset: TIB + 27000n, data: new Uint8Array(2000).fill(7) }); // across the backing's end
+    const t0 = performance.now();
+    const chunks = [...disk.rawChunks()];
+    expect(performance.now() - t0).toBeLessThan(5000);
+    const covered = chunks.reduce((n, c) => n + (c.kind === 'data' ? BigInt(c.bytes.length) : c.length), 0n);
+    expect(covered).toBe(disk.size);
+    const at = (o: bigint, n: number): Uint8Array => {
+      const out = new Uint8Array(n);
+      for (const c of chunks) {
+        if (c.kind !== 'data') continue;
+        const a = c.offset > o ? c.offset : o;
+        const b = c.offset + BigInt(c.bytes.length) < o + BigInt(n) ? c.offset + BigInt(c.bytes.length) : o + BigInt(n);
+        if (a < b) out.set(c.bytes.subarray(Number(a - c.offset), Number(b - c.offset)), Number(a - o));
+      }
+      return out;
+    };
+    for (const [o, n] of [[0n, 20_000], [TIB - 4096n, 8192], [TIB + 20_000n, 20_000], [disk.size - 4096n, 4096]] as const) {
+      sameBytes(at(o, n), disk.read(o, n));
+    }
   });
 
   it('writeRawFile writes a sparse raw file equal to the content', () => {

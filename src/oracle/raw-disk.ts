@@ -99,6 +99,12 @@ export class RawDiskError extends Error {
 export interface OracleBacking {
   readonly size: bigint;
   read(offset: bigint, length: number): Uint8Array;
+  /**
+   * Optional: the whole content `[0, size)` as contiguous chunks (RawDisk.rawChunks' contract). When
+   * present, the disk above streams the backing through it instead of reading every byte, so a
+   * sparse backing (a 1 TiB RawDisk with a few writes) costs its stored pages, not its size.
+   */
+  rawChunks?(maxChunk?: number): Iterable<RawChunk>;
 }
 
 /** The facts of an image configuration that decide what reads return (see the module comment). */
@@ -268,7 +274,8 @@ export class RawDisk implements OracleBacking {
    * The whole content, `[0, size)`, in order, as data chunks of at most `maxChunk` bytes and zero
    * runs (coalesced, any length). Promises: the chunks are contiguous, start at 0, end at `size`,
    * and concatenated equal `read(0, size)`. Memory stays bounded by `maxChunk` whatever the size; time
-   * is proportional to the stored pages plus the backing range read. A caller writing a raw file can
+   * is proportional to the stored pages plus the backing range read (a backing with rawChunks, such as
+   * a RawDisk, is streamed: its stored pages, not its size). A caller writing a raw file can
    * skip zero runs (see writeRawFile) so the file is as sparse as the disk.
    */
   *rawChunks(maxChunk = 1 << 20): Generator<RawChunk> {
@@ -500,26 +507,48 @@ export class RawDisk implements OracleBacking {
     this.#size = size;
   }
 
-  /** The content as pieces of at most `max` bytes: stored pages, backing reads, zero runs. */
+  /** The content as pieces of at most `max` bytes: stored pages, backing content, zero runs. */
   *#pieces(max: bigint): Generator<RawChunk> {
     const size = this.#size;
     const stored = [...this.#pages.keys()].filter((p) => BigInt(p) * PAGE < size).sort((a, b) => a - b);
     let pos = 0n;
-    const gap = function* (this: RawDisk, to: bigint): Generator<RawChunk> {
+    const backing = this.backing;
+    // A backing that can stream its content (a RawDisk) is consumed as one forward stream, merged
+    // with the stored pages: its zero runs stay runs, so the cost is its stored pages, not its size
+    // (reading a 1 TiB sparse backing byte by byte took hours). Others are read range by range.
+    const stream = backing?.rawChunks?.(Number(max))[Symbol.iterator]();
+    let head: RawChunk | undefined;
+    const chunkEnd = (c: RawChunk): bigint => c.offset + (c.kind === 'data' ? BigInt(c.bytes.length) : c.length);
+    const backingPiece = (from: bigint, n: bigint): RawChunk => {
+      if (stream === undefined) {
+        const bytes = this.#backingBytes(from, Number(n));
+        return isAllZero(bytes) ? { kind: 'zero', offset: from, length: n } : { kind: 'data', offset: from, bytes };
+      }
+      // Gaps only move forward, and the stream is contiguous from 0: skip what lies before `from`.
+      while (head === undefined || chunkEnd(head) <= from) {
+        const r = stream.next();
+        if (r.done === true) throw new RawDiskError('invalid-argument', 'rawChunks', `the backing's chunks end before ${from}`);
+        head = r.value;
+      }
+      const end = chunkEnd(head) < from + n ? chunkEnd(head) : from + n;
+      if (head.kind === 'zero') return { kind: 'zero', offset: from, length: end - from };
+      const bytes = head.bytes.subarray(Number(from - head.offset), Number(end - head.offset));
+      return isAllZero(bytes) ? { kind: 'zero', offset: from, length: end - from } : { kind: 'data', offset: from, bytes };
+    };
+    const gap = function* (to: bigint): Generator<RawChunk> {
       // A range without stored pages: backing content up to its end, zeros after.
-      const bEnd = this.backing === undefined ? 0n : this.backing.size < to ? this.backing.size : to;
+      const bEnd = backing === undefined ? 0n : backing.size < to ? backing.size : to;
       for (let o = pos; o < bEnd; ) {
-        const n = bEnd - o < max ? bEnd - o : max;
-        const bytes = this.#backingBytes(o, Number(n));
-        yield isAllZero(bytes) ? { kind: 'zero', offset: o, length: n } : { kind: 'data', offset: o, bytes };
-        o += n;
+        const piece = backingPiece(o, bEnd - o < max ? bEnd - o : max);
+        yield piece;
+        o = chunkEnd(piece);
       }
       const zStart = pos > bEnd ? pos : bEnd;
       if (to > zStart) yield { kind: 'zero', offset: zStart, length: to - zStart };
     };
     for (const p of stored) {
       const at = BigInt(p) * PAGE;
-      if (at > pos) yield* gap.call(this, at);
+      if (at > pos) yield* gap(at);
       const page = this.#pages.get(p)!;
       const n = size - at < PAGE ? Number(size - at) : ORACLE_PAGE_SIZE;
       yield page === ZERO_PAGE
@@ -527,7 +556,7 @@ export class RawDisk implements OracleBacking {
         : { kind: 'data', offset: at, bytes: page.subarray(0, n) };
       pos = at + BigInt(n);
     }
-    if (size > pos) yield* gap.call(this, size);
+    if (size > pos) yield* gap(size);
   }
 }
 
