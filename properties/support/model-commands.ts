@@ -528,6 +528,23 @@ export function backingOps(spec: Qcow2BackingSpec): { readonly op: Op; readonly 
 }
 
 /**
+ * A fresh raw-disk oracle for a qcow2 geometry (version, cluster and subcluster size decide how
+ * discard and zero-fill behave) over the expected content of its backing image, if any.
+ */
+function emptyOracle(
+  g: { readonly size: bigint; readonly compat: '0.10' | '1.1'; readonly clusterBits: number; readonly extendedL2: boolean },
+  backing: RawDisk | undefined,
+): RawDisk {
+  return new RawDisk({
+    size: g.size,
+    version: g.compat === '0.10' ? 2 : 3,
+    clusterSize: 1n << BigInt(g.clusterBits),
+    subclusterSize: (1n << BigInt(g.clusterBits)) / (g.extendedL2 ? 32n : 1n),
+    ...(backing !== undefined ? { backing } : {}),
+  });
+}
+
+/**
  * The expected content of a backing chain, computed with RawDisk only (no model code): a raw spec's
  * patterned writes, or a qcow2 spec's `backingOps` over the oracle of its own backing, with the
  * qcow2 image's version and cluster size (they decide what discard does).
@@ -539,13 +556,7 @@ export function backingOracle(spec: BackingSpec): RawDisk {
     return d;
   }
   const lower = spec.backing !== undefined ? backingOracle(spec.backing) : undefined;
-  const d = new RawDisk({
-    size: spec.size,
-    version: spec.compat === '0.10' ? 2 : 3,
-    clusterSize: 1n << BigInt(spec.clusterBits),
-    subclusterSize: (1n << BigInt(spec.clusterBits)) / (spec.extendedL2 ? 32n : 1n),
-    ...(lower !== undefined ? { backing: lower } : {}),
-  });
+  const d = emptyOracle(spec, lower);
   for (const { op } of backingOps(spec)) d.apply(op);
   return d;
 }
@@ -1985,13 +1996,7 @@ export function setup(cfg: Config, system: StepFn): { model: Model; real: Real }
   if (created.header.size !== cfg.size) throw new Error(`createImage made a ${created.header.size}-byte disk, expected ${cfg.size}`);
   if ((created.dataFile !== undefined) !== (cfg.dataFile !== undefined)) throw new Error(`createImage: data file ${created.dataFile !== undefined}, configuration ${cfg.dataFile}`);
   const image: Image = backing !== undefined ? { ...created, backing } : created;
-  const disk = new RawDisk({
-    size: cfg.size,
-    version: cfg.compat === '0.10' ? 2 : 3,
-    clusterSize: 1n << BigInt(cfg.clusterBits),
-    subclusterSize: (1n << BigInt(cfg.clusterBits)) / (cfg.extendedL2 ? 32n : 1n),
-    ...(backingExpected !== undefined ? { backing: backingExpected } : {}),
-  });
+  const disk = emptyOracle(cfg, backingExpected);
   const geo = geoOf(cfg);
   const real: Real = { image, cfg, geo, system, touched: [], seenPages: new Map(), steps: 0, stats: new Map(), ...(backing !== undefined ? { backing } : {}) };
   notePages(real, image);

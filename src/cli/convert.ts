@@ -57,7 +57,7 @@ import { step } from '../model/step.ts';
 import { parseQemuSize, writeHostFileTo } from './create.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
 import { probeHostAllocationsOrFull } from './host-allocation.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseUsage } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseUsage, errnoText } from './io.ts';
 import { OpenImageError, chainImage, openImage, type OpenedLayer } from './open-image.ts';
 import { NO_PROGRESS, startProgress, type Progress } from './progress.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
@@ -698,14 +698,6 @@ export interface ConvertEnv {
 }
 
 const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
-
-function errnoText(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  if (err.code === 'ENOENT') return 'No such file or directory';
-  if (err.code === 'EACCES') return 'Permission denied';
-  if (err.code === 'EISDIR') return 'Is a directory';
-  return err.code ?? err.message;
-}
 
 /** A temporary file name in the directory of `target` (the rename into place stays on one file system). */
 function tempName(target: string): string {

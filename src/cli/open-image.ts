@@ -46,6 +46,7 @@ import { loadImage } from '../model/load-store.ts';
 import { mapImage, type HostAllocation, type MapExtent, type MapOptions } from '../model/map.ts';
 import { readGuest } from '../model/read.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
+import { errnoText } from './io.ts';
 
 /** Longest backing chain opened (the top image included). */
 export const MAX_BACKING_DEPTH = 64;
@@ -128,14 +129,6 @@ export interface OpenedLayer {
    * Reading through the layer, or an Image built on it, afterwards throws HostReaderError('io').
    */
   close(): void;
-}
-
-function errnoText(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  if (err.code === 'ENOENT') return 'No such file or directory';
-  if (err.code === 'EACCES') return 'Permission denied';
-  if (err.code === 'EISDIR') return 'Is a directory';
-  return err.code ?? err.message;
 }
 
 async function statFile(path: string, owner: string): Promise<FileStat> {

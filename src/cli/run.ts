@@ -22,8 +22,10 @@
  *   should not choose which file on the system `run` reads and writes. The data file is written
  *   with the image, only after every op succeeded, in the same ordered I/O stream (a flush barrier
  *   fsyncs both files).
- * - backing file: resolved relative to IMAGE's directory, as QEMU does; qcow2 (recursively) or raw,
- *   read only.
+ * - backing file: resolved relative to IMAGE's directory, as QEMU does; qcow2 (recursively) or raw
+ *   (the format from the header, else probed as QEMU does), read only, wherever the header points —
+ *   run continues what qemu-io would continue. Opening goes through src/cli/open-image.ts, the same
+ *   code (chain depth limit, loop detection) info, map and convert use.
  *
  * Files are not read into memory: the image, its data file and backing files are loaded through
  * HostReaders (src/cli/file-reader.ts), so the model reads only the header and the metadata and
@@ -34,21 +36,15 @@
  * the files are opened for writing; the Images built on them are never used after that point.
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
-import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { parseArgs } from 'node:util';
-import { isQcow2FormatError } from '../format/errors.ts';
-import { decodeHeader } from '../../generated/qcow2.ts';
-import { describeHeader, walkImage } from '../format/walk.ts';
 import { closeImage } from '../model/close.ts';
 import { HostReaderError, hostTargetOf, type HostIO, type HostTarget } from '../model/host-file.ts';
-import type { BackingSource, Image } from '../model/image.ts';
-import { loadImage } from '../model/load-store.ts';
+import type { Image } from '../model/image.ts';
 import type { Op } from '../model/ops.ts';
-import { readGuest } from '../model/read.ts';
 import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../model/script.ts';
 import { step } from '../model/step.ts';
-import { fileReader, type FileReader } from './file-reader.ts';
-import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, parseUsage, outputFormat, errnoText } from './io.ts';
+import { chainImage, OpenImageError, openImage, type OpenedLayer, type OpenPolicy } from './open-image.ts';
 
 /** Help text of the run command. */
 export const RUN_HELP = `Usage: qcow2-ref run [--output=human|json] [--quiet] [--allow-data-file-path]
@@ -123,7 +119,6 @@ export interface RunSummary {
   readonly flushes: number;
 }
 
-const MAX_BACKING_DEPTH = 16;
 /** Largest zero buffer written at once for zero/discard requests. */
 const ZERO_CHUNK = 1 << 20;
 
@@ -133,168 +128,14 @@ function scriptName(op: Op): ScriptOpName {
   return op.kind as ScriptOpName;
 }
 
-/** A failure that leaves every file unchanged; printed as `qcow2-ref: MESSAGE`, exit 1. */
-class RunFailure extends Error {
-  override readonly name = 'RunFailure';
-}
-
-function errnoText(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  if (err.code === 'ENOENT') return 'No such file or directory';
-  if (err.code === 'EACCES') return 'Permission denied';
-  return err.code ?? err.message;
-}
-
-/** A relative `name` taken relative to the directory of the image at `imagePath`. */
-function besideImage(imagePath: string, name: string): string {
-  return isAbsolute(name) ? name : join(dirname(imagePath), name);
-}
-
-/** How `run` treats the files an image names. */
-export interface LoadFileOptions {
-  /** Accept an external data file name that is absolute or leads out of the image's directory. */
-  readonly allowDataFilePath?: boolean;
-}
 
 /**
- * The path of the external data file `name` of the image at `imagePath`: relative to the image's
- * directory. Throws RunFailure when `name` is empty, absolute or leads out of that directory (`..`),
- * unless `allow`.
+ * What `run` lets an image's header open: its backing chain wherever the header says (as qemu-io
+ * does, so run can continue any qemu-io session), and its external data file only inside the image's
+ * directory unless `allowDataFilePath` — run writes that file.
  */
-export function dataFilePath(imagePath: string, name: string, allow: boolean): string {
-  const path = besideImage(imagePath, name);
-  if (allow) return path;
-  const base = resolve(dirname(imagePath));
-  const rel = relative(base, resolve(path));
-  if (name === '' || isAbsolute(name) || rel === '' || rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel)) {
-    throw new RunFailure(
-      `${imagePath}: data file path '${name}' is ${isAbsolute(name) ? 'absolute' : "outside the image's directory"}; refusing to use it (--allow-data-file-path allows it)`,
-    );
-  }
-  return path;
-}
-
-/** A reader of the file at `path`, added to `readers` (the caller closes them); RunFailure when it cannot be opened. */
-function openOrFail(path: string, what: string, readers: FileReader[]): FileReader {
-  let r: FileReader;
-  try {
-    r = fileReader(path);
-  } catch (e) {
-    throw new RunFailure(`${what}: Could not open '${path}': ${errnoText(e)}`);
-  }
-  readers.push(r);
-  return r;
-}
-
-/**
- * Bytes at the start of an image that hold its header, extensions and backing file name: QEMU
- * keeps them in cluster 0 (at most 2 MiB). A crafted header pointing further (up to this bound) is
- * still read as walkImage would read the whole file; past it the name or extensions count as cut off.
- */
-const MAX_HEADER_AREA = 16 << 20;
-
-/**
- * The walk of the header area of the image `reader` reads (what walkImage reports about the header,
- * its extensions and the backing file name, which is all `run` needs of it). Throws
- * Qcow2FormatError when the header cannot be decoded.
- */
-function walkHeaderArea(reader: FileReader): { walk: ReturnType<typeof walkImage>; prefix: Uint8Array } {
-  const upTo = (n: bigint): Uint8Array => reader.read(0n, Number(n < reader.length ? n : reader.length));
-  // First the header: one page holds what QEMU writes; a longer one (at most a 2 MiB cluster) is
-  // read again in full, so a 'truncated' error is only reported when the file really is short.
-  let prefix = upTo(4096n);
-  let header;
-  try {
-    header = decodeHeader(prefix);
-  } catch (e) {
-    if (!(isQcow2FormatError(e) && e.code === 'truncated' && BigInt(prefix.length) < reader.length)) throw e;
-    prefix = upTo(2n << 20n);
-    header = decodeHeader(prefix);
-  }
-  // Then as far as its pointers say the area goes.
-  const h = describeHeader(header);
-  const extensionsEnd = h.backingFileOffset !== 0n ? h.backingFileOffset : BigInt(1 << h.clusterBits);
-  const nameEnd = h.backingFileOffset + BigInt(h.backingFileSize);
-  let need = extensionsEnd > nameEnd ? extensionsEnd : nameEnd;
-  if (need > BigInt(MAX_HEADER_AREA)) need = BigInt(MAX_HEADER_AREA);
-  if (need > BigInt(prefix.length) && BigInt(prefix.length) < reader.length) prefix = upTo(need);
-  return { walk: walkImage(prefix), prefix };
-}
-
-/**
- * The Image stored at `path` with its data file and backing chain loaded (each relative name
- * relative to the directory of the image naming it), read lazily through file readers (see the
- * module doc). Throws RunFailure naming the file. The caller must call `close` once it no longer
- * uses the image (nor any image derived from it), and before the files change.
- */
-export async function loadImageFile(path: string, depth = 0, opts: LoadFileOptions = {}): Promise<{ image: Image; close(): void }> {
-  const readers: FileReader[] = [];
-  const close = (): void => {
-    for (const r of readers) r.close();
-  };
-  try {
-    const { image } = await loadImageAndDataPath(path, depth, opts, readers);
-    return { image, close };
-  } catch (e) {
-    close();
-    throw e;
-  }
-}
-
-/**
- * loadImageFile, also returning the path of the external data file it read (if any); every reader
- * it opens is added to `readers`, for the caller to close.
- */
-async function loadImageAndDataPath(path: string, depth: number, opts: LoadFileOptions, readers: FileReader[]): Promise<{ image: Image; dataPath?: string }> {
-  const reader = openOrFail(path, path, readers);
-  let walk;
-  let prefix: Uint8Array;
-  try {
-    ({ walk, prefix } = walkHeaderArea(reader));
-  } catch (e) {
-    if (isQcow2FormatError(e)) throw new RunFailure(`${path}: ${e.message}`);
-    throw e;
-  }
-  let dataFile: FileReader | undefined;
-  let dataPath: string | undefined;
-  // Incompatible bit 2 (byte 79, bit 2 of a version-3 header): without it QEMU ignores the name.
-  const hasDataFile = prefix.length >= 80 && new DataView(prefix.buffer, prefix.byteOffset).getUint32(4) >= 3 && (prefix[79]! & 4) !== 0;
-  if (hasDataFile && walk.dataFile === undefined) throw new RunFailure(`${path}: 'data-file' is required for this image`);
-  if (hasDataFile && walk.dataFile !== undefined) {
-    dataPath = dataFilePath(path, walk.dataFile, opts.allowDataFilePath === true);
-    dataFile = openOrFail(dataPath, `${path}: data file`, readers);
-  }
-  let backing: BackingSource | undefined;
-  const b = walk.backingFile;
-  if (b !== undefined) {
-    if (b.name === undefined) throw new RunFailure(`${path}: the backing file name cannot be read`);
-    if (depth >= MAX_BACKING_DEPTH) throw new RunFailure(`${path}: backing chain deeper than ${MAX_BACKING_DEPTH}`);
-    const bpath = besideImage(path, b.name);
-    const fmt = b.format ?? 'raw';
-    if (fmt === 'qcow2') {
-      const { image: img } = await loadImageAndDataPath(bpath, depth + 1, opts, readers);
-      backing = { size: img.header.size, read: (o, l) => readGuest(img, o, l) };
-    } else if (fmt === 'raw') {
-      const raw = openOrFail(bpath, `${path}: backing file`, readers);
-      backing = {
-        size: raw.length,
-        read: (o, l) => {
-          // Zeros past the end of the raw file.
-          const out = new Uint8Array(l);
-          const end = o + BigInt(l) < raw.length ? o + BigInt(l) : raw.length;
-          if (end > o) out.set(raw.read(o, Number(end - o)));
-          return out;
-        },
-      };
-    } else {
-      throw new RunFailure(`${path}: backing format '${fmt}' is not supported by qcow2-ref`);
-    }
-  }
-  const image = loadImage(reader, {
-    ...(dataFile !== undefined ? { dataFile } : {}),
-    ...(backing !== undefined ? { backing } : {}),
-  });
-  return dataPath !== undefined ? { image, dataPath } : { image };
+function runPolicy(allowDataFilePath: boolean): OpenPolicy {
+  return { allowBacking: true, allowBackingPath: true, allowDataFilePath };
 }
 
 /**
@@ -467,14 +308,14 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
   const allowDataFilePath = parsed.values['allow-data-file-path'] === true;
   let plan;
   let dataPath: string | undefined;
-  const readers: FileReader[] = [];
+  let top: OpenedLayer | undefined;
   try {
-    const loaded = await loadImageAndDataPath(imagePath, 0, { allowDataFilePath }, readers);
-    dataPath = loaded.dataPath;
-    plan = planOps(loaded.image, ops);
+    top = await openImage(imagePath, runPolicy(allowDataFilePath), { backing: true, dataFile: 'read' });
+    dataPath = top.dataFile?.path;
+    plan = planOps(chainImage(top), ops);
   } catch (e) {
-    if (e instanceof RunFailure) {
-      io.stderr(`qcow2-ref: ${e.message}\n`);
+    if (e instanceof OpenImageError) {
+      io.stderr(`qcow2-ref: ${e.file}: ${e.detail}\n`);
       return EXIT_DECODE;
     }
     if (e instanceof HostReaderError) {
@@ -484,8 +325,8 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
     throw e;
   } finally {
     // Every read of the files is done: the host I/O below is plain bytes. The Images built on the
-    // readers (loaded.image, plan.image) must not be used after this point — the files change.
-    for (const r of readers) r.close();
+    // readers (chainImage(top), plan.image) must not be used after this point — the files change.
+    top?.close();
   }
   if (!plan.ok) {
     io.stderr(`qcow2-ref: ${imagePath}: op ${plan.index} (${scriptName(ops[plan.index]!)}): ${plan.message}\n`);

@@ -654,6 +654,30 @@ function editable(node: TrieNode | undefined, owner: Owner | undefined): TrieNod
   return copy;
 }
 
+/** The page at key `k` of the trie `root` of `depth` levels, or undefined. */
+function trieGet(root: TrieNode | undefined, depth: number, k: number): Uint8Array | undefined {
+  let n = root;
+  if (n === undefined || !(k < POW32[depth]!) || !(k >= 0)) return undefined;
+  for (let level = depth - 1; level > 0; level--) {
+    n = n[digit(k, level)] as TrieNode | undefined;
+    if (n === undefined) return undefined;
+  }
+  return n[digit(k, 0)] as Uint8Array | undefined;
+}
+
+/** The trie `root` of `depth` levels grown (new roots above it) until key `k` fits. */
+function growTo(root: TrieNode | undefined, depth: number, k: number, owner: Owner | undefined): [TrieNode | undefined, number] {
+  while (k >= POW32[depth]!) {
+    if (root !== undefined) {
+      const up = editable(undefined, owner);
+      up[0] = root;
+      root = up;
+    }
+    depth++;
+  }
+  return [root, depth];
+}
+
 /** `node` with key `k` set to `v` (undefined: removed); the same node when nothing changes. `delta` counts pages. */
 function updateNode(node: TrieNode | undefined, level: number, k: number, v: Uint8Array | undefined, owner: Owner | undefined, delta: { n: number }): TrieNode | undefined {
   const d = digit(k, level);
@@ -744,13 +768,7 @@ export class PageMap implements PageStore<PageMap> {
 
   /** The page at index `k`, or undefined for a hole. */
   get(k: number): Uint8Array | undefined {
-    let n = this.root;
-    if (n === undefined || !(k < POW32[this.depth]!) || !(k >= 0)) return undefined;
-    for (let level = this.depth - 1; level > 0; level--) {
-      n = n[digit(k, level)] as TrieNode | undefined;
-      if (n === undefined) return undefined;
-    }
-    return n[digit(k, 0)] as Uint8Array | undefined;
+    return trieGet(this.root, this.depth, k);
   }
 
   /** Whether page `k` is stored. */
@@ -760,13 +778,13 @@ export class PageMap implements PageStore<PageMap> {
 
   /** A map with page `k` set to `v`. */
   set(k: number, v: Uint8Array): PageMap {
-    return this.change(k, v, undefined);
+    return this.change(k, v);
   }
 
   /** A map without page `k`. */
   delete(k: number): PageMap {
     if (!this.has(k)) return this;
-    return this.change(k, undefined, undefined);
+    return this.change(k, undefined);
   }
 
   /** A map without any page in [lo, hi] (inclusive); proportional to the pages removed, not the range. */
@@ -789,20 +807,11 @@ export class PageMap implements PageStore<PageMap> {
     return root === this.root ? this : new PageMap(root, depth, b.size);
   }
 
-  private change(k: number, v: Uint8Array | undefined, owner: Owner | undefined): PageMap {
+  private change(k: number, v: Uint8Array | undefined): PageMap {
     checkKey(k);
-    let depth = this.depth;
-    let root = this.root;
-    while (k >= POW32[depth]!) {
-      if (root !== undefined) {
-        const up = EMPTY_NODE.slice();
-        up[0] = root;
-        root = up;
-      }
-      depth++;
-    }
+    const [root, depth] = growTo(this.root, this.depth, k, undefined);
     const delta = { n: 0 };
-    const next = updateNode(root, depth - 1, k, v, owner, delta);
+    const next = updateNode(root, depth - 1, k, v, undefined, delta);
     if (next === this.root && depth === this.depth) return this;
     const [r, dp] = v === undefined ? shrink(next, depth) : [next, depth];
     return new PageMap(r, dp, this.size + delta.n);
@@ -842,13 +851,7 @@ export class PageMapBatch implements PageStore<PageMapBatch> {
 
   /** The page at index `k`, or undefined. */
   get(k: number): Uint8Array | undefined {
-    let n = this.root;
-    if (n === undefined || !(k < POW32[this.depth]!) || !(k >= 0)) return undefined;
-    for (let level = this.depth - 1; level > 0; level--) {
-      n = n[digit(k, level)] as TrieNode | undefined;
-      if (n === undefined) return undefined;
-    }
-    return n[digit(k, 0)] as Uint8Array | undefined;
+    return trieGet(this.root, this.depth, k);
   }
 
   /** Whether page `k` is stored. */
@@ -859,14 +862,7 @@ export class PageMapBatch implements PageStore<PageMapBatch> {
   /** Sets page `k` to `v`. */
   set(k: number, v: Uint8Array): PageMapBatch {
     checkKey(k);
-    while (k >= POW32[this.depth]!) {
-      if (this.root !== undefined) {
-        const up = editable(undefined, this.owner);
-        up[0] = this.root;
-        this.root = up;
-      }
-      this.depth++;
-    }
+    [this.root, this.depth] = growTo(this.root, this.depth, k, this.owner);
     const delta = { n: 0 };
     this.root = updateNode(this.root, this.depth - 1, k, v, this.owner, delta);
     this.size += delta.n;

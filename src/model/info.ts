@@ -26,7 +26,6 @@ import {
   HeaderExtensionType,
   decodeBitmapDirectory,
   decodeQcow2,
-  decodeSnapshotEntry,
   type BackingFileFormat,
   type BitmapsExtension,
   type ExternalDataFileName,
@@ -36,6 +35,7 @@ import {
 import { Qcow2FormatError, isQcow2FormatError } from '../format/errors.ts';
 import { u64ToBigInt } from '../format/u64.ts';
 import { readHost } from './host-file.ts';
+import { snapshotTableEntries } from './snapshot.ts';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -309,18 +309,12 @@ function asInt64(v: bigint): bigint {
 
 /** The snapshot table as qcow2_snapshot_list + bdrv_query_snapshot_info_list report it. */
 function snapshotInfos(image: Image): SnapshotInfo[] {
-  const h = image.header;
-  const extendedL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   const out: SnapshotInfo[] = [];
-  let pos = h.snapshotsOffset;
-  for (let i = 0; i < h.nbSnapshots; i++) {
-    pos = (pos + 7n) & ~7n;
+  const guard = <T>(pos: bigint, decode: () => T): T => {
     requireInFile(image, pos, 40n, 'snapshot_entry', '(start)');
-    // The largest entry QEMU accepts: 40 + 1024 extra + two 64 KiB strings (clipped to the file).
-    const max = BigInt(40 + 1024 + 2 * 65536 + 8);
-    const len = pos + max <= image.file.length ? max : image.file.length - pos;
-    const window = readHost(image.file, pos, Number(len));
-    const e = rebase(pos, () => decodeSnapshotEntry(window, 0, { clusterBits: h.clusterBits, extendedL2, isLast: true }));
+    return rebase(pos, decode);
+  };
+  for (const { entry: e } of snapshotTableEntries(image.file, image.header, { clipToFile: true, guard })) {
     const x = e.extraData;
     const vmClock = u64ToBigInt(e.vmClockNsec);
     const icount = x.icount !== undefined ? u64ToBigInt(x.icount) : (1n << 64n) - 1n;
@@ -334,7 +328,6 @@ function snapshotInfos(image: Image): SnapshotInfo[] {
       vmClockNsec: vmClock % 1_000_000_000n,
       ...(icount !== (1n << 64n) - 1n ? { icount: asInt64(icount) } : {}),
     });
-    pos += BigInt(40 + e.lenExtraData + e.lenId + e.lenName);
   }
   return out;
 }

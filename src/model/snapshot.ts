@@ -14,13 +14,14 @@
  * Clusters whose refcount drops to 0 here are punched out of the file (pass-discard-snapshot is on by
  * default). The snapshot table is read and written through the generated snapshot_entry codec.
  */
-import { decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields } from '../../generated/qcow2.ts';
+import { decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields, type SnapshotEntry } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
 import { isZeroBytes } from '../format/bytes.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { EFBIG, EINVAL, ENOTSUP, ModelError } from './errors.ts';
-import { discardHost, hostPage, PAGE_SIZE } from './host-file.ts';
+import { discardHost, hostPage, PAGE_SIZE, readHost, type HostFile } from './host-file.ts';
+import { geometryOf, type HeaderState } from './image.ts';
 import { growL1Table, readL2Entry, writeL2Entry } from './mapping.ts';
 import { resize } from './resize.ts';
 import { allocClusters, getRefcount, updateRefcount } from './refcount.ts';
@@ -47,17 +48,41 @@ export interface SnapshotState {
   readonly unknownExtraData: Uint8Array;
 }
 
-/** The snapshot table of the working image, decoded with the generated codec. */
-export function readSnapshots(tx: Tx): SnapshotState[] {
-  const h = tx.img.header;
-  const g = geo(tx);
-  const out: SnapshotState[] = [];
+/** Options of snapshotTableEntries. */
+export interface SnapshotTableWalk {
+  /** Decode from a window cut at the end of the file (a short file is 'truncated'), not zero-padded. */
+  readonly clipToFile?: boolean;
+  /** Runs each entry's decode (e.g. to check bounds first or move error offsets into the file). */
+  readonly guard?: <T>(pos: bigint, decode: () => T) => T;
+}
+
+/**
+ * The entries of the snapshot table of `file` with header `h`, in order, each with its file offset
+ * (8-byte aligned as QEMU places them), decoded by the generated codec from a window the size of the
+ * largest entry QEMU accepts (40 + 1024 extra + two 64 KiB strings).
+ */
+export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: SnapshotTableWalk = {}): Generator<{ readonly pos: bigint; readonly entry: SnapshotEntry }> {
+  const g = geometryOf(h);
+  const params = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, isLast: true };
+  const max = BigInt(40 + 1024 + 2 * 65536 + 8);
+  const guard = opts.guard ?? (<T>(_pos: bigint, decode: () => T): T => decode());
   let pos = h.snapshotsOffset;
   for (let i = 0; i < h.nbSnapshots; i++) {
     pos = (pos + 7n) & ~7n;
-    // Enough bytes for the largest entry QEMU accepts: 40 + 1024 extra + two 64 KiB strings.
-    const window = hostRead(tx, pos, 40 + 1024 + 2 * 65536 + 8);
-    const e = decodeSnapshotEntry(window, 0, { clusterBits: g.clusterBits, extendedL2: g.extendedL2, isLast: true });
+    const len = opts.clipToFile === true && pos + max > file.length ? file.length - pos : max;
+    const window = readHost(file, pos, Number(len > 0n ? len : 0n));
+    const at = pos;
+    const entry = guard(at, () => decodeSnapshotEntry(window, 0, params));
+    yield { pos: at, entry };
+    pos += BigInt(40 + entry.lenExtraData + entry.lenId + entry.lenName);
+  }
+}
+
+/** The snapshot table of the working image, decoded with the generated codec. */
+export function readSnapshots(tx: Tx): SnapshotState[] {
+  const h = tx.img.header;
+  const out: SnapshotState[] = [];
+  for (const { entry: e } of snapshotTableEntries(tx.img.file, h)) {
     const x = e.extraData;
     out.push({
       l1TableOffset: u64ToBigInt(e.l1TableOffset),
@@ -73,7 +98,6 @@ export function readSnapshots(tx: Tx): SnapshotState[] {
       extraDataSize: e.lenExtraData,
       unknownExtraData: e.lenExtraData > 24 ? x.unknown : new Uint8Array(0),
     });
-    pos += BigInt(40 + e.lenExtraData + e.lenId + e.lenName);
   }
   return out;
 }

@@ -279,18 +279,30 @@ class Checker {
     const id = this.owners.push(name);
     const { first, last } = this.clustersOf(start, length);
     for (let c = Number(first); c <= Number(last); c++) {
-      if (c >= this.nClusters) {
-        this.tail.set(c, (this.tail.get(c) ?? 0) + addend);
-        continue;
-      }
-      this.refs[c]! += addend;
+      if (!this.count(c, addend)) continue;
       const o = this.owner[c]!;
       if (o === 0) this.owner[c] = id;
       else if (o !== id) {
-        const other = this.owners[o - 1]!;
-        this.report({ kind: 'overlap', message: `${name} overlaps ${other} in host cluster ${c} (${hex(BigInt(c) * this.csn)})`, hostCluster: c, offset: BigInt(c) * this.csn, structure: name, other });
+        this.reportOverlap(name, this.owners[o - 1]!, c);
       }
     }
+  }
+
+  /**
+   * Adds `addend` references to host cluster `c`; clusters past the end of the file are counted
+   * apart (they have no refcount slot to compare with). Returns whether `c` is inside the file.
+   */
+  private count(c: number, addend: number): boolean {
+    if (c >= this.nClusters) {
+      this.tail.set(c, (this.tail.get(c) ?? 0) + addend);
+      return false;
+    }
+    this.refs[c]! += addend;
+    return true;
+  }
+
+  private reportOverlap(name: string, other: string, c: number): void {
+    this.report({ kind: 'overlap', message: `${name} overlaps ${other} in host cluster ${c} (${hex(BigInt(c) * this.csn)})`, hostCluster: c, offset: BigInt(c) * this.csn, structure: name, other });
   }
 
   /** A guest data range (normal cluster or compressed blob) referenced `addend` times. */
@@ -303,15 +315,10 @@ class Checker {
     }
     const { first, last } = this.clustersOf(start, length);
     for (let c = Number(first); c <= Number(last); c++) {
-      if (c >= this.nClusters) {
-        this.tail.set(c, (this.tail.get(c) ?? 0) + addend);
-        continue;
-      }
-      this.refs[c]! += addend;
+      if (!this.count(c, addend)) continue;
       const o = this.owner[c]!;
       if (o !== 0) {
-        const other = this.owners[o - 1]!;
-        this.report({ kind: 'overlap', message: `${name} overlaps ${other} in host cluster ${c} (${hex(BigInt(c) * this.csn)})`, hostCluster: c, offset: BigInt(c) * this.csn, structure: name, other });
+        this.reportOverlap(name, this.owners[o - 1]!, c);
       }
       const k = this.dataKind[c]!;
       if ((k | kind) === (DATA_NORMAL | DATA_COMPRESSED) && k !== (k | kind)) {
