@@ -389,7 +389,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   const l2Tables: L2TableInfo[] = [];
 
   /** Decodes (once per offset) the L2 tables an L1 table points at. */
-  const visitL2Tables = (l1Name: string, decoded: readonly L1Entry[], info: L1Info): void => {
+  const visitL2Tables = (l1Name: string, decoded: readonly (L1Entry | undefined)[], info: L1Info): void => {
     for (const e of info.entries) {
       if (e.l2Offset === 0n) continue;
       const known = l2ByOffset.get(e.l2Offset);
@@ -639,7 +639,12 @@ function clampOffset(v: bigint, fileSize: number): number {
 }
 
 
-/** Reads l1Size L1 entries at `offset`, refusing (before allocating) a table that runs past the file. */
+/**
+ * Reads l1Size L1 entries at `offset`, refusing (before allocating) a table that runs past the file.
+ * `decoded[i]` is the decoded entry, or undefined for an all-zero one: those are most of a sparse
+ * image's L1 entries, and decoding each (an object with lazy fields) made walks of images with large
+ * L1 tables and a few snapshots spend most of their time allocating and collecting them.
+ */
 function readL1(
   bytes: Uint8Array,
   offset: bigint,
@@ -647,7 +652,7 @@ function readL1(
   params: { clusterBits: number; extendedL2: boolean },
   structure: string,
   field: string,
-): { decoded: L1Entry[]; info: L1EntryInfo[]; error?: unknown } {
+): { decoded: (L1Entry | undefined)[]; info: L1EntryInfo[]; error?: unknown } {
   if (size === 0) return { decoded: [], info: [] };
   const end = offset + 8n * BigInt(size);
   if (end > BigInt(bytes.length)) {
@@ -658,13 +663,16 @@ function readL1(
         `${size} entries need ${8 * size} byte(s) at 0x${offset.toString(16)} but the file ends at 0x${bytes.length.toString(16)}`),
     };
   }
-  const decoded: L1Entry[] = [];
+  const decoded: (L1Entry | undefined)[] = new Array<L1Entry | undefined>(size).fill(undefined);
   const info: L1EntryInfo[] = [];
   const base = Number(offset);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   try {
     for (let i = 0; i < size; i++) {
-      const e = decodeL1Entry(bytes, base + 8 * i, params);
-      decoded.push(e);
+      const at = base + 8 * i;
+      if (view.getUint32(at) === 0 && view.getUint32(at + 4) === 0) continue;
+      const e = decodeL1Entry(bytes, at, params);
+      decoded[i] = e;
       const word = l1EntryWord(e);
       if (word !== 0n) info.push({ index: i, word, l2Offset: l1L2Offset(e), copied: e.copied, reservedBits: l1ReservedBits(e) });
     }
