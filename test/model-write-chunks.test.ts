@@ -1,9 +1,12 @@
 /**
  * One guest write split into several chunks (qcow2_co_pwritev_part: a chunk ends where the host
- * mapping stops being contiguous, e.g. at the end of an L2 table). QEMU 7.2 allocates a chunk under
- * s->lock, hands its data write and L2 update to an AIO task, and allocates the next chunk before
- * that task can take the lock again — so the clusters chunk k replaced are freed (and
- * free_cluster_index lowered) only after chunk k+1 has been allocated.
+ * mapping stops being contiguous, e.g. at the end of an L2 table or between clusters overwritten in
+ * place and clusters newly allocated). QEMU 7.2 allocates a chunk under s->lock and hands its data
+ * write and L2 update to an AIO task, which needs the lock again to link; the request goes straight
+ * on to allocate the next chunk, and the tasks get the lock only when that allocation waits for I/O
+ * (a new L2 table is written and flushed). So the clusters a chunk replaced are freed (and
+ * free_cluster_index lowered) after the next allocation that wrote metadata, or after the last
+ * chunk was allocated — never before the next chunk's allocation.
  *
  * Bug found by properties/qemu-reverse.test.ts (class `backing`, 512-byte clusters): the model linked
  * each chunk, and freed what it replaced, before allocating the next one, so a compressed cluster
@@ -65,6 +68,39 @@ describe('a write split into chunks: chunk k is linked after chunk k+1 is alloca
     const at = (o: number) => map.find((e) => Number(e.start) <= o && o < Number(e.start) + Number(e.length))!;
     expect(Number(at(5120).offset)).toBeLessThan(Number(at(32256).offset));
     expect(Number(at(5120).offset)).toBeLessThan(Number(at(32768).offset));
+    expect(model).toEqual(qemu);
+  });
+
+  it('three chunks in one cached L2 table: all are allocated before the first is linked', async () => {
+    // Found by properties/qemu-reverse.test.ts (class lazy-refcounts). The 2 KiB write at 0 is
+    // cluster 0 (compressed: new allocation) + cluster 1 (new, contiguous), cluster 2 (COPIED:
+    // written in place), cluster 3 (new). No allocation writes metadata, so nothing waits for I/O
+    // and chunk 3 is allocated before chunk 1 frees the compressed cluster; the next write reuses it.
+    const path = join(dir, 'b.qcow2');
+    await qemuImgCreate(path, String(1 << 20), { cluster_size: '512' });
+    await copyFile(path, `${path}.created`);
+    await qemuIo(path, ['write -q -c -P 1 0 512', 'write -q -P 2 1024 512', 'write -q -P 4 0 2048', 'write -q -P 3 8192 512']);
+    const qemu = new Uint8Array(await readFile(path));
+
+    let img = loadImage(new Uint8Array(await readFile(`${path}.created`)));
+    for (const op of [
+      { kind: 'writeCompressed', offset: 0n, data: fill(512, 1) },
+      { kind: 'write', offset: 1024n, data: fill(512, 2) },
+      { kind: 'write', offset: 0n, data: fill(2048, 4) },
+      { kind: 'write', offset: 8192n, data: fill(512, 3) },
+    ] satisfies Op[]) {
+      const r = step(img, op);
+      if (!r.ok) throw r.error;
+      img = r.image;
+    }
+    const model = storeImage(closeImage(img).image);
+
+    // QEMU's account: cluster 3 of the write lies after clusters 0-1 in the file (allocated later,
+    // not in the freed cluster), and the last write took the freed cluster, below both.
+    const map = await qemuImgMap(path);
+    const at = (o: number) => map.find((e) => Number(e.start) <= o && o < Number(e.start) + Number(e.length))!;
+    expect(Number(at(1536).offset)).toBeGreaterThan(Number(at(0).offset));
+    expect(Number(at(8192).offset)).toBeLessThan(Number(at(0).offset));
     expect(model).toEqual(qemu);
   });
 });
