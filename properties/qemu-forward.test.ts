@@ -7,9 +7,11 @@
  * raw oracle's file identical, `qemu-img map` equal to mapImage on every extent, `qemu-img info`
  * equal to our info builder and to the oracle, and `qemu-io read -P` spot checks equal to the oracle.
  *
- * QCOW2_QEMU_RUNS=N runs N sequences per class (default below); QCOW2_QEMU_CONCURRENCY the number of
- * fast-check lanes run concurrently. A failure prints its lane's seed and path and a reproduction
- * (configuration, qemu-img create line, op script).
+ * QCOW2_QEMU_RUNS=N runs N sequences per class (default 100, DEFAULT_QEMU_RUNS); QCOW2_QEMU_CONCURRENCY
+ * the number of fast-check lanes run concurrently (default 3), QCOW2_QEMU_PROCESSES the QEMU processes
+ * at a time (default: the CPUs), QCOW2_QEMU_SHRINK=0 reports the first counterexample unshrunk,
+ * QCOW2_QEMU_TIMING=1 prints where the time went. A failure prints its lane's seed and path and a
+ * reproduction (configuration, qemu-img create line, op script).
  *
  * The planted-difference test shows the checks can fail: one flipped data byte and one wrong
  * refcount in an otherwise good file are each caught.
@@ -28,6 +30,7 @@ import { RawDisk } from '../src/oracle/raw-disk.ts';
 import { requireQemu } from '../src/qemu/run.ts';
 import {
   closeProbeServer,
+  formatPhaseTimes,
   DEFAULT_QEMU_RUNS,
   forwardRun,
   IMAGE_NAME,
@@ -35,6 +38,7 @@ import {
   QEMU_CLASSES,
   QEMU_CONCURRENCY,
   qemuJudges,
+  sequenceArb,
   runLanes,
   type QemuConfig,
 } from './support/qemu-sequences.ts';
@@ -47,12 +51,24 @@ afterAll(() => {
   closeProbeServer();
   const lines = ['forward: class             runs    ops  qemu calls  seconds'];
   for (const [cls, s] of stats) lines.push(`forward: ${cls.padEnd(16)} ${String(s.runs).padStart(6)} ${String(s.ops).padStart(6)} ${String(s.qemuCalls).padStart(11)} ${(s.ms / 1000).toFixed(1).padStart(8)}`);
+  if (process.env['QCOW2_QEMU_TIMING'] === '1') lines.push('', 'forward: where the time went', formatPhaseTimes());
   console.log(lines.join('\n'));
 });
 
 describe('QEMU judges the model\'s files (forward)', () => {
   it('requires qemu-img and qemu-io', async () => {
     await requireQemu();
+  });
+
+  it('the generator reaches sequences of 50 ops, though most are short', () => {
+    // Both directions draw from sequenceArb: lengths 1..50, 60 % of them at most 10 (lengthArb).
+    for (const { cls } of QEMU_CLASSES) {
+      const lengths = fc.sample(sequenceArb(cls), { seed, numRuns: 1000 }).map((s) => s.ops.length);
+      expect(Math.min(...lengths)).toBe(1);
+      expect(Math.max(...lengths)).toBe(50);
+      expect(lengths.filter((n) => n >= 40).length).toBeGreaterThanOrEqual(40);
+      expect(lengths.filter((n) => n <= 10).length).toBeGreaterThanOrEqual(500);
+    }
   });
 
   for (const { cls, title } of QEMU_CLASSES) {
@@ -99,7 +115,7 @@ describe('QEMU judges the model\'s files (forward)', () => {
     const good = storeImage(img);
     const run = async (bytes: Uint8Array): Promise<string[]> => {
       const calls = { qemuCalls: 0 };
-      const files = makeRunFiles(cfg, calls);
+      const files = await makeRunFiles(cfg);
       try {
         writeFileSync(join(files.dir, IMAGE_NAME), bytes);
         return (await qemuJudges(cfg, files, img, oracle, ops, calls, 1)).map((p) => p.check);

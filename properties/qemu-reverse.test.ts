@@ -13,13 +13,15 @@
  * single qemu-io process without compressed writes must be identical (asserted). Other differences
  * are listed with their reason in docs/layout-differences.md.
  *
- * QCOW2_QEMU_RUNS=N runs N sequences per class; QCOW2_QEMU_CONCURRENCY the concurrent lanes.
+ * The same environment knobs as properties/qemu-forward.test.ts (QCOW2_QEMU_RUNS, _CONCURRENCY,
+ * _PROCESSES, _SHRINK, _TIMING).
  */
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { requireQemu } from '../src/qemu/run.ts';
 import {
   closeProbeServer,
+  formatPhaseTimes,
   DEFAULT_QEMU_RUNS,
   formatLayoutTable,
   QEMU_CLASSES,
@@ -43,6 +45,7 @@ afterAll(() => {
   for (const [cls, m] of tally) {
     for (const [cat, c] of m) for (const e of c.examples) lines.push('', `layout difference, ${cls} / ${cat}: ${e.split('\n')[0]}`);
   }
+  if (process.env['QCOW2_QEMU_TIMING'] === '1') lines.push('', 'reverse: where the time went', formatPhaseTimes());
   console.log(lines.join('\n'));
 });
 

@@ -61,6 +61,10 @@ export interface BatchResult {
   readonly sequences: number;
   /** Ops given to the system under test in those sequences (shrinking replays not counted). */
   readonly ops: number;
+  /** QEMU processes those sequences ran (campaigns that run QEMU). */
+  readonly qemuCalls?: number;
+  /** Sequences whose files were compared with QEMU's byte for byte, and how many were identical. */
+  readonly layout?: { readonly compared: number; readonly identical: number };
   readonly failure?: Failure;
 }
 
@@ -186,13 +190,18 @@ export function qemuCampaign(direction: 'forward' | 'reverse', stats: QemuCampai
       });
       const d = await fc.check(prop, { seed, numRuns });
       const ops = reports.reduce((a, r) => a + r.ops, 0);
-      if (!d.failed) return { sequences: d.numRuns, ops };
+      const qemuCalls = reports.reduce((a, r) => a + r.qemuCalls, 0);
+      const withLayout = reports.filter((r) => r.layout !== undefined);
+      const layout = direction === 'reverse' ? { layout: { compared: withLayout.length, identical: withLayout.filter((r) => r.layout!.identical).length } } : {};
+      if (!d.failed) return { sequences: d.numRuns, ops, qemuCalls, ...layout };
       const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
       const path = d.counterexamplePath ?? '';
       const err = d.errorInstance;
       return {
         sequences: d.numRuns,
         ops,
+        qemuCalls,
+        ...layout,
         failure: {
           campaign: name,
           cls,
@@ -212,14 +221,16 @@ export function defaultCampaigns(): Campaign[] {
   return [modelCommandsCampaign(), qemuCampaign('forward'), qemuCampaign('reverse')];
 }
 
-/** The QEMU campaigns' extra summary: QEMU processes per campaign and the layout-identical shares. */
+/**
+ * The QEMU campaigns' extra summary: the layout-identical shares per class and layout category
+ * (single or several QEMU processes, with or without compressed writes), after the main table.
+ */
 export function formatQemuStats(campaigns: readonly Campaign[]): string {
   const out: string[] = [];
   for (const c of campaigns) {
     const s = (c as Partial<{ stats: QemuCampaignStats }>).stats;
-    if (s === undefined) continue;
-    out.push(`${c.name}: ${s.qemuCalls} qemu calls`);
-    if (s.layout.size > 0) out.push(`${c.name}: layout-identical sequences (model vs QEMU, same ops and process boundaries):`, formatLayoutTable(s.layout));
+    if (s === undefined || s.layout.size === 0) continue;
+    out.push('', `${c.name}: layout-identical sequences by category (model vs QEMU, same created image, ops and process boundaries):`, formatLayoutTable(s.layout));
   }
   return out.length > 0 ? `\n${out.join('\n')}\n` : '';
 }
@@ -349,6 +360,11 @@ export interface UnitReport {
   readonly cls: string;
   sequences: number;
   ops: number;
+  /** QEMU processes run (0 for campaigns without QEMU). */
+  qemuCalls: number;
+  /** Sequences whose layout was compared with QEMU's, and the byte-identical ones among them. */
+  layoutCompared: number;
+  layoutIdentical: number;
   failures: number;
   batches: number;
   seconds: number;
@@ -405,7 +421,7 @@ export async function runFuzz(opts: FuzzOptions, campaigns: readonly Campaign[],
     seconds: opts.seconds,
     elapsedSeconds: 0,
     ...(opts.maxCommands !== undefined ? { maxCommands: opts.maxCommands } : {}),
-    units: selected.map((u) => ({ campaign: u.campaign.name, cls: u.cls, sequences: 0, ops: 0, failures: 0, batches: 0, seconds: 0 })),
+    units: selected.map((u) => ({ campaign: u.campaign.name, cls: u.cls, sequences: 0, ops: 0, qemuCalls: 0, layoutCompared: 0, layoutIdentical: 0, failures: 0, batches: 0, seconds: 0 })),
     failures: [],
   };
   const t0 = now();
@@ -427,6 +443,9 @@ export async function runFuzz(opts: FuzzOptions, campaigns: readonly Campaign[],
     r.batches++;
     r.sequences += b.sequences;
     r.ops += b.ops;
+    r.qemuCalls += b.qemuCalls ?? 0;
+    r.layoutCompared += b.layout?.compared ?? 0;
+    r.layoutIdentical += b.layout?.identical ?? 0;
     // Time of a failing batch includes shrinking: keep it out of the speed estimate.
     if (b.failure === undefined) r.seconds += dt / 1000;
     else {
@@ -443,12 +462,32 @@ export async function runFuzz(opts: FuzzOptions, campaigns: readonly Campaign[],
 // ---------------------------------------------------------------------------------------------
 // Output
 
-/** The summary table (one row per class and a total) followed by every failure with its replay data. */
+/** "identical/compared (share %)", or "-" when nothing was compared. */
+function layoutCell(compared: number, identical: number): string {
+  return compared === 0 ? '-' : `${identical}/${compared} (${((100 * identical) / compared).toFixed(0)} %)`;
+}
+
+/** Sequences per minute of the time spent in successful batches, or "-" before any. */
+function rateCell(sequences: number, seconds: number): string {
+  return seconds > 0 ? ((60 * sequences) / seconds).toFixed(0) : '-';
+}
+
+/**
+ * The summary table (one row per class and a total: sequences, ops, QEMU processes, failures, the
+ * layout-identical share where layouts are compared, sequences per minute) followed by every failure
+ * with its replay data.
+ */
 export function formatReport(report: FuzzReport): string {
-  const rows: string[][] = [['campaign', 'class', 'sequences', 'ops', 'failures']];
-  for (const u of report.units) rows.push([u.campaign, u.cls, String(u.sequences), String(u.ops), String(u.failures)]);
-  const sum = (f: (u: UnitReport) => number): string => String(report.units.reduce((a, u) => a + f(u), 0));
-  rows.push(['total', '', sum((u) => u.sequences), sum((u) => u.ops), sum((u) => u.failures)]);
+  const rows: string[][] = [['campaign', 'class', 'sequences', 'ops', 'qemu calls', 'failures', 'layout identical', 'seq/min']];
+  for (const u of report.units) {
+    rows.push([u.campaign, u.cls, String(u.sequences), String(u.ops), String(u.qemuCalls), String(u.failures), layoutCell(u.layoutCompared, u.layoutIdentical), rateCell(u.sequences, u.seconds)]);
+  }
+  const total = (f: (u: UnitReport) => number): number => report.units.reduce((a, u) => a + f(u), 0);
+  const sum = (f: (u: UnitReport) => number): string => String(total(f));
+  rows.push([
+    'total', '', sum((u) => u.sequences), sum((u) => u.ops), sum((u) => u.qemuCalls), sum((u) => u.failures),
+    layoutCell(total((u) => u.layoutCompared), total((u) => u.layoutIdentical)), rateCell(total((u) => u.sequences), report.elapsedSeconds),
+  ]);
   const widths = rows[0]!.map((_c, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
   const out: string[] = [
