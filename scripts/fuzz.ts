@@ -12,8 +12,11 @@
  *             { seed: SEED, path: PATH, endOnFailure: true })
  *
  * Campaigns today: `model-commands` (properties/support/model-commands.ts, every configuration
- * class of CONFIG_CLASSES). QEMU round trips and hostile-input fuzzing are meant to be added to
- * `defaultCampaigns()` as further entries.
+ * class of CONFIG_CLASSES), `qemu-forward` and `qemu-reverse` (properties/support/qemu-sequences.ts:
+ * real QEMU judges the model's files, the model reads and continues QEMU's; every class of
+ * QEMU_CLASSES). The table then also gives the QEMU processes run and, for qemu-reverse, the share of
+ * sequences whose files were byte-identical to QEMU's. Hostile-input fuzzing is meant to be added to
+ * `defaultCampaigns()` as a further entry.
  *
  * Exit codes: 0 no failure, 1 at least one failure, 2 usage error. Importing this module has no side
  * effects: `main` runs only when the file is executed directly.
@@ -30,6 +33,18 @@ import {
   type ConfigClass,
   type StepFn,
 } from '../properties/support/model-commands.ts';
+import {
+  closeProbeServer,
+  formatLayoutTable,
+  forwardRun,
+  QEMU_CLASSES,
+  reverseRun,
+  sequenceArb,
+  tallyLayout,
+  type LayoutTally,
+  type QemuClass,
+  type RunReport,
+} from '../properties/support/qemu-sequences.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Campaigns
@@ -46,6 +61,10 @@ export interface BatchResult {
   readonly sequences: number;
   /** Ops given to the system under test in those sequences (shrinking replays not counted). */
   readonly ops: number;
+  /** QEMU processes those sequences ran (campaigns that run QEMU). */
+  readonly qemuCalls?: number;
+  /** Sequences whose files were compared with QEMU's byte for byte, and how many were identical. */
+  readonly layout?: { readonly compared: number; readonly identical: number };
   readonly failure?: Failure;
 }
 
@@ -129,9 +148,91 @@ export function modelCommandsCampaign(system: StepFn = modelStep, systemName = '
   };
 }
 
+/** Totals of a QEMU campaign beyond sequences and ops: QEMU processes run and the layout tally. */
+export interface QemuCampaignStats {
+  qemuCalls: number;
+  readonly layout: LayoutTally;
+}
+
+/**
+ * Real QEMU as the second oracle (properties/support/qemu-sequences.ts), one class per entry of
+ * QEMU_CLASSES: `qemu-forward` (QEMU judges the model's files) or `qemu-reverse` (the model reads and
+ * continues QEMU's files; layout compared byte for byte). Sequences of up to `maxCommands` ops
+ * (default 50). A failure replays with
+ *
+ *   fc.assert(fc.asyncProperty(sequenceArb(CLASS, MAX), (s) => forwardRun(s)), { seed: SEED, path: PATH, endOnFailure: true })
+ */
+export function qemuCampaign(direction: 'forward' | 'reverse', stats: QemuCampaignStats = { qemuCalls: 0, layout: new Map() }): Campaign & { readonly stats: QemuCampaignStats } {
+  const name = `qemu-${direction}`;
+  const run = direction === 'forward' ? forwardRun : reverseRun;
+  return {
+    name,
+    stats,
+    classes: QEMU_CLASSES.map((c) => ({ name: c.cls, title: c.title })),
+    async runBatch(cls, { seed, numRuns, maxCommands }) {
+      if (!QEMU_CLASSES.some((c) => c.cls === cls)) throw new Error(`${name}: no class ${cls}`);
+      const max = maxCommands ?? 50;
+      const reports: RunReport[] = [];
+      // Runs after the first failure are fast-check's shrinking: not counted.
+      let failed = false;
+      const prop = fc.asyncProperty(sequenceArb(cls as QemuClass, max), async (spec) => {
+        let r: RunReport;
+        try {
+          r = await run(spec);
+        } catch (e) {
+          failed = true;
+          throw e;
+        }
+        if (failed) return;
+        reports.push(r);
+        stats.qemuCalls += r.qemuCalls;
+        tallyLayout(stats.layout, cls, r);
+      });
+      const d = await fc.check(prop, { seed, numRuns });
+      const ops = reports.reduce((a, r) => a + r.ops, 0);
+      const qemuCalls = reports.reduce((a, r) => a + r.qemuCalls, 0);
+      const withLayout = reports.filter((r) => r.layout !== undefined);
+      const layout = direction === 'reverse' ? { layout: { compared: withLayout.length, identical: withLayout.filter((r) => r.layout!.identical).length } } : {};
+      if (!d.failed) return { sequences: d.numRuns, ops, qemuCalls, ...layout };
+      const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
+      const path = d.counterexamplePath ?? '';
+      const err = d.errorInstance;
+      return {
+        sequences: d.numRuns,
+        ops,
+        qemuCalls,
+        ...layout,
+        failure: {
+          campaign: name,
+          cls,
+          seed: d.seed,
+          path,
+          counterexample,
+          error: err instanceof Error ? err.message : String(err),
+          replay: `fc.assert(fc.asyncProperty(sequenceArb('${cls}', ${max}), (s) => ${direction}Run(s)), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`,
+        },
+      };
+    },
+  };
+}
+
 /** Every campaign `npm run fuzz` runs, in round-robin order. */
 export function defaultCampaigns(): Campaign[] {
-  return [modelCommandsCampaign()];
+  return [modelCommandsCampaign(), qemuCampaign('forward'), qemuCampaign('reverse')];
+}
+
+/**
+ * The QEMU campaigns' extra summary: the layout-identical shares per class and layout category
+ * (single or several QEMU processes, with or without compressed writes), after the main table.
+ */
+export function formatQemuStats(campaigns: readonly Campaign[]): string {
+  const out: string[] = [];
+  for (const c of campaigns) {
+    const s = (c as Partial<{ stats: QemuCampaignStats }>).stats;
+    if (s === undefined || s.layout.size === 0) continue;
+    out.push('', `${c.name}: layout-identical sequences by category (model vs QEMU, same created image, ops and process boundaries):`, formatLayoutTable(s.layout));
+  }
+  return out.length > 0 ? `\n${out.join('\n')}\n` : '';
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,6 +360,11 @@ export interface UnitReport {
   readonly cls: string;
   sequences: number;
   ops: number;
+  /** QEMU processes run (0 for campaigns without QEMU). */
+  qemuCalls: number;
+  /** Sequences whose layout was compared with QEMU's, and the byte-identical ones among them. */
+  layoutCompared: number;
+  layoutIdentical: number;
   failures: number;
   batches: number;
   seconds: number;
@@ -315,7 +421,7 @@ export async function runFuzz(opts: FuzzOptions, campaigns: readonly Campaign[],
     seconds: opts.seconds,
     elapsedSeconds: 0,
     ...(opts.maxCommands !== undefined ? { maxCommands: opts.maxCommands } : {}),
-    units: selected.map((u) => ({ campaign: u.campaign.name, cls: u.cls, sequences: 0, ops: 0, failures: 0, batches: 0, seconds: 0 })),
+    units: selected.map((u) => ({ campaign: u.campaign.name, cls: u.cls, sequences: 0, ops: 0, qemuCalls: 0, layoutCompared: 0, layoutIdentical: 0, failures: 0, batches: 0, seconds: 0 })),
     failures: [],
   };
   const t0 = now();
@@ -337,6 +443,9 @@ export async function runFuzz(opts: FuzzOptions, campaigns: readonly Campaign[],
     r.batches++;
     r.sequences += b.sequences;
     r.ops += b.ops;
+    r.qemuCalls += b.qemuCalls ?? 0;
+    r.layoutCompared += b.layout?.compared ?? 0;
+    r.layoutIdentical += b.layout?.identical ?? 0;
     // Time of a failing batch includes shrinking: keep it out of the speed estimate.
     if (b.failure === undefined) r.seconds += dt / 1000;
     else {
@@ -353,12 +462,32 @@ export async function runFuzz(opts: FuzzOptions, campaigns: readonly Campaign[],
 // ---------------------------------------------------------------------------------------------
 // Output
 
-/** The summary table (one row per class and a total) followed by every failure with its replay data. */
+/** "identical/compared (share %)", or "-" when nothing was compared. */
+function layoutCell(compared: number, identical: number): string {
+  return compared === 0 ? '-' : `${identical}/${compared} (${((100 * identical) / compared).toFixed(0)} %)`;
+}
+
+/** Sequences per minute of the time spent in successful batches, or "-" before any. */
+function rateCell(sequences: number, seconds: number): string {
+  return seconds > 0 ? ((60 * sequences) / seconds).toFixed(0) : '-';
+}
+
+/**
+ * The summary table (one row per class and a total: sequences, ops, QEMU processes, failures, the
+ * layout-identical share where layouts are compared, sequences per minute) followed by every failure
+ * with its replay data.
+ */
 export function formatReport(report: FuzzReport): string {
-  const rows: string[][] = [['campaign', 'class', 'sequences', 'ops', 'failures']];
-  for (const u of report.units) rows.push([u.campaign, u.cls, String(u.sequences), String(u.ops), String(u.failures)]);
-  const sum = (f: (u: UnitReport) => number): string => String(report.units.reduce((a, u) => a + f(u), 0));
-  rows.push(['total', '', sum((u) => u.sequences), sum((u) => u.ops), sum((u) => u.failures)]);
+  const rows: string[][] = [['campaign', 'class', 'sequences', 'ops', 'qemu calls', 'failures', 'layout identical', 'seq/min']];
+  for (const u of report.units) {
+    rows.push([u.campaign, u.cls, String(u.sequences), String(u.ops), String(u.qemuCalls), String(u.failures), layoutCell(u.layoutCompared, u.layoutIdentical), rateCell(u.sequences, u.seconds)]);
+  }
+  const total = (f: (u: UnitReport) => number): number => report.units.reduce((a, u) => a + f(u), 0);
+  const sum = (f: (u: UnitReport) => number): string => String(total(f));
+  rows.push([
+    'total', '', sum((u) => u.sequences), sum((u) => u.ops), sum((u) => u.qemuCalls), sum((u) => u.failures),
+    layoutCell(total((u) => u.layoutCompared), total((u) => u.layoutIdentical)), rateCell(total((u) => u.sequences), report.elapsedSeconds),
+  ]);
   const widths = rows[0]!.map((_c, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
   const out: string[] = [
@@ -432,8 +561,9 @@ export async function fuzzMain(argv: readonly string[], io: FuzzIO = processIO, 
     io.stderr(`\r\x1b[K[${r.elapsedSeconds.toFixed(0)}/${r.seconds} s] ${u.campaign}/${u.cls}  ${seqs} sequences, ${ops} ops, ${r.failures.length} failures`);
   };
   const report = await runFuzz(opts, campaigns, { progress });
+  closeProbeServer();
   if (io.isTTY) io.stderr('\r\x1b[K');
-  io.stdout(opts.output === 'json' ? reportJson(report) : formatReport(report));
+  io.stdout(opts.output === 'json' ? reportJson(report) : formatReport(report) + formatQemuStats(campaigns));
   return report.failures.length > 0 ? 1 : 0;
 }
 

@@ -12,7 +12,9 @@ import {
   batchSeed,
   fuzzMain,
   modelCommandsCampaign,
+  formatQemuStats,
   parseFuzzArgs,
+  qemuCampaign,
   runFuzz,
   UsageError,
   type Campaign,
@@ -93,9 +95,10 @@ describe('npm run fuzz', () => {
     expect(seconds).toBeLessThan(60);
     const out = io.out();
     expect(out).toMatch(/^fuzz: seed 99, \d+\.\d s of 3 s, max 20 commands/);
-    expect(out).toMatch(/campaign\s+class\s+sequences\s+ops\s+failures/);
-    for (const c of CONFIG_CLASSES) expect(out).toMatch(new RegExp(`model-commands\\s+${c.cls}\\s+\\d+\\s+\\d+\\s+0\\n`));
-    const total = /total\s+(\d+)\s+(\d+)\s+0/.exec(out);
+    expect(out).toMatch(/campaign\s+class\s+sequences\s+ops\s+qemu calls\s+failures\s+layout identical\s+seq\/min/);
+    // The model campaign runs no QEMU and compares no layouts: 0 calls, "-".
+    for (const c of CONFIG_CLASSES) expect(out).toMatch(new RegExp(`model-commands\\s+${c.cls}\\s+\\d+\\s+\\d+\\s+0\\s+0\\s+-\\s+(\\d+|-)\\n`));
+    const total = /total\s+(\d+)\s+(\d+)\s+\d+\s+0\s/.exec(out);
     expect(total, out).not.toBeNull();
     expect(Number(total![1])).toBeGreaterThan(0);
     expect(Number(total![2])).toBeGreaterThan(0);
@@ -135,7 +138,7 @@ describe('npm run fuzz', () => {
     const code = await fuzzMain(['--seconds', '2', '--seed', '7', '--classes', 'small-clusters', '--max-commands', '20'], io, campaigns);
     expect(code).toBe(1);
     const out = io.out();
-    expect(out).toMatch(/model-commands\s+small-clusters\s+\d+\s+\d+\s+[1-9]/);
+    expect(out).toMatch(/model-commands\s+small-clusters\s+\d+\s+\d+\s+0\s+[1-9]/);
     expect(out).toMatch(/failure 1: model-commands\/small-clusters\n {2}seed: -?\d+, path: "\d+(:\d+)*", replayPath: "[^"]+"/);
     expect(out).toMatch(/ {2}error: Write\(.*reads differ/);
     expect(out).toMatch(/ {2}counterexample: .*clusterBits.*Write\(/);
@@ -156,5 +159,37 @@ describe('npm run fuzz', () => {
     // …and the correct model passes the same case.
     const fixed = fc.check(commandsProperty(configArb('small-clusters'), step, replay), { seed: f.seed, path: f.path, endOnFailure: true });
     expect(fixed.failed).toBe(false);
+  }, 300_000);
+
+  it('qemu-forward / qemu-reverse campaigns: batches run real QEMU, count its processes and the layout-identical share', async () => {
+    const forward = qemuCampaign('forward');
+    const reverse = qemuCampaign('reverse');
+    expect(forward.classes.map((c) => c.name)).toContain('data-file');
+    const f = await forward.runBatch('small-clusters', { seed: 11, numRuns: 2, maxCommands: 8 });
+    expect(f.failure).toBeUndefined();
+    expect(f.sequences).toBe(2);
+    // check, compare, map, info (and qemu-io read) per sequence.
+    expect(f.qemuCalls).toBeGreaterThanOrEqual(2 * 4);
+    expect(forward.stats.qemuCalls).toBe(f.qemuCalls);
+    expect(f.layout).toBeUndefined();
+    const r = await reverse.runBatch('lazy-refcounts', { seed: 12, numRuns: 2, maxCommands: 8 });
+    expect(r.failure).toBeUndefined();
+    expect(r.sequences).toBe(2);
+    expect(r.qemuCalls).toBeGreaterThan(0);
+    expect(r.layout?.compared).toBe(2);
+    const out = formatQemuStats([forward, reverse]);
+    expect(out).not.toMatch(/qemu-forward: layout/);
+    expect(out).toMatch(/qemu-reverse: layout-identical sequences by category[\s\S]*lazy-refcounts\s+.*\d+\/\d+ \(\d+ %\)/);
+    // Through the command line: per class sequences, ops, qemu calls, failures, the layout share
+    // (reverse only) and sequences per minute, then the table by category.
+    const io = capture();
+    expect(await fuzzMain(['--seconds', '1', '--seed', '5', '--classes', 'qemu-forward/backing,qemu-reverse/backing', '--max-commands', '6'], io, [forward, reverse])).toBe(0);
+    const fwd = /qemu-forward\s+backing\s+(\d+)\s+\d+\s+(\d+)\s+0\s+-\s+\d+\n/.exec(io.out());
+    expect(fwd, io.out()).not.toBeNull();
+    expect(Number(fwd![2])).toBeGreaterThanOrEqual(4 * Number(fwd![1]));
+    const rev = /qemu-reverse\s+backing\s+(\d+)\s+\d+\s+[1-9]\d*\s+0\s+(\d+)\/(\d+) \(\d+ %\)\s+\d+\n/.exec(io.out());
+    expect(rev, io.out()).not.toBeNull();
+    expect(Number(rev![3])).toBe(Number(rev![1]));
+    expect(io.out()).toMatch(/qemu-reverse: layout-identical sequences by category/);
   }, 300_000);
 });

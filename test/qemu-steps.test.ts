@@ -45,6 +45,32 @@ describe('planQemuSteps', () => {
       { tool: 'qemu-img', action: 'resize', size: 1n << 21n, shrink: false },
     ]);
   });
+
+  it('follows the disk size through snapshot applies (a resize after one may shrink)', () => {
+    // Found by properties/qemu-reverse.test.ts: grow, snapshot, shrink, apply (size back to the
+    // grown one), then a resize between the two sizes is a shrink; qemu-img refused it without
+    // --shrink ("Use the --shrink option to perform a shrink operation.").
+    const MiB = 1n << 20n;
+    const steps = planQemuSteps([
+      { kind: 'resize', size: 4n * MiB },
+      { kind: 'snapshotCreate', name: 'c' },
+      { kind: 'resize', size: 2n * MiB },
+      { kind: 'snapshotApply', name: 'c' },
+      { kind: 'resize', size: 3n * MiB },
+      { kind: 'snapshotDelete', name: 'c' },
+      { kind: 'resize', size: 5n * MiB },
+      // A snapshot the plan never saw created: its size is unknown, so the next resize may shrink.
+      { kind: 'snapshotApply', name: 'old' },
+      { kind: 'resize', size: 6n * MiB },
+    ], MiB);
+    expect(steps.filter((s) => s.tool === 'qemu-img' && s.action === 'resize')).toEqual([
+      { tool: 'qemu-img', action: 'resize', size: 4n * MiB, shrink: false },
+      { tool: 'qemu-img', action: 'resize', size: 2n * MiB, shrink: true },
+      { tool: 'qemu-img', action: 'resize', size: 3n * MiB, shrink: true },
+      { tool: 'qemu-img', action: 'resize', size: 5n * MiB, shrink: false },
+      { tool: 'qemu-img', action: 'resize', size: 6n * MiB, shrink: true },
+    ]);
+  });
 });
 
 const SIZE = 4 << 20;

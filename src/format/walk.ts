@@ -19,7 +19,9 @@ import {
   HeaderExtensionType,
   decodeHeader,
   decodeL1Entry,
+  decodeL2EntryFields,
   decodeQcow2,
+  decodeRefcountBlockFields,
   decodeRefcountTableEntry,
   decodeSnapshotEntry,
   type BackingFileFormat,
@@ -387,9 +389,10 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   const l1params = { clusterBits: header.clusterBits, extendedL2: header.extendedL2 };
   const l2ByOffset = new Map<bigint, L2TableInfo>();
   const l2Tables: L2TableInfo[] = [];
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 
   /** Decodes (once per offset) the L2 tables an L1 table points at. */
-  const visitL2Tables = (l1Name: string, decoded: readonly L1Entry[], info: L1Info): void => {
+  const visitL2Tables = (l1Name: string, decoded: readonly (L1Entry | undefined)[], info: L1Info): void => {
     for (const e of info.entries) {
       if (e.l2Offset === 0n) continue;
       const known = l2ByOffset.get(e.l2Offset);
@@ -401,10 +404,22 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
       const at = `${l1Name} L1[${e.index}] -> L2 table at 0x${e.l2Offset.toString(16)}`;
       let table: L2TableInfo;
       try {
-        const l2 = raw.l2Table!;
+        // Inside the file the entries are read one by one and all-zero ones skipped undecoded (most
+        // entries of a sparse image; decoding a whole table made walks of 2 MiB-cluster images slow);
+        // a table running past the end of the file goes through the table decoder for its error.
+        const entrySize = header.extendedL2 ? 16 : 8;
+        const count = header.clusterSize / entrySize;
+        const l2 = e.l2Offset + BigInt(header.clusterSize) <= BigInt(bytes.length) ? undefined : raw.l2Table!;
+        const base = Number(e.l2Offset);
         const entries: L2EntryInfo[] = [];
-        for (let i = 0; i < l2.entries.length; i++) {
-          const ent = l2.entries[i]!;
+        for (let i = 0; i < count; i++) {
+          let ent;
+          if (l2 !== undefined) ent = l2.entries[i]!;
+          else {
+            const p = base + i * entrySize;
+            if (view.getUint32(p) === 0 && view.getUint32(p + 4) === 0 && (entrySize === 8 || (view.getUint32(p + 8) === 0 && view.getUint32(p + 12) === 0))) continue;
+            ent = decodeL2EntryFields(bytes, p, l1params);
+          }
           const { word, bitmap } = l2EntryWords(ent);
           if (word === 0n && (bitmap === undefined || bitmap === 0n)) continue;
           entries.push({
@@ -416,7 +431,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
             reservedBits: l2ReservedBits(ent),
           });
         }
-        table = { offset: e.l2Offset, entryCount: l2.entries.length, entries, references: [{ l1: l1Name, index: e.index }] };
+        table = { offset: e.l2Offset, entryCount: count, entries, references: [{ l1: l1Name, index: e.index }] };
       } catch (err) {
         table = {
           offset: e.l2Offset,
@@ -639,7 +654,12 @@ function clampOffset(v: bigint, fileSize: number): number {
 }
 
 
-/** Reads l1Size L1 entries at `offset`, refusing (before allocating) a table that runs past the file. */
+/**
+ * Reads l1Size L1 entries at `offset`, refusing (before allocating) a table that runs past the file.
+ * `decoded[i]` is the decoded entry, or undefined for an all-zero one: those are most of a sparse
+ * image's L1 entries, and decoding each (an object with lazy fields) made walks of images with large
+ * L1 tables and a few snapshots spend most of their time allocating and collecting them.
+ */
 function readL1(
   bytes: Uint8Array,
   offset: bigint,
@@ -647,7 +667,7 @@ function readL1(
   params: { clusterBits: number; extendedL2: boolean },
   structure: string,
   field: string,
-): { decoded: L1Entry[]; info: L1EntryInfo[]; error?: unknown } {
+): { decoded: (L1Entry | undefined)[]; info: L1EntryInfo[]; error?: unknown } {
   if (size === 0) return { decoded: [], info: [] };
   const end = offset + 8n * BigInt(size);
   if (end > BigInt(bytes.length)) {
@@ -658,13 +678,16 @@ function readL1(
         `${size} entries need ${8 * size} byte(s) at 0x${offset.toString(16)} but the file ends at 0x${bytes.length.toString(16)}`),
     };
   }
-  const decoded: L1Entry[] = [];
+  const decoded: (L1Entry | undefined)[] = new Array<L1Entry | undefined>(size).fill(undefined);
   const info: L1EntryInfo[] = [];
   const base = Number(offset);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   try {
     for (let i = 0; i < size; i++) {
-      const e = decodeL1Entry(bytes, base + 8 * i, params);
-      decoded.push(e);
+      const at = base + 8 * i;
+      if (view.getUint32(at) === 0 && view.getUint32(at + 4) === 0) continue;
+      const e = decodeL1Entry(bytes, at, params);
+      decoded[i] = e;
       const word = l1EntryWord(e);
       if (word !== 0n) info.push({ index: i, word, l2Offset: l1L2Offset(e), copied: e.copied, reservedBits: l1ReservedBits(e) });
     }
@@ -672,6 +695,54 @@ function readL1(
     return { decoded: [], info: [], error: e };
   }
   return { decoded, info };
+}
+
+/** Runs of equal values of `values`. */
+function refcountRunsOf(values: readonly bigint[]): RefcountRun[] {
+  const runs: RefcountRun[] = [];
+  let cur: { start: number; count: number; refcount: bigint } | undefined;
+  for (let j = 0; j < values.length; j++) {
+    const v = values[j]!;
+    if (cur !== undefined && cur.refcount === v) cur.count++;
+    else {
+      if (cur !== undefined) runs.push(cur);
+      cur = { start: j, count: 1, refcount: v };
+    }
+  }
+  if (cur !== undefined) runs.push(cur);
+  return runs;
+}
+
+/**
+ * The refcount block of `size` bytes at `offset` (inside `bytes`) as runs of equal refcounts: 64-byte
+ * chunks that are all zero count as zeros without decoding (most of a block), the others are decoded
+ * with the block's fields decoder (so the bit order of narrow refcounts is the spec's).
+ */
+function refcountRuns(bytes: Uint8Array, offset: number, size: number, refcountOrder: number): RefcountRun[] {
+  const CHUNK = 64;
+  const perChunk = (CHUNK * 8) >> refcountOrder;
+  const runs: RefcountRun[] = [];
+  let cur: { start: number; count: number; refcount: bigint } | undefined;
+  const add = (start: number, count: number, v: bigint): void => {
+    if (cur !== undefined && cur.refcount === v) cur.count += count;
+    else {
+      if (cur !== undefined) runs.push(cur);
+      cur = { start, count, refcount: v };
+    }
+  };
+  for (let c = 0; c * CHUNK < size; c++) {
+    const at = offset + c * CHUNK;
+    let zero = true;
+    for (let k = 0; k < CHUNK && zero; k++) zero = bytes[at + k] === 0;
+    if (zero) {
+      add(c * perChunk, perChunk, 0n);
+      continue;
+    }
+    const entries = decodeRefcountBlockFields(bytes.subarray(at, at + CHUNK), 0, { refcountOrder }).entries;
+    for (let j = 0; j < entries.length; j++) add(c * perChunk + j, 1, refcountValue(entries[j]!));
+  }
+  if (cur !== undefined) runs.push(cur);
+  return runs;
 }
 
 function describeExtension(ext: HeaderExtension, offset: number): ExtensionInfo {
@@ -746,19 +817,12 @@ function walkRefcounts(bytes: Uint8Array, header: HeaderInfo, record: (at: strin
     }
     let block: RefcountBlockInfo;
     try {
-      const rb = e.refcountBlock!;
-      const runs: RefcountRun[] = [];
-      let cur: { start: number; count: number; refcount: bigint } | undefined;
-      for (let j = 0; j < rb.entries.length; j++) {
-        const v = refcountValue(rb.entries[j]!);
-        if (cur !== undefined && cur.refcount === v) cur.count++;
-        else {
-          if (cur !== undefined) runs.push(cur);
-          cur = { start: j, count: 1, refcount: v };
-        }
-      }
-      if (cur !== undefined) runs.push(cur);
-      block = { offset: blockOffset, tableIndexes: [i], entryCount: rb.entries.length, runs };
+      // Inside the file: runs straight from the bytes; past its end: the block decoder's error.
+      const runs =
+        blockOffset + BigInt(header.clusterSize) <= BigInt(bytes.length)
+          ? refcountRuns(bytes, Number(blockOffset), header.clusterSize, header.refcountOrder)
+          : refcountRunsOf(e.refcountBlock!.entries.map(refcountValue));
+      block = { offset: blockOffset, tableIndexes: [i], entryCount, runs };
     } catch (err) {
       block = { offset: blockOffset, tableIndexes: [i], entryCount, runs: [], error: record(`refcount table[${i}] -> refcount block at 0x${blockOffset.toString(16)}`, err) };
     }

@@ -84,7 +84,9 @@ function push(out: MapExtent[], e: MapExtent): void {
   if (e.length <= 0n) return;
   const last = out[out.length - 1];
   if (last !== undefined && mergeable(last, e)) {
-    out[out.length - 1] = { ...last, length: last.length + e.length };
+    // Every extent in `out` is a fresh object of this module's making (never one a backing source
+    // returned), so growing it in place is safe — and a whole-disk map merges millions of times.
+    (last as { length: bigint }).length = last.length + e.length;
   } else {
     out.push(e);
   }
@@ -136,8 +138,24 @@ function recurse(start: bigint, length: bigint, host: bigint, file: HostAllocati
   piece(length - at, true);
 }
 
+/**
+ * metadataPreallocated's answers per image and host allocation. Both are immutable, so this is a
+ * cache of a pure function: a backing image's `map` (imageBackingSource) is called once per
+ * unallocated range of the overlay, and counting the refcounts of its whole file each time made a
+ * map over a qcow2 backing chain quadratic.
+ */
+const preallocatedCache = new WeakMap<Image, WeakMap<HostAllocation, boolean>>();
+
 /** qcow2_detect_metadata_preallocation: do more clusters have a refcount than the file has allocated? */
-function metadataPreallocated(tx: Tx, host: HostAllocation): boolean {
+function metadataPreallocated(image: Image, host: HostAllocation): boolean {
+  let byHost = preallocatedCache.get(image);
+  if (byHost === undefined) preallocatedCache.set(image, (byHost = new WeakMap()));
+  let answer = byHost.get(host);
+  if (answer === undefined) byHost.set(host, (answer = countPreallocated(beginTx(image), host)));
+  return answer;
+}
+
+function countPreallocated(tx: Tx, host: HostAllocation): boolean {
   const cs = BigInt(geo(tx).clusterSize);
   const realClusters = host.allocatedBytes / cs;
   const a = (realClusters * 10n) / 9n;
@@ -157,6 +175,21 @@ function mapRange(tx: Tx, start: bigint, length: bigint, holes: HostAllocation |
   const l2Span = cs * BigInt(g.l2Entries);
   const end = start + length;
   const scSize = BigInt(g.clusterSize / g.subclusters);
+  // Consecutive unallocated-plain ranges are looked up in the backing layer as one range (the
+  // result is the same after merging; one backing lookup per cluster made maps over backing chains slow).
+  let plainFrom = 0n;
+  let plainTo = 0n;
+  const flushPlain = (): void => {
+    if (plainTo > plainFrom) unallocated(img, plainFrom, plainTo - plainFrom, 0, undefined, out);
+    plainFrom = plainTo = 0n;
+  };
+  const addPlain = (from: bigint, to: bigint): void => {
+    if (plainTo !== from) {
+      flushPlain();
+      plainFrom = from;
+    }
+    plainTo = to;
+  };
   let at = start;
   while (at < end) {
     const l1Index = Number(at / l2Span);
@@ -164,7 +197,7 @@ function mapRange(tx: Tx, start: bigint, length: bigint, holes: HostAllocation |
     const stop = tableEnd < end ? tableEnd : end;
     const { l2Offset } = l1Entry(tx, l1Index);
     if (l2Offset === 0n) {
-      unallocated(img, at, stop - at, 0, undefined, out);
+      addPlain(at, stop);
       at = stop;
       continue;
     }
@@ -174,6 +207,7 @@ function mapRange(tx: Tx, start: bigint, length: bigint, holes: HostAllocation |
       const states = statesOf(tx, entry);
       const clusterStart = at - (at % cs);
       const clusterEnd = clusterStart + cs < stop ? clusterStart + cs : stop;
+      const clusterHost = l2HostOffset(entry);
       for (let sc = 0; sc < states.length; sc++) {
         const scStart = clusterStart + BigInt(sc) * (states.length === 1 ? cs : scSize);
         const scEnd0 = states.length === 1 ? clusterStart + cs : scStart + scSize;
@@ -181,11 +215,17 @@ function mapRange(tx: Tx, start: bigint, length: bigint, holes: HostAllocation |
         const to = scEnd0 < clusterEnd ? scEnd0 : clusterEnd;
         if (from >= to) continue;
         const len = to - from;
-        const host = (): bigint => l2HostOffset(entry) + (from - clusterStart);
-        switch (states[sc]!) {
+        const state = states[sc]!;
+        if (state === 'unallocated-plain') {
+          addPlain(from, to);
+          continue;
+        }
+        flushPlain();
+        const host = clusterHost + (from - clusterStart);
+        switch (state) {
           case 'normal':
-            if (holes === undefined) push(out, { start: from, length: len, depth: 0, present: true, zero: false, data: true, offset: host() });
-            else recurse(from, len, host(), holes, out);
+            if (holes === undefined) push(out, { start: from, length: len, depth: 0, present: true, zero: false, data: true, offset: host });
+            else recurse(from, len, host, holes, out);
             break;
           case 'compressed':
             compressedDescriptor(entry, g.clusterBits);
@@ -196,13 +236,10 @@ function mapRange(tx: Tx, start: bigint, length: bigint, holes: HostAllocation |
             if (img.header.version < 3) {
               throw new ModelError('corrupt', EIO, `Zero cluster entry found in pre-v3 image (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
             }
-            push(out, { start: from, length: len, depth: 0, present: true, zero: true, data: false, ...(states[sc] === 'zero-alloc' ? { offset: host() } : {}) });
-            break;
-          case 'unallocated-plain':
-            unallocated(img, from, len, 0, undefined, out);
+            push(out, { start: from, length: len, depth: 0, present: true, zero: true, data: false, ...(state === 'zero-alloc' ? { offset: host } : {}) });
             break;
           case 'unallocated-alloc':
-            unallocated(img, from, len, 0, host(), out);
+            unallocated(img, from, len, 0, host, out);
             break;
           case 'invalid':
             throw new ModelError('corrupt', EIO, `Invalid cluster entry found  (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
@@ -211,6 +248,7 @@ function mapRange(tx: Tx, start: bigint, length: bigint, holes: HostAllocation |
       at = clusterEnd;
     }
   }
+  flushPlain();
 }
 
 /**
@@ -228,7 +266,7 @@ export function mapImage(image: Image, offset = 0n, length?: bigint, opts: MapOp
   const out: MapExtent[] = [];
   const tx = beginTx(image);
   const holesIn = geo(tx).externalDataFile ? opts.dataFileHost : opts.host;
-  const recurseInto = opts.host !== undefined && holesIn !== undefined && metadataPreallocated(tx, opts.host) ? holesIn : undefined;
+  const recurseInto = opts.host !== undefined && holesIn !== undefined && metadataPreallocated(image, opts.host) ? holesIn : undefined;
   mapRange(tx, offset, len, recurseInto, out);
   return out;
 }

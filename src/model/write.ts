@@ -439,13 +439,32 @@ export function guestWrite(tx: Tx, offset: bigint, data: Uint8Array): void {
 function writeGuest(tx: Tx, offset: bigint, data: Uint8Array): void {
   checkNotDirtyOnLoad(tx, 'write');
   let pos = 0;
+  // The chunks of one request overlap in QEMU 7.2: qcow2_co_pwritev_part allocates a chunk under
+  // s->lock and hands its data write, COW and L2 update (qcow2_handle_l2meta, which frees the
+  // clusters the chunk replaced) to an AIO task, which needs s->lock again to link. The request's
+  // coroutine goes straight on to allocate the next chunk; the tasks get the lock only when it
+  // waits for I/O. So the chunks allocated so far are linked — and, say, a compressed cluster one of
+  // them overwrote is freed, lowering free_cluster_index — right after an allocation that wrote
+  // metadata (a new or copied L2 table, a new refcount block: they flush), otherwise only after the
+  // last chunk is allocated. (Reads of tables not yet cached in the QEMU process also wait for I/O;
+  // the model does not track QEMU's caches: docs/layout-differences.md.) Regressions:
+  // test/model-write-chunks.test.ts.
+  let pending: L2Meta[] = [];
   while (pos < data.length) {
     const metas: L2Meta[] = [];
+    const ioBefore = tx.io.length;
     const { host, bytes } = allocHostOffset(tx, offset + BigInt(pos), data.length - pos, metas);
+    let waitedForIo = false;
+    for (let i = ioBefore; i < tx.io.length && !waitedForIo; i++) waitedForIo = tx.io[i]!.kind === 'flush';
     // Regression (properties/model-commands.test.ts): preallocated clusters of a data-file image
     // were written into the qcow2 file at host offset = guest offset.
     writeData(tx, host, data.subarray(pos, pos + bytes));
-    for (const m of metas) linkL2(tx, m);
+    if (waitedForIo) {
+      for (const m of pending) linkL2(tx, m);
+      pending = [];
+    }
+    pending.push(...metas);
     pos += bytes;
   }
+  for (const m of pending) linkL2(tx, m);
 }

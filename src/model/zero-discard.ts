@@ -83,7 +83,14 @@ function freeAndDiscard(tx: Tx, e: L2EntryFields): void {
   }
 }
 
-/** Whether [offset, offset+bytes) reads as zero by block status (QEMU's is_zero): zero or unallocated without data below. */
+/**
+ * Whether [offset, offset+bytes) reads as zero by block status (QEMU's is_zero in block/qcow2.c:
+ * bdrv_block_status_above over the whole backing chain, looped until a non-zero extent): zero
+ * (sub)clusters, and unallocated ones whose backing chain reports zeros there — past the backing
+ * file's end, zero or unallocated clusters of a qcow2 backing image, holes of a raw backing file
+ * (file-posix SEEK_HOLE), as the backing source's `map` reports them. A backing source without a map
+ * is a raw file without holes: data, never zero.
+ */
 function readsAsZeroByStatus(tx: Tx, offset: bigint, bytes: number): boolean {
   const size = tx.img.header.size;
   if (offset + BigInt(bytes) > size) bytes = Number(size - offset);
@@ -100,8 +107,13 @@ function readsAsZeroByStatus(tx: Tx, offset: bigint, bytes: number): boolean {
     if (state === 'zero-plain' || state === 'zero-alloc') {
       // reads as zero
     } else if (state === 'unallocated-plain' || state === 'unallocated-alloc') {
-      // Below an unallocated range is the backing file: zero only past its end.
-      if (tx.img.backing && at < tx.img.backing.size) return false;
+      // Below an unallocated range is the backing chain; past its end the block layer reports zeros.
+      const b = tx.img.backing;
+      if (b !== undefined && at < b.size) {
+        if (b.map === undefined) return false;
+        const n = at + BigInt(span) <= b.size ? BigInt(span) : b.size - at;
+        if (!b.map(at, n).every((e) => e.zero)) return false;
+      }
     } else {
       return false;
     }

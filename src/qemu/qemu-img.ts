@@ -328,6 +328,7 @@ function runOpts(opts: RunOptions): RunOptions {
     ...(opts.env !== undefined ? { env: opts.env } : {}),
     ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
     ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    ...(opts.runner !== undefined ? { runner: opts.runner } : {}),
   };
 }
 

@@ -39,13 +39,18 @@ export const DATA_DIR = '@DATA@';
  * Writes of one repeated byte use `-P`; other data is passed with `-s DATA_DIR/name` (qemu-io reads a
  * pattern file of exactly the request's length, i.e. the data itself). A zero-length write or
  * compressed write is skipped (qemu-io refuses length 0; the model treats it as a no-op). Shrinking
- * resizes get `--shrink`.
+ * resizes get `--shrink`: the size is followed through resizes and snapshot applies (an apply brings
+ * back the disk size the snapshot was taken at, fact sheet §5), so a resize after an apply is judged
+ * against the restored size. A snapshot op naming a snapshot the plan has not seen created (one that
+ * was in the image before) leaves the size unknown to the plan: later resizes then get `--shrink`
+ * when they might shrink, which qemu-img accepts for growing too.
  */
 export function planQemuSteps(ops: readonly Op[], initialSize: bigint): QemuStep[] {
   const steps: QemuStep[] = [];
   let commands: string[] = [];
   let dataFiles: QemuDataFile[] = [];
-  let size = initialSize;
+  let size: bigint | undefined = initialSize;
+  const snapshotSizes = new Map<string, bigint | undefined>();
   const close = (): void => {
     if (commands.length > 0) steps.push({ tool: 'qemu-io', commands, dataFiles });
     commands = [];
@@ -78,6 +83,9 @@ export function planQemuSteps(ops: readonly Op[], initialSize: bigint): QemuStep
       case 'snapshotCreate':
       case 'snapshotApply':
       case 'snapshotDelete':
+        if (op.kind === 'snapshotCreate') snapshotSizes.set(op.name, size);
+        else if (op.kind === 'snapshotApply') size = snapshotSizes.get(op.name);
+        else snapshotSizes.delete(op.name);
         close();
         steps.push({
           tool: 'qemu-img',
@@ -87,7 +95,7 @@ export function planQemuSteps(ops: readonly Op[], initialSize: bigint): QemuStep
         break;
       case 'resize':
         close();
-        steps.push({ tool: 'qemu-img', action: 'resize', size: op.size, shrink: op.size < size });
+        steps.push({ tool: 'qemu-img', action: 'resize', size: op.size, shrink: size === undefined || op.size < size });
         size = op.size;
         break;
     }

@@ -33,7 +33,17 @@ export interface RunOptions {
   readonly cwd?: string;
   /** Kill the child after this many milliseconds (default 120 000). */
   readonly timeoutMs?: number;
+  /**
+   * Starts the process instead of `runTool` (which then only delegates): e.g. a helper process that
+   * spares a busy test process Node's synchronous fork/exec (properties/support/tool-servers.ts). It
+   * must behave as runTool does: resolve with the exit status and output, reject with
+   * QemuToolMissingError when the tool is missing.
+   */
+  readonly runner?: ToolRunner;
 }
+
+/** Something that runs a QEMU tool the way `runTool` does. */
+export type ToolRunner = (cmd: QemuTool, args: readonly string[], opts: RunOptions) => Promise<RunResult>;
 
 /** Thrown when qemu-img or qemu-io cannot be found. The message says what to install. */
 export class QemuToolMissingError extends Error {
@@ -86,8 +96,13 @@ const MAX_BUFFER = 256 * 1024 * 1024;
  * status is (non-zero exits and signals are results, not errors). Rejects with
  * `QemuToolMissingError` when the binary is not on PATH (of `opts.env` if given), and with a plain
  * Error for any other failure to start or to collect the process (timeout, output too large).
+ * With `opts.runner`, that runner starts the process instead.
  */
 export function runTool(cmd: QemuTool, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  if (opts.runner !== undefined) {
+    const { runner, ...rest } = opts;
+    return runner(cmd, args, rest);
+  }
   return new Promise((resolve, reject) => {
     execFile(
       cmd,
