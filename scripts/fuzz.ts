@@ -15,8 +15,11 @@
  * class of CONFIG_CLASSES), `qemu-forward` and `qemu-reverse` (properties/support/qemu-sequences.ts:
  * real QEMU judges the model's files, the model reads and continues QEMU's; every class of
  * QEMU_CLASSES). The table then also gives the QEMU processes run and, for qemu-reverse, the share of
- * sequences whose files were byte-identical to QEMU's. Hostile-input fuzzing is meant to be added to
- * `defaultCampaigns()` as a further entry.
+ * sequences whose files were byte-identical to QEMU's; `corruption-injection`
+ * (properties/support/injection-campaign.ts: a catalog corruption of a model image, our check and
+ * repair against qemu-img's) and `hostile-input` (properties/support/hostile-campaign.ts: mutated images
+ * through open, info, map, reads, check and repair; only typed errors, bounded time and heap), whose
+ * summaries (typed errors by code, the slowest case, ...) follow the table.
  *
  * Exit codes: 0 no failure, 1 at least one failure, 2 usage error. Importing this module has no side
  * effects: `main` runs only when the file is executed directly.
@@ -33,6 +36,8 @@ import {
   type ConfigClass,
   type StepFn,
 } from '../properties/support/model-commands.ts';
+import { hostileCampaign } from '../properties/support/hostile-campaign.ts';
+import { injectionCampaign } from '../properties/support/injection-campaign.ts';
 import {
   closeProbeServer,
   formatLayoutTable,
@@ -100,6 +105,10 @@ export interface Campaign {
   readonly classes: readonly CampaignClass[];
   /** Runs `numRuns` sequences of class `cls` from `seed`; reports a property failure, never throws one. */
   runBatch(cls: string, params: BatchParams): BatchResult | Promise<BatchResult>;
+  /** Lines printed under the table (e.g. cases run, typed errors by code, the slowest case). */
+  summary?(): string;
+  /** Releases what the campaign holds (worker threads, temporary files); called once after the run. */
+  close?(): Promise<void>;
 }
 
 /** The replayPath fast-check prints in a command list's string form (`/*replayPath="…"*\/`). */
@@ -218,7 +227,7 @@ export function qemuCampaign(direction: 'forward' | 'reverse', stats: QemuCampai
 
 /** Every campaign `npm run fuzz` runs, in round-robin order. */
 export function defaultCampaigns(): Campaign[] {
-  return [modelCommandsCampaign(), qemuCampaign('forward'), qemuCampaign('reverse')];
+  return [modelCommandsCampaign(), qemuCampaign('forward'), qemuCampaign('reverse'), injectionCampaign(), hostileCampaign()];
 }
 
 /**
@@ -562,8 +571,11 @@ export async function fuzzMain(argv: readonly string[], io: FuzzIO = processIO, 
   };
   const report = await runFuzz(opts, campaigns, { progress });
   closeProbeServer();
+  await Promise.all(campaigns.map((c) => c.close?.()));
+  const ran = new Set(report.units.filter((u) => u.sequences > 0).map((u) => u.campaign));
+  const extra = campaigns.flatMap((c) => (c.summary !== undefined && ran.has(c.name) ? [c.summary()] : []));
   if (io.isTTY) io.stderr('\r\x1b[K');
-  io.stdout(opts.output === 'json' ? reportJson(report) : formatReport(report) + formatQemuStats(campaigns));
+  io.stdout(opts.output === 'json' ? reportJson(report) : formatReport(report) + formatQemuStats(campaigns) + (extra.length > 0 ? `\n${extra.join('\n')}\n` : ''));
   return report.failures.length > 0 ? 1 : 0;
 }
 
