@@ -1,5 +1,5 @@
 /**
- * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run, info, map, convert). Exit codes: 0 ok, 1 the
+ * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run, info, map, convert, check, corpus, conform). Exit codes: 0 ok, 1 the
  * image could not be decoded / the operation was refused, 2 usage error.
  */
 import { parseArgs } from 'node:util';
@@ -67,6 +67,8 @@ Exit codes:
      script is invalid
   3  corpus --verify: qemu-img/qemu-io missing; conform: the run could not
      be made (corpus, QEMU or implementation missing)
+  check uses qemu-img check's codes instead: 0 clean, 1 the check could not
+  be made (or bad arguments), 2 corruptions, 3 only leaks, 63 not qcow2.
 `;
 
 interface Command {
