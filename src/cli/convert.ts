@@ -58,7 +58,7 @@ import { parseQemuSize, writeHostFileTo } from './create.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
 import { probeHostAllocationsOrFull } from './host-allocation.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseUsage, errnoText } from './io.ts';
-import { OpenImageError, chainImage, openImage, type OpenedLayer } from './open-image.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, openImage, openPolicyFrom, type OpenedLayer } from './open-image.ts';
 import { NO_PROGRESS, startProgress, type Progress } from './progress.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
 
@@ -824,9 +824,7 @@ export async function runConvert(args: readonly string[], io: CliIo, env: Conver
       compress: { type: 'boolean', short: 'c' },
       progress: { type: 'boolean', short: 'p' },
       quiet: { type: 'boolean', short: 'q' },
-      'allow-backing': { type: 'boolean' },
-      'allow-backing-path': { type: 'boolean' },
-      'allow-data-file-path': { type: 'boolean' },
+      ...OPEN_POLICY_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
     allowPositionals: true,
@@ -849,7 +847,6 @@ export async function runConvert(args: readonly string[], io: CliIo, env: Conver
     throw new UsageError(parsed.positionals.length < 2 ? `missing ${parsed.positionals.length === 0 ? 'IN and OUT' : 'OUT'}` : `takes IN and OUT, got ${parsed.positionals.length} files`);
   }
   const [input, output] = parsed.positionals as [string, string];
-  const allowBackingPath = v['allow-backing-path'] === true;
   let targetOptions: Omit<CreateOptions, 'size'>;
   try {
     targetOptions = parseTargetOptions(lists);
@@ -867,7 +864,7 @@ export async function runConvert(args: readonly string[], io: CliIo, env: Conver
     outFormat,
     targetOptions,
     compressed,
-    policy: { allowBacking: v['allow-backing'] === true || allowBackingPath, allowBackingPath, allowDataFilePath: v['allow-data-file-path'] === true },
+    policy: openPolicyFrom(v),
   };
 
   // Interruption: the handlers only record the signal; the copy loop notices it between chunks.

@@ -17,7 +17,7 @@ import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QO
 import { isQcow2FormatError } from '../format/errors.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
 import { HostReaderError } from '../model/host-file.ts';
-import { OpenImageError, withOpenImage, type OpenedLayer } from './open-image.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImage, type OpenedLayer } from './open-image.ts';
 
 /** Help text of the info command. */
 export const INFO_HELP = `Usage: qcow2-ref info [--output=human|json] [--backing-chain]
@@ -350,9 +350,7 @@ export async function runInfo(args: readonly string[], io: CliIo): Promise<numbe
     options: {
       output: { type: 'string' },
       'backing-chain': { type: 'boolean' },
-      'allow-backing': { type: 'boolean' },
-      'allow-backing-path': { type: 'boolean' },
-      'allow-data-file-path': { type: 'boolean' },
+      ...OPEN_POLICY_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
     allowPositionals: true,
@@ -368,8 +366,7 @@ export async function runInfo(args: readonly string[], io: CliIo): Promise<numbe
   }
   const image = parsed.positionals[0]!;
   const chain = parsed.values['backing-chain'] === true;
-  const allowBackingPath = parsed.values['allow-backing-path'] === true;
-  const policy = { allowBacking: parsed.values['allow-backing'] === true || allowBackingPath, allowBackingPath };
+  const policy = openPolicyFrom(parsed.values);
   let text: string;
   try {
     text = await withOpenImage(image, policy, { backing: chain, dataFile: 'ignore' }, (top) => {

@@ -23,7 +23,7 @@ import type { MapExtent } from '../model/map.ts';
 import { parseQemuSize } from './create.ts';
 import { probeHostAllocationsOrFull } from './host-allocation.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
-import { OpenImageError, chainImage, mapDependencies, mapLayer, openImage, type OpenedLayer } from './open-image.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImage, openPolicyFrom, type OpenedLayer } from './open-image.ts';
 
 /** Help text of the map command. */
 export const MAP_HELP = `Usage: qcow2-ref map [--output=human|json] [--start-offset=OFFSET]
@@ -145,9 +145,7 @@ export async function runMap(args: readonly string[], io: CliIo): Promise<number
       output: { type: 'string' },
       'start-offset': { type: 'string', short: 's' },
       'max-length': { type: 'string', short: 'l' },
-      'allow-backing': { type: 'boolean' },
-      'allow-backing-path': { type: 'boolean' },
-      'allow-data-file-path': { type: 'boolean' },
+      ...OPEN_POLICY_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
     allowPositionals: true,
@@ -164,12 +162,7 @@ export async function runMap(args: readonly string[], io: CliIo): Promise<number
   const startOffset = parsed.values['start-offset'] !== undefined ? parseOffset('offset', parsed.values['start-offset']) : 0n;
   const maxLength = parsed.values['max-length'] !== undefined ? parseOffset('length', parsed.values['max-length']) : (1n << 63n) - 1n;
   const imagePath = parsed.positionals[0]!;
-  const allowBackingPath = parsed.values['allow-backing-path'] === true;
-  const policy = {
-    allowBacking: parsed.values['allow-backing'] === true || allowBackingPath,
-    allowBackingPath,
-    allowDataFilePath: parsed.values['allow-data-file-path'] === true,
-  };
+  const policy = openPolicyFrom(parsed.values);
 
   let top: OpenedLayer | undefined;
   let extents: MapExtent[];

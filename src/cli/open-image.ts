@@ -65,6 +65,19 @@ export interface OpenPolicy {
   readonly allowDataFilePath?: boolean;
 }
 
+/** The parseArgs options of the open policy, shared by every command that opens images. */
+export const OPEN_POLICY_OPTIONS = {
+  'allow-backing': { type: 'boolean' },
+  'allow-backing-path': { type: 'boolean' },
+  'allow-data-file-path': { type: 'boolean' },
+} as const;
+
+/** The OpenPolicy the OPEN_POLICY_OPTIONS flags ask for (--allow-backing-path implies --allow-backing). */
+export function openPolicyFrom(values: { readonly 'allow-backing'?: boolean; readonly 'allow-backing-path'?: boolean; readonly 'allow-data-file-path'?: boolean }): Required<OpenPolicy> {
+  const allowBackingPath = values['allow-backing-path'] === true;
+  return { allowBacking: values['allow-backing'] === true || allowBackingPath, allowBackingPath, allowDataFilePath: values['allow-data-file-path'] === true };
+}
+
 /** What to do with the files besides the image. */
 export interface OpenOptions {
   /** Follow the backing chain (subject to the policy); default false. */

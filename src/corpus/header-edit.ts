@@ -9,6 +9,7 @@
 import { decodeHeader, decodeHeaderExtensionFields, HeaderExtensionType } from '../../generated/qcow2.ts';
 import { encodeHeaderState, headerLengthOf, headerStateFrom } from '../model/header.ts';
 import type { HeaderState } from '../model/image.ts';
+import { HEADER_FIELD_BYTES } from '../model/header.ts';
 
 /** One header extension as raw bytes (type, data without padding). */
 export interface RawExtension {
@@ -118,28 +119,8 @@ export function peek(bytes: Uint8Array, offset: number, width: 1 | 2 | 4 | 8): b
   return v;
 }
 
-/** Header field byte positions (fact sheet §1.1). */
-export const HEADER_FIELD = {
-  magic: [0, 4],
-  version: [4, 4],
-  backingFileOffset: [8, 8],
-  backingFileSize: [16, 4],
-  clusterBits: [20, 4],
-  size: [24, 8],
-  cryptMethod: [32, 4],
-  l1Size: [36, 4],
-  l1TableOffset: [40, 8],
-  refcountTableOffset: [48, 8],
-  refcountTableClusters: [56, 4],
-  nbSnapshots: [60, 4],
-  snapshotsOffset: [64, 8],
-  incompatibleFeatures: [72, 8],
-  compatibleFeatures: [80, 8],
-  autoclearFeatures: [88, 8],
-  refcountOrder: [96, 4],
-  headerLength: [100, 4],
-  compressionType: [104, 1],
-} as const satisfies Record<string, readonly [number, 1 | 2 | 4 | 8]>;
+/** Header field byte positions (src/model/header.ts, fact sheet §1.1). */
+export const HEADER_FIELD = HEADER_FIELD_BYTES;
 
 /** A copy of `bytes` with header field `field` set to `value` (raw poke: no other field changes). */
 export function pokeHeader(bytes: Uint8Array, field: keyof typeof HEADER_FIELD, value: bigint): Uint8Array {

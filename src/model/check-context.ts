@@ -15,6 +15,7 @@ import { readHost, type HostIO } from './host-file.ts';
 import { AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, geometryOf, type Geometry } from './image.ts';
 import type { Imrt } from './imrt.ts';
 import { headerReferences } from './info.ts';
+import type { SnapshotState } from './snapshot.ts';
 import { hostFlush, setHeaderFields, type Tx } from './tx.ts';
 
 
@@ -212,23 +213,12 @@ export function roundUp8(v: bigint): bigint {
   return (v + 7n) & ~7n;
 }
 
-/** One snapshot as the check reads it (QCowSnapshot). */
-export interface CheckedSnapshot {
-  readonly l1TableOffset: bigint;
-  readonly l1Size: number;
-  /** C strings (cut at the first NUL), one char per byte. */
-  readonly id: string;
-  readonly name: string;
-  readonly dateSec: number;
-  readonly dateNsec: number;
-  readonly vmClockNsec: bigint;
-  readonly vmStateSize: bigint;
-  readonly diskSize: bigint;
-  readonly icount: bigint;
-  /** As read, or 1024 when repair truncated it. */
-  readonly extraDataSize: number;
-  readonly unknownExtraData: Uint8Array;
-}
+/**
+ * One snapshot as the check reads it: QEMU's QCowSnapshot, the same in-memory form the model's
+ * snapshot code keeps (id and name cut at the first NUL; extraDataSize as read, or 1024 when the
+ * repair truncated it).
+ */
+export type CheckedSnapshot = SnapshotState;
 
 /** Everything one pass works on: QEMU's BDRVQcow2State as far as the check reads it. */
 export interface CheckContext {

@@ -17,6 +17,29 @@ export const V3_HEADER_LENGTH = 112;
 /** Offset of the first additional field (compression_type). */
 const ADDITIONAL_FIELDS_START = 104;
 
+/** Byte position and width of every header field (fact sheet §1.1), for writes and pokes of single fields. */
+export const HEADER_FIELD_BYTES = {
+  magic: [0, 4],
+  version: [4, 4],
+  backingFileOffset: [8, 8],
+  backingFileSize: [16, 4],
+  clusterBits: [20, 4],
+  size: [24, 8],
+  cryptMethod: [32, 4],
+  l1Size: [36, 4],
+  l1TableOffset: [40, 8],
+  refcountTableOffset: [48, 8],
+  refcountTableClusters: [56, 4],
+  nbSnapshots: [60, 4],
+  snapshotsOffset: [64, 8],
+  incompatibleFeatures: [72, 8],
+  compatibleFeatures: [80, 8],
+  autoclearFeatures: [88, 8],
+  refcountOrder: [96, 4],
+  headerLength: [100, 4],
+  compressionType: [104, 1],
+} as const satisfies Record<string, readonly [number, 1 | 2 | 4 | 8]>;
+
 /** Length in bytes of the header `h` describes (72 for version 2, header_length for version 3). */
 export function headerLengthOf(h: HeaderState): number {
   return h.version === 2 ? V2_HEADER_LENGTH : h.headerLength;

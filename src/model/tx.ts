@@ -19,7 +19,7 @@
  * to, or hands one out (`ModelError.committed`), takes it with `checkpointImg`, which ends the
  * ownership first. The arrays hostPage and hostView hand out never change (`isOwnedPage`).
  */
-import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
+import { encodeHeaderState, HEADER_FIELD_BYTES, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
 import type { ChunkedPage } from './chunked-page.ts';
 import { discardHost, type HostFile, type HostIO, readHost, viewHost, writeHost, writeHostOwned, zeroHost } from './host-file.ts';
 import { ModelError, EIO } from './errors.ts';
@@ -212,16 +212,9 @@ function imageWith(img: Image, file: HostFile, dataFile: HostFile | undefined, h
   return hasData ? { file, dataFile, header, session, backing: img.backing } : { file, header, session, backing: img.backing };
 }
 
-const HEADER_FIELD_BYTES: Partial<Record<keyof HeaderState, readonly [number, number]>> = {
-  l1Size: [36, 4],
-  l1TableOffset: [40, 8],
-  refcountTableOffset: [48, 8],
-  refcountTableClusters: [56, 4],
-  nbSnapshots: [60, 4],
-  snapshotsOffset: [64, 8],
-  incompatibleFeatures: [72, 8],
-  size: [24, 8],
-};
+/** The header fields the model's operations change (setHeaderFields refuses any other). */
+const CHANGEABLE_HEADER_FIELDS: ReadonlySet<keyof HeaderState> = new Set<keyof HeaderState>(
+  ['l1Size', 'l1TableOffset', 'refcountTableOffset', 'refcountTableClusters', 'nbSnapshots', 'snapshotsOffset', 'incompatibleFeatures', 'size']);
 
 /**
  * Changes header fields: re-encodes the header through the generated encoder (header.ts, with the
@@ -237,7 +230,7 @@ export function setHeaderFields(tx: Tx, changes: Partial<HeaderState>): void {
   let lo = Infinity;
   let hi = -Infinity;
   for (const key of Object.keys(changes) as (keyof HeaderState)[]) {
-    const at = HEADER_FIELD_BYTES[key];
+    const at = CHANGEABLE_HEADER_FIELDS.has(key) ? HEADER_FIELD_BYTES[key as keyof typeof HEADER_FIELD_BYTES] : undefined;
     if (!at) throw new Error(`setHeaderFields: field ${key} cannot be changed by the model`);
     lo = Math.min(lo, at[0]);
     hi = Math.max(hi, at[0] + at[1]);
