@@ -6,8 +6,8 @@
  * - The meaning of the bits: entry kinds, subcluster states, feature names, 64-bit helpers.
  * - `walkImage(bytes)`: every structure of an image, each distinct table decoded once.
  * - Errors: only `Qcow2FormatError` (code, structure, field, offset) escapes a decoder.
- * - The model: `createImage`, `loadImage` / `storeImage`, `step(image, op) → {image, io}`, `readGuest`,
- *   `mapImage`, `closeImage` — pure functions over immutable Images; `ModelError` for refusals.
+ * - The model: `createImage`, `loadImage` / `storeImage`, `step(image, op) → {image, io}`, `readGuest`
+ *   (`readGuestInto`: into a reused buffer), `mapImage`, `closeImage` — pure functions over immutable Images; `ModelError` for refusals.
  *   Images may lie over a read-only HostReader (`loadImage(reader)`, `hostFromReader`), and a driver
  *   that writes the file rebases onto a new reader (`rebaseHostFile`) to keep memory bounded.
  * - The oracles: `RawDisk` (a flat sparse disk with the same ops) and `checkInvariants`.
@@ -24,7 +24,7 @@ export { step, type StepResult } from './model/step.ts';
 export { OP_KINDS, opRange, type Op, type OpKind } from './model/ops.ts';
 export { createImage, CreateError, type CreateOptions, type CreateResult } from './model/create.ts';
 export { loadImage, storeImage, storeDataFile, type LoadOptions } from './model/load-store.ts';
-export { readGuest } from './model/read.ts';
+export { readGuest, readGuestInto } from './model/read.ts';
 export { mapImage, type MapExtent, type MapOptions, type HostAllocation } from './model/map.ts';
 export { imageBackingSource, rawBackingSource, rawReaderBackingSource } from './model/backing.ts';
 export { closeImage } from './model/close.ts';

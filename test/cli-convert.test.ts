@@ -359,10 +359,30 @@ describe('the command line', () => {
     expect(h.stdout).toMatch(/Exit codes:\n {2}0 {2}OUT was written\n {2}1 .*\n[\s\S]* {2}2 {2}usage error/);
     expect((await cli('--help')).stdout).toMatch(/\n {2}convert \[-f qcow2\|raw\]/);
     for (const args of [['convert'], ['convert', 'a'], ['convert', 'a', 'b', 'c'], ['convert', '-c', 'a', 'b'], ['convert', '-f', 'vmdk', 'a', 'b'],
-      ['convert', '-O', 'vdi', 'a', 'b'], ['convert', '-o', 'cluster_size=4k', 'a', 'b'], ['convert', '--bogus', 'a', 'b']]) {
+      ['convert', '-O', 'vdi', 'a', 'b'], ['convert', '-o', 'cluster_size=4k', 'a', 'b'], ['convert', '--bogus', 'a', 'b'], ['convert', '-t', 'fast', 'a', 'b']]) {
       const r = await cli(...args);
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr, args.join(' ')).toMatch(/^qcow2-ref: convert: .*\nTry 'qcow2-ref --help' for more information\.\n$/);
+    }
+  });
+
+  it('-t: OUT is fsync\'ed once before the rename in every cache mode but unsafe, the default (as qemu-img convert)', async () => {
+    const input = matrix.find((m) => m.name === 'defaults')!.path;
+    const quiet = { stdout: () => undefined, stderr: (t: string) => { throw new Error(t); } };
+    for (const [flags, syncs] of [[[], 0], [['-t', 'unsafe'], 0], [['-t', 'writeback'], 1], [['-t', 'none'], 1], [['-t', 'directsync'], 1], [['-t', 'writethrough'], 1]] as const) {
+      for (const format of ['raw', 'qcow2']) {
+        const out = join(dir, `cache-${flags.join('')}.${format}`);
+        const synced: number[] = [];
+        // The fsync stub checks the output is not in place yet: the sync comes before the rename.
+        const fsync = (fd: number): void => {
+          synced.push(fd);
+          expect(existsSync(out)).toBe(false);
+        };
+        expect(await runConvert([...flags, '-O', format, input, out], quiet, { fsync })).toBe(0);
+        expect(synced.length, `${flags.join(' ')} -O ${format}`).toBe(syncs);
+        await expectSameContent(out, format, input, 'qcow2');
+        await rm(out);
+      }
     }
   });
 

@@ -2,8 +2,11 @@
  * The package entry point (src/index.ts) exposes the model and its oracles: an image created, changed
  * by `step`, stored and loaded again through the public API reads like the raw-disk oracle.
  */
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import * as api from '../src/index.ts';
+import { REPO_ROOT } from '../src/repo-root.ts';
 
 describe('public API', () => {
   it('create → step → store → load → read/map, checked against RawDisk and checkInvariants', () => {
@@ -31,5 +34,22 @@ describe('public API', () => {
     expect(api.mapImage(again)).toEqual(api.mapImage(closed));
     const refused = api.step(again, { kind: 'write', offset: 4n << 20n, data: new Uint8Array(1) });
     expect(refused.ok ? 'ok' : refused.error).toBeInstanceOf(api.ModelError);
+  });
+
+  it('the bundle package.json exports (dist/index.mjs, scripts/build.mjs) has the same exports and reads the same', async () => {
+    // Variable paths: the .mjs files have no type declarations, and the bundle may not exist yet.
+    const build = (await import(pathToFileURL(join(REPO_ROOT, 'scripts/build.mjs')).href)) as { ensureBuilt(): Promise<string[]> };
+    await build.ensureBuilt();
+    const dist = (await import(pathToFileURL(join(REPO_ROOT, 'dist/index.mjs')).href)) as typeof api;
+    expect(Object.keys(dist).sort()).toEqual(Object.keys(api).sort());
+    let img = dist.createImage({ size: 1n << 20n, clusterSize: 4096 }).image;
+    const r = dist.step(img, { kind: 'write', offset: 5000n, data: new Uint8Array(3000).fill(7) });
+    if (!r.ok) throw r.error;
+    img = r.image;
+    const buf = new Uint8Array(8192).fill(0xa5);
+    dist.readGuestInto(img, 4096n, 8192, buf, 0);
+    const want = new Uint8Array(8192);
+    want.fill(7, 5000 - 4096, 8000 - 4096);
+    expect(Buffer.from(buf).equals(Buffer.from(want))).toBe(true);
   });
 });

@@ -62,7 +62,7 @@ import { applyHostIO, hostTargetOf, readHost, type HostFile, type HostIO, type H
 import type { BackingSource, HeaderState, Image } from '../../src/model/image.ts';
 import { loadImage, storeDataFile, storeImage } from '../../src/model/load-store.ts';
 import { opRange, type Op } from '../../src/model/ops.ts';
-import { readGuest } from '../../src/model/read.ts';
+import { readGuest, readGuestInto } from '../../src/model/read.ts';
 import { step, type StepResult } from '../../src/model/step.ts';
 import { checkInvariants } from '../../src/oracle/invariants.ts';
 import { RawDisk, RawDiskError } from '../../src/oracle/raw-disk.ts';
@@ -881,9 +881,19 @@ function compareReads(
   }
 }
 
+/** readGuestInto at an odd position of a buffer filled with 0xa5, returning the bytes it stored. */
+function readIntoGarbage(img: Image, offset: bigint, length: number): Uint8Array {
+  const buf = new Uint8Array(length + 8).fill(0xa5);
+  readGuestInto(img, offset, length, buf, 3);
+  return buf.subarray(3, 3 + length);
+}
+
 function checkAround(model: Model, real: Real, offset: bigint, length: bigint, what: string): void {
   const cs = real.geo.cs;
   compareReads(what, model.disk.size, offset - cs, offset + length + cs, (o, n) => readGuest(real.image, o, n), (o, n) => model.disk.read(o, n));
+  // The same reads into a reused buffer (what convert streams through): every byte must be stored,
+  // zeros included, so the buffer starts full of garbage.
+  compareReads(`${what} (readGuestInto)`, model.disk.size, offset - cs, offset + length + cs, (o, n) => readIntoGarbage(real.image, o, n), (o, n) => model.disk.read(o, n));
   if (real.cfg.dataFile === 'raw') checkRawDataFile(model, real, offset - cs, offset + length + cs, what);
 }
 

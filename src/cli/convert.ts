@@ -21,8 +21,10 @@
  *   is_allocated_sectors does); with -c a cluster is written compressed unless it is all zeros.
  *
  * The output is written to a temporary file next to OUT and renamed over OUT only once it is
- * complete and fsync'ed; on any failure (or SIGINT/SIGTERM) the temporary file is removed and OUT is
- * untouched.
+ * complete; on any failure (or SIGINT/SIGTERM) the temporary file is removed and OUT is untouched.
+ * Whether it is fsync'ed before the rename is the output cache mode (-t), as in qemu-img: the default,
+ * `unsafe` (qemu-img convert's default too), never flushes; every other mode fsyncs once, before the
+ * rename, so that a crash never leaves a renamed but incomplete OUT.
  * - raw output: the temporary file is truncated to the virtual size (a sparse file), its first block
  *   is allocated as QEMU's file-posix does, and the data chunks are written at their guest offsets.
  * - qcow2 output: createImage with the -o options (the names `qcow2-ref create` takes) is written to
@@ -40,7 +42,7 @@
  * `info` and `map` (src/cli/open-image.ts): backing files only with --allow-backing.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, write, writeSync } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -52,7 +54,7 @@ import { ModelError } from '../model/errors.ts';
 import { applyHostIO, HostReaderError, hostTargetOf, rebaseHostFile, type HostIO } from '../model/host-file.ts';
 import { geometryOf, type Image } from '../model/image.ts';
 import { mapImage, type MapExtent } from '../model/map.ts';
-import { readGuest } from '../model/read.ts';
+import { readGuestInto } from '../model/read.ts';
 import { step } from '../model/step.ts';
 import { parseQemuSize, writeHostFileTo } from './create.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
@@ -64,7 +66,7 @@ import { isValidOptionList, splitOptions } from './qemu-opts.ts';
 
 /** Help text of the convert command. */
 export const CONVERT_HELP = `Usage: qcow2-ref convert [-f qcow2|raw] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q]
-                         [--allow-backing] [--allow-backing-path]
+                         [-t CACHE] [--allow-backing] [--allow-backing-path]
                          [--allow-data-file-path] IN OUT
 
 Converts the disk image IN to OUT as 'qemu-img convert' (QEMU 7.2) does: the
@@ -78,9 +80,9 @@ Ranges of IN that are unallocated or read as zeros (and runs of at least
 raw OUT is sparse there and a qcow2 OUT leaves them unallocated.
 
 OUT is written to a temporary file in its directory and renamed over OUT
-only when it is complete and synced; if anything fails (or the command is
-interrupted) the temporary file is removed and OUT is left as it was. An
-existing OUT is replaced, as qemu-img does.
+only when it is complete; if anything fails (or the command is interrupted)
+the temporary file is removed and OUT is left as it was. An existing OUT is
+replaced, as qemu-img does.
 
 Options:
   -f FMT           Format of IN: qcow2 or raw (default: qcow2 when IN starts
@@ -97,6 +99,12 @@ Options:
   -p               Show a progress bar on stderr when stderr is a terminal
                    (nothing is printed otherwise).
   -q               Quiet: no progress bar.
+  -t CACHE         Cache mode of OUT, with qemu-img's names: unsafe (default,
+                   as qemu-img convert) never syncs OUT, so after a power
+                   failure OUT may be incomplete; writeback, writethrough,
+                   directsync and none sync OUT to disk once, before the
+                   rename. (qcow2-ref never opens OUT with O_DIRECT or
+                   O_DSYNC: the modes differ only in that final sync.)
   --allow-backing  Read IN's backing files (needed when IN has one). Their
                    names are taken relative to the directory of the image
                    naming them; a name that is absolute, leads out of that
@@ -123,8 +131,8 @@ Exit codes:
      refers to was refused, the model refused a write, OUT could not be
      written, or the command was interrupted; one line on stderr:
      qcow2-ref: FILE: PROBLEM   (OUT is unchanged)
-  2  usage error (unknown option, wrong number of files, bad format, -c or
-     -o without -O qcow2)
+  2  usage error (unknown option, wrong number of files, bad format or cache
+     mode, -c or -o without -O qcow2)
 `;
 
 /** Bytes per sector (BDRV_SECTOR_SIZE). */
@@ -221,8 +229,8 @@ interface ConvertSource {
   readonly size: bigint;
   /** A fresh block-status walker (queries must come in ascending order of offset). */
   statusWalker(): (offset: bigint, maxLength: bigint) => Status;
-  /** `length` bytes of guest data at `offset` (inside `size`). */
-  read(offset: bigint, length: number): Uint8Array;
+  /** Stores the `target.length` bytes of guest data at `offset` (inside `size`) in `target`. */
+  read(offset: bigint, target: Uint8Array): void;
   /** Frees what the source holds open. */
   close(): void;
 }
@@ -296,7 +304,7 @@ function qcow2Source(top: OpenedLayer): ConvertSource {
         return { length, data: !e.zero };
       };
     },
-    read: (offset, length) => readGuest(image, offset, length),
+    read: (offset, target) => readGuestInto(image, offset, target.length, target, 0),
     close: () => top.close(),
   };
 }
@@ -321,11 +329,11 @@ function rawSource(name: string, reader: FileReader, data: readonly (readonly [b
         return { length: min(roundUp(r[1], SECTOR), queryEnd) - pos, data: true };
       };
     },
-    read: (offset, n) => {
-      const out = new Uint8Array(n);
-      const end = min(offset + BigInt(n), length);
-      if (end > offset) out.set(reader.read(offset, Number(end - offset)));
-      return out;
+    read: (offset, target) => {
+      const end = min(offset + BigInt(target.length), length);
+      const n = end > offset ? Number(end - offset) : 0;
+      if (n > 0) reader.readInto(offset, target, 0, n);
+      target.fill(0, n);
     },
     close: () => reader.close(),
   };
@@ -338,19 +346,43 @@ function rawSource(name: string, reader: FileReader, data: readonly (readonly [b
 interface ConvertSink {
   /** Cluster size of a compressed output (the unit of compressed writes). */
   readonly clusterSize: bigint;
-  write(offset: bigint, bytes: Uint8Array): void;
-  writeCompressed(offset: bigint, bytes: Uint8Array): void;
-  /** Completes the file (qcow2: close the image; -c: align the end of the file) and fsyncs it. */
-  finish(compressed: boolean): void;
+  /**
+   * Writes `bytes` at guest `offset`. The promise settles when the sink no longer needs `bytes`
+   * (the raw sink writes in the background, on libuv's thread pool; the qcow2 sink is done before
+   * it returns). Writes are issued one after the other, never concurrently.
+   */
+  write(offset: bigint, bytes: Uint8Array): Promise<void>;
+  writeCompressed(offset: bigint, bytes: Uint8Array): Promise<void>;
+  /** Completes the file (qcow2: close the image; -c: align the end of the file), then calls `sync` on its descriptor when given. */
+  finish(compressed: boolean, sync: ((fd: number) => void) | undefined): void;
   /** Closes the file descriptor (idempotent). */
   close(): void;
+}
+
+/** writeAllSync on the thread pool: resolves once every byte is written. */
+async function writeAll(fd: number, bytes: Uint8Array, offset: bigint): Promise<void> {
+  if (offset + BigInt(bytes.length) > BigInt(Number.MAX_SAFE_INTEGER)) throw new ConvertError(`write at ${offset} is beyond what the file system interface can address`);
+  let done = 0;
+  while (done < bytes.length) {
+    const at = done;
+    const n = await new Promise<number>((resolve, reject) => {
+      write(fd, bytes, at, bytes.length - at, Number(offset) + at, (err, written) => (err ? reject(err) : resolve(written)));
+    });
+    done += progressOf(n, offset + BigInt(at));
+  }
+}
+
+/** A write's byte count, refused when it is 0 (the loops above would otherwise never end). */
+function progressOf(n: number, at: bigint): number {
+  if (n <= 0) throw new ConvertError(`a write at ${at} wrote nothing`);
+  return n;
 }
 
 function writeAllSync(fd: number, bytes: Uint8Array, offset: bigint): void {
   if (offset + BigInt(bytes.length) > BigInt(Number.MAX_SAFE_INTEGER)) throw new ConvertError(`write at ${offset} is beyond what the file system interface can address`);
   let done = 0;
   while (done < bytes.length) {
-    done += writeSync(fd, bytes, done, bytes.length - done, Number(offset) + done);
+    done += progressOf(writeSync(fd, bytes, done, bytes.length - done, Number(offset) + done), offset + BigInt(done));
   }
 }
 
@@ -372,11 +404,9 @@ function rawSink(path: string, size: bigint): ConvertSink {
   }
   return {
     clusterSize: 0n,
-    write: (offset, bytes) => writeAllSync(fd, bytes, offset),
-    writeCompressed: () => {
-      throw new ConvertError('compression is only supported for qcow2 output');
-    },
-    finish: () => fsyncSync(fd),
+    write: (offset, bytes) => writeAll(fd, bytes, offset),
+    writeCompressed: () => Promise.reject(new ConvertError('compression is only supported for qcow2 output')),
+    finish: (_compressed, sync) => sync?.(fd),
     close: () => {
       if (open) closeSync(fd);
       open = false;
@@ -465,9 +495,10 @@ function qcow2Sink(path: string, created: Image, outName: string): ConvertSink {
   };
   return {
     clusterSize: BigInt(geometryOf(created.header).clusterSize),
-    write: (offset, bytes) => run({ kind: 'write', offset, data: bytes }, `write of ${bytes.length} bytes at guest offset ${offset}`),
-    writeCompressed: (offset, bytes) => run({ kind: 'writeCompressed', offset, data: bytes }, `compressed write at guest offset ${offset}`),
-    finish: (compressed) => {
+    // Synchronous: the model copies what it keeps, and the I/O is applied before the promise exists.
+    write: async (offset, bytes) => run({ kind: 'write', offset, data: bytes }, `write of ${bytes.length} bytes at guest offset ${offset}`),
+    writeCompressed: async (offset, bytes) => run({ kind: 'writeCompressed', offset, data: bytes }, `compressed write at guest offset ${offset}`),
+    finish: (compressed, sync) => {
       if (compressed) {
         // qemu-img ends a compressed conversion with blk_pwrite_compressed(0 bytes), which qcow2
         // turns into "align end of file to a sector boundary": a truncate to the length in sectors.
@@ -483,7 +514,7 @@ function qcow2Sink(path: string, created: Image, outName: string): ConvertSink {
       const closed = closeImage(image);
       image = closed.image;
       apply(closed.io);
-      fsyncSync(fd);
+      sync?.(fd);
     },
     close: () => {
       if (open) closeSync(fd);
@@ -648,12 +679,15 @@ function* chunksOf(source: ConvertSource, compressed: boolean, clusterSize: bigi
   }
 }
 
-/** convert_co_write for one data chunk `buf` at guest offset `pos`; returns the guest bytes written. */
-function writeChunk(sink: ConvertSink, pos: bigint, buf: Uint8Array, compressed: boolean): bigint {
+/**
+ * convert_co_write for one data chunk `buf` at guest offset `pos`; resolves to the guest bytes
+ * written, once the sink no longer needs `buf`.
+ */
+async function writeChunk(sink: ConvertSink, pos: bigint, buf: Uint8Array, compressed: boolean): Promise<bigint> {
   if (compressed) {
     // A compressed cluster is written whole, unless it is all zeros (the new file reads as zeros).
     if (isZeroBytes(buf)) return 0n;
-    sink.writeCompressed(pos, buf);
+    await sink.writeCompressed(pos, buf);
     return BigInt(buf.length);
   }
   // Write the data, skip zero runs of at least -S (4 KiB): the new file reads as zeros there.
@@ -663,7 +697,7 @@ function writeChunk(sink: ConvertSink, pos: bigint, buf: Uint8Array, compressed:
   while (at < sectors) {
     const r = isAllocatedSectorsMin(buf, at, sectors - at, MIN_SPARSE_SECTORS, pos / SECTOR + BigInt(at), WRITE_ALIGNMENT_SECTORS);
     if (r.allocated) {
-      sink.write(pos + BigInt(at) * SECTOR, buf.subarray(at * 512, (at + r.count) * 512));
+      await sink.write(pos + BigInt(at) * SECTOR, buf.subarray(at * 512, (at + r.count) * 512));
       written += BigInt(r.count) * SECTOR;
     }
     at += r.count;
@@ -671,17 +705,43 @@ function writeChunk(sink: ConvertSink, pos: bigint, buf: Uint8Array, compressed:
   return written;
 }
 
-/** Copies every data chunk of `source` to `sink` in guest order; zero chunks are skipped. */
+/**
+ * Copies every data chunk of `source` to `sink` in guest order; zero chunks are skipped.
+ *
+ * Two buffers, allocated once (not one fresh, page-faulting array per 2 MiB): chunk k+1 is read into
+ * one while chunk k is still being written from the other on the thread pool, as qemu-img overlaps
+ * its reads and writes. At most one chunk's writes are in flight, and a buffer is reused only after
+ * its chunk's writes settled; writes still go out in guest order. Nothing is in flight when this
+ * returns or throws, so the caller may close or remove the file.
+ */
 async function copy(source: ConvertSource, sink: ConvertSink, compressed: boolean, hooks: CopyHooks): Promise<ConvertSummary> {
   let bytesRead = 0n;
   let bytesWritten = 0n;
-  for (const c of chunksOf(source, compressed, sink.clusterSize)) {
-    if (!c.data) continue;
-    const buf = readingInput(source.name, `error while reading ${c.length} bytes at guest offset ${c.offset}`, () => source.read(c.offset, Number(c.length)));
-    bytesRead += c.length;
-    bytesWritten += writeChunk(sink, c.offset, buf, compressed);
-    hooks.progress.update(Number(bytesRead));
-    await hooks.checkpoint();
+  const size = Number(compressed ? sink.clusterSize : IO_BUF_SIZE);
+  const buffers = [new Uint8Array(size), new Uint8Array(size)] as const;
+  let next = 0;
+  let inFlight: Promise<bigint> | undefined;
+  try {
+    for (const c of chunksOf(source, compressed, sink.clusterSize)) {
+      if (!c.data) continue;
+      const buf = buffers[next]!.subarray(0, Number(c.length));
+      next ^= 1;
+      readingInput(source.name, `error while reading ${c.length} bytes at guest offset ${c.offset}`, () => source.read(c.offset, buf));
+      bytesRead += c.length;
+      if (inFlight !== undefined) bytesWritten += await inFlight;
+      inFlight = writeChunk(sink, c.offset, buf, compressed);
+      // A rejection is taken by the await above or below; this only keeps it from being "unhandled"
+      // while the next chunk is read.
+      inFlight.catch(() => undefined);
+      hooks.progress.update(Number(bytesRead));
+      await hooks.checkpoint();
+    }
+    if (inFlight !== undefined) bytesWritten += await inFlight;
+    inFlight = undefined;
+  } finally {
+    // On a failure (a read error, an interruption), let the last writes settle before the caller
+    // closes the descriptor; their own error, if any, is secondary to the one being thrown.
+    if (inFlight !== undefined) await inFlight.catch(() => undefined);
   }
   return { size: source.size, bytesRead, bytesWritten };
 }
@@ -697,6 +757,8 @@ export interface ConvertEnv {
   readonly columns?: number;
   /** Install SIGINT/SIGTERM handlers that stop the copy and remove the temporary file. */
   readonly handleSignals?: boolean;
+  /** Replaces fsyncSync for the final flush of OUT (tests count the calls). */
+  readonly fsync?: (fd: number) => void;
 }
 
 const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
@@ -726,6 +788,8 @@ interface ConvertHooks {
   readonly showProgress: boolean;
   /** Starts the progress display for `total` data bytes. */
   readonly progressTarget: (total: number) => Progress;
+  /** Flushes a file descriptor to disk (fsyncSync; a test may count the calls). */
+  readonly fsync: (fd: number) => void;
 }
 
 interface ConvertRequest {
@@ -735,8 +799,14 @@ interface ConvertRequest {
   readonly outFormat: 'qcow2' | 'raw';
   readonly targetOptions: Omit<CreateOptions, 'size'>;
   readonly compressed: boolean;
+  /** Output cache mode (-t): 'unsafe' never syncs OUT, every other mode fsyncs it before the rename. */
+  readonly cache: OutputCache;
   readonly policy: { readonly allowBacking: boolean; readonly allowBackingPath: boolean; readonly allowDataFilePath: boolean };
 }
+
+/** qemu-img's cache modes (-t), as bdrv_parse_cache_mode accepts them. */
+const OUTPUT_CACHES = ['unsafe', 'writeback', 'writethrough', 'directsync', 'none'] as const;
+type OutputCache = (typeof OUTPUT_CACHES)[number];
 
 /** Opens IN as a ConvertSource; throws OpenImageError / ConvertError naming the file. */
 async function openSource(req: ConvertRequest, warn: (line: string) => void): Promise<ConvertSource> {
@@ -797,7 +867,8 @@ async function convert(req: ConvertRequest, hooks: ConvertHooks, warn: (line: st
     }
     if (hooks.showProgress) progress = hooks.progressTarget(Number(dataBytes(source, req.compressed, sink.clusterSize)));
     const summary = await copy(source, sink, req.compressed, { progress, checkpoint: hooks.checkpoint });
-    sink.finish(req.compressed);
+    // Crash safety: with any cache mode but unsafe, OUT's bytes reach the disk before its name does.
+    sink.finish(req.compressed, req.cache !== 'unsafe' ? hooks.fsync : undefined);
     sink.close();
     progress.update(Number(summary.bytesRead));
     progress.stop();
@@ -824,6 +895,7 @@ export async function runConvert(args: readonly string[], io: CliIo, env: Conver
       compress: { type: 'boolean', short: 'c' },
       progress: { type: 'boolean', short: 'p' },
       quiet: { type: 'boolean', short: 'q' },
+      cache: { type: 'string', short: 't' },
       ...OPEN_POLICY_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
@@ -839,6 +911,8 @@ export async function runConvert(args: readonly string[], io: CliIo, env: Conver
   if (inFormat !== undefined && inFormat !== 'qcow2' && inFormat !== 'raw') throw new UsageError(`-f must be 'qcow2' or 'raw', not '${inFormat}'`);
   const outFormat = v['target-format'] ?? 'raw';
   if (outFormat !== 'qcow2' && outFormat !== 'raw') throw new UsageError(`-O must be 'raw' or 'qcow2', not '${outFormat}'`);
+  const cache = v.cache ?? 'unsafe';
+  if (!(OUTPUT_CACHES as readonly string[]).includes(cache)) throw new UsageError(`-t must be one of ${OUTPUT_CACHES.join(', ')}, not '${cache}'`);
   const compressed = v.compress === true;
   if (compressed && outFormat !== 'qcow2') throw new UsageError('-c (compression) needs -O qcow2');
   const lists = v.options ?? [];
@@ -864,6 +938,7 @@ export async function runConvert(args: readonly string[], io: CliIo, env: Conver
     outFormat,
     targetOptions,
     compressed,
+    cache: cache as OutputCache,
     policy: openPolicyFrom(v),
   };
 
@@ -888,7 +963,7 @@ export async function runConvert(args: readonly string[], io: CliIo, env: Conver
   const progressTarget = (total: number): Progress =>
     startProgress('convert', total, { write: io.stderr, isTTY: env.stderrIsTTY === true, ...(env.columns !== undefined ? { columns: env.columns } : {}) }, showProgress);
   try {
-    await convert(req, { checkpoint, showProgress, progressTarget }, (line) => io.stderr(`qcow2-ref: warning: ${line}\n`));
+    await convert(req, { checkpoint, showProgress, progressTarget, fsync: env.fsync ?? fsyncSync }, (line) => io.stderr(`qcow2-ref: warning: ${line}\n`));
   } catch (e) {
     const line = describeFailure(e, req);
     if (line === undefined) throw e;

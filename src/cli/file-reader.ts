@@ -9,8 +9,10 @@ import { HostReaderError, type HostReader } from '../model/host-file.ts';
 export interface FileReader extends HostReader {
   /** The file descriptor read from. */
   readonly fd: number;
-  /** Bytes handed out by `read` so far (for tests and cost reports). */
+  /** Bytes handed out by `read` and `readInto` so far (for tests and cost reports). */
   readonly bytesRead: number;
+  /** `read` into `target[pos, pos + count)` (see HostReader.readInto); same errors. */
+  readInto(offset: bigint, target: Uint8Array, pos: number, count: number): void;
   /**
    * Closes the descriptor when this reader opened it (from a path); a reader over a descriptor the
    * caller passed leaves it open. Reading after close throws HostReaderError('io').
@@ -38,6 +40,24 @@ export function fileReader(source: number | string): FileReader {
   }
   let closed = false;
   let bytesRead = 0;
+  const readInto = (offset: bigint, out: Uint8Array, pos: number, count: number): void => {
+    if (closed) throw new HostReaderError('io', 'read from a closed file reader');
+    if (!(pos >= 0 && count >= 0 && pos + count <= out.length)) throw new RangeError(`target of ${out.length} bytes cannot take ${count} bytes at ${pos}`);
+    let done = 0;
+    while (done < count) {
+      let n: number;
+      try {
+        // A bigint position is exact at any offset.
+        n = readSync(fd, out, pos + done, count - done, offset + BigInt(done));
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        throw new HostReaderError('io', `read of ${count} byte(s) at 0x${offset.toString(16)} failed: ${err.code ?? err.message}`);
+      }
+      if (n === 0) throw new HostReaderError('short-read', `the file ended at 0x${(offset + BigInt(done)).toString(16)}, reading ${count} byte(s) at 0x${offset.toString(16)} (was it changed?)`);
+      done += n;
+    }
+    bytesRead += count;
+  };
   return {
     fd,
     length,
@@ -45,24 +65,11 @@ export function fileReader(source: number | string): FileReader {
       return bytesRead;
     },
     read(offset: bigint, count: number): Uint8Array {
-      if (closed) throw new HostReaderError('io', 'read from a closed file reader');
       const out = new Uint8Array(count);
-      let done = 0;
-      while (done < count) {
-        let n: number;
-        try {
-          // A bigint position is exact at any offset.
-          n = readSync(fd, out, done, count - done, offset + BigInt(done));
-        } catch (e) {
-          const err = e as NodeJS.ErrnoException;
-          throw new HostReaderError('io', `read of ${count} byte(s) at 0x${offset.toString(16)} failed: ${err.code ?? err.message}`);
-        }
-        if (n === 0) throw new HostReaderError('short-read', `the file ended at 0x${(offset + BigInt(done)).toString(16)}, reading ${count} byte(s) at 0x${offset.toString(16)} (was it changed?)`);
-        done += n;
-      }
-      bytesRead += count;
+      readInto(offset, out, 0, count);
       return out;
     },
+    readInto,
     close(): void {
       if (closed) return;
       closed = true;

@@ -4,7 +4,18 @@
  * is written, so logs never fill with redraws. Output goes through a CliIo-style sink so commands run
  * in-process (tests) can capture it.
  */
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type * as CliProgress from 'cli-progress';
+
+/**
+ * cli-progress, loaded the first time a bar is drawn: loading it takes ~20 ms, which every command
+ * would otherwise pay at start-up although a bar is drawn only on a terminal with -p.
+ */
+let cliProgressModule: typeof CliProgress | undefined;
+function cliProgress(): typeof CliProgress {
+  cliProgressModule ??= createRequire(import.meta.url)('cli-progress') as typeof CliProgress;
+  return cliProgressModule;
+}
 
 /** Where and how the bar is drawn. */
 export interface ProgressTarget {
@@ -67,7 +78,7 @@ function startBar(format: string, totalUnits: number, target: ProgressTarget, en
     },
   };
   const total = Math.max(totalUnits, 1);
-  const bar = new cliProgress.SingleBar(
+  const bar = new (cliProgress().SingleBar)(
     {
       stream: stream as unknown as NodeJS.WritableStream,
       format,
@@ -79,7 +90,7 @@ function startBar(format: string, totalUnits: number, target: ProgressTarget, en
       etaBuffer: 50,
       gracefulExit: false,
     },
-    cliProgress.Presets.legacy,
+    cliProgress().Presets.legacy,
   );
   bar.start(total, 0, payload(0));
   let stopped = false;

@@ -11,9 +11,9 @@
  * The built-in implementations (`--impl NAME`) are templates too, so every test the harness runs,
  * built-in or not, is one process that can be rerun by hand with the command the report prints.
  */
-import { fileURLToPath } from 'node:url';
 import { isAbsolute, resolve } from 'node:path';
 import { match } from 'ts-pattern';
+import { REPO_ROOT } from '../repo-root.ts';
 import { parseTemplate, requirePlaceholders, TemplateError, type CommandTemplate } from './command-template.ts';
 import type { TestRole } from './expected-failures.ts';
 import { findProgram, runAdapter } from './run-adapter.ts';
@@ -27,7 +27,7 @@ export interface Adapter {
 }
 
 /** The repository's root directory (where bin/ and adapters/ are). */
-export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export { REPO_ROOT };
 
 /** The placeholders each role must use. */
 const REQUIRED = { reader: ['image', 'raw'], writer: ['image', 'script'] } as const;

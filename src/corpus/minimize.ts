@@ -19,11 +19,12 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from '../repo-root.ts';
 import type { CorpusCase } from './manifest.ts';
 import type { ProbeInput } from './coverage-probe.ts';
 
-/** The repository root (src/corpus/../..). */
-const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+/** The repository root. */
+const ROOT = REPO_ROOT;
 
 /** Source files whose coverage counts, relative to ROOT. */
 export function countsForCoverage(path: string): boolean {
@@ -74,7 +75,8 @@ export function measureCoverage(dir: string, cases: readonly CorpusCase[]): Set<
     }));
     const listPath = join(work, 'cases.json');
     writeFileSync(listPath, JSON.stringify(list));
-    const probe = fileURLToPath(new URL('./coverage-probe.ts', import.meta.url));
+    // From the checkout, not import.meta.url: this module may run from the bundle in dist/.
+    const probe = join(ROOT, 'src/corpus/coverage-probe.ts');
     const r = spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), probe, listPath], {
       env: { ...process.env, NODE_V8_COVERAGE: covDir },
       encoding: 'utf8',

@@ -142,8 +142,8 @@ function materialize(p: ChunkedPage): Uint8Array {
 }
 
 /**
- * Copies bytes [within, within + n) of `leaf` into `out` at `pos`. `out` must hold zeros there
- * (a fresh array): bytes of a chunked page without chunk or base are left as they are.
+ * Copies bytes [within, within + n) of `leaf` into `out` at `pos` (all n bytes, zeros included:
+ * `out` may be a reused buffer).
  */
 export function copyFromLeaf(leaf: PageLeaf, within: number, n: number, out: Uint8Array, pos: number): void {
   if (!(leaf instanceof ChunkedPage) || leaf.flat !== undefined) {
@@ -167,6 +167,7 @@ export function copyFromLeaf(leaf: PageLeaf, within: number, n: number, out: Uin
       let runEnd = stop;
       while (runEnd < end && !hasChunk(leaf, runEnd >> CHUNK_BITS)) runEnd = Math.min(end, runEnd + CHUNK_SIZE);
       if (base !== undefined) out.set(base.subarray(i, runEnd), pos + i - within);
+      else out.fill(0, pos + i - within, pos + runEnd - within); // `out` may be a reused buffer
       i = runEnd;
     }
   }

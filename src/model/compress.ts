@@ -27,7 +27,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { deflateRaw } from 'pako';
+import type * as Pako from 'pako';
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { l2EntryWords } from '../format/entries.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
@@ -47,6 +47,16 @@ interface WasmApi {
   Instance: new (module: object, imports: object) => object;
 }
 let zstdEncoder: ZstdCompress | undefined;
+
+/**
+ * pako's deflateRaw, loaded on the first compressed write: loading pako takes ~13 ms, which every
+ * command and every user of the package would otherwise pay at start-up.
+ */
+let pakoDeflateRaw: typeof Pako.deflateRaw | undefined;
+function deflateRaw(data: Uint8Array, options: Pako.DeflateFunctionOptions): Uint8Array {
+  pakoDeflateRaw ??= (createRequire(import.meta.url)('pako') as typeof Pako).deflateRaw;
+  return pakoDeflateRaw(data, options);
+}
 
 /**
  * Loads @bokuweb/zstd-wasm synchronously, once. The package's own `init()` is asynchronous (it

@@ -88,6 +88,11 @@ export interface HostReader {
    * out of the HostFile function (and out of `step`) that needed the bytes.
    */
   read(offset: bigint, length: number): Uint8Array;
+  /**
+   * Optional: the same bytes as `read(offset, length)`, stored into `target[pos, pos + length)`
+   * instead of a fresh array (a driver streaming gigabytes saves an allocation and a copy per read).
+   */
+  readInto?(offset: bigint, target: Uint8Array, pos: number, length: number): void;
 }
 
 /** Pages of a base read once and kept for hostPage/viewHost (bounded: least recently used go). */
@@ -135,6 +140,12 @@ function readExactly(reader: HostReader, offset: bigint, length: number): Uint8A
     throw new HostReaderError('short-read', `host reader returned ${b.length} byte(s) at 0x${offset.toString(16)}, not ${length}`);
   }
   return b;
+}
+
+/** `reader`'s `length` bytes at `offset` stored at `target[pos]` (readInto when the reader has it). */
+function readExactlyInto(reader: HostReader, offset: bigint, target: Uint8Array, pos: number, length: number): void {
+  if (reader.readInto !== undefined) reader.readInto(offset, target, pos, length);
+  else target.set(readExactly(reader, offset, length), pos);
 }
 
 /** A reader broke its contract (see HostReader), or a driver broke rebaseHostFile's precondition. */
@@ -271,8 +282,29 @@ function withinPage(offset: bigint): number {
 
 /** `length` bytes at `offset`; bytes past the end of the file (or in holes) read as zeros. */
 export function readHost(file: HostFile, offset: bigint, length: number): Uint8Array {
-  if (file.base !== undefined) return readHostOverBase(file, file.base, offset, length);
   const out = new Uint8Array(length);
+  readHostTo(file, offset, length, out, 0, true);
+  return out;
+}
+
+/**
+ * readHost into `target[pos, pos + length)` instead of a fresh array: the same bytes, holes and
+ * bytes past the end of the file stored as zeros. Only `target` changes. For drivers that stream
+ * data through one reused buffer (convert).
+ */
+export function readHostInto(file: HostFile, offset: bigint, length: number, target: Uint8Array, pos: number): void {
+  readHostTo(file, offset, length, target, pos, false);
+}
+
+/**
+ * readHost/readHostInto: stores the bytes at `out[at, at + length)`. When `outIsZero` the range
+ * already holds zeros (a fresh array), so holes are skipped instead of filled.
+ */
+function readHostTo(file: HostFile, offset: bigint, length: number, out: Uint8Array, at: number, outIsZero: boolean): void {
+  if (file.base !== undefined) {
+    readHostOverBase(file, file.base, offset, length, out, at, outIsZero);
+    return;
+  }
   // Page index and position once, then plain numbers page by page.
   let page = pageIndexOf(offset);
   let within = withinPage(offset);
@@ -280,28 +312,29 @@ export function readHost(file: HostFile, offset: bigint, length: number): Uint8A
   while (pos < length) {
     const n = Math.min(PAGE_SIZE - within, length - pos);
     const p = file.pages.leaf(page);
-    if (p !== undefined) copyFromLeaf(p, within, n, out, pos);
+    if (p !== undefined) copyFromLeaf(p, within, n, out, at + pos);
+    else if (!outIsZero) out.fill(0, at + pos, at + pos + n);
     pos += n;
     page++;
     within = 0;
   }
-  return out;
 }
 
-/** readHost of a file with a base: overlay pages, then runs of visible base pages read in one call each. */
-function readHostOverBase(file: HostFile, base: HostBase, offset: bigint, length: number): Uint8Array {
-  const out = new Uint8Array(length);
+/** readHostTo of a file with a base: overlay pages, then runs of visible base pages read in one call each. */
+function readHostOverBase(file: HostFile, base: HostBase, offset: bigint, length: number, out: Uint8Array, at: number, outIsZero: boolean): void {
   let page = pageIndexOf(offset);
   let within = withinPage(offset);
   let pos = 0;
-  // A pending run of base bytes: out[runPos, runPos+runLen) = base[runAt, runAt+runLen) (clipped at the limit).
+  // A pending run of base bytes: out[at+runPos, +runLen) = base[runAt, runAt+runLen) (zeros past the limit).
   let runPos = 0;
   let runLen = 0;
   let runAt = 0n;
   const flushRun = (): void => {
     if (runLen === 0) return;
     const end = runAt + BigInt(runLen) < base.limit ? runAt + BigInt(runLen) : base.limit;
-    if (end > runAt) out.set(readExactly(base.reader, runAt, Number(end - runAt)), runPos);
+    const n = end > runAt ? Number(end - runAt) : 0;
+    if (n > 0) readExactlyInto(base.reader, runAt, out, at + runPos, n);
+    if (!outIsZero && n < runLen) out.fill(0, at + runPos + n, at + runPos + runLen);
     runLen = 0;
   };
   while (pos < length) {
@@ -309,7 +342,7 @@ function readHostOverBase(file: HostFile, base: HostBase, offset: bigint, length
     const p = file.pages.leaf(page);
     if (p !== undefined) {
       flushRun();
-      copyFromLeaf(p, within, n, out, pos);
+      copyFromLeaf(p, within, n, out, at + pos);
     } else if (baseVisible(base, page)) {
       if (runLen === 0) {
         runPos = pos;
@@ -318,13 +351,13 @@ function readHostOverBase(file: HostFile, base: HostBase, offset: bigint, length
       runLen += n;
     } else {
       flushRun();
+      if (!outIsZero) out.fill(0, at + pos, at + pos + n);
     }
     pos += n;
     page++;
     within = 0;
   }
   flushRun();
-  return out;
 }
 
 /**
@@ -425,12 +458,23 @@ function putPageChunk<T>(m: PageStore<T> & T, page: number, within: number, byte
   // Checking the incoming bytes first avoids copying and scanning pages that stay holes, and a
   // non-zero chunk usually proves the page non-zero after a few bytes.
   const zero = n <= SMALL_WRITE ? isZeroSmall(bytes, pos, n) : isZeroBytes(bytes, pos, n);
-  if (n === PAGE_SIZE) return zero ? m.delete(page) : m.setLeaf(page, bytes.slice(pos, pos + n));
+  if (n === PAGE_SIZE) return zero ? m.delete(page) : m.setLeaf(page, pageCopy(bytes, pos));
   const old = m.leaf(page);
   if (old === undefined && zero) return m; // a hole stays a hole
   // A small write makes a chunked page (chunked-page.ts), a larger one a copy of the page.
   const next = patchLeaf(old, within, bytes, pos, n);
   return zero && leafIsZero(next) ? m.delete(page) : m.setLeaf(page, next);
+}
+
+/**
+ * A new page holding `bytes[pos, pos + PAGE_SIZE)`. Not `bytes.slice`: allocating the page and
+ * copying into it was about twice as fast in V8 (Node 20), and this is the copy every whole-page
+ * guest write makes (bench/README.md).
+ */
+function pageCopy(bytes: Uint8Array, pos: number): Uint8Array {
+  const p = new Uint8Array(PAGE_SIZE);
+  p.set(bytes.subarray(pos, pos + PAGE_SIZE));
+  return p;
 }
 
 /** A file with `bytes` written at `offset` (extending the length if needed). `file` is unchanged. */
@@ -473,7 +517,7 @@ function putChunkOverBase(m: PageMapBatch, base: HostBase, page: number, within:
   const zero = n <= SMALL_WRITE ? isZeroSmall(bytes, pos, n) : isZeroBytes(bytes, pos, n);
   const under = baseVisible(base, page);
   if (n === PAGE_SIZE) {
-    if (!zero) m.setLeaf(page, bytes.slice(pos, pos + n));
+    if (!zero) m.setLeaf(page, pageCopy(bytes, pos));
     else if (under) m.setLeaf(page, ZERO_PAGE);
     else m.delete(page);
     return;

@@ -286,10 +286,21 @@ class FilePrefix {
     const src = this.source;
     if (src instanceof Uint8Array) return src;
     const prefix = this.bytes;
+    const inPrefix = (offset: bigint, n: number): boolean => offset + BigInt(n) <= BigInt(prefix.length);
+    const readInto = src.readInto?.bind(src);
     return {
       length: src.length,
       read: (offset: bigint, n: number): Uint8Array =>
-        offset + BigInt(n) <= BigInt(prefix.length) ? prefix.slice(Number(offset), Number(offset) + n) : src.read(offset, n),
+        inPrefix(offset, n) ? prefix.slice(Number(offset), Number(offset) + n) : src.read(offset, n),
+      // Passed on when the source has it: a streaming driver then reads straight into its buffer.
+      ...(readInto !== undefined
+        ? {
+          readInto: (offset: bigint, target: Uint8Array, pos: number, n: number): void => {
+            if (inPrefix(offset, n)) target.set(prefix.subarray(Number(offset), Number(offset) + n), pos);
+            else readInto(offset, target, pos, n);
+          },
+        }
+        : {}),
     };
   }
 }

@@ -10,7 +10,7 @@ import { inflateRawSync, constants as zlibConstants } from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import { compressedDescriptor, l2HostOffset } from '../format/entries.ts';
 import { EIO, ModelError } from './errors.ts';
-import { readHost } from './host-file.ts';
+import { readHost, readHostInto, type HostFile } from './host-file.ts';
 import type { Image } from './image.ts';
 import { entryAt, statesOf } from './mapping.ts';
 import { beginTx, geo, type Tx } from './tx.ts';
@@ -52,58 +52,84 @@ export function decompressCluster(data: Uint8Array, clusterSize: number, compres
   return out.subarray(0, clusterSize);
 }
 
-function readBacking(img: Image, offset: bigint, length: number): Uint8Array {
-  if (!img.backing) return new Uint8Array(length);
-  const out = new Uint8Array(length);
-  const size = img.backing.size;
-  if (offset < size) {
-    const n = Number(size - offset < BigInt(length) ? size - offset : BigInt(length));
-    out.set(img.backing.read(offset, n));
-  }
-  return out;
+/** The backing chain's bytes at `offset` stored at `out[at, at + length)` (zeros past its end, or without one). */
+function readBackingTo(img: Image, offset: bigint, length: number, out: Uint8Array, at: number, outIsZero: boolean): void {
+  const size = img.backing ? img.backing.size : 0n;
+  const n = offset < size ? Number(size - offset < BigInt(length) ? size - offset : BigInt(length)) : 0;
+  if (n > 0) out.set(img.backing!.read(offset, n), at);
+  if (!outIsZero && n < length) out.fill(0, at + n, at + length);
 }
 
 /** `length` bytes of guest data at `offset` (the caller keeps the range inside the virtual disk). */
 export function readGuestTx(tx: Tx, offset: bigint, length: number): Uint8Array {
-  const g = geo(tx);
   const out = new Uint8Array(length);
+  readGuestTo(tx, offset, length, out, 0, true);
+  return out;
+}
+
+/**
+ * Stores the guest bytes [offset, offset + length) at `out[at, at + length)`; when `outIsZero` that
+ * range already holds zeros (a fresh array) and zero ranges are skipped. Host-contiguous runs of
+ * allocated (sub)clusters are read with one readHost call each, as QEMU reads them with one request.
+ */
+function readGuestTo(tx: Tx, offset: bigint, length: number, out: Uint8Array, at: number, outIsZero: boolean): void {
+  const g = geo(tx);
   const scSize = g.clusterSize / g.subclusters;
+  // A pending run of allocated data: out[at + runPos, + runLen) = host file `runFile` at runHost.
+  let runPos = 0;
+  let runLen = 0;
+  let runHost = 0n;
+  let runFile: HostFile | undefined;
+  const flushRun = (): void => {
+    if (runLen > 0) readHostInto(runFile!, runHost, runLen, out, at + runPos);
+    runLen = 0;
+  };
   let pos = 0;
   while (pos < length) {
-    const at = offset + BigInt(pos);
-    const inCluster = Number(at & BigInt(g.clusterSize - 1));
-    const { entry, l2Offset, l2Index } = entryAt(tx, at);
+    const guest = offset + BigInt(pos);
+    const inCluster = Number(guest & BigInt(g.clusterSize - 1));
+    const { entry, l2Offset, l2Index } = entryAt(tx, guest);
     const states = statesOf(tx, entry);
     const sc = Math.floor(inCluster / scSize) % states.length;
     const state = states[sc]!;
     // Bytes until the end of this subcluster (or cluster without extended L2).
     const span = Math.min(length - pos, (g.extendedL2 ? (sc + 1) * scSize : g.clusterSize) - inCluster);
+    if (state !== 'normal') flushRun();
     switch (state) {
       case 'unallocated-plain':
       case 'unallocated-alloc':
-        out.set(readBacking(tx.img, at, span), pos);
+        readBackingTo(tx.img, guest, span, out, at + pos, outIsZero);
         break;
       case 'zero-plain':
       case 'zero-alloc':
         if (tx.img.header.version < 3) {
           throw new ModelError('corrupt', EIO, `Zero cluster entry found in pre-v3 image (L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
         }
+        if (!outIsZero) out.fill(0, at + pos, at + pos + span);
         break;
       case 'normal': {
         const hostCluster = l2HostOffset(entry!);
         const host = hostCluster + BigInt(inCluster);
+        let file: HostFile;
         if (g.externalDataFile) {
-          const guestCluster = at - BigInt(inCluster);
+          const guestCluster = guest - BigInt(inCluster);
           if (hostCluster !== guestCluster) {
             throw new ModelError('corrupt', EIO,
               `External data file host cluster offset 0x${hostCluster.toString(16)} does not match guest cluster offset: 0x${guestCluster.toString(16)}, L2 index: 0x${l2Index.toString(16)})`);
           }
           const data = tx.img.dataFile;
           if (data === undefined) throw new ModelError('no-data-file', EIO, 'the image has an external data file but none was supplied');
-          out.set(readHost(data, host, span), pos);
+          file = data;
         } else {
-          out.set(readHost(tx.img.file, host, span), pos);
+          file = tx.img.file;
         }
+        if (runLen > 0 && (file !== runFile || host !== runHost + BigInt(runLen))) flushRun();
+        if (runLen === 0) {
+          runPos = pos;
+          runHost = host;
+          runFile = file;
+        }
+        runLen += span;
         break;
       }
       case 'compressed': {
@@ -114,7 +140,7 @@ export function readGuestTx(tx: Tx, offset: bigint, length: number): Uint8Array 
         const d = compressedDescriptor(entry!, g.clusterBits);
         const raw = readHost(tx.img.file, d.hostOffset, d.compressedBytes);
         const cluster = decompressCluster(raw, g.clusterSize, tx.img.header.compressionType);
-        out.set(cluster.subarray(inCluster, inCluster + span), pos);
+        out.set(cluster.subarray(inCluster, inCluster + span), at + pos);
         break;
       }
       case 'invalid':
@@ -122,7 +148,7 @@ export function readGuestTx(tx: Tx, offset: bigint, length: number): Uint8Array 
     }
     pos += span;
   }
-  return out;
+  flushRun();
 }
 
 /** `length` bytes of guest data at `offset` of `img`. Throws ModelError for ranges past the disk. */
@@ -131,4 +157,18 @@ export function readGuest(img: Image, offset: bigint, length: number): Uint8Arra
     throw new ModelError('out-of-range', EIO, `read of ${length} bytes at ${offset} is beyond the end of the ${img.header.size}-byte disk`);
   }
   return readGuestTx(beginTx(img), offset, length);
+}
+
+/**
+ * readGuest into `target[pos, pos + length)` instead of a fresh array: the same bytes (zeros
+ * included), for drivers that stream data through one reused buffer. Only `target` changes.
+ * Throws ModelError for a range past the disk (`target` unchanged) or for a corrupt entry (`target`
+ * then partly written).
+ */
+export function readGuestInto(img: Image, offset: bigint, length: number, target: Uint8Array, pos: number): void {
+  if (offset < 0n || offset + BigInt(length) > img.header.size) {
+    throw new ModelError('out-of-range', EIO, `read of ${length} bytes at ${offset} is beyond the end of the ${img.header.size}-byte disk`);
+  }
+  if (pos < 0 || pos + length > target.length) throw new RangeError(`target of ${target.length} bytes cannot take ${length} bytes at ${pos}`);
+  readGuestTo(beginTx(img), offset, length, target, pos, false);
 }

@@ -6,7 +6,6 @@
  * Pure: no I/O, no clock, no randomness; `image` is never mutated (the persistent HostFile shares every
  * page the op did not touch).
  */
-import { match } from 'ts-pattern';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { EIO, ModelError } from './errors.ts';
 import type { HostIO } from './host-file.ts';
@@ -48,35 +47,45 @@ function checkWritable(tx: Tx, op: Op): void {
   checkNotDirtyOnLoad(tx, op.kind);
 }
 
+/**
+ * One handler per op kind. The mapped type makes the table exactly as exhaustive as ts-pattern's
+ * `match(...).exhaustive()`: an Op kind without a handler (or a handler for a kind that does not
+ * exist) does not compile. A table rather than `match` because this is the hottest dispatch of the
+ * model: the match chain built its matcher objects and nine closures on every step, 5–8 % of a
+ * random 4 KiB write (bench/README.md).
+ */
+const HANDLERS: { readonly [K in Op['kind']]: (tx: Tx, op: Extract<Op, { kind: K }>) => void } = {
+  write: (tx, o) => {
+    checkRange(tx.img, o.offset, BigInt(o.data.length), 'write');
+    guestWrite(tx, o.offset, o.data);
+  },
+  writeZeroes: (tx, o) => {
+    checkRange(tx.img, o.offset, o.length, 'write_zeroes');
+    guestWriteZeroes(tx, o.offset, o.length, o.unmap);
+  },
+  discard: (tx, o) => {
+    checkRange(tx.img, o.offset, o.length, 'discard');
+    guestDiscard(tx, o.offset, o.length);
+  },
+  writeCompressed: (tx, o) => {
+    checkRange(tx.img, o.offset, BigInt(o.data.length), 'compressed write');
+    guestWriteCompressed(tx, o.offset, o.data);
+  },
+  snapshotCreate: (tx, o) => snapshotCreate(tx, o.name, {
+    ...(o.dateSec !== undefined ? { dateSec: o.dateSec } : {}),
+    ...(o.dateNsec !== undefined ? { dateNsec: o.dateNsec } : {}),
+    ...(o.vmClockNsec !== undefined ? { vmClockNsec: o.vmClockNsec } : {}),
+  }),
+  snapshotApply: (tx, o) => snapshotApply(tx, o.name),
+  snapshotDelete: (tx, o) => snapshotDelete(tx, o.name),
+  resize: (tx, o) => resize(tx, o.size),
+  flush: (tx) => hostFlush(tx),
+};
+
 function apply(tx: Tx, op: Op): void {
   checkWritable(tx, op);
-  match(op)
-    .with({ kind: 'write' }, (o) => {
-      checkRange(tx.img, o.offset, BigInt(o.data.length), 'write');
-      guestWrite(tx, o.offset, o.data);
-    })
-    .with({ kind: 'writeZeroes' }, (o) => {
-      checkRange(tx.img, o.offset, o.length, 'write_zeroes');
-      guestWriteZeroes(tx, o.offset, o.length, o.unmap);
-    })
-    .with({ kind: 'discard' }, (o) => {
-      checkRange(tx.img, o.offset, o.length, 'discard');
-      guestDiscard(tx, o.offset, o.length);
-    })
-    .with({ kind: 'writeCompressed' }, (o) => {
-      checkRange(tx.img, o.offset, BigInt(o.data.length), 'compressed write');
-      guestWriteCompressed(tx, o.offset, o.data);
-    })
-    .with({ kind: 'snapshotCreate' }, (o) => snapshotCreate(tx, o.name, {
-      ...(o.dateSec !== undefined ? { dateSec: o.dateSec } : {}),
-      ...(o.dateNsec !== undefined ? { dateNsec: o.dateNsec } : {}),
-      ...(o.vmClockNsec !== undefined ? { vmClockNsec: o.vmClockNsec } : {}),
-    }))
-    .with({ kind: 'snapshotApply' }, (o) => snapshotApply(tx, o.name))
-    .with({ kind: 'snapshotDelete' }, (o) => snapshotDelete(tx, o.name))
-    .with({ kind: 'resize' }, (o) => resize(tx, o.size))
-    .with({ kind: 'flush' }, () => hostFlush(tx))
-    .exhaustive();
+  // The cast only widens the handler's parameter to the union; HANDLERS[op.kind] is the one for op.
+  (HANDLERS[op.kind] as (tx: Tx, op: Op) => void)(tx, op);
 }
 
 /**
