@@ -524,7 +524,8 @@ interface BenchResult {
   qemu?: QemuResult;
   /** model seconds / qemu-io net seconds (> 1: the model is slower). */
   timeRatio?: number;
-  meetsOpsTarget: boolean;
+  /** Undefined for the mixed benchmark: the issue asks for its figures, the 50,000 ops/s target is the random writes'. */
+  meetsOpsTarget?: boolean;
   meetsMemoryTarget: boolean;
   pending?: string;
 }
@@ -541,7 +542,7 @@ function printTable(results: readonly BenchResult[], args: Args): void {
   add('model time', (r) => `${r.model.seconds.toFixed(2)} s`);
   add('model ops/s', (r) => `${Math.round(r.model.opsPerSec)}`);
   add('  runs (median above)', (r) => (r.model.runsOpsPerSec ?? [r.model.opsPerSec]).map((x) => Math.round(x)).join(' / '));
-  add(`  target ≥ ${TARGET_OPS_PER_SEC}`, (r) => (r.meetsOpsTarget ? 'met' : 'MISSED'));
+  add(`  target ≥ ${TARGET_OPS_PER_SEC}`, (r) => (r.meetsOpsTarget === undefined ? '– (figures only)' : r.meetsOpsTarget ? 'met' : 'MISSED'));
   add('metadata (clusters)', (r) => `${mib(r.model.metadataBytes)} (${r.model.metadataClusters})`);
   add('data written', (r) => mib(r.model.dataBytes));
   add(`budget ${TARGET_MEMORY_FACTOR}×(meta+data)`, (r) => mib(r.model.memoryBudget));
@@ -626,6 +627,7 @@ async function bench(
   gen: () => Iterable<BenchOp>,
   withQemu: boolean,
   repeat: number,
+  hasOpsTarget: boolean,
   pending?: string,
 ): Promise<BenchResult> {
   const model = runModelRepeated(name, repeat);
@@ -644,7 +646,7 @@ async function bench(
     description,
     model,
     ...(qemu ? { qemu, timeRatio: model.seconds / qemu.netSeconds } : {}),
-    meetsOpsTarget: model.opsPerSec >= TARGET_OPS_PER_SEC,
+    ...(hasOpsTarget ? { meetsOpsTarget: model.opsPerSec >= TARGET_OPS_PER_SEC } : {}),
     meetsMemoryTarget: memUsed <= model.memoryBudget,
     ...(pending !== undefined ? { pending } : {}),
   };
@@ -671,6 +673,7 @@ async function main(): Promise<void> {
       () => randomWrites(args.ops, args.seed),
       args.qemu,
       args.repeat,
+      true,
     ),
   );
   results.push(
@@ -680,6 +683,7 @@ async function main(): Promise<void> {
       () => mixedOps(args.mixedOps, args.seed),
       args.qemu,
       args.repeat,
+      false,
     ),
   );
   if (args.json) {
