@@ -117,6 +117,29 @@ export function replayPathOf(printed: string): string | undefined {
 }
 
 /**
+ * The Failure of a failed fc.check (undefined when it passed): seed, path, the replayPath a command
+ * list prints, the shrunk counterexample and its error, and `replay(path, replayPath)` as the line
+ * of code that replays it.
+ */
+export function failureOf<Ts>(d: fc.RunDetails<Ts>, campaign: string, cls: string, replay: (path: string, replayPath: string | undefined) => string): Failure | undefined {
+  if (!d.failed) return undefined;
+  const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
+  const path = d.counterexamplePath ?? '';
+  const replayPath = replayPathOf(counterexample);
+  const err = d.errorInstance;
+  return {
+    campaign,
+    cls,
+    seed: d.seed,
+    path,
+    ...(replayPath !== undefined ? { replayPath } : {}),
+    counterexample,
+    error: err instanceof Error ? err.message : String(err),
+    replay: replay(path, replayPath),
+  };
+}
+
+/**
  * The model-commands property (model vs raw-disk oracle, fc.commands with size 'max') as a campaign
  * with one class per entry of CONFIG_CLASSES, against `system` (the model's `step` unless a test
  * plugs in a broken one). Compressed writes are generated as in `npm test`.
@@ -134,25 +157,9 @@ export function modelCommandsCampaign(system: StepFn = modelStep, systemName = '
       const prop = commandsProperty(configArb(cls as ConfigClass), system, { maxCommands: max, compressed: true, onRun: ({ steps: n }) => steps.push(n) });
       const d = fc.check(prop, { seed, numRuns });
       const ops = steps.slice(0, d.numRuns).reduce((a, b) => a + b, 0);
-      if (!d.failed) return { sequences: d.numRuns, ops };
-      const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
-      const path = d.counterexamplePath ?? '';
-      const replayPath = replayPathOf(counterexample);
-      const err = d.errorInstance;
-      return {
-        sequences: d.numRuns,
-        ops,
-        failure: {
-          campaign: 'model-commands',
-          cls,
-          seed: d.seed,
-          path,
-          ...(replayPath !== undefined ? { replayPath } : {}),
-          counterexample,
-          error: err instanceof Error ? err.message : String(err),
-          replay: `fc.assert(commandsProperty(configArb('${cls}'), ${systemName}, { maxCommands: ${max}, compressed: true${replayPath !== undefined ? `, replayPath: '${replayPath}'` : ''} }), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`,
-        },
-      };
+      const failure = failureOf(d, 'model-commands', cls, (path, replayPath) =>
+        `fc.assert(commandsProperty(configArb('${cls}'), ${systemName}, { maxCommands: ${max}, compressed: true${replayPath !== undefined ? `, replayPath: '${replayPath}'` : ''} }), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`);
+      return { sequences: d.numRuns, ops, ...(failure !== undefined ? { failure } : {}) };
     },
   };
 }
@@ -202,25 +209,9 @@ export function qemuCampaign(direction: 'forward' | 'reverse', stats: QemuCampai
       const qemuCalls = reports.reduce((a, r) => a + r.qemuCalls, 0);
       const withLayout = reports.filter((r) => r.layout !== undefined);
       const layout = direction === 'reverse' ? { layout: { compared: withLayout.length, identical: withLayout.filter((r) => r.layout!.identical).length } } : {};
-      if (!d.failed) return { sequences: d.numRuns, ops, qemuCalls, ...layout };
-      const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
-      const path = d.counterexamplePath ?? '';
-      const err = d.errorInstance;
-      return {
-        sequences: d.numRuns,
-        ops,
-        qemuCalls,
-        ...layout,
-        failure: {
-          campaign: name,
-          cls,
-          seed: d.seed,
-          path,
-          counterexample,
-          error: err instanceof Error ? err.message : String(err),
-          replay: `fc.assert(fc.asyncProperty(sequenceArb('${cls}', ${max}), (s) => ${direction}Run(s)), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`,
-        },
-      };
+      const failure = failureOf(d, name, cls, (path) =>
+        `fc.assert(fc.asyncProperty(sequenceArb('${cls}', ${max}), (s) => ${direction}Run(s)), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`);
+      return { sequences: d.numRuns, ops, qemuCalls, ...layout, ...(failure !== undefined ? { failure } : {}) };
     },
   };
 }

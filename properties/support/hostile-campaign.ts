@@ -22,7 +22,7 @@
 import { Worker } from 'node:worker_threads';
 import fc from 'fast-check';
 import { boundaryValues, mutationTargets, type Mutation, type MutationTargets } from '../../src/corrupt/mutate.ts';
-import type { BatchParams, BatchResult, Campaign } from '../../scripts/fuzz.ts';
+import { failureOf, type BatchParams, type BatchResult, type Campaign } from '../../scripts/fuzz.ts';
 import type { CaseReport } from './hostile-harness.ts';
 import { modelPool, qemuPool, type PoolImage } from './hostile-pool.ts';
 
@@ -255,23 +255,9 @@ export function hostileCampaign(): Campaign & { summary(): string; close(): Prom
       const d = await fc.check(hostileProperty(runner, hostileCaseArb(pool, kinds), stats), { seed, numRuns });
       const sequences = d.numRuns;
       const ops = (stats.cases - before) * 13;
-      if (!d.failed) return { sequences, ops };
-      const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
-      const path = d.counterexamplePath ?? '';
-      const err = d.errorInstance;
-      return {
-        sequences,
-        ops,
-        failure: {
-          campaign: 'hostile-input',
-          cls,
-          seed: d.seed,
-          path,
-          counterexample,
-          error: err instanceof Error ? err.message : String(err),
-          replay: `fc.assert(hostileProperty(runner, hostileCaseArb(pool, ${JSON.stringify(kinds)}), stats), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`,
-        },
-      };
+      const failure = failureOf(d, 'hostile-input', cls, (path) =>
+        `fc.assert(hostileProperty(runner, hostileCaseArb(pool, ${JSON.stringify(kinds)}), stats), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`);
+      return { sequences, ops, ...(failure !== undefined ? { failure } : {}) };
     },
     summary: () => stats.summary(),
     close: async () => {

@@ -42,7 +42,7 @@ import { repairImage, type RepairMode } from '../../src/model/repair.ts';
 import { step } from '../../src/model/step.ts';
 import { writeRawFile, type RawDisk } from '../../src/oracle/raw-disk.ts';
 import { checkCounter, qemuImgCheck, toBigInt, type QemuCheckResult } from '../../src/qemu/qemu-img.ts';
-import type { BatchParams, BatchResult, Campaign } from '../../scripts/fuzz.ts';
+import { failureOf, type BatchParams, type BatchResult, type Campaign } from '../../scripts/fuzz.ts';
 import { backingOracle, configArb, modelStep, runArb, setup, type Cmd, type Config, type ConfigClass } from './model-commands.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -441,25 +441,9 @@ export function injectionCampaign(): Campaign & { summary(): string; close(): Pr
       const before = stats.cases;
       const d = await fc.check(injectionProperty(ws, injectionCaseArb(names, max), stats), { seed, numRuns });
       const ops = stats.cases - before;
-      if (!d.failed) return { sequences: d.numRuns, ops };
-      const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
-      const path = d.counterexamplePath ?? '';
-      const replayPath = /replayPath="([^"]*)"/.exec(counterexample)?.[1];
-      const err = d.errorInstance;
-      return {
-        sequences: d.numRuns,
-        ops,
-        failure: {
-          campaign: 'corruption-injection',
-          cls,
-          seed: d.seed,
-          path,
-          ...(replayPath !== undefined ? { replayPath } : {}),
-          counterexample,
-          error: err instanceof Error ? err.message : String(err),
-          replay: `fc.assert(injectionProperty(ws, injectionCaseArb(${JSON.stringify(names)}, ${max}), stats), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`,
-        },
-      };
+      const failure = failureOf(d, 'corruption-injection', cls, (path) =>
+        `fc.assert(injectionProperty(ws, injectionCaseArb(${JSON.stringify(names)}, ${max}), stats), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`);
+      return { sequences: d.numRuns, ops, ...(failure !== undefined ? { failure } : {}) };
     },
     summary: () => stats.summary(),
     close: async () => {

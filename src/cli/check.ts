@@ -30,6 +30,7 @@ import { qemuJsonPretty } from './info.ts';
 import { errnoText, type CliIo } from './io.ts';
 import { OpenImageError, withOpenImage, type OpenOptions } from './open-image.ts';
 import { applyHostIOToFile } from './run.ts';
+import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
 /** Help text of the check command. */
 export const CHECK_HELP = `Usage: qcow2-ref check [-r leaks|all] [--output=human|json] [-f qcow2] [-q] IMAGE
@@ -74,22 +75,8 @@ function ownLine(line: string): string {
 
 /** `x` (a finite double ≥ 0) as glibc's printf("%0.2f") prints it: exact value, ties to even. */
 export function formatFixed2(x: number): string {
-  const dv = new DataView(new ArrayBuffer(8));
-  dv.setFloat64(0, x);
-  const bits = dv.getBigUint64(0);
-  const e = Number((bits >> 52n) & 0x7ffn);
-  const frac = bits & ((1n << 52n) - 1n);
-  // x = mant × 2^exp exactly.
-  const mant = e === 0 ? frac : frac | (1n << 52n);
-  const exp = (e === 0 ? 1 : e) - 1075;
-  let num = mant * 100n;
-  let den = 1n;
-  if (exp >= 0) num <<= BigInt(exp);
-  else den <<= BigInt(-exp);
-  let q = num / den;
-  const r2 = (num % den) * 2n;
-  if (r2 > den || (r2 === den && (q & 1n) === 1n)) q++;
-  const s = q.toString().padStart(3, '0');
+  const { num, den } = exactFraction(x);
+  const s = roundHalfEven(num * 100n, den).toString().padStart(3, '0');
   return `${s.slice(0, -2)}.${s.slice(-2)}`;
 }
 

@@ -18,6 +18,7 @@ import { isQcow2FormatError } from '../format/errors.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
 import { HostReaderError } from '../model/host-file.ts';
 import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImage, type OpenedLayer } from './open-image.ts';
+import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
 /** Help text of the info command. */
 export const INFO_HELP = `Usage: qcow2-ref info [--output=human|json] [--backing-chain]
@@ -153,17 +154,8 @@ export function qemuJsonPretty(obj: QObject): string {
 /** `x` (a finite double ≥ 0) as C's printf("%0.3g") prints it with glibc (exact, ties to even). */
 export function formatG3(x: number): string {
   if (x === 0) return '0';
-  // x = mant × 2^exp exactly.
-  const dv = new DataView(new ArrayBuffer(8));
-  dv.setFloat64(0, x);
-  const bits = dv.getBigUint64(0);
-  const e = Number((bits >> 52n) & 0x7ffn);
-  const frac = bits & ((1n << 52n) - 1n);
-  const mant = e === 0 ? frac : frac | (1n << 52n);
-  const exp = (e === 0 ? 1 : e) - 1075;
-  // value = num / den
-  let num = exp >= 0 ? mant << BigInt(exp) : mant;
-  let den = exp >= 0 ? 1n : 1n << BigInt(-exp);
+  // value = num / den exactly.
+  let { num, den } = exactFraction(x);
   // Decimal exponent E with 10^E <= value < 10^(E+1).
   let E = Math.floor(Math.log10(x));
   const pow10 = (k: number): bigint => 10n ** BigInt(k);
@@ -174,9 +166,7 @@ export function formatG3(x: number): string {
   const shift = E - 2;
   if (shift >= 0) den *= pow10(shift);
   else num *= pow10(-shift);
-  let q = num / den;
-  const r2 = (num % den) * 2n;
-  if (r2 > den || (r2 === den && (q & 1n) === 1n)) q += 1n;
+  let q = roundHalfEven(num, den);
   if (q === 1000n) {
     q = 100n;
     E += 1;

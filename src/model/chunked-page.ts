@@ -142,6 +142,40 @@ function materialize(p: ChunkedPage): Uint8Array {
 }
 
 /**
+ * Visits bytes [from, end) of a chunked page without a flat copy piece by piece, in order: each
+ * chunk's part as `onChunk(chunk, i - chunkStart, i, stop)` (the chunk may be an on-heap array:
+ * read it by index, never view it with subarray), and each run of chunk-less bytes as one
+ * `onBase(base, i, stop)` (`base` undefined: zeros). Stops as soon as a visitor returns false, and
+ * returns whether it went through.
+ */
+function walkPieces(
+  leaf: ChunkedPage,
+  from: number,
+  end: number,
+  onChunk: (chunk: Uint8Array, chunkAt: number, i: number, stop: number) => boolean,
+  onBase: (base: Uint8Array | undefined, i: number, stop: number) => boolean,
+): boolean {
+  let i = from;
+  while (i < end) {
+    const c = i >> CHUNK_BITS;
+    const cStart = c << CHUNK_BITS;
+    const stop = Math.min(end, cStart + CHUNK_SIZE);
+    const ch = chunkAt(leaf, c);
+    if (ch !== undefined) {
+      if (!onChunk(ch, i - cStart, i, stop)) return false;
+      i = stop;
+    } else {
+      // A run of chunks without their own bytes: one piece of the base.
+      let runEnd = stop;
+      while (runEnd < end && !hasChunk(leaf, runEnd >> CHUNK_BITS)) runEnd = Math.min(end, runEnd + CHUNK_SIZE);
+      if (!onBase(leaf.base, i, runEnd)) return false;
+      i = runEnd;
+    }
+  }
+  return true;
+}
+
+/**
  * Copies bytes [within, within + n) of `leaf` into `out` at `pos` (all n bytes, zeros included:
  * `out` may be a reused buffer).
  */
@@ -151,26 +185,20 @@ export function copyFromLeaf(leaf: PageLeaf, within: number, n: number, out: Uin
     out.set(n === LEAF_PAGE_SIZE ? p : p.subarray(within, within + n), pos);
     return;
   }
-  const end = within + n;
-  const base = leaf.base;
-  let i = within;
-  while (i < end) {
-    const c = i >> CHUNK_BITS;
-    const cStart = c << CHUNK_BITS;
-    const stop = Math.min(end, cStart + CHUNK_SIZE);
-    const ch = chunkAt(leaf, c);
-    if (ch !== undefined) {
-      for (let k = i; k < stop; k++) out[pos + k - within] = ch[k - cStart]!;
-      i = stop;
-    } else {
-      // A run of chunks without their own bytes: one copy from the base (or nothing: zeros).
-      let runEnd = stop;
-      while (runEnd < end && !hasChunk(leaf, runEnd >> CHUNK_BITS)) runEnd = Math.min(end, runEnd + CHUNK_SIZE);
-      if (base !== undefined) out.set(base.subarray(i, runEnd), pos + i - within);
-      else out.fill(0, pos + i - within, pos + runEnd - within); // `out` may be a reused buffer
-      i = runEnd;
-    }
-  }
+  walkPieces(
+    leaf,
+    within,
+    within + n,
+    (ch, at, i, stop) => {
+      for (let k = i; k < stop; k++) out[pos + k - within] = ch[at + k - i]!;
+      return true;
+    },
+    (base, i, stop) => {
+      if (base !== undefined) out.set(base.subarray(i, stop), pos + i - within);
+      else out.fill(0, pos + i - within, pos + stop - within); // `out` may be a reused buffer
+      return true;
+    },
+  );
 }
 
 /**
@@ -190,40 +218,23 @@ export function leafSpot(leaf: PageLeaf, within: number, n: number, zeros: Uint8
   return { bytes: leaf.base ?? zeros, at: within };
 }
 
-/** Whether bytes [from, from + n) of a (possibly on-heap) small array are all 0, without viewing it. */
-function chunkRangeZero(b: Uint8Array, from: number, n: number): boolean {
+/** Whether bytes [from, from + n) of `b` (any array, possibly an on-heap chunk: read by index, never viewed) are all 0. */
+export function isZeroSmall(b: Uint8Array, from = 0, n = b.length - from): boolean {
   for (let i = from; i < from + n; i++) if (b[i] !== 0) return false;
   return true;
-}
-
-/** Whether bytes [from, from + n) of `b` (any array, possibly an on-heap chunk) are all 0. */
-export function isZeroSmall(b: Uint8Array, from = 0, n = b.length - from): boolean {
-  return chunkRangeZero(b, from, n);
 }
 
 /** Whether bytes [from, from + n) of the page are all 0. */
 export function leafRangeIsZero(leaf: PageLeaf, from: number, n: number): boolean {
   if (!(leaf instanceof ChunkedPage)) return isZeroBytes(leaf, from, n);
   if (leaf.flat !== undefined) return isZeroBytes(leaf.flat, from, n);
-  const end = from + n;
-  const base = leaf.base;
-  let i = from;
-  while (i < end) {
-    const c = i >> CHUNK_BITS;
-    const cStart = c << CHUNK_BITS;
-    const stop = Math.min(end, cStart + CHUNK_SIZE);
-    const ch = chunkAt(leaf, c);
-    if (ch !== undefined) {
-      if (!chunkRangeZero(ch, i - cStart, stop - i)) return false;
-      i = stop;
-    } else {
-      let runEnd = stop;
-      while (runEnd < end && !hasChunk(leaf, runEnd >> CHUNK_BITS)) runEnd = Math.min(end, runEnd + CHUNK_SIZE);
-      if (base !== undefined && !isZeroBytes(base, i, runEnd - i)) return false;
-      i = runEnd;
-    }
-  }
-  return true;
+  return walkPieces(
+    leaf,
+    from,
+    from + n,
+    (ch, at, i, stop) => isZeroSmall(ch, at, stop - i),
+    (base, i, stop) => base === undefined || isZeroBytes(base, i, stop - i),
+  );
 }
 
 /** Whether the whole page is zeros. */

@@ -34,6 +34,7 @@ import {
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
+  type HeaderState,
   type Image,
 } from './image.ts';
 import { loadImage, type LoadOptions } from './load-store.ts';
@@ -316,27 +317,13 @@ function be64(b: Uint8Array, at: number): bigint {
   return (BigInt(be32(b, at)) << 32n) | BigInt(be32(b, at + 4));
 }
 
-/** QEMU's QCowHeader after qcow2_do_open's byte swapping (v2 images get the v3 defaults). */
-interface RawHeader {
+/**
+ * QEMU's QCowHeader after qcow2_do_open's byte swapping (v2 images get the v3 defaults): the model's
+ * HeaderState fields, with the magic and a version not yet checked to be 2 or 3.
+ */
+interface RawHeader extends Omit<HeaderState, 'version'> {
   readonly magic: number;
   readonly version: number;
-  readonly backingFileOffset: bigint;
-  readonly backingFileSize: number;
-  readonly clusterBits: number;
-  readonly size: bigint;
-  readonly cryptMethod: number;
-  readonly l1Size: number;
-  readonly l1TableOffset: bigint;
-  readonly refcountTableOffset: bigint;
-  readonly refcountTableClusters: number;
-  readonly nbSnapshots: number;
-  readonly snapshotsOffset: bigint;
-  readonly incompatibleFeatures: bigint;
-  readonly compatibleFeatures: bigint;
-  readonly autoclearFeatures: bigint;
-  readonly refcountOrder: number;
-  readonly headerLength: number;
-  readonly compressionType: number;
 }
 
 /** The header fields of `b` (the first 112 bytes of the file, zero-padded), fact sheet §1.1. */
