@@ -26,7 +26,7 @@ import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, statS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { REPO_ROOT } from '../src/repo-root.ts';
+import { REPO_ROOT } from '../src/io/repo-root.ts';
 
 const MiB = 1 << 20;
 const TARGET_RATIO = 1.5;

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeQcow2 } from '../generated/qcow2.ts';
-import { isQcow2FormatError } from '../src/format/errors.ts';
+import { isQcow2FormatError } from '../src/codec/errors.ts';
 import { requireQemu } from '../src/qemu/run.ts';
 import { compareWithKaitai, type KaitaiQuirk } from '../test/support/compare-with-kaitai.ts';
 import { buildImageMatrix } from '../test/support/image-matrix.ts';

@@ -23,7 +23,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createImage } from '../src/model/create.ts';
 import { closeImage } from '../src/model/close.ts';
 import { storeImage } from '../src/model/load-store.ts';
-import { mapImage } from '../src/model/map.ts';
+import { mapImage } from '../src/model/block-status.ts';
 import type { Op } from '../src/model/ops.ts';
 import { step } from '../src/model/step.ts';
 import { RawDisk } from '../src/oracle/raw-disk.ts';

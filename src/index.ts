@@ -13,7 +13,7 @@
  * - The oracles: `RawDisk` (a flat sparse disk with the same ops) and `checkInvariants`.
  */
 export * from '../generated/qcow2.ts';
-export * from './format/errors.ts';
+export * from './codec/errors.ts';
 export * from './format/u64.ts';
 export * from './format/entries.ts';
 export * from './format/features.ts';
@@ -25,17 +25,18 @@ export { OP_KINDS, opRange, type Op, type OpKind } from './model/ops.ts';
 export { createImage, CreateError, type CreateOptions, type CreateResult } from './model/create.ts';
 export { loadImage, storeImage, storeDataFile, type LoadOptions } from './model/load-store.ts';
 export { readGuest, readGuestInto } from './model/read.ts';
-export { mapImage, type MapExtent, type MapOptions, type HostAllocation } from './model/map.ts';
+export { mapImage, type MapExtent, type MapOptions, type HostAllocation } from './model/block-status.ts';
 export { imageBackingSource, rawBackingSource, rawReaderBackingSource } from './model/backing.ts';
 export { closeImage } from './model/close.ts';
 export { ModelError, type ModelErrorCode } from './model/errors.ts';
 export { freshSession, geometryOf, type BackingSource, type Geometry, type HeaderState, type Image, type SessionState } from './model/image.ts';
-export { applyHostIO, emptyHostFile, hostBytes, hostFromBytes, readHost, type HostFile, type HostIO, type HostTarget } from './model/host-file.ts';
-export { hostFromReader, rebaseHostFile, HostReaderError, type HostBase, type HostReader } from './model/host-file.ts';
-export { formatScript, parseScript, parseScriptValue, ScriptError } from './model/script.ts';
+export { applyHostIO, emptyHostFile, hostBytes, hostFromBytes, hostFromReader, readHost, rebaseHostFile, type HostFile } from './model/host-file.ts';
+export type { HostIO, HostTarget } from './model/host-io.ts';
+export { HostReaderError, type HostBase, type HostReader } from './model/host-reader.ts';
+export { formatScript, parseScript, parseScriptValue, ScriptError } from './script/script.ts';
 export { RawDisk, RawDiskError, type RawDiskConfig } from './oracle/raw-disk.ts';
 export { checkInvariants, type InvariantKind, type InvariantViolation } from './oracle/invariants.ts';
-export { openImage, openImageWithIo, OpenError, isOpenError, type OpenErrorCode, type OpenOptions, type OpenResult } from './model/open.ts';
+export { openImage, openImageWithIo, OpenError, isOpenError, type OpenErrorCode, type OpenOptions, type OpenResult } from './open/open.ts';
 export { formatManifest, parseManifest, readManifest, writeManifest, ManifestError, type CorpusCase } from './corpus/manifest.ts';
-export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from './model/check.ts';
-export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './model/repair.ts';
+export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from './check/check.ts';
+export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './check/repair.ts';

@@ -6,8 +6,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import * as generated from '../generated/qcow2.ts';
-import { isZeroBytes, isZeroBytesPortable } from '../src/format/bytes.ts';
-import { applyHostIO, emptyHostFile, hostBytes, PAGE_SIZE, PageMap, readHost, viewHost, type HostIO } from '../src/model/host-file.ts';
+import { isZeroBytes, isZeroBytesPortable } from '../src/codec/bytes.ts';
+import { applyHostIO, emptyHostFile, hostBytes, readHost, viewHost } from '../src/model/host-file.ts';
+import { PAGE_SIZE, PageMap } from '../src/model/page-map.ts';
+import { type HostIO } from '../src/model/host-io.ts';
 
 const naiveZero = (b: Uint8Array, from: number, len: number): boolean => b.subarray(from, from + len).every((x) => x === 0);
 

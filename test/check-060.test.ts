@@ -3,10 +3,10 @@
  * iotest 080 cases whose outcome is a check result (fact sheet §12.1, §12.2): every image is built
  * with qemu-img / qemu-io 7.2 and poked as the iotest pokes it; then on the same bytes
  *
- * - `qcow2-ref check` (src/cli/check.ts checkReport over src/model/check.ts) and `qemu-img check`
+ * - `qcow2-ref check` (src/cli/check.ts checkReport over src/check/check.ts) and `qemu-img check`
  *   print the same report (human and JSON, stdout), the same ERROR / Leaked lines (stderr) and return
  *   the same exit code;
- * - on two copies, `qemu-img check -r leaks|all` and our repair (src/model/repair.ts, its writes
+ * - on two copies, `qemu-img check -r leaks|all` and our repair (src/check/repair.ts, its writes
  *   issued to the copy by the CLI's writer) print the same, return the same, and leave files that
  *   `qemu-img check` judges the same — byte for byte the same files, in fact;
  * - guest data written before the corruption and not touched by it reads back unchanged from our
@@ -26,8 +26,8 @@ import { copyFile, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fileReader } from '../src/cli/file-reader.ts';
-import { MAX_FILE_BYTES } from '../src/model/check.ts';
+import { fileReader } from '../src/io/file-reader.ts';
+import { MAX_FILE_BYTES } from '../src/check/check.ts';
 import { loadImage } from '../src/model/load-store.ts';
 import { readGuest } from '../src/model/read.ts';
 import { parseQemuJson, qemuImgCreate, qemuImgSnapshot } from '../src/qemu/qemu-img.ts';
@@ -455,7 +455,7 @@ beforeAll(async () => {
     built.set(c.name, path);
   }));
   // The refcount-block-outside-image repair grows the file; how far the file system lets it grow
-  // decides QEMU's answer, and the model assumes ext4's limit (src/model/check.ts MAX_FILE_BYTES).
+  // decides QEMU's answer, and the model assumes ext4's limit (src/check/check.ts MAX_FILE_BYTES).
   const probe = join(dir, 'size-probe');
   await writeFile(probe, '');
   const grows = async (n: bigint): Promise<boolean> => truncate(probe, Number(n)).then(() => true, () => false);

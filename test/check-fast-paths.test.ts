@@ -2,13 +2,13 @@
  * The check's fast paths (the ones that made `-r all` and 2 MiB / 2-bit images fast) agree with the
  * straightforward computation they replace, on random input:
  *
- * - the overlap check's sorted cluster intervals (src/model/check-overlap.ts ClusterIntervals) with
+ * - the overlap check's sorted cluster intervals (src/check/overlap.ts ClusterIntervals) with
  *   QEMU's ranges_overlap applied to every range, uint64 wrap-around included (offsets up to 2^64-1);
  * - the refcount-block scan for non-zero refcounts and the single-refcount read
- *   (src/model/check-refblocks.ts) with the generated decoder run over the whole block;
- * - the rebuild's refcount block bytes (src/model/imrt.ts refblockBytes, only non-zero bytes
+ *   (src/check/refblocks.ts) with the generated decoder run over the whole block;
+ * - the rebuild's refcount block bytes (src/check/imrt.ts refblockBytes, only non-zero bytes
  *   encoded) with the generated encoder run over every refcount of the block;
- * - the in-memory reftable (src/model/check-tables.ts) with a decode of the table as it is on disk
+ * - the in-memory reftable (src/check/tables.ts) with a decode of the table as it is on disk
  *   after writes to it and elsewhere — and it is kept (the same view) while nothing touches it.
  *
  * Every refcount width (orders 0..6) is covered. ~2 s.
@@ -18,13 +18,13 @@ import { describe, expect, it } from 'vitest';
 import { decodeRefcountBlockFields, encodeRefcountBlock, type U64Fields } from '../generated/qcow2.ts';
 import { refcountValue } from '../src/format/entries.ts';
 import { bigIntToU64 } from '../src/format/u64.ts';
-import { newCheckContext, newCheckSession, Transcript, type CheckContext } from '../src/model/check-context.ts';
-import { ClusterIntervals, rangesOverlap } from '../src/model/check-overlap.ts';
-import { nonZeroRefcounts, refcountAt } from '../src/model/check-refblocks.ts';
-import { reftableView } from '../src/model/check-tables.ts';
+import { newCheckContext, newCheckSession, Transcript, type CheckContext } from '../src/check/context.ts';
+import { ClusterIntervals, rangesOverlap } from '../src/check/overlap.ts';
+import { nonZeroRefcounts, refcountAt } from '../src/check/refblocks.ts';
+import { reftableView } from '../src/check/tables.ts';
 import { createImage } from '../src/model/create.ts';
 import { readHost } from '../src/model/host-file.ts';
-import { Imrt } from '../src/model/imrt.ts';
+import { Imrt } from '../src/check/imrt.ts';
 import { beginTx, hostWrite, type Tx } from '../src/model/tx.ts';
 
 const U64_MAX = (1n << 64n) - 1n;

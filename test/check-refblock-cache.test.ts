@@ -7,7 +7,7 @@
  * compare when a dirty block is replaced (then every further cache miss fails: "Can't get refcount
  * ...", and the double check fails with "No medium found"), or only when the image is closed (and
  * with the dirty bit set, in qcow2_inactivate: "Failed to flush the refcount block cache").
- * src/model/check-refblocks.ts models the cache; these cases pin it to qemu-img 7.2.
+ * src/check/refblocks.ts models the cache; these cases pin it to qemu-img 7.2.
  *
  * Each image is made by qemu-img / qemu-io (512-byte or 1 KiB clusters so that there are many
  * refcount blocks: 24 writes, a snapshot, 8 more writes), then its snapshot entry is poked. On the

@@ -37,7 +37,7 @@ async function expectBounded(image: string, mutations: Mutation[]): Promise<void
 describe('check and repair bounds', () => {
   // The hostile property's shrunk case: refcount table entry 0 of the 2 MiB / 2-bit image gets bit 56
   // set, so its refcount block is out of reach and `-r all` rebuilds. The rebuild built every 8 Mi-entry
-  // refcount block as an array of 8 Mi refcounts for the generated encoder (src/model/imrt.ts
+  // refcount block as an array of 8 Mi refcounts for the generated encoder (src/check/imrt.ts
   // refblockBytes): 3.5 s, up to 252 MiB of heap. Now only the non-zero bytes are encoded.
   it('2 MiB clusters, 2-bit refcounts, a refcount table entry out of reach: the rebuild', async () => {
     await expectBounded('v3-2m-refcount2', [{ kind: 'flip', region: 'refcount-table', offset: 2097152, bit: 0 }]);
@@ -45,9 +45,9 @@ describe('check and repair bounds', () => {
 
   // Snapshot 1's L1 table said to have 1441784 entries, reaching over L2 tables and data: `-r all`
   // repairs thousands of entries, and each repair write's overlap check read and decoded the whole
-  // refcount table and active L1 table again, entry by entry (src/model/check-refcounts.ts
+  // refcount table and active L1 table again, entry by entry (src/check/refcounts.ts
   // fixL2EntryByZero → check-overlap.ts metadataOverlap → reftableWord): 12.8 s. Now the tables are decoded once per version
-  // (src/model/check-tables.ts) and the overlap check searches sorted intervals.
+  // (src/check/tables.ts) and the overlap check searches sorted intervals.
   it('a snapshot L1 table of 1441784 entries in a version 2 image', async () => {
     await expectBounded('v2-64k-snapshots', [fieldWrite('v2-64k-snapshots', 'snapshot[1].l1_size', 1441784n)]);
   });

@@ -13,7 +13,7 @@
  * Then: the backing-file policy, atomic replacement of OUT (nothing half-written, no temporary file
  * left), usage errors and --help, the progress bar (drawn only on a terminal), memory bounded in a
  * child process for a 64 GiB sparse image and for dense inputs of growing size, and the reader-based
- * opening of images (src/cli/open-image.ts, rawReaderBackingSource).
+ * opening of images (src/io/open-file.ts, rawReaderBackingSource).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -24,9 +24,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isAllocatedSectorsMin, parseTargetOptions, runConvert } from '../src/cli/convert.ts';
 import { main } from '../src/cli/main.ts';
 import * as api from '../src/index.ts';
-import { openImage, withOpenImage } from '../src/cli/open-image.ts';
+import { openImage, withOpenImage } from '../src/io/open-file.ts';
 import { rawBackingSource, rawReaderBackingSource } from '../src/model/backing.ts';
-import { HostReaderError } from '../src/model/host-file.ts';
+import { HostReaderError } from '../src/model/host-reader.ts';
 import { checkCounter, qemuImgCheck, qemuImgCompare, qemuImgConvert, qemuImgCreate, qemuIo } from '../src/qemu/qemu-img.ts';
 import { requireQemu } from '../src/qemu/run.ts';
 import { buildImageMatrix, type MatrixImage } from './support/image-matrix.ts';
@@ -467,7 +467,7 @@ describe('memory does not grow with the image or its data (child processes)', ()
   }, 600_000);
 });
 
-describe('opening images through readers (src/cli/open-image.ts)', () => {
+describe('opening images through readers (src/io/open-file.ts)', () => {
   it('the public API exports the reader-based host files', () => {
     expect(typeof api.hostFromReader).toBe('function');
     expect(typeof api.rebaseHostFile).toBe('function');

@@ -17,10 +17,10 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.ts';
 import { parseQemuSize } from '../src/cli/create.ts';
-import { fileReader } from '../src/cli/file-reader.ts';
+import { fileReader } from '../src/io/file-reader.ts';
 import { planOps } from '../src/cli/run.ts';
 import { loadImage } from '../src/model/load-store.ts';
-import { parseScript } from '../src/model/script.ts';
+import { parseScript } from '../src/script/script.ts';
 import { qemuImgCheck, qemuImgCreate, qemuImgCreateArgs, qemuIo } from '../src/qemu/qemu-img.ts';
 import { requireQemu, runTool } from '../src/qemu/run.ts';
 

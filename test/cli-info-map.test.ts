@@ -19,7 +19,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fullyAllocated, probeHostAllocationsOrFull } from '../src/cli/host-allocation.ts';
+import { fullyAllocated, probeHostAllocationsOrFull } from '../src/io/seek-data.ts';
 import { formatG3, sizeToStr } from '../src/cli/info.ts';
 import { main } from '../src/cli/main.ts';
 import { parseQemuJson, qemuImgCreate, qemuImgInfo, qemuImgSnapshot, qemuIo } from '../src/qemu/qemu-img.ts';

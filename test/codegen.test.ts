@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { evaluate, parseExpression, toTypeScript } from '../src/codegen/expression.ts';
 import { KsyError, readKsy } from '../src/codegen/ksy-model.ts';
-import { kaitaiMod } from '../src/format/codec-support.ts';
+import { kaitaiMod } from '../src/codec/codec-support.ts';
 
 const run = promisify(execFile);
 const REPO = join(import.meta.dirname, '..');

@@ -24,7 +24,7 @@ import { entryUsage, ExpectedFailuresError, parseExpectedFailures } from '../src
 import { runAdapter } from '../src/conform/run-adapter.ts';
 import { writeManifest, type CorpusCase } from '../src/corpus/manifest.ts';
 import type { Op } from '../src/model/ops.ts';
-import { formatScript } from '../src/model/script.ts';
+import { formatScript } from '../src/script/script.ts';
 import { checkCounter, qemuImgCheck, qemuImgConvert, qemuImgCreate } from '../src/qemu/qemu-img.ts';
 import { planQemuSteps, runQemuSteps } from '../src/qemu/qemu-steps.ts';
 import { requireQemu } from '../src/qemu/run.ts';

@@ -9,10 +9,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CHUNK_SIZE, CHUNKS_PER_PAGE, MAX_CHUNKS, SMALL_WRITE, type ChunkedPage } from '../src/model/chunked-page.ts';
-import {
-  emptyHostFile, hostBytes, hostFromReader, hostPage, hostSpot, PAGE_SIZE, readHost, sharedZeros, truncateHost, viewHost, writeHost,
-  writeHostOwned, zeroHost, type HostFile, type HostReader,
-} from '../src/model/host-file.ts';
+import { emptyHostFile, hostBytes, hostFromReader, hostPage, hostSpot, readHost, sharedZeros, truncateHost, viewHost, writeHost, writeHostOwned, zeroHost, type HostFile } from '../src/model/host-file.ts';
+import { PAGE_SIZE } from '../src/model/page-map.ts';
+import { type HostReader } from '../src/model/host-reader.ts';
 
 const PAGES = 4;
 const SPAN = PAGES * PAGE_SIZE;

@@ -4,10 +4,10 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  applyHostIO, discardHost, emptyHostFile, hostBytes, hostFromBytes, hostFromReader, hostPage, HostReaderError, PAGE_SIZE, readHost,
-  rebaseHostFile, truncateHost, viewHost, writeHost, zeroHost, type HostFile, type HostIO, type HostReader,
-} from '../src/model/host-file.ts';
+import { applyHostIO, discardHost, emptyHostFile, hostBytes, hostFromBytes, hostFromReader, hostPage, readHost, rebaseHostFile, truncateHost, viewHost, writeHost, zeroHost, type HostFile } from '../src/model/host-file.ts';
+import { HostReaderError, type HostReader } from '../src/model/host-reader.ts';
+import { PAGE_SIZE } from '../src/model/page-map.ts';
+import { type HostIO } from '../src/model/host-io.ts';
 
 const SPAN = 5 * PAGE_SIZE;
 

@@ -45,7 +45,7 @@ async function expectBounded(image: string, mutations: Mutation[]): Promise<void
 
 describe('hostile-input regressions', () => {
   // 2 MiB clusters with refcount_bits 2: one refcount block holds 8 Mi refcounts. check decodes every
-  // block whole through the generated codec (src/model/check-context.ts, the refcount block read)
+  // block whole through the generated codec (src/check/context.ts, the refcount block read)
   // where the file needs a handful of them: ~1.5 s per check pass on the unmutated image, 3-6 s for
   // check + both repairs.
   it('2 MiB clusters, 2-bit refcounts: check and repair of the unmutated image', async () => {
@@ -53,7 +53,7 @@ describe('hostile-input regressions', () => {
   });
 
   // The same image with refcount_table_clusters 1 → 0 (header byte 59, bit 0): `-r all` rebuilds the
-  // refcount structure, building and encoding whole 8 Mi-entry blocks (src/model/imrt.ts
+  // refcount structure, building and encoding whole 8 Mi-entry blocks (src/check/imrt.ts
   // refblockBytes: an 8 Mi-element array per block; 2-4 s, ~240 MiB of heap).
   it('2 MiB clusters, 2-bit refcounts, no refcount table: the rebuild', async () => {
     await expectBounded('v3-2m-refcount2', [{ kind: 'flip', region: 'header-cluster', offset: 59, bit: 0 }]);
@@ -61,7 +61,7 @@ describe('hostile-input regressions', () => {
 
   // l1_size raised to 1 Mi entries (QEMU accepts up to 4 Mi): the entries past the real table are
   // whatever follows it in the file (L2 tables, data), ~300 000 corruptions. check visits each entry
-  // through per-entry host reads (src/model/check-refcounts.ts checkRefcountsL1, checkOflagCopied):
+  // through per-entry host reads (src/check/refcounts.ts checkRefcountsL1, checkOflagCopied):
   // ~4 s per pass.
   it('a 1 Mi-entry active L1 table over other structures', async () => {
     await expectBounded('v3-64k-snapshots', [write('header.l1_size', 36, 4, 1048576n)]);
@@ -77,7 +77,7 @@ describe('hostile-input regressions', () => {
   // moved to 0x58000, inside data full of 0x11 bytes, so its "L2 table" holds 8192 preallocated zero
   // entries with unaligned offsets. `-r all` repairs each one, and each repair write runs the
   // metadata-overlap check, which re-reads and decodes the whole refcount table every time
-  // (src/model/check-refcounts.ts fixL2EntryByZero → check-overlap.ts metadataOverlap →
+  // (src/check/refcounts.ts fixL2EntryByZero → check-overlap.ts metadataOverlap →
   // check-context.ts reftableWord): 7-14 s. Also found as v2-64k-snapshots with snapshot[1].l1_size
   // 1441784 (12.8 s).
   it('an L1 entry into data full of preallocated-zero-looking words: -r all', async () => {

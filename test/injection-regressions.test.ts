@@ -59,7 +59,7 @@ describe('corruption-injection regressions', () => {
   // overlap check against that snapshot's (huge) inactive L1 range: "qcow2: Marking image as corrupt:
   // Preventing invalid write on metadata (overlaps with inactive L1 table)", and the refcount updates
   // still cached are lost — the file keeps 36 leaks. Our repair reported the same counts but wrote
-  // every update (src/model/repair.ts / check overlap handling), so `qemu-img check` of the two
+  // every update (src/check/repair.ts / check overlap handling), so `qemu-img check` of the two
   // repaired files differed (ours: 2072 corruptions, 0 leaks; QEMU's: 2036 and 36).
   it('-r leaks with a snapshot L1 table too large for the overlap check', async () => {
     // The shrunk history: two writes, a zeroing that frees clusters in the middle (the snapshot's L1

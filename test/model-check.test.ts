@@ -1,5 +1,5 @@
 /**
- * checkImage (src/model/check.ts) on clean images agrees with `qemu-img check --output=json` exactly:
+ * checkImage (src/check/check.ts) on clean images agrees with `qemu-img check --output=json` exactly:
  * the same exit code and the same JSON text — image-end-offset, total / allocated / fragmented /
  * compressed clusters, and no corruption or leak — for
  *
@@ -20,8 +20,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkQObject } from '../src/cli/check.ts';
 import { qemuJsonPretty } from '../src/cli/info.ts';
-import { checkExitCode, checkImage } from '../src/model/check.ts';
-import { repairImage } from '../src/model/repair.ts';
+import { checkExitCode, checkImage } from '../src/check/check.ts';
+import { repairImage } from '../src/check/repair.ts';
 import { closeImage } from '../src/model/close.ts';
 import { createImage, type CreateOptions } from '../src/model/create.ts';
 import type { Image } from '../src/model/image.ts';

@@ -1,5 +1,5 @@
 /**
- * `mapImage` (src/model/map.ts) against `qemu-img map --output=json` of QEMU 7.2, in both directions:
+ * `mapImage` (src/model/block-status.ts) against `qemu-img map --output=json` of QEMU 7.2, in both directions:
  * - QEMU writes: qemu-io applies a random sequence of writes, zero writes (with and without unmap),
  *   discards and compressed writes to a `qemu-img create` image; our map of the loaded file must equal
  *   qemu-img's map of the same file, extent for extent;
@@ -17,7 +17,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { imageBackingSource, rawBackingSource } from '../src/model/backing.ts';
 import type { BackingSource, Image } from '../src/model/image.ts';
 import { loadImage, storeImage } from '../src/model/load-store.ts';
-import { mapImage, type HostAllocation, type MapExtent } from '../src/model/map.ts';
+import { mapImage, type HostAllocation, type MapExtent } from '../src/model/block-status.ts';
 import type { Op } from '../src/model/ops.ts';
 import { step } from '../src/model/step.ts';
 import { qemuImgCreate, qemuImgMap, qemuIo, toBigInt, type QemuMapExtent } from '../src/qemu/qemu-img.ts';
@@ -150,7 +150,7 @@ let run = 0;
 /** Builds the backing chain of `cfg` on disk (with qemu-img/qemu-io) and as a model BackingSource. */
 /**
  * A backing chain: its top file, and the model's BackingSource for it given the top file's current
- * host allocation (a qcow2 backing file's map depends on it, see src/model/map.ts).
+ * host allocation (a qcow2 backing file's map depends on it, see src/model/block-status.ts).
  */
 interface BackingChain {
   readonly path?: string;

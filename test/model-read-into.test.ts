@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { createImage } from '../src/model/create.ts';
-import type { HostReader } from '../src/model/host-file.ts';
+import type { HostReader } from '../src/model/host-reader.ts';
 import { hostFromReader, readHost, readHostInto } from '../src/model/host-file.ts';
 import type { Image } from '../src/model/image.ts';
 import { loadImage, storeImage } from '../src/model/load-store.ts';

@@ -1,5 +1,5 @@
 /**
- * QEMU 7.2's open-time validation (src/model/open.ts) side by side with qemu-io / qemu-img on the
+ * QEMU 7.2's open-time validation (src/open/open.ts) side by side with qemu-io / qemu-img on the
  * same file. Every case builds its image with `qemu-img create` (and `qemu-img snapshot`), pokes the
  * bytes as QEMU's tests/qemu-iotests/080 does (fact sheet §12.1) or as the §1.3 / §2 check needs, and
  * then asserts, for the same file:
@@ -25,11 +25,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { fileReader } from '../src/cli/file-reader.ts';
+import { fileReader } from '../src/io/file-reader.ts';
 import { main } from '../src/cli/main.ts';
-import { isQcow2FormatError } from '../src/format/errors.ts';
+import { isQcow2FormatError } from '../src/codec/errors.ts';
 import { storeImage } from '../src/model/load-store.ts';
-import { OpenError, openImage, openImageWithIo, type OpenErrorCode, type OpenOptions } from '../src/model/open.ts';
+import { OpenError, openImage, openImageWithIo, type OpenErrorCode, type OpenOptions } from '../src/open/open.ts';
 import { qemuImgCreateArgs } from '../src/qemu/qemu-img.ts';
 import { requireQemu, runTool, type RunResult } from '../src/qemu/run.ts';
 

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import * as api from '../src/index.ts';
-import { REPO_ROOT } from '../src/repo-root.ts';
+import { REPO_ROOT } from '../src/io/repo-root.ts';
 
 describe('public API', () => {
   it('create → step → store → load → read/map, checked against RawDisk and checkInvariants', () => {

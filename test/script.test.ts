@@ -1,12 +1,12 @@
 /**
- * The JSON op script (src/model/script.ts, docs/op-script.md): every rejection with its exact
+ * The JSON op script (src/script/script.ts, docs/op-script.md): every rejection with its exact
  * message, the round trip parseScript(formatScript(ops)) = ops, exact 64-bit decimal strings, and the
  * canonical text.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Op } from '../src/model/ops.ts';
-import { formatScript, MAX_U64, parseScript, ScriptError } from '../src/model/script.ts';
+import { formatScript, MAX_U64, parseScript, ScriptError } from '../src/script/script.ts';
 
 const U64 = 'expected a non-negative integer or decimal string';
 const OPS_LIST = 'write, zero, discard, compress, snapshot-create, snapshot-apply, snapshot-delete, resize, flush';

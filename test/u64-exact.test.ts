@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { decodeHeader, decodeL2Entry, encodeHeader, encodeL2Entry, type HeaderFields } from '../generated/qcow2.ts';
 import { bigIntToU64, jsonU64, offsetFromParts, offsetToParts, u64ToBigInt, U64_MAX } from '../src/format/u64.ts';
-import { Qcow2FormatError } from '../src/format/errors.ts';
+import { Qcow2FormatError } from '../src/codec/errors.ts';
 
 const require = createRequire(import.meta.url);
 const Kaitai = require('../generated/kaitai/Qcow2.cjs') as { Qcow2: { Header: new (io: unknown) => Record<string, { hi: number; lo: number }> } };

@@ -5,9 +5,9 @@
  * and each stage's outcome is recorded: ok, or the typed error it threw, or an untyped one (a bug).
  *
  * The typed errors, and why these:
- * - Qcow2FormatError: a structure that cannot be decoded (src/format/errors.ts);
+ * - Qcow2FormatError: a structure that cannot be decoded (src/codec/errors.ts);
  * - ModelError: an operation QEMU would fail, e.g. a corrupt entry met on a read (src/model/errors.ts);
- * - OpenError: an image QEMU 7.2 refuses to open (src/model/open.ts).
+ * - OpenError: an image QEMU 7.2 refuses to open (src/open/open.ts).
  * HostReaderError is NOT accepted: the cases read from bytes or from a correct in-memory reader, so
  * it could only mean the model asked a reader for bytes outside the file (a broken contract).
  * Anything else — TypeError, RangeError, a plain Error — is a failure.
@@ -17,9 +17,9 @@
  * (hostile-worker.ts). A stage is skipped only when the stage it needs failed (e.g. no map without
  * a read-only open).
  */
-import type { HostReader } from '../../src/model/host-file.ts';
+import type { HostReader } from '../../src/model/host-reader.ts';
 import type { Image } from '../../src/model/image.ts';
-import type { MapExtent } from '../../src/model/map.ts';
+import type { MapExtent } from '../../src/model/block-status.ts';
 
 /** The stages, in the order they run. */
 export const HOSTILE_STAGES = [
@@ -39,7 +39,7 @@ export const HOSTILE_STAGES = [
 ] as const;
 export type HostileStage = (typeof HOSTILE_STAGES)[number];
 
-/** How an image is opened (the options of src/model/open.ts openImage the harness uses). */
+/** How an image is opened (the options of src/open/open.ts openImage the harness uses). */
 export interface HostileOpenOptions {
   readonly writable?: boolean;
   readonly checkMode?: boolean;

@@ -27,7 +27,7 @@
  * corrupt the image), and the one write_zeroes shape the raw oracle documents it gets wrong.
  *
  * Every failure message carries a reproduction: the configuration, the qemu-img create command
- * lines of the image and its backing chain, and the op script(s) in src/model/script.ts format.
+ * lines of the image and its backing chain, and the op script(s) in src/script/script.ts format.
  *
  * Cost: sequences are mostly short (lengthArb); QEMU processes are started by helper processes
  * (tool-servers.ts), at most QEMU_PROCESSES at a time, and the read-only judges of one run (check,
@@ -45,12 +45,12 @@ import { closeImage } from '../../src/model/close.ts';
 import { createImage, type CreateOptions } from '../../src/model/create.ts';
 import { hostBytes } from '../../src/model/host-file.ts';
 import { freshSession, type BackingSource, type Image } from '../../src/model/image.ts';
-import { qcow2ImageInfo } from '../../src/model/info.ts';
+import { qcow2ImageInfo } from '../../src/views/info.ts';
 import { loadImage, storeDataFile, storeImage } from '../../src/model/load-store.ts';
-import { mapImage, type HostAllocation, type MapExtent } from '../../src/model/map.ts';
+import { mapImage, type HostAllocation, type MapExtent } from '../../src/model/block-status.ts';
 import { opRange, type Op } from '../../src/model/ops.ts';
 import { readGuest } from '../../src/model/read.ts';
-import { formatScript } from '../../src/model/script.ts';
+import { formatScript } from '../../src/script/script.ts';
 import { readSnapshots } from '../../src/model/snapshot.ts';
 import { step } from '../../src/model/step.ts';
 import { beginTx } from '../../src/model/tx.ts';
@@ -699,7 +699,7 @@ function probedNames(cfg: QemuConfig, files: RunFiles): string[] {
 }
 
 /**
- * A long-lived python3 doing what src/cli/host-allocation.ts's probe does (stat + SEEK_DATA/SEEK_HOLE,
+ * A long-lived python3 doing what src/io/seek-data.ts's probe does (stat + SEEK_DATA/SEEK_HOLE,
  * never reading contents), so that hundreds of probes do not each pay python's start-up (~0.3 s
  * here). One request at a time: a JSON list of paths in, one JSON line out.
  */

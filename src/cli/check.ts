@@ -12,23 +12,24 @@
  *   be opened, internal errors), 2 corruptions remain, 3 only leaks remain, 63 the format has no
  *   check (raw).
  *
- * The model (src/model/check.ts, src/model/repair.ts) decides everything; this file opens the image
- * (src/cli/open-image.ts in check mode, read-write with -r), prints, and with -r writes the repair's
+ * The model (src/check/check.ts, src/check/repair.ts) decides everything; this file opens the image
+ * (src/io/open-file.ts in check mode, read-write with -r), prints, and with -r writes the repair's
  * host operations to the file in order (src/cli/run.ts applyHostIOToFile) after the check has run
  * to its end in memory. Lines qemu-img prints with its program name ("qemu-img: ...") are printed
  * with this program's.
  */
 import { open } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { checkExitCode, type CheckResult } from '../model/check.ts';
-import { HostReaderError, type HostIO } from '../model/host-file.ts';
+import { checkExitCode, type CheckResult } from '../check/check.ts';
+import { HostReaderError } from '../model/host-reader.ts';
+import { type HostIO } from '../model/host-io.ts';
 import type { Image } from '../model/image.ts';
-import { repairImage, type RepairMode } from '../model/repair.ts';
-import { checkImage } from '../model/check.ts';
-import type { QObject } from '../model/info.ts';
+import { repairImage, type RepairMode } from '../check/repair.ts';
+import { checkImage } from '../check/check.ts';
+import type { QObject } from '../views/info.ts';
 import { qemuJsonPretty } from './info.ts';
 import { errnoText, type CliIo } from './io.ts';
-import { OpenImageError, withOpenImage, type OpenOptions } from './open-image.ts';
+import { OpenImageError, withOpenImage, type OpenOptions } from '../io/open-file.ts';
 import { applyHostIOToFile } from './run.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 

@@ -7,7 +7,7 @@
  * is_allocated_sectors_min), run in order as qemu-img runs it with its default in-order writes:
  * - the input is walked by block status: for a qcow2 input the model's map (mapImage, through the
  *   backing chain when it is opened), for a raw input the file's data/hole ranges
- *   (SEEK_DATA/SEEK_HOLE, src/cli/host-allocation.ts). A data extent ends where QEMU's would: at
+ *   (SEEK_DATA/SEEK_HOLE, src/io/seek-data.ts). A data extent ends where QEMU's would: at
  *   the end of an L2 table of every qcow2 layer involved, after one cluster for compressed data, at
  *   most BDRV_REQUEST_MAX_BYTES after its start, and aligned down to the input's cluster size when it
  *   crosses such a boundary (QEMU's source alignment); zero extents are not cut at L2 tables, which
@@ -39,28 +39,30 @@
  *   where they differ, so the base is only read where the file still holds what it held at the rebase.
  *
  * Files IN refers to (backing files, an external data file) are opened under the same policy as
- * `info` and `map` (src/cli/open-image.ts): backing files only with --allow-backing.
+ * `info` and `map` (src/io/open-file.ts): backing files only with --allow-backing.
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, write, writeSync } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { isZeroBytes } from '../format/bytes.ts';
-import { isQcow2FormatError } from '../format/errors.ts';
+import { isZeroBytes } from '../codec/bytes.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
 import { closeImage } from '../model/close.ts';
 import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
 import { ModelError } from '../model/errors.ts';
-import { applyHostIO, HostReaderError, hostTargetOf, rebaseHostFile, type HostIO } from '../model/host-file.ts';
+import { applyHostIO, rebaseHostFile } from '../model/host-file.ts';
+import { HostReaderError } from '../model/host-reader.ts';
+import { hostTargetOf, type HostIO } from '../model/host-io.ts';
 import { geometryOf, type Image } from '../model/image.ts';
-import { mapImage, type MapExtent } from '../model/map.ts';
+import { mapImage, type MapExtent } from '../model/block-status.ts';
 import { readGuestInto } from '../model/read.ts';
 import { step } from '../model/step.ts';
 import { parseQemuSize, writeHostFileTo } from './create.ts';
-import { fileReader, type FileReader } from './file-reader.ts';
-import { probeHostAllocationsOrFull } from './host-allocation.ts';
+import { fileReader, type FileReader } from '../io/file-reader.ts';
+import { probeHostAllocationsOrFull } from '../io/seek-data.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseUsage, errnoText } from './io.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, openImage, openPolicyFrom, type OpenedLayer } from './open-image.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, openImage, openPolicyFrom, type OpenedLayer } from '../io/open-file.ts';
 import { NO_PROGRESS, startProgress, type Progress } from './progress.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
 

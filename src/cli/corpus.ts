@@ -89,8 +89,8 @@ Options:
                    qcow2 file (images and qcow2 backing files) once, named by
                    its SHA-256, nothing else.
   --minimize       Keep only cases that add V8 code coverage of the parser and
-                   checker (generated/, src/format, src/model/open.ts,
-                   src/model/check.ts), selected greedily like afl-cmin.
+                   checker (generated/, src/format, src/open/open.ts,
+                   src/check/check.ts), selected greedily like afl-cmin.
   --list-families  List the families and what each holds.
   --output=human   A summary (default); --output=json: the same as JSON.
   -h, --help       Show this help.

@@ -16,7 +16,7 @@ import { basename, dirname, isAbsolute, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
 import type { HostFile } from '../model/host-file.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, errnoText } from './io.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
 
 /** Help text of the create command. */
@@ -253,8 +253,7 @@ async function inspectBacking(image: string, backing: string, fmt: string | unde
       await fh.close();
     }
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : (code ?? (e as Error).message);
+    const why = errnoText(e);
     throw new CreateCliError(`Could not open '${path}': ${why}\nCould not open backing image.`);
   }
   const isQcow2 = head.length >= 4 && head.readUInt32BE(0) === QCOW2_MAGIC;

@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { match } from 'ts-pattern';
 import type { L2EntryClass, SubclusterState } from '../format/entries.ts';
-import { isQcow2FormatError } from '../format/errors.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
 import { headerExtensionTypeHex, type DecodedFeatures } from '../format/features.ts';
 import { jsonU64 } from '../format/u64.ts';
 import { walkImage, type ImageWalk, type L1Info, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/walk.ts';

@@ -13,11 +13,11 @@
  *   in local time, format-specific data as dump_qdict prints it (dashes in keys as spaces).
  */
 import { parseArgs } from 'node:util';
-import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QObject } from '../model/info.ts';
-import { isQcow2FormatError } from '../format/errors.ts';
+import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QObject } from '../views/info.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
-import { HostReaderError } from '../model/host-file.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImage, type OpenedLayer } from './open-image.ts';
+import { HostReaderError } from '../model/host-reader.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImage, type OpenedLayer } from '../io/open-file.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
 /** Help text of the info command. */

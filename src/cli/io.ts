@@ -46,11 +46,4 @@ export function outputFormat(value: string | undefined): 'human' | 'json' {
   return output;
 }
 
-/** The text QEMU prints for a file-system error (strerror for the common ones, else the code). */
-export function errnoText(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  if (err.code === 'ENOENT') return 'No such file or directory';
-  if (err.code === 'EACCES') return 'Permission denied';
-  if (err.code === 'EISDIR') return 'Is a directory';
-  return err.code ?? err.message;
-}
+export { errnoText } from '../model/errno.ts';

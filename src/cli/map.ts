@@ -2,8 +2,8 @@
  * `qcow2-ref map IMAGE [--output=human|json] [--allow-backing] ...`: what `qemu-img map` of QEMU
  * 7.2 prints, text for text.
  *
- * The extents come from the model (mapImage, src/model/map.ts) over the whole backing chain, told
- * how every file involved is stored (src/cli/host-allocation.ts: st_blocks and SEEK_DATA/SEEK_HOLE),
+ * The extents come from the model (mapImage, src/model/block-status.ts) over the whole backing chain, told
+ * how every file involved is stored (src/io/seek-data.ts: st_blocks and SEEK_DATA/SEEK_HOLE),
  * because QEMU consults the same facts: it detects "metadata preallocation" from the qcow2 file's
  * allocated size and then reports file holes inside normal clusters as zeros, and a raw backing
  * file's holes are zeros too. Without python3 the files are taken as fully allocated (one warning).
@@ -16,14 +16,14 @@
  *   host offset (compressed, encrypted) ends the listing with an error (exit 1), as in QEMU.
  */
 import { parseArgs } from 'node:util';
-import { isQcow2FormatError } from '../format/errors.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
 import { ModelError } from '../model/errors.ts';
-import { HostReaderError } from '../model/host-file.ts';
-import type { MapExtent } from '../model/map.ts';
+import { HostReaderError } from '../model/host-reader.ts';
+import type { MapExtent } from '../model/block-status.ts';
 import { parseQemuSize } from './create.ts';
-import { probeHostAllocationsOrFull } from './host-allocation.ts';
+import { probeHostAllocationsOrFull } from '../io/seek-data.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImage, openPolicyFrom, type OpenedLayer } from './open-image.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImage, openPolicyFrom, type OpenedLayer } from '../io/open-file.ts';
 
 /** Help text of the map command. */
 export const MAP_HELP = `Usage: qcow2-ref map [--output=human|json] [--start-offset=OFFSET]

@@ -24,11 +24,11 @@
  *   fsyncs both files).
  * - backing file: resolved relative to IMAGE's directory, as QEMU does; qcow2 (recursively) or raw
  *   (the format from the header, else probed as QEMU does), read only, wherever the header points —
- *   run continues what qemu-io would continue. Opening goes through src/cli/open-image.ts, the same
+ *   run continues what qemu-io would continue. Opening goes through src/io/open-file.ts, the same
  *   code (chain depth limit, loop detection) info, map and convert use.
  *
  * Files are not read into memory: the image, its data file and backing files are loaded through
- * HostReaders (src/cli/file-reader.ts), so the model reads only the header and the metadata and
+ * HostReaders (src/io/file-reader.ts), so the model reads only the header and the metadata and
  * data the ops touch, and running a small script against a huge sparse image costs memory in
  * proportion to what it touches. `run` writes the host I/O into the very files those readers read,
  * which is safe because every read happens before the first write: planOps has produced all the
@@ -38,13 +38,14 @@
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { closeImage } from '../model/close.ts';
-import { HostReaderError, hostTargetOf, type HostIO, type HostTarget } from '../model/host-file.ts';
+import { HostReaderError } from '../model/host-reader.ts';
+import { hostTargetOf, type HostIO, type HostTarget } from '../model/host-io.ts';
 import type { Image } from '../model/image.ts';
 import type { Op } from '../model/ops.ts';
-import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../model/script.ts';
+import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../script/script.ts';
 import { step } from '../model/step.ts';
 import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, parseUsage, outputFormat, errnoText } from './io.ts';
-import { chainImage, OpenImageError, openImage, type OpenedLayer, type OpenPolicy } from './open-image.ts';
+import { chainImage, OpenImageError, openImage, type OpenedLayer, type OpenPolicy } from '../io/open-file.ts';
 
 /** Help text of the run command. */
 export const RUN_HELP = `Usage: qcow2-ref run [--output=human|json] [--quiet] [--allow-data-file-path]

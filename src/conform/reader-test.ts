@@ -16,7 +16,7 @@
 import { dirname, join } from 'node:path';
 import { match } from 'ts-pattern';
 import type { CorpusCase } from '../corpus/manifest.ts';
-import { fileReader } from '../cli/file-reader.ts';
+import { fileReader } from '../io/file-reader.ts';
 import { qemuImgConvert } from '../qemu/qemu-img.ts';
 import { formatCommandLine } from '../qemu/run.ts';
 import type { Adapter } from './adapter.ts';

@@ -5,7 +5,7 @@
  * the writer left:
  * 1. the writer exits 0;
  * 2. `qemu-img check` finds nothing (exit 0: no corruption, no leak, no check error);
- * 3. our own check (checkImage, src/model/check.ts) finds nothing either;
+ * 3. our own check (checkImage, src/check/check.ts) finds nothing either;
  * 4. the guest content, as QEMU reads it, equals the raw-disk oracle's (src/oracle/raw-disk.ts) after
  *    the same script: the same virtual size (`qemu-img info`), the same bytes (`qemu-img compare`).
  * Every problem found is reported, not only the first. The oracle is configured from what QEMU says
@@ -18,11 +18,11 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { CorpusCase } from '../corpus/manifest.ts';
-import { fileReader, type FileReader } from '../cli/file-reader.ts';
-import { OpenImageError, withOpenImage } from '../cli/open-image.ts';
-import { checkImage } from '../model/check.ts';
+import { fileReader, type FileReader } from '../io/file-reader.ts';
+import { OpenImageError, withOpenImage } from '../io/open-file.ts';
+import { checkImage } from '../check/check.ts';
 import type { Op } from '../model/ops.ts';
-import { parseScript } from '../model/script.ts';
+import { parseScript } from '../script/script.ts';
 import { RawDisk, RawDiskError, writeRawFile } from '../oracle/raw-disk.ts';
 import { checkCounter, qcow2Specific, qemuImgCheck, qemuImgCompare, qemuImgConvert, qemuImgCreate, qemuImgInfo, toBigInt } from '../qemu/qemu-img.ts';
 import { QemuCommandError } from '../qemu/run.ts';
@@ -159,7 +159,7 @@ async function judgeWriter(c: CorpusCase, adapter: Adapter, s: WriterSetup, ws: 
 
 /**
  * What checkImage finds in the image at `path` ([] when nothing): loaded as `qcow2-ref` loads images
- * (src/cli/open-image.ts; the data file, if any, inside the image's directory; no backing needed).
+ * (src/io/open-file.ts; the data file, if any, inside the image's directory; no backing needed).
  */
 async function ownCheck(path: string): Promise<string[]> {
   let result;

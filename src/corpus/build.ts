@@ -9,10 +9,10 @@ import { closeImage } from '../model/close.ts';
 import { createImage, type CreateOptions } from '../model/create.ts';
 import { hostBytes } from '../model/host-file.ts';
 import type { BackingSource, Image } from '../model/image.ts';
-import { mapImage } from '../model/map.ts';
+import { mapImage } from '../model/block-status.ts';
 import type { Op } from '../model/ops.ts';
 import { readGuest } from '../model/read.ts';
-import { formatScript } from '../model/script.ts';
+import { formatScript } from '../script/script.ts';
 import { step } from '../model/step.ts';
 
 /** An image the model built, with the ops that took effect. */

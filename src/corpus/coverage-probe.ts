@@ -14,12 +14,12 @@
 import { readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { takeCoverage } from 'node:v8';
-import { isQcow2FormatError } from '../format/errors.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
 import { walkImage } from '../format/walk.ts';
-import { checkImage } from '../model/check.ts';
+import { checkImage } from '../check/check.ts';
 import { ModelError } from '../model/errors.ts';
-import { HostReaderError } from '../model/host-file.ts';
-import { isOpenError, openImage } from '../model/open.ts';
+import { HostReaderError } from '../model/host-reader.ts';
+import { isOpenError, openImage } from '../open/open.ts';
 import { readGuest } from '../model/read.ts';
 
 /** Guest bytes read per case (enough to touch the first L2 tables without reading a huge disk). */

@@ -1,12 +1,12 @@
 /**
  * The expected outcome of a corpus case, computed through the model: QEMU's open-time validation
- * (src/model/open.ts, a read-only open as `qemu-img convert` and `qemu-io -r` do), `qemu-img check`
- * (src/model/check.ts), and the guest content read back through the model (build.ts). `--verify`
+ * (src/open/open.ts, a read-only open as `qemu-img convert` and `qemu-io -r` do), `qemu-img check`
+ * (src/check/check.ts), and the guest content read back through the model (build.ts). `--verify`
  * then confirms each of these against QEMU itself (verify.ts).
  */
-import { checkExitCode, checkImage } from '../model/check.ts';
+import { checkExitCode, checkImage } from '../check/check.ts';
 import type { BackingSource, Image } from '../model/image.ts';
-import { isOpenError, openImage, type OpenErrorCode } from '../model/open.ts';
+import { isOpenError, openImage, type OpenErrorCode } from '../open/open.ts';
 import { guestSha256 } from './build.ts';
 import type { CheckExpectation } from './manifest.ts';
 

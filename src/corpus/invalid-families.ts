@@ -5,7 +5,7 @@
  *   tables (L1, refcount table, snapshot table), size arithmetic that overflows (table offset + size
  *   past INT64_MAX, a virtual size whose L1 index exceeds INT_MAX), unknown incompatible bits,
  *   compression-type/bit mismatch, bad header lengths and offsets, bad extensions, bad snapshot
- *   entries — each one family named after its check (src/model/open.ts OpenErrorCode), expected
+ *   entries — each one family named after its check (src/open/open.ts OpenErrorCode), expected
  *   outcome `reject-open` with QEMU's message; plus backing/data-file names that escape the image's
  *   directory (CVE-2015-1851, CVE-2024-32498), which QEMU follows and a safe reader must refuse
  *   (recorded as a deliberate QEMU difference).
@@ -20,7 +20,7 @@
 import { encodeFeatureNameEntry, FeatureType, HeaderExtensionType } from '../../generated/qcow2.ts';
 import { corrupt, CORRUPTIONS, type CorruptionName } from '../corrupt/catalog.ts';
 import type { CreateOptions } from '../model/create.ts';
-import type { OpenErrorCode } from '../model/open.ts';
+import type { OpenErrorCode } from '../open/open.ts';
 import type { Op } from '../model/ops.ts';
 import { addBitmaps } from './bitmaps.ts';
 import { buildImage, createOptionsRecord, type BuiltImage } from './build.ts';

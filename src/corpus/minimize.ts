@@ -1,6 +1,6 @@
 /**
  * `--minimize`: keeps only the cases that add V8 code coverage of our parser and checker — the
- * generated codecs (generated/), src/format, src/model/open.ts and src/model/check.ts — the way
+ * generated codecs (generated/), src/format, src/open/open.ts and src/check/check.ts — the way
  * afl-cmin keeps only inputs that add edge coverage.
  *
  * Coverage: one child `node` process (coverage-probe.ts) runs every case with NODE_V8_COVERAGE set and
@@ -19,7 +19,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { REPO_ROOT } from '../repo-root.ts';
+import { REPO_ROOT } from '../io/repo-root.ts';
 import type { CorpusCase } from './manifest.ts';
 import type { ProbeInput } from './coverage-probe.ts';
 
@@ -28,7 +28,7 @@ const ROOT = REPO_ROOT;
 
 /** Source files whose coverage counts, relative to ROOT. */
 export function countsForCoverage(path: string): boolean {
-  return path.startsWith('generated/') || path.startsWith('src/format/') || path === 'src/model/open.ts' || path === 'src/model/check.ts';
+  return path.startsWith('generated/') || path.startsWith('src/format/') || path === 'src/open/open.ts' || path === 'src/check/check.ts';
 }
 
 /** AFL's hit-count bucket of a block count. */

@@ -26,7 +26,7 @@ import {
   type SnapshotEntryFields,
 } from '../../generated/qcow2.ts';
 import { classifyL2Entry, l1L2Offset, l2EntryWords, refcountBlockOffset, type L2Context, type L2EntryClass } from '../format/entries.ts';
-import { isQcow2FormatError } from '../format/errors.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
 import { describeHeader, type HeaderInfo } from '../format/walk.ts';
 import { u64ToBigInt } from '../format/u64.ts';
 

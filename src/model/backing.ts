@@ -2,16 +2,16 @@
  * Backing sources: what an overlay reads through when its clusters are unallocated (fact sheet §3.6).
  * A model Image can be the backing image of another, so chains of any depth are built from Images.
  */
-import { HostReaderError, type HostReader } from './host-file.ts';
+import { HostReaderError, type HostReader } from './host-reader.ts';
 import type { BackingSource, Image } from './image.ts';
-import { mapImage, type MapExtent, type MapOptions } from './map.ts';
+import { mapImage, type MapExtent, type MapOptions } from './block-status.ts';
 import { readGuest } from './read.ts';
 
 /**
  * `image` as a read-only backing source: its virtual size, reads through its own mapping (and its own
  * backing chain), and its `map` for `qemu-img map` of an overlay. Later steps on the overlay never
  * change `image` (Images are immutable), as QEMU never writes a backing file. `mapOptions` tells
- * `map` how the backing file is stored on the host (src/model/map.ts).
+ * `map` how the backing file is stored on the host (src/model/block-status.ts).
  */
 export function imageBackingSource(image: Image, mapOptions: MapOptions = {}): BackingSource {
   return {

@@ -23,7 +23,7 @@
  * decided from the in-memory refcounts in both, so after `closeImage` the files are identical.
  */
 import { ENOTSUP, ModelError } from './errors.ts';
-import type { HostIO } from './host-file.ts';
+import type { HostIO } from './host-io.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Image } from './image.ts';
 import { beginTx, hostFlush, setHeaderFields, setSession, type Tx } from './tx.ts';
 
@@ -65,7 +65,7 @@ export function markDirty(tx: Tx): void {
 /**
  * Refuses to change an image whose dirty bit was already set when it was loaded (a QEMU session
  * with lazy refcounts ended without a clean close). QEMU would first repair the refcounts on the
- * writable open (`qemu-img check -r all`, fact sheet §1.3 #25) — src/model/open.ts openImage with
+ * writable open (`qemu-img check -r all`, fact sheet §1.3 #25) — src/open/open.ts openImage with
  * `writable: true` does exactly that; an image loaded with plain loadImage is not repaired, and
  * writing on top of possibly wrong refcounts could hand out clusters that are in use. Throws
  * ModelError 'dirty' (ENOTSUP) naming the dirty bit. A bit this session set is fine.

@@ -25,7 +25,7 @@ import {
   type FeatureNameEntryFields,
   type HeaderExtensionFields,
 } from '../../generated/qcow2.ts';
-import { asciiEncode } from '../format/codec-support.ts';
+import { asciiEncode } from '../codec/codec-support.ts';
 import { offsetToParts } from '../format/u64.ts';
 import { emptyHostFile, truncateHost, writeHost, type HostFile } from './host-file.ts';
 import { encodeHeaderState, V2_HEADER_LENGTH, V3_HEADER_LENGTH } from './header.ts';

@@ -2,7 +2,7 @@
  * Errors of the model: an operation QEMU would refuse returns (throws) a ModelError with a stable
  * code, the errno QEMU reports for it, and a message in QEMU's words where it has one.
  */
-import type { HostIO } from './host-file.ts';
+import type { HostIO } from './host-io.ts';
 import type { Image } from './image.ts';
 
 export type ModelErrorCode =
@@ -27,7 +27,7 @@ export type ModelErrorCode =
 export class ModelError extends Error {
   override readonly name = 'ModelError';
   readonly code: ModelErrorCode;
-  /** The negative errno QEMU returns for the same situation. */
+  /** The negative errno QEMU returns for the same situation (-EIO, -EINVAL, …). */
   readonly errno: number;
   /**
    * What QEMU leaves on disk despite the failure, when that is not "nothing": e.g. a fatal
@@ -35,14 +35,13 @@ export class ModelError extends Error {
    */
   committed?: { readonly image: Image; readonly io: readonly HostIO[] };
 
+  /** `errno` is the positive errno number (src/model/errno.ts); the error holds it negated, as QEMU returns it. */
   constructor(code: ModelErrorCode, errno: number, message: string) {
     super(message);
     this.code = code;
-    this.errno = errno;
+    this.errno = -Math.abs(errno);
   }
 }
 
-export const EIO = -5;
-export const EINVAL = -22;
-export const EFBIG = -27;
-export const ENOTSUP = -95;
+// The errno numbers ModelErrors carry, from the one errno table.
+export { EFBIG, EINVAL, EIO, ENOTSUP } from './errno.ts';

@@ -7,7 +7,8 @@
  */
 import { encodeHeader, type Header, type HeaderFields } from '../../generated/qcow2.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
-import { readHost, writeHost, type HostIO } from './host-file.ts';
+import { readHost, writeHost } from './host-file.ts';
+import { type HostIO } from './host-io.ts';
 import type { HeaderState, Image } from './image.ts';
 
 /** Bytes of a version 2 header. */

@@ -48,7 +48,7 @@ export interface SessionState {
    * allocating write of an image with lazy refcounts (src/model/close.ts). Absent/false when the bit
    * is clear, or when it was already set on disk when the image was loaded — a session that crashed
    * with lazy refcounts left it, and QEMU repairs the refcounts on a writable open (fact sheet §1.3
-   * #25, §7.1) — openImage with `writable: true` (src/model/open.ts) does; after a plain loadImage the
+   * #25, §7.1) — openImage with `writable: true` (src/open/open.ts) does; after a plain loadImage the
    * model refuses to write such an image.
    */
   readonly dirtyBySession?: boolean;
@@ -60,10 +60,10 @@ export interface BackingSource {
   read(offset: bigint, length: number): Uint8Array;
   /**
    * The extents of `[offset, offset + length)` (inside `size`) as `qemu-img map` of the backing image
-   * reports them, depths relative to it (src/model/map.ts). Absent: a raw file without holes, which
+   * reports them, depths relative to it (src/model/block-status.ts). Absent: a raw file without holes, which
    * QEMU reports as data at its own offsets.
    */
-  map?(offset: bigint, length: bigint): readonly import('./map.ts').MapExtent[];
+  map?(offset: bigint, length: bigint): readonly import('./block-status.ts').MapExtent[];
 }
 
 export interface Image {

@@ -8,8 +8,10 @@
  * check() can report on it the way `qemu-img check` does.
  */
 import { decodeHeader } from '../../generated/qcow2.ts';
-import { Qcow2FormatError } from '../format/errors.ts';
-import { hostBytes, hostFromBytes, hostFromReader, HostReaderError, PAGE_SIZE, type HostFile, type HostReader } from './host-file.ts';
+import { Qcow2FormatError } from '../codec/errors.ts';
+import { hostBytes, hostFromBytes, hostFromReader, type HostFile } from './host-file.ts';
+import { HostReaderError, type HostReader } from './host-reader.ts';
+import { PAGE_SIZE } from './page-map.ts';
 import { headerStateFrom } from './header.ts';
 import { freshSession, type BackingSource, type Image } from './image.ts';
 
@@ -69,7 +71,7 @@ function hostOf(source: Uint8Array | HostReader): HostFile {
  *
  * An image whose dirty bit (incompatible bit 0) is set loads, but the fresh session did not set the
  * bit, so writes to it are refused (close.ts checkNotDirtyOnLoad): QEMU repairs its refcounts on a
- * writable open first, which src/model/open.ts openImage({ writable: true }) does and loadImage does not.
+ * writable open first, which src/open/open.ts openImage({ writable: true }) does and loadImage does not.
  * loadImage validates nothing beyond the header decoder's rules; openImage adds QEMU's open checks.
  */
 export function loadImage(source: Uint8Array | HostReader, opts: LoadOptions = {}): Image {

@@ -3,6 +3,7 @@
  * allocation (QEMU's get_cluster_table / l2_allocate, fact sheet §3, §11.1), L1 table growth
  * (qcow2_grow_l1_table, §11.1) and the per-subcluster type of a guest offset.
  */
+import { strerror } from './errno.ts';
 import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
 import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
 import { offsetToParts } from '../format/u64.ts';
@@ -202,9 +203,9 @@ export function growL1Table(tx: Tx, minSize: bigint, exactSize: boolean): void {
   const h = tx.img.header;
   if (minSize <= BigInt(h.l1Size)) return;
   // "Do a sanity check on min_size before trying to calculate new_l1_size".
-  if (minSize > INT_MAX / 8n) throw new ModelError('too-big', EFBIG, 'File too large');
+  if (minSize > INT_MAX / 8n) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   const newSize = grownL1Size(h.l1Size, minSize, exactSize);
-  if (newSize > MAX_L1_BYTES / 8n) throw new ModelError('too-big', EFBIG, 'File too large');
+  if (newSize > MAX_L1_BYTES / 8n) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   const n = Number(newSize);
   const table = new Uint8Array(n * 8);
   if (h.l1Size > 0) table.set(hostRead(tx, h.l1TableOffset, h.l1Size * 8));

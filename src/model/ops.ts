@@ -1,6 +1,6 @@
 /**
  * The op vocabulary: everything a guest (or `qemu-img` / `qemu-io`) can do to a disk that the model,
- * the raw-disk oracle (src/oracle/raw-disk.ts) and the JSON op script (src/model/script.ts) share.
+ * the raw-disk oracle (src/oracle/raw-disk.ts) and the JSON op script (src/script/script.ts) share.
  *
  * Semantics are stated from the user's point of view: what a read of the disk returns afterwards.
  * Where QEMU's behaviour depends on the image configuration (version, backing file, cluster size),

@@ -8,7 +8,8 @@
 import { decodeL1EntryFields, decodeRefcountTableEntryFields } from '../../generated/qcow2.ts';
 import { l1L2Offset, refcountBlockOffset } from '../format/entries.ts';
 import { EIO, ModelError } from './errors.ts';
-import { hostPage, PAGE_SIZE } from './host-file.ts';
+import { hostPage } from './host-file.ts';
+import { PAGE_SIZE } from './page-map.ts';
 import { INCOMPAT_CORRUPT } from './image.ts';
 import { l1Entry } from './mapping.ts';
 import { reftableEntry, reftableSize } from './refcount.ts';

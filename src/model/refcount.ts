@@ -19,13 +19,15 @@
  * Refcount entries and reftable entries are read and written through the generated decoders and
  * encoders (the sub-byte packing lives in spec/qcow2.ksy, not here).
  */
+import { strerror } from './errno.ts';
 import {
   decodeRefcountBlockFields, decodeRefcountTableEntryFields, encodeRefcountBlock, encodeRefcountTableEntry, type U64Fields,
 } from '../../generated/qcow2.ts';
 import { refcountBlockOffset, refcountValue } from '../format/entries.ts';
 import { bigIntToU64, offsetToParts } from '../format/u64.ts';
 import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
-import { hostPage, hostSpotAt, PAGE_SIZE, viewHost } from './host-file.ts';
+import { hostPage, hostSpotAt, viewHost } from './host-file.ts';
+import { PAGE_SIZE } from './page-map.ts';
 import { type Tx, checkpointImg, geo, hostFlush, hostWrite, isOwnedPage, setFreeClusterIndex, setHeaderFields, setSession } from './tx.ts';
 
 /** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
@@ -336,7 +338,7 @@ export function allocClustersNoref(tx: Tx, size: bigint): bigint {
   }
   setFreeClusterIndex(tx, hint);
   if (hint > 0n && hint - 1n > INT64_MAX >> BigInt(g.clusterBits)) {
-    throw new ModelError('too-big', EFBIG, 'File too large');
+    throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   }
   return (hint - nb) << BigInt(g.clusterBits);
 }
@@ -531,14 +533,14 @@ export function refcountArea(tx: Tx, startOffset: bigint, additionalClusters: bi
   const cs = BigInt(g.clusterSize);
   const rbe = BigInt(g.refblockEntries);
   const total = refcountMetadataBlocks(startOffset / cs + additionalClusters, g.clusterSize, tx.img.header.refcountOrder, !exactSize);
-  if (total * 8n > MAX_REFTABLE_BYTES) throw new ModelError('too-big', EFBIG, 'File too large');
+  if (total * 8n > MAX_REFTABLE_BYTES) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   const totalCount = Number(total);
   const areaIndex = Number(startOffset / cs / rbe);
   let tableSize = exactSize ? totalCount : totalCount + Math.ceil(totalCount / 2);
   const perCluster = g.clusterSize / 8;
   tableSize = Math.ceil(tableSize / perCluster) * perCluster;
   const tableClusters = (tableSize * 8) / g.clusterSize;
-  if (BigInt(tableSize) * 8n > MAX_REFTABLE_BYTES) throw new ModelError('too-big', EFBIG, 'File too large');
+  if (BigInt(tableSize) * 8n > MAX_REFTABLE_BYTES) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
 
   const oldSize = reftableSize(tx);
   const table: bigint[] = new Array<bigint>(tableSize).fill(0n);

@@ -8,7 +8,7 @@
  */
 import { checkNotDirtyOnLoad } from './close.ts';
 import { EIO, ModelError } from './errors.ts';
-import type { HostIO } from './host-file.ts';
+import type { HostIO } from './host-io.ts';
 import { INCOMPAT_CORRUPT, type Image } from './image.ts';
 import type { Op } from './ops.ts';
 import { guestWriteCompressed } from './compress.ts';

@@ -21,7 +21,8 @@
  */
 import { encodeHeaderState, HEADER_FIELD_BYTES, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
 import type { ChunkedPage } from './chunked-page.ts';
-import { discardHost, type HostFile, type HostIO, readHost, viewHost, writeHost, writeHostOwned, zeroHost } from './host-file.ts';
+import { discardHost, type HostFile, readHost, viewHost, writeHost, writeHostOwned, zeroHost } from './host-file.ts';
+import { type HostIO } from './host-io.ts';
 import { ModelError, EIO } from './errors.ts';
 import { geometryOf, type Geometry, type HeaderState, type Image, type SessionState } from './image.ts';
 

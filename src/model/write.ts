@@ -19,7 +19,7 @@
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l2HostOffset, type SubclusterState } from '../format/entries.ts';
 import { EIO, ModelError } from './errors.ts';
-import { isZeroBytes } from '../format/bytes.ts';
+import { isZeroBytes } from '../codec/bytes.ts';
 import { checkNotDirtyOnLoad, markDirty, needsAccurateRefcounts, usesLazyRefcounts } from './close.ts';
 import { clusterTable, entryAt, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
 import { readGuestTx } from './read.ts';

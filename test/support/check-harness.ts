@@ -12,10 +12,10 @@
  */
 import { open, readFile, stat } from 'node:fs/promises';
 import { checkReport, type CheckReport } from '../../src/cli/check.ts';
-import { probeHostAllocations } from '../../src/cli/host-allocation.ts';
-import { fileReader } from '../../src/cli/file-reader.ts';
+import { probeHostAllocations } from '../../src/io/seek-data.ts';
+import { fileReader } from '../../src/io/file-reader.ts';
 import { applyHostIOToFile } from '../../src/cli/run.ts';
-import type { RepairMode } from '../../src/model/repair.ts';
+import type { RepairMode } from '../../src/check/repair.ts';
 import { loadImage } from '../../src/model/load-store.ts';
 import { runTool } from '../../src/qemu/run.ts';
 

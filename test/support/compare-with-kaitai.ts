@@ -43,7 +43,7 @@
  */
 import { createRequire } from 'node:module';
 import { decodeQcow2 } from '../../generated/qcow2.ts';
-import { isQcow2FormatError } from '../../src/format/errors.ts';
+import { isQcow2FormatError } from '../../src/codec/errors.ts';
 
 const require = createRequire(import.meta.url);
 

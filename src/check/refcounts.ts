@@ -3,29 +3,24 @@
  * into an in-memory table independently of the allocator (calculate_refcounts, check_refcounts_l1 /
  * _l2 with their per-entry checks, check_refblocks), compared with the on-disk refcounts
  * (compare_refcounts), the refcount structure rebuilt when it must be and may be
- * (rebuild_refcount_structure, src/model/rebuild-refcounts.ts), and OFLAG_COPIED checked against
+ * (rebuild_refcount_structure, src/check/rebuild-refcounts.ts), and OFLAG_COPIED checked against
  * the refcounts (check_oflag_copied). With fix flags the repairs are written through the pass's
  * transaction in QEMU's order.
  */
 import { decodeL2EntryFields } from '../../generated/qcow2.ts';
-import { isZeroBytes } from '../format/bytes.ts';
+import { isZeroBytes } from '../codec/bytes.ts';
 import { classifyL2Entry, l2EntryWords } from '../format/entries.ts';
-import { ModelError } from './errors.ts';
-import { discardHost, readHost, truncateHost } from './host-file.ts';
+import { ModelError } from '../model/errors.ts';
+import { discardHost, readHost, truncateHost } from '../model/host-file.ts';
 import { Imrt } from './imrt.ts';
-import { getRefcount, updateRefcount } from './refcount.ts';
-import { checkpointImg, hostFlush, hostWrite } from './tx.ts';
-import { checkBitmapsRefcounts } from './check-bitmaps.ts';
-import {
-  BDRV_MAX_LENGTH, CHECK_FRAG_INFO, CheckAbort, EFBIG, EINVAL, EIO, FIX_ERRORS, FIX_LEAKS, INT64_MAX, INT_MAX,
-  L1E_OFFSET_MASK, L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_STD_RESERVED_MASK, L2_BITMAP_ALL_ALLOC, L2_BITMAP_ALL_ZEROES,
-  QCOW_MAX_L1_SIZE, QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, REFT_RESERVED_MASK, fileLength, hashHex, hex,
-  inFileLength, incRefcounts, l1WordAt, pread, readable, reftableSize,
-  signalCorruption, sizeToClusters, strerror, zeroCounters, type CheckContext, type Counters, type FixMode,
-} from './check-context.ts';
-import { cacheMarkDirty, getRefcountChecked, nonZeroRefcounts, readRefblock, refblockBits } from './check-refblocks.ts';
-import { reftableView } from './check-tables.ts';
-import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_INACTIVE_L2, metadataOverlap } from './check-overlap.ts';
+import { getRefcount, updateRefcount } from '../model/refcount.ts';
+import { checkpointImg, hostFlush, hostWrite } from '../model/tx.ts';
+import { checkBitmapsRefcounts } from './bitmaps.ts';
+import { BDRV_MAX_LENGTH, CHECK_FRAG_INFO, CheckAbort, FIX_ERRORS, FIX_LEAKS, INT64_MAX, INT_MAX, L1E_OFFSET_MASK, L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_STD_RESERVED_MASK, L2_BITMAP_ALL_ALLOC, L2_BITMAP_ALL_ZEROES, QCOW_MAX_L1_SIZE, QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, REFT_RESERVED_MASK, fileLength, hashHex, hex, inFileLength, incRefcounts, l1WordAt, pread, readable, reftableSize, signalCorruption, sizeToClusters, zeroCounters, type CheckContext, type Counters, type FixMode } from './context.ts';
+import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
+import { cacheMarkDirty, getRefcountChecked, nonZeroRefcounts, readRefblock, refblockBits } from './refblocks.ts';
+import { reftableView } from './tables.ts';
+import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_INACTIVE_L2, metadataOverlap } from './overlap.ts';
 
 
 
@@ -521,7 +516,7 @@ export function checkRefcounts(c: CheckContext, res: Counters, rebuild: { value:
     const old = { ...res };
     let freshLeaks = 0;
     c.out.note('Rebuilding refcount structure', 'previous');
-    if (c.rebuild === undefined) throw new Error('runCheckPass: -r all needs the rebuild (src/model/rebuild-refcounts.ts)');
+    if (c.rebuild === undefined) throw new Error('runCheckPass: -r all needs the rebuild (src/check/rebuild-refcounts.ts)');
     c.rebuild(c, res, imrt);
     res.corruptions = 0;
     res.leaks = 0;

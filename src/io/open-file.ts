@@ -1,8 +1,8 @@
 /**
  * Opening an image file the way QEMU 7.2 does, for the CLI commands that read images: the file is
- * opened as a model Image through a file reader (src/cli/file-reader.ts: positioned reads, nothing
+ * opened as a model Image through a file reader (src/io/file-reader.ts: positioned reads, nothing
  * read until the model needs it, so memory does not grow with the file's size) with QEMU's open-time
- * validation (src/model/open.ts openImage: an image QEMU refuses is refused with QEMU's message, naming the
+ * validation (src/open/open.ts openImage: an image QEMU refuses is refused with QEMU's message, naming the
  * header structure, field and file offset; `qemu-img info`'s no-I/O open for dataFile 'ignore',
  * read-only otherwise unless `writable`); the files its
  * header names — the backing file (recursively) and the external data file — are found as QEMU
@@ -40,17 +40,19 @@
 import { fstatSync } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
-import { isQcow2FormatError } from '../format/errors.ts';
-import { hostFromReader, HostReaderError, type HostIO } from '../model/host-file.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
+import { hostFromReader } from '../model/host-file.ts';
+import { HostReaderError } from '../model/host-reader.ts';
+import { type HostIO } from '../model/host-io.ts';
 import { rawReaderBackingSource } from '../model/backing.ts';
 import type { BackingSource, Image } from '../model/image.ts';
-import { headerReferences, pathHasProtocol, qemuFullBackingFilename, type HeaderReferences } from '../model/info.ts';
-import { isOpenError, openImageWithIo } from '../model/open.ts';
-import type { RepairResult } from '../model/repair.ts';
-import { mapImage, type HostAllocation, type MapExtent, type MapOptions } from '../model/map.ts';
+import { headerReferences, pathHasProtocol, qemuFullBackingFilename, type HeaderReferences } from '../model/header-references.ts';
+import { isOpenError, openImageWithIo } from '../open/open.ts';
+import type { RepairResult } from '../check/repair.ts';
+import { mapImage, type HostAllocation, type MapExtent, type MapOptions } from '../model/block-status.ts';
 import { readGuest } from '../model/read.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
-import { errnoText } from './io.ts';
+import { errnoText } from '../model/errno.ts';
 
 /** Longest backing chain opened (the top image included). */
 export const MAX_BACKING_DEPTH = 64;
@@ -91,7 +93,7 @@ export interface OpenOptions {
   /**
    * Open the top image for writing (QEMU's BDRV_O_RDWR; backing files are always read-only): the
    * corrupt bit is refused, unknown autoclear bits are cleared and a dirty image is repaired
-   * (src/model/open.ts); the layer's `openIo` holds the writes it made. Default false.
+   * (src/open/open.ts); the layer's `openIo` holds the writes it made. Default false.
    */
   readonly writable?: boolean;
   /**
@@ -256,7 +258,7 @@ async function openLayer(
     }
     if (format === 'raw') return { filename, format, stat: st, reader, close: closeAll };
 
-    // QEMU's open-time validation (src/model/open.ts): `qemu-img info` opens without I/O ('ignore':
+    // QEMU's open-time validation (src/open/open.ts): `qemu-img info` opens without I/O ('ignore':
     // no data file checks), everything else with I/O; only the top image may be writable. The data
     // file is attached below, once its name has passed the policy.
     let refs: HeaderReferences;

@@ -6,17 +6,14 @@
  * v3 entries with less than 16 bytes of extra data — and with -r all drops what is over the limits
  * and rewrites the table.
  */
-import { ModelError } from './errors.ts';
-import { writeSnapshots, type SnapshotState } from './snapshot.ts';
-import { hostFlush, setHeaderFields } from './tx.ts';
-import {
-  CheckAbort, EFBIG, EINVAL, EIO, FIX_ERRORS, INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
-  QCOW_MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_HEADER_SIZE, SNAPSHOT_KNOWN_EXTRA, U64_RANGE, cString,
-  pread, roundUp8, signalCorruption, strerror, type CheckContext, type CheckedSnapshot, type Counters,
-} from './check-context.ts';
-import { metadataOverlap } from './check-overlap.ts';
-import { cacheTakeWrites, cacheWrite } from './check-refblocks.ts';
-import { INCOMPAT_DIRTY } from './image.ts';
+import { ModelError } from '../model/errors.ts';
+import { writeSnapshots, type SnapshotState } from '../model/snapshot.ts';
+import { hostFlush, setHeaderFields } from '../model/tx.ts';
+import { CheckAbort, FIX_ERRORS, INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_HEADER_SIZE, SNAPSHOT_KNOWN_EXTRA, U64_RANGE, cString, pread, roundUp8, signalCorruption, type CheckContext, type CheckedSnapshot, type Counters } from './context.ts';
+import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
+import { metadataOverlap } from './overlap.ts';
+import { cacheTakeWrites, cacheWrite } from './refblocks.ts';
+import { INCOMPAT_DIRTY } from '../model/image.ts';
 
 
 /** qcow2_validate_table: the error message and errno, or undefined when the table is acceptable. */

@@ -1,6 +1,6 @@
 /**
  * How real files are stored on the file system — `stat`'s st_blocks and the data/hole ranges
- * SEEK_DATA/SEEK_HOLE report — for `mapImage`'s host-allocation option (src/model/map.ts): QEMU's
+ * SEEK_DATA/SEEK_HOLE report — for `mapImage`'s host-allocation option (src/model/block-status.ts): QEMU's
  * `qemu-img map` consults the same information (metadata-preallocation detection, file-posix block
  * status), so the same facts give the same extents.
  *
@@ -10,7 +10,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
-import type { HostAllocation } from '../model/map.ts';
+import type { HostAllocation } from '../model/block-status.ts';
 
 /** The interpreter used for the probe (looked up in PATH). */
 export const DEFAULT_PYTHON = 'python3';

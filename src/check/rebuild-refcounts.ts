@@ -18,11 +18,12 @@
  */
 import { encodeRefcountTableEntry } from '../../generated/qcow2.ts';
 import { offsetToParts } from '../format/u64.ts';
-import { CheckAbort, EIO, signalCorruption, strerror, type CheckContext, type Counters } from './check-context.ts';
-import { cacheEmpty } from './check-refblocks.ts';
-import { metadataOverlap } from './check-overlap.ts';
+import { CheckAbort, signalCorruption, type CheckContext, type Counters } from './context.ts';
+import { EIO, strerror } from '../model/errno.ts';
+import { cacheEmpty } from './refblocks.ts';
+import { metadataOverlap } from './overlap.ts';
 import type { Imrt } from './imrt.ts';
-import { hostFlush, hostWrite, setHeaderFields } from './tx.ts';
+import { hostFlush, hostWrite, setHeaderFields } from '../model/tx.ts';
 
 /** The smallest index of sorted `a` whose value is ≥ `v`. */
 function lowerBound(a: readonly number[], v: number): number {

@@ -1,7 +1,7 @@
 /**
  * `qemu-img check -r leaks|all` of a qcow2 image (qemu-img.c img_check; fact sheet §9.2), pure: the
  * image is opened read-write in check mode, checked with QEMU's fix flags — the engine of
- * src/model/check.ts writes its repairs through a transaction in QEMU's order (leaks lowered, too-low
+ * src/check/check.ts writes its repairs through a transaction in QEMU's order (leaks lowered, too-low
  * refcounts raised, the refcount structure rebuilt into free space when a referenced cluster has
  * refcount 0 or the structure is broken, COPIED flags fixed, refcount blocks past the end of the
  * file brought inside it, unaligned preallocated zero clusters made plain zero clusters, the snapshot
@@ -10,15 +10,17 @@
  * the fixed image now..."), whose result qemu-img prints with the first pass's fixed counters; then
  * closed, which writes QEMU's refcount-block cache back. Refcount repairs still in that cache when
  * the image dies — a write-back that fails the metadata overlap check kills it — never reach the
- * file (src/model/check-refblocks.ts).
+ * file (src/check/refblocks.ts).
  */
 import { runCheckPass, newCheckSession, type CheckResult, type FixMode } from './check.ts';
-import { Transcript, pendingRefblockWrites, strerror, type CheckContext, type CheckSession } from './check-context.ts';
-import { cacheWrite } from './check-refblocks.ts';
-import { applyHostIO, type HostIO } from './host-file.ts';
-import { INCOMPAT_DIRTY, freshSession, type Image } from './image.ts';
+import { Transcript, pendingRefblockWrites, type CheckContext, type CheckSession } from './context.ts';
+import { strerror } from '../model/errno.ts';
+import { cacheWrite } from './refblocks.ts';
+import { applyHostIO } from '../model/host-file.ts';
+import { type HostIO } from '../model/host-io.ts';
+import { INCOMPAT_DIRTY, freshSession, type Image } from '../model/image.ts';
 import { rebuildRefcountStructure } from './rebuild-refcounts.ts';
-import { beginTx, checkpointImg, hostFlush, setHeaderFields, type Tx } from './tx.ts';
+import { beginTx, checkpointImg, hostFlush, setHeaderFields, type Tx } from '../model/tx.ts';
 
 export type RepairMode = 'leaks' | 'all';
 

@@ -18,14 +18,15 @@
  * cluster aligned (the unaligned case fails before the cache, as in qcow2_get_refcount).
  */
 import { decodeRefcountBlockFields } from '../../generated/qcow2.ts';
-import { isZeroBytes } from '../format/bytes.ts';
+import { isZeroBytes } from '../codec/bytes.ts';
 import { refcountValue } from '../format/entries.ts';
-import { hostPage, PAGE_SIZE, viewHost, type HostIO } from './host-file.ts';
-import {
-  EIO, REFT_RESERVED_MASK, hashHex, readable, reftableSize, signalCorruption, type CheckContext, type RefblockCacheEntry,
-} from './check-context.ts';
-import { OL_REFCOUNT_BLOCK, metadataOverlap } from './check-overlap.ts';
-import { reftableView, viewWord } from './check-tables.ts';
+import { hostPage, viewHost } from '../model/host-file.ts';
+import { PAGE_SIZE } from '../model/page-map.ts';
+import { type HostIO } from '../model/host-io.ts';
+import { REFT_RESERVED_MASK, hashHex, readable, reftableSize, signalCorruption, type CheckContext, type RefblockCacheEntry } from './context.ts';
+import { EIO } from '../model/errno.ts';
+import { OL_REFCOUNT_BLOCK, metadataOverlap } from './overlap.ts';
+import { reftableView, viewWord } from './tables.ts';
 
 /** log2 of the refcounts per refcount block. */
 export function refblockBits(c: CheckContext): number {

@@ -24,8 +24,11 @@
  * 8 bytes or one entry towards one of those bounds.
  */
 import { decodeFeatureNameEntry } from '../../generated/qcow2.ts';
-import { withHeader } from './header.ts';
-import { HostReaderError, PAGE_SIZE, type HostIO, type HostReader } from './host-file.ts';
+import { EIO, strerror } from '../model/errno.ts';
+import { withHeader } from '../model/header.ts';
+import { HostReaderError, type HostReader } from '../model/host-reader.ts';
+import { PAGE_SIZE } from '../model/page-map.ts';
+import { type HostIO } from '../model/host-io.ts';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -36,10 +39,10 @@ import {
   INCOMPAT_EXTL2,
   type HeaderState,
   type Image,
-} from './image.ts';
-import { loadImage, type LoadOptions } from './load-store.ts';
-import { repairImage, type RepairResult } from './repair.ts';
-import { snapshotTableEntries, type SnapshotEntrySizes } from './snapshot.ts';
+} from '../model/image.ts';
+import { loadImage, type LoadOptions } from '../model/load-store.ts';
+import { repairImage, type RepairResult } from '../check/repair.ts';
+import { snapshotTableEntries, type SnapshotEntrySizes } from '../model/snapshot.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -732,7 +735,7 @@ function checkSnapshotTable(image: Image): void {
  */
 function repairDirty(image: Image): RepairResult {
   const r = repairImage(image, 'all', { close: false });
-  const failure = r.first.failure ?? (r.first.checkErrors > 0 ? 'Input/output error' : undefined);
+  const failure = r.first.failure ?? (r.first.checkErrors > 0 ? strerror(EIO) : undefined);
   if (failure !== undefined) {
     throw headerError('dirty-repair-failed', 'incompatible_features', `Could not repair dirty image: ${failure}`);
   }

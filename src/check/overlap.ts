@@ -4,7 +4,7 @@
  * writes, the range (rounded out to clusters) must not touch the header, the active L1 and L2
  * tables, the refcount table and blocks, the snapshot table, the inactive L1 tables or the bitmap
  * directory — seen as the check sees the image (its own reading of the snapshot table, the in-memory
- * reftable and L1 table of src/model/check-tables.ts).
+ * reftable and L1 table of src/check/tables.ts).
  *
  * QEMU walks every L1, reftable and snapshot entry on each check; here the sections made of many
  * ranges (active L2 tables, refcount blocks, inactive L1 tables) are kept as sorted cluster
@@ -12,9 +12,9 @@
  * every repair write, thousands of times on a badly broken image. The ranges compare as QEMU's
  * ranges_overlap does: uint64 arithmetic, a range whose last byte wraps past 2^64 included.
  */
-import { AUTOCLEAR_BITMAPS } from './image.ts';
-import { L1E_OFFSET_MASK, REFT_RESERVED_MASK, reftableSize, type CheckContext, type CheckedSnapshot } from './check-context.ts';
-import { activeL1View, reftableView, type TableView } from './check-tables.ts';
+import { AUTOCLEAR_BITMAPS } from '../model/image.ts';
+import { L1E_OFFSET_MASK, REFT_RESERVED_MASK, reftableSize, type CheckContext, type CheckedSnapshot } from './context.ts';
+import { activeL1View, reftableView, type TableView } from './tables.ts';
 
 
 export const OL_MAIN_HEADER = 1 << 0;

@@ -4,22 +4,22 @@
  * qcow2_co_check_locked (block/qcow2.c), which runs, in QEMU's order:
  *
  * 1. the snapshot table, read again from the header (QEMU's check-mode open skips it): limits, extra
- *    data, v3 entries with less than 16 bytes of extra data — src/model/check-snapshots.ts;
- * 2. qcow2_check_refcounts — src/model/check-refcounts.ts: references counted into an in-memory
+ *    data, v3 entries with less than 16 bytes of extra data — src/check/snapshots.ts;
+ * 2. qcow2_check_refcounts — src/check/refcounts.ts: references counted into an in-memory
  *    table independently of the allocator (header, active L1 / L2 / data with the per-entry checks,
  *    snapshot L1 tables and what they reach, snapshot table, refcount table, LUKS header, bitmaps —
- *    src/model/check-bitmaps.ts — and refcount blocks), compared with the on-disk refcounts
+ *    src/check/bitmaps.ts — and refcount blocks), compared with the on-disk refcounts
  *    (`ERROR cluster N refcount=A reference=B`, `Leaked cluster ...`), OFLAG_COPIED checked;
  * 3. with -r all, the snapshot table rewritten when it had corruptions;
  * 4. with fix flags and no corruption left, the dirty and corrupt bits cleared.
  *
- * The same pass runs with QEMU's fix flags for `qemu-img check -r` (src/model/repair.ts drives it,
- * src/model/rebuild-refcounts.ts rebuilds): repairs are written through a transaction
+ * The same pass runs with QEMU's fix flags for `qemu-img check -r` (src/check/repair.ts drives it,
+ * src/check/rebuild-refcounts.ts rebuilds): repairs are written through a transaction
  * (src/model/tx.ts) in QEMU's order, each after QEMU's metadata overlap check
- * (src/model/check-overlap.ts); refcount changes go through QEMU's refcount-block cache, which
- * decides whether they ever reach the file (src/model/check-refblocks.ts). What the passes share —
+ * (src/check/overlap.ts); refcount changes go through QEMU's refcount-block cache, which
+ * decides whether they ever reach the file (src/check/refblocks.ts). What the passes share —
  * the context, the session, reading the file as the block layer does, the in-memory reference
- * count — is src/model/check-context.ts; the in-memory reftable and L1 table src/model/check-tables.ts.
+ * count — is src/check/context.ts; the in-memory reftable and L1 table src/check/tables.ts.
  *
  * Bounded on hostile input: every loop runs over entries inside the file (entries past its end read
  * as zeros and are skipped, exactly as QEMU skips zero entries), the reference table is sparse, the
@@ -28,18 +28,16 @@
  * cluster of a range (an unreadable refcount block), bounded by the file's cluster count, which is
  * itself at most INT_MAX (a larger file is QEMU's EFBIG).
  */
-import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, freshSession, type Image } from './image.ts';
-import { beginTx, hostFlush, setHeaderFields, type Tx } from './tx.ts';
-import {
-  CheckAbort, ENOMEDIUM, Transcript, newCheckContext, newCheckSession, strerror, zeroCounters,
-  type CheckContext, type CheckSession, type Counters, type FixMode, type RebuildRefcounts,
-} from './check-context.ts';
-import { checkRefcounts } from './check-refcounts.ts';
-import { cacheWrite } from './check-refblocks.ts';
-import { checkFixSnapshotTable, checkReadSnapshotTable } from './check-snapshots.ts';
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, freshSession, type Image } from '../model/image.ts';
+import { beginTx, hostFlush, setHeaderFields, type Tx } from '../model/tx.ts';
+import { CheckAbort, Transcript, newCheckContext, newCheckSession, zeroCounters, type CheckContext, type CheckSession, type Counters, type FixMode, type RebuildRefcounts } from './context.ts';
+import { ENOMEDIUM, strerror } from '../model/errno.ts';
+import { checkRefcounts } from './refcounts.ts';
+import { cacheWrite } from './refblocks.ts';
+import { checkFixSnapshotTable, checkReadSnapshotTable } from './snapshots.ts';
 
-export { newCheckSession, type CheckSession, type FixMode } from './check-context.ts';
-export { MAX_FILE_BYTES } from './check-refcounts.ts';
+export { newCheckSession, type CheckSession, type FixMode } from './context.ts';
+export { MAX_FILE_BYTES } from './refcounts.ts';
 
 // ---------------------------------------------------------------------------------------------
 // The contract (scratch/BRIEF.md "API contracts")
@@ -86,7 +84,7 @@ export interface CheckResult {
 
 /**
  * qemu-img check (no repair) of `image`: pure, never throws for a decodable image (problems are
- * findings). Meant for an image QEMU opens in check mode (src/model/open.ts openImage with
+ * findings). Meant for an image QEMU opens in check mode (src/open/open.ts openImage with
  * `checkMode`); on one QEMU would refuse to open, the result is still bounded and typed but says what
  * this engine sees, not what QEMU prints.
  */

@@ -19,9 +19,9 @@
  */
 import { decodeL1EntryFields, decodeRefcountTableEntryFields } from '../../generated/qcow2.ts';
 import { l1EntryWord, refcountBlockOffset } from '../format/entries.ts';
-import { readHost, type HostFile } from './host-file.ts';
-import { INCOMPAT_EXTL2, type HeaderState } from './image.ts';
-import type { Tx } from './tx.ts';
+import { readHost, type HostFile } from '../model/host-file.ts';
+import { INCOMPAT_EXTL2, type HeaderState } from '../model/image.ts';
+import type { Tx } from '../model/tx.ts';
 
 /** Where a view was read from, to tell whether it still holds. */
 interface Provenance {

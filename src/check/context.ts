@@ -1,22 +1,23 @@
 /**
  * What one pass of `qemu-img check` works on and the primitives every step of it shares
- * (src/model/check.ts runs the pass): QEMU's BDRVQcow2State as far as the check reads it (the
+ * (src/check/check.ts runs the pass): QEMU's BDRVQcow2State as far as the check reads it (the
  * CheckContext), the BlockDriverState's lifetime across passes (CheckSession: corruption events,
  * the refcount-block cache), the result counters, the printed lines (Transcript), reading the file
  * as the block layer does (zeros past the end, EIO past BDRV_MAX_LENGTH) and the in-memory reference
  * count (qcow2_inc_refcounts_imrt). The on-disk refcounts and the refcount-block cache are
- * src/model/check-refblocks.ts; the in-memory reftable and L1 table src/model/check-tables.ts.
+ * src/check/refblocks.ts; the in-memory reftable and L1 table src/check/tables.ts.
  */
 import { decodeL1EntryFields } from '../../generated/qcow2.ts';
-import { isQcow2FormatError } from '../format/errors.ts';
+import { isQcow2FormatError } from '../codec/errors.ts';
 import { l1EntryWord } from '../format/entries.ts';
 import type { CheckFinding } from './check.ts';
-import { readHost, type HostIO } from './host-file.ts';
-import { AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, geometryOf, type Geometry } from './image.ts';
+import { readHost } from '../model/host-file.ts';
+import { type HostIO } from '../model/host-io.ts';
+import { AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, geometryOf, type Geometry } from '../model/image.ts';
 import type { Imrt } from './imrt.ts';
-import { headerReferences } from './info.ts';
-import type { SnapshotState } from './snapshot.ts';
-import { hostFlush, setHeaderFields, type Tx } from './tx.ts';
+import { headerReferences } from '../model/header-references.ts';
+import type { SnapshotState } from '../model/snapshot.ts';
+import { hostFlush, setHeaderFields, type Tx } from '../model/tx.ts';
 
 
 /** QEMU's BdrvCheckMode: 0 = check only, 1 = BDRV_FIX_LEAKS (-r leaks), 3 = LEAKS | ERRORS (-r all). */
@@ -36,7 +37,7 @@ export interface CheckSession {
   signaled: boolean;
   dead: boolean;
   readonly lines: string[];
-  /** QEMU's refcount-block cache (src/model/check-refblocks.ts). */
+  /** QEMU's refcount-block cache (src/check/refblocks.ts). */
   readonly refblockCache: RefblockCacheState;
   /**
    * Host writes the model made that QEMU would not have made (a refcount change QEMU's cache could
@@ -80,24 +81,7 @@ export function pendingRefblockWrites(session: CheckSession): Set<HostIO> {
   return out;
 }
 
-/** Errno values and the strerror text glibc prints for them. */
-export const EIO = 5;
-export const ENOMEM = 12;
-export const EINVAL = 22;
-export const EFBIG = 27;
-export const ENOMEDIUM = 123;
-export const STRERROR: Readonly<Record<number, string>> = {
-  [EIO]: 'Input/output error',
-  [ENOMEM]: 'Cannot allocate memory',
-  [EINVAL]: 'Invalid argument',
-  [EFBIG]: 'File too large',
-  [ENOMEDIUM]: 'No medium found',
-};
-
-/** glibc's strerror text for errno `e`. */
-export function strerror(e: number): string {
-  return STRERROR[e] ?? `Unknown error ${e}`;
-}
+import { EFBIG, EINVAL, EIO, ENOMEDIUM, ENOMEM, strerror } from '../model/errno.ts';
 
 /** The check function returned -errno: the pass stops here (qemu-img: `Check failed: ...`). */
 export class CheckAbort extends Error {
@@ -237,7 +221,7 @@ export interface CheckContext {
   readonly bitmaps?: { readonly count: number; readonly offset: bigint; readonly size: bigint };
   /** The LUKS header area (crypt_method 2). */
   readonly crypto?: { readonly offset: bigint; readonly length: bigint };
-  /** rebuild_refcount_structure, supplied by the repair driver for -r all (src/model/rebuild-refcounts.ts). */
+  /** rebuild_refcount_structure, supplied by the repair driver for -r all (src/check/rebuild-refcounts.ts). */
   readonly rebuild?: RebuildRefcounts;
 }
 

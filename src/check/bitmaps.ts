@@ -6,13 +6,11 @@
  * (QEMU ignores them otherwise).
  */
 import { decodeBitmapTableEntryFields } from '../../generated/qcow2.ts';
-import { isZeroBytes } from '../format/bytes.ts';
+import { isZeroBytes } from '../codec/bytes.ts';
 import { offsetFromParts } from '../format/u64.ts';
 import type { Imrt } from './imrt.ts';
-import {
-  BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BME_MAX_PHYS_SIZE, BME_MAX_TABLE_SIZE, BME_RESERVED_FLAGS, CheckAbort, EINVAL, EIO,
-  QCOW2_MAX_BITMAP_DIRECTORY_SIZE, incRefcounts, pread, type CheckContext, type Counters,
-} from './check-context.ts';
+import { BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BME_MAX_PHYS_SIZE, BME_MAX_TABLE_SIZE, BME_RESERVED_FLAGS, CheckAbort, QCOW2_MAX_BITMAP_DIRECTORY_SIZE, incRefcounts, pread, type CheckContext, type Counters } from './context.ts';
+import { EINVAL, EIO } from '../model/errno.ts';
 
 
 interface BitmapRef {
