@@ -18,7 +18,7 @@ import { readFileSync } from 'node:fs';
 import { register } from 'tsx/esm/api';
 
 register();
-const { parseScript, ScriptError } = await import('../src/model/script.ts');
+const { parseScript, ScriptError } = await import('../src/script/script.ts');
 const { planQemuSteps, runQemuSteps } = await import('../src/qemu/qemu-steps.ts');
 const { qemuImgInfo, toBigInt } = await import('../src/qemu/qemu-img.ts');
 
