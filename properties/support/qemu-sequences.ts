@@ -39,7 +39,7 @@ import fc from 'fast-check';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { SeekDataProbeServer } from '../../src/io/seek-data.ts';
 import { imageBackingSource } from '../../src/model/backing.ts';
 import { closeImage } from '../../src/model/close.ts';
 import { createImage, type CreateOptions } from '../../src/model/create.ts';
@@ -698,110 +698,18 @@ function probedNames(cfg: QemuConfig, files: RunFiles): string[] {
   return [IMAGE_NAME, ...(cfg.dataFile !== undefined ? [DATA_NAME] : []), ...files.levels.map((l) => l.name)];
 }
 
-/**
- * A long-lived python3 doing what src/io/seek-data.ts's probe does (stat + SEEK_DATA/SEEK_HOLE,
- * never reading contents), so that hundreds of probes do not each pay python's start-up (~0.3 s
- * here). One request at a time: a JSON list of paths in, one JSON line out.
- */
-const PROBE_SERVER = `
-import os, sys, json
-for line in sys.stdin:
-    out = []
-    for path in json.loads(line):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            st = os.fstat(fd)
-            end = st.st_size
-            ranges = []
-            pos = 0
-            while pos < end:
-                try:
-                    d = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError:
-                    break
-                h = os.lseek(fd, d, os.SEEK_HOLE)
-                ranges.append([str(d), str(h)])
-                pos = h
-            out.append({'length': str(end), 'blocks': str(st.st_blocks), 'data': ranges})
-        finally:
-            os.close(fd)
-    sys.stdout.write(json.dumps(out) + '\\n')
-    sys.stdout.flush()
-`;
-
-interface ProbeServer {
-  child: ChildProcessWithoutNullStreams;
-  queue: Promise<unknown>;
-  buffer: string;
-  waiting?: (line: string) => void;
-}
-let server: ProbeServer | undefined;
-
-function probeServer(): ProbeServer {
-  if (server !== undefined) return server;
-  const child = spawn('python3', ['-S', '-u', '-c', PROBE_SERVER], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const s: ProbeServer = { child, queue: Promise.resolve(), buffer: '' };
-  let stderr = '';
-  child.stderr.on('data', (b: Buffer) => void (stderr += b.toString()));
-  child.stdout.on('data', (b: Buffer) => {
-    s.buffer += b.toString();
-    const nl = s.buffer.indexOf('\n');
-    if (nl >= 0 && s.waiting !== undefined) {
-      const line = s.buffer.slice(0, nl);
-      s.buffer = s.buffer.slice(nl + 1);
-      const w = s.waiting;
-      delete s.waiting;
-      w(line);
-    }
-  });
-  child.on('exit', () => {
-    if (server === s) server = undefined;
-    if (s.waiting !== undefined) s.waiting(`ERROR ${stderr}`);
-  });
-  child.on('error', (e) => {
-    if (server === s) server = undefined;
-    if (s.waiting !== undefined) s.waiting(`ERROR ${e.message}`);
-  });
-  hold(s, false);
-  server = s;
-  return s;
-}
-
-/** Keeps the event loop alive while a request is pending (and lets the process exit otherwise). */
-function hold(s: ProbeServer, on: boolean): void {
-  for (const h of [s.child, s.child.stdin, s.child.stdout, s.child.stderr] as unknown as { ref?: () => void; unref?: () => void }[]) {
-    if (on) h.ref?.();
-    else h.unref?.();
-  }
-}
+/** One long-lived SEEK_DATA probe for every sequence (src/io/seek-data.ts). */
+const probeServer = new SeekDataProbeServer();
 
 /** Stops the helper processes: the probe server and the QEMU starters (tests call it in afterAll). */
 export function closeProbeServer(): void {
-  server?.child.kill();
-  server = undefined;
+  probeServer.close();
   tools.close();
 }
 
 /** The allocation of `paths`, from the probe server (fails loudly when python3 cannot run). */
 export async function probeAsync(paths: readonly string[]): Promise<HostAllocation[]> {
-  if (paths.length === 0) return [];
-  const s = probeServer();
-  const run = s.queue.then(
-    () =>
-      new Promise<string>((resolve) => {
-        hold(s, true);
-        s.waiting = (line) => {
-          hold(s, false);
-          resolve(line);
-        };
-        s.child.stdin.write(JSON.stringify(paths) + '\n');
-      }),
-  );
-  s.queue = run.catch(() => undefined);
-  const line = await run;
-  if (line.startsWith('ERROR')) throw new Error(`host allocation probe (python3) failed: ${line}`);
-  const parsed = JSON.parse(line) as { length: string; blocks: string; data: [string, string][] }[];
-  return parsed.map((p) => ({ length: BigInt(p.length), allocatedBytes: BigInt(p.blocks) * 512n, data: p.data.map(([a, b]) => [BigInt(a), BigInt(b)] as const) }));
+  return probeServer.probe(paths);
 }
 
 async function probe(dir: string, names: readonly string[]): Promise<Map<string, HostAllocation>> {

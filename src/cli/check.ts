@@ -14,7 +14,7 @@
  *
  * The model (src/check/check.ts, src/check/repair.ts) decides everything; this file opens the image
  * (src/io/open-file.ts in check mode, read-write with -r), prints, and with -r writes the repair's
- * host operations to the file in order (src/cli/run.ts applyHostIOToFile) after the check has run
+ * host operations to the file in order (src/io/host-io-file.ts applyHostIOToPaths) after the check has run
  * to its end in memory. Lines qemu-img prints with its program name ("qemu-img: ...") are printed
  * with this program's.
  */
@@ -30,7 +30,7 @@ import type { QObject } from '../views/info.ts';
 import { qemuJsonPretty } from './info.ts';
 import { errnoText, type CliIo } from './io.ts';
 import { OpenImageError, withOpenImage, type OpenOptions } from '../io/open-file.ts';
-import { applyHostIOToFile } from './run.ts';
+import { applyHostIOToPaths } from '../io/host-io-file.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
 /** Help text of the check command. */
@@ -240,12 +240,7 @@ export async function runCheck(args: readonly string[], io: CliIo): Promise<numb
   }
   if (report.io.length > 0) {
     // The check ran to its end in memory; now its writes go to the file, in order.
-    const fh = await open(a.image, 'r+');
-    try {
-      await applyHostIOToFile(fh, report.io);
-    } finally {
-      await fh.close();
-    }
+    applyHostIOToPaths({ image: a.image }, report.io);
   }
   io.stderr(report.stderr);
   if (!a.quiet) io.stdout(report.stdout);

@@ -18,6 +18,8 @@ import { CreateError, createImage, type CreateOptions } from '../model/create.ts
 import type { HostFile } from '../model/host-file.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, errnoText } from './io.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
+import { writeHostFile } from '../io/host-io-file.ts';
+import { tempPathBeside } from '../io/temp-file.ts';
 
 /** Help text of the create command. */
 export const CREATE_HELP = `Usage: qcow2-ref create [-f qcow2] [-o OPTIONS] IMAGE [SIZE]
@@ -324,40 +326,6 @@ async function resolveCreate(image: string, sizeArg: string | undefined, optionL
   return o as unknown as CreateOptions;
 }
 
-/** A temporary file name in the directory of `target`. */
-function tempName(target: string): string {
-  return join(dirname(target), `.${basename(target)}.qcow2-ref-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-}
-
-/**
- * Writes the sparse HostFile `file` to a new file at `path`: only its non-zero pages (contiguous
- * pages coalesced, at most 1 MiB per write), then ftruncate to its length and fsync. Holes stay
- * holes, so a large preallocated image costs only its metadata.
- */
-export async function writeHostFileTo(path: string, file: HostFile): Promise<void> {
-  const fh = await open(path, 'wx', 0o644);
-  try {
-    const keys = [...file.pages.keys()].sort((a, b) => a - b);
-    const PAGE = 4096;
-    const MAX_RUN = 256;
-    let i = 0;
-    while (i < keys.length) {
-      let j = i + 1;
-      while (j < keys.length && keys[j] === keys[j - 1]! + 1 && j - i < MAX_RUN) j++;
-      const buf = Buffer.alloc((j - i) * PAGE);
-      for (let k = i; k < j; k++) buf.set(file.pages.get(keys[k]!)!, (k - i) * PAGE);
-      const start = BigInt(keys[i]!) * BigInt(PAGE);
-      // The last page may extend past the file's length: cut it there.
-      const end = start + BigInt(buf.length) > file.length ? Number(file.length - start) : buf.length;
-      await fh.write(buf, 0, end, Number(start));
-      i = j;
-    }
-    await fh.truncate(Number(file.length));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 /** Runs `create` with the arguments after the command name; returns the exit code. */
 export async function runCreate(args: readonly string[], io: CliIo): Promise<number> {
@@ -418,13 +386,13 @@ export async function runCreate(args: readonly string[], io: CliIo): Promise<num
   const jobs: Array<{ target: string; temp: string; file: HostFile }> = [];
   if (result.dataFile !== undefined && dataName !== undefined) {
     // qemu-img creates the data file relative to the current directory (not IMAGE's directory).
-    jobs.push({ target: dataName, temp: tempName(dataName), file: result.dataFile });
+    jobs.push({ target: dataName, temp: tempPathBeside(dataName), file: result.dataFile });
   }
-  jobs.push({ target: image, temp: tempName(image), file: result.image.file });
+  jobs.push({ target: image, temp: tempPathBeside(image), file: result.image.file });
   try {
     for (const j of jobs) {
       await refuseDirectory(j.target);
-      await writeHostFileTo(j.temp, j.file);
+      writeHostFile(j.temp, j.file);
     }
     for (const j of jobs) await rename(j.temp, j.target);
   } catch (e) {

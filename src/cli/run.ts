@@ -46,6 +46,7 @@ import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '..
 import { step } from '../model/step.ts';
 import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, parseUsage, outputFormat, errnoText } from './io.ts';
 import { chainImage, OpenImageError, openImage, type OpenedLayer, type OpenPolicy } from '../io/open-file.ts';
+import { applyHostIOToPaths, type HostIOStats } from '../io/host-io-file.ts';
 
 /** Help text of the run command. */
 export const RUN_HELP = `Usage: qcow2-ref run [--output=human|json] [--quiet] [--allow-data-file-path]
@@ -124,7 +125,6 @@ export interface RunSummary {
 }
 
 /** Largest zero buffer written at once for zero/discard requests. */
-const ZERO_CHUNK = 1 << 20;
 
 /** The script name of an op (`writeZeroes` → `zero`). */
 function scriptName(op: Op): ScriptOpName {
@@ -160,101 +160,6 @@ export function planOps(image: Image, ops: readonly Op[]): { ok: true; io: HostI
   const closed = closeImage(img);
   for (const x of closed.io) io.push(x);
   return { ok: true, io, image: closed.image };
-}
-
-async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    if (bytesWritten <= 0) throw new Error('short write');
-    done += bytesWritten;
-  }
-}
-
-/**
- * Issues `io` to the open file `fh` in order (see applyHostIOToFiles); `io` must address only the
- * qcow2 file.
- */
-export async function applyHostIOToFile(fh: FileHandle, io: readonly HostIO[]): Promise<Omit<RunSummary, 'ops'>> {
-  return applyHostIOToFiles({ image: fh }, io);
-}
-
-/**
- * Issues `io` in order to the open files it addresses (`files.image` for the qcow2 file, `files.data`
- * for the external data file): writes as writes, 'zero' as writes of zeros (in chunks of at most
- * 1 MiB, extending the file like a write), 'discard' as writes of zeros clipped to the current end of
- * the file (never extending it), 'truncate' as ftruncate, 'flush' as an fsync of every file written
- * since the previous barrier (a barrier with nothing written in between issues none). Ends with an
- * fsync of every file written after the last barrier. Throws if `io` addresses a file not given.
- */
-export async function applyHostIOToFiles(
-  files: { readonly image: FileHandle; readonly data?: FileHandle },
-  io: readonly HostIO[],
-): Promise<Omit<RunSummary, 'ops'>> {
-  const lengths: Partial<Record<HostTarget, bigint>> = {};
-  for (const t of ['image', 'data'] as const) {
-    const fh = files[t];
-    if (fh !== undefined) lengths[t] = BigInt((await fh.stat()).size);
-  }
-  let hostWrites = 0;
-  let bytesWritten = 0;
-  let flushes = 0;
-  const dirtyFiles = new Set<HostTarget>();
-  let zeros: Uint8Array | undefined;
-  let fh: FileHandle = files.image;
-  const writeZeros = async (offset: bigint, count: bigint): Promise<void> => {
-    let pos = offset;
-    const end = offset + count;
-    while (pos < end) {
-      const n = Number(end - pos < BigInt(ZERO_CHUNK) ? end - pos : BigInt(ZERO_CHUNK));
-      zeros ??= new Uint8Array(ZERO_CHUNK);
-      await writeAll(fh, zeros.subarray(0, n), Number(pos));
-      pos += BigInt(n);
-      bytesWritten += n;
-    }
-  };
-  const syncDirty = async (): Promise<boolean> => {
-    if (dirtyFiles.size === 0) return false;
-    for (const t of dirtyFiles) await files[t]!.sync();
-    dirtyFiles.clear();
-    return true;
-  };
-  for (const op of io) {
-    if (op.kind === 'flush') {
-      if (await syncDirty()) flushes++;
-      continue;
-    }
-    const target = hostTargetOf(op);
-    const handle = files[target];
-    if (handle === undefined) throw new Error(`host I/O addresses the ${target} file, which is not open`);
-    fh = handle;
-    let length = lengths[target]!;
-    switch (op.kind) {
-      case 'write':
-        await writeAll(fh, op.bytes, Number(op.offset));
-        bytesWritten += op.bytes.length;
-        if (op.offset + BigInt(op.bytes.length) > length) length = op.offset + BigInt(op.bytes.length);
-        break;
-      case 'zero':
-        await writeZeros(op.offset, op.length);
-        if (op.offset + op.length > length) length = op.offset + op.length;
-        break;
-      case 'discard': {
-        const end = op.offset + op.length < length ? op.offset + op.length : length;
-        if (end > op.offset) await writeZeros(op.offset, end - op.offset);
-        break;
-      }
-      case 'truncate':
-        await fh.truncate(Number(op.length));
-        length = op.length;
-        break;
-    }
-    lengths[target] = length;
-    hostWrites++;
-    dirtyFiles.add(target);
-  }
-  await syncDirty();
-  return { hostWrites, bytesWritten, flushes };
 }
 
 async function readScript(path: string): Promise<string> {
@@ -345,19 +250,11 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
 
   // 3. The host I/O, in order, to the image and (when the ops changed it) its data file.
   const allIo = [...openIo, ...plan.io];
-  let done: Omit<RunSummary, 'ops'>;
+  let done: HostIOStats;
   const writesData = allIo.some((x) => hostTargetOf(x) === 'data' && x.kind !== 'flush');
   if (writesData && dataPath === undefined) throw new Error('the model wrote a data file the image does not name');
   try {
-    const fh = await open(imagePath, 'r+');
-    let dfh: FileHandle | undefined;
-    try {
-      if (writesData) dfh = await open(dataPath!, 'r+');
-      done = await applyHostIOToFiles(dfh !== undefined ? { image: fh, data: dfh } : { image: fh }, allIo);
-    } finally {
-      await dfh?.close();
-      await fh.close();
-    }
+    done = applyHostIOToPaths(dataPath !== undefined ? { image: imagePath, data: dataPath } : { image: imagePath }, allIo);
   } catch (e) {
     io.stderr(`qcow2-ref: ${imagePath}: write failed: ${errnoText(e)} (the image and its data file may be partly updated)\n`);
     return EXIT_DECODE;

@@ -8,33 +8,55 @@
  * (one process for any number of files). The Python only opens the files read-only and seeks; it
  * never reads their contents.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { statSync } from 'node:fs';
 import type { HostAllocation } from '../model/block-status.ts';
 
 /** The interpreter used for the probe (looked up in PATH). */
 export const DEFAULT_PYTHON = 'python3';
 
-/** Prints, per file argument, a line `#` then one `DATA_START HOLE_START` line per data extent. */
+/**
+ * The probe: per line of standard input, a JSON list of paths; per request, one JSON line out with
+ * each file's length, st_blocks and `[data_start, hole_start]` pairs (decimal strings: exact above
+ * 2^53). Used one-shot (one request, then end of input) and as a long-lived server.
+ */
 const SCRIPT = `
-import os, sys
-for path in sys.argv[1:]:
-    print('#')
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        end = os.fstat(fd).st_size
-        pos = 0
-        while pos < end:
-            try:
-                d = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            h = os.lseek(fd, d, os.SEEK_HOLE)
-            print(d, h)
-            pos = h
-    finally:
-        os.close(fd)
+import os, sys, json
+for line in sys.stdin:
+    out = []
+    for path in json.loads(line):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            end = st.st_size
+            ranges = []
+            pos = 0
+            while pos < end:
+                try:
+                    d = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:
+                    break
+                h = os.lseek(fd, d, os.SEEK_HOLE)
+                ranges.append([str(d), str(h)])
+                pos = h
+            out.append({'length': str(end), 'blocks': str(st.st_blocks), 'data': ranges})
+        finally:
+            os.close(fd)
+    sys.stdout.write(json.dumps(out) + '\\n')
+    sys.stdout.flush()
 `;
+
+/** One answer line of the probe, decoded. */
+function parseAnswer(line: string, count: number): HostAllocation[] {
+  let parsed: { length: string; blocks: string; data: [string, string][] }[];
+  try {
+    parsed = JSON.parse(line) as typeof parsed;
+  } catch {
+    throw new HostProbeError('cannot probe file allocation: unexpected probe output');
+  }
+  if (!Array.isArray(parsed) || parsed.length !== count) throw new HostProbeError('cannot probe file allocation: unexpected probe output');
+  return parsed.map((p) => ({ length: BigInt(p.length), allocatedBytes: BigInt(p.blocks) * 512n, data: p.data.map(([a, b]) => [BigInt(a), BigInt(b)] as const) }));
+}
 
 /** The python3 probe could not be run (interpreter missing, or it failed). */
 export class HostProbeError extends Error {
@@ -46,14 +68,6 @@ function statFacts(path: string): { length: bigint; allocatedBytes: bigint } {
   return { length: st.size, allocatedBytes: st.blocks * 512n };
 }
 
-function parseRanges(block: string): (readonly [bigint, bigint])[] {
-  const lines = block.split('\n').filter((l) => l.trim() !== '');
-  return lines.map((l) => {
-    const [a, b] = l.trim().split(' ');
-    return [BigInt(a!), BigInt(b!)] as const;
-  });
-}
-
 /**
  * The allocation of each file of `paths` (same order), from one python3 process: the length and
  * st_blocks × 512 from `stat`, the data ranges from SEEK_DATA/SEEK_HOLE. Throws HostProbeError when
@@ -61,18 +75,16 @@ function parseRanges(block: string): (readonly [bigint, bigint])[] {
  */
 export function probeHostAllocations(paths: readonly string[], python = DEFAULT_PYTHON): HostAllocation[] {
   if (paths.length === 0) return [];
-  const facts = paths.map(statFacts);
+  for (const p of paths) statFacts(p); // a file that cannot be stat'ed throws the fs error, as before
   let out: string;
   try {
-    out = execFileSync(python, ['-c', SCRIPT, ...paths], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    out = execFileSync(python, ['-S', '-c', SCRIPT], { input: JSON.stringify(paths) + '\n', encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stderr?: string };
     const why = err.code === 'ENOENT' ? `${python} not found` : (err.stderr ?? err.message).trim().split('\n').pop() ?? err.message;
     throw new HostProbeError(`cannot probe file allocation with SEEK_DATA/SEEK_HOLE: ${why}`);
   }
-  const blocks = out.split('#\n').slice(1);
-  if (blocks.length !== paths.length) throw new HostProbeError(`cannot probe file allocation: unexpected probe output`);
-  return paths.map((_, i) => ({ ...facts[i]!, data: parseRanges(blocks[i]!) }));
+  return parseAnswer(out.trim(), paths.length);
 }
 
 /** The allocation of the file at `path` (throws HostProbeError if python3 is missing or fails). */
@@ -106,5 +118,82 @@ export function probeHostAllocationsOrFull(paths: readonly string[], warn: (line
     if (!(e instanceof HostProbeError)) throw e;
     warn(`${e.message}; treating the files as fully allocated (the map of sparse, metadata-preallocated images may then differ from qemu-img's)`);
     return paths.map(fullyAllocated);
+  }
+}
+
+/**
+ * The same probe as a long-lived python3, so that hundreds of probes (the QEMU properties) do not
+ * each pay the interpreter's start-up. Requests are answered one at a time, in order; the process
+ * does not keep Node's event loop alive while idle. A probe fails with HostProbeError when python3
+ * cannot run or dies.
+ */
+export class SeekDataProbeServer {
+  private child: ChildProcessWithoutNullStreams | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private buffer = '';
+  private waiting: ((line: string) => void) | undefined;
+
+  constructor(private readonly python = DEFAULT_PYTHON) {}
+
+  /** The allocation of each file of `paths` (same order). */
+  async probe(paths: readonly string[]): Promise<HostAllocation[]> {
+    if (paths.length === 0) return [];
+    const run = this.queue.then(() => new Promise<string>((resolve) => {
+      const child = this.start();
+      this.hold(child, true);
+      this.waiting = (line) => {
+        this.hold(child, false);
+        resolve(line);
+      };
+      child.stdin.write(JSON.stringify(paths) + '\n');
+    }));
+    this.queue = run.catch(() => undefined);
+    const line = await run;
+    if (line.startsWith('ERROR')) throw new HostProbeError(`host allocation probe (${this.python}) failed: ${line.slice(6)}`);
+    return parseAnswer(line, paths.length);
+  }
+
+  /** Stops the process (a later probe starts a new one). */
+  close(): void {
+    this.child?.kill();
+    this.child = undefined;
+  }
+
+  private start(): ChildProcessWithoutNullStreams {
+    if (this.child !== undefined) return this.child;
+    const child = spawn(this.python, ['-S', '-u', '-c', SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stderr = '';
+    const answer = (line: string): void => {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w?.(line);
+    };
+    child.stderr.on('data', (b: Buffer) => void (stderr += b.toString()));
+    child.stdout.on('data', (b: Buffer) => {
+      this.buffer += b.toString();
+      const nl = this.buffer.indexOf('\n');
+      if (nl >= 0) {
+        const line = this.buffer.slice(0, nl);
+        this.buffer = this.buffer.slice(nl + 1);
+        answer(line);
+      }
+    });
+    const gone = (why: string): void => {
+      if (this.child === child) this.child = undefined;
+      answer(`ERROR ${why}`);
+    };
+    child.on('exit', () => gone(stderr.trim() || 'exited'));
+    child.on('error', (e: NodeJS.ErrnoException) => gone(e.code === 'ENOENT' ? `${this.python} not found` : e.message));
+    this.hold(child, false);
+    this.child = child;
+    return child;
+  }
+
+  /** Keeps the event loop alive while a request is pending (and lets the process exit otherwise). */
+  private hold(child: ChildProcessWithoutNullStreams, on: boolean): void {
+    for (const h of [child, child.stdin, child.stdout, child.stderr] as unknown as { ref?: () => void; unref?: () => void }[]) {
+      if (on) h.ref?.();
+      else h.unref?.();
+    }
   }
 }

@@ -14,7 +14,7 @@ import { open, readFile, stat } from 'node:fs/promises';
 import { checkReport, type CheckReport } from '../../src/cli/check.ts';
 import { probeHostAllocations } from '../../src/io/seek-data.ts';
 import { fileReader } from '../../src/io/file-reader.ts';
-import { applyHostIOToFile } from '../../src/cli/run.ts';
+import { applyHostIOToPaths } from '../../src/io/host-io-file.ts';
 import type { RepairMode } from '../../src/check/repair.ts';
 import { loadImage } from '../../src/model/load-store.ts';
 import { runTool } from '../../src/qemu/run.ts';
@@ -58,12 +58,7 @@ export async function ourCheckText(dir: string, name: string, run: CheckRun = {}
     reader.close();
   }
   if (report.io.length > 0) {
-    const fh = await open(path, 'r+');
-    try {
-      await applyHostIOToFile(fh, report.io);
-    } finally {
-      await fh.close();
-    }
+    applyHostIOToPaths({ image: path }, report.io);
   }
   return { code: report.exitCode, stdout: report.stdout, stderr: report.stderr, report };
 }
