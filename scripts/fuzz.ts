@@ -11,13 +11,13 @@
  *   fc.assert(commandsProperty(configArb(CLASS), modelStep, { maxCommands: M, compressed: true, replayPath: R }),
  *             { seed: SEED, path: PATH, endOnFailure: true })
  *
- * Campaigns today: `model-commands` (properties/support/model-commands.ts, every configuration
- * class of CONFIG_CLASSES), `qemu-forward` and `qemu-reverse` (properties/support/qemu-sequences.ts:
+ * Campaigns today: `model-commands` (test/support/model-commands.ts, every configuration
+ * class of CONFIG_CLASSES), `qemu-forward` and `qemu-reverse` (test/support/qemu-sequences.ts:
  * real QEMU judges the model's files, the model reads and continues QEMU's; every class of
  * QEMU_CLASSES). The table then also gives the QEMU processes run and, for qemu-reverse, the share of
  * sequences whose files were byte-identical to QEMU's; `corruption-injection`
- * (properties/support/injection-campaign.ts: a catalog corruption of a model image, our check and
- * repair against qemu-img's) and `hostile-input` (properties/support/hostile-campaign.ts: mutated images
+ * (test/support/injection-campaign.ts: a catalog corruption of a model image, our check and
+ * repair against qemu-img's) and `hostile-input` (test/support/hostile-campaign.ts: mutated images
  * through open, info, map, reads, check and repair; only typed errors, bounded time and heap), whose
  * summaries (typed errors by code, the slowest case, ...) follow the table.
  *
@@ -35,9 +35,10 @@ import {
   modelStep,
   type ConfigClass,
   type StepFn,
-} from '../properties/support/model-commands.ts';
-import { hostileCampaign } from '../properties/support/hostile-campaign.ts';
-import { injectionCampaign } from '../properties/support/injection-campaign.ts';
+} from '../test/support/model-commands.ts';
+import { failureOf, type BatchResult, type Campaign, type Failure } from '../test/support/campaign.ts';
+import { hostileCampaign } from '../test/support/hostile-campaign.ts';
+import { injectionCampaign } from '../test/support/injection-campaign.ts';
 import {
   closeProbeServer,
   formatLayoutTable,
@@ -49,95 +50,11 @@ import {
   type LayoutTally,
   type QemuClass,
   type RunReport,
-} from '../properties/support/qemu-sequences.ts';
+} from '../test/support/qemu-sequences.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Campaigns
 
-/** One class of a campaign: a name to select it with `--classes`, and what it covers. */
-export interface CampaignClass {
-  readonly name: string;
-  readonly title: string;
-}
-
-/** What one batch did. */
-export interface BatchResult {
-  /** Sequences (property runs) executed before the batch ended or failed, the failing one included. */
-  readonly sequences: number;
-  /** Ops given to the system under test in those sequences (shrinking replays not counted). */
-  readonly ops: number;
-  /** QEMU processes those sequences ran (campaigns that run QEMU). */
-  readonly qemuCalls?: number;
-  /** Sequences whose files were compared with QEMU's byte for byte, and how many were identical. */
-  readonly layout?: { readonly compared: number; readonly identical: number };
-  readonly failure?: Failure;
-}
-
-/** A property failure, with everything needed to replay it. */
-export interface Failure {
-  readonly campaign: string;
-  readonly cls: string;
-  /** The seed of the batch (give it to fc.assert / fc.check as `seed`). */
-  readonly seed: number;
-  /** fast-check's path of the shrunk counterexample (`path`). */
-  readonly path: string;
-  /** The replayPath of the shrunk command list (`fc.commands(…, { replayPath })`), when there is one. */
-  readonly replayPath?: string;
-  /** The shrunk counterexample as fast-check prints it. */
-  readonly counterexample: string;
-  /** The error the counterexample raised. */
-  readonly error: string;
-  /** How to replay it, as a line of code. */
-  readonly replay: string;
-}
-
-/** Parameters of one batch. */
-export interface BatchParams {
-  readonly seed: number;
-  readonly numRuns: number;
-  /** Overrides the class's own maximum number of commands per sequence. */
-  readonly maxCommands?: number;
-}
-
-/** A named property family that the fuzzer runs class by class. */
-export interface Campaign {
-  readonly name: string;
-  readonly classes: readonly CampaignClass[];
-  /** Runs `numRuns` sequences of class `cls` from `seed`; reports a property failure, never throws one. */
-  runBatch(cls: string, params: BatchParams): BatchResult | Promise<BatchResult>;
-  /** Lines printed under the table (e.g. cases run, typed errors by code, the slowest case). */
-  summary?(): string;
-  /** Releases what the campaign holds (worker threads, temporary files); called once after the run. */
-  close?(): Promise<void>;
-}
-
-/** The replayPath fast-check prints in a command list's string form (`/*replayPath="…"*\/`). */
-export function replayPathOf(printed: string): string | undefined {
-  return /replayPath="([^"]*)"/.exec(printed)?.[1];
-}
-
-/**
- * The Failure of a failed fc.check (undefined when it passed): seed, path, the replayPath a command
- * list prints, the shrunk counterexample and its error, and `replay(path, replayPath)` as the line
- * of code that replays it.
- */
-export function failureOf<Ts>(d: fc.RunDetails<Ts>, campaign: string, cls: string, replay: (path: string, replayPath: string | undefined) => string): Failure | undefined {
-  if (!d.failed) return undefined;
-  const counterexample = d.counterexample !== null ? fc.stringify(d.counterexample) : '(none)';
-  const path = d.counterexamplePath ?? '';
-  const replayPath = replayPathOf(counterexample);
-  const err = d.errorInstance;
-  return {
-    campaign,
-    cls,
-    seed: d.seed,
-    path,
-    ...(replayPath !== undefined ? { replayPath } : {}),
-    counterexample,
-    error: err instanceof Error ? err.message : String(err),
-    replay: replay(path, replayPath),
-  };
-}
 
 /**
  * The model-commands property (model vs raw-disk oracle, fc.commands with size 'max') as a campaign
@@ -171,7 +88,7 @@ export interface QemuCampaignStats {
 }
 
 /**
- * Real QEMU as the second oracle (properties/support/qemu-sequences.ts), one class per entry of
+ * Real QEMU as the second oracle (test/support/qemu-sequences.ts), one class per entry of
  * QEMU_CLASSES: `qemu-forward` (QEMU judges the model's files) or `qemu-reverse` (the model reads and
  * continues QEMU's files; layout compared byte for byte). Sequences of up to `maxCommands` ops
  * (default 50). A failure replays with
@@ -252,8 +169,8 @@ export interface FuzzOptions {
 }
 
 /** A command-line error (exit code 2). */
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
+export class FuzzUsageError extends Error {
+  override readonly name = 'FuzzUsageError';
 }
 
 /** The --help text (also printed after a usage error). */
@@ -272,7 +189,7 @@ fc.check from seeds derived from S, until N seconds have passed (a batch in prog
 Exit codes: 0 no failure, 1 a property failed (seed, path, replayPath and counterexample printed), 2 usage.`;
 
 /**
- * Parses the fuzz command line (`--flag value` and `--flag=value` forms). Throws UsageError for an
+ * Parses the fuzz command line (`--flag value` and `--flag=value` forms). Throws FuzzUsageError for an
  * unknown flag, a missing or malformed value; `random` is called only when no --seed is given.
  */
 export function parseFuzzArgs(argv: readonly string[], random: () => number = Math.random): FuzzOptions {
@@ -289,18 +206,18 @@ export function parseFuzzArgs(argv: readonly string[], random: () => number = Ma
     const value = (): string => {
       if (eq >= 0) return arg.slice(eq + 1);
       const v = argv[++i];
-      if (v === undefined) throw new UsageError(`${flag} needs a value`);
+      if (v === undefined) throw new FuzzUsageError(`${flag} needs a value`);
       return v;
     };
     const int = (min: number, max: number): number => {
       const v = value();
-      if (!/^-?\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`${flag} needs an integer in [${min}, ${max}], got '${v}'`);
+      if (!/^-?\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new FuzzUsageError(`${flag} needs an integer in [${min}, ${max}], got '${v}'`);
       return Number(v);
     };
     switch (flag) {
       case '--seconds': {
         const v = value();
-        if (!/^\d+(\.\d+)?$/.test(v) || Number(v) <= 0) throw new UsageError(`--seconds needs a positive number, got '${v}'`);
+        if (!/^\d+(\.\d+)?$/.test(v) || Number(v) <= 0) throw new FuzzUsageError(`--seconds needs a positive number, got '${v}'`);
         seconds = Number(v);
         break;
       }
@@ -309,14 +226,14 @@ export function parseFuzzArgs(argv: readonly string[], random: () => number = Ma
         break;
       case '--classes':
         classes = value().split(',').map((c) => c.trim()).filter((c) => c !== '');
-        if (classes.length === 0) throw new UsageError('--classes needs at least one class name');
+        if (classes.length === 0) throw new FuzzUsageError('--classes needs at least one class name');
         break;
       case '--max-commands':
         maxCommands = int(1, 100_000);
         break;
       case '--output': {
         const v = value();
-        if (v !== 'table' && v !== 'json') throw new UsageError(`--output must be table or json, got '${v}'`);
+        if (v !== 'table' && v !== 'json') throw new FuzzUsageError(`--output must be table or json, got '${v}'`);
         output = v;
         break;
       }
@@ -325,7 +242,7 @@ export function parseFuzzArgs(argv: readonly string[], random: () => number = Ma
         help = true;
         break;
       default:
-        throw new UsageError(`unknown argument '${arg}'`);
+        throw new FuzzUsageError(`unknown argument '${arg}'`);
     }
   }
   const randomSeed = seed === undefined;
@@ -392,14 +309,14 @@ export const MAX_FAILURES_PER_CLASS = 3;
 
 /**
  * Selects the classes: every class of every campaign, or those named in `classes` (`name` or
- * `campaign/name`). Throws UsageError naming the unknown ones and listing the known ones.
+ * `campaign/name`). Throws FuzzUsageError naming the unknown ones and listing the known ones.
  */
 export function selectUnits(campaigns: readonly Campaign[], classes?: readonly string[]): { campaign: Campaign; cls: string }[] {
   const all = campaigns.flatMap((campaign) => campaign.classes.map((c) => ({ campaign, cls: c.name })));
   if (classes === undefined) return all;
   const unknown = classes.filter((n) => !all.some((u) => u.cls === n || `${u.campaign.name}/${u.cls}` === n));
   if (unknown.length > 0) {
-    throw new UsageError(`unknown class ${unknown.join(', ')}; known: ${all.map((u) => `${u.campaign.name}/${u.cls}`).join(', ')}`);
+    throw new FuzzUsageError(`unknown class ${unknown.join(', ')}; known: ${all.map((u) => `${u.campaign.name}/${u.cls}`).join(', ')}`);
   }
   return all.filter((u) => classes.includes(u.cls) || classes.includes(`${u.campaign.name}/${u.cls}`));
 }
@@ -541,7 +458,7 @@ export async function fuzzMain(argv: readonly string[], io: FuzzIO = processIO, 
     opts = parseFuzzArgs(argv);
     if (!opts.help) selectUnits(campaigns, opts.classes);
   } catch (e) {
-    if (!(e instanceof UsageError)) throw e;
+    if (!(e instanceof FuzzUsageError)) throw e;
     io.stderr(`fuzz: ${e.message}\n${USAGE}\n`);
     return 2;
   }

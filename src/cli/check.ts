@@ -29,7 +29,7 @@ import { checkImage } from '../check/check.ts';
 import type { QObject } from '../views/info.ts';
 import { qemuJsonPretty } from './info.ts';
 import { errnoText, type CliIo } from './io.ts';
-import { OpenImageError, withOpenImage, type OpenOptions } from '../io/open-file.ts';
+import { OpenImageError, withOpenImageFile, type OpenFileOptions } from '../io/open-file.ts';
 import { applyHostIOToPaths } from '../io/host-io-file.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
@@ -222,10 +222,10 @@ export async function runCheck(args: readonly string[], io: CliIo): Promise<numb
   }
   // QEMU opens with BDRV_O_CHECK (the snapshot table and an empty refcount table are left to the
   // check) and, with -r, read-write (BDRV_O_RDWR).
-  const opts: OpenOptions = { dataFile: 'stat', writable: a.repair !== undefined, checkMode: true };
+  const opts: OpenFileOptions = { dataFile: 'stat', writable: a.repair !== undefined, checkMode: true };
   let report: CheckReport;
   try {
-    report = await withOpenImage(a.image, {}, opts, (top) =>
+    report = await withOpenImageFile(a.image, {}, opts, (top) =>
       checkReport(top.image!, { filename: a.image, output: a.output, ...(a.repair !== undefined ? { repair: a.repair } : {}), openIo: top.openIo ?? [] }));
   } catch (e) {
     if (e instanceof OpenImageError) {

@@ -17,7 +17,7 @@ import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QO
 import { isQcow2FormatError } from '../codec/errors.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
 import { HostReaderError } from '../model/host-reader.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImage, type OpenedLayer } from '../io/open-file.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImageFile, type OpenedLayer } from '../io/open-file.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
 /** Help text of the info command. */
@@ -359,7 +359,7 @@ export async function runInfo(args: readonly string[], io: CliIo): Promise<numbe
   const policy = openPolicyFrom(parsed.values);
   let text: string;
   try {
-    text = await withOpenImage(image, policy, { backing: chain, dataFile: 'ignore' }, (top) => {
+    text = await withOpenImageFile(image, policy, { backing: chain, dataFile: 'ignore' }, (top) => {
       const { infos, warnings } = layerInfos(top);
       for (const w of warnings) io.stderr(`qcow2-ref: ${w}\n`);
       return formatInfo(infos, output, chain);

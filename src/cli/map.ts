@@ -23,7 +23,7 @@ import type { MapExtent } from '../model/block-status.ts';
 import { parseQemuSize } from './create.ts';
 import { probeHostAllocationsOrFull } from '../io/seek-data.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImage, openPolicyFrom, type OpenedLayer } from '../io/open-file.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, type OpenedLayer } from '../io/open-file.ts';
 
 /** Help text of the map command. */
 export const MAP_HELP = `Usage: qcow2-ref map [--output=human|json] [--start-offset=OFFSET]
@@ -167,7 +167,7 @@ export async function runMap(args: readonly string[], io: CliIo): Promise<number
   let top: OpenedLayer | undefined;
   let extents: MapExtent[];
   try {
-    top = await openImage(imagePath, policy, { backing: true, dataFile: 'stat' });
+    top = await openImageFile(imagePath, policy, { backing: true, dataFile: 'stat' });
     const paths = mapDependencies(top);
     const allocs = probeHostAllocationsOrFull(paths, (line) => io.stderr(`qcow2-ref: warning: ${line}\n`));
     const hosts = new Map(paths.map((p, i) => [p, allocs[i]!] as const));

@@ -45,7 +45,7 @@ import type { Op } from '../model/ops.ts';
 import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../script/script.ts';
 import { step } from '../model/step.ts';
 import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, parseUsage, outputFormat, errnoText } from './io.ts';
-import { chainImage, OpenImageError, openImage, type OpenedLayer, type OpenPolicy } from '../io/open-file.ts';
+import { chainImage, OpenImageError, openImageFile, type OpenedLayer, type OpenPolicy } from '../io/open-file.ts';
 import { applyHostIOToPaths, type HostIOStats } from '../io/host-io-file.ts';
 
 /** Help text of the run command. */
@@ -222,7 +222,7 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
   try {
     // Writable, as qemu-io opens it: QEMU's writable-open checks, and what the open writes (unknown
     // autoclear bits cleared, a dirty image repaired) goes to the file before the ops' writes.
-    top = await openImage(imagePath, runPolicy(allowDataFilePath), { backing: true, dataFile: 'read', writable: true });
+    top = await openImageFile(imagePath, runPolicy(allowDataFilePath), { backing: true, dataFile: 'read', writable: true });
     dataPath = top.dataFile?.path;
     openIo = top.openIo ?? [];
     // What qemu-io prints while its open repairs a dirty image (the check's findings and repairs).

@@ -19,7 +19,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { CorpusCase } from '../corpus/manifest.ts';
 import { fileReader, type FileReader } from '../io/file-reader.ts';
-import { OpenImageError, withOpenImage } from '../io/open-file.ts';
+import { OpenImageError, withOpenImageFile } from '../io/open-file.ts';
 import { checkImage } from '../check/check.ts';
 import type { Op } from '../model/ops.ts';
 import { parseScript } from '../script/script.ts';
@@ -164,7 +164,7 @@ async function judgeWriter(c: CorpusCase, adapter: Adapter, s: WriterSetup, ws: 
 async function ownCheck(path: string): Promise<string[]> {
   let result;
   try {
-    result = await withOpenImage(path, {}, { backing: false, dataFile: 'stat' }, (top) => checkImage(top.image!));
+    result = await withOpenImageFile(path, {}, { backing: false, dataFile: 'stat' }, (top) => checkImage(top.image!));
   } catch (e) {
     const what = e instanceof OpenImageError ? e.detail : message(e);
     return [`qcow2-ref could not load the result: ${what}`];

@@ -9,7 +9,7 @@
  *
  * Structures are found through the image itself (src/corrupt/layout.ts over walkImage): no offset is
  * assumed. Pure: the input is never modified; the same image and the same Rng choices give the same
- * result. Used by properties/corruption-injection.test.ts and by the corpus generator's invalid
+ * result. Used by test/qemu/corruption-injection.test.ts and by the corpus generator's invalid
  * families.
  */
 import { encodeSnapshotEntry, type SnapshotEntryFields } from '../../generated/qcow2.ts';

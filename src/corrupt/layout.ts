@@ -54,7 +54,7 @@ export interface L1Slot {
 }
 
 /** An L1 table (active or a snapshot's) that lies inside the file. */
-export interface L1Table {
+export interface L1TableLayout {
   readonly offset: bigint;
   readonly size: number;
   /** The non-zero entries, in index order. */
@@ -71,7 +71,7 @@ export interface L2Slot {
 }
 
 /** One distinct L2 table that lies inside the file and is cluster aligned. */
-export interface L2Table {
+export interface L2TableLayout {
   readonly offset: bigint;
   /** Entries per table. */
   readonly entryCount: number;
@@ -82,7 +82,7 @@ export interface L2Table {
 
 /** One active L2 table with the active L1 indexes pointing at it. */
 export interface ActiveL2Table {
-  readonly table: L2Table;
+  readonly table: L2TableLayout;
   readonly l1Indexes: readonly number[];
 }
 
@@ -108,7 +108,7 @@ export interface SnapshotLayout {
   readonly index: number;
   readonly entryOffset: number;
   readonly fields: SnapshotEntryFields;
-  readonly l1?: L1Table;
+  readonly l1?: L1TableLayout;
 }
 
 /** Where a refcount lives: `bits` wide, at byte `offset`, starting at bit `shift` (LSB first) for widths below 8. */
@@ -138,9 +138,9 @@ export interface FileLayout {
   /** Entries per L2 table. */
   readonly l2Entries: number;
   /** The active L1 table, or undefined when it runs past the end of the file. */
-  readonly activeL1?: L1Table;
+  readonly activeL1?: L1TableLayout;
   /** Every distinct L2 table reachable from the active or a snapshot L1 table. */
-  readonly l2Tables: readonly L2Table[];
+  readonly l2Tables: readonly L2TableLayout[];
   /** The refcount table, or undefined when it runs past the end of the file. */
   readonly refcountTable?: RefcountTableLayout;
   /** Refcount block offsets that lie inside the file and are cluster aligned (the pokeable ones). */
@@ -193,7 +193,7 @@ export function layoutOf(bytes: Uint8Array): FileLayout {
   };
   span(0n, 1n, 'header', 'header');
 
-  const readL1 = (offset: bigint, size: number): L1Table | undefined => {
+  const readL1 = (offset: bigint, size: number): L1TableLayout | undefined => {
     if (size > 0 && !inside(offset, 8n * BigInt(size))) return undefined;
     const entries: L1Slot[] = [];
     const base = Number(offset);
@@ -207,7 +207,7 @@ export function layoutOf(bytes: Uint8Array): FileLayout {
   };
 
   const l2ByOffset = new Map<bigint, { offset: bigint; entryCount: number; entries: L2Slot[]; references: { l1: string; index: number }[] }>();
-  const visitL2 = (l1Name: string, t: L1Table): void => {
+  const visitL2 = (l1Name: string, t: L1TableLayout): void => {
     for (const e of t.entries) {
       if (e.l2Offset === 0n) continue;
       const known = l2ByOffset.get(e.l2Offset);
@@ -277,7 +277,7 @@ export function layoutOf(bytes: Uint8Array): FileLayout {
       break;
     }
     const l1Offset = u64ToBigInt(fields.l1TableOffset);
-    let l1: L1Table | undefined;
+    let l1: L1TableLayout | undefined;
     if (BigInt(fields.l1Size) <= l1Budget) {
       l1Budget -= BigInt(fields.l1Size);
       l1 = readL1(l1Offset, fields.l1Size);

@@ -10,7 +10,7 @@
  * backing-file name the lengths that end just inside, at, and just past the end of cluster 0 (the
  * "extension too large" cases of test 080, fact sheet §2, §12.1).
  *
- * Pure and free of randomness: a property (properties/support/hostile-campaign.ts) picks from the
+ * Pure and free of randomness: a property (test/support/hostile-campaign.ts) picks from the
  * lists; `applyMutations` returns a new array. Finding the targets walks the whole image (walkImage:
  * every entry and refcount decoded), which is meant for seed images, computed once.
  */

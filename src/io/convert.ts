@@ -58,7 +58,7 @@ import { readGuestInto } from '../model/read.ts';
 import { step } from '../model/step.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
 import { HostIOFileWriter, writeFully, writeFullyAsync, writeHostFile } from './host-io-file.ts';
-import { chainImage, openImage, type OpenedLayer } from './open-file.ts';
+import { chainImage, openImageFile, type OpenedLayer } from './open-file.ts';
 import { probeHostAllocationsOrFull } from './seek-data.ts';
 import { tempPathBeside } from './temp-file.ts';
 
@@ -604,7 +604,7 @@ async function openSource(req: ConvertRequest, warn: (line: string) => void): Pr
     }
   }
   if (format === 'qcow2') {
-    const top = await openImage(req.input, req.policy, { backing: true, dataFile: 'read' });
+    const top = await openImageFile(req.input, req.policy, { backing: true, dataFile: 'read' });
     try {
       return qcow2Source(top);
     } catch (e) {

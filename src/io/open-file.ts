@@ -33,8 +33,8 @@
  * image). Chains are limited to MAX_BACKING_DEPTH files and a file that appears twice in a chain
  * (same device and inode) is refused, so a crafted loop cannot make the command run forever.
  *
- * Every opened file is held open by a reader until the caller closes the chain: `openImage` returns
- * the top layer with a `close()` that closes every reader of the chain (withOpenImage does it for a
+ * Every opened file is held open by a reader until the caller closes the chain: `openImageFile` returns
+ * the top layer with a `close()` that closes every reader of the chain (withOpenImageFile does it for a
  * callback). The files must not change while the layers, or Images built on them, are used.
  */
 import { fstatSync } from 'node:fs';
@@ -81,7 +81,7 @@ export function openPolicyFrom(values: { readonly 'allow-backing'?: boolean; rea
 }
 
 /** What to do with the files besides the image. */
-export interface OpenOptions {
+export interface OpenFileOptions {
   /** Follow the backing chain (subject to the policy); default false. */
   readonly backing?: boolean;
   /**
@@ -240,7 +240,7 @@ async function openLayer(
   filename: string,
   format: 'qcow2' | 'raw',
   policy: OpenPolicy,
-  opts: OpenOptions,
+  opts: OpenFileOptions,
   seen: FileStat[],
 ): Promise<OpenedLayer> {
   const { reader, stat: st } = openReader(filename, filename);
@@ -352,9 +352,9 @@ async function readHead(path: string, owner: string): Promise<Uint8Array> {
  * leaving it alone with 'ignore'), and with `opts.backing` follows the backing chain. Throws only
  * OpenImageError: unreadable or undecodable files (the message names the file, and for a decode
  * error the structure, field and offset), refused names, unsupported formats, loops; nothing stays
- * open then. On success the caller must call the result's `close()` (or use withOpenImage).
+ * open then. On success the caller must call the result's `close()` (or use withOpenImageFile).
  */
-export async function openImage(path: string, policy: OpenPolicy = {}, opts: OpenOptions = {}): Promise<OpenedLayer> {
+export async function openImageFile(path: string, policy: OpenPolicy = {}, opts: OpenFileOptions = {}): Promise<OpenedLayer> {
   const head = await readHeadOrFail(path);
   if (!isQcow2(head)) {
     throw new OpenImageError('decode', path, 'header.magic at 0x0: Image is not in qcow2 format');
@@ -363,11 +363,11 @@ export async function openImage(path: string, policy: OpenPolicy = {}, opts: Ope
 }
 
 /**
- * openImage, then `fn` with the opened top layer; the chain is closed when `fn` settles, whether it
- * returned or threw. Returns what `fn` returns; throws what openImage or `fn` throws.
+ * openImageFile, then `fn` with the opened top layer; the chain is closed when `fn` settles, whether it
+ * returned or threw. Returns what `fn` returns; throws what openImageFile or `fn` throws.
  */
-export async function withOpenImage<T>(path: string, policy: OpenPolicy, opts: OpenOptions, fn: (top: OpenedLayer) => T | Promise<T>): Promise<T> {
-  const top = await openImage(path, policy, opts);
+export async function withOpenImageFile<T>(path: string, policy: OpenPolicy, opts: OpenFileOptions, fn: (top: OpenedLayer) => T | Promise<T>): Promise<T> {
+  const top = await openImageFile(path, policy, opts);
   try {
     return await fn(top);
   } finally {

@@ -108,7 +108,7 @@ export function l1Entry(tx: Tx, index: number): { l2Offset: bigint; copied: bool
  * MAX(8, MIN(request_alignment, cluster_size)) bytes; file-posix without O_DIRECT (qemu-img, qemu-io,
  * the default cache mode) has request_alignment 1, so that is the 8-byte entry alone [7.2, strace].
  * (Writing the 512-byte chunk instead, as iotest 107's note suggested, extends the file when a grown
- * L1 table ends less than 512 bytes before the end of the file: test/model-l1-entry-write.test.ts.)
+ * L1 table ends less than 512 bytes before the end of the file: test/unit/model-l1-entry-write.test.ts.)
  */
 export function writeL1Entry(tx: Tx, index: number, l2Offset: bigint, copied: boolean): void {
   const g = geo(tx);

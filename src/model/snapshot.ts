@@ -416,7 +416,7 @@ function snapshotApplyBody(tx: Tx, idOrName: string): void {
   // QEMU 7.2 first resizes the disk to the snapshot's size (blk_truncate(exact, PREALLOC_MODE_OFF)
   // in qcow2_snapshot_goto: the same path as `qemu-img resize`, zero-fill over a backing file
   // included), then grows the L1 table to hold the snapshot's exactly. Fact sheet §5.2 says 7.2
-  // refuses different sizes; the measured 7.2 behaviour (test/model-resize.test.ts) wins.
+  // refuses different sizes; the measured 7.2 behaviour (test/qemu/model-resize.test.ts) wins.
   if (sn.diskSize !== tx.img.header.size) {
     try {
       resize(tx, sn.diskSize);

@@ -448,7 +448,7 @@ function writeGuest(tx: Tx, offset: bigint, data: Uint8Array): void {
   // metadata (a new or copied L2 table, a new refcount block: they flush), otherwise only after the
   // last chunk is allocated. (Reads of tables not yet cached in the QEMU process also wait for I/O;
   // the model does not track QEMU's caches: docs/layout-differences.md.) Regressions:
-  // test/model-write-chunks.test.ts.
+  // test/qemu/model-write-chunks.test.ts.
   let pending: L2Meta[] = [];
   while (pos < data.length) {
     const metas: L2Meta[] = [];
@@ -456,7 +456,7 @@ function writeGuest(tx: Tx, offset: bigint, data: Uint8Array): void {
     const { host, bytes } = allocHostOffset(tx, offset + BigInt(pos), data.length - pos, metas);
     let waitedForIo = false;
     for (let i = ioBefore; i < tx.io.length && !waitedForIo; i++) waitedForIo = tx.io[i]!.kind === 'flush';
-    // Regression (properties/model-commands.test.ts): preallocated clusters of a data-file image
+    // Regression (test/unit/model-commands.test.ts): preallocated clusters of a data-file image
     // were written into the qcow2 file at host offset = guest offset.
     writeData(tx, host, data.subarray(pos, pos + bytes));
     if (waitedForIo) {

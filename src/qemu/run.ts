@@ -35,7 +35,7 @@ export interface RunOptions {
   readonly timeoutMs?: number;
   /**
    * Starts the process instead of `runTool` (which then only delegates): e.g. a helper process that
-   * spares a busy test process Node's synchronous fork/exec (properties/support/tool-servers.ts). It
+   * spares a busy test process Node's synchronous fork/exec (test/support/tool-servers.ts). It
    * must behave as runTool does: resolve with the exit status and output, reject with
    * QemuToolMissingError when the tool is missing.
    */

@@ -42,8 +42,8 @@ import {
 // ---------------------------------------------------------------------------------------------
 // The report
 
-/** One internal snapshot (QAPI SnapshotInfo); int64 values as QEMU holds them (signed). */
-export interface SnapshotInfo {
+/** One internal snapshot (QAPI QapiSnapshotInfo); int64 values as QEMU holds them (signed). */
+export interface QapiSnapshotInfo {
   readonly id: string;
   readonly name: string;
   readonly vmStateSize: bigint;
@@ -56,7 +56,7 @@ export interface SnapshotInfo {
 }
 
 /** One persistent bitmap (QAPI Qcow2BitmapInfo). */
-export interface BitmapInfo {
+export interface Qcow2BitmapInfo {
   readonly name: string;
   readonly granularity: bigint;
   /** 'in-use' and/or 'auto', in that order. */
@@ -98,7 +98,7 @@ export interface Qcow2SpecificInfo {
   readonly corrupt?: boolean;
   readonly refcountBits: number;
   readonly encrypt?: EncryptInfo;
-  readonly bitmaps?: readonly BitmapInfo[];
+  readonly bitmaps?: readonly Qcow2BitmapInfo[];
   readonly compressionType: 'zlib' | 'zstd';
 }
 
@@ -115,7 +115,7 @@ export interface ImageInfo {
   readonly backingFilename?: string;
   readonly fullBackingFilename?: string;
   readonly backingFilenameFormat?: string;
-  readonly snapshots?: readonly SnapshotInfo[];
+  readonly snapshots?: readonly QapiSnapshotInfo[];
   readonly formatSpecific?: { readonly type: 'qcow2'; readonly data: Qcow2SpecificInfo };
 }
 
@@ -165,8 +165,8 @@ function asInt64(v: bigint): bigint {
 }
 
 /** The snapshot table as qcow2_snapshot_list + bdrv_query_snapshot_info_list report it. */
-function snapshotInfos(image: Image): SnapshotInfo[] {
-  const out: SnapshotInfo[] = [];
+function snapshotInfos(image: Image): QapiSnapshotInfo[] {
+  const out: QapiSnapshotInfo[] = [];
   const guard = <T>(pos: bigint, decode: () => T): T => {
     requireInFile(image, pos, 40n, 'snapshot_entry', '(start)');
     return rebase(pos, decode);
@@ -190,7 +190,7 @@ function snapshotInfos(image: Image): SnapshotInfo[] {
 }
 
 /** The bitmap directory as qcow2_get_bitmap_info_list reports it. */
-function bitmapInfos(image: Image, ext: NonNullable<HeaderReferences['bitmaps']>): BitmapInfo[] {
+function bitmapInfos(image: Image, ext: NonNullable<HeaderReferences['bitmaps']>): Qcow2BitmapInfo[] {
   requireInFile(image, ext.directoryOffset, ext.directorySize, 'bitmap_directory', '(start)');
   const window = readHost(image.file, ext.directoryOffset, Number(ext.directorySize));
   const dir = rebase(ext.directoryOffset, () => decodeBitmapDirectory(window, 0));
@@ -307,7 +307,7 @@ export function qcow2ImageInfo(image: Image, facts: FileFacts): InfoResult {
   if (h.version === 2) {
     data = { compat: '0.10', refcountBits: 1 << h.refcountOrder, ...(encrypt !== undefined ? { encrypt } : {}), compressionType };
   } else {
-    let bitmaps: BitmapInfo[] | undefined;
+    let bitmaps: Qcow2BitmapInfo[] | undefined;
     if (refs.bitmaps !== undefined) {
       if ((h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
         warnings.push('a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent');

@@ -1,6 +1,6 @@
 /**
  * Side by side: `qemu-img check` (7.2, the oracle) and qcow2-ref's check on the same file. Used by
- * test/check-060.test.ts, test/model-check.test.ts and test/cli-check.test.ts.
+ * test/qemu/check-060.test.ts, test/qemu/model-check.test.ts and test/qemu/cli-check.test.ts.
  *
  * - qemuCheckText runs qemu-img check as a user would (human or JSON output, -r) and returns exactly
  *   what it printed and its exit code;

@@ -1,0 +1,54 @@
+/**
+ * Check and repair stay within the hostile-input bounds on inputs that once broke them — further
+ * shrunk cases of test/qemu/hostile-input.test.ts besides those in test/regressions/hostile-regressions.test.ts,
+ * run through the same harness and worker (test/support/hostile-campaign.ts): only typed
+ * errors, within CASE_TIME_LIMIT_MS, heap growth below HEAP_CEILING_BYTES. ~3 s.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mutationTargets, type Mutation } from '../../src/corrupt/mutate.ts';
+import { caseFailure, HostileRunner, type HostilePoolEntry } from '../support/hostile-campaign.ts';
+import { modelPool } from '../support/hostile-pool.ts';
+
+let runner: HostileRunner;
+let pool: HostilePoolEntry[] = [];
+
+beforeAll(async () => {
+  pool = modelPool().filter((p) => ['v3-2m-refcount2', 'v2-64k-snapshots'].includes(p.name)).map((p) => ({ ...p, targets: mutationTargets(p.bytes) }));
+  runner = new HostileRunner(pool);
+  await runner.start();
+}, 120_000);
+
+afterAll(async () => {
+  await runner?.close();
+});
+
+/** A write of `value` into the field `name` of seed `image` (its offset and width as the mutator knows them). */
+function fieldWrite(image: string, name: string, value: bigint): Mutation {
+  const f = pool.find((p) => p.name === image)!.targets.fields.find((x) => x.name === name);
+  if (f === undefined) throw new Error(`no field ${name} in ${image}`);
+  return { kind: 'write', field: f.name, offset: f.offset, width: f.width, value };
+}
+
+async function expectBounded(image: string, mutations: Mutation[]): Promise<void> {
+  const r = await runner.run({ image, mutations });
+  expect(caseFailure(r)).toBeUndefined();
+}
+
+describe('check and repair bounds', () => {
+  // The hostile property's shrunk case: refcount table entry 0 of the 2 MiB / 2-bit image gets bit 56
+  // set, so its refcount block is out of reach and `-r all` rebuilds. The rebuild built every 8 Mi-entry
+  // refcount block as an array of 8 Mi refcounts for the generated encoder (src/check/imrt.ts
+  // refblockBytes): 3.5 s, up to 252 MiB of heap. Now only the non-zero bytes are encoded.
+  it('2 MiB clusters, 2-bit refcounts, a refcount table entry out of reach: the rebuild', async () => {
+    await expectBounded('v3-2m-refcount2', [{ kind: 'flip', region: 'refcount-table', offset: 2097152, bit: 0 }]);
+  });
+
+  // Snapshot 1's L1 table said to have 1441784 entries, reaching over L2 tables and data: `-r all`
+  // repairs thousands of entries, and each repair write's overlap check read and decoded the whole
+  // refcount table and active L1 table again, entry by entry (src/check/refcounts.ts
+  // fixL2EntryByZero → check-overlap.ts metadataOverlap → reftableWord): 12.8 s. Now the tables are decoded once per version
+  // (src/check/tables.ts) and the overlap check searches sorted intervals.
+  it('a snapshot L1 table of 1441784 entries in a version 2 image', async () => {
+    await expectBounded('v2-64k-snapshots', [fieldWrite('v2-64k-snapshots', 'snapshot[1].l1_size', 1441784n)]);
+  });
+});

@@ -1,0 +1,267 @@
+/**
+ * Hostile-input fuzzing: mutated seed images (hostile-pool.ts, mutations from src/corrupt/mutate.ts)
+ * through every stage of hostile-harness.ts, in a worker thread (hostile-worker.ts) so that a hang is
+ * ended and reported and the heap is capped. Used by test/qemu/hostile-input.test.ts (bounded) and by
+ * `npm run fuzz` (`hostileCampaign`, open-ended).
+ *
+ * The bounds every case must keep, and why these numbers:
+ * - CASE_TIME_LIMIT_MS = 3000 (wall clock): the largest seed is a 14 MiB file, and a case does at
+ *   most 256 cluster reads of at most 16 MiB in all and maps at most 2048 clusters; unmutated seeds
+ *   take 0.1-1.5 s for all 13 stages on the 2-core machine while another test file runs beside it.
+ *   A slower case means work that grows with an untrusted count rather than with the file. A case
+ *   that has not finished after HANG_MS is a hang: the worker is terminated and a new one started.
+ * - HEAP_CEILING_BYTES = 256 MiB: the largest tables QEMU itself accepts are an L1 table of 32 MiB,
+ *   a refcount table of 8 MiB and a snapshot table of 64 MiB (fact sheet §1.3 #14-#16, §5.1); with a
+ *   copy of the largest seed (14 MiB) and a working copy of each that is about 2 × 118 MiB. More than
+ *   that means an allocation sized by an untrusted field beyond QEMU's limits. Measured as
+ *   heapUsed + arrayBuffers at every stage boundary minus the value after a forced GC before the case
+ *   (garbage included, so it over-approximates what was live). A peak inside a stage that is gone by
+ *   its end is caught by the worker's V8 heap cap a little above the ceiling (WORKER_HEAP_MB): a
+ *   runaway allocation ends the worker — reported as a failed case — not the run.
+ */
+import { Worker } from 'node:worker_threads';
+import fc from 'fast-check';
+import { boundaryValues, mutationTargets, type Mutation, type MutationTargets } from '../../src/corrupt/mutate.ts';
+import { failureOf, type BatchParams, type BatchResult, type Campaign } from './campaign.ts';
+import type { CaseReport } from './hostile-harness.ts';
+import { modelPool, qemuPool, type PoolImage } from './hostile-pool.ts';
+
+export const CASE_TIME_LIMIT_MS = 3000;
+export const HANG_MS = 15_000;
+export const HEAP_CEILING_BYTES = 256 * 1024 * 1024;
+const WORKER_HEAP_MB = 320;
+
+/** A seed image with where it can be mutated. */
+export interface HostilePoolEntry extends PoolImage {
+  readonly targets: MutationTargets;
+}
+
+/** The seed images with their mutation targets (model-made, plus qemu-img-made when `qemu`). */
+export async function hostilePool(qemu: boolean): Promise<HostilePoolEntry[]> {
+  const images = [...modelPool(), ...(qemu ? await qemuPool() : [])];
+  return images.map((p) => ({ ...p, targets: mutationTargets(p.bytes) }));
+}
+
+/** One case: which seed (by name, for printing) and the mutations applied in order. */
+export interface HostileCase {
+  readonly image: string;
+  readonly mutations: readonly Mutation[];
+}
+
+/** The kinds of mutation a case is built from; a campaign class restricts cases to one. */
+export type MutationKind = 'flip' | 'boundary' | 'truncate' | 'extension';
+export const MUTATION_KINDS: readonly MutationKind[] = ['flip', 'boundary', 'truncate', 'extension'];
+
+/** One mutation of `kind` for the image `t` describes (undefined-free: every kind has a fallback target). */
+function mutationArb(t: MutationTargets, kind: MutationKind): fc.Arbitrary<Mutation> {
+  switch (kind) {
+    case 'truncate':
+      return fc.oneof(
+        fc.tuple(fc.constantFrom(...t.boundaries), fc.integer({ min: -8, max: 8 })).map(([b, d]): Mutation => ({ kind: 'truncate', length: Math.max(0, Math.min(t.fileLength, b + d)) })),
+        fc.integer({ min: 0, max: t.fileLength }).map((length): Mutation => ({ kind: 'truncate', length })),
+      );
+    case 'flip': {
+      // Region kind first, so the many L2 tables of one image do not drown the header.
+      const kinds = [...new Set(t.regions.map((r) => r.kind))];
+      return fc
+        .constantFrom(...kinds)
+        .chain((k) => fc.constantFrom(...t.regions.filter((r) => r.kind === k)))
+        .chain((r) => fc.tuple(fc.integer({ min: r.start, max: r.end - 1 }), fc.integer({ min: 0, max: 7 })).map(([offset, bit]): Mutation => ({ kind: 'flip', region: r.kind, offset, bit })));
+    }
+    case 'boundary':
+      return fc
+        .constantFrom(...t.fields)
+        .chain((f) => fc.constantFrom(...boundaryValues(f, t)).map((value): Mutation => ({ kind: 'write', field: f.name, offset: f.offset, width: f.width, value })));
+    case 'extension': {
+      const lens = t.fields.filter((f) => f.role === 'extension-length');
+      const header = t.fields.filter((f) => f.name === 'header.backing_file_offset' || f.name === 'header.backing_file_size' || f.name === 'header.header_length');
+      const pool = [...lens, ...header];
+      if (pool.length === 0) return mutationArb(t, 'boundary');
+      return fc.constantFrom(...pool).chain((f) => fc.constantFrom(...boundaryValues(f, t)).map((value): Mutation => ({ kind: 'write', field: f.name, offset: f.offset, width: f.width, value })));
+    }
+  }
+}
+
+/** Cases over `pool`: one to three mutations of the given kinds (all kinds when `kinds` is undefined). */
+export function hostileCaseArb(pool: readonly HostilePoolEntry[], kinds: readonly MutationKind[] = MUTATION_KINDS): fc.Arbitrary<HostileCase> {
+  return fc.constantFrom(...pool).chain((p) =>
+    fc
+      .array(fc.constantFrom(...kinds).chain((k) => mutationArb(p.targets, k)), { minLength: 1, maxLength: 3 })
+      .map((mutations): HostileCase => ({ image: p.name, mutations })),
+  );
+}
+
+/** Why a case failed, or undefined when it kept every bound. */
+export function caseFailure(r: CaseReport | 'hang' | { readonly crashed: string }): string | undefined {
+  if (r === 'hang') return `did not finish within ${HANG_MS} ms (worker terminated)`;
+  if ('crashed' in r) return `the worker died: ${r.crashed}`;
+  const bad = r.stages.find((s) => s.untyped !== undefined);
+  if (bad !== undefined) return `${bad.stage}: untyped ${bad.untyped!.name}: ${bad.untyped!.message}\n${bad.untyped!.stack}`;
+  if (r.totalMs > CASE_TIME_LIMIT_MS) {
+    const slow = r.stages.reduce((a, b) => (b.ms > a.ms ? b : a));
+    return `took ${r.totalMs.toFixed(0)} ms (limit ${CASE_TIME_LIMIT_MS}); slowest stage ${slow.stage} ${slow.ms.toFixed(0)} ms`;
+  }
+  if (r.heapPeakBytes > HEAP_CEILING_BYTES) return `heap grew by ${(r.heapPeakBytes / 2 ** 20).toFixed(1)} MiB (ceiling ${HEAP_CEILING_BYTES / 2 ** 20} MiB)`;
+  return undefined;
+}
+
+/**
+ * A worker running hostile cases over one pool. `run` resolves to the case's report, 'hang' when it
+ * did not finish within HANG_MS (the worker is then terminated and a new one started), or
+ * `{ crashed }` when the worker died (e.g. the heap cap was hit).
+ */
+export class HostileRunner {
+  private worker: Worker | undefined;
+  private ready: Promise<void> | undefined;
+  private readonly index: Map<string, number>;
+
+  constructor(readonly pool: readonly HostilePoolEntry[]) {
+    this.index = new Map(pool.map((p, i) => [p.name, i]));
+  }
+
+  /** Resolves once the worker is up with the pool (starts it if needed). */
+  start(): Promise<void> {
+    if (this.ready === undefined) {
+      const w = new Worker(new URL('./hostile-worker-boot.mjs', import.meta.url), {
+        workerData: { entry: new URL('./hostile-worker.ts', import.meta.url).href },
+        resourceLimits: { maxOldGenerationSizeMb: WORKER_HEAP_MB },
+      });
+      this.worker = w;
+      this.ready = new Promise((resolve, reject) => {
+        w.once('message', () => resolve());
+        w.once('error', reject);
+        w.postMessage({ type: 'init', pool: this.pool.map((p) => ({ name: p.name, bytes: p.bytes, ...(p.dataFile !== undefined ? { dataFile: p.dataFile } : {}) })) });
+      });
+    }
+    return this.ready;
+  }
+
+  async run(c: HostileCase): Promise<CaseReport | 'hang' | { crashed: string }> {
+    await this.start();
+    const w = this.worker!;
+    const image = this.index.get(c.image);
+    if (image === undefined) throw new Error(`hostile: no seed image ${c.image}`);
+    const out = await new Promise<CaseReport | 'hang' | { crashed: string }>((resolve) => {
+      const timer = setTimeout(() => finish('hang'), HANG_MS);
+      const onMessage = (m: { type: string; report: CaseReport }): void => finish(m.report);
+      const onError = (e: Error): void => finish({ crashed: `${e.name}: ${e.message}` });
+      const onExit = (code: number): void => finish({ crashed: `exit code ${code}` });
+      function finish(v: CaseReport | 'hang' | { crashed: string }): void {
+        clearTimeout(timer);
+        w.off('message', onMessage);
+        w.off('error', onError);
+        w.off('exit', onExit);
+        resolve(v);
+      }
+      w.on('message', onMessage);
+      w.on('error', onError);
+      w.on('exit', onExit);
+      w.postMessage({ type: 'case', image, mutations: c.mutations });
+    });
+    if (typeof out === 'string' || 'crashed' in out) await this.restart();
+    return out;
+  }
+
+  private async restart(): Promise<void> {
+    const w = this.worker;
+    this.worker = undefined;
+    this.ready = undefined;
+    if (w !== undefined) await w.terminate();
+  }
+
+  /** Ends the worker. */
+  async close(): Promise<void> {
+    await this.restart();
+  }
+}
+
+/** What a series of cases met: counts by outcome and the slowest case. */
+export class HostileStats {
+  cases = 0;
+  failures = 0;
+  /** Typed errors by key (`Class:code`), counted once per stage that threw them. */
+  readonly errors = new Map<string, number>();
+  /** Stages that completed without error. */
+  readonly ok = new Map<string, number>();
+  readonly mutationKinds = new Map<string, number>();
+  slowest: { ms: number; case: HostileCase; stage: string } | undefined;
+  maxHeap = 0;
+  clustersRead = 0;
+
+  add(c: HostileCase, r: CaseReport | 'hang' | { crashed: string }): void {
+    this.cases++;
+    for (const m of c.mutations) this.mutationKinds.set(m.kind, (this.mutationKinds.get(m.kind) ?? 0) + 1);
+    if (typeof r === 'string' || 'crashed' in r) {
+      this.failures++;
+      return;
+    }
+    if (caseFailure(r) !== undefined) this.failures++;
+    for (const s of r.stages) {
+      if (s.outcome === 'ok') this.ok.set(s.stage, (this.ok.get(s.stage) ?? 0) + 1);
+      else if (s.outcome !== 'skipped' && s.outcome !== 'untyped') this.errors.set(s.outcome, (this.errors.get(s.outcome) ?? 0) + 1);
+    }
+    this.clustersRead += r.clustersRead;
+    this.maxHeap = Math.max(this.maxHeap, r.heapPeakBytes);
+    if (this.slowest === undefined || r.totalMs > this.slowest.ms) {
+      const slow = r.stages.reduce((a, b) => (b.ms > a.ms ? b : a));
+      this.slowest = { ms: r.totalMs, case: c, stage: `${slow.stage} ${slow.ms.toFixed(0)} ms` };
+    }
+  }
+
+  /** The summary `npm run fuzz` prints: cases run, typed errors by code, the slowest case. */
+  summary(): string {
+    const sorted = [...this.errors].sort((a, b) => b[1] - a[1]);
+    const lines = [
+      `hostile-input: ${this.cases} cases, ${this.failures} failed, ${this.clustersRead} cluster reads, max heap growth ${(this.maxHeap / 2 ** 20).toFixed(1)} MiB`,
+      `  typed errors by code: ${sorted.length === 0 ? '(none)' : sorted.map(([k, n]) => `${k} ${n}`).join(', ')}`,
+      `  stages ok: ${[...this.ok].map(([k, n]) => `${k} ${n}`).join(', ')}`,
+    ];
+    if (this.slowest !== undefined) {
+      lines.push(`  slowest case: ${this.slowest.ms.toFixed(0)} ms (${this.slowest.stage}) on ${this.slowest.case.image}: ${fc.stringify(this.slowest.case.mutations)}`);
+    }
+    return lines.join('\n');
+  }
+}
+
+/** The property: a case keeps every bound (hostile-harness.ts: only typed errors; time; heap). */
+export function hostileProperty(runner: HostileRunner, arb: fc.Arbitrary<HostileCase>, stats: HostileStats): fc.IAsyncPropertyWithHooks<[HostileCase]> {
+  return fc.asyncProperty(arb, async (c) => {
+    const r = await runner.run(c);
+    stats.add(c, r);
+    const why = caseFailure(r);
+    if (why !== undefined) throw new Error(`hostile case on ${c.image} failed: ${why}`);
+  });
+}
+
+/**
+ * The hostile-input campaign for `npm run fuzz`: one class per mutation kind ('flip', 'boundary',
+ * 'truncate', 'extension') and 'mixed'. The seed pool (with qemu-img-made images) and the worker are
+ * made on the first batch. `summary()` gives the cases run, typed errors by code and the slowest case.
+ */
+export function hostileCampaign(): Campaign & { summary(): string; close(): Promise<void> } {
+  const stats = new HostileStats();
+  let runner: HostileRunner | undefined;
+  let pool: HostilePoolEntry[] | undefined;
+  const classes = [...MUTATION_KINDS.map((k) => ({ name: k, title: `hostile input: ${k} mutations` })), { name: 'mixed', title: 'hostile input: any mutations' }];
+  return {
+    name: 'hostile-input',
+    classes,
+    async runBatch(cls: string, { seed, numRuns }: BatchParams): Promise<BatchResult> {
+      pool ??= await hostilePool(true);
+      runner ??= new HostileRunner(pool);
+      const kinds = cls === 'mixed' ? MUTATION_KINDS : MUTATION_KINDS.filter((k) => k === cls);
+      if (kinds.length === 0) throw new Error(`hostile-input: no class ${cls}`);
+      const before = stats.cases;
+      const d = await fc.check(hostileProperty(runner, hostileCaseArb(pool, kinds), stats), { seed, numRuns });
+      const sequences = d.numRuns;
+      const ops = (stats.cases - before) * 13;
+      const failure = failureOf(d, 'hostile-input', cls, (path) =>
+        `fc.assert(hostileProperty(runner, hostileCaseArb(pool, ${JSON.stringify(kinds)}), stats), { seed: ${d.seed}, path: '${path}', endOnFailure: true })`);
+      return { sequences, ops, ...(failure !== undefined ? { failure } : {}) };
+    },
+    summary: () => stats.summary(),
+    close: async () => {
+      await runner?.close();
+    },
+  };
+}
