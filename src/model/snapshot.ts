@@ -1,6 +1,6 @@
 /**
  * Internal snapshots, as QEMU 7.2 creates, applies and deletes them (block/qcow2-snapshot.c,
- * block/qcow2-refcount.c qcow2_update_snapshot_refcount; fact sheet §5):
+ * block/qcow2-refcount.c qcow2_update_snapshot_refcount; docs/format/snapshots.md):
  *
  * - create: a new L1 (first fit) holding a copy of the active L1; +1 on every L2 table and data
  *   cluster (compressed: every host cluster touched) the active L1 reaches, COPIED cleared where the
@@ -413,8 +413,8 @@ function snapshotApplyBody(tx: Tx, idOrName: string): void {
   const sn = list[index]!;
   // QEMU 7.2 first resizes the disk to the snapshot's size (blk_truncate(exact, PREALLOC_MODE_OFF)
   // in qcow2_snapshot_goto: the same path as `qemu-img resize`, zero-fill over a backing file
-  // included), then grows the L1 table to hold the snapshot's exactly. Fact sheet §5.2 says 7.2
-  // refuses different sizes; the measured 7.2 behaviour (test/model-resize.test.ts) wins.
+  // included), then grows the L1 table to hold the snapshot's exactly. It does not refuse a
+  // different size (measured: docs/format/snapshots.md#applying-a-snapshot, test/model-resize.test.ts).
   if (sn.diskSize !== tx.img.header.size) {
     try {
       resize(tx, sn.diskSize);
