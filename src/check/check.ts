@@ -1,5 +1,5 @@
 /**
- * `qemu-img check` of a qcow2 image, following QEMU 7.2 step by step (fact sheet §9, §8, §12.2):
+ * `qemu-img check` of a qcow2 image, following QEMU 7.2 step by step (docs/format/check.md, docs/format/overlap-checks.md, docs/format/iotests.md#test-060-cases):
  * the contract (CheckFinding, CheckResult, checkImage, checkExitCode) and one pass of
  * qcow2_co_check_locked (block/qcow2.c), which runs, in QEMU's order:
  *
@@ -94,7 +94,7 @@ export function checkImage(image: Image): CheckResult {
 }
 
 /**
- * The exit code qemu-img check returns for `result` (fact sheet §9.4): 1 when the check failed or
+ * The exit code qemu-img check returns for `result` (docs/format/check.md#exit-codes): 1 when the check failed or
  * had internal errors, else 2 when corruptions remain, else 3 when leaks remain, else 0.
  */
 export function checkExitCode(result: CheckResult): 0 | 1 | 2 | 3 {

@@ -1,7 +1,7 @@
 /**
  * The in-memory refcount table ("IMRT") `qemu-img check` builds while it counts references
  * (block/qcow2-refcount.c: realloc_refcount_array, qcow2_inc_refcounts_imrt's array,
- * alloc_clusters_imrt; fact sheet §9.1): one refcount per host cluster, kept sparse here (only
+ * alloc_clusters_imrt; docs/format/check.md#reference-counting-pass): one refcount per host cluster, kept sparse here (only
  * clusters with a non-zero count are stored) so that its memory follows the number of references,
  * not the length of the file.
  *

@@ -1,6 +1,6 @@
 /**
  * QEMU's metadata overlap check as the check's repairs meet it (block/qcow2-refcount.c
- * qcow2_check_metadata_overlap with the default "cached" template, fact sheet §8): before a repair
+ * qcow2_check_metadata_overlap with the default "cached" template, docs/format/overlap-checks.md#sections-and-templates): before a repair
  * writes, the range (rounded out to clusters) must not touch the header, the active L1 and L2
  * tables, the refcount table and blocks, the snapshot table, the inactive L1 tables or the bitmap
  * directory — seen as the check sees the image (its own reading of the snapshot table, the in-memory

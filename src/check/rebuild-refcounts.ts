@@ -1,6 +1,6 @@
 /**
  * `rebuild_refcount_structure` of QEMU 7.2 (block/qcow2-refcount.c, the version rewritten in 7.1;
- * fact sheet §9.2): new refcount blocks and a new refcount table made from the check's in-memory
+ * docs/format/check.md#-r-all): new refcount blocks and a new refcount table made from the check's in-memory
  * refcount table alone, placed first-fit in clusters that table says are free, so nothing the old
  * (possibly broken) structures say is trusted. The old structures are left behind as leaks, which the
  * check's next step frees.

@@ -1,5 +1,5 @@
 /**
- * `qemu-img check -r leaks|all` of a qcow2 image (qemu-img.c img_check; fact sheet §9.2), pure: the
+ * `qemu-img check -r leaks|all` of a qcow2 image (qemu-img.c img_check; docs/format/check.md#repair-modes), pure: the
  * image is opened read-write in check mode, checked with QEMU's fix flags — the engine of
  * src/check/check.ts writes its repairs through a transaction in QEMU's order (leaks lowered, too-low
  * refcounts raised, the refcount structure rebuilt into free space when a referenced cluster has

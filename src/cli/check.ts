@@ -1,6 +1,6 @@
 /**
  * `qcow2-ref check [-r leaks|all] [--output=human|json] [-f qcow2] [-q] IMAGE`: what `qemu-img check`
- * of QEMU 7.2 does to a qcow2 image (qemu-img.c img_check; fact sheet §9), with its output and exit
+ * of QEMU 7.2 does to a qcow2 image (qemu-img.c img_check; docs/format/check.md), with its output and exit
  * codes, so that it can stand in for `qemu-img check` in a script:
  *
  * - stderr: the lines the check prints (ERROR / Leaked / Repairing ...), then `Check failed...` when

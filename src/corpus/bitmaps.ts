@@ -1,5 +1,5 @@
 /**
- * Persistent dirty bitmaps for corpus images (fact sheet §7.5). The model has no bitmap operations,
+ * Persistent dirty bitmaps for corpus images (docs/format/features.md#persistent-bitmaps). The model has no bitmap operations,
  * so the structures are written here with the generated encoders (spec/qcow2.ksy bitmap_directory_entry,
  * bitmap_table_entry, bitmaps_extension) into clusters taken from the model's own allocator, so every
  * cluster is refcounted exactly once and `qemu-img check` finds nothing to complain about.
@@ -31,7 +31,7 @@ export interface BitmapSummary {
   readonly auto: boolean;
 }
 
-/** Header extension types QEMU writes before the bitmaps extension (fact sheet §1.5). */
+/** Header extension types QEMU writes before the bitmaps extension (docs/format/create.md#header-extensions-written). */
 const BEFORE_BITMAPS: readonly number[] = [
   HeaderExtensionType.BACKING_FILE_FORMAT,
   HeaderExtensionType.EXTERNAL_DATA_FILE,

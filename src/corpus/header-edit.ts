@@ -2,7 +2,7 @@
  * Rewriting cluster 0 of a qcow2 file — header fields, the header extension list, the backing file
  * name — for corpus cases that the model's ops cannot make (unknown extensions, header_length 104,
  * unknown feature bits, bitmaps) and for the invalid families' pokes. Everything is encoded with the
- * generated encoders (spec/qcow2.ksy); the layout is QEMU's (fact sheet §1.5, §2): the header, the
+ * generated encoders (spec/qcow2.ksy); the layout is QEMU's (docs/format/create.md#header-extensions-written, docs/format/extensions.md): the header, the
  * extensions from header_length on (each padded to 8 bytes), the end marker, then the backing file
  * name, then zeros to the end of the cluster.
  */
@@ -119,7 +119,7 @@ export function peek(bytes: Uint8Array, offset: number, width: 1 | 2 | 4 | 8): b
   return v;
 }
 
-/** Header field byte positions (src/model/header.ts, fact sheet §1.1). */
+/** Header field byte positions (src/model/header.ts, docs/format/header.md#header-layout). */
 export const HEADER_FIELD = HEADER_FIELD_BYTES;
 
 /** A copy of `bytes` with header field `field` set to `value` (raw poke: no other field changes). */

@@ -120,7 +120,7 @@ function clusterPoke(prng: Prng, change: (c: ReturnType<typeof readHeaderCluster
 }
 
 // ---------------------------------------------------------------------------------------------
-// Header fields (fact sheet §1.3 #1-#17, #21-#22; test 080)
+// Header fields (docs/format/open-validation.md#qemus-order #1-#18, #21-#22, block-layer limits; test 080)
 
 const headerFamilies: Family[] = [
   openFamily('bad-magic', 'the magic is not QFI\\xfb (opened as qcow2: "Image is not in qcow2 format")', (prng) =>
@@ -162,7 +162,7 @@ const headerFamilies: Family[] = [
     return clusterPoke(prng, (c) => {
       const exts: RawExtension[] = [...c.extensions];
       if (named) {
-        // A feature table entry naming the lowest unknown bit (QEMU prints the name, §1.3 #8).
+        // A feature table entry naming the lowest unknown bit (QEMU prints the name, docs/format/open-validation.md#unknown-incompatible-bits).
         let bit = 0;
         while (((mask >> BigInt(bit)) & 1n) === 0n) bit++;
         const entry = encodeFeatureNameEntry({ featureType: FeatureType.INCOMPATIBLE, bit, name: `corpus feature ${bit}` });
@@ -239,7 +239,7 @@ const headerFamilies: Family[] = [
 ];
 
 // ---------------------------------------------------------------------------------------------
-// Header extensions (§2, §1.3 #19-#20)
+// Header extensions (docs/format/extensions.md, docs/format/open-validation.md#qemus-order #19-#20)
 
 const extensionFamilies: Family[] = [
   openFamily('extension-too-large', 'a header extension whose length runs past the end of cluster 0 or the backing file name (test 080)', (prng) => {
@@ -377,7 +377,7 @@ function escapeFamily(kind: 'backing' | 'data-file'): Family {
 
 /**
  * Corruptions whose outcome the manifest cannot express: QEMU opens the image, its check is clean,
- * and only a read of the affected cluster fails (fact sheet §3.3). Left out.
+ * and only a read of the affected cluster fails (docs/format/mapping.md#cluster-types). Left out.
  */
 const NOT_EXPRESSIBLE: ReadonlySet<CorruptionName> = new Set<CorruptionName>(['v2-zero-flag']);
 
@@ -444,7 +444,7 @@ function catalogFamily(name: CorruptionName, title: string): Family {
         } else {
           const check = checkExpectation(outcome.image);
           if (check.exitCode === 0) {
-            // Invisible to check (e.g. a refcount raised past the end of the file, §13 #28): try another base.
+            // Invisible to check (e.g. a refcount raised past the end of the file, docs/format/surprises.md#28-refcounts-past-the-end-of-the-file): try another base.
             reasons.push(`check is clean after: ${r.description}`);
             continue;
           }

@@ -5,7 +5,7 @@
  *
  * Names inside the images (backing file, external data file) are relative to the image's directory;
  * a tool must run with that directory as its working directory, because QEMU 7.2 opens a relative
- * data file name relative to its working directory (fact sheet §7.3). The files QEMU would open are
+ * data file name relative to its working directory (docs/format/features.md#external-data-file). The files QEMU would open are
  * listed in `files` (with their DIR-relative paths), so copying them keeps the names resolving.
  */
 import { readFileSync, writeFileSync } from 'node:fs';

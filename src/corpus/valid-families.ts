@@ -19,9 +19,9 @@ import { validCase, type BackingLayer, type ValidRecipe } from './valid-case.ts'
 const K = 1024;
 const M = 1024 * 1024;
 
-/** Every cluster size QEMU accepts (fact sheet §1.1: 2^9 .. 2^21). */
+/** Every cluster size QEMU accepts (docs/format/header.md#header-layout: 2^9 .. 2^21). */
 export const CLUSTER_SIZES: readonly number[] = Array.from({ length: 13 }, (_, i) => 512 << i);
-/** Every refcount width (fact sheet §4). */
+/** Every refcount width (docs/format/refcounts.md#refcount-widths). */
 export const REFCOUNT_WIDTHS: readonly number[] = [1, 2, 4, 8, 16, 32, 64];
 /** Cluster sizes for families about something else: small, so the files stay small. */
 const SMALL_CLUSTERS: readonly number[] = [512, 512, 1 * K, 1 * K, 2 * K, 4 * K];
@@ -78,7 +78,7 @@ const refcountFamilies: Family[] = REFCOUNT_WIDTHS.map((bits) =>
     const cs = prng.pick(SMALL_CLUSTERS);
     const size = virtualSize(prng, cs);
     // Narrow refcounts overflow where a snapshot adds a reference to a host cluster already at the
-    // maximum: 1 bit cannot take a snapshot at all (every cluster would need refcount 2, §4), and
+    // maximum: 1 bit cannot take a snapshot at all (every cluster would need refcount 2, docs/format/refcounts.md#effects-of-narrow-widths), and
     // below 8 bits several compressed blobs can fill a host cluster's refcount, so compressed
     // writes come only after the snapshot there.
     const all: Op[] = [...ops(prng, size, cs, prng.int(2, 5), { compress: bits >= 8 || bits === 1 ? 2 : 0 })];
@@ -120,7 +120,7 @@ const l1MultiClusterFamily = family('l1-multi-cluster', 'an active L1 table span
   return { family: 'l1-multi-cluster', create: { size, clusterSize: cs }, ops: [...lastEntries, ...ops(prng, size, cs, 2)], requireFeatures: ['l1-multi-cluster'] };
 });
 
-const refcountTableGrownFamily = family('refcount-table-grown', 'the refcount table outgrew its first cluster and was moved (qcow2_refcount_area, fact sheet §11.1)', ({ prng }) => {
+const refcountTableGrownFamily = family('refcount-table-grown', 'the refcount table outgrew its first cluster and was moved (qcow2_refcount_area, docs/format/allocation.md#refcount-table-growth)', ({ prng }) => {
   // 512-byte clusters and 64-bit refcounts: one refcount block covers 64 clusters and the first
   // 1-cluster table 64 blocks, i.e. 2 MiB of file; metadata preallocation of a disk a little larger
   // than that fills the file past it, so the table has to grow.
@@ -370,7 +370,7 @@ const lazyDirtyFamily = family('lazy-refcounts-dirty', 'lazy refcounts after a c
     ops: [first, ...ops(prng, size, cs, prng.int(1, 4), { zero: 0, zeroUnmap: 0, zeroPartial: 0, discard: 0 })],
     close: false,
     checkMayFail: true,
-    // What a crash leaves (the corruption catalog's dirty-stale-refcounts, fact sheet §7.1).
+    // What a crash leaves (the corruption catalog's dirty-stale-refcounts, docs/format/features.md#dirty-bit-and-lazy-refcounts).
     post: (built) => {
       const r = corrupt(built.bytes, 'dirty-stale-refcounts', { int: (n) => prng.int(0, n - 1) });
       if (r.kind !== 'applied') throw new Error(`lazy-refcounts-dirty: ${r.reason}`);

@@ -11,7 +11,7 @@
  *   difference says (it opens the image), so the record stays true.
  *
  * Every command runs in the case's directory, with the image named by its file name: QEMU 7.2 opens
- * a relative external data file name relative to its working directory (fact sheet §7.3) and a
+ * a relative external data file name relative to its working directory (docs/format/features.md#external-data-file) and a
  * backing file name relative to the image's directory, so both resolve inside the case.
  */
 import { createHash } from 'node:crypto';

@@ -1,6 +1,6 @@
 /**
  * A catalog of named corruptions of a valid qcow2 image — the metadata inconsistencies `qemu-img
- * check` knows about (fact sheet §9.1, the test-060 cases of §12.2, §3.3-§3.5 for entry rules).
+ * check` knows about (docs/format/check.md, the test-060 cases of docs/format/iotests.md#test-060-cases, docs/format/mapping.md for entry rules).
  * Each corruption takes an image (its bytes or a model Image) and an Rng, and either returns the
  * corrupted bytes with an exact account of what was poked (structure, field, file offset, old and new
  * value), its category, and the guest ranges whose content the corruption (or a repair of it) can
@@ -144,7 +144,7 @@ export type CorruptionName =
   | 'dirty-stale-refcounts';
 
 // ---------------------------------------------------------------------------------------------
-// Bits of the entries (fact sheet §3.2-§3.5, §4)
+// Bits of the entries (docs/format/mapping.md, docs/format/refcounts.md#refcount-table)
 
 const COPIED = 1n << 63n;
 const COMPRESSED = 1n << 62n;
@@ -158,18 +158,18 @@ const ZERO_FLAG = 1n;
 const ALL_ALLOCATED = 0xffffffffn;
 const INCOMPAT_DIRTY = 1n;
 const COMPAT_LAZY_REFCOUNTS = 1n;
-/** Header fields (fact sheet §1.1): incompatible_features at 72, compatible_features at 80. */
+/** Header fields (docs/format/header.md#header-layout): incompatible_features at 72, compatible_features at 80. */
 const INCOMPAT_OFFSET = 72n;
 const COMPAT_OFFSET = 80n;
-/** Entries QEMU's check accepts in a snapshot L1 (QCOW_MAX_L1_SIZE / 8 = 4 Mi, fact sheet §9.1). */
+/** Entries QEMU's check accepts in a snapshot L1 (QCOW_MAX_L1_SIZE / 8 = 4 Mi, docs/format/check.md#reference-counting-pass). */
 const MAX_L1_ENTRIES = 0x400000n;
-/** Largest extra data QEMU reads (QCOW_MAX_SNAPSHOT_EXTRA_DATA, fact sheet §5.1). */
+/** Largest extra data QEMU reads (QCOW_MAX_SNAPSHOT_EXTRA_DATA, docs/format/snapshots.md#limits). */
 const MAX_EXTRA_DATA = 1024;
 /** A past-EOF pointer lands at most this many clusters beyond the end (QEMU's check sizes its refcount array by it). */
 const MAX_PAST_EOF_CLUSTERS = 1n << 20n;
 /**
  * A refcount block past the end lands at most this many bytes beyond it: `-r all` extends the file to
- * hold it (fact sheet §9.2), and the repaired file is read back whole by the property.
+ * hold it (docs/format/check.md#-r-all), and the repaired file is read back whole by the property.
  */
 const MAX_REFBLOCK_PAST_EOF_BYTES = 64n * 1024n * 1024n;
 
@@ -313,7 +313,7 @@ function l2Field(l: FileLayout, s: L2Slot, word: 0 | 1): string {
   return `entry ${s.index} (guest ${guest}) ${word === 0 ? 'descriptor' : 'subcluster bitmap'}`;
 }
 
-/** Kind of the cluster an L2 word describes, by QEMU's rules (fact sheet §3.3). */
+/** Kind of the cluster an L2 word describes, by QEMU's rules (docs/format/mapping.md#cluster-types). */
 function l2Kind(l: FileLayout, word: bigint): 'compressed' | 'zero-plain' | 'zero-alloc' | 'normal' | 'unallocated' {
   if ((word & COMPRESSED) !== 0n) return 'compressed';
   const off = word & L2_OFFSET_MASK;
@@ -376,7 +376,7 @@ function usersOf(l: FileLayout, offset: bigint): GuestRange[] {
 const refcountTooLow: Corruption = {
   name: 'refcount-too-low',
   category: 'refcount',
-  title: 'a referenced cluster with refcount ≥ 2 gets a lower non-zero refcount (check: ERROR cluster N refcount=r reference=R; -r all raises it, §9.2)',
+  title: 'a referenced cluster with refcount ≥ 2 gets a lower non-zero refcount (check: ERROR cluster N refcount=r reference=R; -r all raises it, docs/format/check.md#-r-all)',
   apply(l, rng) {
     const cands = [...l.referenced].flatMap((c) => {
       const s = refcountSlot(l, c);
@@ -396,7 +396,7 @@ const refcountTooLow: Corruption = {
 const refcountTooHigh: Corruption = {
   name: 'refcount-too-high',
   category: 'refcount',
-  title: 'a cluster covered by a refcount block gets a higher refcount — referenced or not, inside the file or past its end (check: Leaked cluster N, §9.1; past the end invisible, §13 #28)',
+  title: 'a cluster covered by a refcount block gets a higher refcount — referenced or not, inside the file or past its end (check: Leaked cluster N, docs/format/check.md#comparing-refcounts; past the end invisible, surprises.md item 28)',
   apply(l, rng) {
     const max = (1n << BigInt(l.refcountBits)) - 1n;
     const referenced = [...l.referenced].filter((c) => {
@@ -429,7 +429,7 @@ const refcountTooHigh: Corruption = {
 const refcountZero: Corruption = {
   name: 'refcount-zero',
   category: 'refcount',
-  title: 'a referenced cluster (header, tables, refcount blocks, data) gets refcount 0 (check: refcount=0; -r all rebuilds the refcount structure, §9.2, §13 #12)',
+  title: 'a referenced cluster (header, tables, refcount blocks, data) gets refcount 0 (check: refcount=0; -r all rebuilds the refcount structure, docs/format/check.md#-r-all, surprises.md item 12)',
   apply(l, rng) {
     const cands = [...l.referenced].flatMap((c) => {
       const s = refcountSlot(l, c);
@@ -447,7 +447,7 @@ const refcountZero: Corruption = {
 const l2IntoMetadata: Corruption = {
   name: 'l2-into-metadata',
   category: 'pointer',
-  title: 'an active L1 entry points its L2 table at a metadata cluster, COPIED set (test 060 "L2 reference into L1", §12.2)',
+  title: 'an active L1 entry points its L2 table at a metadata cluster, COPIED set (test 060 "L2 reference into L1", docs/format/iotests.md#test-060-cases)',
   apply(l, rng) {
     const slots = l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false);
     if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
@@ -465,7 +465,7 @@ const l2IntoMetadata: Corruption = {
 const dataIntoMetadata: Corruption = {
   name: 'data-into-metadata',
   category: 'pointer',
-  title: 'an active L2 entry maps its guest cluster onto a metadata cluster, COPIED set (test 060 "data cluster into refblock", "data into inactive L2", §12.2)',
+  title: 'an active L2 entry maps its guest cluster onto a metadata cluster, COPIED set (test 060 "data cluster into refblock", "data into inactive L2", docs/format/iotests.md#test-060-cases)',
   apply(l, rng) {
     const slots = l2Slots(l, () => true, rng.int(3) === 0);
     if (slots.length === 0) return notApplicable(this, 'no active L2 table');
@@ -484,7 +484,7 @@ const dataIntoMetadata: Corruption = {
 const unalignedL1: Corruption = {
   name: 'unaligned-l1-entry',
   category: 'alignment',
-  title: 'an allocated active L1 entry gets an L2 offset that is 512-aligned but not cluster aligned (test 060 "unaligned L1 entry", §3.2)',
+  title: 'an allocated active L1 entry gets an L2 offset that is 512-aligned but not cluster aligned (test 060 "unaligned L1 entry", docs/format/mapping.md#l1-entries)',
   apply(l, rng) {
     const slots = l1Slots(l, true);
     if (slots.length === 0) return notApplicable(this, 'no allocated L1 entry');
@@ -502,7 +502,7 @@ const unalignedL1: Corruption = {
 const unalignedL2: Corruption = {
   name: 'unaligned-l2-entry',
   category: 'alignment',
-  title: 'a normal or preallocated-zero L2 entry gets a host offset that is 512-aligned but not cluster aligned (test 060 "unaligned L2 entry", "unaligned prealloc zero", §3.3)',
+  title: 'a normal or preallocated-zero L2 entry gets a host offset that is 512-aligned but not cluster aligned (test 060 "unaligned L2 entry", "unaligned prealloc zero", docs/format/mapping.md#cluster-types)',
   apply(l, rng) {
     const slots = l2Slots(l, (s) => {
       const k = l2Kind(l, s.word);
@@ -523,7 +523,7 @@ const unalignedL2: Corruption = {
 const unalignedRefblock: Corruption = {
   name: 'unaligned-refblock-entry',
   category: 'alignment',
-  title: 'a refcount-table entry gets a block offset that is 512-aligned but not cluster aligned (test 060 "unaligned reftable entry", §4)',
+  title: 'a refcount-table entry gets a block offset that is 512-aligned but not cluster aligned (test 060 "unaligned reftable entry", docs/format/refcounts.md#refcount-table)',
   apply(l, rng) {
     const slots = reftableSlots(l, false).filter((s) => (s.word & REFT_OFFSET_MASK) !== 0n);
     if (slots.length === 0) return notApplicable(this, 'no refcount block');
@@ -540,7 +540,7 @@ const unalignedRefblock: Corruption = {
 const reservedL1: Corruption = {
   name: 'reserved-bits-l1',
   category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x7f000000000001ff) of an active L1 entry is set (§3.2)',
+  title: 'a reserved bit (mask 0x7f000000000001ff) of an active L1 entry is set (docs/format/mapping.md#l1-entries)',
   apply(l, rng) {
     const slots = l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false).filter((s) => (s.word & L1_RESERVED_MASK) !== L1_RESERVED_MASK);
     if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
@@ -555,7 +555,7 @@ const reservedL1: Corruption = {
 const reservedL2: Corruption = {
   name: 'reserved-bits-l2',
   category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x3f000000000001fe) of a standard (not compressed) active L2 entry is set (§3.3: reads work, check counts it)',
+  title: 'a reserved bit (mask 0x3f000000000001fe) of a standard (not compressed) active L2 entry is set (docs/format/mapping.md#standard-l2-entries: reads work, check counts it)',
   apply(l, rng) {
     const slots = l2Slots(l, (s) => (s.word & COMPRESSED) === 0n, rng.int(4) === 0);
     if (slots.length === 0) return notApplicable(this, 'no standard active L2 entry');
@@ -572,7 +572,7 @@ const reservedL2: Corruption = {
 const reservedReftable: Corruption = {
   name: 'reserved-bits-reftable',
   category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x1ff) of a refcount-table entry is set (§4)',
+  title: 'a reserved bit (mask 0x1ff) of a refcount-table entry is set (docs/format/refcounts.md#refcount-table)',
   apply(l, rng) {
     const slots = reftableSlots(l, rng.int(4) === 0).filter((s) => (s.word & REFT_RESERVED_MASK) !== REFT_RESERVED_MASK);
     if (slots.length === 0) return notApplicable(this, 'no refcount-table entry');
@@ -587,7 +587,7 @@ const reservedReftable: Corruption = {
 const compressedCopied: Corruption = {
   name: 'compressed-copied',
   category: 'flags',
-  title: 'COPIED is set on a compressed L2 entry (§3.3: compressed entries are never COPIED)',
+  title: 'COPIED is set on a compressed L2 entry (docs/format/mapping.md#standard-l2-entries: compressed entries are never COPIED)',
   apply(l, rng) {
     const slots = l2Slots(l, (s) => (s.word & COMPRESSED) !== 0n && (s.word & COPIED) === 0n);
     if (slots.length === 0) return notApplicable(this, 'no compressed cluster in the active L2 tables');
@@ -602,7 +602,7 @@ const compressedCopied: Corruption = {
 const v2ZeroFlag: Corruption = {
   name: 'v2-zero-flag',
   category: 'flags',
-  title: 'the zero flag (bit 0) on a standard L2 entry of a version 2 image (§3.3: fatal on access, not flagged by check)',
+  title: 'the zero flag (bit 0) on a standard L2 entry of a version 2 image (docs/format/mapping.md#cluster-types: fatal on access, not flagged by check)',
   apply(l, rng) {
     if (l.version !== 2) return notApplicable(this, 'version 3 image: the zero flag is legal');
     const slots = l2Slots(l, (s) => (s.word & COMPRESSED) === 0n && (s.word & ZERO_FLAG) === 0n, rng.int(3) === 0);
@@ -618,7 +618,7 @@ const v2ZeroFlag: Corruption = {
 const compressedBitmap: Corruption = {
   name: 'compressed-nonzero-bitmap',
   category: 'subcluster',
-  title: 'an extended-L2 compressed entry gets a non-zero subcluster bitmap (§3.4: check ERROR compressed cluster ... non-zero subcluster allocation bitmap)',
+  title: 'an extended-L2 compressed entry gets a non-zero subcluster bitmap (docs/format/mapping.md#compressed-clusters: check ERROR compressed cluster ... non-zero subcluster allocation bitmap)',
   apply(l, rng) {
     if (!l.extendedL2) return notApplicable(this, 'no extended L2 entries');
     const slots = l2Slots(l, (s) => (s.word & COMPRESSED) !== 0n);
@@ -634,7 +634,7 @@ const compressedBitmap: Corruption = {
 const allocAndZero: Corruption = {
   name: 'alloc-and-zero-subcluster',
   category: 'subcluster',
-  title: 'an allocated extended-L2 entry gets one subcluster both allocated and zero (§3.5: INVALID; check ERROR ... corrupted subcluster allocation bitmap)',
+  title: 'an allocated extended-L2 entry gets one subcluster both allocated and zero (docs/format/mapping.md#subcluster-types: INVALID; check ERROR ... corrupted subcluster allocation bitmap)',
   apply(l, rng) {
     if (!l.extendedL2) return notApplicable(this, 'no extended L2 entries');
     const slots = l2Slots(l, (s) => l2Kind(l, s.word) === 'normal' && (s.word & L2_OFFSET_MASK) !== 0n);
@@ -651,7 +651,7 @@ const allocAndZero: Corruption = {
 const allocOnUnallocated: Corruption = {
   name: 'alloc-bits-on-unallocated',
   category: 'subcluster',
-  title: 'an extended-L2 entry without host offset gets allocation bits (§3.5: INVALID; check ERROR: Unallocated cluster has non-zero subcluster allocation map)',
+  title: 'an extended-L2 entry without host offset gets allocation bits (docs/format/mapping.md#subcluster-types: INVALID; check ERROR: Unallocated cluster has non-zero subcluster allocation map)',
   apply(l, rng) {
     if (!l.extendedL2) return notApplicable(this, 'no extended L2 entries');
     const slots = l2Slots(l, (s) => l2Kind(l, s.word) === 'unallocated' && (s.bitmap & ALL_ALLOCATED) !== ALL_ALLOCATED, true);
@@ -669,7 +669,7 @@ const allocOnUnallocated: Corruption = {
 const l1PastEof: Corruption = {
   name: 'l1-entry-past-eof',
   category: 'past-eof',
-  title: 'an active L1 entry points at an L2 table past the end of the file, COPIED set (§3.6 reads zeros; check: region exceeding the end of the file)',
+  title: 'an active L1 entry points at an L2 table past the end of the file, COPIED set (docs/format/mapping.md#read-resolution: reads zeros; check: region exceeding the end of the file)',
   apply(l, rng) {
     const slots = l1Slots(l, rng.int(3) !== 0 ? 'prefer' : false);
     if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
@@ -814,7 +814,7 @@ function rewriteSnapshot(l: FileLayout, p: Poker, i: number, change: (f: Snapsho
 const snapshotExtraShort: Corruption = {
   name: 'snapshot-extra-data-short',
   category: 'snapshot',
-  title: 'a version 3 snapshot entry gets less than 16 bytes of extra data (§5.1: check ERROR snapshot table entry N is incomplete; -r all rewrites the table)',
+  title: 'a version 3 snapshot entry gets less than 16 bytes of extra data (docs/format/snapshots.md#extra-data: check ERROR snapshot table entry N is incomplete; -r all rewrites the table)',
   apply(l, rng) {
     if (l.version < 3) return notApplicable(this, 'version 2: snapshot entries need no extra data');
     const entries = snapshotFields(l);
@@ -838,7 +838,7 @@ const snapshotExtraShort: Corruption = {
 const snapshotExtraTooLarge: Corruption = {
   name: 'snapshot-extra-data-too-large',
   category: 'snapshot',
-  title: 'a snapshot entry gets more than 1024 bytes of extra data (§5.1: Too much extra metadata in snapshot table entry N; -r all drops it)',
+  title: 'a snapshot entry gets more than 1024 bytes of extra data (docs/format/snapshots.md#limits: Too much extra metadata in snapshot table entry N; -r all drops it)',
   apply(l, rng) {
     const entries = snapshotFields(l);
     if (entries === undefined) return notApplicable(this, 'no snapshot');
@@ -863,7 +863,7 @@ const snapshotExtraTooLarge: Corruption = {
 const dirtyStale: Corruption = {
   name: 'dirty-stale-refcounts',
   category: 'dirty',
-  title: 'the dirty bit (with lazy refcounts) and what a crash leaves: the newest referenced clusters with refcount 0, maybe a leak (§7.1; check reports, -r all rebuilds and clears the bit)',
+  title: 'the dirty bit (with lazy refcounts) and what a crash leaves: the newest referenced clusters with refcount 0, maybe a leak (docs/format/features.md#dirty-bit-and-lazy-refcounts; check reports, -r all rebuilds and clears the bit)',
   apply(l, rng) {
     if (l.version < 3) return notApplicable(this, 'version 2 images cannot be dirty');
     const fixed = new Set(['header', 'refcount-table', 'refcount-block']);

@@ -12,7 +12,7 @@
  * out, and snapshot L1 tables share one budget proportional to the file size.
  *
  * Also the bit-exact field access the catalogs poke with (`readField`/`writeField`): big-endian
- * fields of 8..64 bits, and the LSB-first sub-byte refcounts of widths 1, 2 and 4 (fact sheet §4).
+ * fields of 8..64 bits, and the LSB-first sub-byte refcounts of widths 1, 2 and 4 (docs/format/refcounts.md#sub-byte-widths).
  */
 import {
   HeaderExtensionType,

@@ -8,7 +8,7 @@
  * The values written are QEMU's and the format's edges: 0, 1, 2^31-1, 2^31, 2^32-1, 2^53+1, 2^63,
  * 2^64-1, the file length and the cluster boundaries around it, and for extension lengths and the
  * backing-file name the lengths that end just inside, at, and just past the end of cluster 0 (the
- * "extension too large" cases of test 080, fact sheet §2, §12.1).
+ * "extension too large" cases of test 080, docs/format/extensions.md#extension-errors, docs/format/iotests.md#test-080-cases).
  *
  * Pure and free of randomness: a property (test/support/hostile-campaign.ts) picks from the
  * lists; `applyMutations` returns a new array. Finding the targets walks the whole image (walkImage:
@@ -99,7 +99,7 @@ export function mutationTargets(bytes: Uint8Array): MutationTargets {
     if (o >= 0 && o + width <= len) fields.push({ name, offset: o, width, role, ...(dataOffset !== undefined ? { dataOffset } : {}) });
   };
 
-  // Header (fact sheet §1.1).
+  // Header (docs/format/header.md#header-layout).
   region('header-cluster', 0n, BigInt(cs));
   const header: [string, number, MutationField['width'], FieldRole][] = [
     ['version', 4, 4, 'other'],

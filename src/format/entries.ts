@@ -5,7 +5,7 @@
  * offset is an exact bigint (nothing rounds above 2^53).
  *
  * Rules follow QEMU's qcow2_get_cluster_type / qcow2_get_subcluster_type
- * (see /work/shared/qcow2-facts.md §3.2-§3.5 and §4).
+ * (see docs/format/mapping.md#l1-entries through #subcluster-types, and docs/format/refcounts.md#refcount-table).
  */
 import type { L1EntryFields, L2EntryFields, RefcountTableEntryFields, U64Fields } from '../../generated/qcow2.ts';
 import { offsetFromParts, u64ToBigInt } from './u64.ts';
@@ -66,7 +66,7 @@ export function l2HostOffset(entry: L2EntryFields): bigint {
 /**
  * Decodes the compressed descriptor of an entry whose bit 62 is set, for clusters of
  * 2^clusterBits bytes: x = 62 - (clusterBits - 8) bits of host byte offset, then the
- * additional-sector count up to bit 61 (facts §3.4). Throws RangeError if `entry.compressed` is false.
+ * additional-sector count up to bit 61 (docs/format/mapping.md#compressed-clusters). Throws RangeError if `entry.compressed` is false.
  */
 export function compressedDescriptor(entry: L2EntryFields, clusterBits: number): CompressedDescriptor {
   if (!entry.compressed) throw new RangeError('compressedDescriptor: entry is not compressed');

@@ -1,5 +1,5 @@
 /**
- * Names of the header's feature bits and header extension types (facts §1.2, §2), and decoding of a
+ * Names of the header's feature bits and header extension types (docs/format/header.md#feature-bits, docs/format/extensions.md), and decoding of a
  * 64-bit feature field into the names this implementation knows plus a mask of the bits it does not.
  */
 import { match } from 'ts-pattern';

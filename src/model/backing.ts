@@ -1,5 +1,5 @@
 /**
- * Backing sources: what an overlay reads through when its clusters are unallocated (fact sheet §3.6).
+ * Backing sources: what an overlay reads through when its clusters are unallocated (docs/format/mapping.md#read-resolution).
  * A model Image can be the backing image of another, so chains of any depth are built from Images.
  */
 import { HostReaderError, type HostReader } from './host-reader.ts';

@@ -1,6 +1,6 @@
 /**
  * `map(image)`: the guest address space as extents, the way `qemu-img map --output=json` of QEMU 7.2
- * reports them (fact sheet §10). Pure: the Image is only read.
+ * reports them (docs/format/map.md). Pure: the Image is only read.
  *
  * How QEMU 7.2 builds the list (qemu-img.c get_block_status + block/io.c bdrv_co_block_status +
  * block/qcow2.c qcow2_co_block_status), restated per (sub)cluster state:

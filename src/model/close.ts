@@ -1,5 +1,5 @@
 /**
- * Lazy refcounts, the dirty bit and closing an image (fact sheet §1.2, §1.3 #25, §7.1; QEMU 7.2
+ * Lazy refcounts, the dirty bit and closing an image (docs/format/features.md#dirty-bit-and-lazy-refcounts, open-validation.md #25; QEMU 7.2
  * block/qcow2.c qcow2_mark_dirty, qcow2_mark_clean, qcow2_inactivate, qcow2_write_caches;
  * block/qcow2-cluster.c qcow2_alloc_cluster_link_l2).
  *
@@ -23,7 +23,7 @@
  * decided from the in-memory refcounts in both, so after `closeImage` the files are identical.
  */
 import { ENOTSUP, ModelError } from './errors.ts';
-import type { HostIO } from './host-io.ts';
+import type { HostIO } from './host-file.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Image } from './image.ts';
 import { beginTx, hostFlush, setHeaderFields, setSession, type Tx } from './tx.ts';
 
@@ -65,7 +65,7 @@ export function markDirty(tx: Tx): void {
 /**
  * Refuses to change an image whose dirty bit was already set when it was loaded (a QEMU session
  * with lazy refcounts ended without a clean close). QEMU would first repair the refcounts on the
- * writable open (`qemu-img check -r all`, fact sheet §1.3 #25) — src/open/open.ts openImage with
+ * writable open (`qemu-img check -r all`, docs/format/open-validation.md#qemus-order #25) — src/open/open.ts openImage with
  * `writable: true` does exactly that; an image loaded with plain loadImage is not repaired, and
  * writing on top of possibly wrong refcounts could hand out clusters that are in use. Throws
  * ModelError 'dirty' (ENOTSUP) naming the dirty bit. A bit this session set is fine.
@@ -93,7 +93,7 @@ export function checkNotDirtyOnLoad(tx: Tx, what: string): void {
  * QEMU's qcow2_update_header rewrites the whole header cluster; the model writes only the 8 bytes of
  * incompatible_features, which gives the same file whenever the header cluster is laid out as QEMU
  * writes it (images from qemu-img create or createImage). It differs for a header cluster with
- * unknown header extensions, which QEMU writes back in reversed order (fact sheet §2).
+ * unknown header extensions, which QEMU writes back in reversed order (docs/format/extensions.md#unknown-extensions).
  */
 export function closeImage(image: Image): { image: Image; io: readonly HostIO[] } {
   const tx = beginTx(image);

@@ -1,6 +1,6 @@
 /**
  * Compressed writes, as QEMU 7.2 performs them (block/qcow2.c qcow2_co_pwritev_compressed_part /
- * _task, block/qcow2-cluster.c qcow2_alloc_compressed_cluster_offset; fact sheet §3.4, §6):
+ * _task, block/qcow2-cluster.c qcow2_alloc_compressed_cluster_offset; docs/format/mapping.md#compressed-clusters, docs/format/compression.md):
  *
  * - only cluster-aligned whole clusters (a partial last cluster at the end of the disk is zero
  *   padded); an external data file refuses them (ENOTSUP);
@@ -14,7 +14,7 @@
  * Node's built-in zlib (Chromium's fork) compresses differently (2848 vs 2985 bytes for one noisy
  * 4 KiB cluster), which would change every later compressed offset.
  *
- * zstd (fact sheet §6, compression_type 1) is QEMU's qcow2_zstd_compress: a fresh ZSTD_CCtx with
+ * zstd (docs/format/compression.md#zstd, compression_type 1) is QEMU's qcow2_zstd_compress: a fresh ZSTD_CCtx with
  * default parameters (level ZSTD_CLEVEL_DEFAULT = 3, no checksum) and ONE call
  * ZSTD_compressStream2(ZSTD_e_end) with the whole cluster as input. On a fresh context that call
  * pledges the input size, so the frame is exactly what one-shot ZSTD_compress(level 3) writes: the
@@ -115,7 +115,7 @@ export function zstdCompressCluster(cluster: Uint8Array): Uint8Array {
 /**
  * The compressed form of one cluster, or undefined when it does not fit in cluster_size - 1 bytes
  * (QEMU's compressors get an output buffer of cluster_size - 1 bytes and return -ENOMEM when the
- * result does not fit; qcow2_co_pwritev_compressed_task then writes a normal cluster; §6).
+ * result does not fit; qcow2_co_pwritev_compressed_task then writes a normal cluster; docs/format/compression.md#when-data-is-stored-compressed).
  * compressionType 0 is zlib (raw deflate), 1 is zstd; anything else is refused.
  */
 export function compressCluster(cluster: Uint8Array, compressionType: number): Uint8Array | undefined {
@@ -126,7 +126,7 @@ export function compressCluster(cluster: Uint8Array, compressionType: number): U
   return out.length <= cluster.length - 1 ? out : undefined;
 }
 
-/** The L2 entry describing `length` compressed bytes at host byte offset `host` (§3.4). */
+/** The L2 entry describing `length` compressed bytes at host byte offset `host` (docs/format/mapping.md#compressed-clusters). */
 function compressedEntry(tx: Tx, host: bigint, length: number): L2EntryFields {
   const g = geo(tx);
   const nbCsectors = Number((host + BigInt(length) - 1n) / 512n - host / 512n);

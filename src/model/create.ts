@@ -1,6 +1,6 @@
 /**
  * `qemu-img create -f qcow2` as a pure function: the same option validation (same messages), and
- * byte for byte the image QEMU 7.2 writes (fact sheet §1.4, §1.5, §11.2).
+ * byte for byte the image QEMU 7.2 writes (docs/format/create.md, docs/format/allocation.md#preallocation).
  *
  * QEMU does not compute a layout; it writes a 3-cluster skeleton (header, a 1-cluster refcount
  * table, one empty refcount block), reopens it and lets its ordinary allocator place everything
@@ -129,7 +129,7 @@ const INT_MAX = 0x7fffffff;
 const MAX_IMAGE_LENGTH = 9223372035781033984n;
 const INT64_MAX = (1n << 63n) - 1n;
 
-/** The feature name table QEMU 7.2 writes (fact sheet §1.5): 8 entries in this order. */
+/** The feature name table QEMU 7.2 writes (docs/format/create.md#feature-name-table-written): 8 entries in this order. */
 const FEATURE_TABLE: readonly FeatureNameEntryFields[] = [
   { featureType: FeatureType.INCOMPATIBLE, bit: 0, name: 'dirty bit' },
   { featureType: FeatureType.INCOMPATIBLE, bit: 1, name: 'corrupt bit' },
@@ -168,7 +168,7 @@ const V3_ONLY = 'compatibility level 1.1 and above (use version=v3 or greater)';
 /**
  * The options after qemu-img's checks, in qemu-img 7.2's order: size parsing, backing format
  * presence (bdrv_img_create), QAPI enum parsing (version, compression-type, preallocation), then
- * qcow2_co_create's checks in source order (fact sheet §1.4), then the size limits that
+ * qcow2_co_create's checks in source order (docs/format/create.md#refusals), then the size limits that
  * truncate reports.
  */
 function resolveOptions(o: CreateOptions): Resolved {
@@ -216,7 +216,7 @@ function resolveOptions(o: CreateOptions): Resolved {
   const dataFileRaw = o.dataFileRaw ?? false;
   if (dataFileRaw && o.dataFile === undefined) fail('data-file-raw-without-data-file', 'data-file-raw requires data-file');
   if (dataFileRaw && o.backingFile !== undefined) fail('backing-data-file-raw', 'Backing file and data-file-raw cannot be used at the same time');
-  // data-file-raw forces metadata preallocation: the L2 tables must map the data file 1:1 (§7.3).
+  // data-file-raw forces metadata preallocation: the L2 tables must map the data file 1:1 (docs/format/features.md#raw-external-data).
   if (dataFileRaw) prealloc = true;
   if (o.dataFile !== undefined && version < 3) fail('data-file-compat', `External data files are only supported with ${V3_ONLY}`);
   if (ct !== 'zlib' && version < 3) fail('compression-type-compat', `Non-zlib compression type is only supported with ${V3_ONLY}`);
@@ -253,7 +253,7 @@ function ceilDiv(a: bigint, b: bigint): bigint {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Header extensions (qcow2_update_header order, fact sheet §1.5 and §2)
+// Header extensions (qcow2_update_header order, docs/format/create.md#header-extensions-written and docs/format/extensions.md)
 
 function extension(type: number, data: HeaderExtensionFields['data'], len: number): Uint8Array {
   return encodeHeaderExtension({ type, lenData: len, data, padding: new Uint8Array((8 - (len % 8)) % 8) });
@@ -269,7 +269,7 @@ function headerExtensions(r: Resolved): Uint8Array[] {
     const len = encodeExternalDataFileName({ name: r.dataFile }).length;
     out.push(extension(HeaderExtensionType.EXTERNAL_DATA_FILE, { name: r.dataFile }, len));
   }
-  // QEMU 7.2 omits the feature name table for cluster sizes ≤ 4 KiB (fact sheet §1.5, §13.13).
+  // QEMU 7.2 omits the feature name table for cluster sizes ≤ 4 KiB (docs/format/create.md#header-extensions-written, docs/format/surprises.md#13-no-feature-names-with-small-clusters).
   if (r.version === 3 && r.clusterBits > 12) {
     const len = FEATURE_TABLE.reduce((n, e) => n + encodeFeatureNameEntry(e).length, 0);
     out.push(extension(HeaderExtensionType.FEATURE_NAME_TABLE, { entries: [...FEATURE_TABLE] }, len));
@@ -337,7 +337,7 @@ export function createImage(opts: CreateOptions): CreateResult {
   // The skeleton's own refcounts: qcow2_alloc_clusters(3 clusters) must return 0.
   if (allocClusters(tx, 3n * csn) !== 0n) throw new Error('first cluster of a new image is in use');
 
-  // Truncate: qcow2_grow_l1_table with the exact size (fact sheet §1.5).
+  // Truncate: qcow2_grow_l1_table with the exact size (docs/format/create.md#fresh-image-layout).
   const l1Size = Number(ceilDiv(r.size, csn * BigInt(l2Entries)));
   if (l1Size > 0) {
     if (l1Size > INT_MAX / 8) throw new CreateError('image-too-large', "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
@@ -349,7 +349,7 @@ export function createImage(opts: CreateOptions): CreateResult {
     setHeaderFields(tx, { l1Size, l1TableOffset: l1Offset });
   }
 
-  // preallocate_co: L2 tables and data runs in QEMU's order (fact sheet §11.2).
+  // preallocate_co: L2 tables and data runs in QEMU's order (docs/format/allocation.md#preallocation).
   let dataEnd = 0n;
   if (r.prealloc && r.size > 0n) {
     const guestClusters = Number(ceilDiv(r.size, csn));
@@ -368,7 +368,7 @@ export function createImage(opts: CreateOptions): CreateResult {
         let n = Math.min(callEnd - pos, l2Entries - (pos % l2Entries), maxRun);
         let host: bigint;
         if (hasDataFile) {
-          host = BigInt(pos) * csn; // external data file: host offset == guest offset, nothing refcounted (§7.3)
+          host = BigInt(pos) * csn; // external data file: host offset == guest offset, nothing refcounted (docs/format/features.md#external-data-file)
         } else if (expected < 0n) {
           host = allocClusters(tx, BigInt(n) * csn);
         } else {
@@ -378,7 +378,7 @@ export function createImage(opts: CreateOptions): CreateResult {
         }
         if (runStart < 0n) runStart = host;
         // qcow2_alloc_cluster_link_l2: COPIED | host offset (extended-L2 bitmaps stay 0: every
-        // subcluster UNALLOCATED_ALLOC, fact sheet §11.2), one write for the run's entries.
+        // subcluster UNALLOCATED_ALLOC, docs/format/allocation.md#preallocation), one write for the run's entries.
         const entries = new Uint8Array(n * g.l2EntrySize);
         for (let i = 0; i < n; i++) {
           entries.set(encodeL2Entry(normalEntry(tx, host + BigInt(i) * csn, true, false), { clusterBits: cb, extendedL2: r.extendedL2 }), i * g.l2EntrySize);

@@ -31,7 +31,7 @@ export class ModelError extends Error {
   readonly errno: number;
   /**
    * What QEMU leaves on disk despite the failure, when that is not "nothing": e.g. a fatal
-   * corruption sets the corrupt bit after metadata that was already flushed (fact sheet §8).
+   * corruption sets the corrupt bit after metadata that was already flushed (docs/format/overlap-checks.md#corruption-signalling).
    */
   committed?: { readonly image: Image; readonly io: readonly HostIO[] };
 

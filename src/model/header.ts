@@ -3,7 +3,7 @@
  * encodeHeader/decodeHeader (spec/qcow2.ksy `header`). Version 2 headers are 72 bytes; version 3
  * headers are header_length bytes, with the compression_type additional field when header_length
  * > 104, zero padding up to byte 112 and any unknown additional fields (bytes 112..header_length)
- * preserved verbatim (fact sheet §1.1).
+ * preserved verbatim (docs/format/header.md#header-length).
  */
 import { encodeHeader, type Header, type HeaderFields } from '../../generated/qcow2.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
@@ -13,12 +13,12 @@ import type { HeaderState, Image } from './image.ts';
 
 /** Bytes of a version 2 header. */
 export const V2_HEADER_LENGTH = 72;
-/** header_length QEMU 7.2 writes for version 3 (fact sheet §1.1). */
+/** header_length QEMU 7.2 writes for version 3 (docs/format/header.md#header-length). */
 export const V3_HEADER_LENGTH = 112;
 /** Offset of the first additional field (compression_type). */
 const ADDITIONAL_FIELDS_START = 104;
 
-/** Byte position and width of every header field (fact sheet §1.1), for writes and pokes of single fields. */
+/** Byte position and width of every header field (docs/format/header.md#header-layout), for writes and pokes of single fields. */
 export const HEADER_FIELD_BYTES = {
   magic: [0, 4],
   version: [4, 4],
@@ -77,7 +77,7 @@ export function headerFieldsOf(h: HeaderState, unknownHeaderBytes?: Uint8Array):
     refcountOrder: h.refcountOrder,
     headerLength: len,
   };
-  // Additional fields exist only when header_length reaches them (fact sheet §1.1).
+  // Additional fields exist only when header_length reaches them (docs/format/header.md#additional-fields).
   if (len > ADDITIONAL_FIELDS_START) fields.compressionType = h.compressionType;
   if (len > ADDITIONAL_FIELDS_START + 1) fields.padding = new Uint8Array(Math.min(len, V3_HEADER_LENGTH) - 105);
   if (len > V3_HEADER_LENGTH) {

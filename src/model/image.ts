@@ -29,7 +29,7 @@ export interface HeaderState {
   readonly compressionType: number;
 }
 
-/** What QEMU keeps in memory for one open image (fact sheet §11.1, §6): reset by every new open. */
+/** What QEMU keeps in memory for one open image (docs/format/allocation.md#cluster-allocator, docs/format/compression.md#packing-compressed-clusters): reset by every new open. */
 export interface SessionState {
   /** First-fit allocation hint (`free_cluster_index`), a cluster index. */
   readonly freeClusterIndex: bigint;
@@ -47,8 +47,8 @@ export interface SessionState {
    * This session set the dirty bit (incompatible bit 0) itself: `qcow2_mark_dirty` on the first
    * allocating write of an image with lazy refcounts (src/model/close.ts). Absent/false when the bit
    * is clear, or when it was already set on disk when the image was loaded — a session that crashed
-   * with lazy refcounts left it, and QEMU repairs the refcounts on a writable open (fact sheet §1.3
-   * #25, §7.1) — openImage with `writable: true` (src/open/open.ts) does; after a plain loadImage the
+   * with lazy refcounts left it, and QEMU repairs the refcounts on a writable open (docs/format/open-validation.md#qemus-order
+   * #25, docs/format/features.md#dirty-bit-and-lazy-refcounts) — openImage with `writable: true` (src/open/open.ts) does; after a plain loadImage the
    * model refuses to write such an image.
    */
   readonly dirtyBySession?: boolean;
@@ -63,7 +63,7 @@ export interface BackingSource {
    * reports them, depths relative to it (src/model/block-status.ts). Absent: a raw file without holes, which
    * QEMU reports as data at its own offsets.
    */
-  map?(offset: bigint, length: bigint): readonly import('./block-status.ts').MapExtent[];
+  map?(offset: bigint, length: bigint): readonly import('./map.ts').MapExtent[];
 }
 
 export interface Image {
@@ -96,7 +96,7 @@ export interface Geometry {
   readonly externalDataFile: boolean;
 }
 
-/** Incompatible feature bits (fact sheet §1.2). */
+/** Incompatible feature bits (docs/format/header.md#incompatible-features). */
 export const INCOMPAT_DIRTY = 1n;
 export const INCOMPAT_CORRUPT = 2n;
 export const INCOMPAT_DATA_FILE = 4n;

@@ -1,7 +1,7 @@
 /**
  * Guest → host mapping: L1 and L2 entries read and written through the generated codecs, L2 table
- * allocation (QEMU's get_cluster_table / l2_allocate, fact sheet §3, §11.1), L1 table growth
- * (qcow2_grow_l1_table, §11.1) and the per-subcluster type of a guest offset.
+ * allocation (QEMU's get_cluster_table / l2_allocate, docs/format/mapping.md, docs/format/allocation.md#l2-table-allocation), L1 table growth
+ * (qcow2_grow_l1_table, docs/format/allocation.md#l1-table-growth) and the per-subcluster type of a guest offset.
  */
 import { strerror } from './errno.ts';
 import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
@@ -191,7 +191,7 @@ export function grownL1Size(currentSize: number, minSize: bigint, exactSize: boo
 
 /**
  * `qcow2_grow_l1_table`: makes the active L1 table hold at least `minSize` entries. Nothing happens
- * when it already does. Otherwise, as QEMU 7.2 does (fact sheet §11.1, §13.18): the new size is
+ * when it already does. Otherwise, as QEMU 7.2 does (docs/format/allocation.md#l1-table-growth, docs/format/surprises.md#18-l1-tables-move-and-never-shrink): the new size is
  * `minSize` when `exactSize` (resize) or the 1.5x rule (grownL1Size); a new table of exactly
  * `newSize * 8` bytes is allocated first fit (always elsewhere: the old one is still in use), the old
  * entries copied into it, the header's l1_size + l1_table_offset switched with one 12-byte write, and

@@ -24,7 +24,7 @@ export interface WriteOp {
 /**
  * Zero `[offset, offset + length)` (qemu-io `write -z`, `-u` when `unmap`). Afterwards the range reads
  * as zeros in every configuration — v2 or v3, with or without a backing file; `unmap` only lets the
- * image free the host clusters (fact sheet §11.3) and never changes what a read returns.
+ * image free the host clusters (docs/format/allocation.md#write_zeroes) and never changes what a read returns.
  */
 export interface WriteZeroesOp {
   readonly kind: 'writeZeroes';
@@ -35,7 +35,7 @@ export interface WriteZeroesOp {
 
 /**
  * Discard `[offset, offset + length)` (qemu-io `discard`). The guest gives up the content; what a read
- * returns afterwards is QEMU 7.2's choice (fact sheet §11.4, §13 items 8/9):
+ * returns afterwards is QEMU 7.2's choice (docs/format/allocation.md#discard, docs/format/surprises.md items 8/9):
  * - only whole clusters inside the range are affected (clusters clipped to the virtual size, so the
  *   partial last cluster of an unaligned image counts when the range reaches the end); the bytes of
  *   partially covered clusters are unchanged;

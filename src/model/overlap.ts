@@ -1,5 +1,5 @@
 /**
- * QEMU's metadata overlap check (qcow2_pre_write_overlap_check, fact sheet §8) with the default
+ * QEMU's metadata overlap check (qcow2_pre_write_overlap_check, docs/format/overlap-checks.md) with the default
  * "cached" template: before data is written at a host range, the range (rounded out to clusters) must
  * not touch the header cluster, the active L1 table, an active L2 table, the refcount table, a
  * refcount block or the snapshot table. An overlap is a fatal corruption: QEMU refuses the write,

@@ -1,8 +1,8 @@
 /**
  * Guest reads: resolves every (sub)cluster of a range through L1/L2, the subcluster bitmaps,
- * compressed clusters and the backing image (fact sheet §3.6). Pure: the Image is only read.
+ * compressed clusters and the backing image (docs/format/mapping.md#read-resolution). Pure: the Image is only read.
  *
- * With an external data file (fact sheet §3.3, §7.3) allocated clusters are read from the data file
+ * With an external data file (docs/format/mapping.md#standard-l2-entries, docs/format/features.md#external-data-file) allocated clusters are read from the data file
  * at host offset == guest offset; QEMU's qcow2_get_host_offset treats any other host offset, and any
  * compressed entry, as a fatal corruption.
  */

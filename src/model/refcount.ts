@@ -1,6 +1,6 @@
 /**
  * Refcounts and cluster allocation, following QEMU 7.2's block/qcow2-refcount.c step by step so that
- * the model places every cluster where QEMU does (fact sheet §4, §11.1):
+ * the model places every cluster where QEMU does (docs/format/refcounts.md, docs/format/allocation.md#cluster-allocator):
  *
  * - allocClustersNoref: first fit upward from the per-process hint `free_cluster_index`, which
  *   only moves forward while scanning and moves back when a refcount drops to 0 below it;
@@ -633,7 +633,7 @@ export function freeClusters(tx: Tx, offset: bigint, size: bigint): void {
 /**
  * `qcow2_alloc_bytes`: `size` (≤ cluster) bytes for a compressed cluster, packed right after the
  * previous blob while it fits in the current cluster (or the next cluster is the next allocated one),
- * and only while that cluster's refcount is below the maximum (§6).
+ * and only while that cluster's refcount is below the maximum (docs/format/compression.md#packing-compressed-clusters).
  */
 export function allocBytes(tx: Tx, size: number): bigint {
   const g = geo(tx);

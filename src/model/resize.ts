@@ -1,6 +1,6 @@
 /**
  * `qemu-img resize [--shrink] SIZE` as QEMU 7.2 performs it (qemu-img.c img_resize → block/io.c
- * bdrv_co_truncate → block/qcow2.c qcow2_co_truncate; fact sheet §11.1, §13.18), step by step so the
+ * bdrv_co_truncate → block/qcow2.c qcow2_co_truncate; docs/format/allocation.md#shrinking, docs/format/surprises.md#18-l1-tables-move-and-never-shrink), step by step so the
  * file is byte-identical:
  *
  * - refusals, in QEMU's order: a size that is 0 or does not fit an int64 (qemu-img: "New image size
@@ -120,7 +120,7 @@ function fullDiscard(tx: Tx, offset: bigint, bytes: bigint): void {
 
 /**
  * `qcow2_shrink_l1_table`: zeroes the active L1 entries from `exactSize` on (l1_size is not changed,
- * fact sheet §11.1) and frees the L2 tables they pointed at, last index first.
+ * docs/format/allocation.md#shrinking) and frees the L2 tables they pointed at, last index first.
  */
 function shrinkL1Table(tx: Tx, exactSize: number): void {
   const h = tx.img.header;

@@ -1,6 +1,6 @@
 /**
  * Internal snapshots, as QEMU 7.2 creates, applies and deletes them (block/qcow2-snapshot.c,
- * block/qcow2-refcount.c qcow2_update_snapshot_refcount; fact sheet §5):
+ * block/qcow2-refcount.c qcow2_update_snapshot_refcount; docs/format/snapshots.md):
  *
  * - create: a new L1 (first fit) holding a copy of the active L1; +1 on every L2 table and data
  *   cluster (compressed: every host cluster touched) the active L1 reaches, COPIED cleared where the
@@ -14,15 +14,13 @@
  * Clusters whose refcount drops to 0 here are punched out of the file (pass-discard-snapshot is on by
  * default). The snapshot table is read and written through the generated snapshot_entry codec.
  */
-import { strerror } from './errno.ts';
 import { decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields, type SnapshotEntry } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
-import { isZeroBytes } from '../codec/bytes.ts';
+import { isZeroBytes } from '../format/bytes.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { EFBIG, EINVAL, ENOTSUP, ModelError } from './errors.ts';
-import { discardHost, hostPage, readHost, type HostFile } from './host-file.ts';
-import { PAGE_SIZE } from './page-map.ts';
+import { discardHost, hostPage, PAGE_SIZE, readHost, type HostFile } from './host-file.ts';
 import { geometryOf, type HeaderState } from './image.ts';
 import { growL1Table, readL2Entry, writeL2Entry } from './mapping.ts';
 import { resize } from './resize.ts';
@@ -155,7 +153,7 @@ export function writeSnapshots(tx: Tx, list: readonly SnapshotState[], oldSize: 
   overlapCheck?: (offset: bigint, size: bigint) => void): void {
   const g = geo(tx);
   const size = tableSize(list);
-  if (size > MAX_SNAPSHOTS_SIZE) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
+  if (size > MAX_SNAPSHOTS_SIZE) throw new ModelError('too-big', EFBIG, 'File too large');
   const offset = allocClusters(tx, BigInt(size));
   hostFlush(tx);
   if (overlapCheck !== undefined) {
@@ -360,7 +358,7 @@ export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; d
 function snapshotCreateBody(tx: Tx, name: string, opts: { dateSec?: number; dateNsec?: number; vmClockNsec?: bigint } = {}): void {
   checkSnapshotsSupported(tx, 'create', name);
   const list = readSnapshots(tx);
-  if (list.length >= MAX_SNAPSHOTS) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
+  if (list.length >= MAX_SNAPSHOTS) throw new ModelError('too-big', EFBIG, 'File too large');
   const oldSize = tableSize(list);
   let idMax = 0n;
   for (const s of list) {
@@ -381,7 +379,7 @@ function snapshotCreateBody(tx: Tx, name: string, opts: { dateSec?: number; date
   } catch (e) {
     if (e instanceof ModelError) {
       e.committed = { image: checkpointImg(tx), io: [...tx.io] };
-      e.message = `Could not create snapshot '${name}': ${e.errno} (${e.errno === -EINVAL ? strerror(EINVAL) : e.message})`;
+      e.message = `Could not create snapshot '${name}': ${e.errno} (${e.errno === EINVAL ? 'Invalid argument' : e.message})`;
     }
     throw e;
   }
@@ -415,8 +413,8 @@ function snapshotApplyBody(tx: Tx, idOrName: string): void {
   const sn = list[index]!;
   // QEMU 7.2 first resizes the disk to the snapshot's size (blk_truncate(exact, PREALLOC_MODE_OFF)
   // in qcow2_snapshot_goto: the same path as `qemu-img resize`, zero-fill over a backing file
-  // included), then grows the L1 table to hold the snapshot's exactly. Fact sheet §5.2 says 7.2
-  // refuses different sizes; the measured 7.2 behaviour (test/qemu/model-resize.test.ts) wins.
+  // included), then grows the L1 table to hold the snapshot's exactly. It does not refuse a
+  // different size (measured: docs/format/snapshots.md#applying-a-snapshot, test/qemu/model-resize.test.ts).
   if (sn.diskSize !== tx.img.header.size) {
     try {
       resize(tx, sn.diskSize);
@@ -442,7 +440,7 @@ function snapshotApplyBody(tx: Tx, idOrName: string): void {
   } catch (e) {
     if (e instanceof ModelError) {
       e.committed = { image: checkpointImg(tx), io: [...tx.io] };
-      e.message = `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === -EINVAL ? strerror(EINVAL) : e.message}`;
+      e.message = `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === EINVAL ? 'Invalid argument' : e.message}`;
     }
     throw e;
   }

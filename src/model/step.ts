@@ -36,7 +36,7 @@ function checkRange(img: Image, offset: bigint, length: bigint, what: string): v
 }
 
 /**
- * A corrupt image takes no writes (QEMU refuses to open it read/write, fact sheet §1.3 #9), and an
+ * A corrupt image takes no writes (QEMU refuses to open it read/write, docs/format/open-validation.md#qemus-order #9), and an
  * image loaded dirty takes none until its refcounts are repaired (close.ts).
  */
 function checkWritable(tx: Tx, op: Op): void {

@@ -220,7 +220,7 @@ const CHANGEABLE_HEADER_FIELDS: ReadonlySet<keyof HeaderState> = new Set<keyof H
 /**
  * Changes header fields: re-encodes the header through the generated encoder (header.ts, with the
  * file's unknown header bytes preserved) and writes only the byte range covering the changed
- * fields, as QEMU does (e.g. one 12-byte write for refcount_table_offset + clusters, §11.1).
+ * fields, as QEMU does (e.g. one 12-byte write for refcount_table_offset + clusters, docs/format/allocation.md#refcount-table-growth).
  */
 export function setHeaderFields(tx: Tx, changes: Partial<HeaderState>): void {
   const h = tx.img.header;

@@ -6,12 +6,12 @@
  * `calculate_l2_meta` decides the copy-on-write regions (to subcluster granularity with extended L2),
  * then the data is written, the COW regions copied, the L2 entries linked and the old clusters freed.
  *
- * Crash-safety ordering (fact sheet §11.1, DESIGN.md): refcount increases and COW data are flushed
+ * Crash-safety ordering (docs/format/allocation.md#metadata-write-ordering, ARCHITECTURE.md): refcount increases and COW data are flushed
  * before the L2 entries that use them; L2 entries are flushed before refcounts of the clusters they no
  * longer point at are decreased. With lazy refcounts the first linking write marks the image dirty
  * and refcount increases are no longer ordered before the L2 entries (close.ts says why that is safe).
  *
- * External data file (incompatible bit 2, fact sheet §7.3): guest data and COW go to the data file
+ * External data file (incompatible bit 2, docs/format/features.md#external-data-file): guest data and COW go to the data file
  * (HostIO `target: 'data'`) at host offset == guest offset — do_alloc_cluster_offset allocates
  * nothing and takes the guest cluster's own offset — and data clusters have no refcounts; only the
  * L2 tables (and their refcounts) change in the qcow2 file.

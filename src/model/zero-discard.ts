@@ -1,6 +1,6 @@
 /**
- * write_zeroes and discard, as QEMU 7.2's block layer and qcow2 driver perform them (fact sheet
- * §11.3, §13 items 8/9; block/io.c bdrv_co_do_pwrite_zeroes / bdrv_co_pdiscard, block/qcow2.c
+ * write_zeroes and discard, as QEMU 7.2's block layer and qcow2 driver perform them (see
+ * docs/format/allocation.md#write_zeroes, #discard, docs/format/surprises.md items 8/9; block/io.c bdrv_co_do_pwrite_zeroes / bdrv_co_pdiscard, block/qcow2.c
  * qcow2_co_pwrite_zeroes / qcow2_co_pdiscard, block/qcow2-cluster.c qcow2_subcluster_zeroize,
  * zero_in_l2_slice, zero_l2_subclusters, discard_in_l2_slice):
  *
@@ -15,7 +15,7 @@
  *
  * Crash safety: L2 entries are rewritten before the clusters they pointed at are freed.
  *
- * External data file (fact sheet §7.3, §11.3; qcow2_free_any_cluster, qcow2_subcluster_zeroize):
+ * External data file (docs/format/features.md#external-data-file, docs/format/allocation.md#write_zeroes; qcow2_free_any_cluster, qcow2_subcluster_zeroize):
  * data clusters have no refcounts; when an L2 entry that pointed at a NORMAL or ZERO_ALLOC cluster is
  * dropped by a guest zero-with-unmap or discard, the cluster is punched out of the data file
  * (bdrv_pdiscard, discard passthrough as qemu-io opens images). A zero write without unmap keeps the

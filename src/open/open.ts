@@ -2,7 +2,7 @@
  * Opening an image as QEMU 7.2 opens it: every check of block/qcow2.c qcow2_do_open (and of what it
  * calls: qcow2_read_extensions, qcow2_validate_table, qcow2_read_snapshots, and the block layer's
  * total-sector refresh after the driver's open), in QEMU's order, each failure a typed OpenError with
- * a stable code, QEMU's message text and the place in the file (fact sheet §1.3, §2, §5.1).
+ * a stable code, QEMU's message text and the place in the file (docs/format/open-validation.md, docs/format/extensions.md, docs/format/snapshots.md#snapshot-table).
  *
  * Why the header is read here and not only through the generated decoder: decodeHeader enforces the
  * `valid:` rules of spec/qcow2.ksy in the order of the header's fields (magic, version, cluster_bits,
@@ -10,7 +10,7 @@
  * header as 'truncated'. QEMU reads a 112-byte QCowHeader (zeros past the end of the file) and checks
  * in its own order — e.g. header_length against the cluster size before the backing file offset, and
  * crypt_method only after the L1 table. To report QEMU's first failing check, the checks below read the
- * big-endian fields of that zero-padded 112-byte view themselves (fact sheet §1.1 offsets). Only once
+ * big-endian fields of that zero-padded 112-byte view themselves (docs/format/header.md#header-layout offsets). Only once
  * every QEMU check passed is the image loaded by loadImage, through the generated decoder, whose rules
  * are a subset of QEMU's, so it can then only refuse a file shorter than its header (QEMU reads zeros
  * there; docs/open-validation.md). Feature-name entries and snapshot table entries are decoded by the
@@ -48,7 +48,7 @@ import { snapshotTableEntries, type SnapshotEntrySizes } from '../model/snapshot
 // Errors
 
 /**
- * One stable code per check (fact sheet §1.3 numbers in brackets). New codes may be added; existing
+ * One stable code per check (docs/format/open-validation.md#qemus-order numbers in brackets). New codes may be added; existing
  * ones never change meaning.
  */
 export type OpenErrorCode =
@@ -183,7 +183,7 @@ export interface OpenOptions extends LoadOptions {
   readonly checkMode?: boolean;
   /**
    * BDRV_O_NO_IO, as `qemu-img info` opens: the external data file is not looked at (its checks are
-   * skipped, fact sheet §1.3 #20) and LUKS is not opened (#21: a missing encryption header is not an
+   * skipped, docs/format/open-validation.md#qemus-order #20) and LUKS is not opened (#21: a missing encryption header is not an
    * error here; QEMU 7.2's info crashes on it, docs/open-validation.md).
    */
   readonly noIo?: boolean;
@@ -329,7 +329,7 @@ interface RawHeader extends Omit<HeaderState, 'version'> {
   readonly version: number;
 }
 
-/** The header fields of `b` (the first 112 bytes of the file, zero-padded), fact sheet §1.1. */
+/** The header fields of `b` (the first 112 bytes of the file, zero-padded), docs/format/header.md#header-layout. */
 function rawHeader(b: Uint8Array): RawHeader {
   const version = be32(b, 4);
   const v2 = version === 2;
@@ -357,7 +357,7 @@ function rawHeader(b: Uint8Array): RawHeader {
   };
 }
 
-/** Where a header field is (spec/qcow2.ksy names, fact sheet §1.1 offsets). */
+/** Where a header field is (spec/qcow2.ksy names, docs/format/header.md#header-layout offsets). */
 const HEADER_FIELDS = {
   magic: 0,
   version: 4,
@@ -452,7 +452,7 @@ function scanExtensions(area: Uint8Array, start: number, end: number, h: RawHead
       case EXT_BITMAPS: {
         if (len !== 24) return extError('bitmaps-extension-size', 'len_data', at + 4, 'bitmaps_ext: Invalid extension length');
         if ((h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
-          // Only a warning: the bitmaps are inconsistent and ignored (fact sheet §2).
+          // Only a warning: the bitmaps are inconsistent and ignored (docs/format/extensions.md#extension-errors).
           warnings.push(h.version < 3
             ? 'This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
             : 'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent');
@@ -486,7 +486,7 @@ function scanExtensions(area: Uint8Array, start: number, end: number, h: RawHead
   return result();
 }
 
-/** Bytes of one feature name table entry (fact sheet §2). */
+/** Bytes of one feature name table entry (docs/format/extensions.md#feature-name-table). */
 const FEATURE_ENTRY_SIZE = 48;
 
 /**
@@ -535,7 +535,7 @@ function validateTable(offset: bigint, entries: bigint, entryLen: bigint, max: b
  * throws the OpenError of QEMU's first failing check, or Qcow2FormatError only where QEMU has no check
  * (a file shorter than its own header). A writable open (not in check mode) refuses the corrupt bit,
  * clears unknown autoclear bits and, for a dirty image, runs repairImage(image, 'all') as QEMU runs
- * `check -r all` (fact sheet §1.3 #25): the returned Image's file then holds those changes — a caller
+ * `check -r all` (docs/format/open-validation.md#qemus-order #25): the returned Image's file then holds those changes — a caller
  * that writes the file back must use openImageWithIo's `io`. May throw what the source's reader throws.
  */
 export function openImage(source: Uint8Array | HostReader, opts: OpenOptions = {}): Image {
@@ -723,7 +723,7 @@ function checkSnapshotTable(image: Image): void {
     return decode();
   };
   for (const _ of snapshotTableEntries(image.file, h, { guard })) {
-    // Nothing else is checked at open (snapshot L1 tables are checked when used, fact sheet §1.3).
+    // Nothing else is checked at open (snapshot L1 tables are checked when used, docs/format/open-validation.md#not-checked-at-open).
   }
 }
 

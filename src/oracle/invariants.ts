@@ -1,6 +1,6 @@
 /**
  * The structural invariants every qcow2 image the model writes must keep after every step
- * (DESIGN.md "Oracles", fact sheet §3, §4, §9.1), computed from the file bytes alone: the image is
+ * (ARCHITECTURE.md, docs/format/mapping.md, docs/format/refcounts.md, docs/format/check.md), computed from the file bytes alone: the image is
  * decoded by walkImage (generated decoders), references are counted here independently of the
  * model's allocator, and the result is a list of typed violations (empty = the image is sound).
  *
@@ -12,8 +12,8 @@
  *    an external data file); each compressed entry +1 on every host cluster its byte range touches;
  *    the refcount table; each refcount block (once per refcount-table entry); the snapshot table's
  *    byte range; bitmap directory, tables and data clusters (when the bitmaps autoclear bit is set);
- *    the LUKS header range. Refcounts of clusters past the end of the file are not compared (fact
- *    sheet §13.28) except for the tail of a compressed range that QEMU tolerates there.
+ *    the LUKS header range. Refcounts of clusters past the end of the file are not compared
+ *    (docs/format/surprises.md#28-refcounts-past-the-end-of-the-file) except for the tail of a compressed range that QEMU tolerates there.
  * 2. COPIED ⇔ refcount == 1 for active L1 entries and for NORMAL / ZERO_ALLOC entries of L2 tables
  *    reachable from the active L1 (refcount taken as 1 with an external data file); never on
  *    compressed entries.
@@ -24,7 +24,7 @@
  * 4. Nothing referenced past the end of the file: tables (L1 entries, L2 cluster, refcount table,
  *    refcount block, snapshot table, bitmap directory/tables) must lie wholly inside the file; data
  *    clusters and compressed ranges follow QEMU's check rule — an error once the range reaches a
- *    whole cluster or more past the end (a partially written last cluster is normal: fact sheet §13.1).
+ *    whole cluster or more past the end (a partially written last cluster is normal: docs/format/surprises.md#1-files-are-not-cluster-multiples).
  * 5. Extended L2: no subcluster both allocated and zero; no alloc bits on an entry with offset 0;
  *    compressed entries have a zero bitmap.
  * 6. v2 images have no zero flags (extended-L2 images neither: bit 0 is unused there); reserved bits

@@ -237,7 +237,7 @@ export class RawDisk implements OracleBacking {
         if (o.data.length > 0 && o.offset + BigInt(o.data.length) === this.#size) this.#zeroTail();
       })
       .with({ kind: 'writeZeroes' }, (o) => {
-        // Reads zeros in every configuration (fact sheet §11.3): v3 zero flags, v2 without backing
+        // Reads zeros in every configuration (docs/format/allocation.md#write_zeroes): v3 zero flags, v2 without backing
         // by deallocation, v2 with backing by explicit zeros. `unmap` is invisible.
         this.#checkRange('writeZeroes', o.offset, o.length);
         this.#zero(o.offset, o.offset + o.length);
@@ -412,10 +412,10 @@ export class RawDisk implements OracleBacking {
     for (let p = firstWhole; p < coverEnd; p++) this.#pages.set(Number(p), ZERO_PAGE);
   }
 
-  /** QEMU 7.2's discard (fact sheet §11.4), see DiscardOp. */
+  /** QEMU 7.2's discard (docs/format/allocation.md#discard), see DiscardOp. */
   #discard(from: bigint, to: bigint): void {
     // v2 + backing: QEMU refuses (ENOTSUP, silently) — zeroing would need a zero flag v2 lacks,
-    // and deallocating would expose the backing file (§13 item 9, iotest 290).
+    // and deallocating would expose the backing file (docs/format/surprises.md#9-version-2-with-a-backing-file, iotest 290).
     if (this.version === 2 && this.backing !== undefined) return;
     // Only whole clusters: round the start up and the end down to cluster boundaries, except that
     // a range reaching the end of the disk also covers the partial last cluster.

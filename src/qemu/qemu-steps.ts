@@ -2,7 +2,7 @@
  * The model's op vocabulary (src/model/ops.ts) executed by real QEMU: consecutive data ops run as `-c`
  * commands of ONE qemu-io process; snapshot ops and resizes, which qemu-io cannot do, run as
  * `qemu-img snapshot` / `qemu-img resize` between those processes. Every process boundary is a new
- * QEMU session (allocation hint and compressed-packing cursor start afresh, fact sheet §11.1), which
+ * QEMU session (allocation hint and compressed-packing cursor start afresh, docs/format/allocation.md#cluster-allocator), which
  * callers comparing layouts must mirror in the model (`freshSession`).
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -40,7 +40,7 @@ export const DATA_DIR = '@DATA@';
  * pattern file of exactly the request's length, i.e. the data itself). A zero-length write or
  * compressed write is skipped (qemu-io refuses length 0; the model treats it as a no-op). Shrinking
  * resizes get `--shrink`: the size is followed through resizes and snapshot applies (an apply brings
- * back the disk size the snapshot was taken at, fact sheet §5), so a resize after an apply is judged
+ * back the disk size the snapshot was taken at, docs/format/snapshots.md#applying-a-snapshot), so a resize after an apply is judged
  * against the restored size. A snapshot op naming a snapshot the plan has not seen created (one that
  * was in the image before) leaves the size unknown to the plan: later resizes then get `--shrink`
  * when they might shrink, which qemu-img accepts for growing too.

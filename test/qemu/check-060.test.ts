@@ -1,6 +1,6 @@
 /**
  * QEMU's iotest 060 (image corruption) cases that are about `qemu-img check` / `check -r`, and the
- * iotest 080 cases whose outcome is a check result (fact sheet §12.1, §12.2): every image is built
+ * iotest 080 cases whose outcome is a check result (docs/format/iotests.md#test-080-cases, #test-060-cases): every image is built
  * with qemu-img / qemu-io 7.2 and poked as the iotest pokes it; then on the same bytes
  *
  * - `qcow2-ref check` (src/cli/check.ts checkReport over src/check/check.ts) and `qemu-img check`
@@ -48,7 +48,7 @@ interface Intact {
   readonly pattern: number;
 }
 
-/** What the fact sheet (measured on 7.2) says about a case, independently of this run. */
+/** What docs/format/iotests.md (measured on 7.2) says about a case, independently of this run. */
 interface Facts {
   readonly check?: { readonly code: number; readonly stderr?: readonly string[] };
   readonly repairAll?: { readonly code: number; readonly stderr?: readonly string[]; readonly stdout?: readonly string[] };

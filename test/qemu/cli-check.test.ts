@@ -5,7 +5,7 @@
  * corrupt images, a dirty image (check mode: no automatic repair on a writable open), an image whose
  * open needs check mode (no refcount table), -q, bad -r / --output values, a missing image, a raw
  * file (63) and --help. Expected values are qemu-img's output at test time; the exit codes of the
- * scenarios are also pinned to fact sheet §9.4 so a broken setup cannot agree with itself.
+ * scenarios are also pinned to docs/format/check.md#exit-codes so a broken setup cannot agree with itself.
  */
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -19,7 +19,7 @@ import { be64, normalizeProgram, poke, sameContent } from '../support/check-harn
 const M = 1024 * 1024;
 let dir = '';
 
-/** Image name → [build, exit code qemu-img check returns for it (fact sheet §9.4)]. */
+/** Image name → [build, exit code qemu-img check returns for it (docs/format/check.md#exit-codes)]. */
 const IMAGES: Readonly<Record<string, { build: (p: string) => Promise<void>; code: number }>> = {
   clean: {
     build: async (p) => {

@@ -364,7 +364,7 @@ closeSync(fd);
     const { code, report } = await conformJson('--reader', `${process.execPath} ${zeroGarbage} {image} {raw}`);
     expect(code).toBe(1);
     // zero-clusters by design; backing-qcow2 because a v3 discard over a backing file leaves zero-flagged
-    // clusters (fact sheet §11.4); compat-0.10 discards too, but v2 has no zero flag.
+    // clusters (docs/format/allocation.md#discard); compat-0.10 discards too, but v2 has no zero flag.
     expect(table(report)).toEqual({ ...ALL_PASS, 'zero-clusters': [0, 1, 0, 0], 'backing-qcow2': [0, 1, 0, 0] });
     const f = report.families.find((x) => x.family === 'zero-clusters')!;
     expect(f.firstFailure).toBe('zero-clusters.0000');

@@ -2,7 +2,7 @@
  * The corruption catalog (src/corrupt/catalog.ts) does what it says, checked against QEMU: every
  * corruption applied to images made by qemu-img/qemu-io (v3 and v2 with snapshots and compressed
  * clusters, extended L2, small clusters with 4-bit refcounts) makes `qemu-img check` print the
- * finding QEMU 7.2 prints for that inconsistency (messages from the fact sheet §9, §12.1-§12.2, not
+ * finding QEMU 7.2 prints for that inconsistency (messages from docs/format/check.md and docs/format/iotests.md, not
  * from our check); its pokes account for every changed byte with the right old values; it is pure and
  * deterministic; and it says 'not applicable' exactly when the image lacks what it needs.
  * Needs qemu-img and qemu-io (fails loudly without them).
@@ -55,7 +55,7 @@ afterAll(async () => {
 });
 
 /**
- * What `qemu-img check` prints for each corruption (QEMU 7.2 messages, fact sheet §9, §12), as a
+ * What `qemu-img check` prints for each corruption (QEMU 7.2 messages, docs/format/check.md, docs/format/iotests.md), as a
  * function of what was poked: a pattern its stderr must match, or 'clean' where QEMU's check does
  * not see the inconsistency.
  */
@@ -63,7 +63,7 @@ function expectedFinding(c: AppliedCorruption, fileClusters: bigint): RegExp | '
   const cluster = (): bigint => BigInt(/refcount of cluster (\d+)/.exec(c.pokes[0]!.field)![1]!);
   const table: Record<CorruptionName, () => RegExp | 'clean'> = {
     'refcount-too-low': () => new RegExp(`ERROR cluster ${cluster()} refcount=${c.pokes[0]!.new} reference=`),
-    // Refcounts of clusters past the end of the file are invisible to check (fact sheet §13 #28).
+    // Refcounts of clusters past the end of the file are invisible to check (docs/format/surprises.md#28-refcounts-past-the-end-of-the-file).
     'refcount-too-high': () => (cluster() < fileClusters ? new RegExp(`Leaked cluster ${cluster()} refcount=${c.pokes[0]!.new} reference=`) : 'clean'),
     'refcount-zero': () => new RegExp(`ERROR cluster ${cluster()} refcount=0 reference=`),
     'l2-into-metadata': () => /ERROR/,
@@ -75,7 +75,7 @@ function expectedFinding(c: AppliedCorruption, fileClusters: bigint): RegExp | '
     'reserved-bits-l2': () => /ERROR found l2 entry with reserved bits set/,
     'reserved-bits-reftable': () => /ERROR refcount table entry \d+ has reserved bits set/,
     'compressed-copied': () => /copied flag must never be set for compressed clusters/,
-    // check does not flag the zero flag of a v2 image (fact sheet §3.3); a read does (below).
+    // check does not flag the zero flag of a v2 image (docs/format/mapping.md#cluster-types); a read does (below).
     'v2-zero-flag': () => 'clean',
     'compressed-nonzero-bitmap': () => /ERROR compressed cluster \d+ with non-zero subcluster allocation bitmap/,
     'alloc-and-zero-subcluster': () => /Allocated cluster has corrupted subcluster allocation bitmap/,

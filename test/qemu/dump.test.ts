@@ -1,7 +1,7 @@
 /**
  * walkImage and `qcow2-ref dump` against real QEMU on every image of the matrix
  * (test/support/image-matrix.ts): header fields vs `qemu-img info`, decoded L2 entries vs
- * `qemu-img map` (depth-0 extents only, facts §10), refcount coverage of every referenced host
+ * `qemu-img map` (depth-0 extents only, docs/format/map.md), refcount coverage of every referenced host
  * cluster, and the CLI's JSON and error behaviour. Needs qemu-img/qemu-io: fails loudly without them.
  */
 import { execFile } from 'node:child_process';
@@ -100,7 +100,7 @@ function expectUnit(entry: L2EntryInfo | undefined, sub: number | undefined, uni
   }
 }
 
-/** Host byte ranges every referenced structure covers (facts §4 "clusters that must be counted"). */
+/** Host byte ranges every referenced structure covers (docs/format/refcounts.md#what-must-be-counted). */
 function referencedRanges(walk: ImageWalk): { what: string; start: bigint; length: bigint }[] {
   const h = walk.header;
   const cs = BigInt(h.clusterSize);
@@ -211,7 +211,7 @@ describe.each(MATRIX_IMAGE_NAMES.map((n) => [n]))('%s', (name) => {
           expect({ where, offset: toBigInt(ext.offset!) + (p - start) }).toEqual({ where, offset: exp.offset + (p - u) });
         }
         if (exp.data && !exp.zero && ext.zero && exp.offset !== undefined) {
-          // QEMU asks the file layer: a NORMAL cluster over a hole or past EOF reads as zero (facts §10).
+          // QEMU asks the file layer: a NORMAL cluster over a hole or past EOF reads as zero (docs/format/map.md#metadata-preallocation-heuristic).
           const o = exp.offset + (p - u);
           expect({ where, hostBytesZero: allZero(o, o + (q - p)) }).toEqual({ where, hostBytesZero: true });
         } else {
@@ -234,7 +234,7 @@ describe.each(MATRIX_IMAGE_NAMES.map((n) => [n]))('%s', (name) => {
         if (rc === undefined || rc < 1n) missing.push(`${r.what}: cluster ${c} refcount ${rc}`);
       }
     }
-    if (image.leftDirty) expect(missing.length).toBeGreaterThan(0); // the crash left new clusters at refcount 0 (facts §7.1)
+    if (image.leftDirty) expect(missing.length).toBeGreaterThan(0); // the crash left new clusters at refcount 0 (docs/format/features.md#dirty-bit-and-lazy-refcounts)
     else expect(missing).toEqual([]);
   });
 

@@ -158,7 +158,7 @@ function matrix(): CreateOptions[] {
   return out;
 }
 
-/** Combinations qemu-img refuses (fact sheet §1.4), each with the message it must give. */
+/** Combinations qemu-img refuses (docs/format/create.md#refusals), each with the message it must give. */
 function invalid(): CreateOptions[] {
   return [
     { size: MiB, clusterSize: 1000 },

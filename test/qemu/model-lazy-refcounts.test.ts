@@ -299,7 +299,7 @@ describe('the dirty bit in the model', () => {
     const lazy = createImage({ size: BigInt(MiB), lazyRefcounts: true }).image;
     const first = step(lazy, { kind: 'write', offset: 0n, data: new Uint8Array(65536).fill(1) });
     if (!first.ok) throw first.error;
-    const l2Table = 0x40000n; // the first L2 table of a fresh 1 MiB / 64 KiB image (fact sheet §11.1)
+    const l2Table = 0x40000n; // the first L2 table of a fresh 1 MiB / 64 KiB image (docs/format/allocation.md#l2-table-allocation)
     const headerAt = first.io.findIndex((x) => x.kind === 'write' && x.offset === 72n && x.bytes.length === 8);
     const l2At = first.io.findIndex((x) => x.kind === 'write' && x.offset === l2Table && x.bytes.length === 8);
     expect(headerAt).toBeGreaterThanOrEqual(0);

@@ -362,7 +362,7 @@ describe('resize: byte-identical to qemu-img resize', () => {
     ] });
   });
 
-  it('applying a snapshot taken at another size resizes first (QEMU 7.2 qcow2_snapshot_goto; the fact sheet §5.2 says it refuses)', async () => {
+  it('applying a snapshot taken at another size resizes first (QEMU 7.2 qcow2_snapshot_goto; docs/format/snapshots.md#applying-a-snapshot)', async () => {
     await runCase({ name: 'apply-other-size', size: 4n * M, options: { clusterSize: 4096 }, steps: [
       { io: [W(0n, 100000, 1), W(3n * M, 5000, 2)] },
       { snapshot: 'small' },

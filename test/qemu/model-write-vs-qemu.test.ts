@@ -221,7 +221,7 @@ async function checkSequence(cfg: Config, writes: Write[]): Promise<{ ours: stri
   }
   expect({ code: check.code, stderr: check.stderr }).toEqual({ code: 0, stderr: '' });
   // The regression of the stale compressed cursor: the refusal leaves QEMU's exact bytes (checked
-  // below), including the corrupt bit, which qemu-img check does not report (fact sheet §7.2).
+  // below), including the corrupt bit, which qemu-img check does not report (docs/format/features.md#corrupt-bit).
   // Layout: byte for byte.
   if (!divergent && !Buffer.from(ourBytes).equals(Buffer.from(qemuBytes))) {
     let first = 0;

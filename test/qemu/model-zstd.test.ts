@@ -2,7 +2,7 @@
  * zstd compressed writes (compression_type=zstd, `qemu-io -c 'write -c …'`) against QEMU 7.2:
  * - layout: the same single-cluster compressed writes applied by qemu-io to a `qemu-img create`
  *   image and by the model (createImage + step) give byte-identical files, for cluster sizes from
- *   512 B to 2 MiB, with incompressible clusters written as normal clusters (fact sheet §6);
+ *   512 B to 2 MiB, with incompressible clusters written as normal clusters (docs/format/compression.md#when-data-is-stored-compressed);
  * - format and data: `qemu-img check` finds the model's file clean, `qemu-img compare` and
  *   `qemu-io read -P` agree with a raw file of the expected content;
  * - reads: the model's read path returns the written data from both files;

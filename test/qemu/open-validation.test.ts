@@ -1,12 +1,12 @@
 /**
  * QEMU 7.2's open-time validation (src/open/open.ts) side by side with qemu-io / qemu-img on the
  * same file. Every case builds its image with `qemu-img create` (and `qemu-img snapshot`), pokes the
- * bytes as QEMU's tests/qemu-iotests/080 does (fact sheet §12.1) or as the §1.3 / §2 check needs, and
+ * bytes as QEMU's tests/qemu-iotests/080 does (docs/format/iotests.md#test-080-cases) or as the docs/format/open-validation.md / extensions.md check needs, and
  * then asserts, for the same file:
  * - our openImage throws an OpenError with the expected code, QEMU's message and the place in the file
  *   (or opens it, when QEMU does);
  * - QEMU's tool prints the same message (its text comes from qemu at test time);
- * - both equal the literal of the fact sheet, so a change on either side is caught.
+ * - both equal the literal in docs/format/, so a change on either side is caught.
  * The open flags follow the tool: `qemu-io` opens read/write (writable), `qemu-io -r` read-only,
  * `qemu-img info` without I/O (noIo), `qemu-img map` read-only, `qemu-img check` in check mode.
  * Deliberate differences are tested as such (docs/open-validation.md).
@@ -15,7 +15,7 @@
  * table size (2), misaligned refcount table, huge refcount offset, invalid snapshot table (4), the
  * open part of "hitting snapshot table size limit" (65536 entries past the end of the file open),
  * invalid L1 table (4), invalid L1 table with an internal snapshot, invalid backing file size, and
- * every "additional header case" of §12.1. Left to the check/repair tests (they are about
+ * every case of docs/format/iotests.md#additional-header-cases. Left to the check/repair tests (they are about
  * `snapshot -c`, `convert -s`, `amend`, `snapshot -a/-d` and check, not open): invalid L2 entry (huge
  * physical offset), invalid snapshot L1 table offset / size, and `snapshot -c` on the 16 MiB table.
  */
@@ -180,9 +180,9 @@ function parseQemuOpen(via: Via, path: string, r: RunResult): QemuOpen {
 
 interface Expected {
   readonly code: OpenErrorCode;
-  /** The fact sheet's literal (§1.3, §2, §12.1) — or, where it has none, noted as measured. */
+  /** The literal of docs/format/open-validation.md, extensions.md or iotests.md — or, where it has none, noted as measured. */
   readonly message: string;
-  /** `structure.field@offset` of the check (fact sheet §1.1 / §2 / §5.1 layouts). */
+  /** `structure.field@offset` of the check (docs/format/header.md / extensions.md / snapshots.md layouts). */
   readonly at: string;
   readonly hint?: string;
 }
@@ -201,7 +201,7 @@ interface Case {
 const hdr = (field: string, offset: number): string => `header.${field}@${offset}`;
 
 const CASES: Case[] = [
-  // ---- test 080 (fact sheet §12.1), opened by qemu-io read/write as 080 does
+  // ---- test 080 (docs/format/iotests.md#test-080-cases), opened by qemu-io read/write as 080 does
   { name: '080 huge header size 0xffffffff', base: 'v3', poke: (p) => p.u32(100, 0xffffffff), via: 'qemu-io',
     expect: { code: 'header-exceeds-cluster', message: 'qcow2 header exceeds cluster size', at: hdr('header_length', 100) } },
   { name: '080 huge header size 0x7fffffff', base: 'v3', poke: (p) => p.u32(100, 0x7fffffff), via: 'qemu-io',
@@ -252,7 +252,7 @@ const CASES: Case[] = [
     poke: (p) => p.u64(8, 0x1000n).u32(16, 0xffffffff),
     expect: { code: 'backing-name-too-long', message: 'Backing file name too long', at: hdr('backing_file_size', 16) } },
 
-  // ---- fact sheet §12.1 "additional header cases"
+  // ---- docs/format/iotests.md#additional-header-cases
   { name: 'version 4', base: 'v3', poke: (p) => p.u32(4, 4), via: 'qemu-io',
     expect: { code: 'unsupported-version', message: 'Unsupported qcow2 version 4', at: hdr('version', 4) } },
   { name: 'magic 0', base: 'v3', poke: (p) => p.u32(0, 0), via: 'qemu-io',
@@ -274,7 +274,7 @@ const CASES: Case[] = [
   { name: 'refcount_table_clusters 0', base: 'v3', poke: (p) => p.u32(56, 0), via: 'qemu-io',
     expect: { code: 'no-refcount-table', message: 'Image does not contain a reference count table', at: hdr('refcount_table_clusters', 56) } },
 
-  // ---- the other checks of §1.3, in qcow2_do_open order
+  // ---- the other checks of docs/format/open-validation.md#qemus-order, in qcow2_do_open order
   { name: 'QEMU order: header_length > cluster before an invalid backing offset', base: 'v3', via: 'qemu-io',
     poke: (p) => p.u32(100, 0x20000).u64(8, 0x20000n),
     expect: { code: 'header-exceeds-cluster', message: 'qcow2 header exceeds cluster size', at: hdr('header_length', 100) } },
@@ -371,7 +371,7 @@ const CASES: Case[] = [
   { name: 'backing_file_offset 2^63', base: 'v3', poke: (p) => p.u64(8, 1n << 63n), via: 'qemu-io -r',
     expect: { code: 'invalid-backing-offset', message: 'Invalid backing file offset', at: hdr('backing_file_offset', 8) } },
 
-  // ---- header extensions (fact sheet §2)
+  // ---- header extensions (docs/format/extensions.md#extension-errors)
   { name: 'backing format extension of 16 bytes', base: 'v3', via: 'qemu-io -r',
     poke: (p) => p.extensions([{ type: EXT_BACKING_FORMAT, data: Buffer.from('qcow2qcow2qcow2q') }]),
     expect: { code: 'backing-format-too-long', message: 'ERROR: ext_backing_format: len=16 too large (>=16)', at: 'header_extension.len_data@116' } },
@@ -414,7 +414,7 @@ const CASES: Case[] = [
   { name: 'unknown extensions and a zero-length data-file name open', base: 'v3', via: 'qemu-io -r',
     poke: (p) => p.extensions([{ type: 0x12345678, data: new Uint8Array(13) }, { type: EXT_DATA_FILE }, { type: 0xfeedface }]) },
 
-  // ---- external data file (fact sheet §1.3 #20)
+  // ---- external data file (docs/format/open-validation.md#qemus-order #20)
   { name: 'external data file bit without a data file name', base: 'datafile', via: 'qemu-io -r',
     poke: (p) => p.u32(p.findExtension(EXT_DATA_FILE)! - 8, 0x12345678),
     expect: { code: 'data-file-required', message: "'data-file' is required for this image", at: hdr('incompatible_features', 72) } },
@@ -424,7 +424,7 @@ const CASES: Case[] = [
     expect: { code: 'data-file-raw-without-data-file', message: 'data-file-raw requires a data file', at: hdr('autoclear_features', 88) } },
   { name: 'raw external data bit without a data file, qemu-img info (no I/O) opens', base: 'v3', poke: (p) => p.u64(88, 2n), via: 'info' },
 
-  // ---- snapshot table (fact sheet §1.3 #23, §5.1)
+  // ---- snapshot table (docs/format/open-validation.md#qemus-order #23, docs/format/snapshots.md#snapshot-table)
   { name: 'snapshot entry with 1025 bytes of extra data', base: 'snap', via: 'qemu-io -r',
     poke: (p) => p.u32(Number(p.get64(64)) + 36, 1025),
     expect: { code: 'snapshot-extra-data-too-large', message: 'Too much extra metadata in snapshot table entry 0', at: 'snapshot_entry.len_extra_data@327716',
@@ -555,7 +555,7 @@ describe('open-time validation, side by side with QEMU 7.2', () => {
         expect(ours, ours?.message).toBeUndefined();
         return;
       }
-      // QEMU's text, ours, and the fact sheet's literal agree.
+      // QEMU's text, ours, and the literal of docs/format agree.
       expect(qemu.error, `QEMU output: ${qemu.result.stderr}`).toBeDefined();
       expect(qemu.result.code).toBe(1);
       expect(qemu.error!.message).toBe(c.expect.message);
@@ -654,7 +654,7 @@ describe('open options', () => {
   });
 });
 
-describe('writable open of a dirty image (fact sheet §1.3 #25)', () => {
+describe('writable open of a dirty image (docs/format/open-validation.md#qemus-order #25)', () => {
   it('repairs it as qemu-io does: the same file afterwards', async () => {
     const a = join(dir, 'dirty-a.qcow2');
     const b = join(dir, 'dirty-b.qcow2');
@@ -703,7 +703,7 @@ describe('writable open of a dirty image (fact sheet §1.3 #25)', () => {
 // ---------------------------------------------------------------------------------------------
 // Random header pokes: our first error is QEMU's
 
-/** Header fields (offset, width in bytes) of fact sheet §1.1, compression_type included. */
+/** Header fields (offset, width in bytes) of docs/format/header.md#header-layout, compression_type included. */
 const FIELDS: readonly (readonly [number, 1 | 4 | 8])[] = [
   [4, 4], [8, 8], [16, 4], [20, 4], [24, 8], [36, 4], [40, 8], [48, 8], [56, 4], [60, 4], [64, 8],
   [72, 8], [80, 8], [88, 8], [96, 4], [100, 4], [104, 1],

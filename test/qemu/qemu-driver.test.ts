@@ -116,7 +116,7 @@ describe.each(MATRIX_IMAGE_NAMES)('matrix image %s', QEMU_TESTS, (name) => {
     const r = await qemuImgCheck(img.path, openOpts(img));
     if (img.leftDirty) {
       // qemu-img 7.2 check (no -r) does not auto-repair a dirty lazy-refcount image: the new
-      // clusters' refcounts are 0, reported as corruptions (fact sheet §7.1), exit code 2.
+      // clusters' refcounts are 0, reported as corruptions (docs/format/features.md#dirty-bit-and-lazy-refcounts), exit code 2.
       expect(r.code).toBe(2);
       expect(Number(checkCounter(r.json!, 'corruptions'))).toBeGreaterThan(0);
       expect(r.stderr).toMatch(/ERROR cluster \d+ refcount=0 reference=1/);

@@ -11,7 +11,7 @@
  *   A slower case means work that grows with an untrusted count rather than with the file. A case
  *   that has not finished after HANG_MS is a hang: the worker is terminated and a new one started.
  * - HEAP_CEILING_BYTES = 256 MiB: the largest tables QEMU itself accepts are an L1 table of 32 MiB,
- *   a refcount table of 8 MiB and a snapshot table of 64 MiB (fact sheet §1.3 #14-#16, §5.1); with a
+ *   a refcount table of 8 MiB and a snapshot table of 64 MiB (docs/format/open-validation.md#qemus-order #14-#16, docs/format/snapshots.md#limits); with a
  *   copy of the largest seed (14 MiB) and a working copy of each that is about 2 × 118 MiB. More than
  *   that means an allocation sized by an untrusted field beyond QEMU's limits. Measured as
  *   heapUsed + arrayBuffers at every stage boundary minus the value after a forced GC before the case

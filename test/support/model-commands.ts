@@ -694,7 +694,7 @@ export interface Model {
   /** The virtual size each existing snapshot was created at (what an apply resizes to). */
   readonly snapshotSizes: Map<string, bigint>;
   /**
-   * Set when the system marked the image corrupt, as QEMU does on a fatal corruption (fact sheet §8):
+   * Set when the system marked the image corrupt, as QEMU does on a fatal corruption (docs/format/overlap-checks.md#corruption-signalling):
    * QEMU refuses every later request, so no further command runs.
    */
   corrupt?: boolean;

@@ -1,6 +1,6 @@
 /**
  * Entry classification (src/format/entries.ts) and feature bits (src/format/features.ts) against
- * hand-computed expectations from the fact sheet (§1.2, §3.2-§3.5, §4). Entry bytes are built by hand
+ * hand-computed expectations from docs/format/header.md#feature-bits, docs/format/mapping.md and docs/format/refcounts.md. Entry bytes are built by hand
  * with DataView, never with the code under test; the generated decoders only split them into fields.
  */
 import { describe, expect, it } from 'vitest';
@@ -38,7 +38,7 @@ const std4k: L2Context = { clusterBits: 12, extendedL2: false, externalDataFile:
 const ext64k: L2Context = { clusterBits: 16, extendedL2: true, externalDataFile: false };
 const dataFile64k: L2Context = { clusterBits: 16, extendedL2: false, externalDataFile: true };
 
-describe('compressed descriptors (facts §3.4)', () => {
+describe('compressed descriptors (docs/format/mapping.md#compressed-clusters)', () => {
   it('0x400000000005004f at 64 KiB clusters: offset 0x5004f, 0 additional sectors', () => {
     const c = classifyL2Entry(l2(0x400000000005004fn, std64k), std64k);
     expect(c).toEqual({ kind: 'compressed', copied: false, hostOffset: 0x5004fn, additionalSectors: 0, compressedBytes: 512 - 0x4f });
@@ -83,7 +83,7 @@ describe('compressed descriptors (facts §3.4)', () => {
   });
 });
 
-describe('standard L2 entries (facts §3.3)', () => {
+describe('standard L2 entries (docs/format/mapping.md#standard-l2-entries)', () => {
   it.each([
     [0x0n, { kind: 'unallocated', copied: false }],
     [0x1n, { kind: 'zero-plain', copied: false }],
@@ -117,7 +117,7 @@ describe('standard L2 entries (facts §3.3)', () => {
   });
 });
 
-describe('extended L2 subclusters (facts §3.5)', () => {
+describe('extended L2 subclusters (docs/format/mapping.md#subcluster-types)', () => {
   const bitmap = (zero: number, alloc: number): bigint => (BigInt(zero >>> 0) << 32n) | BigInt(alloc >>> 0);
 
   it('allocated entry: zero bit -> zero-alloc, alloc bit -> normal, neither -> unallocated-alloc', () => {
@@ -157,7 +157,7 @@ describe('extended L2 subclusters (facts §3.5)', () => {
   });
 });
 
-describe('L1 and refcount table entries (facts §3.2, §4)', () => {
+describe('L1 and refcount table entries (docs/format/mapping.md#l1-entries, refcounts.md#refcount-table)', () => {
   const p = { clusterBits: 16, extendedL2: false };
 
   it('L1 entry: COPIED + offset, exact above 2^53', () => {
@@ -199,7 +199,7 @@ describe('L1 and refcount table entries (facts §3.2, §4)', () => {
   });
 });
 
-describe('feature bits (facts §1.2, §2)', () => {
+describe('feature bits (docs/format/header.md#feature-bits, extensions.md#feature-name-table)', () => {
   it('known names and the unknown mask', () => {
     const f = decodeFeatureBits('incompatible', 0x8000000000000031n);
     expect(f.names).toEqual(['dirty bit', 'extended L2 entries']);

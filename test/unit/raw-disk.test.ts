@@ -313,7 +313,7 @@ describe('RawDisk against a flat Uint8Array reference', () => {
     expect(errorCode(() => disk.apply({ kind: 'writeZeroes', offset: 8192n, length: 0n, unmap: false }))).toBeUndefined();
     expect(errorCode(() => disk.read(-1n, 1))).toBe('invalid-argument');
     expect(errorCode(() => disk.apply({ kind: 'snapshotApply', name: 'x' }))).toBe('no-such-snapshot');
-    // A zero-length disk refuses every non-empty write (fact sheet §13 item 27).
+    // A zero-length disk refuses every non-empty write (docs/format/surprises.md#27-zero-length-images).
     const empty = new RawDisk({ size: 0n });
     expect(errorCode(() => empty.apply({ kind: 'write', offset: 0n, data: new Uint8Array(1) }))).toBe('beyond-end');
   });
@@ -414,7 +414,7 @@ describe('sparse cost', () => {
   });
 });
 
-describe('backing semantics (fact sheet §11.3, §11.4, §13 items 8/9)', () => {
+describe('backing semantics (docs/format/allocation.md#write_zeroes, #discard, surprises.md items 8/9)', () => {
   const C = 4096n;
   const backingBytes = new Uint8Array(4 * 4096).fill(0xbb);
   const backing = () => makeBacking(backingBytes, false);
