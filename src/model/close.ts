@@ -23,7 +23,7 @@
  * decided from the in-memory refcounts in both, so after `closeImage` the files are identical.
  */
 import { ENOTSUP, ModelError } from './errors.ts';
-import type { HostIO } from './host-file.ts';
+import type { HostIO } from './host-io.ts';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, type Image } from './image.ts';
 import { beginTx, hostFlush, setHeaderFields, setSession, type Tx } from './tx.ts';
 

@@ -63,7 +63,7 @@ export interface BackingSource {
    * reports them, depths relative to it (src/model/block-status.ts). Absent: a raw file without holes, which
    * QEMU reports as data at its own offsets.
    */
-  map?(offset: bigint, length: bigint): readonly import('./map.ts').MapExtent[];
+  map?(offset: bigint, length: bigint): readonly import('./block-status.ts').MapExtent[];
 }
 
 export interface Image {

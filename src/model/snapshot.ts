@@ -14,13 +14,15 @@
  * Clusters whose refcount drops to 0 here are punched out of the file (pass-discard-snapshot is on by
  * default). The snapshot table is read and written through the generated snapshot_entry codec.
  */
+import { strerror } from './errno.ts';
 import { decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields, type SnapshotEntry } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
-import { isZeroBytes } from '../format/bytes.ts';
+import { isZeroBytes } from '../codec/bytes.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { EFBIG, EINVAL, ENOTSUP, ModelError } from './errors.ts';
-import { discardHost, hostPage, PAGE_SIZE, readHost, type HostFile } from './host-file.ts';
+import { discardHost, hostPage, readHost, type HostFile } from './host-file.ts';
+import { PAGE_SIZE } from './page-map.ts';
 import { geometryOf, type HeaderState } from './image.ts';
 import { growL1Table, readL2Entry, writeL2Entry } from './mapping.ts';
 import { resize } from './resize.ts';
@@ -153,7 +155,7 @@ export function writeSnapshots(tx: Tx, list: readonly SnapshotState[], oldSize: 
   overlapCheck?: (offset: bigint, size: bigint) => void): void {
   const g = geo(tx);
   const size = tableSize(list);
-  if (size > MAX_SNAPSHOTS_SIZE) throw new ModelError('too-big', EFBIG, 'File too large');
+  if (size > MAX_SNAPSHOTS_SIZE) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   const offset = allocClusters(tx, BigInt(size));
   hostFlush(tx);
   if (overlapCheck !== undefined) {
@@ -358,7 +360,7 @@ export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; d
 function snapshotCreateBody(tx: Tx, name: string, opts: { dateSec?: number; dateNsec?: number; vmClockNsec?: bigint } = {}): void {
   checkSnapshotsSupported(tx, 'create', name);
   const list = readSnapshots(tx);
-  if (list.length >= MAX_SNAPSHOTS) throw new ModelError('too-big', EFBIG, 'File too large');
+  if (list.length >= MAX_SNAPSHOTS) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   const oldSize = tableSize(list);
   let idMax = 0n;
   for (const s of list) {
@@ -379,7 +381,7 @@ function snapshotCreateBody(tx: Tx, name: string, opts: { dateSec?: number; date
   } catch (e) {
     if (e instanceof ModelError) {
       e.committed = { image: checkpointImg(tx), io: [...tx.io] };
-      e.message = `Could not create snapshot '${name}': ${e.errno} (${e.errno === EINVAL ? 'Invalid argument' : e.message})`;
+      e.message = `Could not create snapshot '${name}': ${e.errno} (${e.errno === -EINVAL ? strerror(EINVAL) : e.message})`;
     }
     throw e;
   }
@@ -440,7 +442,7 @@ function snapshotApplyBody(tx: Tx, idOrName: string): void {
   } catch (e) {
     if (e instanceof ModelError) {
       e.committed = { image: checkpointImg(tx), io: [...tx.io] };
-      e.message = `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === EINVAL ? 'Invalid argument' : e.message}`;
+      e.message = `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === -EINVAL ? strerror(EINVAL) : e.message}`;
     }
     throw e;
   }
