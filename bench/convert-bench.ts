@@ -27,6 +27,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { REPO_ROOT } from '../src/io/repo-root.ts';
+// The model's compression codecs for Node (installed on import).
+import '../src/io/node-compression.ts';
 
 const MiB = 1 << 20;
 const TARGET_RATIO = 1.5;

@@ -36,6 +36,8 @@ import { freshSession, geometryOf, type Image } from '../src/model/image.ts';
 import type { Op } from '../src/model/ops.ts';
 import { step } from '../src/model/step.ts';
 import { qemuImgCreate } from '../src/qemu/qemu-img.ts';
+// The model's compression codecs for Node (installed on import).
+import '../src/io/node-compression.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Parameters

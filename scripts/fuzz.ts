@@ -51,6 +51,8 @@ import {
   type QemuClass,
   type RunReport,
 } from '../test/support/qemu-sequences.ts';
+// The model's compression codecs for Node (installed on import).
+import '../src/io/node-compression.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Campaigns

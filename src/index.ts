@@ -12,6 +12,8 @@
  *   that writes the file rebases onto a new reader (`rebaseHostFile`) to keep memory bounded.
  * - The oracles: `RawDisk` (a flat sparse disk with the same ops) and `checkInvariants`.
  */
+// The model's compression codecs for Node (installed on import).
+import './io/node-compression.ts';
 export * from '../generated/qcow2.ts';
 export * from './codec/errors.ts';
 export * from './format/u64.ts';

@@ -14,6 +14,8 @@ import type { Op } from '../model/ops.ts';
 import { readGuest } from '../model/read.ts';
 import { formatScript } from '../script/script.ts';
 import { step } from '../model/step.ts';
+// The model's compression codecs for Node (installed on import).
+import '../io/node-compression.ts';
 
 /** An image the model built, with the ops that took effect. */
 export interface BuiltImage {

@@ -21,6 +21,8 @@ import { ModelError } from '../model/errors.ts';
 import { HostReaderError } from '../model/host-reader.ts';
 import { isOpenError, openImage } from '../open/open.ts';
 import { readGuest } from '../model/read.ts';
+// The model's compression codecs for Node (installed on import).
+import '../io/node-compression.ts';
 
 /** Guest bytes read per case (enough to touch the first L2 tables without reading a huge disk). */
 const READ_BYTES = 4 << 20;

@@ -20,16 +20,12 @@
  * pledges the input size, so the frame is exactly what one-shot ZSTD_compress(level 3) writes: the
  * content size is in the header and the frame is single-segment. A non-zero return (the output
  * buffer of cluster_size - 1 bytes is too small) is -ENOMEM, and the cluster is written normally.
- * The encoder is libzstd compiled to wasm by @bokuweb/zstd-wasm 0.0.22 (pinned): its frames equal
- * those QEMU 7.2 writes with Debian's libzstd 1.5.4 for every cluster tried (docs/layout-differences.md;
- * 0.0.27, with zstd 1.5.7, compresses differently and must not replace it).
+ * Both encoders come from the installed codecs (compression.ts; in Node src/io/node-compression.ts:
+ * pako for zlib, @bokuweb/zstd-wasm 0.0.22's libzstd for zstd, whose frames equal QEMU 7.2's).
  */
-import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import type * as Pako from 'pako';
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { l2EntryWords } from '../format/entries.ts';
+import { compressionCodecs } from './compression.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { clusterTable, l1l2Index, readL2Entry, writeL2Entry } from './mapping.ts';
 import { metadataOverlap, signalFatalCorruption } from './overlap.ts';
@@ -40,72 +36,11 @@ import { guestWrite } from './write.ts';
 /** zstd's default compression level (ZSTD_CLEVEL_DEFAULT), which QEMU's default-parameter CCtx uses. */
 const ZSTD_CLEVEL_DEFAULT = 3;
 
-type ZstdCompress = (buf: Uint8Array, level?: number) => Uint8Array;
-/** The part of the WebAssembly JS API used here (the project compiles without the DOM lib). */
-interface WasmApi {
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => object;
-}
-let zstdEncoder: ZstdCompress | undefined;
-
-/**
- * pako's deflateRaw, loaded on the first compressed write: loading pako takes ~13 ms, which every
- * command and every user of the package would otherwise pay at start-up.
- */
-let pakoDeflateRaw: typeof Pako.deflateRaw | undefined;
-function deflateRaw(data: Uint8Array, options: Pako.DeflateFunctionOptions): Uint8Array {
-  pakoDeflateRaw ??= (createRequire(import.meta.url)('pako') as typeof Pako).deflateRaw;
-  return pakoDeflateRaw(data, options);
-}
-
-/**
- * Loads @bokuweb/zstd-wasm synchronously, once. The package's own `init()` is asynchronous (it
- * awaits WebAssembly.instantiate); its Emscripten glue lets `Module.instantiateWasm` supply the
- * instance instead, so the wasm is compiled and instantiated here with the synchronous
- * `new WebAssembly.Module/Instance`, after which the runtime starts synchronously and the package's
- * `compress` (one-shot ZSTD_compress into a ZSTD_compressBound buffer) is ready. Loading is not
- * observable: every call with the same cluster gives the same bytes.
- */
-function loadZstdEncoder(): ZstdCompress {
-  if (zstdEncoder !== undefined) return zstdEncoder;
-  try {
-    const require = createRequire(import.meta.url);
-    const entry = require.resolve('@bokuweb/zstd-wasm'); // dist/common/index.node.js
-    const dir = dirname(entry);
-    // An absolute path: the package's export map only exposes its entry point.
-    const glue = require(join(dir, 'module.js')) as {
-      Module: {
-        instantiateWasm?: (imports: object, receive: (instance: object) => void) => object;
-        init: (bytes?: Uint8Array) => void;
-        calledRun?: boolean;
-      };
-    };
-    const mod = glue.Module;
-    const started = (): boolean => mod.calledRun === true;
-    if (!started()) {
-      const wa = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
-      const wasm = new wa.Module(readFileSync(join(dir, 'zstd.wasm')));
-      mod.instantiateWasm = (imports, receive) => {
-        receive(new wa.Instance(wasm, imports));
-        return {};
-      };
-      mod.init();
-      if (!started()) throw new Error('the wasm runtime did not start synchronously');
-    }
-    const api = require(entry) as { compress?: unknown };
-    if (typeof api.compress !== 'function') throw new Error('the package exports no compress function');
-    zstdEncoder = api.compress as ZstdCompress;
-    return zstdEncoder;
-  } catch (e) {
-    throw new ModelError('unsupported', ENOTSUP, `the zstd encoder (@bokuweb/zstd-wasm) cannot be loaded: ${(e as Error).message}`);
-  }
-}
-
 /** One cluster as QEMU's qcow2_zstd_compress writes it (the whole zstd frame; the size limit is the caller's). */
 export function zstdCompressCluster(cluster: Uint8Array): Uint8Array {
-  const encode = loadZstdEncoder();
+  const codecs = compressionCodecs();
   try {
-    return encode(cluster, ZSTD_CLEVEL_DEFAULT);
+    return codecs.zstdCompress(cluster, ZSTD_CLEVEL_DEFAULT);
   } catch (e) {
     // Any compressor error other than "does not fit" fails QEMU's write with -EINVAL.
     throw new ModelError('unsupported', EINVAL, `zstd compression failed: ${(e as Error).message}`);
@@ -120,7 +55,7 @@ export function zstdCompressCluster(cluster: Uint8Array): Uint8Array {
  */
 export function compressCluster(cluster: Uint8Array, compressionType: number): Uint8Array | undefined {
   let out: Uint8Array;
-  if (compressionType === 0) out = deflateRaw(cluster, { level: 6, windowBits: 12, memLevel: 9, strategy: 0 });
+  if (compressionType === 0) out = compressionCodecs().deflateRaw(cluster, { level: 6, windowBits: 12, memLevel: 9, strategy: 0 });
   else if (compressionType === 1) out = zstdCompressCluster(cluster);
   else throw new ModelError('unsupported', ENOTSUP, `unknown compression type ${compressionType}`);
   return out.length <= cluster.length - 1 ? out : undefined;

@@ -6,9 +6,9 @@
  * at host offset == guest offset; QEMU's qcow2_get_host_offset treats any other host offset, and any
  * compressed entry, as a fatal corruption.
  */
-import { inflateRawSync, constants as zlibConstants } from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import { compressedDescriptor, l2HostOffset } from '../format/entries.ts';
+import { compressionCodecs } from './compression.ts';
 import { EIO, ModelError } from './errors.ts';
 import { readHost, readHostInto, type HostFile } from './host-file.ts';
 import type { Image } from './image.ts';
@@ -40,10 +40,10 @@ function zstdCluster(data: Uint8Array, clusterSize: number): Uint8Array {
 /** Decompresses one cluster of compressed data as QEMU does (raw deflate or zstd; trailing bytes ignored). */
 export function decompressCluster(data: Uint8Array, clusterSize: number, compressionType: number): Uint8Array {
   let out: Uint8Array;
+  // Outside the try: missing codecs are the caller's setup, not corrupt data.
+  const inflateRaw = compressionType === 1 ? undefined : compressionCodecs().inflateRaw;
   try {
-    out = compressionType === 1
-      ? zstdCluster(data, clusterSize)
-      : new Uint8Array(inflateRawSync(data, { finishFlush: zlibConstants.Z_SYNC_FLUSH }));
+    out = inflateRaw === undefined ? zstdCluster(data, clusterSize) : inflateRaw(data);
   } catch {
     throw new ModelError('corrupt', EIO, 'compressed cluster cannot be decompressed');
   }

@@ -61,7 +61,7 @@ function measuredRun(args: string[]): { code: number; maxRss: number; stderr: st
   const script = [
     "import { register } from 'tsx/esm/api';",
     'register();',
-    "const { main } = await import('../src/cli/main.ts');",
+    "const { main } = await import('./src/cli/main.ts');",
     'const code = await main(process.argv.slice(1));',
     "process.stderr.write('\\nRESULT ' + JSON.stringify({ code, maxRss: process.resourceUsage().maxRSS * 1024 }) + '\\n');",
     'process.exitCode = code;',

@@ -471,7 +471,7 @@ describe('qcow2-ref run', () => {
       const code = [
         "import { register } from 'tsx/esm/api';",
         'register();',
-        "const { main } = await import('../src/cli/main.ts');",
+        "const { main } = await import('./src/cli/main.ts');",
         'const args = JSON.parse(process.env.QCOW2_REF_ARGS);',
         'const code = await main(args, { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) });',
         "process.stdout.write('\\nMAXRSS ' + process.resourceUsage().maxRSS * 1024 + '\\n');",

@@ -246,10 +246,10 @@ describe('zstd compression of one cluster', () => {
 describe('refusals: zstd behaves like zlib (and like QEMU)', () => {
   // Each case: setup writes, then one compressed write QEMU refuses with the given errno text.
   const cases: { name: string; setup: string[]; offset: number; length: number; errno: number; qemu: string }[] = [
-    { name: 'normal cluster at the target', setup: ['write -P 1 4096 512'], offset: 4096, length: 4096, errno: EIO, qemu: 'write failed: Input/output error' },
-    { name: 'compressed cluster at the target', setup: ['write -c -P 2 4096 4096'], offset: 4096, length: 4096, errno: EIO, qemu: 'write failed: Input/output error' },
-    { name: 'unaligned offset', setup: [], offset: 512, length: 4096, errno: EINVAL, qemu: 'write failed: Invalid argument' },
-    { name: 'partial cluster not at the end of the disk', setup: [], offset: 8192, length: 1024, errno: EINVAL, qemu: 'write failed: Invalid argument' },
+    { name: 'normal cluster at the target', setup: ['write -P 1 4096 512'], offset: 4096, length: 4096, errno: -EIO, qemu: 'write failed: Input/output error' },
+    { name: 'compressed cluster at the target', setup: ['write -c -P 2 4096 4096'], offset: 4096, length: 4096, errno: -EIO, qemu: 'write failed: Input/output error' },
+    { name: 'unaligned offset', setup: [], offset: 512, length: 4096, errno: -EINVAL, qemu: 'write failed: Invalid argument' },
+    { name: 'partial cluster not at the end of the disk', setup: [], offset: 8192, length: 1024, errno: -EINVAL, qemu: 'write failed: Invalid argument' },
   ];
   for (const c of cases) {
     it(c.name, async () => {

@@ -7,3 +7,6 @@ import fc from 'fast-check';
 
 const seed = process.env['QCOW2_FC_SEED'] ?? '20261121';
 if (seed !== 'random') fc.configureGlobal({ seed: Number(seed) });
+
+// The model's compression codecs, as the package entry installs them for Node.
+import '../../src/io/node-compression.ts';

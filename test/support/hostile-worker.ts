@@ -21,6 +21,8 @@ import { mapImage } from '../../src/model/block-status.ts';
 import { readGuest } from '../../src/model/read.ts';
 import { runHostileCase, type HostileSystem } from './hostile-harness.ts';
 import type { PoolImage } from './hostile-pool.ts';
+// The model's compression codecs for Node (installed on import).
+import '../../src/io/node-compression.ts';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
