@@ -27,6 +27,7 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const BUNDLES = {
   'dist/cli.mjs': 'src/cli/main.ts',
   'dist/index.mjs': 'src/index.ts',
+  'dist/qemu-io-writer.mjs': 'src/conform/qemu-io-writer.ts',
 };
 
 /** Files whose change makes a bundle stale: every file under these (relative to ROOT), and package.json. */
