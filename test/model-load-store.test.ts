@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeHeader } from '../generated/qcow2.ts';
+import { decodeHeader, HEADER_MAGIC } from '../generated/qcow2.ts';
 import { Qcow2FormatError } from '../src/format/errors.ts';
 import { createImage } from '../src/model/create.ts';
 import { encodeHeaderState, headerStateFrom, withHeader } from '../src/model/header.ts';
@@ -288,7 +288,7 @@ describe('loadImage refuses garbage with Qcow2FormatError', () => {
     fc.assert(
       fc.property(fc.uint8Array({ minLength: 0, maxLength: 256 }), fc.boolean(), (b, withMagic) => {
         const bytes = b.slice();
-        if (withMagic && bytes.length >= 4) bytes.set([0x51, 0x46, 0x49, 0xfb]);
+        if (withMagic && bytes.length >= 4) bytes.set(HEADER_MAGIC);
         try {
           const img = loadImage(bytes);
           expect(storeImage(img).length).toBe(bytes.length);

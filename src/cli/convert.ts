@@ -46,6 +46,7 @@ import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, write, writeS
 import { rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { HEADER_MAGIC } from '../../generated/qcow2.ts';
 import { isZeroBytes } from '../format/bytes.ts';
 import { isQcow2FormatError } from '../format/errors.ts';
 import { closeImage } from '../model/close.ts';
@@ -761,7 +762,7 @@ export interface ConvertEnv {
   readonly fsync?: (fd: number) => void;
 }
 
-const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
+const QCOW2_MAGIC = HEADER_MAGIC;
 
 /** A temporary file name in the directory of `target` (the rename into place stays on one file system). */
 function tempName(target: string): string {

@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { HEADER_MAGIC_U32 } from '../../generated/qcow2.ts';
 import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
 import type { HostFile } from '../model/host-file.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage } from './io.ts';
@@ -231,7 +232,7 @@ function relativeTo(base: string, name: string): string {
   return slash < 0 ? name : `${base.slice(0, slash + 1)}${name}`;
 }
 
-const QCOW2_MAGIC = 0x514649fb;
+const QCOW2_MAGIC = HEADER_MAGIC_U32;
 
 /**
  * What bdrv_img_create does with a backing file before qcow2 sees the options: open it (a relative

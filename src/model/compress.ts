@@ -28,7 +28,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type * as Pako from 'pako';
-import type { L2EntryFields } from '../../generated/qcow2.ts';
+import { L2EntryMasks, type L2EntryFields } from '../../generated/qcow2.ts';
 import { l2EntryWords } from '../format/entries.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { clusterTable, l1l2Index, readL2Entry, writeL2Entry } from './mapping.ts';
@@ -176,7 +176,7 @@ function writeCompressed(tx: Tx, offset: bigint, data: Uint8Array): void {
     const { l2: l2Index } = l1l2Index(tx, at);
     const old = readL2Entry(tx, l2Offset, l2Index);
     // "Compression can't overwrite anything": any offset bits in the entry refuse the write.
-    if ((l2EntryWords(old).word & 0x00fffffffffffe00n) !== 0n || old.compressed) {
+    if ((l2EntryWords(old).word & L2EntryMasks.hostOffset) !== 0n || old.compressed) {
       throw new ModelError('unsupported', EIO, `compressed write to an allocated cluster at guest offset 0x${at.toString(16)}`);
     }
     // QEMU allocates the bytes (refcount and L2 entry in its caches), then runs the overlap check
