@@ -544,7 +544,7 @@ const unalignedRefblock: Corruption = {
 const reservedL1: Corruption = {
   name: 'reserved-bits-l1',
   category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x7f000000000001ff) of an active L1 entry is set (§3.2)',
+  title: 'a reserved bit (L1E_RESERVED_MASK) of an active L1 entry is set (§3.2)',
   apply(l, rng) {
     const slots = l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false).filter((s) => (s.word & L1_RESERVED_MASK) !== L1_RESERVED_MASK);
     if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
@@ -559,7 +559,7 @@ const reservedL1: Corruption = {
 const reservedL2: Corruption = {
   name: 'reserved-bits-l2',
   category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x3f000000000001fe) of a standard (not compressed) active L2 entry is set (§3.3: reads work, check counts it)',
+  title: 'a reserved bit (L2E_STD_RESERVED_MASK) of a standard (not compressed) active L2 entry is set (§3.3: reads work, check counts it)',
   apply(l, rng) {
     const slots = l2Slots(l, (s) => (s.word & COMPRESSED) === 0n, rng.int(4) === 0);
     if (slots.length === 0) return notApplicable(this, 'no standard active L2 entry');
