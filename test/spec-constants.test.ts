@@ -270,8 +270,8 @@ describe('layoutOf on small specs (answers worked out by hand)', () => {
   });
 
   it('does not place little-endian bit fields, nor what follows them', () => {
-    const s = spec(field('a', 'u1') + field('b', 'b4le') + field('c', 'b4le') + field('d', 'u1'));
-    expect(places(s)).toEqual({ a: [0, 1] });
+    const s = spec(field('a', 'u1') + field('x', 'b8') + field('b', 'b4le') + field('c', 'b4le') + field('d', 'u1'));
+    expect(places(s)).toEqual({ a: [0, 1], x: [1, 1, 0, 8] });
   });
 
   it('finds value instances that split a bit field where a param says, and the fixed prefix', () => {

@@ -180,9 +180,9 @@ function walk(spec: KsySpec, t: KsyType, present: (a: Attr) => boolean | undefin
     }
     if (a.type?.kind === 'bits' && !a.repeat) {
       if (a.type.le) {
+        closeRun();
         out.set(a.id, 'unknown');
         pos = undefined;
-        run = undefined;
         continue;
       }
       run ??= { start: pos, fields: [] };
