@@ -30,6 +30,7 @@ import { mkdtempSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { L1EntryMasks } from '../generated/qcow2.ts';
 import { createImage } from '../src/model/create.ts';
 import { readHost } from '../src/model/host-file.ts';
 import { freshSession, geometryOf, type Image } from '../src/model/image.ts';
@@ -301,7 +302,7 @@ function metadataClusters(img: Image): number {
   n += clustersOf(h.l1Size * 8);
   const l1 = readHost(img.file, h.l1TableOffset, h.l1Size * 8);
   const l1v = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
-  for (let i = 0; i < h.l1Size; i++) if ((l1v.getBigUint64(i * 8) & 0x00fffffffffffe00n) !== 0n) n++;
+  for (let i = 0; i < h.l1Size; i++) if ((l1v.getBigUint64(i * 8) & L1EntryMasks.l2Offset) !== 0n) n++;
   n += h.refcountTableClusters;
   const rt = readHost(img.file, h.refcountTableOffset, h.refcountTableClusters * cs);
   const rtv = new DataView(rt.buffer, rt.byteOffset, rt.byteLength);

@@ -1,5 +1,5 @@
 // GENERATED FILE - DO NOT EDIT.
-// Produced by src/codegen (npm run generate) from spec/qcow2.ksy (sha256 c4efddfff72bcb766a3fec6a852a08c385a5d26751f19a4354c12f3a5901b469).
+// Produced by src/codegen (npm run generate) from spec/qcow2.ksy (sha256 c7e22bebd2efa3aa799dc0a23e4a6ddc0a1882c6031238bea6469a1ad70795b2).
 // Regenerate with `npm run generate`; `npm run generate -- --check` fails when this file is stale.
 /* eslint-disable */
 
@@ -7,7 +7,7 @@
  * QEMU copy-on-write disk image, format versions 2 and 3.
  *
  * The on-disk structures of QEMU's qcow2 image format, as defined by QEMU's
- * docs/interop/qcow2.rst (see also ../shared/qcow2-facts.md §1-§7 of this project).
+ * docs/interop/qcow2.rst (see also docs/format/README.md of this project).
  *
  * Conventions of this description, so that every parser generated from it is exact:
  * * Every 64-bit quantity is split into 32-bit halves: plain integers use the `u64` type
@@ -18,6 +18,7 @@
  * * `valid:` holds the must-reject rules that belong to one structure. Rules that relate
  *   several structures (overlaps, refcounts, limits against the file size) live in the
  *   validation layer above the generated code, which reports them with QEMU's messages.
+ * * Enums named `*_bit` list bit numbers (the feature bits); the generator also emits their masks.
  * * Structures reached through a pointer (L1 and L2 tables, refcount blocks, the snapshot
  *   table, the bitmap directory) are `instances` with `pos`, read on first access.
  */
@@ -120,6 +121,111 @@ export const FeatureTypeNames: Readonly<Record<number, string>> = {
 };
 
 /**
+ * Values of enum incompatible_feature_bit.
+ */
+
+export const IncompatibleFeatureBit = {
+  DIRTY: 0,
+  CORRUPT: 1,
+  EXTERNAL_DATA_FILE: 2,
+  COMPRESSION_TYPE: 3,
+  EXTENDED_L2: 4,
+} as const;
+
+/**
+ * Names of enum incompatible_feature_bit by value.
+ */
+
+export const IncompatibleFeatureBitNames: Readonly<Record<number, string>> = {
+  0: "dirty",
+  1: "corrupt",
+  2: "external_data_file",
+  3: "compression_type",
+  4: "extended_l2",
+};
+
+/**
+ * Masks of the bits enum incompatible_feature_bit numbers (label → 1n << bit), exact for bits 0..63.
+ */
+
+export const IncompatibleFeatureMask = {
+  DIRTY: 0x1n,
+  CORRUPT: 0x2n,
+  EXTERNAL_DATA_FILE: 0x4n,
+  COMPRESSION_TYPE: 0x8n,
+  EXTENDED_L2: 0x10n,
+} as const;
+
+/**
+ * Every bit enum incompatible_feature_bit names, as one mask: the bits this description knows.
+ */
+
+export const INCOMPATIBLE_FEATURE_KNOWN_MASK = 0x1fn;
+
+/**
+ * Values of enum compatible_feature_bit.
+ */
+
+export const CompatibleFeatureBit = {
+  LAZY_REFCOUNTS: 0,
+} as const;
+
+/**
+ * Names of enum compatible_feature_bit by value.
+ */
+
+export const CompatibleFeatureBitNames: Readonly<Record<number, string>> = {
+  0: "lazy_refcounts",
+};
+
+/**
+ * Masks of the bits enum compatible_feature_bit numbers (label → 1n << bit), exact for bits 0..63.
+ */
+
+export const CompatibleFeatureMask = {
+  LAZY_REFCOUNTS: 0x1n,
+} as const;
+
+/**
+ * Every bit enum compatible_feature_bit names, as one mask: the bits this description knows.
+ */
+
+export const COMPATIBLE_FEATURE_KNOWN_MASK = 0x1n;
+
+/**
+ * Values of enum autoclear_feature_bit.
+ */
+
+export const AutoclearFeatureBit = {
+  BITMAPS: 0,
+  RAW_EXTERNAL_DATA: 1,
+} as const;
+
+/**
+ * Names of enum autoclear_feature_bit by value.
+ */
+
+export const AutoclearFeatureBitNames: Readonly<Record<number, string>> = {
+  0: "bitmaps",
+  1: "raw_external_data",
+};
+
+/**
+ * Masks of the bits enum autoclear_feature_bit numbers (label → 1n << bit), exact for bits 0..63.
+ */
+
+export const AutoclearFeatureMask = {
+  BITMAPS: 0x1n,
+  RAW_EXTERNAL_DATA: 0x2n,
+} as const;
+
+/**
+ * Every bit enum autoclear_feature_bit names, as one mask: the bits this description knows.
+ */
+
+export const AUTOCLEAR_FEATURE_KNOWN_MASK = 0x3n;
+
+/**
  * Values of enum bitmap_type.
  */
 
@@ -134,6 +240,596 @@ export const BitmapType = {
 export const BitmapTypeNames: Readonly<Record<number, string>> = {
   1: "dirty_tracking",
 };
+
+/**
+ * Bytes every u64 starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole u64 when all its fields are).
+ */
+
+export const U64_FIXED_SIZE = 8;
+
+/**
+ * Where u64's fields are: byte offset and size from the start of a u64, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const U64Layout = {
+  /** Bits 32..63. */
+  hi: { id: "hi", offset: 0, size: 4 },
+  /** Bits 0..31. */
+  lo: { id: "lo", offset: 4, size: 4 },
+} as const;
+
+/**
+ * The bytes header.magic must hold (its contents:).
+ */
+
+export const HEADER_MAGIC: readonly number[] = [0x51, 0x46, 0x49, 0xfb];
+
+/**
+ * HEADER_MAGIC read as a big-endian u32.
+ */
+
+export const HEADER_MAGIC_U32 = 0x514649fb;
+
+/**
+ * Bytes every header starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole header when all its fields are).
+ */
+
+export const HEADER_FIXED_SIZE = 72;
+
+/**
+ * Where header's fields are: byte offset and size from the start of a header, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const HeaderLayout = {
+  /** The magic "QFI\xfb". */
+  magic: { id: "magic", offset: 0, size: 4 },
+  /** Format version, 2 or 3. */
+  version: { id: "version", offset: 4, size: 4 },
+  /** File offset of the backing file name, or 0 when there is no backing file. */
+  backingFileOffset: { id: "backing_file_offset", offset: 8, size: 8 },
+  /** Length of the backing file name in bytes (QEMU refuses more than 1023). */
+  backingFileSize: { id: "backing_file_size", offset: 16, size: 4 },
+  /** log2 of the cluster size; QEMU supports 9 (512 bytes) to 21 (2 MiB). */
+  clusterBits: { id: "cluster_bits", offset: 20, size: 4 },
+  /** Virtual disk size in bytes. */
+  size: { id: "size", offset: 24, size: 8 },
+  /** Encryption method, 0 none, 1 AES-CBC (legacy), 2 LUKS. */
+  cryptMethod: { id: "crypt_method", offset: 32, size: 4 },
+  /** Number of entries in the active L1 table. */
+  l1Size: { id: "l1_size", offset: 36, size: 4 },
+  /** File offset of the active L1 table (cluster aligned). */
+  l1TableOffset: { id: "l1_table_offset", offset: 40, size: 8 },
+  /** File offset of the refcount table (cluster aligned). */
+  refcountTableOffset: { id: "refcount_table_offset", offset: 48, size: 8 },
+  /** Size of the refcount table in clusters. */
+  refcountTableClusters: { id: "refcount_table_clusters", offset: 56, size: 4 },
+  /** Number of internal snapshots. */
+  nbSnapshots: { id: "nb_snapshots", offset: 60, size: 4 },
+  /** File offset of the snapshot table (cluster aligned). */
+  snapshotsOffset: { id: "snapshots_offset", offset: 64, size: 8 },
+  /** Incompatible feature bits; a reader must refuse an image with a bit it does not know. */
+  incompatibleFeatures: { id: "incompatible_features", offset: 72, size: 8 },
+  /** Compatible feature bits; unknown ones may be ignored. */
+  compatibleFeatures: { id: "compatible_features", offset: 80, size: 8 },
+  /** Auto-clear feature bits; a writer that does not know a bit must clear it. */
+  autoclearFeatures: { id: "autoclear_features", offset: 88, size: 8 },
+  /** log2 of the refcount width in bits (0..6, i.e. 1..64 bits); version 2 implies 4. */
+  refcountOrder: { id: "refcount_order", offset: 96, size: 4 },
+  /** Length of the header in bytes, at least 104 and at most one cluster. */
+  headerLength: { id: "header_length", offset: 100, size: 4 },
+  /** Compression type of compressed clusters (an additional field, present when header_length > 104). */
+  compressionType: { id: "compression_type", offset: 104, size: 1 },
+} as const;
+
+/**
+ * Bytes every header_extension starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole header_extension when all its fields are).
+ */
+
+export const HEADER_EXTENSION_FIXED_SIZE = 8;
+
+/**
+ * Where header_extension's fields are: byte offset and size from the start of a header_extension, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const HeaderExtensionLayout = {
+  /** Extension type; unknown types are kept as raw bytes. */
+  type: { id: "type", offset: 0, size: 4 },
+  /** Length of the data in bytes, without padding. */
+  lenData: { id: "len_data", offset: 4, size: 4 },
+} as const;
+
+/**
+ * Bytes every feature_name_entry starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole feature_name_entry when all its fields are).
+ */
+
+export const FEATURE_NAME_ENTRY_FIXED_SIZE = 48;
+
+/**
+ * Where feature_name_entry's fields are: byte offset and size from the start of a feature_name_entry, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const FeatureNameEntryLayout = {
+  /** Which feature field the bit is in - 0 incompatible, 1 compatible, 2 autoclear. */
+  featureType: { id: "feature_type", offset: 0, size: 1 },
+  /** Bit number within that field (0..63). */
+  bit: { id: "bit", offset: 1, size: 1 },
+  /** Feature name, NUL-padded (not terminated when it is 46 characters long). */
+  name: { id: "name", offset: 2, size: 46 },
+} as const;
+
+/**
+ * Bytes every bitmaps_extension starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole bitmaps_extension when all its fields are).
+ */
+
+export const BITMAPS_EXTENSION_FIXED_SIZE = 24;
+
+/**
+ * Where bitmaps_extension's fields are: byte offset and size from the start of a bitmaps_extension, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const BitmapsExtensionLayout = {
+  /** Number of bitmaps in the directory (at least 1). */
+  nbBitmaps: { id: "nb_bitmaps", offset: 0, size: 4 },
+  /** Reserved, must be zero. */
+  reserved: { id: "reserved", offset: 4, size: 4 },
+  /** Size of the bitmap directory in bytes. */
+  bitmapDirectorySize: { id: "bitmap_directory_size", offset: 8, size: 8 },
+  /** File offset of the bitmap directory (cluster aligned). */
+  bitmapDirectoryOffset: { id: "bitmap_directory_offset", offset: 16, size: 8 },
+} as const;
+
+/**
+ * Bytes every full_disk_encryption_pointer starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole full_disk_encryption_pointer when all its fields are).
+ */
+
+export const FULL_DISK_ENCRYPTION_POINTER_FIXED_SIZE = 16;
+
+/**
+ * Where full_disk_encryption_pointer's fields are: byte offset and size from the start of a full_disk_encryption_pointer, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const FullDiskEncryptionPointerLayout = {
+  /** File offset of the encryption header (cluster aligned). */
+  offset: { id: "offset", offset: 0, size: 8 },
+  /** Length of the encryption header and key material in bytes. */
+  length: { id: "length", offset: 8, size: 8 },
+} as const;
+
+/**
+ * Bytes every l1_entry starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole l1_entry when all its fields are).
+ */
+
+export const L1_ENTRY_FIXED_SIZE = 8;
+
+/**
+ * Where l1_entry's fields are: byte offset and size from the start of a l1_entry, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const L1EntryLayout = {
+  /** Bit 63 - the L2 table has refcount exactly 1 (meaningful in the active L1 only). */
+  copied: { id: "copied", offset: 0, size: 8, shift: 63, width: 1 },
+  /** Bits 56..62, reserved (zero). */
+  reservedHi: { id: "reserved_hi", offset: 0, size: 8, shift: 56, width: 7 },
+  /** Bits 32..55 of the L2 table offset. */
+  l2OffsetHi: { id: "l2_offset_hi", offset: 0, size: 8, shift: 32, width: 24 },
+  /** Bits 9..31 of the L2 table offset, i.e. the low word shifted right by 9. */
+  l2OffsetLo: { id: "l2_offset_lo", offset: 0, size: 8, shift: 9, width: 23 },
+  /** Bits 0..8, reserved (zero). */
+  reservedLo: { id: "reserved_lo", offset: 0, size: 8, shift: 0, width: 9 },
+} as const;
+
+/**
+ * Masks of l1_entry's bit fields within the big-endian word L1EntryLayout gives for each (exact bigints);
+ * an `x_hi` / `x_lo` pair in one word is also given as the one mask `x`.
+ */
+
+export const L1EntryMasks = {
+  /** copied. */
+  copied: 0x8000000000000000n,
+  /** reserved_hi. */
+  reservedHi: 0x7f00000000000000n,
+  /** l2_offset_hi. */
+  l2OffsetHi: 0x00ffffff00000000n,
+  /** l2_offset_lo. */
+  l2OffsetLo: 0x00000000fffffe00n,
+  /** reserved_lo. */
+  reservedLo: 0x00000000000001ffn,
+  /** reserved_hi | reserved_lo. */
+  reserved: 0x7f000000000001ffn,
+  /** l2_offset_hi | l2_offset_lo. */
+  l2Offset: 0x00fffffffffffe00n,
+} as const;
+
+/**
+ * Shifts of l1_entry's bit fields: the word bit each field's lowest bit is (L1EntryLayout's `shift`, as bigint).
+ */
+
+export const L1EntryShifts = {
+  copied: 63n,
+  reservedHi: 56n,
+  l2OffsetHi: 32n,
+  l2OffsetLo: 9n,
+  reservedLo: 0n,
+} as const;
+
+/**
+ * Where l2_entry's fields are: byte offset and size from the start of a l2_entry, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const L2EntryLayout = {
+  /** Bit 63 - the data cluster has refcount exactly 1 (never set for compressed clusters). */
+  copied: { id: "copied", offset: 0, size: 8, shift: 63, width: 1 },
+  /** Bit 62 - the cluster is compressed; bits 0..61 are then a compressed descriptor. */
+  compressed: { id: "compressed", offset: 0, size: 8, shift: 62, width: 1 },
+  /** Standard descriptor bits 56..61, reserved (zero). */
+  reservedHi: { id: "reserved_hi", offset: 0, size: 8, shift: 56, width: 6 },
+  /** Standard descriptor bits 32..55 of the host cluster offset. */
+  hostOffsetHi: { id: "host_offset_hi", offset: 0, size: 8, shift: 32, width: 24 },
+  /** Standard descriptor bits 9..31 of the host cluster offset (the low word shifted right by 9). */
+  hostOffsetLo: { id: "host_offset_lo", offset: 0, size: 8, shift: 9, width: 23 },
+  /** Standard descriptor bits 1..8, reserved (zero). */
+  reservedLo: { id: "reserved_lo", offset: 0, size: 8, shift: 1, width: 8 },
+  /** Standard descriptor bit 0 - the cluster reads as zeros (version 3; ignored with extended L2). */
+  zero: { id: "zero", offset: 0, size: 8, shift: 0, width: 1 },
+  /** Compressed descriptor bits 32..61 (top bits of the offset and the sector count). */
+  compressedHi: { id: "compressed_hi", offset: 0, size: 8, shift: 32, width: 30 },
+  /** Compressed descriptor bits 0..31 (low word of the host byte offset). */
+  compressedLo: { id: "compressed_lo", offset: 0, size: 8, shift: 0, width: 32 },
+  /** Extended word bits 32..63 - bit n set means subcluster n reads as zeros. */
+  zeroBitmap: { id: "zero_bitmap", offset: 8, size: 8, shift: 32, width: 32 },
+  /** Extended word bits 0..31 - bit n set means subcluster n is allocated. */
+  allocBitmap: { id: "alloc_bitmap", offset: 8, size: 8, shift: 0, width: 32 },
+} as const;
+
+/**
+ * Masks of l2_entry's bit fields within the big-endian word L2EntryLayout gives for each (exact bigints);
+ * an `x_hi` / `x_lo` pair in one word is also given as the one mask `x`.
+ */
+
+export const L2EntryMasks = {
+  /** copied. */
+  copied: 0x8000000000000000n,
+  /** compressed. */
+  compressed: 0x4000000000000000n,
+  /** reserved_hi. */
+  reservedHi: 0x3f00000000000000n,
+  /** host_offset_hi. */
+  hostOffsetHi: 0x00ffffff00000000n,
+  /** host_offset_lo. */
+  hostOffsetLo: 0x00000000fffffe00n,
+  /** reserved_lo. */
+  reservedLo: 0x00000000000001fen,
+  /** zero. */
+  zero: 0x0000000000000001n,
+  /** compressed_hi. */
+  compressedHi: 0x3fffffff00000000n,
+  /** compressed_lo. */
+  compressedLo: 0x00000000ffffffffn,
+  /** zero_bitmap. */
+  zeroBitmap: 0xffffffff00000000n,
+  /** alloc_bitmap. */
+  allocBitmap: 0x00000000ffffffffn,
+  /** reserved_hi | reserved_lo. */
+  reserved: 0x3f000000000001fen,
+  /** host_offset_hi | host_offset_lo. */
+  hostOffset: 0x00fffffffffffe00n,
+} as const;
+
+/**
+ * Shifts of l2_entry's bit fields: the word bit each field's lowest bit is (L2EntryLayout's `shift`, as bigint).
+ */
+
+export const L2EntryShifts = {
+  copied: 63n,
+  compressed: 62n,
+  reservedHi: 56n,
+  hostOffsetHi: 32n,
+  hostOffsetLo: 9n,
+  reservedLo: 1n,
+  zero: 0n,
+  compressedHi: 32n,
+  compressedLo: 0n,
+  zeroBitmap: 32n,
+  allocBitmap: 0n,
+} as const;
+
+function l2EntrySplit_compressedAdditionalSectors(params: Pick<L2EntryParams, "clusterBits">): number {
+  const s = (38 - params.clusterBits);
+  if (!Number.isInteger(s) || s < 0 || s > 30) throw new RangeError(`l2_entry.compressed_additional_sectors: split ${s} is outside compressed_hi (30 bits)`);
+  return s;
+}
+
+function l2EntrySplit_compressedOffsetHi(params: Pick<L2EntryParams, "clusterBits">): number {
+  const s = (38 - params.clusterBits);
+  if (!Number.isInteger(s) || s < 0 || s > 30) throw new RangeError(`l2_entry.compressed_offset_hi: split ${s} is outside compressed_hi (30 bits)`);
+  return s;
+}
+
+/**
+ * Masks of l2_entry's value instances that are part of a bit field split where the params say,
+ * within the field's big-endian word (L2EntryLayout):
+ * compressed_additional_sectors = compressed_hi >> (38 - cluster_bits);
+ * compressed_offset_hi = compressed_hi & ((1 << (38 - cluster_bits)) - 1).
+ * Throws RangeError when the params put a split outside its field.
+ */
+
+export function l2EntryParamMasks(params: Pick<L2EntryParams, "clusterBits">): { readonly compressedAdditionalSectors: bigint; readonly compressedOffsetHi: bigint } {
+  const s0 = l2EntrySplit_compressedAdditionalSectors(params);
+  const s1 = l2EntrySplit_compressedOffsetHi(params);
+  return {
+    compressedAdditionalSectors: ((1n << BigInt(30 - s0)) - 1n) << BigInt(32 + s0),
+    compressedOffsetHi: ((1n << BigInt(s1)) - 1n) << 32n,
+  };
+}
+
+/**
+ * Shifts of the instances l2EntryParamMasks masks: the word bit each one's lowest bit is. Same RangeError.
+ */
+
+export function l2EntryParamShifts(params: Pick<L2EntryParams, "clusterBits">): { readonly compressedAdditionalSectors: bigint; readonly compressedOffsetHi: bigint } {
+  const s0 = l2EntrySplit_compressedAdditionalSectors(params);
+  const s1 = l2EntrySplit_compressedOffsetHi(params);
+  return {
+    compressedAdditionalSectors: BigInt(32 + s0),
+    compressedOffsetHi: 32n,
+  };
+}
+
+/**
+ * Bytes every refcount_table_entry starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole refcount_table_entry when all its fields are).
+ */
+
+export const REFCOUNT_TABLE_ENTRY_FIXED_SIZE = 8;
+
+/**
+ * Where refcount_table_entry's fields are: byte offset and size from the start of a refcount_table_entry, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const RefcountTableEntryLayout = {
+  /** Bits 32..63 of the refcount block offset. */
+  refblockOffsetHi: { id: "refblock_offset_hi", offset: 0, size: 8, shift: 32, width: 32 },
+  /** Bits 9..31 of the refcount block offset (the low word shifted right by 9). */
+  refblockOffsetLo: { id: "refblock_offset_lo", offset: 0, size: 8, shift: 9, width: 23 },
+  /** Bits 0..8, reserved (zero). */
+  reserved: { id: "reserved", offset: 0, size: 8, shift: 0, width: 9 },
+} as const;
+
+/**
+ * Masks of refcount_table_entry's bit fields within the big-endian word RefcountTableEntryLayout gives for each (exact bigints);
+ * an `x_hi` / `x_lo` pair in one word is also given as the one mask `x`.
+ */
+
+export const RefcountTableEntryMasks = {
+  /** refblock_offset_hi. */
+  refblockOffsetHi: 0xffffffff00000000n,
+  /** refblock_offset_lo. */
+  refblockOffsetLo: 0x00000000fffffe00n,
+  /** reserved. */
+  reserved: 0x00000000000001ffn,
+  /** refblock_offset_hi | refblock_offset_lo. */
+  refblockOffset: 0xfffffffffffffe00n,
+} as const;
+
+/**
+ * Shifts of refcount_table_entry's bit fields: the word bit each field's lowest bit is (RefcountTableEntryLayout's `shift`, as bigint).
+ */
+
+export const RefcountTableEntryShifts = {
+  refblockOffsetHi: 32n,
+  refblockOffsetLo: 9n,
+  reserved: 0n,
+} as const;
+
+/**
+ * Bytes every snapshot_entry starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole snapshot_entry when all its fields are).
+ */
+
+export const SNAPSHOT_ENTRY_FIXED_SIZE = 40;
+
+/**
+ * Where snapshot_entry's fields are: byte offset and size from the start of a snapshot_entry, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const SnapshotEntryLayout = {
+  /** File offset of the snapshot's L1 table (cluster aligned). */
+  l1TableOffset: { id: "l1_table_offset", offset: 0, size: 8 },
+  /** Number of entries in the snapshot's L1 table. */
+  l1Size: { id: "l1_size", offset: 8, size: 4 },
+  /** Length of the id string. */
+  lenId: { id: "len_id", offset: 12, size: 2 },
+  /** Length of the name. */
+  lenName: { id: "len_name", offset: 14, size: 2 },
+  /** Creation time, seconds since the Unix epoch. */
+  dateSec: { id: "date_sec", offset: 16, size: 4 },
+  /** Creation time, nanoseconds part. */
+  dateNsec: { id: "date_nsec", offset: 20, size: 4 },
+  /** Guest run time when the snapshot was taken, in nanoseconds. */
+  vmClockNsec: { id: "vm_clock_nsec", offset: 24, size: 8 },
+  /** Size of the saved VM state in bytes (0 for disk-only snapshots; see vm_state_size_large). */
+  vmStateSize: { id: "vm_state_size", offset: 32, size: 4 },
+  /** Size of the extra data in bytes (at least 16 for version 3; QEMU refuses more than 1024). */
+  lenExtraData: { id: "len_extra_data", offset: 36, size: 4 },
+} as const;
+
+/**
+ * Where snapshot_extra_data's fields are: byte offset and size from the start of a snapshot_extra_data, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const SnapshotExtraDataLayout = {
+  /** Size of the VM state in bytes (overrides the 32-bit vm_state_size). */
+  vmStateSizeLarge: { id: "vm_state_size_large", offset: 0, size: 8 },
+  /** Virtual disk size at the time of the snapshot. */
+  diskSize: { id: "disk_size", offset: 8, size: 8 },
+  /** Instruction count for record/replay, all bits set when unused. */
+  icount: { id: "icount", offset: 16, size: 8 },
+} as const;
+
+/**
+ * Bytes every bitmap_directory_entry starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole bitmap_directory_entry when all its fields are).
+ */
+
+export const BITMAP_DIRECTORY_ENTRY_FIXED_SIZE = 24;
+
+/**
+ * Where bitmap_directory_entry's fields are: byte offset and size from the start of a bitmap_directory_entry, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const BitmapDirectoryEntryLayout = {
+  /** File offset of the bitmap table (cluster aligned). */
+  bitmapTableOffset: { id: "bitmap_table_offset", offset: 0, size: 8 },
+  /** Number of entries in the bitmap table. */
+  bitmapTableSize: { id: "bitmap_table_size", offset: 8, size: 4 },
+  /** Flag bits 3..31, reserved (zero). */
+  reservedFlags: { id: "reserved_flags", offset: 12, size: 4, shift: 3, width: 29 },
+  /** Flag bit 2 - the extra data may be ignored by a reader that does not know it. */
+  extraDataCompatible: { id: "extra_data_compatible", offset: 12, size: 4, shift: 2, width: 1 },
+  /** Flag bit 1 - the bitmap tracks guest writes. */
+  auto: { id: "auto", offset: 12, size: 4, shift: 1, width: 1 },
+  /** Flag bit 0 - the bitmap was not saved cleanly and is inconsistent. */
+  inUse: { id: "in_use", offset: 12, size: 4, shift: 0, width: 1 },
+  /** Bitmap type, 1 for dirty tracking. */
+  bitmapType: { id: "bitmap_type", offset: 16, size: 1 },
+  /** log2 of the number of guest bytes one bit covers (QEMU 9..31). */
+  granularityBits: { id: "granularity_bits", offset: 17, size: 1 },
+  /** Length of the name (1..1023). */
+  lenName: { id: "len_name", offset: 18, size: 2 },
+  /** Size of the extra data in bytes. */
+  lenExtraData: { id: "len_extra_data", offset: 20, size: 4 },
+} as const;
+
+/**
+ * Masks of bitmap_directory_entry's bit fields within the big-endian word BitmapDirectoryEntryLayout gives for each (exact bigints);
+ * an `x_hi` / `x_lo` pair in one word is also given as the one mask `x`.
+ */
+
+export const BitmapDirectoryEntryMasks = {
+  /** reserved_flags. */
+  reservedFlags: 0xfffffff8n,
+  /** extra_data_compatible. */
+  extraDataCompatible: 0x00000004n,
+  /** auto. */
+  auto: 0x00000002n,
+  /** in_use. */
+  inUse: 0x00000001n,
+} as const;
+
+/**
+ * Shifts of bitmap_directory_entry's bit fields: the word bit each field's lowest bit is (BitmapDirectoryEntryLayout's `shift`, as bigint).
+ */
+
+export const BitmapDirectoryEntryShifts = {
+  reservedFlags: 3n,
+  extraDataCompatible: 2n,
+  auto: 1n,
+  inUse: 0n,
+} as const;
+
+/**
+ * Bytes every bitmap_table_entry starts with at fixed positions: its leading fields that are unconditional and
+ * of static size (the whole bitmap_table_entry when all its fields are).
+ */
+
+export const BITMAP_TABLE_ENTRY_FIXED_SIZE = 8;
+
+/**
+ * Where bitmap_table_entry's fields are: byte offset and size from the start of a bitmap_table_entry, for every seq field
+ * whose place does not depend on the data (a field with an if: condition at its place when present).
+ * A bit field's offset and size are those of the big-endian word it is in, `shift` the word bit its
+ * lowest bit is, `width` its bits. `id` is the spec's field name.
+ */
+
+export const BitmapTableEntryLayout = {
+  /** Bits 56..63, reserved (zero). */
+  reservedHi: { id: "reserved_hi", offset: 0, size: 8, shift: 56, width: 8 },
+  /** Bits 32..55 of the data cluster offset. */
+  offsetHi: { id: "offset_hi", offset: 0, size: 8, shift: 32, width: 24 },
+  /** Bits 9..31 of the data cluster offset (the low word shifted right by 9). */
+  offsetLo: { id: "offset_lo", offset: 0, size: 8, shift: 9, width: 23 },
+  /** Bits 1..8, reserved (zero). */
+  reservedLo: { id: "reserved_lo", offset: 0, size: 8, shift: 1, width: 8 },
+  /** Bit 0 - when the offset is 0, the cluster's bits are all ones (else all zeros). */
+  allOnes: { id: "all_ones", offset: 0, size: 8, shift: 0, width: 1 },
+} as const;
+
+/**
+ * Masks of bitmap_table_entry's bit fields within the big-endian word BitmapTableEntryLayout gives for each (exact bigints);
+ * an `x_hi` / `x_lo` pair in one word is also given as the one mask `x`.
+ */
+
+export const BitmapTableEntryMasks = {
+  /** reserved_hi. */
+  reservedHi: 0xff00000000000000n,
+  /** offset_hi. */
+  offsetHi: 0x00ffffff00000000n,
+  /** offset_lo. */
+  offsetLo: 0x00000000fffffe00n,
+  /** reserved_lo. */
+  reservedLo: 0x00000000000001fen,
+  /** all_ones. */
+  allOnes: 0x0000000000000001n,
+  /** reserved_hi | reserved_lo. */
+  reserved: 0xff000000000001fen,
+  /** offset_hi | offset_lo. */
+  offset: 0x00fffffffffffe00n,
+} as const;
+
+/**
+ * Shifts of bitmap_table_entry's bit fields: the word bit each field's lowest bit is (BitmapTableEntryLayout's `shift`, as bigint).
+ */
+
+export const BitmapTableEntryShifts = {
+  reservedHi: 56n,
+  offsetHi: 32n,
+  offsetLo: 9n,
+  reservedLo: 1n,
+  allOnes: 0n,
+} as const;
 
 /**
  * The seq fields of qcow2: what encodeQcow2 needs.
@@ -152,7 +848,7 @@ export interface Qcow2Fields {
 
 /**
  * The on-disk structures of QEMU's qcow2 image format, as defined by QEMU's
- * docs/interop/qcow2.rst (see also ../shared/qcow2-facts.md §1-§7 of this project).
+ * docs/interop/qcow2.rst (see also docs/format/README.md of this project).
  *
  * Conventions of this description, so that every parser generated from it is exact:
  * * Every 64-bit quantity is split into 32-bit halves: plain integers use the `u64` type
@@ -163,6 +859,7 @@ export interface Qcow2Fields {
  * * `valid:` holds the must-reject rules that belong to one structure. Rules that relate
  *   several structures (overlaps, refcounts, limits against the file size) live in the
  *   validation layer above the generated code, which reports them with QEMU's messages.
+ * * Enums named `*_bit` list bit numbers (the feature bits); the generator also emits their masks.
  * * Structures reached through a pointer (L1 and L2 tables, refcount blocks, the snapshot
  *   table, the bitmap directory) are `instances` with `pos`, read on first access.
  */
@@ -1716,35 +2413,35 @@ function instHeader_compressionTypeEffective(s: any, p: NoParams, c: { root: unk
 }
 
 function instHeader_isDirty(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & 1) !== 0) : false);
+  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & (1 << IncompatibleFeatureBit.DIRTY)) !== 0) : false);
 }
 
 function instHeader_isCorrupt(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & 2) !== 0) : false);
+  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & (1 << IncompatibleFeatureBit.CORRUPT)) !== 0) : false);
 }
 
 function instHeader_hasExternalDataFile(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & 4) !== 0) : false);
+  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & (1 << IncompatibleFeatureBit.EXTERNAL_DATA_FILE)) !== 0) : false);
 }
 
 function instHeader_hasCompressionType(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & 8) !== 0) : false);
+  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & (1 << IncompatibleFeatureBit.COMPRESSION_TYPE)) !== 0) : false);
 }
 
 function instHeader_hasExtendedL2(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & 16) !== 0) : false);
+  return ((s.version >= 3) ? ((s.incompatibleFeatures.lo & (1 << IncompatibleFeatureBit.EXTENDED_L2)) !== 0) : false);
 }
 
 function instHeader_hasLazyRefcounts(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.compatibleFeatures.lo & 1) !== 0) : false);
+  return ((s.version >= 3) ? ((s.compatibleFeatures.lo & (1 << CompatibleFeatureBit.LAZY_REFCOUNTS)) !== 0) : false);
 }
 
 function instHeader_hasBitmaps(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.autoclearFeatures.lo & 1) !== 0) : false);
+  return ((s.version >= 3) ? ((s.autoclearFeatures.lo & (1 << AutoclearFeatureBit.BITMAPS)) !== 0) : false);
 }
 
 function instHeader_hasRawExternalData(s: any, p: NoParams, c: { root: unknown }): boolean {
-  return ((s.version >= 3) ? ((s.autoclearFeatures.lo & 2) !== 0) : false);
+  return ((s.version >= 3) ? ((s.autoclearFeatures.lo & (1 << AutoclearFeatureBit.RAW_EXTERNAL_DATA)) !== 0) : false);
 }
 
 function readHeader(io: ByteReader, c: DecodeContext, p: NoParams): Header {
@@ -2577,10 +3274,10 @@ function readL2Entry(io: ByteReader, c: DecodeContext, p: L2EntryParams): L2Entr
     s.compressedLo = io.readBitsBe(32, "l2_entry", "compressed_lo");
   }
   if (p.extendedL2) {
-    s.zeroBitmap = io.readU4("l2_entry", "zero_bitmap");
+    s.zeroBitmap = io.readBitsBe(32, "l2_entry", "zero_bitmap");
   }
   if (p.extendedL2) {
-    s.allocBitmap = io.readU4("l2_entry", "alloc_bitmap");
+    s.allocBitmap = io.readBitsBe(32, "l2_entry", "alloc_bitmap");
   }
   if (!c.fieldsOnly) {
     defineValue(s, "compressedSectorsShift", instL2Entry_compressedSectorsShift(s, p, c));
@@ -2645,11 +3342,11 @@ function writeL2Entry(w: ByteWriter, s: any, c: EncodeContext, p: L2EntryParams)
   } else if (s.compressedLo !== undefined) inconsistent("l2_entry", "compressed_lo", w.length, 'must be absent: its if: condition is false');
   if (p.extendedL2) {
     if (s.zeroBitmap === undefined) inconsistent("l2_entry", "zero_bitmap", w.length, 'is required by its if: condition but missing');
-    w.writeU4(s.zeroBitmap, "l2_entry", "zero_bitmap");
+    w.writeBitsBe(32, s.zeroBitmap, "l2_entry", "zero_bitmap");
   } else if (s.zeroBitmap !== undefined) inconsistent("l2_entry", "zero_bitmap", w.length, 'must be absent: its if: condition is false');
   if (p.extendedL2) {
     if (s.allocBitmap === undefined) inconsistent("l2_entry", "alloc_bitmap", w.length, 'is required by its if: condition but missing');
-    w.writeU4(s.allocBitmap, "l2_entry", "alloc_bitmap");
+    w.writeBitsBe(32, s.allocBitmap, "l2_entry", "alloc_bitmap");
   } else if (s.allocBitmap !== undefined) inconsistent("l2_entry", "alloc_bitmap", w.length, 'must be absent: its if: condition is false');
 }
 

@@ -7,7 +7,7 @@ meta:
   bit-endian: be
 doc: |
   The on-disk structures of QEMU's qcow2 image format, as defined by QEMU's
-  docs/interop/qcow2.rst (see also ../shared/qcow2-facts.md §1-§7 of this project).
+  docs/interop/qcow2.rst (see also docs/format/README.md of this project).
 
   Conventions of this description, so that every parser generated from it is exact:
   * Every 64-bit quantity is split into 32-bit halves: plain integers use the `u64` type
@@ -18,6 +18,7 @@ doc: |
   * `valid:` holds the must-reject rules that belong to one structure. Rules that relate
     several structures (overlaps, refcounts, limits against the file size) live in the
     validation layer above the generated code, which reports them with QEMU's messages.
+  * Enums named `*_bit` list bit numbers (the feature bits); the generator also emits their masks.
   * Structures reached through a pointer (L1 and L2 tables, refcount blocks, the snapshot
     table, the bitmap directory) are `instances` with `pos`, read on first access.
 seq:
@@ -180,28 +181,28 @@ types:
         value: 'version >= 3 and header_length > 104 ? compression_type.to_i : 0'
         doc: The compression type in use, 0 (zlib) when the field is absent.
       is_dirty:
-        value: 'version >= 3 ? (incompatible_features.lo & 1) != 0 : false'
+        value: 'version >= 3 ? (incompatible_features.lo & (1 << incompatible_feature_bit::dirty.to_i)) != 0 : false'
         doc: Incompatible bit 0 - refcounts may be inconsistent (lazy refcounts).
       is_corrupt:
-        value: 'version >= 3 ? (incompatible_features.lo & 2) != 0 : false'
+        value: 'version >= 3 ? (incompatible_features.lo & (1 << incompatible_feature_bit::corrupt.to_i)) != 0 : false'
         doc: Incompatible bit 1 - metadata may be corrupt; write only to repair.
       has_external_data_file:
-        value: 'version >= 3 ? (incompatible_features.lo & 4) != 0 : false'
+        value: 'version >= 3 ? (incompatible_features.lo & (1 << incompatible_feature_bit::external_data_file.to_i)) != 0 : false'
         doc: Incompatible bit 2 - guest data lives in an external data file.
       has_compression_type:
-        value: 'version >= 3 ? (incompatible_features.lo & 8) != 0 : false'
+        value: 'version >= 3 ? (incompatible_features.lo & (1 << incompatible_feature_bit::compression_type.to_i)) != 0 : false'
         doc: Incompatible bit 3 - the compression_type field is non-zero.
       has_extended_l2:
-        value: 'version >= 3 ? (incompatible_features.lo & 16) != 0 : false'
+        value: 'version >= 3 ? (incompatible_features.lo & (1 << incompatible_feature_bit::extended_l2.to_i)) != 0 : false'
         doc: Incompatible bit 4 - L2 entries are 128 bits with subcluster bitmaps.
       has_lazy_refcounts:
-        value: 'version >= 3 ? (compatible_features.lo & 1) != 0 : false'
+        value: 'version >= 3 ? (compatible_features.lo & (1 << compatible_feature_bit::lazy_refcounts.to_i)) != 0 : false'
         doc: Compatible bit 0 - refcount updates may be postponed.
       has_bitmaps:
-        value: 'version >= 3 ? (autoclear_features.lo & 1) != 0 : false'
+        value: 'version >= 3 ? (autoclear_features.lo & (1 << autoclear_feature_bit::bitmaps.to_i)) != 0 : false'
         doc: Autoclear bit 0 - the bitmaps extension is consistent.
       has_raw_external_data:
-        value: 'version >= 3 ? (autoclear_features.lo & 2) != 0 : false'
+        value: 'version >= 3 ? (autoclear_features.lo & (1 << autoclear_feature_bit::raw_external_data.to_i)) != 0 : false'
         doc: Autoclear bit 1 - the external data file is a valid standalone raw image.
 
   header_extension_area:
@@ -421,11 +422,11 @@ types:
         if: compressed
         doc: Compressed descriptor bits 0..31 (low word of the host byte offset).
       - id: zero_bitmap
-        type: u4
+        type: b32
         if: extended_l2
         doc: Extended word bits 32..63 - bit n set means subcluster n reads as zeros.
       - id: alloc_bitmap
-        type: u4
+        type: b32
         if: extended_l2
         doc: Extended word bits 0..31 - bit n set means subcluster n is allocated.
     instances:
@@ -700,5 +701,16 @@ enums:
     0: incompatible
     1: compatible
     2: autoclear
+  incompatible_feature_bit:
+    0: dirty
+    1: corrupt
+    2: external_data_file
+    3: compression_type
+    4: extended_l2
+  compatible_feature_bit:
+    0: lazy_refcounts
+  autoclear_feature_bit:
+    0: bitmaps
+    1: raw_external_data
   bitmap_type:
     1: dirty_tracking

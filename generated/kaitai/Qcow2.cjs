@@ -1,4 +1,4 @@
-// GENERATED FILE - DO NOT EDIT. kaitai-struct-compiler output for spec/qcow2.ksy (sha256 c4efddfff72bcb766a3fec6a852a08c385a5d26751f19a4354c12f3a5901b469).
+// GENERATED FILE - DO NOT EDIT. kaitai-struct-compiler output for spec/qcow2.ksy (sha256 c7e22bebd2efa3aa799dc0a23e4a6ddc0a1882c6031238bea6469a1ad70795b2).
 // Used only to cross-check generated/qcow2.ts. Regenerate with `npm run generate`.
 // This is a generated file! Please edit source .ksy file and use kaitai-struct-compiler to rebuild
 
@@ -13,7 +13,7 @@
 })(typeof self !== 'undefined' ? self : this, function (Qcow2_, KaitaiStream) {
 /**
  * The on-disk structures of QEMU's qcow2 image format, as defined by QEMU's
- * docs/interop/qcow2.rst (see also ../shared/qcow2-facts.md §1-§7 of this project).
+ * docs/interop/qcow2.rst (see also docs/format/README.md of this project).
  * 
  * Conventions of this description, so that every parser generated from it is exact:
  * * Every 64-bit quantity is split into 32-bit halves: plain integers use the `u64` type
@@ -24,15 +24,30 @@
  * * `valid:` holds the must-reject rules that belong to one structure. Rules that relate
  *   several structures (overlaps, refcounts, limits against the file size) live in the
  *   validation layer above the generated code, which reports them with QEMU's messages.
+ * * Enums named `*_bit` list bit numbers (the feature bits); the generator also emits their masks.
  * * Structures reached through a pointer (L1 and L2 tables, refcount blocks, the snapshot
  *   table, the bitmap directory) are `instances` with `pos`, read on first access.
  */
 
 var Qcow2 = (function() {
+  Qcow2.AutoclearFeatureBit = Object.freeze({
+    BITMAPS: 0,
+    RAW_EXTERNAL_DATA: 1,
+
+    0: "BITMAPS",
+    1: "RAW_EXTERNAL_DATA",
+  });
+
   Qcow2.BitmapType = Object.freeze({
     DIRTY_TRACKING: 1,
 
     1: "DIRTY_TRACKING",
+  });
+
+  Qcow2.CompatibleFeatureBit = Object.freeze({
+    LAZY_REFCOUNTS: 0,
+
+    0: "LAZY_REFCOUNTS",
   });
 
   Qcow2.CompressionType = Object.freeze({
@@ -77,6 +92,20 @@ var Qcow2 = (function() {
     1145132097: "EXTERNAL_DATA_FILE",
     1745090647: "FEATURE_NAME_TABLE",
     3799591626: "BACKING_FILE_FORMAT",
+  });
+
+  Qcow2.IncompatibleFeatureBit = Object.freeze({
+    DIRTY: 0,
+    CORRUPT: 1,
+    EXTERNAL_DATA_FILE: 2,
+    COMPRESSION_TYPE: 3,
+    EXTENDED_L2: 4,
+
+    0: "DIRTY",
+    1: "CORRUPT",
+    2: "EXTERNAL_DATA_FILE",
+    3: "COMPRESSION_TYPE",
+    4: "EXTENDED_L2",
   });
 
   function Qcow2(_io, _parent, _root) {
@@ -571,7 +600,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_hasBitmaps !== undefined)
           return this._m_hasBitmaps;
-        this._m_hasBitmaps = (this.version >= 3 ? (this.autoclearFeatures.lo & 1) != 0 : false);
+        this._m_hasBitmaps = (this.version >= 3 ? (this.autoclearFeatures.lo & 1 << Qcow2.AutoclearFeatureBit.BITMAPS) != 0 : false);
         return this._m_hasBitmaps;
       }
     });
@@ -583,7 +612,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_hasCompressionType !== undefined)
           return this._m_hasCompressionType;
-        this._m_hasCompressionType = (this.version >= 3 ? (this.incompatibleFeatures.lo & 8) != 0 : false);
+        this._m_hasCompressionType = (this.version >= 3 ? (this.incompatibleFeatures.lo & 1 << Qcow2.IncompatibleFeatureBit.COMPRESSION_TYPE) != 0 : false);
         return this._m_hasCompressionType;
       }
     });
@@ -595,7 +624,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_hasExtendedL2 !== undefined)
           return this._m_hasExtendedL2;
-        this._m_hasExtendedL2 = (this.version >= 3 ? (this.incompatibleFeatures.lo & 16) != 0 : false);
+        this._m_hasExtendedL2 = (this.version >= 3 ? (this.incompatibleFeatures.lo & 1 << Qcow2.IncompatibleFeatureBit.EXTENDED_L2) != 0 : false);
         return this._m_hasExtendedL2;
       }
     });
@@ -607,7 +636,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_hasExternalDataFile !== undefined)
           return this._m_hasExternalDataFile;
-        this._m_hasExternalDataFile = (this.version >= 3 ? (this.incompatibleFeatures.lo & 4) != 0 : false);
+        this._m_hasExternalDataFile = (this.version >= 3 ? (this.incompatibleFeatures.lo & 1 << Qcow2.IncompatibleFeatureBit.EXTERNAL_DATA_FILE) != 0 : false);
         return this._m_hasExternalDataFile;
       }
     });
@@ -619,7 +648,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_hasLazyRefcounts !== undefined)
           return this._m_hasLazyRefcounts;
-        this._m_hasLazyRefcounts = (this.version >= 3 ? (this.compatibleFeatures.lo & 1) != 0 : false);
+        this._m_hasLazyRefcounts = (this.version >= 3 ? (this.compatibleFeatures.lo & 1 << Qcow2.CompatibleFeatureBit.LAZY_REFCOUNTS) != 0 : false);
         return this._m_hasLazyRefcounts;
       }
     });
@@ -631,7 +660,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_hasRawExternalData !== undefined)
           return this._m_hasRawExternalData;
-        this._m_hasRawExternalData = (this.version >= 3 ? (this.autoclearFeatures.lo & 2) != 0 : false);
+        this._m_hasRawExternalData = (this.version >= 3 ? (this.autoclearFeatures.lo & 1 << Qcow2.AutoclearFeatureBit.RAW_EXTERNAL_DATA) != 0 : false);
         return this._m_hasRawExternalData;
       }
     });
@@ -643,7 +672,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_isCorrupt !== undefined)
           return this._m_isCorrupt;
-        this._m_isCorrupt = (this.version >= 3 ? (this.incompatibleFeatures.lo & 2) != 0 : false);
+        this._m_isCorrupt = (this.version >= 3 ? (this.incompatibleFeatures.lo & 1 << Qcow2.IncompatibleFeatureBit.CORRUPT) != 0 : false);
         return this._m_isCorrupt;
       }
     });
@@ -655,7 +684,7 @@ var Qcow2 = (function() {
       get: function() {
         if (this._m_isDirty !== undefined)
           return this._m_isDirty;
-        this._m_isDirty = (this.version >= 3 ? (this.incompatibleFeatures.lo & 1) != 0 : false);
+        this._m_isDirty = (this.version >= 3 ? (this.incompatibleFeatures.lo & 1 << Qcow2.IncompatibleFeatureBit.DIRTY) != 0 : false);
         return this._m_isDirty;
       }
     });
@@ -1000,12 +1029,11 @@ var Qcow2 = (function() {
       if (this.compressed) {
         this.compressedLo = this._io.readBitsIntBe(32);
       }
-      this._io.alignToByte();
       if (this.extendedL2) {
-        this.zeroBitmap = this._io.readU4be();
+        this.zeroBitmap = this._io.readBitsIntBe(32);
       }
       if (this.extendedL2) {
-        this.allocBitmap = this._io.readU4be();
+        this.allocBitmap = this._io.readBitsIntBe(32);
       }
     }
 

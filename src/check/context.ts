@@ -7,8 +7,14 @@
  * count (qcow2_inc_refcounts_imrt). The on-disk refcounts and the refcount-block cache are
  * src/check/refblocks.ts; the in-memory reftable and L1 table src/check/tables.ts.
  */
-import { decodeL1EntryFields } from '../../generated/qcow2.ts';
+import {
+  decodeL1EntryFields, L1EntryMasks, L2EntryMasks, RefcountTableEntryMasks, SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotExtraDataLayout,
+} from '../../generated/qcow2.ts';
 import { isQcow2FormatError } from '../codec/errors.ts';
+import {
+  BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA,
+  QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
+} from '../format/limits.ts';
 import { l1EntryWord } from '../format/entries.ts';
 import type { CheckFinding } from './check.ts';
 import { readHost } from '../model/host-file.ts';
@@ -152,29 +158,35 @@ export function zeroCounters(): Counters {
   };
 }
 
-// Masks and limits (block/qcow2.h, include/block/block_int-common.h).
-export const INT64_MAX = (1n << 63n) - 1n;
+// Masks and limits under QEMU's names (block/qcow2.h, include/block/block_int-common.h): the limits
+// from src/format/limits.ts, the entry masks and sizes from the spec (generated/qcow2.ts).
+export {
+  BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA,
+  QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
+};
 export const U64_RANGE = 1n << 64n;
-/** BDRV_MAX_LENGTH: QEMU_ALIGN_DOWN(INT64_MAX, 1 GiB); a request past it fails with EIO. */
-export const BDRV_MAX_LENGTH = INT64_MAX & ~((1n << 30n) - 1n);
-export const INT_MAX = 0x7fffffff;
-export const QCOW_OFLAG_COPIED = 1n << 63n;
-export const QCOW_OFLAG_ZERO = 1n;
-export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
-export const L1E_RESERVED_MASK = 0x7f000000000001ffn;
-export const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
-export const L2E_STD_RESERVED_MASK = 0x3f000000000001fen;
-export const REFT_RESERVED_MASK = 0x1ffn;
-export const L2_BITMAP_ALL_ALLOC = 0xffffffffn;
-export const L2_BITMAP_ALL_ZEROES = 0xffffffff00000000n;
-export const QCOW_MAX_L1_SIZE = 32 * 1024 * 1024;
-export const QCOW_MAX_SNAPSHOTS = 65536;
-export const QCOW_MAX_SNAPSHOTS_SIZE = 1024 * 65536;
-export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
-export const SNAPSHOT_HEADER_SIZE = 40;
+/** QCOW_OFLAG_COPIED: bit 63 of L1 and L2 entries. */
+export const QCOW_OFLAG_COPIED = L2EntryMasks.copied;
+/** QCOW_OFLAG_ZERO: bit 0 of a standard L2 entry. */
+export const QCOW_OFLAG_ZERO = L2EntryMasks.zero;
+/** L1E_OFFSET_MASK: the L2 table offset in an L1 entry. */
+export const L1E_OFFSET_MASK = L1EntryMasks.l2Offset;
+/** L1E_RESERVED_MASK: the reserved bits of an L1 entry. */
+export const L1E_RESERVED_MASK = L1EntryMasks.reserved;
+/** L2E_OFFSET_MASK: the host cluster offset in a standard L2 entry. */
+export const L2E_OFFSET_MASK = L2EntryMasks.hostOffset;
+/** L2E_STD_RESERVED_MASK: the reserved bits of a standard L2 entry. */
+export const L2E_STD_RESERVED_MASK = L2EntryMasks.reserved;
+/** REFT_RESERVED_MASK: the reserved bits of a refcount table entry. */
+export const REFT_RESERVED_MASK = RefcountTableEntryMasks.reserved;
+/** QCOW_L2_BITMAP_ALL_ALLOC: every allocation bit of an extended L2 entry's bitmap word. */
+export const L2_BITMAP_ALL_ALLOC = L2EntryMasks.allocBitmap;
+/** QCOW_L2_BITMAP_ALL_ZEROES: every "reads as zeros" bit of an extended L2 entry's bitmap word. */
+export const L2_BITMAP_ALL_ZEROES = L2EntryMasks.zeroBitmap;
+/** sizeof(QCowSnapshotHeader): the fixed part of a snapshot table entry. */
+export const SNAPSHOT_HEADER_SIZE = SNAPSHOT_ENTRY_FIXED_SIZE;
 /** sizeof(QCowSnapshotExtraData): vm_state_size_large, disk_size, icount. */
-export const SNAPSHOT_KNOWN_EXTRA = 24;
-export const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * 65535;
+export const SNAPSHOT_KNOWN_EXTRA = SnapshotExtraDataLayout.icount.offset + SnapshotExtraDataLayout.icount.size;
 export const BME_MAX_TABLE_SIZE = 0x8000000;
 export const BME_MAX_PHYS_SIZE = 0x20000000;
 export const BME_MAX_NAME_SIZE = 1023;

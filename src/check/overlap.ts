@@ -12,22 +12,27 @@
  * every repair write, thousands of times on a badly broken image. The ranges compare as QEMU's
  * ranges_overlap does: uint64 arithmetic, a range whose last byte wraps past 2^64 included.
  */
+import {
+  QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2, QCOW2_OL_BITMAP_DIRECTORY, QCOW2_OL_DEFAULT_TEMPLATE, QCOW2_OL_INACTIVE_L1,
+  QCOW2_OL_INACTIVE_L2, QCOW2_OL_MAIN_HEADER, QCOW2_OL_REFCOUNT_BLOCK, QCOW2_OL_REFCOUNT_TABLE, QCOW2_OL_SNAPSHOT_TABLE,
+} from '../format/limits.ts';
 import { AUTOCLEAR_BITMAPS } from '../model/image.ts';
 import { L1E_OFFSET_MASK, REFT_RESERVED_MASK, reftableSize, type CheckContext, type CheckedSnapshot } from './context.ts';
 import { activeL1View, reftableView, type TableView } from './tables.ts';
 
 
-export const OL_MAIN_HEADER = 1 << 0;
-export const OL_ACTIVE_L1 = 1 << 1;
-export const OL_ACTIVE_L2 = 1 << 2;
-export const OL_REFCOUNT_TABLE = 1 << 3;
-export const OL_REFCOUNT_BLOCK = 1 << 4;
-export const OL_SNAPSHOT_TABLE = 1 << 5;
-export const OL_INACTIVE_L1 = 1 << 6;
-export const OL_INACTIVE_L2 = 1 << 7;
-export const OL_BITMAP_DIRECTORY = 1 << 8;
-/** QCOW2_OL_CACHED: everything but the inactive L2 tables. */
-const OL_CACHED = 0x1ff & ~OL_INACTIVE_L2;
+// The overlap sections (QCOW2_OL_*, src/format/limits.ts) under this module's short names.
+export const OL_MAIN_HEADER = QCOW2_OL_MAIN_HEADER;
+export const OL_ACTIVE_L1 = QCOW2_OL_ACTIVE_L1;
+export const OL_ACTIVE_L2 = QCOW2_OL_ACTIVE_L2;
+export const OL_REFCOUNT_TABLE = QCOW2_OL_REFCOUNT_TABLE;
+export const OL_REFCOUNT_BLOCK = QCOW2_OL_REFCOUNT_BLOCK;
+export const OL_SNAPSHOT_TABLE = QCOW2_OL_SNAPSHOT_TABLE;
+export const OL_INACTIVE_L1 = QCOW2_OL_INACTIVE_L1;
+export const OL_INACTIVE_L2 = QCOW2_OL_INACTIVE_L2;
+export const OL_BITMAP_DIRECTORY = QCOW2_OL_BITMAP_DIRECTORY;
+/** The sections checked: QEMU 7.2's default template, QCOW2_OL_CACHED (everything but the inactive L2 tables). */
+const OL_CACHED = QCOW2_OL_DEFAULT_TEMPLATE;
 
 const U64_MASK = (1n << 64n) - 1n;
 const TWO_53 = 2 ** 53;

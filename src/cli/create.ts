@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { HEADER_MAGIC_U32, HeaderLayout } from '../../generated/qcow2.ts';
 import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
 import type { HostFile } from '../model/host-file.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, errnoText } from './io.ts';
@@ -233,7 +234,7 @@ function relativeTo(base: string, name: string): string {
   return slash < 0 ? name : `${base.slice(0, slash + 1)}${name}`;
 }
 
-const QCOW2_MAGIC = 0x514649fb;
+const QCOW2_MAGIC = HEADER_MAGIC_U32;
 
 /**
  * What bdrv_img_create does with a backing file before qcow2 sees the options: open it (a relative
@@ -263,8 +264,9 @@ async function inspectBacking(image: string, backing: string, fmt: string | unde
     throw new CreateCliError(`Backing file specified without backing format\nDetected format of ${isQcow2 ? 'qcow2' : 'raw'}.`);
   }
   if (fmt === 'qcow2') {
-    if (!isQcow2 || head.length < 32) throw new CreateCliError('Image is not in qcow2 format\nCould not open backing image.');
-    return head.readBigUInt64BE(24);
+    const size = HeaderLayout.size;
+    if (!isQcow2 || head.length < size.offset + size.size) throw new CreateCliError('Image is not in qcow2 format\nCould not open backing image.');
+    return head.readBigUInt64BE(size.offset);
   }
   if (fmt === 'raw') return length;
   return -1n; // another format: qcow2-ref cannot read its size

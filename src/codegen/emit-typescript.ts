@@ -8,12 +8,18 @@
  * failure is a Qcow2FormatError. Encoding is the inverse: it writes seq fields, checks each value
  * fits its field and agrees with the sizes, counts and conditions that depend on it, and does not
  * enforce `valid:` (so deliberately broken images can be built).
+ *
+ * Besides the codecs, the spec's positions and constants (see emitConstants): per type a layout table
+ * of its statically placed fields and the size of its fixed prefix, per bit-packed type the masks and
+ * shifts of its bit fields (and functions of the params for parameter-dependent parts), every
+ * `contents:` as bytes and as an integer, and for every enum named `*_bit` (bit numbers) the bit masks.
  */
 import { type Expr, toTypeScript, namesIn, type EmitScope } from './expression.ts';
 import {
   type Attr, type CaseType, type FieldType, type Instance, type KsySpec, type KsyType, type PosInstance,
   type ValueInstance, KsyError, lowerCamel, upperCamel,
 } from './ksy-model.ts';
+import { type FieldPlace, hiLoPairs, layoutOf } from './layout.ts';
 
 /** Static type of an expression or field, as far as the generator needs to know it. */
 type SType =
@@ -517,7 +523,109 @@ class Emitter {
       this.out.push(`export const ${E} = {\n${en.entries.map((x) => `  ${x.label.toUpperCase()}: ${x.value},`).join('\n')}\n} as const;\n`);
       this.out.push(doc(`Names of enum ${en.name} by value.`, ''));
       this.out.push(`export const ${E}Names: Readonly<Record<number, string>> = {\n${en.entries.map((x) => `  ${x.value}: ${q(x.label)},`).join('\n')}\n};\n`);
+      if (en.name.endsWith('_bit')) this.emitBitEnumMasks(en.name, en.entries);
     }
+  }
+
+  /** For an enum of bit numbers (`x_bit`): `XMask` (label → 1n << bit) and `X_KNOWN_MASK` (all of them). */
+  private emitBitEnumMasks(name: string, entries: readonly { readonly value: number; readonly label: string }[]): void {
+    const base = name.slice(0, -'_bit'.length);
+    for (const x of entries) {
+      if (!Number.isInteger(x.value) || x.value < 0 || x.value > 63) throw new KsyError(`enums.${name}.${x.value}: a bit number must be 0..63`);
+    }
+    const mask = (bit: number): bigint => 1n << BigInt(bit);
+    this.out.push(doc(`Masks of the bits enum ${name} numbers (label → 1n << bit), exact for bits 0..63.`, ''));
+    this.out.push(`export const ${upperCamel(base)}Mask = {\n${entries.map((x) => `  ${x.label.toUpperCase()}: ${hex(mask(x.value))},`).join('\n')}\n} as const;\n`);
+    const all = entries.reduce((m, x) => m | mask(x.value), 0n);
+    this.out.push(doc(`Every bit enum ${name} names, as one mask: the bits this description knows.`, ''));
+    this.out.push(`export const ${base.toUpperCase()}_KNOWN_MASK = ${hex(all)};\n`);
+  }
+
+  // ---------------------------------------------------------------- positions and constants
+
+  /** Layout table, fixed-prefix size, bit masks and shifts, and `contents:` constants of type `t`. */
+  private emitConstants(t: KsyType): void {
+    const T = upperCamel(t.name);
+    const UPPER = t.name.toUpperCase();
+    for (const a of t.seq) {
+      if (!a.contents) continue;
+      const C = `${UPPER}_${a.id.toUpperCase()}`;
+      this.out.push(doc(`The bytes ${t.name}.${a.id} must hold (its contents:).`, ''));
+      this.out.push(`export const ${C}: readonly number[] = [${a.contents.map((b) => `0x${b.toString(16).padStart(2, '0')}`).join(', ')}];\n`);
+      const n = a.contents.length;
+      if (n === 1 || n === 2 || n === 4 || n === 8) {
+        const v = a.contents.reduce((acc, b) => (acc << 8n) | BigInt(b), 0n);
+        this.out.push(doc(`${C} read as a big-endian u${n * 8}.`, ''));
+        this.out.push(`export const ${C}_U${n * 8} = ${n === 8 ? hex(v) : `0x${v.toString(16).padStart(n * 2, '0')}`};\n`);
+      }
+    }
+    const layout = layoutOf(this.spec, t.name);
+    if (layout.fixedSize !== undefined) {
+      this.out.push(doc(`Bytes every ${t.name} starts with at fixed positions: its leading fields that are unconditional and\nof static size (the whole ${t.name} when all its fields are).`, ''));
+      this.out.push(`export const ${UPPER}_FIXED_SIZE = ${layout.fixedSize};\n`);
+    }
+    if (layout.fields.length === 0) return;
+    const entry = (f: FieldPlace): string => {
+      const a = t.seq.find((x) => x.id === f.id)!;
+      const bits = f.bits ? `, shift: ${f.bits.shift}, width: ${f.bits.width}` : '';
+      return `  /** ${a.doc.split('\n')[0]!.replace(/\*\//g, '* /')} */\n  ${lowerCamel(f.id)}: { id: ${q(f.id)}, offset: ${f.offset}, size: ${f.size}${bits} },`;
+    };
+    this.out.push(doc(`Where ${t.name}'s fields are: byte offset and size from the start of a ${t.name}, for every seq field\n`
+      + `whose place does not depend on the data (a field with an if: condition at its place when present).\n`
+      + `A bit field's offset and size are those of the big-endian word it is in, \`shift\` the word bit its\n`
+      + `lowest bit is, \`width\` its bits. \`id\` is the spec's field name.`, ''));
+    this.out.push(`export const ${T}Layout = {\n${layout.fields.map(entry).join('\n')}\n} as const;\n`);
+    const bitFields = layout.fields.filter((f) => f.bits);
+    if (bitFields.length === 0) return;
+    const maskOf = (f: FieldPlace): bigint => ((1n << BigInt(f.bits!.width)) - 1n) << BigInt(f.bits!.shift);
+    const maskLit = (m: bigint, f: FieldPlace): string => `0x${m.toString(16).padStart(f.size * 2, '0')}n`;
+    const pairs = hiLoPairs(layout);
+    const maskLines = [
+      ...bitFields.map((f) => `  /** ${f.id}. */\n  ${lowerCamel(f.id)}: ${maskLit(maskOf(f), f)},`),
+      ...pairs.map((p) => `  /** ${p.hi.id} | ${p.lo.id}. */\n  ${lowerCamel(p.id)}: ${maskLit(maskOf(p.hi) | maskOf(p.lo), p.hi)},`),
+    ];
+    this.out.push(doc(`Masks of ${t.name}'s bit fields within the big-endian word ${T}Layout gives for each (exact bigints);\n`
+      + `an \`x_hi\` / \`x_lo\` pair in one word is also given as the one mask \`x\`.`, ''));
+    this.out.push(`export const ${T}Masks = {\n${maskLines.join('\n')}\n} as const;\n`);
+    this.out.push(doc(`Shifts of ${t.name}'s bit fields: the word bit each field's lowest bit is (${T}Layout's \`shift\`, as bigint).`, ''));
+    this.out.push(`export const ${T}Shifts = {\n${bitFields.map((f) => `  ${lowerCamel(f.id)}: ${f.bits!.shift}n,`).join('\n')}\n} as const;\n`);
+    if (layout.subfields.length === 0) return;
+    const usedParams = [...new Set(layout.subfields.flatMap((s) => s.params))];
+    const paramsT = `Pick<${T}Params, ${usedParams.map((p) => q(lowerCamel(p))).join(' | ')}>`;
+    const fn = lowerCamel(t.name);
+    const splitScope: EmitScope = {
+      name: (n) => `params.${lowerCamel(n)}`,
+      member: () => { throw new KsyError(`types.${t.name}: a split may use params only`); },
+      enumValue: () => { throw new KsyError(`types.${t.name}: a split may use params only`); },
+    };
+    for (const s of layout.subfields) {
+      const w = s.field.bits!.width;
+      this.out.push(`function ${fn}Split_${lowerCamel(s.id)}(params: ${paramsT}): number {\n`
+        + `  const s = ${toTypeScript(s.split, splitScope)};\n`
+        + `  if (!Number.isInteger(s) || s < 0 || s > ${w}) throw new RangeError(\`${t.name}.${s.id}: split \${s} is outside ${s.field.id} (${w} bits)\`);\n`
+        + `  return s;\n}\n`);
+    }
+    const specScope: EmitScope = { ...splitScope, name: (n) => n };
+    const what = layout.subfields.map((s) => {
+      const split = toTypeScript(s.split, specScope);
+      return `${s.id} = ${s.part === 'upper' ? `${s.field.id} >> ${split}` : `${s.field.id} & ((1 << ${split}) - 1)`}`;
+    }).join(';\n');
+    const retT = `{ ${layout.subfields.map((s) => `readonly ${lowerCamel(s.id)}: bigint`).join('; ')} }`;
+    // Each split is computed once, into s0, s1, … (in layout.subfields order).
+    const splits = layout.subfields.map((s, i) => `  const s${i} = ${fn}Split_${lowerCamel(s.id)}(params);\n`).join('');
+    const maskCode = (s: (typeof layout.subfields)[number], i: number): string => {
+      const { shift, width } = s.field.bits!;
+      return s.part === 'upper' ? `((1n << BigInt(${width} - s${i})) - 1n) << BigInt(${shift} + s${i})` : `((1n << BigInt(s${i})) - 1n) << ${shift}n`;
+    };
+    const shiftCode = (s: (typeof layout.subfields)[number], i: number): string =>
+      s.part === 'upper' ? `BigInt(${s.field.bits!.shift} + s${i})` : `${s.field.bits!.shift}n`;
+    this.out.push(doc(`Masks of ${t.name}'s value instances that are part of a bit field split where the params say,\n`
+      + `within the field's big-endian word (${T}Layout):\n${what}.\nThrows RangeError when the params put a split outside its field.`, ''));
+    this.out.push(`export function ${fn}ParamMasks(params: ${paramsT}): ${retT} {\n${splits}`
+      + `  return {\n${layout.subfields.map((s, i) => `    ${lowerCamel(s.id)}: ${maskCode(s, i)},`).join('\n')}\n  };\n}\n`);
+    this.out.push(doc(`Shifts of the instances ${fn}ParamMasks masks: the word bit each one's lowest bit is. Same RangeError.`, ''));
+    this.out.push(`export function ${fn}ParamShifts(params: ${paramsT}): ${retT} {\n${splits}`
+      + `  return {\n${layout.subfields.map((s, i) => `    ${lowerCamel(s.id)}: ${shiftCode(s, i)},`).join('\n')}\n  };\n}\n`);
   }
 
   emit(): string {
@@ -531,6 +639,7 @@ class Emitter {
       + `type NoParams = Record<string, never>;\ninterface DecodeContext { root: unknown; readonly rootIo: ByteReader; readonly fieldsOnly: boolean }\ninterface EncodeContext { readonly root: unknown }\n`
       + `// kaitaiMod is referenced only by some expressions.\nvoid kaitaiMod;\n`);
     this.emitEnums();
+    for (const t of this.spec.types.values()) this.emitConstants(t);
     for (const t of this.spec.types.values()) this.emitInterfaces(t);
     for (const t of this.spec.types.values()) {
       for (const i of t.instances) if (i.kind === 'value') this.emitValueInstanceFn(t, i);
@@ -539,6 +648,11 @@ class Emitter {
     }
     return this.out.join('\n');
   }
+}
+
+/** `0x…n`: an exact bigint literal in hex. */
+function hex(v: bigint): string {
+  return `0x${v.toString(16)}n`;
 }
 
 function indent(s: string, by: string): string {

@@ -6,10 +6,9 @@
  * extensions from header_length on (each padded to 8 bytes), the end marker, then the backing file
  * name, then zeros to the end of the cluster.
  */
-import { decodeHeader, decodeHeaderExtensionFields, HeaderExtensionType } from '../../generated/qcow2.ts';
+import { decodeHeader, decodeHeaderExtensionFields, HeaderExtensionType, HeaderLayout } from '../../generated/qcow2.ts';
 import { encodeHeaderState, headerLengthOf, headerStateFrom } from '../model/header.ts';
 import type { HeaderState } from '../model/image.ts';
-import { HEADER_FIELD_BYTES } from '../model/header.ts';
 
 /** One header extension as raw bytes (type, data without padding). */
 export interface RawExtension {
@@ -119,11 +118,11 @@ export function peek(bytes: Uint8Array, offset: number, width: 1 | 2 | 4 | 8): b
   return v;
 }
 
-/** Header field byte positions (src/model/header.ts, docs/format/header.md#header-layout). */
-export const HEADER_FIELD = HEADER_FIELD_BYTES;
+/** Header field byte positions and sizes (the spec's HeaderLayout). */
+export const HEADER_FIELD = HeaderLayout;
 
 /** A copy of `bytes` with header field `field` set to `value` (raw poke: no other field changes). */
 export function pokeHeader(bytes: Uint8Array, field: keyof typeof HEADER_FIELD, value: bigint): Uint8Array {
-  const [at, width] = HEADER_FIELD[field];
-  return poke(bytes, at, width, value);
+  const { offset, size } = HEADER_FIELD[field];
+  return poke(bytes, offset, size, value);
 }

@@ -17,8 +17,9 @@
  * Every expectation comes from the model (openImage, checkImage); a family states what it intends
  * (the open error code) and generation fails if the model disagrees.
  */
-import { encodeFeatureNameEntry, FeatureType, HeaderExtensionType } from '../../generated/qcow2.ts';
+import { encodeFeatureNameEntry, FeatureType, HEADER_MAGIC_U32, HeaderExtensionType } from '../../generated/qcow2.ts';
 import { corrupt, CORRUPTIONS, type CorruptionName } from '../corrupt/catalog.ts';
+import { INT64_MAX } from '../format/limits.ts';
 import type { CreateOptions } from '../model/create.ts';
 import type { OpenErrorCode } from '../open/open.ts';
 import type { Op } from '../model/ops.ts';
@@ -37,7 +38,6 @@ const K = 1024;
 const SMALL_CLUSTERS: readonly number[] = [512, 512, 1 * K, 1 * K, 2 * K];
 const U32_MAX = 0xffffffffn;
 const U64_MAX = (1n << 64n) - 1n;
-const INT64_MAX = (1n << 63n) - 1n;
 
 /** What an invalid image is made from before its poke. */
 interface Base {
@@ -126,7 +126,7 @@ const headerFamilies: Family[] = [
   openFamily('bad-magic', 'the magic is not QFI\\xfb (opened as qcow2: "Image is not in qcow2 format")', (prng) =>
     headerPoke(prng, 'magic', () => {
       let m = BigInt(prng.nextU32());
-      while (m === 0x514649fbn) m = BigInt(prng.nextU32());
+      while (m === BigInt(HEADER_MAGIC_U32)) m = BigInt(prng.nextU32());
       return prng.chance(0.3) ? 0n : m;
     })),
   openFamily('unsupported-version', 'version other than 2 or 3 (0, 1, 4, up to 2^32-1)', (prng) =>
@@ -253,7 +253,7 @@ const extensionFamilies: Family[] = [
     // bytes than are left before the end of the extension area.
     const headerLen = c.header.version === 2 ? 72 : c.header.headerLength;
     const at = headerLen + c.extensions.reduce((n, e) => n + 8 + ((e.data.length + 7) & ~7), 0);
-    const areaEnd = withBacking ? Number(peek(bytes, HEADER_FIELD.backingFileOffset[0], 8)) : b.clusterSize;
+    const areaEnd = withBacking ? Number(peek(bytes, HEADER_FIELD.backingFileOffset.offset, HEADER_FIELD.backingFileOffset.size)) : b.clusterSize;
     const len = boundary(prng, BigInt(areaEnd - (at + 8) + 1), U32_MAX);
     return { bytes: poke(bytes, at + 4, 4, len), create: b.create, features: ['cve:length-out-of-bounds', `extension-area-ends-at:${withBacking ? 'backing-name' : 'cluster-end'}`] };
   }),

@@ -12,7 +12,11 @@
  * result. Used by test/qemu/corruption-injection.test.ts and by the corpus generator's invalid
  * families.
  */
-import { encodeSnapshotEntry, type SnapshotEntryFields } from '../../generated/qcow2.ts';
+import {
+  CompatibleFeatureMask, encodeSnapshotEntry, HeaderLayout, IncompatibleFeatureMask, L1_ENTRY_FIXED_SIZE, L1EntryMasks,
+  L2EntryMasks, RefcountTableEntryMasks, type SnapshotEntryFields,
+} from '../../generated/qcow2.ts';
+import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA } from '../format/limits.ts';
 import type { Image } from '../model/image.ts';
 import { storeImage } from '../model/load-store.ts';
 import {
@@ -146,25 +150,25 @@ export type CorruptionName =
 // ---------------------------------------------------------------------------------------------
 // Bits of the entries (docs/format/mapping.md, docs/format/refcounts.md#refcount-table)
 
-const COPIED = 1n << 63n;
-const COMPRESSED = 1n << 62n;
-const L1_OFFSET_MASK = 0x00fffffffffffe00n;
-const L1_RESERVED_MASK = 0x7f000000000001ffn;
-const L2_OFFSET_MASK = 0x00fffffffffffe00n;
-const L2_RESERVED_MASK = 0x3f000000000001fen;
-const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
-const REFT_RESERVED_MASK = 0x1ffn;
-const ZERO_FLAG = 1n;
-const ALL_ALLOCATED = 0xffffffffn;
-const INCOMPAT_DIRTY = 1n;
-const COMPAT_LAZY_REFCOUNTS = 1n;
-/** Header fields (docs/format/header.md#header-layout): incompatible_features at 72, compatible_features at 80. */
-const INCOMPAT_OFFSET = 72n;
-const COMPAT_OFFSET = 80n;
+const COPIED = L1EntryMasks.copied;
+const COMPRESSED = L2EntryMasks.compressed;
+const L1_OFFSET_MASK = L1EntryMasks.l2Offset;
+const L1_RESERVED_MASK = L1EntryMasks.reserved;
+const L2_OFFSET_MASK = L2EntryMasks.hostOffset;
+const L2_RESERVED_MASK = L2EntryMasks.reserved;
+const REFT_OFFSET_MASK = RefcountTableEntryMasks.refblockOffset;
+const REFT_RESERVED_MASK = RefcountTableEntryMasks.reserved;
+const ZERO_FLAG = L2EntryMasks.zero;
+const ALL_ALLOCATED = L2EntryMasks.allocBitmap;
+const INCOMPAT_DIRTY = IncompatibleFeatureMask.DIRTY;
+const COMPAT_LAZY_REFCOUNTS = CompatibleFeatureMask.LAZY_REFCOUNTS;
+/** Header fields incompatible_features and compatible_features (the spec's HeaderLayout). */
+const INCOMPAT_OFFSET = BigInt(HeaderLayout.incompatibleFeatures.offset);
+const COMPAT_OFFSET = BigInt(HeaderLayout.compatibleFeatures.offset);
 /** Entries QEMU's check accepts in a snapshot L1 (QCOW_MAX_L1_SIZE / 8 = 4 Mi, docs/format/check.md#reference-counting-pass). */
-const MAX_L1_ENTRIES = 0x400000n;
+const MAX_L1_ENTRIES = BigInt(QCOW_MAX_L1_SIZE / L1_ENTRY_FIXED_SIZE);
 /** Largest extra data QEMU reads (QCOW_MAX_SNAPSHOT_EXTRA_DATA, docs/format/snapshots.md#limits). */
-const MAX_EXTRA_DATA = 1024;
+const MAX_EXTRA_DATA = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
 /** A past-EOF pointer lands at most this many clusters beyond the end (QEMU's check sizes its refcount array by it). */
 const MAX_PAST_EOF_CLUSTERS = 1n << 20n;
 /**
@@ -540,7 +544,7 @@ const unalignedRefblock: Corruption = {
 const reservedL1: Corruption = {
   name: 'reserved-bits-l1',
   category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x7f000000000001ff) of an active L1 entry is set (docs/format/mapping.md#l1-entries)',
+  title: 'a reserved bit (L1E_RESERVED_MASK) of an active L1 entry is set (docs/format/mapping.md#l1-entries)',
   apply(l, rng) {
     const slots = l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false).filter((s) => (s.word & L1_RESERVED_MASK) !== L1_RESERVED_MASK);
     if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
@@ -555,7 +559,7 @@ const reservedL1: Corruption = {
 const reservedL2: Corruption = {
   name: 'reserved-bits-l2',
   category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x3f000000000001fe) of a standard (not compressed) active L2 entry is set (docs/format/mapping.md#standard-l2-entries: reads work, check counts it)',
+  title: 'a reserved bit (L2E_STD_RESERVED_MASK) of a standard (not compressed) active L2 entry is set (docs/format/mapping.md#standard-l2-entries: reads work, check counts it)',
   apply(l, rng) {
     const slots = l2Slots(l, (s) => (s.word & COMPRESSED) === 0n, rng.int(4) === 0);
     if (slots.length === 0) return notApplicable(this, 'no standard active L2 entry');

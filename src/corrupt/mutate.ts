@@ -14,6 +14,7 @@
  * lists; `applyMutations` returns a new array. Finding the targets walks the whole image (walkImage:
  * every entry and refcount decoded), which is meant for seed images, computed once.
  */
+import { HeaderLayout } from '../../generated/qcow2.ts';
 import { walkImage } from '../format/walk.ts';
 import { layoutOf } from './layout.ts';
 
@@ -101,28 +102,29 @@ export function mutationTargets(bytes: Uint8Array): MutationTargets {
 
   // Header (docs/format/header.md#header-layout).
   region('header-cluster', 0n, BigInt(cs));
-  const header: [string, number, MutationField['width'], FieldRole][] = [
-    ['version', 4, 4, 'other'],
-    ['backing_file_offset', 8, 8, 'offset'],
-    ['backing_file_size', 16, 4, 'size'],
-    ['cluster_bits', 20, 4, 'other'],
-    ['size', 24, 8, 'size'],
-    ['crypt_method', 32, 4, 'other'],
-    ['l1_size', 36, 4, 'count'],
-    ['l1_table_offset', 40, 8, 'offset'],
-    ['refcount_table_offset', 48, 8, 'offset'],
-    ['refcount_table_clusters', 56, 4, 'count'],
-    ['nb_snapshots', 60, 4, 'count'],
-    ['snapshots_offset', 64, 8, 'offset'],
+  const L = HeaderLayout;
+  const header: [{ readonly id: string; readonly offset: number; readonly size: MutationField['width'] }, FieldRole][] = [
+    [L.version, 'other'],
+    [L.backingFileOffset, 'offset'],
+    [L.backingFileSize, 'size'],
+    [L.clusterBits, 'other'],
+    [L.size, 'size'],
+    [L.cryptMethod, 'other'],
+    [L.l1Size, 'count'],
+    [L.l1TableOffset, 'offset'],
+    [L.refcountTableOffset, 'offset'],
+    [L.refcountTableClusters, 'count'],
+    [L.nbSnapshots, 'count'],
+    [L.snapshotsOffset, 'offset'],
   ];
   if (h.version >= 3) {
-    header.push(['incompatible_features', 72, 8, 'flags'], ['compatible_features', 80, 8, 'flags'], ['autoclear_features', 88, 8, 'flags']);
-    header.push(['refcount_order', 96, 4, 'other'], ['header_length', 100, 4, 'size']);
-    if (h.headerLength > 104) header.push(['compression_type', 104, 1, 'other']);
+    header.push([L.incompatibleFeatures, 'flags'], [L.compatibleFeatures, 'flags'], [L.autoclearFeatures, 'flags']);
+    header.push([L.refcountOrder, 'other'], [L.headerLength, 'size']);
+    if (h.headerLength > L.compressionType.offset) header.push([L.compressionType, 'other']);
   }
-  for (const [name, o, width, role] of header) {
-    field(`header.${name}`, o, width, role);
-    boundaries.add(o);
+  for (const [f, role] of header) {
+    field(`header.${f.id}`, f.offset, f.size, role);
+    boundaries.add(f.offset);
   }
 
   // Header extensions: type and length of each (the end marker too), and the known pointer fields.

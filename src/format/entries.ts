@@ -7,7 +7,10 @@
  * Rules follow QEMU's qcow2_get_cluster_type / qcow2_get_subcluster_type
  * (see docs/format/mapping.md#l1-entries through #subcluster-types, and docs/format/refcounts.md#refcount-table).
  */
-import type { L1EntryFields, L2EntryFields, RefcountTableEntryFields, U64Fields } from '../../generated/qcow2.ts';
+import {
+  L1EntryMasks, L1EntryShifts, L2EntryMasks, L2EntryShifts, type L1EntryFields, type L2EntryFields, type RefcountTableEntryFields,
+  type U64Fields,
+} from '../../generated/qcow2.ts';
 import { offsetFromParts, u64ToBigInt } from './u64.ts';
 
 /** What decides how an L2 entry is read, besides its bits. */
@@ -141,26 +144,26 @@ export function subclusterStates(entry: L2EntryFields, ctx: L2Context): Subclust
  * extended entries the bitmap word (zero bits 63..32, alloc bits 31..0).
  */
 export function l2EntryWords(entry: L2EntryFields): { word: bigint; bitmap?: bigint } {
-  let word = (entry.copied ? 1n << 63n : 0n) | (entry.compressed ? 1n << 62n : 0n);
+  let word = (entry.copied ? L2EntryMasks.copied : 0n) | (entry.compressed ? L2EntryMasks.compressed : 0n);
   if (entry.compressed) {
-    word |= (BigInt((entry.compressedHi ?? 0) >>> 0) << 32n) | BigInt((entry.compressedLo ?? 0) >>> 0);
+    word |= (BigInt((entry.compressedHi ?? 0) >>> 0) << L2EntryShifts.compressedHi) | (BigInt((entry.compressedLo ?? 0) >>> 0) << L2EntryShifts.compressedLo);
   } else {
-    word |= BigInt((entry.reservedHi ?? 0) >>> 0) << 56n;
+    word |= BigInt((entry.reservedHi ?? 0) >>> 0) << L2EntryShifts.reservedHi;
     word |= l2HostOffset(entry);
-    word |= BigInt((entry.reservedLo ?? 0) >>> 0) << 1n;
-    word |= entry.zero === true ? 1n : 0n;
+    word |= BigInt((entry.reservedLo ?? 0) >>> 0) << L2EntryShifts.reservedLo;
+    word |= entry.zero === true ? L2EntryMasks.zero : 0n;
   }
   if (entry.zeroBitmap === undefined || entry.allocBitmap === undefined) return { word };
-  return { word, bitmap: (BigInt(entry.zeroBitmap >>> 0) << 32n) | BigInt(entry.allocBitmap >>> 0) };
+  return { word, bitmap: (BigInt(entry.zeroBitmap >>> 0) << L2EntryShifts.zeroBitmap) | (BigInt(entry.allocBitmap >>> 0) << L2EntryShifts.allocBitmap) };
 }
 
 /**
- * Reserved bits of a standard L2 descriptor that are set (mask 0x3f000000000001fe), as a bigint;
+ * Reserved bits of a standard L2 descriptor that are set (mask L2EntryMasks.reserved), as a bigint;
  * 0n for compressed entries (their reserved bits are not separable) and clean entries.
  */
 export function l2ReservedBits(entry: L2EntryFields): bigint {
   if (entry.compressed) return 0n;
-  return (BigInt((entry.reservedHi ?? 0) >>> 0) << 56n) | (BigInt((entry.reservedLo ?? 0) >>> 0) << 1n);
+  return (BigInt((entry.reservedHi ?? 0) >>> 0) << L2EntryShifts.reservedHi) | (BigInt((entry.reservedLo ?? 0) >>> 0) << L2EntryShifts.reservedLo);
 }
 
 /** The L2 table offset held by an L1 entry (bits 9..55), exact; 0n means no L2 table. */
@@ -171,16 +174,16 @@ export function l1L2Offset(entry: L1EntryFields): bigint {
 /** The exact 64-bit value of an L1 entry (COPIED, reserved bits and offset). */
 export function l1EntryWord(entry: L1EntryFields): bigint {
   return (
-    (entry.copied ? 1n << 63n : 0n) |
-    (BigInt(entry.reservedHi >>> 0) << 56n) |
+    (entry.copied ? L1EntryMasks.copied : 0n) |
+    (BigInt(entry.reservedHi >>> 0) << L1EntryShifts.reservedHi) |
     l1L2Offset(entry) |
-    BigInt(entry.reservedLo >>> 0)
+    (BigInt(entry.reservedLo >>> 0) << L1EntryShifts.reservedLo)
   );
 }
 
-/** Reserved bits of an L1 entry that are set (mask 0x7f000000000001ff), as a bigint. */
+/** Reserved bits of an L1 entry that are set (mask L1EntryMasks.reserved), as a bigint. */
 export function l1ReservedBits(entry: L1EntryFields): bigint {
-  return (BigInt(entry.reservedHi >>> 0) << 56n) | BigInt(entry.reservedLo >>> 0);
+  return (BigInt(entry.reservedHi >>> 0) << L1EntryShifts.reservedHi) | (BigInt(entry.reservedLo >>> 0) << L1EntryShifts.reservedLo);
 }
 
 /** The refcount block offset held by a refcount-table entry (bits 9..63), exact; 0n means no block. */

@@ -4,7 +4,7 @@
  */
 import { match } from 'ts-pattern';
 import type { U64Fields } from '../../generated/qcow2.ts';
-import { HeaderExtensionType } from '../../generated/qcow2.ts';
+import { AutoclearFeatureBit, CompatibleFeatureBit, FeatureType, HeaderExtensionType, IncompatibleFeatureBit } from '../../generated/qcow2.ts';
 import { u64ToBigInt } from './u64.ts';
 
 /** The three feature fields of a version-3 header. */
@@ -21,20 +21,20 @@ export interface KnownFeature {
 
 /** Incompatible feature bits (unknown set bit ⇒ an image must not be opened). */
 export const INCOMPATIBLE_FEATURES: readonly KnownFeature[] = [
-  { bit: 0, name: 'dirty bit', key: 'dirty' },
-  { bit: 1, name: 'corrupt bit', key: 'corrupt' },
-  { bit: 2, name: 'external data file', key: 'data-file' },
-  { bit: 3, name: 'compression type', key: 'compression-type' },
-  { bit: 4, name: 'extended L2 entries', key: 'extended-l2' },
+  { bit: IncompatibleFeatureBit.DIRTY, name: 'dirty bit', key: 'dirty' },
+  { bit: IncompatibleFeatureBit.CORRUPT, name: 'corrupt bit', key: 'corrupt' },
+  { bit: IncompatibleFeatureBit.EXTERNAL_DATA_FILE, name: 'external data file', key: 'data-file' },
+  { bit: IncompatibleFeatureBit.COMPRESSION_TYPE, name: 'compression type', key: 'compression-type' },
+  { bit: IncompatibleFeatureBit.EXTENDED_L2, name: 'extended L2 entries', key: 'extended-l2' },
 ];
 
 /** Compatible feature bits (unknown ones may be ignored). */
-export const COMPATIBLE_FEATURES: readonly KnownFeature[] = [{ bit: 0, name: 'lazy refcounts', key: 'lazy-refcounts' }];
+export const COMPATIBLE_FEATURES: readonly KnownFeature[] = [{ bit: CompatibleFeatureBit.LAZY_REFCOUNTS, name: 'lazy refcounts', key: 'lazy-refcounts' }];
 
 /** Autoclear feature bits (a writer that does not know one must clear it). */
 export const AUTOCLEAR_FEATURES: readonly KnownFeature[] = [
-  { bit: 0, name: 'bitmaps', key: 'bitmaps' },
-  { bit: 1, name: 'raw external data', key: 'data-file-raw' },
+  { bit: AutoclearFeatureBit.BITMAPS, name: 'bitmaps', key: 'bitmaps' },
+  { bit: AutoclearFeatureBit.RAW_EXTERNAL_DATA, name: 'raw external data', key: 'data-file-raw' },
 ];
 
 /** The known bits of one feature field. */
@@ -48,7 +48,9 @@ export function knownFeatures(field: FeatureField): readonly KnownFeature[] {
 
 /** The feature field a feature-name-table entry's type byte names (0, 1, 2), or undefined for other values. */
 export function featureFieldOfType(featureType: number): FeatureField | undefined {
-  return featureType === 0 ? 'incompatible' : featureType === 1 ? 'compatible' : featureType === 2 ? 'autoclear' : undefined;
+  return featureType === FeatureType.INCOMPATIBLE ? 'incompatible'
+    : featureType === FeatureType.COMPATIBLE ? 'compatible'
+      : featureType === FeatureType.AUTOCLEAR ? 'autoclear' : undefined;
 }
 
 /** A feature field split into the bits this implementation knows and the rest. */

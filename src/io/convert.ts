@@ -42,6 +42,7 @@
  * `info` and `map` (src/io/open-file.ts): backing files only with --allow-backing.
  */
 import { closeSync, fstatSync, ftruncateSync, openSync } from 'node:fs';
+import { HEADER_MAGIC } from '../../generated/qcow2.ts';
 import { rename, rm, stat } from 'node:fs/promises';
 import { isZeroBytes } from '../codec/bytes.ts';
 import { isQcow2FormatError } from '../codec/errors.ts';
@@ -551,15 +552,13 @@ async function copy(source: ConvertSource, sink: ConvertSink, compressed: boolea
 // ---------------------------------------------------------------------------------------------
 // The conversion
 
-const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
-
 /** Whether the file at `path` starts with the qcow2 magic (false when it is shorter). */
 function startsWithQcow2Magic(path: string): boolean {
   const r = fileReader(path);
   try {
     if (r.length < 4n) return false;
     const head = r.read(0n, 4);
-    return QCOW2_MAGIC.every((m, i) => head[i] === m);
+    return HEADER_MAGIC.every((m, i) => head[i] === m);
   } finally {
     r.close();
   }

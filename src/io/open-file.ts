@@ -40,6 +40,7 @@
 import { fstatSync } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { HEADER_MAGIC } from '../../generated/qcow2.ts';
 import { isQcow2FormatError } from '../codec/errors.ts';
 import { hostFromReader } from '../model/host-file.ts';
 import { HostReaderError } from '../model/host-reader.ts';
@@ -230,7 +231,7 @@ export function backingPathOf(imagePath: string, name: string, allow: boolean): 
   return qemuFullBackingFilename(imagePath, name);
 }
 
-const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb];
+const QCOW2_MAGIC = HEADER_MAGIC;
 
 function isQcow2(bytes: Uint8Array): boolean {
   return QCOW2_MAGIC.every((m, i) => bytes[i] === m);

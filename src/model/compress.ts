@@ -23,7 +23,7 @@
  * Both encoders come from the installed codecs (compression.ts; in Node src/io/node-compression.ts:
  * pako for zlib, @bokuweb/zstd-wasm 0.0.22's libzstd for zstd, whose frames equal QEMU 7.2's).
  */
-import type { L2EntryFields } from '../../generated/qcow2.ts';
+import { L2EntryMasks, type L2EntryFields } from '../../generated/qcow2.ts';
 import { l2EntryWords } from '../format/entries.ts';
 import { compressionCodecs } from './compression.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
@@ -111,7 +111,7 @@ function writeCompressed(tx: Tx, offset: bigint, data: Uint8Array): void {
     const { l2: l2Index } = l1l2Index(tx, at);
     const old = readL2Entry(tx, l2Offset, l2Index);
     // "Compression can't overwrite anything": any offset bits in the entry refuse the write.
-    if ((l2EntryWords(old).word & 0x00fffffffffffe00n) !== 0n || old.compressed) {
+    if ((l2EntryWords(old).word & L2EntryMasks.hostOffset) !== 0n || old.compressed) {
       throw new ModelError('unsupported', EIO, `compressed write to an allocated cluster at guest offset 0x${at.toString(16)}`);
     }
     // QEMU allocates the bytes (refcount and L2 entry in its caches), then runs the overlap check

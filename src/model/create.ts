@@ -22,10 +22,12 @@ import {
   encodeRefcountTableEntry,
   FeatureType,
   HeaderExtensionType,
+  L1_ENTRY_FIXED_SIZE,
   type FeatureNameEntryFields,
   type HeaderExtensionFields,
 } from '../../generated/qcow2.ts';
 import { asciiEncode } from '../codec/codec-support.ts';
+import { BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_MAX_L1_SIZE } from '../format/limits.ts';
 import { offsetToParts } from '../format/u64.ts';
 import { emptyHostFile, truncateHost, writeHost, type HostFile } from './host-file.ts';
 import { encodeHeaderState, V2_HEADER_LENGTH, V3_HEADER_LENGTH } from './header.ts';
@@ -118,16 +120,12 @@ export interface CreateResult {
 // ---------------------------------------------------------------------------------------------
 // Constants of QEMU 7.2 (block/qcow2.h, include/block/block_int-common.h)
 
-const MIN_CLUSTER_BITS = 9;
-const MAX_CLUSTER_BITS = 21;
-/** QCOW_MAX_L1_SIZE: 32 MiB of L1 entries. */
-const MAX_L1_ENTRIES = (32 * 1024 * 1024) / 8;
+/** QCOW_MAX_L1_SIZE in L1 entries (4 Mi). */
+const MAX_L1_ENTRIES = QCOW_MAX_L1_SIZE / L1_ENTRY_FIXED_SIZE;
 /** BDRV_REQUEST_MAX_BYTES = (INT_MAX >> 9) << 9. */
 const REQUEST_MAX_BYTES = 0x7ffffe00;
-const INT_MAX = 0x7fffffff;
-/** Largest image length the block layer accepts (QEMU_ALIGN_DOWN(INT64_MAX, 2^30)... as printed by 7.2). */
-const MAX_IMAGE_LENGTH = 9223372035781033984n;
-const INT64_MAX = (1n << 63n) - 1n;
+/** Largest image length the block layer accepts: BDRV_MAX_LENGTH, printed by 7.2 as 9223372035781033984. */
+const MAX_IMAGE_LENGTH = BDRV_MAX_LENGTH;
 
 /** The feature name table QEMU 7.2 writes (docs/format/create.md#feature-name-table-written): 8 entries in this order. */
 const FEATURE_TABLE: readonly FeatureNameEntryFields[] = [

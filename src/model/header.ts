@@ -5,41 +5,20 @@
  * > 104, zero padding up to byte 112 and any unknown additional fields (bytes 112..header_length)
  * preserved verbatim (docs/format/header.md#header-length).
  */
-import { encodeHeader, type Header, type HeaderFields } from '../../generated/qcow2.ts';
+import { encodeHeader, HEADER_FIXED_SIZE, HEADER_MAGIC, HeaderLayout, type Header, type HeaderFields } from '../../generated/qcow2.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
 import { readHost, writeHost } from './host-file.ts';
 import { type HostIO } from './host-io.ts';
 import type { HeaderState, Image } from './image.ts';
 
-/** Bytes of a version 2 header. */
-export const V2_HEADER_LENGTH = 72;
+/** Bytes of a version 2 header: the header's unconditional fields (spec/qcow2.ksy). */
+export const V2_HEADER_LENGTH = HEADER_FIXED_SIZE;
 /** header_length QEMU 7.2 writes for version 3 (docs/format/header.md#header-length). */
 export const V3_HEADER_LENGTH = 112;
 /** Offset of the first additional field (compression_type). */
-const ADDITIONAL_FIELDS_START = 104;
-
-/** Byte position and width of every header field (docs/format/header.md#header-layout), for writes and pokes of single fields. */
-export const HEADER_FIELD_BYTES = {
-  magic: [0, 4],
-  version: [4, 4],
-  backingFileOffset: [8, 8],
-  backingFileSize: [16, 4],
-  clusterBits: [20, 4],
-  size: [24, 8],
-  cryptMethod: [32, 4],
-  l1Size: [36, 4],
-  l1TableOffset: [40, 8],
-  refcountTableOffset: [48, 8],
-  refcountTableClusters: [56, 4],
-  nbSnapshots: [60, 4],
-  snapshotsOffset: [64, 8],
-  incompatibleFeatures: [72, 8],
-  compatibleFeatures: [80, 8],
-  autoclearFeatures: [88, 8],
-  refcountOrder: [96, 4],
-  headerLength: [100, 4],
-  compressionType: [104, 1],
-} as const satisfies Record<string, readonly [number, 1 | 2 | 4 | 8]>;
+const ADDITIONAL_FIELDS_START = HeaderLayout.compressionType.offset;
+/** Offset of the padding after compression_type. */
+const PADDING_START = HeaderLayout.compressionType.offset + HeaderLayout.compressionType.size;
 
 /** Length in bytes of the header `h` describes (72 for version 2, header_length for version 3). */
 export function headerLengthOf(h: HeaderState): number {
@@ -53,7 +32,7 @@ export function headerLengthOf(h: HeaderState): number {
  */
 export function headerFieldsOf(h: HeaderState, unknownHeaderBytes?: Uint8Array): HeaderFields {
   const base: HeaderFields = {
-    magic: new Uint8Array([0x51, 0x46, 0x49, 0xfb]),
+    magic: Uint8Array.from(HEADER_MAGIC),
     version: h.version,
     backingFileOffset: bigIntToU64(h.backingFileOffset),
     backingFileSize: h.backingFileSize,
@@ -79,7 +58,7 @@ export function headerFieldsOf(h: HeaderState, unknownHeaderBytes?: Uint8Array):
   };
   // Additional fields exist only when header_length reaches them (docs/format/header.md#additional-fields).
   if (len > ADDITIONAL_FIELDS_START) fields.compressionType = h.compressionType;
-  if (len > ADDITIONAL_FIELDS_START + 1) fields.padding = new Uint8Array(Math.min(len, V3_HEADER_LENGTH) - 105);
+  if (len > PADDING_START) fields.padding = new Uint8Array(Math.min(len, V3_HEADER_LENGTH) - PADDING_START);
   if (len > V3_HEADER_LENGTH) {
     const n = len - V3_HEADER_LENGTH;
     const unknown = new Uint8Array(n);

@@ -5,6 +5,7 @@
  * compressed-packing cursor). Nothing here mutates; every change produces a new Image sharing all
  * untouched pages with the old one.
  */
+import { AutoclearFeatureMask, CompatibleFeatureMask, IncompatibleFeatureMask } from '../../generated/qcow2.ts';
 import type { HostFile } from './host-file.ts';
 
 /** The decoded header fields the model works with (64-bit values as bigint). */
@@ -96,17 +97,24 @@ export interface Geometry {
   readonly externalDataFile: boolean;
 }
 
-/** Incompatible feature bits (docs/format/header.md#incompatible-features). */
-export const INCOMPAT_DIRTY = 1n;
-export const INCOMPAT_CORRUPT = 2n;
-export const INCOMPAT_DATA_FILE = 4n;
-export const INCOMPAT_COMPRESSION = 8n;
-export const INCOMPAT_EXTL2 = 16n;
-/** Compatible bit 0: lazy refcounts. */
-export const COMPAT_LAZY_REFCOUNTS = 1n;
-/** Autoclear bits: 0 bitmaps, 1 raw external data. */
-export const AUTOCLEAR_BITMAPS = 1n;
-export const AUTOCLEAR_DATA_FILE_RAW = 2n;
+// Feature bit masks under QEMU's names (QCOW2_INCOMPAT_*, QCOW2_COMPAT_*, QCOW2_AUTOCLEAR_*), taken
+// from the spec's feature-bit enums (generated/qcow2.ts).
+/** Incompatible bit 0: the refcounts may be inconsistent (QCOW2_INCOMPAT_DIRTY). */
+export const INCOMPAT_DIRTY = IncompatibleFeatureMask.DIRTY;
+/** Incompatible bit 1: the metadata may be corrupt (QCOW2_INCOMPAT_CORRUPT). */
+export const INCOMPAT_CORRUPT = IncompatibleFeatureMask.CORRUPT;
+/** Incompatible bit 2: guest data lives in an external data file (QCOW2_INCOMPAT_DATA_FILE). */
+export const INCOMPAT_DATA_FILE = IncompatibleFeatureMask.EXTERNAL_DATA_FILE;
+/** Incompatible bit 3: the compression_type field is not zlib (QCOW2_INCOMPAT_COMPRESSION). */
+export const INCOMPAT_COMPRESSION = IncompatibleFeatureMask.COMPRESSION_TYPE;
+/** Incompatible bit 4: extended L2 entries (QCOW2_INCOMPAT_EXTL2). */
+export const INCOMPAT_EXTL2 = IncompatibleFeatureMask.EXTENDED_L2;
+/** Compatible bit 0: lazy refcounts (QCOW2_COMPAT_LAZY_REFCOUNTS). */
+export const COMPAT_LAZY_REFCOUNTS = CompatibleFeatureMask.LAZY_REFCOUNTS;
+/** Autoclear bit 0: the bitmaps extension is consistent (QCOW2_AUTOCLEAR_BITMAPS). */
+export const AUTOCLEAR_BITMAPS = AutoclearFeatureMask.BITMAPS;
+/** Autoclear bit 1: the external data file is a valid raw image (QCOW2_AUTOCLEAR_DATA_FILE_RAW). */
+export const AUTOCLEAR_DATA_FILE_RAW = AutoclearFeatureMask.RAW_EXTERNAL_DATA;
 
 /** Geometry per header object: headers are immutable values, and geometry is asked for on every access. */
 const geometryCache = new WeakMap<HeaderState, Geometry>();

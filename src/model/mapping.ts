@@ -6,6 +6,7 @@
 import { strerror } from './errno.ts';
 import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
 import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
+import { INT_MAX, QCOW_MAX_L1_SIZE } from '../format/limits.ts';
 import { offsetToParts } from '../format/u64.ts';
 import { EFBIG, EIO, ModelError } from './errors.ts';
 import { hostSpotAt, sharedZeros } from './host-file.ts';
@@ -173,9 +174,9 @@ export function statesOf(tx: Tx, entry: L2EntryFields | undefined): SubclusterSt
 }
 
 /** INT_MAX: qcow2_grow_l1_table refuses more than INT_MAX / 8 entries before computing a size. */
-const INT_MAX = 0x7fffffffn;
+const INT_MAX_N = BigInt(INT_MAX);
 /** QCOW_MAX_L1_SIZE: 32 MiB of L1 table. */
-const MAX_L1_BYTES = 32n * 1024n * 1024n;
+const MAX_L1_BYTES = BigInt(QCOW_MAX_L1_SIZE);
 
 /**
  * The number of entries the L1 table grows to for `minSize` needed entries (qcow2_grow_l1_table):
@@ -203,7 +204,7 @@ export function growL1Table(tx: Tx, minSize: bigint, exactSize: boolean): void {
   const h = tx.img.header;
   if (minSize <= BigInt(h.l1Size)) return;
   // "Do a sanity check on min_size before trying to calculate new_l1_size".
-  if (minSize > INT_MAX / 8n) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
+  if (minSize > INT_MAX_N / 8n) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   const newSize = grownL1Size(h.l1Size, minSize, exactSize);
   if (newSize > MAX_L1_BYTES / 8n) throw new ModelError('too-big', EFBIG, strerror(EFBIG));
   const n = Number(newSize);

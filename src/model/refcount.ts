@@ -24,6 +24,7 @@ import {
   decodeRefcountBlockFields, decodeRefcountTableEntryFields, encodeRefcountBlock, encodeRefcountTableEntry, type U64Fields,
 } from '../../generated/qcow2.ts';
 import { refcountBlockOffset, refcountValue } from '../format/entries.ts';
+import { INT64_MAX, QCOW_MAX_REFTABLE_SIZE } from '../format/limits.ts';
 import { bigIntToU64, offsetToParts } from '../format/u64.ts';
 import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
 import { hostPage, hostSpotAt, viewHost } from './host-file.ts';
@@ -31,8 +32,7 @@ import { PAGE_SIZE } from './page-map.ts';
 import { type Tx, checkpointImg, geo, hostFlush, hostWrite, isOwnedPage, setFreeClusterIndex, setHeaderFields, setSession } from './tx.ts';
 
 /** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
-export const MAX_REFTABLE_BYTES = 8n * 1024n * 1024n;
-const INT64_MAX = (1n << 63n) - 1n;
+export const MAX_REFTABLE_BYTES = BigInt(QCOW_MAX_REFTABLE_SIZE);
 /**
  * Retries of an allocation before the model gives up. QEMU retries while update_refcount says
  * -EAGAIN, without a limit; each "again" follows the allocation of a new refcount block, so a range

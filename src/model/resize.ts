@@ -29,6 +29,7 @@
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l2EntryWords } from '../format/entries.ts';
+import { BDRV_MAX_LENGTH, INT64_MAX } from '../format/limits.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { discardHost, truncateHost } from './host-file.ts';
 import { AUTOCLEAR_BITMAPS } from './image.ts';
@@ -37,9 +38,6 @@ import { freeClusters, getRefcount, reftableEntry, reftableSize, updateRefcount 
 import { type Tx, geo, hostFlush, hostRead, hostWrite, hostZero, setHeaderFields, setSession } from './tx.ts';
 import { freeAnyCluster, guestWrite } from './write.ts';
 
-/** BDRV_MAX_LENGTH = QEMU_ALIGN_DOWN(INT64_MAX, BDRV_MAX_ALIGNMENT = 1 GiB) = 2^63 - 2^30, as 7.2 prints it. */
-const BDRV_MAX_LENGTH = 9223372035781033984n;
-const INT64_MAX = (1n << 63n) - 1n;
 
 /** An L2 entry with every bit 0 (and a zero bitmap with extended L2). */
 function emptyEntry(extendedL2: boolean): L2EntryFields {

@@ -15,8 +15,12 @@
  * default). The snapshot table is read and written through the generated snapshot_entry codec.
  */
 import { strerror } from './errno.ts';
-import { decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, type L1EntryFields, type SnapshotEntry } from '../../generated/qcow2.ts';
+import {
+  decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotEntryLayout,
+  type L1EntryFields, type SnapshotEntry,
+} from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
+import { QCOW_MAX_SNAPSHOT_EXTRA_DATA, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE } from '../format/limits.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
 import { isZeroBytes } from '../codec/bytes.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
@@ -30,8 +34,8 @@ import { allocClusters, freeClusters, getRefcount, updateRefcount } from './refc
 import { type Tx, checkpointImg, geo, hostFlush, hostRead, hostWrite, setHeaderFields, withOwnedPages } from './tx.ts';
 
 /** QEMU's limits (QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE). */
-const MAX_SNAPSHOTS = 65536;
-const MAX_SNAPSHOTS_SIZE = 1024 * 65536;
+const MAX_SNAPSHOTS = QCOW_MAX_SNAPSHOTS;
+const MAX_SNAPSHOTS_SIZE = QCOW_MAX_SNAPSHOTS_SIZE;
 
 /** One snapshot as QEMU keeps it in memory (QCowSnapshot). */
 export interface SnapshotState {
@@ -75,7 +79,7 @@ export interface SnapshotTableWalk {
 }
 
 /** Bytes of an entry's fixed part (l1_table_offset .. len_extra_data). */
-const SNAPSHOT_FIXED_PART = 40;
+const SNAPSHOT_FIXED_PART = SNAPSHOT_ENTRY_FIXED_SIZE;
 
 /**
  * The entries of the snapshot table of `file` with header `h`, in order, each with its file offset
@@ -87,18 +91,18 @@ const SNAPSHOT_FIXED_PART = 40;
 export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: SnapshotTableWalk = {}): Generator<{ readonly pos: bigint; readonly entry: SnapshotEntry }> {
   const g = geometryOf(h);
   const params = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, isLast: true };
-  const max = BigInt(SNAPSHOT_FIXED_PART + 1024 + 2 * 65536 + 8);
+  const max = BigInt(SNAPSHOT_FIXED_PART + QCOW_MAX_SNAPSHOT_EXTRA_DATA + 2 * 65536 + 8);
   const guard = opts.guard ?? (<T>(_pos: bigint, decode: () => T): T => decode());
   let pos = h.snapshotsOffset;
   for (let i = 0; i < h.nbSnapshots; i++) {
     pos = (pos + 7n) & ~7n;
-    // The three length fields of the fixed part (big-endian, offsets 12, 14 and 36 of
-    // spec/qcow2.ksy snapshot_entry) size the window; the entry itself is decoded by the codec.
+    // The three length fields of the fixed part (SnapshotEntryLayout) size the window; the entry
+    // itself is decoded by the codec.
     const fixed = readHost(file, pos, SNAPSHOT_FIXED_PART);
     const dv = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
-    const extraData = dv.getUint32(36);
-    const id = dv.getUint16(12);
-    const name = dv.getUint16(14);
+    const extraData = dv.getUint32(SnapshotEntryLayout.lenExtraData.offset);
+    const id = dv.getUint16(SnapshotEntryLayout.lenId.offset);
+    const name = dv.getUint16(SnapshotEntryLayout.lenName.offset);
     const size = BigInt(SNAPSHOT_FIXED_PART + extraData + id + name);
     const at = pos;
     const entry = guard(at, () => {

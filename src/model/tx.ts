@@ -19,7 +19,8 @@
  * to, or hands one out (`ModelError.committed`), takes it with `checkpointImg`, which ends the
  * ownership first. The arrays hostPage and hostView hand out never change (`isOwnedPage`).
  */
-import { encodeHeaderState, HEADER_FIELD_BYTES, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
+import { HeaderLayout } from '../../generated/qcow2.ts';
+import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
 import type { ChunkedPage } from './chunked-page.ts';
 import { discardHost, type HostFile, readHost, viewHost, writeHost, writeHostOwned, zeroHost } from './host-file.ts';
 import { type HostIO } from './host-io.ts';
@@ -231,10 +232,10 @@ export function setHeaderFields(tx: Tx, changes: Partial<HeaderState>): void {
   let lo = Infinity;
   let hi = -Infinity;
   for (const key of Object.keys(changes) as (keyof HeaderState)[]) {
-    const at = CHANGEABLE_HEADER_FIELDS.has(key) ? HEADER_FIELD_BYTES[key as keyof typeof HEADER_FIELD_BYTES] : undefined;
+    const at = CHANGEABLE_HEADER_FIELDS.has(key) ? HeaderLayout[key as keyof typeof HeaderLayout] : undefined;
     if (!at) throw new Error(`setHeaderFields: field ${key} cannot be changed by the model`);
-    lo = Math.min(lo, at[0]);
-    hi = Math.max(hi, at[0] + at[1]);
+    lo = Math.min(lo, at.offset);
+    hi = Math.max(hi, at.offset + at.size);
   }
   tx.img = imageWith(tx.img, tx.img.file, tx.img.dataFile, next, tx.img.session);
   if (lo < hi) hostWrite(tx, BigInt(lo), bytes.subarray(lo, hi));

@@ -23,9 +23,19 @@
  * reads them when an operation needs them, after these limits held). Every loop advances by at least
  * 8 bytes or one entry towards one of those bounds.
  */
-import { decodeFeatureNameEntry } from '../../generated/qcow2.ts';
+import {
+  AUTOCLEAR_FEATURE_KNOWN_MASK, BITMAPS_EXTENSION_FIXED_SIZE, BitmapsExtensionLayout, decodeFeatureNameEntry,
+  FEATURE_NAME_ENTRY_FIXED_SIZE, FeatureNameEntryLayout, FULL_DISK_ENCRYPTION_POINTER_FIXED_SIZE, HEADER_EXTENSION_FIXED_SIZE,
+  HEADER_MAGIC_U32, HeaderExtensionLayout, HeaderExtensionType, HeaderLayout, INCOMPATIBLE_FEATURE_KNOWN_MASK,
+  L1_ENTRY_FIXED_SIZE, SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotEntryLayout,
+} from '../../generated/qcow2.ts';
+import {
+  BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
+  QCOW2_MAX_BITMAPS, QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA, QCOW_MAX_SNAPSHOTS,
+  QCOW_MAX_SNAPSHOTS_SIZE,
+} from '../format/limits.ts';
 import { EIO, strerror } from '../model/errno.ts';
-import { withHeader } from '../model/header.ts';
+import { V2_HEADER_LENGTH, withHeader } from '../model/header.ts';
 import { HostReaderError, type HostReader } from '../model/host-reader.ts';
 import { PAGE_SIZE } from '../model/page-map.ts';
 import { type HostIO } from '../model/host-io.ts';
@@ -202,48 +212,22 @@ export interface OpenResult {
 }
 
 // ---------------------------------------------------------------------------------------------
-// QEMU's constants (block/qcow2.h, include/block/block_int-common.h)
+// QEMU's constants: limits from src/format/limits.ts, positions and masks from the spec.
 
-const QCOW_MAGIC = 0x514649fb;
 /** sizeof(QCowHeader): what qcow2_do_open reads at offset 0. */
 const QCOW_HEADER_SIZE = 112;
-/** offsetof(QCowHeader, compression_type). */
-const COMPRESSION_TYPE_OFFSET = 104;
-const MIN_CLUSTER_BITS = 9;
-const MAX_CLUSTER_BITS = 21;
-/** QCOW2_INCOMPAT_MASK: bits 0..4. */
-const INCOMPAT_MASK = 0x1fn;
-/** QCOW2_AUTOCLEAR_MASK: bits 0..1. */
-const AUTOCLEAR_MASK = 0x3n;
-const QCOW_MAX_REFTABLE_SIZE = 8n << 20n;
-const QCOW_MAX_L1_SIZE = 32n << 20n;
-const QCOW_MAX_SNAPSHOTS = 65536n;
-const SNAPSHOT_HEADER_SIZE = 40n;
-const QCOW_MAX_SNAPSHOTS_SIZE = 1024n * 65536n;
-const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
-const QCOW2_MAX_BITMAPS = 65535;
-const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024n * 65535n;
-const INT64_MAX = (1n << 63n) - 1n;
-const INT_MAX = 0x7fffffffn;
+/** sizeof(QCowSnapshotHeader): the fixed part of a snapshot table entry. */
+const SNAPSHOT_HEADER_SIZE = BigInt(SNAPSHOT_ENTRY_FIXED_SIZE);
 const U64_MOD = 1n << 64n;
+
 /**
- * BDRV_MAX_LENGTH: INT64_MAX aligned down to BDRV_MAX_ALIGNMENT (1 GiB). The block layer fails every
- * request that ends past it with -EIO (bdrv_check_request), before the file is touched: a table QEMU
+ * Whether bdrv_pread of [offset, offset + bytes) fails with -EIO in the block layer: BDRV_MAX_LENGTH
+ * (2^63 - 2^30) bounds every request (bdrv_check_request), before the file is touched, so a table QEMU
  * must read at open and whose end lies beyond it cannot be read [7.2, measured].
  */
-const BDRV_MAX_LENGTH = (1n << 63n) - (1n << 30n);
-
-/** Whether bdrv_pread of [offset, offset + bytes) fails with -EIO in the block layer. */
 function beyondBlockLimit(offset: bigint, bytes: bigint): boolean {
   return offset > BDRV_MAX_LENGTH || bytes > BDRV_MAX_LENGTH - offset;
 }
-
-const EXT_END = 0x00000000;
-const EXT_BACKING_FORMAT = 0xe2792aca;
-const EXT_FEATURE_TABLE = 0x6803f857;
-const EXT_CRYPTO_HEADER = 0x0537be77;
-const EXT_BITMAPS = 0x23852875;
-const EXT_DATA_FILE = 0x44415441;
 
 // ---------------------------------------------------------------------------------------------
 // Reading the file as QEMU's bdrv_pread does: zeros past its end
@@ -329,58 +313,48 @@ interface RawHeader extends Omit<HeaderState, 'version'> {
   readonly version: number;
 }
 
-/** The header fields of `b` (the first 112 bytes of the file, zero-padded), docs/format/header.md#header-layout. */
+/** The big-endian value of header field `f` in `b` (32 bits and less as a number). */
+function u32At(b: Uint8Array, f: { readonly offset: number; readonly size: 1 | 4 }): number {
+  return f.size === 1 ? be8(b, f.offset) : be32(b, f.offset);
+}
+
+/** The header fields of `b` (the first 112 bytes of the file, zero-padded), at the spec's HeaderLayout. */
 function rawHeader(b: Uint8Array): RawHeader {
-  const version = be32(b, 4);
+  const L = HeaderLayout;
+  const version = u32At(b, L.version);
   const v2 = version === 2;
   return {
-    magic: be32(b, 0),
+    magic: u32At(b, L.magic),
     version,
-    backingFileOffset: be64(b, 8),
-    backingFileSize: be32(b, 16),
-    clusterBits: be32(b, 20),
-    size: be64(b, 24),
-    cryptMethod: be32(b, 32),
-    l1Size: be32(b, 36),
-    l1TableOffset: be64(b, 40),
-    refcountTableOffset: be64(b, 48),
-    refcountTableClusters: be32(b, 56),
-    nbSnapshots: be32(b, 60),
-    snapshotsOffset: be64(b, 64),
+    backingFileOffset: be64(b, L.backingFileOffset.offset),
+    backingFileSize: u32At(b, L.backingFileSize),
+    clusterBits: u32At(b, L.clusterBits),
+    size: be64(b, L.size.offset),
+    cryptMethod: u32At(b, L.cryptMethod),
+    l1Size: u32At(b, L.l1Size),
+    l1TableOffset: be64(b, L.l1TableOffset.offset),
+    refcountTableOffset: be64(b, L.refcountTableOffset.offset),
+    refcountTableClusters: u32At(b, L.refcountTableClusters),
+    nbSnapshots: u32At(b, L.nbSnapshots),
+    snapshotsOffset: be64(b, L.snapshotsOffset.offset),
     // qcow2_do_open: "Initialise version 3 header fields" with version 2's implied values.
-    incompatibleFeatures: v2 ? 0n : be64(b, 72),
-    compatibleFeatures: v2 ? 0n : be64(b, 80),
-    autoclearFeatures: v2 ? 0n : be64(b, 88),
-    refcountOrder: v2 ? 4 : be32(b, 96),
-    headerLength: v2 ? 72 : be32(b, 100),
-    compressionType: be8(b, COMPRESSION_TYPE_OFFSET),
+    incompatibleFeatures: v2 ? 0n : be64(b, L.incompatibleFeatures.offset),
+    compatibleFeatures: v2 ? 0n : be64(b, L.compatibleFeatures.offset),
+    autoclearFeatures: v2 ? 0n : be64(b, L.autoclearFeatures.offset),
+    refcountOrder: v2 ? 4 : u32At(b, L.refcountOrder),
+    headerLength: v2 ? V2_HEADER_LENGTH : u32At(b, L.headerLength),
+    compressionType: u32At(b, L.compressionType),
   };
 }
 
-/** Where a header field is (spec/qcow2.ksy names, docs/format/header.md#header-layout offsets). */
-const HEADER_FIELDS = {
-  magic: 0,
-  version: 4,
-  backing_file_offset: 8,
-  backing_file_size: 16,
-  cluster_bits: 20,
-  size: 24,
-  crypt_method: 32,
-  l1_size: 36,
-  l1_table_offset: 40,
-  refcount_table_offset: 48,
-  refcount_table_clusters: 56,
-  nb_snapshots: 60,
-  snapshots_offset: 64,
-  incompatible_features: 72,
-  autoclear_features: 88,
-  refcount_order: 96,
-  header_length: 100,
-  compression_type: 104,
-} as const;
+/** A header field's spec name (what OpenError.field holds). */
+type HeaderFieldId = (typeof HeaderLayout)[keyof typeof HeaderLayout]['id'];
 
-function headerError(code: OpenErrorCode, field: keyof typeof HEADER_FIELDS, message: string, hint?: string): OpenError {
-  return new OpenError(code, { structure: 'header', field, offset: BigInt(HEADER_FIELDS[field]) }, message, hint);
+/** Offset of each header field by its spec name. */
+const HEADER_FIELD_OFFSET: ReadonlyMap<string, number> = new Map(Object.values(HeaderLayout).map((f) => [f.id, f.offset]));
+
+function headerError(code: OpenErrorCode, field: HeaderFieldId, message: string, hint?: string): OpenError {
+  return new OpenError(code, { structure: 'header', field, offset: BigInt(HEADER_FIELD_OFFSET.get(field)!) }, message, hint);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,28 +392,33 @@ function scanExtensions(area: Uint8Array, start: number, end: number, h: RawHead
   });
   const extError = (code: OpenErrorCode, field: string, at: number, message: string): ExtensionScan =>
     result(new OpenError(code, { structure: 'header_extension', field, offset: BigInt(at) }, message));
+  const X = HeaderExtensionLayout;
   let offset = start;
   while (offset < end) {
     const at = offset;
+    const lenAt = at + X.lenData.offset;
     // Both fields are read before the check; past `end` they are not needed (the check fails).
-    const type = at + 8 <= end ? be32(area, at) : 0;
-    const len = at + 8 <= end ? be32(area, at + 4) : 0;
-    offset += 8;
-    if (offset > end || len > end - offset) return extError('extension-too-large', 'len_data', at + 4, 'Header extension too large');
+    const type = at + HEADER_EXTENSION_FIXED_SIZE <= end ? be32(area, at + X.type.offset) : 0;
+    const len = at + HEADER_EXTENSION_FIXED_SIZE <= end ? be32(area, lenAt) : 0;
+    offset += HEADER_EXTENSION_FIXED_SIZE;
+    if (offset > end || len > end - offset) return extError('extension-too-large', 'len_data', lenAt, 'Header extension too large');
     const data = offset;
     switch (type) {
-      case EXT_END:
+      case HeaderExtensionType.END:
         return result();
-      case EXT_BACKING_FORMAT:
+      case HeaderExtensionType.BACKING_FILE_FORMAT:
         // sizeof(bs->backing_format) is 16: the name and its NUL must fit.
-        if (len >= 16) return extError('backing-format-too-long', 'len_data', at + 4, `ERROR: ext_backing_format: len=${len} too large (>=16)`);
+        if (len >= 16) return extError('backing-format-too-long', 'len_data', lenAt, `ERROR: ext_backing_format: len=${len} too large (>=16)`);
         break;
-      case EXT_FEATURE_TABLE:
+      case HeaderExtensionType.FEATURE_NAME_TABLE:
         featureTable = area.slice(data, data + len);
         break;
-      case EXT_CRYPTO_HEADER: {
+      case HeaderExtensionType.FULL_DISK_ENCRYPTION: {
         if (cryptMethod !== 2) return extError('crypto-extension-unexpected', 'type', at, 'CRYPTO header extension only expected with LUKS encryption method');
-        if (len !== 16) return extError('crypto-extension-size', 'len_data', at + 4, `CRYPTO header extension size ${len}, but expected size 16`);
+        // sizeof(Qcow2CryptoHeaderExtension)
+        if (len !== FULL_DISK_ENCRYPTION_POINTER_FIXED_SIZE) {
+          return extError('crypto-extension-size', 'len_data', lenAt, `CRYPTO header extension size ${len}, but expected size ${FULL_DISK_ENCRYPTION_POINTER_FIXED_SIZE}`);
+        }
         const cryptoOffset = be64(area, data);
         if (cryptoOffset % BigInt(clusterSize) !== 0n) {
           return result(new OpenError('crypto-header-unaligned', { structure: 'full_disk_encryption_pointer', field: 'offset', offset: BigInt(data) },
@@ -449,8 +428,9 @@ function scanExtensions(area: Uint8Array, start: number, end: number, h: RawHead
         hasCryptoHeader = true;
         break;
       }
-      case EXT_BITMAPS: {
-        if (len !== 24) return extError('bitmaps-extension-size', 'len_data', at + 4, 'bitmaps_ext: Invalid extension length');
+      case HeaderExtensionType.BITMAPS: {
+        // sizeof(Qcow2BitmapHeaderExt)
+        if (len !== BITMAPS_EXTENSION_FIXED_SIZE) return extError('bitmaps-extension-size', 'len_data', lenAt, 'bitmaps_ext: Invalid extension length');
         if ((h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
           // Only a warning: the bitmaps are inconsistent and ignored (docs/format/extensions.md#extension-errors).
           warnings.push(h.version < 3
@@ -458,23 +438,26 @@ function scanExtensions(area: Uint8Array, start: number, end: number, h: RawHead
             : 'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent');
           break;
         }
-        const bm = (field: string, rel: number, code: OpenErrorCode, message: string): ExtensionScan =>
-          result(new OpenError(code, { structure: 'bitmaps_extension', field, offset: BigInt(data + rel) }, message));
-        if (be32(area, data + 4) !== 0) return bm('reserved', 4, 'bitmaps-reserved', 'bitmaps_ext: Reserved field is not zero');
-        const nb = be32(area, data);
+        const B = BitmapsExtensionLayout;
+        const bm = (f: { readonly id: string; readonly offset: number }, code: OpenErrorCode, message: string): ExtensionScan =>
+          result(new OpenError(code, { structure: 'bitmaps_extension', field: f.id, offset: BigInt(data + f.offset) }, message));
+        if (be32(area, data + B.reserved.offset) !== 0) return bm(B.reserved, 'bitmaps-reserved', 'bitmaps_ext: Reserved field is not zero');
+        const nb = be32(area, data + B.nbBitmaps.offset);
         if (nb > QCOW2_MAX_BITMAPS) {
-          return bm('nb_bitmaps', 0, 'too-many-bitmaps', `bitmaps_ext: Image has ${nb} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`);
+          return bm(B.nbBitmaps, 'too-many-bitmaps', `bitmaps_ext: Image has ${nb} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`);
         }
-        if (nb === 0) return bm('nb_bitmaps', 0, 'no-bitmaps', 'found bitmaps extension with zero bitmaps');
-        if (be64(area, data + 16) % BigInt(clusterSize) !== 0n) return bm('bitmap_directory_offset', 16, 'bitmap-directory-offset', 'bitmaps_ext: invalid bitmap directory offset');
-        const dirSize = be64(area, data + 8);
-        if (dirSize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
-          return bm('bitmap_directory_size', 8, 'bitmap-directory-too-large',
+        if (nb === 0) return bm(B.nbBitmaps, 'no-bitmaps', 'found bitmaps extension with zero bitmaps');
+        if (be64(area, data + B.bitmapDirectoryOffset.offset) % BigInt(clusterSize) !== 0n) {
+          return bm(B.bitmapDirectoryOffset, 'bitmap-directory-offset', 'bitmaps_ext: invalid bitmap directory offset');
+        }
+        const dirSize = be64(area, data + B.bitmapDirectorySize.offset);
+        if (dirSize > BigInt(QCOW2_MAX_BITMAP_DIRECTORY_SIZE)) {
+          return bm(B.bitmapDirectorySize, 'bitmap-directory-too-large',
             `bitmaps_ext: bitmap directory size (${dirSize}) exceeds the maximum supported size (${QCOW2_MAX_BITMAP_DIRECTORY_SIZE})`);
         }
         break;
       }
-      case EXT_DATA_FILE:
+      case HeaderExtensionType.EXTERNAL_DATA_FILE:
         dataFileName = area.slice(data, data + len);
         break;
       default:
@@ -486,8 +469,8 @@ function scanExtensions(area: Uint8Array, start: number, end: number, h: RawHead
   return result();
 }
 
-/** Bytes of one feature name table entry (docs/format/extensions.md#feature-name-table). */
-const FEATURE_ENTRY_SIZE = 48;
+/** Bytes of one feature name table entry (sizeof(Qcow2Feature), docs/format/extensions.md#feature-name-table). */
+const FEATURE_ENTRY_SIZE = FEATURE_NAME_ENTRY_FIXED_SIZE;
 
 /**
  * report_unsupported_feature: the names of the feature table's incompatible entries whose bit is in
@@ -503,7 +486,7 @@ function unsupportedFeatureMessage(table: Uint8Array | undefined, mask: bigint):
     padded.set(table);
     for (let at = 0; at + FEATURE_ENTRY_SIZE <= padded.length; at += FEATURE_ENTRY_SIZE) {
       const e = decodeFeatureNameEntry(padded, at);
-      const raw = padded.subarray(at + 2, at + FEATURE_ENTRY_SIZE);
+      const raw = padded.subarray(at + FeatureNameEntryLayout.name.offset, at + FEATURE_ENTRY_SIZE);
       if (raw[0] === 0) break;
       if (e.featureType !== 0) continue;
       const bit = 1n << BigInt(e.bit & 63);
@@ -553,7 +536,7 @@ export function openImageWithIo(source: Uint8Array | HostReader, opts: OpenOptio
   const h = rawHeader(prefix.padded(0, QCOW_HEADER_SIZE));
 
   // [1]-[3]
-  if (h.magic !== QCOW_MAGIC) throw headerError('bad-magic', 'magic', 'Image is not in qcow2 format');
+  if (h.magic !== HEADER_MAGIC_U32) throw headerError('bad-magic', 'magic', 'Image is not in qcow2 format');
   if (h.version < 2 || h.version > 3) throw headerError('unsupported-version', 'version', `Unsupported qcow2 version ${h.version}`);
   if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS) {
     throw headerError('unsupported-cluster-size', 'cluster_bits', `Unsupported cluster size: 2^${h.clusterBits}`);
@@ -569,7 +552,7 @@ export function openImageWithIo(source: Uint8Array | HostReader, opts: OpenOptio
   const area = prefix.padded(0, extEnd);
 
   // [7] validate_compression_type: the field counts only when header_length reaches past it.
-  const compressionType = h.headerLength > COMPRESSION_TYPE_OFFSET ? h.compressionType : 0;
+  const compressionType = h.headerLength > HeaderLayout.compressionType.offset ? h.compressionType : 0;
   if (compressionType !== 0 && compressionType !== 1) {
     throw headerError('unknown-compression-type', 'compression_type', `qcow2: unknown compression type: ${compressionType}`);
   }
@@ -580,7 +563,7 @@ export function openImageWithIo(source: Uint8Array | HostReader, opts: OpenOptio
     throw headerError('compression-bit-mismatch', 'incompatible_features', 'qcow2: Compression type incompatible feature bit must be set');
   }
   // [8] The names come from a first extension pass whose errors are ignored (errp NULL in QEMU).
-  const unknown = h.incompatibleFeatures & ~INCOMPAT_MASK;
+  const unknown = h.incompatibleFeatures & ~INCOMPATIBLE_FEATURE_KNOWN_MASK;
   if (unknown !== 0n) {
     const table = scanExtensions(area, h.headerLength, extEnd, h, 0).featureTable;
     throw headerError('unsupported-feature', 'incompatible_features', unsupportedFeatureMessage(table, unknown));
@@ -601,17 +584,17 @@ export function openImageWithIo(source: Uint8Array | HostReader, opts: OpenOptio
   if (h.refcountTableClusters === 0 && !checkMode) {
     throw headerError('no-refcount-table', 'refcount_table_clusters', 'Image does not contain a reference count table');
   }
-  const reftable = validateTable(h.refcountTableOffset, BigInt(h.refcountTableClusters), clusterSizeN, QCOW_MAX_REFTABLE_SIZE, clusterSizeN);
+  const reftable = validateTable(h.refcountTableOffset, BigInt(h.refcountTableClusters), clusterSizeN, BigInt(QCOW_MAX_REFTABLE_SIZE), clusterSizeN);
   if (reftable === 'too-large') throw headerError('refcount-table-too-large', 'refcount_table_clusters', 'Reference count table too large');
   if (reftable === 'offset') throw headerError('refcount-table-offset-invalid', 'refcount_table_offset', 'Reference count table offset invalid');
   // [15]
   if (!checkMode) {
-    const snap = validateTable(h.snapshotsOffset, BigInt(h.nbSnapshots), SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * QCOW_MAX_SNAPSHOTS, clusterSizeN);
+    const snap = validateTable(h.snapshotsOffset, BigInt(h.nbSnapshots), SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * BigInt(QCOW_MAX_SNAPSHOTS), clusterSizeN);
     if (snap === 'too-large') throw headerError('snapshot-table-too-large', 'nb_snapshots', 'Snapshot table too large');
     if (snap === 'offset') throw headerError('snapshot-table-offset-invalid', 'snapshots_offset', 'Snapshot table offset invalid');
   }
   // [16]
-  const l1 = validateTable(h.l1TableOffset, BigInt(h.l1Size), 8n, QCOW_MAX_L1_SIZE, clusterSizeN);
+  const l1 = validateTable(h.l1TableOffset, BigInt(h.l1Size), BigInt(L1_ENTRY_FIXED_SIZE), BigInt(QCOW_MAX_L1_SIZE), clusterSizeN);
   if (l1 === 'too-large') throw headerError('l1-too-large', 'l1_size', 'Active L1 table too large');
   if (l1 === 'offset') throw headerError('l1-offset-invalid', 'l1_table_offset', 'Active L1 table offset invalid');
   // [17] size_to_l1 in uint64 arithmetic: (size + 2^shift - 1) wraps modulo 2^64 (a size close to
@@ -619,10 +602,10 @@ export function openImageWithIo(source: Uint8Array | HostReader, opts: OpenOptio
   const l2Bits = h.clusterBits - (extendedL2 ? 4 : 3);
   const shift = BigInt(h.clusterBits + l2Bits);
   const l1Needed = ((h.size + (1n << shift) - 1n) % U64_MOD) >> shift;
-  if (l1Needed > INT_MAX) throw headerError('image-too-big', 'size', 'Image is too big');
+  if (l1Needed > BigInt(INT_MAX)) throw headerError('image-too-big', 'size', 'Image is too big');
   if (BigInt(h.l1Size) < l1Needed) throw headerError('l1-too-small', 'l1_size', 'L1 table is too small');
   // The active L1 table is read now (the model reads it later; only the read's failure is QEMU's).
-  if (h.l1Size > 0 && beyondBlockLimit(h.l1TableOffset, BigInt(h.l1Size) * 8n)) {
+  if (h.l1Size > 0 && beyondBlockLimit(h.l1TableOffset, BigInt(h.l1Size) * BigInt(L1_ENTRY_FIXED_SIZE))) {
     throw headerError('l1-read-failed', 'l1_table_offset', 'Could not read L1 table: Input/output error');
   }
   // [18] qcow2_update_options: the encryption method (printed as a signed int).
@@ -681,7 +664,7 @@ export function openImageWithIo(source: Uint8Array | HostReader, opts: OpenOptio
   let repair: RepairResult | undefined;
   if (writable) {
     // [24] Unknown autoclear bits are cleared (qcow2_update_header; the model writes the field only).
-    const autoclear = image.header.autoclearFeatures & AUTOCLEAR_MASK;
+    const autoclear = image.header.autoclearFeatures & AUTOCLEAR_FEATURE_KNOWN_MASK;
     if (image.header.version === 3 && autoclear !== image.header.autoclearFeatures) {
       const r = withHeader(image, { autoclearFeatures: autoclear });
       image = r.image;
@@ -711,12 +694,12 @@ function checkSnapshotTable(image: Image): void {
     // The fixed part is read first, then the extra data is checked, then the rest is read.
     if (beyondBlockLimit(pos, SNAPSHOT_HEADER_SIZE)) throw readFailed(pos);
     if (sizes.extraData > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
-      throw new OpenError('snapshot-extra-data-too-large', { structure: 'snapshot_entry', field: 'len_extra_data', offset: pos + 36n },
+      throw new OpenError('snapshot-extra-data-too-large', { structure: 'snapshot_entry', field: SnapshotEntryLayout.lenExtraData.id, offset: pos + BigInt(SnapshotEntryLayout.lenExtraData.offset) },
         `Too much extra metadata in snapshot table entry ${sizes.index}`, 'You can force-remove this extra metadata with qemu-img check -r all');
     }
     if (beyondBlockLimit(pos, sizes.size)) throw readFailed(pos);
     // table_length, and offset - snapshots_offset ≤ INT_MAX (implied: 64 MiB is less).
-    if (pos + sizes.size - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) {
+    if (pos + sizes.size - h.snapshotsOffset > BigInt(QCOW_MAX_SNAPSHOTS_SIZE)) {
       throw new OpenError('snapshot-table-too-big', { structure: 'snapshot_entry', field: '(start)', offset: pos }, 'Snapshot table is too big',
         `You can force-remove all ${h.nbSnapshots - sizes.index} overhanging snapshots with qemu-img check -r all`);
     }

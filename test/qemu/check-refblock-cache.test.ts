@@ -20,6 +20,7 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HeaderLayout, IncompatibleFeatureMask } from '../../generated/qcow2.ts';
 import { qemuImgCreate, qemuImgSnapshot } from '../../src/qemu/qemu-img.ts';
 import { requireQemu, runTool } from '../../src/qemu/run.ts';
 import { normalizeProgram, ourCheckText, qemuCheckText, sameContent, type CheckRun } from '../support/check-harness.ts';
@@ -108,11 +109,12 @@ async function build(path: string, c: Case): Promise<void> {
   await ioOk(path, [0, 3, 6, 9, 12, 15, 18, 21].map((i) => `write -P ${i + 100} ${i * 65536 + 1024} 2048`));
   const bytes = new Uint8Array(await readFile(path));
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const entry = Number(dv.getBigUint64(64));
+  const entry = Number(dv.getBigUint64(HeaderLayout.snapshotsOffset.offset));
   const l1 = c.l1(dv.getBigUint64(entry), dv.getUint32(entry + 8));
   dv.setBigUint64(entry, l1.offset);
   dv.setUint32(entry + 8, l1.size);
-  if (c.dirty === true) dv.setBigUint64(72, dv.getBigUint64(72) | 1n);
+  const incompat = HeaderLayout.incompatibleFeatures.offset;
+  if (c.dirty === true) dv.setBigUint64(incompat, dv.getBigUint64(incompat) | IncompatibleFeatureMask.DIRTY);
   await writeFile(path, bytes);
 }
 

@@ -21,6 +21,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HeaderLayout, L1EntryMasks } from '../../generated/qcow2.ts';
 import { isAllocatedSectorsMin } from '../../src/io/convert.ts';
 import { parseTargetOptions, runConvert } from '../../src/cli/convert.ts';
 import { main } from '../../src/cli/main.ts';
@@ -312,8 +313,8 @@ describe('nothing half-written', () => {
     await qemuIo(p, ['write -P 1 0 64k', 'write -c -P 2 1M 64k']);
     // Overwrite the compressed cluster's deflate stream with garbage: it cannot be decompressed.
     const bytes = readFileSync(p);
-    const l1 = Number(bytes.readBigUInt64BE(40));
-    const l2 = Number(bytes.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+    const l1 = Number(bytes.readBigUInt64BE(HeaderLayout.l1TableOffset.offset));
+    const l2 = Number(bytes.readBigUInt64BE(l1) & L1EntryMasks.l2Offset);
     const descriptor = bytes.readBigUInt64BE(l2 + 16 * 8);
     expect(descriptor >> 62n).toBe(1n); // compressed
     bytes.fill(0xff, Number(descriptor & ((1n << 54n) - 1n)), Number(descriptor & ((1n << 54n) - 1n)) + 64);

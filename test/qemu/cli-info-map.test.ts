@@ -19,6 +19,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HeaderLayout } from '../../generated/qcow2.ts';
 import { fullyAllocated, probeHostAllocationsOrFull } from '../../src/io/seek-data.ts';
 import { formatG3, sizeToStr } from '../../src/cli/info.ts';
 import { main } from '../../src/cli/main.ts';
@@ -71,7 +72,7 @@ function be64(v: bigint): number[] {
 /** Offset of the first snapshot table entry (header bytes 64..71). */
 async function snapshotsOffset(path: string): Promise<number> {
   const { readFileSync } = await import('node:fs');
-  return Number(readFileSync(path).readBigUInt64BE(64));
+  return Number(readFileSync(path).readBigUInt64BE(HeaderLayout.snapshotsOffset.offset));
 }
 
 beforeAll(async () => {
@@ -146,7 +147,7 @@ beforeAll(async () => {
   await qemuIo(big, [`write -P 1 ${(1n << 54n) - 65536n} 64k`]);
   const unaligned = add('unaligned.qcow2');
   await qemuImgCreate(unaligned, 3 * M, {});
-  poke(unaligned, 24, be64(BigInt(3 * M - 100)));
+  poke(unaligned, HeaderLayout.size.offset, be64(BigInt(3 * M - 100)));
   // Sizes with fractions in "virtual size" and "disk size".
   const small = add('size-1152.qcow2');
   await qemuImgCreate(small, 1152, { cluster_size: '512' });

@@ -16,6 +16,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HEADER_MAGIC, HeaderLayout } from '../../generated/qcow2.ts';
 import { runConform } from '../../src/cli/conform.ts';
 import { builtinProblem } from '../../src/conform/adapter.ts';
 import { UsageError } from '../../src/cli/io.ts';
@@ -149,9 +150,9 @@ beforeAll(async () => {
         return ['base.qcow2'];
       },
     ),
-    await invalidCase('invalid.bad-magic.0000', 'invalid/bad-magic', (p) => patch(p, 0, Buffer.from('QFI\0')), 'reject-open'),
+    await invalidCase('invalid.bad-magic.0000', 'invalid/bad-magic', (p) => patch(p, HeaderLayout.magic.offset, Buffer.from([...HEADER_MAGIC.slice(0, 3), 0])), 'reject-open'),
     // Incompatible feature bit 40: unknown to QEMU 7.2, which must refuse the image.
-    await invalidCase('invalid.unknown-incompatible.0000', 'invalid/unknown-incompatible', (p) => patch(p, 72, Buffer.from([0, 0, 1, 0, 0, 0, 0, 0])), 'reject-open'),
+    await invalidCase('invalid.unknown-incompatible.0000', 'invalid/unknown-incompatible', (p) => patch(p, HeaderLayout.incompatibleFeatures.offset, Buffer.from([0, 0, 1, 0, 0, 0, 0, 0])), 'reject-open'),
     // A refcount of 2 for cluster 0 (the header, referenced once): a leak QEMU opens and check reports.
     await invalidCase(
       'corrupt.leak.0000',
@@ -547,7 +548,7 @@ describe('writer adapters', () => {
     const imageDirs = readdirSync(keptWork);
     expect(imageDirs).toHaveLength(1);
     const image = join(keptWork, imageDirs[0]!, 'files/plain.0000/disk.qcow2');
-    expect(readAt(image, 0, 4).toString('latin1')).toBe('QFI\xfb');
+    expect([...readAt(image, HeaderLayout.magic.offset, HeaderLayout.magic.size)]).toEqual(HEADER_MAGIC);
     await rm(keptWork, { recursive: true, force: true });
   });
 

@@ -11,6 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HeaderLayout } from '../../generated/qcow2.ts';
 import { main } from '../../src/cli/main.ts';
 import { toJson } from '../../src/cli/dump.ts';
 import { guestClusters, refcountOf, walkImage, type ImageWalk, type L2EntryInfo } from '../../src/format/walk.ts';
@@ -287,7 +288,7 @@ describe('qcow2-ref command line', () => {
 
   it('cluster_bits 22 is reported like qemu names it', async () => {
     const bytes = new Uint8Array(get('defaults').bytes);
-    new DataView(bytes.buffer).setUint32(20, 22);
+    new DataView(bytes.buffer).setUint32(HeaderLayout.clusterBits.offset, 22);
     const bad = join(dir, 'bad-cluster-bits.qcow2');
     await writeFile(bad, bytes);
     const c = captureIo();
@@ -299,7 +300,7 @@ describe('qcow2-ref command line', () => {
     const bytes = new Uint8Array(get('defaults').bytes);
     const v = new DataView(bytes.buffer);
     const l1 = Number(get('defaults').walk.header.l1TableOffset);
-    const l1Size = v.getUint32(36);
+    const l1Size = v.getUint32(HeaderLayout.l1Size.offset);
     const target = v.getBigUint64(l1);
     for (let i = 0; i < l1Size; i++) v.setBigUint64(l1 + 8 * i, target);
     const w = walkImage(bytes);
@@ -310,7 +311,7 @@ describe('qcow2-ref command line', () => {
   it('a broken structure is recorded, not fatal', () => {
     const bytes = new Uint8Array(get('defaults').bytes);
     // Point the refcount table past the end of the file.
-    new DataView(bytes.buffer).setBigUint64(48, 1n << 40n);
+    new DataView(bytes.buffer).setBigUint64(HeaderLayout.refcountTableOffset.offset, 1n << 40n);
     const w = walkImage(bytes);
     expect(w.refcounts.error?.field).toBe('refcount_table');
     expect(w.errors).toHaveLength(1);

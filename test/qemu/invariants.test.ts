@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { L2EntryMasks } from '../../generated/qcow2.ts';
 import { refcountOf, walkImage, type ImageWalk, type L2EntryInfo, type L2TableInfo } from '../../src/format/walk.ts';
 import { createImage, type CreateOptions } from '../../src/model/create.ts';
 import type { Image } from '../../src/model/image.ts';
@@ -194,7 +195,7 @@ describe('planted corruptions', () => {
     const { bytes, walk } = copyOf('defaults');
     const f = findActiveNormal(walk);
     const l1 = walk.header.l1TableOffset;
-    setU64(bytes, f.at, (getU64(bytes, f.at) & ~0x00fffffffffffe00n) | l1);
+    setU64(bytes, f.at, (getU64(bytes, f.at) & ~L2EntryMasks.hostOffset) | l1);
     const v = checkInvariants(bytes);
     const o = v.filter((x) => x.kind === 'overlap');
     expect(o, show(v)).toHaveLength(1);
@@ -213,7 +214,7 @@ describe('planted corruptions', () => {
     const f = findActiveNormal(walk);
     const cs = BigInt(walk.header.clusterSize);
     const beyond = ((BigInt(bytes.length) + cs - 1n) / cs + 16n) * cs;
-    setU64(bytes, f.at, (getU64(bytes, f.at) & ~0x00fffffffffffe00n) | beyond);
+    setU64(bytes, f.at, (getU64(bytes, f.at) & ~L2EntryMasks.hostOffset) | beyond);
     const v = checkInvariants(bytes);
     expect(kinds(v), show(v)).toEqual(['past-eof', 'refcount-mismatch']);
     expect(v.find((x) => x.kind === 'past-eof')).toMatchObject({ offset: beyond });

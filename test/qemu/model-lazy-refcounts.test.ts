@@ -15,6 +15,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HeaderLayout } from '../../generated/qcow2.ts';
 import { closeImage } from '../../src/model/close.ts';
 import { createImage } from '../../src/model/create.ts';
 import { hostBytes } from '../../src/model/host-file.ts';
@@ -92,9 +93,9 @@ function dirtyBit(file: Uint8Array): boolean {
 /** Host clusters holding refcount blocks, read straight from the file's header and reftable. */
 function refblockClusters(file: Uint8Array): Set<number> {
   const v = new DataView(file.buffer, file.byteOffset, file.byteLength);
-  const clusterBits = v.getUint32(20);
-  const table = Number(v.getBigUint64(48));
-  const entries = (v.getUint32(56) << clusterBits) / 8;
+  const clusterBits = v.getUint32(HeaderLayout.clusterBits.offset);
+  const table = Number(v.getBigUint64(HeaderLayout.refcountTableOffset.offset));
+  const entries = (v.getUint32(HeaderLayout.refcountTableClusters.offset) << clusterBits) / 8;
   const out = new Set<number>();
   for (let i = 0; i < entries; i++) {
     const e = Number(v.getBigUint64(table + i * 8) & ~0x1ffn);

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeHeader } from '../../generated/qcow2.ts';
+import { decodeHeader, HEADER_MAGIC, HeaderLayout } from '../../generated/qcow2.ts';
 import { Qcow2FormatError } from '../../src/codec/errors.ts';
 import { createImage } from '../../src/model/create.ts';
 import { encodeHeaderState, headerStateFrom, withHeader } from '../../src/model/header.ts';
@@ -264,7 +264,7 @@ describe('loadImage refuses garbage with Qcow2FormatError', () => {
     // header_length 8200 (within one 64 KiB cluster): decoding the first page alone would say 'truncated'.
     const long = new Uint8Array(70000);
     long.set(good.subarray(0, 104));
-    new DataView(long.buffer).setUint32(100, 8200);
+    new DataView(long.buffer).setUint32(HeaderLayout.headerLength.offset, 8200);
     const longShort = long.slice(0, 6000); // really cut short
     const cases = [good, long, longShort, new Uint8Array(0), good.slice(0, 50), Object.assign(good.slice(), { 5: 9 })];
     for (const b of cases) {
@@ -289,7 +289,7 @@ describe('loadImage refuses garbage with Qcow2FormatError', () => {
     fc.assert(
       fc.property(fc.uint8Array({ minLength: 0, maxLength: 256 }), fc.boolean(), (b, withMagic) => {
         const bytes = b.slice();
-        if (withMagic && bytes.length >= 4) bytes.set([0x51, 0x46, 0x49, 0xfb]);
+        if (withMagic && bytes.length >= 4) bytes.set(HEADER_MAGIC);
         try {
           const img = loadImage(bytes);
           expect(storeImage(img).length).toBe(bytes.length);

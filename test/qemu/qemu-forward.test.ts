@@ -20,6 +20,7 @@ import fc from 'fast-check';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { HeaderLayout } from '../../generated/qcow2.ts';
 import { createImage } from '../../src/model/create.ts';
 import { closeImage } from '../../src/model/close.ts';
 import { storeImage } from '../../src/model/load-store.ts';
@@ -140,7 +141,7 @@ describe('QEMU judges the model\'s files (forward)', () => {
     // One wrong refcount: the data cluster's 16-bit refcount set to 2 (qemu-img check: OFLAG_COPIED
     // error and a leak), read from the reftable and refcount block the header points at.
     const dv = new DataView(good.buffer, good.byteOffset, good.byteLength);
-    const reftable = Number(dv.getBigUint64(48));
+    const reftable = Number(dv.getBigUint64(HeaderLayout.refcountTableOffset.offset));
     const block = Number(dv.getBigUint64(reftable));
     const cluster = Number(ext.offset! / 4096n);
     const wrong = good.slice();

@@ -54,7 +54,8 @@
  * with 'dirty' exactly when its dirty bit is set.
  */
 import fc from 'fast-check';
-import { decodeHeader } from '../../generated/qcow2.ts';
+import { decodeHeader, IncompatibleFeatureMask, L1_ENTRY_FIXED_SIZE, L1EntryMasks, L2EntryMasks } from '../../generated/qcow2.ts';
+import { BDRV_MAX_LENGTH, INT64_MAX, QCOW_MAX_L1_SIZE } from '../../src/format/limits.ts';
 import { createImage, type CreateOptions } from '../../src/model/create.ts';
 import { headerStateFrom } from '../../src/model/header.ts';
 import { closeImage } from '../../src/model/close.ts';
@@ -911,7 +912,7 @@ function checkRawDataFile(model: Model, real: Real, from: bigint, to: bigint, wh
 
 // ---- the header and the dirty bit -------------------------------------------------------------
 
-const INCOMPAT_DIRTY_BIT = 1n;
+const INCOMPAT_DIRTY_BIT = IncompatibleFeatureMask.DIRTY;
 const isDirtyHeader = (h: HeaderState): boolean => (h.incompatibleFeatures & INCOMPAT_DIRTY_BIT) !== 0n;
 
 /**
@@ -934,7 +935,7 @@ function be64(file: HostFile, offset: bigint): bigint {
   return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0);
 }
 
-const L1_L2_OFFSET_MASK = 0x00fffffffffffe00n;
+const L1_L2_OFFSET_MASK = L1EntryMasks.l2Offset;
 
 /** The cluster offsets of the L2 tables the active L1 table points at, read from the file. */
 function activeL2Tables(img: Image): Set<bigint> {
@@ -1133,7 +1134,7 @@ export class WriteCmd implements Cmd {
 function l2EntryAt(img: Image, offset: bigint): { readonly word: bigint; readonly bitmap: bigint } | undefined {
   const h = img.header;
   const cs = 1n << BigInt(h.clusterBits);
-  const ext = (h.incompatibleFeatures & 16n) !== 0n;
+  const ext = (h.incompatibleFeatures & IncompatibleFeatureMask.EXTENDED_L2) !== 0n;
   const entryBytes = ext ? 16n : 8n;
   const l2Entries = cs / entryBytes;
   const l1Index = offset / (cs * l2Entries);
@@ -1147,7 +1148,7 @@ function l2EntryAt(img: Image, offset: bigint): { readonly word: bigint; readonl
 /** Whether the cluster holding guest `offset` is compressed (L2 entry bit 62, read from the file). */
 function compressedAt(img: Image, offset: bigint): boolean {
   const e = l2EntryAt(img, offset);
-  return e !== undefined && (e.word & (1n << 62n)) !== 0n;
+  return e !== undefined && (e.word & L2EntryMasks.compressed) !== 0n;
 }
 
 /**
@@ -1159,10 +1160,10 @@ function compressedAt(img: Image, offset: bigint): boolean {
 function normalAt(img: Image, offset: bigint, dataFile: boolean): { readonly copied: boolean; readonly bitmap: bigint } | undefined {
   const e = l2EntryAt(img, offset);
   if (e === undefined) return undefined;
-  const ext = (img.header.incompatibleFeatures & 16n) !== 0n;
-  const copied = (e.word >> 63n) !== 0n;
-  if ((e.word & (1n << 62n)) !== 0n || (!ext && (e.word & 1n) !== 0n)) return undefined;
-  if ((e.word & L1_L2_OFFSET_MASK) === 0n && !(dataFile && copied)) return undefined;
+  const ext = (img.header.incompatibleFeatures & IncompatibleFeatureMask.EXTENDED_L2) !== 0n;
+  const copied = (e.word & L2EntryMasks.copied) !== 0n;
+  if ((e.word & L2EntryMasks.compressed) !== 0n || (!ext && (e.word & L2EntryMasks.zero) !== 0n)) return undefined;
+  if ((e.word & L2EntryMasks.hostOffset) === 0n && !(dataFile && copied)) return undefined;
   return { copied, bitmap: e.bitmap };
 }
 
@@ -1178,7 +1179,7 @@ function writeLinks(img: Image, offset: bigint, length: bigint, dataFile: boolea
   if (length <= 0n) return false;
   const h = img.header;
   const cs = 1n << BigInt(h.clusterBits);
-  const ext = (h.incompatibleFeatures & 16n) !== 0n;
+  const ext = (h.incompatibleFeatures & IncompatibleFeatureMask.EXTENDED_L2) !== 0n;
   const sc = ext ? cs / 32n : cs;
   const end = offset + length;
   for (let c = offset / cs; c * cs < end; c++) {
@@ -1310,10 +1311,8 @@ export class FlushCmd implements Cmd {
 
 // ---- resize -----------------------------------------------------------------------------------
 
-/** QEMU's limits (qemu-img resize, block/io.c bdrv_check_request, qcow2_grow_l1_table). */
-const INT64_MAX = (1n << 63n) - 1n;
-const BDRV_MAX_LENGTH = (1n << 63n) - (1n << 30n);
-const QCOW_MAX_L1_ENTRIES = (32n * MiB) / 8n;
+/** QEMU's limit on L1 entries (qcow2_grow_l1_table: QCOW_MAX_L1_SIZE bytes of 8-byte entries). */
+const QCOW_MAX_L1_ENTRIES = BigInt(QCOW_MAX_L1_SIZE / L1_ENTRY_FIXED_SIZE);
 
 /**
  * Cost bounds of a resize in the property (the model does what QEMU does, and some of it is linear in

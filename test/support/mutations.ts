@@ -6,7 +6,7 @@
  * decoder (`locateMetadata`); the arbitraries (`mutationsArbitrary`) only pick among those places.
  */
 import fc from 'fast-check';
-import { decodeQcow2, HeaderExtensionType, type BitmapsExtension, type Qcow2 } from '../../generated/qcow2.ts';
+import { decodeQcow2, HeaderExtensionType, HeaderLayout, type BitmapsExtension, type Qcow2 } from '../../generated/qcow2.ts';
 
 /** The kinds of metadata region bit flips are aimed at. */
 export type RegionKind =
@@ -80,30 +80,20 @@ export function locateMetadata(name: string, bytes: Uint8Array): ImageLayout {
 
   // Header (v2: 72 bytes; v3: header_length) and the rest of cluster 0 (extensions, backing name).
   region('header-cluster', 0, cs);
-  const header64: [string, number][] = [
-    ['backing_file_offset', 8],
-    ['size', 24],
-    ['l1_table_offset', 40],
-    ['refcount_table_offset', 48],
-    ['snapshots_offset', 64],
-  ];
-  const header32: [string, number][] = [
-    ['version', 4],
-    ['backing_file_size', 16],
-    ['cluster_bits', 20],
-    ['crypt_method', 32],
-    ['l1_size', 36],
-    ['refcount_table_clusters', 56],
-    ['nb_snapshots', 60],
-  ];
+  const L = HeaderLayout;
+  type HeaderField = { readonly id: string; readonly offset: number; readonly size: Field['width'] };
+  const header64: HeaderField[] = [L.backingFileOffset, L.size, L.l1TableOffset, L.refcountTableOffset, L.snapshotsOffset];
+  const header32: HeaderField[] = [L.version, L.backingFileSize, L.clusterBits, L.cryptMethod, L.l1Size, L.refcountTableClusters, L.nbSnapshots];
   if (h.version >= 3) {
-    header64.push(['incompatible_features', 72], ['compatible_features', 80], ['autoclear_features', 88]);
-    header32.push(['refcount_order', 96], ['header_length', 100]);
-    if ((h.headerLength ?? 0) > 104) field('header.compression_type', 104, 1);
+    header64.push(L.incompatibleFeatures, L.compatibleFeatures, L.autoclearFeatures);
+    header32.push(L.refcountOrder, L.headerLength);
+    if ((h.headerLength ?? 0) > L.compressionType.offset) field(`header.${L.compressionType.id}`, L.compressionType.offset, L.compressionType.size);
   }
-  for (const [f, o] of header64) field(`header.${f}`, o, 8);
-  for (const [f, o] of header32) field(`header.${f}`, o, 4);
-  for (const o of [4, 8, 16, 20, 24, 32, 36, 40, 48, 56, 60, 64, 72, 80, 88, 96, 100, 104, 112]) boundaries.add(o);
+  for (const f of header64) field(`header.${f.id}`, f.offset, f.size);
+  for (const f of header32) field(`header.${f.id}`, f.offset, f.size);
+  // Every header field's start, then the end of QEMU's 112-byte QCowHeader.
+  for (const f of Object.values(L)) boundaries.add(f.offset);
+  boundaries.add(112);
 
   // Header extensions: type and length of each, and the fields of the known pointer-bearing ones.
   let at = h.lenHeader;

@@ -5,7 +5,7 @@
 import fc from 'fast-check';
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { decodeHeader, decodeL2Entry, encodeHeader, encodeL2Entry, type HeaderFields } from '../../generated/qcow2.ts';
+import { decodeHeader, decodeL2Entry, encodeHeader, encodeL2Entry, HEADER_MAGIC, type HeaderFields } from '../../generated/qcow2.ts';
 import { bigIntToU64, jsonU64, offsetFromParts, offsetToParts, u64ToBigInt, U64_MAX } from '../../src/format/u64.ts';
 import { Qcow2FormatError } from '../../src/codec/errors.ts';
 
@@ -17,7 +17,7 @@ const HARD = [0n, 1n, (1n << 53n) - 1n, 1n << 53n, (1n << 53n) + 1n, (1n << 63n)
 
 function header(size: bigint, l1: bigint): HeaderFields {
   return {
-    magic: new Uint8Array([0x51, 0x46, 0x49, 0xfb]),
+    magic: Uint8Array.from(HEADER_MAGIC),
     version: 3,
     backingFileOffset: bigIntToU64(U64_MAX),
     backingFileSize: 0xffffffff,
