@@ -16,6 +16,7 @@ import {
   QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
 } from '../format/limits.ts';
 import { l1EntryWord } from '../format/entries.ts';
+import { reftableSize as reftableEntries } from '../model/refcount.ts';
 import type { CheckFinding } from './check.ts';
 import { readHost } from '../model/host-file.ts';
 import { type HostIO } from '../model/host-io.ts';
@@ -306,7 +307,7 @@ export function l1WordAt(bytes: Uint8Array, at: number, g: Geometry): bigint {
 
 /** The number of refcount-table entries (s->refcount_table_size). */
 export function reftableSize(c: CheckContext): number {
-  return (c.tx.img.header.refcountTableClusters * c.g.clusterSize) / 8;
+  return reftableEntries(c.tx);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import { offsetToParts } from '../format/u64.ts';
 import { CheckAbort, signalCorruption, type CheckContext, type Counters } from './context.ts';
 import { EIO, strerror } from '../model/errno.ts';
 import { cacheEmpty } from './refblocks.ts';
-import { metadataOverlap } from './overlap.ts';
+import { checkMetadataOverlap } from './overlap.ts';
 import type { Imrt } from './imrt.ts';
 import { hostFlush, hostWrite, setHeaderFields } from '../model/tx.ts';
 
@@ -73,7 +73,7 @@ export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: I
     return cluster;
   };
   const checkedWrite = (offset: bigint, bytes: Uint8Array, what: string): void => {
-    const overlap = metadataOverlap(c, 0, offset, BigInt(bytes.length));
+    const overlap = checkMetadataOverlap(c, 0, offset, BigInt(bytes.length));
     if (overlap !== undefined) {
       signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
       throw new RebuildError(EIO, `${what}: ${strerror(EIO)}`);

@@ -25,7 +25,8 @@ import { PAGE_SIZE } from '../model/page-map.ts';
 import { type HostIO } from '../model/host-io.ts';
 import { REFT_RESERVED_MASK, hashHex, readable, reftableSize, signalCorruption, type CheckContext, type RefblockCacheEntry } from './context.ts';
 import { EIO } from '../model/errno.ts';
-import { OL_REFCOUNT_BLOCK, metadataOverlap } from './overlap.ts';
+import { QCOW2_OL_REFCOUNT_BLOCK } from '../format/limits.ts';
+import { checkMetadataOverlap } from './overlap.ts';
 import { reftableView, viewWord } from './tables.ts';
 
 /** log2 of the refcounts per refcount block. */
@@ -47,7 +48,7 @@ export function reftableWord(c: CheckContext, i: number): bigint {
  */
 function entryFlush(c: CheckContext, e: RefblockCacheEntry, attach: 'previous' | 'next'): number {
   if (!e.dirty || e.offset === 0n) return 0;
-  const overlap = metadataOverlap(c, OL_REFCOUNT_BLOCK, e.offset, BigInt(c.g.clusterSize));
+  const overlap = checkMetadataOverlap(c, QCOW2_OL_REFCOUNT_BLOCK, e.offset, BigInt(c.g.clusterSize));
   if (overlap !== undefined) {
     signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, attach);
     return EIO;

@@ -20,7 +20,8 @@ import { BDRV_MAX_LENGTH, CHECK_FRAG_INFO, CheckAbort, FIX_ERRORS, FIX_LEAKS, IN
 import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
 import { cacheMarkDirty, getRefcountChecked, nonZeroRefcounts, readRefblock, refblockBits } from './refblocks.ts';
 import { reftableView } from './tables.ts';
-import { OL_ACTIVE_L1, OL_ACTIVE_L2, OL_INACTIVE_L2, metadataOverlap } from './overlap.ts';
+import { QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2, QCOW2_OL_INACTIVE_L2 } from '../format/limits.ts';
+import { checkMetadataOverlap } from './overlap.ts';
 
 
 
@@ -172,7 +173,7 @@ function fixL2EntryByZero(c: CheckContext, res: Counters, l2Offset: bigint, tabl
   }
   table.set(entryBytes, i * g.l2EntrySize);
   const at = l2Offset + BigInt(i * g.l2EntrySize);
-  const overlap = metadataOverlap(c, active ? OL_ACTIVE_L2 : OL_INACTIVE_L2, at, BigInt(g.l2EntrySize));
+  const overlap = checkMetadataOverlap(c, active ? QCOW2_OL_ACTIVE_L2 : QCOW2_OL_INACTIVE_L2, at, BigInt(g.l2EntrySize));
   if (overlap !== undefined) {
     signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
     c.out.emit('check-error', 'ERROR: Overlap check failed');
@@ -254,7 +255,7 @@ function checkOflagCopied(c: CheckContext, res: Counters): void {
       }
     }
     if (dirty > 0) {
-      const overlap = metadataOverlap(c, OL_ACTIVE_L2, l2Offset, BigInt(g.clusterSize));
+      const overlap = checkMetadataOverlap(c, QCOW2_OL_ACTIVE_L2, l2Offset, BigInt(g.clusterSize));
       if (overlap !== undefined) {
         signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
         c.out.emit('check-error', `ERROR: Could not write L2 table; metadata overlap check failed: ${strerror(EIO)}`);
@@ -271,7 +272,7 @@ function checkOflagCopied(c: CheckContext, res: Counters): void {
 /** qcow2_write_l1_entry (8 bytes: request_alignment 1) after QEMU's overlap check. */
 function writeL1EntryWord(c: CheckContext, res: Counters, i: number, word: bigint): void {
   const at = c.tx.img.header.l1TableOffset + BigInt(i) * 8n;
-  const overlap = metadataOverlap(c, OL_ACTIVE_L1, at, 8n);
+  const overlap = checkMetadataOverlap(c, QCOW2_OL_ACTIVE_L1, at, 8n);
   if (overlap !== undefined) {
     signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
     res.checkErrors++;

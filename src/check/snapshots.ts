@@ -11,7 +11,7 @@ import { writeSnapshots, type SnapshotState } from '../model/snapshot.ts';
 import { hostFlush, setHeaderFields } from '../model/tx.ts';
 import { CheckAbort, FIX_ERRORS, INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_HEADER_SIZE, SNAPSHOT_KNOWN_EXTRA, U64_RANGE, cString, pread, roundUp8, signalCorruption, type CheckContext, type CheckedSnapshot, type Counters } from './context.ts';
 import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
-import { metadataOverlap } from './overlap.ts';
+import { checkMetadataOverlap } from './overlap.ts';
 import { cacheTakeWrites, cacheWrite } from './refblocks.ts';
 import { INCOMPAT_DIRTY } from '../model/image.ts';
 
@@ -196,7 +196,7 @@ export function checkFixSnapshotTable(c: CheckContext, res: Counters): void {
       const r = cacheWrite(c, 'previous');
       if (r !== 0) throw new CheckAbort(r);
     }
-    const overlap = metadataOverlap(c, 0, offset, size);
+    const overlap = checkMetadataOverlap(c, 0, offset, size);
     if (overlap !== undefined) {
       signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
       throw new CheckAbort(EIO);

@@ -28,7 +28,7 @@ import { l2EntryWords } from '../format/entries.ts';
 import { compressionCodecs } from './compression.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { clusterTable, l1l2Index, readL2Entry, writeL2Entry } from './mapping.ts';
-import { metadataOverlap, signalFatalCorruption } from './overlap.ts';
+import { modelMetadataOverlap, signalFatalCorruption } from './overlap.ts';
 import { allocBytes } from './refcount.ts';
 import { type Tx, checkpointImg, geo, hostFlush, hostWrite, withOwnedPages } from './tx.ts';
 import { guestWrite } from './write.ts';
@@ -121,7 +121,7 @@ function writeCompressed(tx: Tx, offset: bigint, data: Uint8Array): void {
     const beforeAlloc = checkpointImg(tx);
     const ioBefore = tx.io.length;
     const host = allocBytes(tx, out.length);
-    const overlap = metadataOverlap(tx, host, BigInt(out.length));
+    const overlap = modelMetadataOverlap(tx, host, BigInt(out.length));
     if (overlap !== undefined) {
       tx.img = beforeAlloc;
       tx.io.length = ioBefore;

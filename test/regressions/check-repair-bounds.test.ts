@@ -46,7 +46,7 @@ describe('check and repair bounds', () => {
   // Snapshot 1's L1 table said to have 1441784 entries, reaching over L2 tables and data: `-r all`
   // repairs thousands of entries, and each repair write's overlap check read and decoded the whole
   // refcount table and active L1 table again, entry by entry (src/check/refcounts.ts
-  // fixL2EntryByZero → check-overlap.ts metadataOverlap → reftableWord): 12.8 s. Now the tables are decoded once per version
+  // fixL2EntryByZero → check/overlap.ts checkMetadataOverlap → reftableWord): 12.8 s. Now the tables are decoded once per version
   // (src/check/tables.ts) and the overlap check searches sorted intervals.
   it('a snapshot L1 table of 1441784 entries in a version 2 image', async () => {
     await expectBounded('v2-64k-snapshots', [fieldWrite('v2-64k-snapshots', 'snapshot[1].l1_size', 1441784n)]);

@@ -120,7 +120,7 @@ describe('ARCHITECTURE.md layer rules', () => {
     expect(caught(model, "import { main } from '../cli/main.ts';")).toEqual(['src/cli/main.ts']);
     expect(caught(model, "export { fileReader } from '../io/file-reader.ts';")).toEqual(['src/io/file-reader.ts']);
     expect(caught(model, "const m = await import('../io/convert.ts');")).toEqual(['src/io/convert.ts']);
-    expect(caught(model, "import x from '../support/mutations.ts';")).toEqual(['test/support/mutations.ts']);
+    expect(caught(model, "import x from '../../test/support/mutations.ts';")).toEqual(['test/support/mutations.ts']);
     expect(caught(model, "import { step } from './step.ts';\nimport { u64ToBigInt } from '../format/u64.ts';\nimport pako from 'pako';")).toEqual([]);
     expect(caught(join(ROOT, 'src', 'conform', 'x.ts'), "import { UsageError } from '../cli/io.ts';")).toEqual(['src/cli/io.ts']);
   });

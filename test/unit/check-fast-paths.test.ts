@@ -2,7 +2,7 @@
  * The check's fast paths (the ones that made `-r all` and 2 MiB / 2-bit images fast) agree with the
  * straightforward computation they replace, on random input:
  *
- * - the overlap check's sorted cluster intervals (src/check/overlap.ts ClusterIntervals) with
+ * - the overlap check's sorted cluster intervals (src/model/overlap.ts ClusterIntervals) with
  *   QEMU's ranges_overlap applied to every range, uint64 wrap-around included (offsets up to 2^64-1);
  * - the refcount-block scan for non-zero refcounts and the single-refcount read
  *   (src/check/refblocks.ts) with the generated decoder run over the whole block;
@@ -19,7 +19,7 @@ import { decodeRefcountBlockFields, encodeRefcountBlock, type U64Fields } from '
 import { refcountValue } from '../../src/format/entries.ts';
 import { bigIntToU64 } from '../../src/format/u64.ts';
 import { newCheckContext, newCheckSession, Transcript, type CheckContext } from '../../src/check/context.ts';
-import { ClusterIntervals, rangesOverlap } from '../../src/check/overlap.ts';
+import { ClusterIntervals, rangesOverlap } from '../../src/model/overlap.ts';
 import { nonZeroRefcounts, refcountAt } from '../../src/check/refblocks.ts';
 import { reftableView } from '../../src/check/tables.ts';
 import { createImage } from '../../src/model/create.ts';
