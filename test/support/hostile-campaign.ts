@@ -21,7 +21,8 @@
  */
 import { Worker } from 'node:worker_threads';
 import fc from 'fast-check';
-import { boundaryValues, mutationTargets, type Mutation, type MutationTargets } from '../../src/corrupt/mutate.ts';
+import { mutationTargets, type Mutation, type MutationTargets } from '../../src/corrupt/mutate.ts';
+import { MUTATION_KINDS, mutationOfKind, type MutationKind } from './mutations.ts';
 import { failureOf, type BatchParams, type BatchResult, type Campaign } from './campaign.ts';
 import type { CaseReport } from './hostile-harness.ts';
 import { modelPool, qemuPool, type PoolImage } from './hostile-pool.ts';
@@ -48,45 +49,11 @@ export interface HostileCase {
   readonly mutations: readonly Mutation[];
 }
 
-/** The kinds of mutation a case is built from; a campaign class restricts cases to one. */
-export type MutationKind = 'flip' | 'boundary' | 'truncate' | 'extension';
-export const MUTATION_KINDS: readonly MutationKind[] = ['flip', 'boundary', 'truncate', 'extension'];
-
-/** One mutation of `kind` for the image `t` describes (undefined-free: every kind has a fallback target). */
-function mutationArb(t: MutationTargets, kind: MutationKind): fc.Arbitrary<Mutation> {
-  switch (kind) {
-    case 'truncate':
-      return fc.oneof(
-        fc.tuple(fc.constantFrom(...t.boundaries), fc.integer({ min: -8, max: 8 })).map(([b, d]): Mutation => ({ kind: 'truncate', length: Math.max(0, Math.min(t.fileLength, b + d)) })),
-        fc.integer({ min: 0, max: t.fileLength }).map((length): Mutation => ({ kind: 'truncate', length })),
-      );
-    case 'flip': {
-      // Region kind first, so the many L2 tables of one image do not drown the header.
-      const kinds = [...new Set(t.regions.map((r) => r.kind))];
-      return fc
-        .constantFrom(...kinds)
-        .chain((k) => fc.constantFrom(...t.regions.filter((r) => r.kind === k)))
-        .chain((r) => fc.tuple(fc.integer({ min: r.start, max: r.end - 1 }), fc.integer({ min: 0, max: 7 })).map(([offset, bit]): Mutation => ({ kind: 'flip', region: r.kind, offset, bit })));
-    }
-    case 'boundary':
-      return fc
-        .constantFrom(...t.fields)
-        .chain((f) => fc.constantFrom(...boundaryValues(f, t)).map((value): Mutation => ({ kind: 'write', field: f.name, offset: f.offset, width: f.width, value })));
-    case 'extension': {
-      const lens = t.fields.filter((f) => f.role === 'extension-length');
-      const header = t.fields.filter((f) => f.name === 'header.backing_file_offset' || f.name === 'header.backing_file_size' || f.name === 'header.header_length');
-      const pool = [...lens, ...header];
-      if (pool.length === 0) return mutationArb(t, 'boundary');
-      return fc.constantFrom(...pool).chain((f) => fc.constantFrom(...boundaryValues(f, t)).map((value): Mutation => ({ kind: 'write', field: f.name, offset: f.offset, width: f.width, value })));
-    }
-  }
-}
-
 /** Cases over `pool`: one to three mutations of the given kinds (all kinds when `kinds` is undefined). */
 export function hostileCaseArb(pool: readonly HostilePoolEntry[], kinds: readonly MutationKind[] = MUTATION_KINDS): fc.Arbitrary<HostileCase> {
   return fc.constantFrom(...pool).chain((p) =>
     fc
-      .array(fc.constantFrom(...kinds).chain((k) => mutationArb(p.targets, k)), { minLength: 1, maxLength: 3 })
+      .array(fc.constantFrom(...kinds).chain((k) => mutationOfKind(p.targets, k)), { minLength: 1, maxLength: 3 })
       .map((mutations): HostileCase => ({ image: p.name, mutations })),
   );
 }
