@@ -7,7 +7,7 @@
  *
  * Why: the check asks for reftable entries and the active L2 offsets again and again — every
  * refcount it reads, every repair write's metadata overlap check — and decoding the tables each time
- * made `-r all` quadratic (a refcount table full of data, 8192 repairs: 7-15 s).
+ * made `-r all` quadratic in the number of repairs.
  *
  * Staleness: a view remembers the HostFile and the length of the transaction's operation log it was
  * made from. When either has changed since, the operations appended to the log since are scanned

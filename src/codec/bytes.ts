@@ -1,8 +1,8 @@
 /**
  * Byte-buffer helpers shared by the model's hot paths: an all-zero test that compares against a
  * zero buffer with the runtime's native memcmp (Node's Buffer) where there is one, else reads 32-bit
- * words. A byte loop over a 64 KiB COW buffer was the largest single cost of a guest write
- * (bench/README.md); memcmp is about 5× faster than the word loop again.
+ * words, because zero tests over whole COW buffers are on every guest write's path (figures in
+ * bench/README.md).
  */
 
 /** Below this length a plain byte loop is cheaper than creating a view. */

@@ -7,8 +7,8 @@
  * Why: V8 keeps typed arrays of at most 64 bytes on the JS heap, where making and freeing them costs
  * about as much as a small object; every larger one has its own off-heap ArrayBuffer (malloc, a
  * zero fill, an extension the GC tracks and sweeps one by one). Copying a 4 KiB page for a 2-byte
- * refcount and an 8-byte L2 entry on every guest write was the largest single cost of the
- * random-write benchmark (a quarter of its profile, and much of its garbage collection). Chunks must
+ * refcount and an 8-byte L2 entry on every guest write would dominate the write path and its garbage
+ * collection (bench/README.md). Chunks must
  * therefore never be viewed with `subarray` or `.buffer` (either moves the chunk off the heap): they
  * are read and copied byte by byte or with `set`/`slice`.
  *

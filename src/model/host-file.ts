@@ -7,8 +7,7 @@
  *
  * The page map is a 32-way radix trie keyed by page index (PageMap, below): page indexes are dense
  * small integers, so digits index arrays directly — no hashing — and a range of pages (a COW zero
- * range, a truncation) is one walk down the trie. It replaced an immutable.js Map whose hashing
- * lookups were ~15 % of a guest write (bench/README.md). A page is stored whole (a Uint8Array) or,
+ * range, a truncation) is one walk down the trie. A page is stored whole (a Uint8Array) or,
  * after small writes, as 64-byte chunks over the page it replaced (chunked-page.ts): an 8-byte L2
  * entry or a 2-byte refcount no longer copies 4 KiB. Readers see pages either way (PageMap.get,
  * hostPage); hostSpot reads an entry in place, chunk or page.
@@ -267,8 +266,7 @@ function putPageChunk<T>(m: PageStore<T> & T, page: number, within: number, byte
 
 /**
  * A new page holding `bytes[pos, pos + PAGE_SIZE)`. Not `bytes.slice`: allocating the page and
- * copying into it was about twice as fast in V8 (Node 20), and this is the copy every whole-page
- * guest write makes (bench/README.md).
+ * copying into it is cheaper in V8, and this is the copy every whole-page guest write makes.
  */
 function pageCopy(bytes: Uint8Array, pos: number): Uint8Array {
   const p = new Uint8Array(PAGE_SIZE);

@@ -51,8 +51,7 @@ function checkWritable(tx: Tx, op: Op): void {
  * One handler per op kind. The mapped type makes the table exactly as exhaustive as ts-pattern's
  * `match(...).exhaustive()`: an Op kind without a handler (or a handler for a kind that does not
  * exist) does not compile. A table rather than `match` because this is the hottest dispatch of the
- * model: the match chain built its matcher objects and nine closures on every step, 5–8 % of a
- * random 4 KiB write (bench/README.md).
+ * model, and the match chain builds its matcher objects and closures on every step.
  */
 const HANDLERS: { readonly [K in Op['kind']]: (tx: Tx, op: Extract<Op, { kind: K }>) => void } = {
   write: (tx, o) => {
