@@ -6,6 +6,9 @@
  * (rebuild_refcount_structure, src/check/rebuild-refcounts.ts), and OFLAG_COPIED checked against
  * the refcounts (check_oflag_copied). With fix flags the repairs are written through the pass's
  * transaction in QEMU's order.
+ *
+ * It walks the metadata itself rather than through walkImage (src/format/walk.ts): its findings,
+ * messages and repairs depend on QEMU's own walk order and on what QEMU reads at each step.
  */
 import { decodeL2EntryFields } from '../../generated/qcow2.ts';
 import { isZeroBytes } from '../codec/bytes.ts';

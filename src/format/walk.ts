@@ -12,6 +12,10 @@
  * * Every table is decoded at most once per distinct offset (an image whose L1 entries all point at
  *   one L2 table costs one L2 decode), every loop is bounded by the file size, and nothing sized by
  *   an untrusted field is allocated before that size has been checked against the file size.
+ *
+ * The project's other walkers each have a reason to exist: the check walks as QEMU's check does
+ * (src/check/refcounts.ts), and the corruption catalog's layoutOf (src/corrupt/layout.ts) skips what
+ * it never pokes so it stays fast on large tables.
  */
 import {
   CompressionTypeNames,
