@@ -128,10 +128,8 @@ export function probeHostAllocationsOrFull(paths: readonly string[], warn: (line
  * cannot run or dies.
  */
 export class SeekDataProbeServer {
-  private child: ChildProcessWithoutNullStreams | undefined;
+  private server: ProbeProcess | undefined;
   private queue: Promise<unknown> = Promise.resolve();
-  private buffer = '';
-  private waiting: ((line: string) => void) | undefined;
 
   constructor(private readonly python = DEFAULT_PYTHON) {}
 
@@ -139,13 +137,13 @@ export class SeekDataProbeServer {
   async probe(paths: readonly string[]): Promise<HostAllocation[]> {
     if (paths.length === 0) return [];
     const run = this.queue.then(() => new Promise<string>((resolve) => {
-      const child = this.start();
-      this.hold(child, true);
-      this.waiting = (line) => {
-        this.hold(child, false);
+      const p = this.start();
+      hold(p.child, true);
+      p.waiting = (line) => {
+        hold(p.child, false);
         resolve(line);
       };
-      child.stdin.write(JSON.stringify(paths) + '\n');
+      p.child.stdin.write(JSON.stringify(paths) + '\n');
     }));
     this.queue = run.catch(() => undefined);
     const line = await run;
@@ -155,45 +153,57 @@ export class SeekDataProbeServer {
 
   /** Stops the process (a later probe starts a new one). */
   close(): void {
-    this.child?.kill();
-    this.child = undefined;
+    this.server?.child.kill();
+    this.server = undefined;
   }
 
-  private start(): ChildProcessWithoutNullStreams {
-    if (this.child !== undefined) return this.child;
+  /**
+   * The running process, started when there is none. Each process has its own pending answer, so a
+   * process that exits after `close` can only answer a request made to it.
+   */
+  private start(): ProbeProcess {
+    if (this.server !== undefined) return this.server;
     const child = spawn(this.python, ['-S', '-u', '-c', SCRIPT], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const p: ProbeProcess = { child, buffer: '' };
     let stderr = '';
     const answer = (line: string): void => {
-      const w = this.waiting;
-      this.waiting = undefined;
+      const w = p.waiting;
+      delete p.waiting;
       w?.(line);
     };
     child.stderr.on('data', (b: Buffer) => void (stderr += b.toString()));
     child.stdout.on('data', (b: Buffer) => {
-      this.buffer += b.toString();
-      const nl = this.buffer.indexOf('\n');
+      p.buffer += b.toString();
+      const nl = p.buffer.indexOf('\n');
       if (nl >= 0) {
-        const line = this.buffer.slice(0, nl);
-        this.buffer = this.buffer.slice(nl + 1);
+        const line = p.buffer.slice(0, nl);
+        p.buffer = p.buffer.slice(nl + 1);
         answer(line);
       }
     });
     const gone = (why: string): void => {
-      if (this.child === child) this.child = undefined;
+      if (this.server === p) this.server = undefined;
       answer(`ERROR ${why}`);
     };
     child.on('exit', () => gone(stderr.trim() || 'exited'));
     child.on('error', (e: NodeJS.ErrnoException) => gone(e.code === 'ENOENT' ? `${this.python} not found` : e.message));
-    this.hold(child, false);
-    this.child = child;
-    return child;
+    hold(child, false);
+    this.server = p;
+    return p;
   }
+}
 
-  /** Keeps the event loop alive while a request is pending (and lets the process exit otherwise). */
-  private hold(child: ChildProcessWithoutNullStreams, on: boolean): void {
-    for (const h of [child, child.stdin, child.stdout, child.stderr] as unknown as { ref?: () => void; unref?: () => void }[]) {
-      if (on) h.ref?.();
-      else h.unref?.();
-    }
+/** One python3 process of a SeekDataProbeServer and the answer it owes. */
+interface ProbeProcess {
+  readonly child: ChildProcessWithoutNullStreams;
+  buffer: string;
+  waiting?: (line: string) => void;
+}
+
+/** Keeps the event loop alive while a request is pending (and lets the process exit otherwise). */
+function hold(child: ChildProcessWithoutNullStreams, on: boolean): void {
+  for (const h of [child, child.stdin, child.stdout, child.stderr] as unknown as { ref?: () => void; unref?: () => void }[]) {
+    if (on) h.ref?.();
+    else h.unref?.();
   }
 }
