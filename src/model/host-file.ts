@@ -406,39 +406,22 @@ export function discardHost(file: HostFile, offset: bigint, length: bigint): Hos
  * extension, base bytes included (the base's limit drops to `length`).
  */
 export function truncateHost(file: HostFile, length: bigint): HostFile {
-  if (file.base !== undefined) return truncateHostOverBase(file, file.base, length);
-  if (length >= file.length) return { length, pages: file.pages };
-  const lastPage = pageIndexOf(length + BigInt(PAGE_SIZE - 1));
-  let pages = file.pages.deleteRange(lastPage, MAX_KEY - 1);
-  const tail = Number(length & BigInt(PAGE_SIZE - 1));
-  if (tail !== 0) {
-    const idx = pageIndexOf(length);
-    const p = pages.leaf(idx);
-    if (p !== undefined) {
-      const q = patchLeaf(p, tail, undefined, 0, PAGE_SIZE - tail);
-      pages = leafIsZero(q) ? pages.delete(idx) : pages.setLeaf(idx, q);
-    }
-  }
-  return { length, pages };
-}
-
-/** truncateHost of a file with a base. */
-function truncateHostOverBase(file: HostFile, base0: HostBase, length: bigint): HostFile {
-  if (length >= file.length) return { length, pages: file.pages, base: base0 };
+  const base0 = file.base;
+  if (length >= file.length) return base0 === undefined ? { length, pages: file.pages } : { length, pages: file.pages, base: base0 };
   let pages = file.pages.deleteRange(pageIndexOf(length + BigInt(PAGE_SIZE - 1)), MAX_KEY - 1);
-  if (length === 0n) return { length, pages }; // nothing of the base can show again
+  if (length === 0n) return { length, pages }; // nothing of a base can show again
   // The limit never rises, so it stays at most the file's length.
-  const base = length < base0.limit ? new HostBase(base0.reader, length, base0.hidden, base0.cache) : base0;
+  const base = base0 === undefined || length >= base0.limit ? base0 : new HostBase(base0.reader, length, base0.hidden, base0.cache);
   const tail = Number(length & BigInt(PAGE_SIZE - 1));
   if (tail !== 0) {
     const idx = pageIndexOf(length);
     const p = pages.leaf(idx);
     if (p !== undefined) {
       const q = patchLeaf(p, tail, undefined, 0, PAGE_SIZE - tail);
-      pages = !leafIsZero(q) ? pages.setLeaf(idx, q) : baseVisible(base, idx) ? pages.setLeaf(idx, ZERO_PAGE) : pages.delete(idx);
+      pages = !leafIsZero(q) ? pages.setLeaf(idx, q) : base !== undefined && baseVisible(base, idx) ? pages.setLeaf(idx, ZERO_PAGE) : pages.delete(idx);
     }
   }
-  return { length, pages, base };
+  return base === undefined ? { length, pages } : { length, pages, base };
 }
 
 /**
