@@ -69,8 +69,33 @@ export interface WalkError {
   readonly detail: string;
 }
 
+/**
+ * Where the header puts the image's tables (the active L1 table, the refcount table, the snapshot
+ * table) and their sizes, offsets as exact bigint: what HeaderInfo and the model's HeaderState share.
+ */
+export interface HeaderTables {
+  readonly l1Size: number;
+  readonly l1TableOffset: bigint;
+  readonly refcountTableOffset: bigint;
+  readonly refcountTableClusters: number;
+  readonly nbSnapshots: number;
+  readonly snapshotsOffset: bigint;
+}
+
+/** The HeaderTables of a decoded header, in the order of the header's fields. */
+export function headerTablesOf(h: Header): HeaderTables {
+  return {
+    l1Size: h.l1Size,
+    l1TableOffset: u64ToBigInt(h.l1TableOffset),
+    refcountTableOffset: u64ToBigInt(h.refcountTableOffset),
+    refcountTableClusters: h.refcountTableClusters,
+    nbSnapshots: h.nbSnapshots,
+    snapshotsOffset: u64ToBigInt(h.snapshotsOffset),
+  };
+}
+
 /** Every header field (64-bit ones as exact bigint) plus the values derived from them. */
-export interface HeaderInfo {
+export interface HeaderInfo extends HeaderTables {
   readonly version: number;
   readonly backingFileOffset: bigint;
   readonly backingFileSize: number;
@@ -80,12 +105,6 @@ export interface HeaderInfo {
   readonly size: bigint;
   readonly cryptMethod: number;
   readonly cryptMethodName: string;
-  readonly l1Size: number;
-  readonly l1TableOffset: bigint;
-  readonly refcountTableOffset: bigint;
-  readonly refcountTableClusters: number;
-  readonly nbSnapshots: number;
-  readonly snapshotsOffset: bigint;
   /** Feature fields (all zero for version 2). */
   readonly incompatibleFeatures: DecodedFeatures;
   readonly compatibleFeatures: DecodedFeatures;
@@ -568,12 +587,7 @@ export function describeHeader(h: Header): HeaderInfo {
     size: u64ToBigInt(h.size),
     cryptMethod: h.cryptMethod,
     cryptMethodName: CryptMethodNames[h.cryptMethod] ?? `unknown (${h.cryptMethod})`,
-    l1Size: h.l1Size,
-    l1TableOffset: u64ToBigInt(h.l1TableOffset),
-    refcountTableOffset: u64ToBigInt(h.refcountTableOffset),
-    refcountTableClusters: h.refcountTableClusters,
-    nbSnapshots: h.nbSnapshots,
-    snapshotsOffset: u64ToBigInt(h.snapshotsOffset),
+    ...headerTablesOf(h),
     incompatibleFeatures: decodeFeatureBits('incompatible', h.incompatibleFeatures ?? zero),
     compatibleFeatures: decodeFeatureBits('compatible', h.compatibleFeatures ?? zero),
     autoclearFeatures: decodeFeatureBits('autoclear', h.autoclearFeatures ?? zero),
