@@ -407,18 +407,11 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   const l2ctx: L2Context = { clusterBits: header.clusterBits, extendedL2: header.extendedL2, externalDataFile: header.externalDataFile };
   const l1params = { clusterBits: header.clusterBits, extendedL2: header.extendedL2 };
   const l2ByOffset = new Map<bigint, L2TableInfo>();
-  const l2Tables: L2TableInfo[] = [];
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 
   /** Decodes (once per offset) the L2 tables an L1 table points at. */
   const visitL2Tables = (l1Name: string, decoded: readonly (L1Entry | undefined)[], info: L1Info): void => {
-    for (const e of info.entries) {
-      if (e.l2Offset === 0n) continue;
-      const known = l2ByOffset.get(e.l2Offset);
-      if (known !== undefined) {
-        known.references.push({ l1: l1Name, index: e.index });
-        continue;
-      }
+    visitDistinctL2Tables(l1Name, info.entries, l2ByOffset, (e): L2TableInfo => {
       const raw = decoded[e.index]!;
       const at = `${l1Name} L1[${e.index}] -> L2 table at 0x${e.l2Offset.toString(16)}`;
       let table: L2TableInfo;
@@ -460,9 +453,8 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
           error: record(at, err),
         };
       }
-      l2ByOffset.set(e.l2Offset, table);
-      l2Tables.push(table);
-    }
+      return table;
+    });
   };
 
   // Active L1.
@@ -566,12 +558,35 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
     ...(backingFile !== undefined ? { backingFile } : {}),
     ...(dataFileExt?.type === 'external-data-file' ? { dataFile: dataFileExt.name } : {}),
     activeL1,
-    l2Tables,
+    l2Tables: [...l2ByOffset.values()],
     refcounts,
     snapshots,
     ...(bitmaps !== undefined ? { bitmaps } : {}),
     errors,
   };
+}
+
+/**
+ * Visits the L2 tables the `entries` of L1 table `l1Name` point at, each distinct table once across
+ * calls sharing `tables`: a table already there gains the reference; a new one is what `read` makes
+ * of the first entry pointing at it (with that reference), or left out when `read` gives undefined.
+ */
+export function visitDistinctL2Tables<T extends { readonly references: L2Reference[] }>(
+  l1Name: string,
+  entries: readonly { readonly index: number; readonly l2Offset: bigint }[],
+  tables: Map<bigint, T>,
+  read: (e: { readonly index: number; readonly l2Offset: bigint }) => T | undefined,
+): void {
+  for (const e of entries) {
+    if (e.l2Offset === 0n) continue;
+    const known = tables.get(e.l2Offset);
+    if (known !== undefined) {
+      known.references.push({ l1: l1Name, index: e.index });
+      continue;
+    }
+    const table = read(e);
+    if (table !== undefined) tables.set(e.l2Offset, table);
+  }
 }
 
 /** The header of an image as HeaderInfo (exact 64-bit values, effective v2 defaults). */
