@@ -149,27 +149,13 @@ export type CorruptionName =
   | 'dirty-stale-refcounts';
 
 // ---------------------------------------------------------------------------------------------
-// Bits of the entries (docs/format/mapping.md, docs/format/refcounts.md#refcount-table)
+// Where the header fields are, and how far corruptions reach (entry bits come from the spec: generated/qcow2.ts)
 
-const COPIED = L1EntryMasks.copied;
-const COMPRESSED = L2EntryMasks.compressed;
-const L1_OFFSET_MASK = L1EntryMasks.l2Offset;
-const L1_RESERVED_MASK = L1EntryMasks.reserved;
-const L2_OFFSET_MASK = L2EntryMasks.hostOffset;
-const L2_RESERVED_MASK = L2EntryMasks.reserved;
-const REFT_OFFSET_MASK = RefcountTableEntryMasks.refblockOffset;
-const REFT_RESERVED_MASK = RefcountTableEntryMasks.reserved;
-const ZERO_FLAG = L2EntryMasks.zero;
-const ALL_ALLOCATED = L2EntryMasks.allocBitmap;
-const INCOMPAT_DIRTY = IncompatibleFeatureMask.DIRTY;
-const COMPAT_LAZY_REFCOUNTS = CompatibleFeatureMask.LAZY_REFCOUNTS;
 /** Header fields incompatible_features and compatible_features (the spec's HeaderLayout). */
 const INCOMPAT_OFFSET = BigInt(HeaderLayout.incompatibleFeatures.offset);
 const COMPAT_OFFSET = BigInt(HeaderLayout.compatibleFeatures.offset);
 /** Entries QEMU's check accepts in a snapshot L1 (QCOW_MAX_L1_SIZE / 8 = 4 Mi, docs/format/check.md#reference-counting-pass). */
 const MAX_L1_ENTRIES = BigInt(QCOW_MAX_L1_SIZE / L1_ENTRY_FIXED_SIZE);
-/** Largest extra data QEMU reads (QCOW_MAX_SNAPSHOT_EXTRA_DATA, docs/format/snapshots.md#limits). */
-const MAX_EXTRA_DATA = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
 /** A past-EOF pointer lands at most this many clusters beyond the end (QEMU's check sizes its refcount array by it). */
 const MAX_PAST_EOF_CLUSTERS = 1n << 20n;
 /**
@@ -320,10 +306,10 @@ function l2Field(l: FileLayout, s: L2Slot, word: 0 | 1): string {
 
 /** Kind of the cluster an L2 word describes, by QEMU's rules (docs/format/mapping.md#cluster-types). */
 function l2Kind(l: FileLayout, word: bigint): 'compressed' | 'zero-plain' | 'zero-alloc' | 'normal' | 'unallocated' {
-  if ((word & COMPRESSED) !== 0n) return 'compressed';
-  const off = word & L2_OFFSET_MASK;
-  if (!l.extendedL2 && (word & ZERO_FLAG) !== 0n) return off === 0n ? 'zero-plain' : 'zero-alloc';
-  if (off === 0n && !(l.externalDataFile && (word & COPIED) !== 0n)) return 'unallocated';
+  if ((word & L2EntryMasks.compressed) !== 0n) return 'compressed';
+  const off = word & L2EntryMasks.hostOffset;
+  if (!l.extendedL2 && (word & L2EntryMasks.zero) !== 0n) return off === 0n ? 'zero-plain' : 'zero-alloc';
+  if (off === 0n && !(l.externalDataFile && (word & L2EntryMasks.copied) !== 0n)) return 'unallocated';
   return 'normal';
 }
 
@@ -459,6 +445,11 @@ function wordCorruption<S>(
   };
 }
 
+/** Candidates for a pointer aimed elsewhere: every entry of the active L2 tables, a third of the time with some empty ones. */
+function anyL2Entry(l: FileLayout, rng: Rng): readonly L2Slot[] | string {
+  return someOr(l2Slots(l, () => true, rng.int(3) === 0), 'no active L2 table');
+}
+
 /** `word` with its offset (`mask`) moved to a 512-aligned place inside its cluster that is not cluster aligned. */
 function unalignedOffset(l: FileLayout, rng: Rng, word: bigint, mask: bigint): bigint | string {
   const u = unalign(l, rng, word & mask);
@@ -476,7 +467,7 @@ function unalignedMapping(l: FileLayout, rng: Rng, word: bigint, mask: bigint): 
  * allocated, so that the whole cluster reads what is there; `note` for the description.
  */
 function l2PointedAt(l: FileLayout, s: L2Slot, target: bigint, note: string, affected: readonly GuestRange[] = []): WordChange {
-  return { value: COPIED | target, note, affected, ...(l.extendedL2 ? { also: { word: l2Bitmap(l, s), value: ALL_ALLOCATED } } : {}) };
+  return { value: L2EntryMasks.copied | target, note, affected, ...(l.extendedL2 ? { also: { word: l2Bitmap(l, s), value: L2EntryMasks.allocBitmap } } : {}) };
 }
 
 /** The referenced clusters a refcount block covers: their refcount slot and refcount, in `l.referenced` order. */
@@ -559,10 +550,10 @@ const l2IntoMetadata = wordCorruption(
   l1Word,
   (l, rng) => someOr(l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false), 'the active L1 table is empty'),
   (l, rng, s) => {
-    const targets = metadataTargets(l, (s.word & L1_OFFSET_MASK) / l.clusterSize);
+    const targets = metadataTargets(l, (s.word & L1EntryMasks.l2Offset) / l.clusterSize);
     if (targets.length === 0) return 'no other metadata cluster to point at';
     const t = pick(rng, targets);
-    return { value: COPIED | (t.cluster * l.clusterSize), note: ` (the ${t.what})`, affected: usersOf(l, t.cluster * l.clusterSize) };
+    return { value: L1EntryMasks.copied | (t.cluster * l.clusterSize), note: ` (the ${t.what})`, affected: usersOf(l, t.cluster * l.clusterSize) };
   },
 );
 
@@ -570,7 +561,7 @@ const dataIntoMetadata = wordCorruption(
   'data-into-metadata', 'pointer',
   'an active L2 entry maps its guest cluster onto a metadata cluster, COPIED set (test 060 "data cluster into refblock", "data into inactive L2", docs/format/iotests.md#test-060-cases)',
   l2Descriptor,
-  (l, rng) => someOr(l2Slots(l, () => true, rng.int(3) === 0), 'no active L2 table'),
+  anyL2Entry,
   (l, rng, s) => {
     const t = pick(rng, metadataTargets(l, -1n));
     return l2PointedAt(l, s, t.cluster * l.clusterSize, ` (the ${t.what})`, usersOf(l, t.cluster * l.clusterSize));
@@ -582,7 +573,7 @@ const unalignedL1 = wordCorruption(
   'an allocated active L1 entry gets an L2 offset that is 512-aligned but not cluster aligned (test 060 "unaligned L1 entry", docs/format/mapping.md#l1-entries)',
   l1Word,
   (l) => someOr(l1Slots(l, true), 'no allocated L1 entry'),
-  (l, rng, s) => unalignedMapping(l, rng, s.word, L1_OFFSET_MASK),
+  (l, rng, s) => unalignedMapping(l, rng, s.word, L1EntryMasks.l2Offset),
 );
 
 const unalignedL2 = wordCorruption(
@@ -591,34 +582,34 @@ const unalignedL2 = wordCorruption(
   l2Descriptor,
   (l) => someOr(l2Slots(l, (s) => {
     const k = l2Kind(l, s.word);
-    return (k === 'normal' || k === 'zero-alloc') && (s.word & L2_OFFSET_MASK) !== 0n;
+    return (k === 'normal' || k === 'zero-alloc') && (s.word & L2EntryMasks.hostOffset) !== 0n;
   }), 'no allocated normal or zero-alloc L2 entry'),
-  (l, rng, s) => unalignedMapping(l, rng, s.word, L2_OFFSET_MASK),
+  (l, rng, s) => unalignedMapping(l, rng, s.word, L2EntryMasks.hostOffset),
 );
 
 const unalignedRefblock = wordCorruption(
   'unaligned-refblock-entry', 'alignment',
   'a refcount-table entry gets a block offset that is 512-aligned but not cluster aligned (test 060 "unaligned reftable entry", docs/format/refcounts.md#refcount-table)',
   reftableWord,
-  (l) => someOr(reftableSlots(l, false).filter((s) => (s.word & REFT_OFFSET_MASK) !== 0n), 'no refcount block'),
-  (l, rng, s) => unalignedOffset(l, rng, s.word, REFT_OFFSET_MASK),
+  (l) => someOr(reftableSlots(l, false).filter((s) => (s.word & RefcountTableEntryMasks.refblockOffset) !== 0n), 'no refcount block'),
+  (l, rng, s) => unalignedOffset(l, rng, s.word, RefcountTableEntryMasks.refblockOffset),
 );
 
 const reservedL1 = wordCorruption(
   'reserved-bits-l1', 'reserved-bits',
   'a reserved bit (L1E_RESERVED_MASK) of an active L1 entry is set (docs/format/mapping.md#l1-entries)',
   l1Word,
-  (l, rng) => someOr(l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false).filter((s) => (s.word & L1_RESERVED_MASK) !== L1_RESERVED_MASK), 'the active L1 table is empty'),
-  (_l, rng, s) => s.word | bitOf(rng, L1_RESERVED_MASK & ~s.word),
+  (l, rng) => someOr(l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false).filter((s) => (s.word & L1EntryMasks.reserved) !== L1EntryMasks.reserved), 'the active L1 table is empty'),
+  (_l, rng, s) => s.word | bitOf(rng, L1EntryMasks.reserved & ~s.word),
 );
 
 const reservedL2 = wordCorruption(
   'reserved-bits-l2', 'reserved-bits',
   'a reserved bit (L2E_STD_RESERVED_MASK) of a standard (not compressed) active L2 entry is set (docs/format/mapping.md#standard-l2-entries: reads work, check counts it)',
   l2Descriptor,
-  (l, rng) => someOr(l2Slots(l, (s) => (s.word & COMPRESSED) === 0n, rng.int(4) === 0), 'no standard active L2 entry'),
+  (l, rng) => someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) === 0n, rng.int(4) === 0), 'no standard active L2 entry'),
   (_l, rng, s) => {
-    const free = L2_RESERVED_MASK & ~s.word;
+    const free = L2EntryMasks.reserved & ~s.word;
     return free === 0n ? 'every reserved bit is already set' : s.word | bitOf(rng, free);
   },
 );
@@ -627,16 +618,16 @@ const reservedReftable = wordCorruption(
   'reserved-bits-reftable', 'reserved-bits',
   'a reserved bit (mask 0x1ff) of a refcount-table entry is set (docs/format/refcounts.md#refcount-table)',
   reftableWord,
-  (l, rng) => someOr(reftableSlots(l, rng.int(4) === 0).filter((s) => (s.word & REFT_RESERVED_MASK) !== REFT_RESERVED_MASK), 'no refcount-table entry'),
-  (_l, rng, s) => s.word | bitOf(rng, REFT_RESERVED_MASK & ~s.word),
+  (l, rng) => someOr(reftableSlots(l, rng.int(4) === 0).filter((s) => (s.word & RefcountTableEntryMasks.reserved) !== RefcountTableEntryMasks.reserved), 'no refcount-table entry'),
+  (_l, rng, s) => s.word | bitOf(rng, RefcountTableEntryMasks.reserved & ~s.word),
 );
 
 const compressedCopied = wordCorruption(
   'compressed-copied', 'flags',
   'COPIED is set on a compressed L2 entry (docs/format/mapping.md#standard-l2-entries: compressed entries are never COPIED)',
   l2Descriptor,
-  (l) => someOr(l2Slots(l, (s) => (s.word & COMPRESSED) !== 0n && (s.word & COPIED) === 0n), 'no compressed cluster in the active L2 tables'),
-  (_l, _rng, s) => s.word | COPIED,
+  (l) => someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) !== 0n && (s.word & L2EntryMasks.copied) === 0n), 'no compressed cluster in the active L2 tables'),
+  (_l, _rng, s) => s.word | L2EntryMasks.copied,
 );
 
 const v2ZeroFlag = wordCorruption(
@@ -644,15 +635,15 @@ const v2ZeroFlag = wordCorruption(
   'the zero flag (bit 0) on a standard L2 entry of a version 2 image (docs/format/mapping.md#cluster-types: fatal on access, not flagged by check)',
   l2Descriptor,
   (l, rng) => (l.version !== 2 ? 'version 3 image: the zero flag is legal'
-    : someOr(l2Slots(l, (s) => (s.word & COMPRESSED) === 0n && (s.word & ZERO_FLAG) === 0n, rng.int(3) === 0), 'no standard active L2 entry')),
-  (_l, _rng, s) => s.word | ZERO_FLAG,
+    : someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) === 0n && (s.word & L2EntryMasks.zero) === 0n, rng.int(3) === 0), 'no standard active L2 entry')),
+  (_l, _rng, s) => s.word | L2EntryMasks.zero,
 );
 
 const compressedBitmap = wordCorruption(
   'compressed-nonzero-bitmap', 'subcluster',
   'an extended-L2 compressed entry gets a non-zero subcluster bitmap (docs/format/mapping.md#compressed-clusters: check ERROR compressed cluster ... non-zero subcluster allocation bitmap)',
   l2Bitmap,
-  (l) => (!l.extendedL2 ? 'no extended L2 entries' : someOr(l2Slots(l, (s) => (s.word & COMPRESSED) !== 0n), 'no compressed cluster in the active L2 tables')),
+  (l) => (!l.extendedL2 ? 'no extended L2 entries' : someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) !== 0n), 'no compressed cluster in the active L2 tables')),
   (_l, rng) => pick(rng, [1n, 1n << BigInt(rng.int(64)), bigBelow(rng, 1n << 64n) | 1n, (1n << 64n) - 1n]),
 );
 
@@ -661,7 +652,7 @@ const allocAndZero = wordCorruption(
   'an allocated extended-L2 entry gets one subcluster both allocated and zero (docs/format/mapping.md#subcluster-types: INVALID; check ERROR ... corrupted subcluster allocation bitmap)',
   l2Bitmap,
   (l) => (!l.extendedL2 ? 'no extended L2 entries'
-    : someOr(l2Slots(l, (s) => l2Kind(l, s.word) === 'normal' && (s.word & L2_OFFSET_MASK) !== 0n), 'no allocated extended-L2 entry')),
+    : someOr(l2Slots(l, (s) => l2Kind(l, s.word) === 'normal' && (s.word & L2EntryMasks.hostOffset) !== 0n), 'no allocated extended-L2 entry')),
   (_l, rng, s) => {
     const n = BigInt(rng.int(32));
     return { value: s.bitmap | (1n << n) | (1n << (32n + n)), note: ` (subcluster ${n} allocated and zero)` };
@@ -673,9 +664,9 @@ const allocOnUnallocated = wordCorruption(
   'an extended-L2 entry without host offset gets allocation bits (docs/format/mapping.md#subcluster-types: INVALID; check ERROR: Unallocated cluster has non-zero subcluster allocation map)',
   l2Bitmap,
   (l) => (!l.extendedL2 ? 'no extended L2 entries'
-    : someOr(l2Slots(l, (s) => l2Kind(l, s.word) === 'unallocated' && (s.bitmap & ALL_ALLOCATED) !== ALL_ALLOCATED, true), 'no unallocated extended-L2 entry')),
+    : someOr(l2Slots(l, (s) => l2Kind(l, s.word) === 'unallocated' && (s.bitmap & L2EntryMasks.allocBitmap) !== L2EntryMasks.allocBitmap, true), 'no unallocated extended-L2 entry')),
   (_l, rng, s) => {
-    const v = s.bitmap | pick(rng, [1n << BigInt(rng.int(32)), ALL_ALLOCATED, bigBelow(rng, ALL_ALLOCATED) + 1n]);
+    const v = s.bitmap | pick(rng, [1n << BigInt(rng.int(32)), L2EntryMasks.allocBitmap, bigBelow(rng, L2EntryMasks.allocBitmap) + 1n]);
     return v === s.bitmap ? 'the chosen bits are already set' : v;
   },
 );
@@ -686,8 +677,8 @@ const l1PastEof = wordCorruption(
   l1Word,
   (l, rng) => someOr(l1Slots(l, rng.int(3) !== 0 ? 'prefer' : false), 'the active L1 table is empty'),
   (l, rng) => {
-    const o = pastEof(l, rng, L1_OFFSET_MASK);
-    return o === undefined ? 'the file ends past the largest L2 offset' : { value: COPIED | o, note: ` (file length ${hex(l.fileLength)})` };
+    const o = pastEof(l, rng, L1EntryMasks.l2Offset);
+    return o === undefined ? 'the file ends past the largest L2 offset' : { value: L1EntryMasks.copied | o, note: ` (file length ${hex(l.fileLength)})` };
   },
 );
 
@@ -695,9 +686,9 @@ const l2PastEof = wordCorruption(
   'l2-entry-past-eof', 'past-eof',
   'an active L2 entry maps its guest cluster past the end of the file, COPIED set (test 080 0x800000ffffff0000; check: region exceeding the end of the file)',
   l2Descriptor,
-  (l, rng) => someOr(l2Slots(l, () => true, rng.int(3) === 0), 'no active L2 table'),
+  anyL2Entry,
   (l, rng, s) => {
-    const o = pastEof(l, rng, L2_OFFSET_MASK);
+    const o = pastEof(l, rng, L2EntryMasks.hostOffset);
     return o === undefined ? 'the file ends past the largest host offset' : l2PointedAt(l, s, o, ` (file length ${hex(l.fileLength)})`);
   },
 );
@@ -709,7 +700,7 @@ const refblockPastEof = wordCorruption(
   (l, rng) => someOr(reftableSlots(l, rng.int(3) === 0), 'no refcount table'),
   (l, rng) => {
     const far = MAX_REFBLOCK_PAST_EOF_BYTES / l.clusterSize;
-    const o = pastEof(l, rng, REFT_OFFSET_MASK, far > 1n ? far : 1n);
+    const o = pastEof(l, rng, RefcountTableEntryMasks.refblockOffset, far > 1n ? far : 1n);
     return o === undefined ? 'no offset past the end of the file fits' : { value: o, note: ` (file length ${hex(l.fileLength)})` };
   },
 );
@@ -865,7 +856,7 @@ const snapshotExtraTooLarge = extraDataCorruption(
   'snapshot-extra-data-too-large',
   'a snapshot entry gets more than 1024 bytes of extra data (docs/format/snapshots.md#limits: Too much extra metadata in snapshot table entry N; -r all drops it)',
   () => undefined,
-  (rng) => MAX_EXTRA_DATA + 1 + rng.int(64) * 8,
+  (rng) => QCOW_MAX_SNAPSHOT_EXTRA_DATA + 1 + rng.int(64) * 8,
   (l, old, len) => {
     const known = 24;
     const zero = { hi: 0, lo: 0 };
@@ -889,8 +880,8 @@ const dirtyStale: Corruption = {
     const p = new Poker(l);
     const incompat = p.read(INCOMPAT_OFFSET, 64);
     const compat = p.read(COMPAT_OFFSET, 64);
-    p.set('header', 'incompatible_features', INCOMPAT_OFFSET, 64, incompat | INCOMPAT_DIRTY);
-    if ((compat & COMPAT_LAZY_REFCOUNTS) === 0n) p.set('header', 'compatible_features', COMPAT_OFFSET, 64, compat | COMPAT_LAZY_REFCOUNTS);
+    p.set('header', 'incompatible_features', INCOMPAT_OFFSET, 64, incompat | IncompatibleFeatureMask.DIRTY);
+    if ((compat & CompatibleFeatureMask.LAZY_REFCOUNTS) === 0n) p.set('header', 'compatible_features', COMPAT_OFFSET, 64, compat | CompatibleFeatureMask.LAZY_REFCOUNTS);
     const k = 1 + rng.int(Math.min(3, newest.length));
     const zeroed = newest.slice(0, k);
     for (const c of zeroed) setRefcount(p, refcountSlot(l, c)!, 0n);
