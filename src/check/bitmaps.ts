@@ -5,11 +5,12 @@
  * refuses makes the check fail (EINVAL). Only when autoclear bit 0 says the bitmaps are consistent
  * (QEMU ignores them otherwise).
  */
-import { decodeBitmapTableEntryFields } from '../../generated/qcow2.ts';
+import { BitmapDirectoryEntryMasks, decodeBitmapTableEntryFields } from '../../generated/qcow2.ts';
+import { BME_MAX_NAME_SIZE, BME_MAX_PHYS_SIZE, BME_MAX_TABLE_SIZE, BME_RESERVED_FLAGS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE } from '../format/limits.ts';
 import { isZeroBytes } from '../codec/bytes.ts';
 import { offsetFromParts } from '../format/u64.ts';
 import type { Imrt } from './imrt.ts';
-import { BME_FLAG_IN_USE, BME_MAX_NAME_SIZE, BME_MAX_PHYS_SIZE, BME_MAX_TABLE_SIZE, BME_RESERVED_FLAGS, CheckAbort, QCOW2_MAX_BITMAP_DIRECTORY_SIZE, incRefcounts, pread, type CheckContext, type Counters } from './context.ts';
+import { CheckAbort, incRefcounts, pread, type CheckContext, type Counters } from './context.ts';
 import { EINVAL, EIO } from '../model/errno.ts';
 
 
@@ -48,7 +49,7 @@ function bitmapListLoad(c: CheckContext, offset: bigint, size: bigint, count: nu
     if (fail) return undefined;
     const phys = BigInt(tableSize) * BigInt(c.g.clusterSize);
     if (phys > BigInt(BME_MAX_PHYS_SIZE)) return undefined;
-    if ((flags & BME_FLAG_IN_USE) === 0 && c.virtualBytes > (phys * 8n) << BigInt(granularityBits)) return undefined;
+    if ((flags & Number(BitmapDirectoryEntryMasks.inUse)) === 0 && c.virtualBytes > (phys * 8n) << BigInt(granularityBits)) return undefined;
     out.push({ tableOffset, tableSize });
     e += entrySize;
   }

@@ -7,14 +7,9 @@
  * count (qcow2_inc_refcounts_imrt). The on-disk refcounts and the refcount-block cache are
  * src/check/refblocks.ts; the in-memory reftable and L1 table src/check/tables.ts.
  */
-import {
-  decodeL1EntryFields, L1EntryMasks, L2EntryMasks, RefcountTableEntryMasks, SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotExtraDataLayout,
-} from '../../generated/qcow2.ts';
+import { decodeL1EntryFields } from '../../generated/qcow2.ts';
 import { isQcow2FormatError } from '../codec/errors.ts';
-import {
-  BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA,
-  QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
-} from '../format/limits.ts';
+import { BDRV_MAX_LENGTH } from '../format/limits.ts';
 import { l1EntryWord } from '../format/entries.ts';
 import { reftableSize as reftableEntries } from '../model/refcount.ts';
 import type { CheckFinding } from './check.ts';
@@ -158,42 +153,6 @@ export function zeroCounters(): Counters {
     imageEndOffset: 0n, totalClusters: 0n, allocatedClusters: 0n, fragmentedClusters: 0n, compressedClusters: 0n,
   };
 }
-
-// Masks and limits under QEMU's names (block/qcow2.h, include/block/block_int-common.h): the limits
-// from src/format/limits.ts, the entry masks and sizes from the spec (generated/qcow2.ts).
-export {
-  BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA,
-  QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
-};
-export const U64_RANGE = 1n << 64n;
-/** QCOW_OFLAG_COPIED: bit 63 of L1 and L2 entries. */
-export const QCOW_OFLAG_COPIED = L2EntryMasks.copied;
-/** QCOW_OFLAG_ZERO: bit 0 of a standard L2 entry. */
-export const QCOW_OFLAG_ZERO = L2EntryMasks.zero;
-/** L1E_OFFSET_MASK: the L2 table offset in an L1 entry. */
-export const L1E_OFFSET_MASK = L1EntryMasks.l2Offset;
-/** L1E_RESERVED_MASK: the reserved bits of an L1 entry. */
-export const L1E_RESERVED_MASK = L1EntryMasks.reserved;
-/** L2E_OFFSET_MASK: the host cluster offset in a standard L2 entry. */
-export const L2E_OFFSET_MASK = L2EntryMasks.hostOffset;
-/** L2E_STD_RESERVED_MASK: the reserved bits of a standard L2 entry. */
-export const L2E_STD_RESERVED_MASK = L2EntryMasks.reserved;
-/** REFT_RESERVED_MASK: the reserved bits of a refcount table entry. */
-export const REFT_RESERVED_MASK = RefcountTableEntryMasks.reserved;
-/** QCOW_L2_BITMAP_ALL_ALLOC: every allocation bit of an extended L2 entry's bitmap word. */
-export const L2_BITMAP_ALL_ALLOC = L2EntryMasks.allocBitmap;
-/** QCOW_L2_BITMAP_ALL_ZEROES: every "reads as zeros" bit of an extended L2 entry's bitmap word. */
-export const L2_BITMAP_ALL_ZEROES = L2EntryMasks.zeroBitmap;
-/** sizeof(QCowSnapshotHeader): the fixed part of a snapshot table entry. */
-export const SNAPSHOT_HEADER_SIZE = SNAPSHOT_ENTRY_FIXED_SIZE;
-/** sizeof(QCowSnapshotExtraData): vm_state_size_large, disk_size, icount. */
-export const SNAPSHOT_KNOWN_EXTRA = SnapshotExtraDataLayout.icount.offset + SnapshotExtraDataLayout.icount.size;
-export const BME_MAX_TABLE_SIZE = 0x8000000;
-export const BME_MAX_PHYS_SIZE = 0x20000000;
-export const BME_MAX_NAME_SIZE = 1023;
-export const BME_FLAG_IN_USE = 1;
-export const BME_RESERVED_FLAGS = 0xfffffffc;
-export const CHECK_FRAG_INFO = 2;
 
 /** `%lx` of a uint64. */
 export const hex = (v: bigint): string => BigInt.asUintN(64, v).toString(16);

@@ -6,10 +6,11 @@
  * cluster intervals per table version: the check of `-r all` runs before every repair write,
  * thousands of times on a badly broken image.
  */
+import { L1EntryMasks, RefcountTableEntryMasks } from '../../generated/qcow2.ts';
 import { AUTOCLEAR_BITMAPS } from '../model/image.ts';
 import { ClusterIntervals, metadataOverlap, type MetadataView, type OverlapSection } from '../model/overlap.ts';
 import { reftableSize } from '../model/refcount.ts';
-import { L1E_OFFSET_MASK, REFT_RESERVED_MASK, type CheckContext, type CheckedSnapshot } from './context.ts';
+import { type CheckContext, type CheckedSnapshot } from './context.ts';
 import { activeL1View, reftableView, type TableView } from './tables.ts';
 
 const U64_MASK = (1n << 64n) - 1n;
@@ -62,8 +63,8 @@ function checkMetadataView(c: CheckContext): MetadataView {
     snapshotsSize: c.snapshotsSize,
     ...(bitmaps !== undefined ? { bitmapDirectory: { offset: bitmaps.offset, size: bitmaps.size } } : {}),
     inactiveL1Overlaps: (start, len) => c.snapshots.length > 0 && snapshotSet(c.snapshots, cb).overlaps(start, len),
-    activeL2Overlaps: (start, len) => tableSet(l2Sets, activeL1View(c.tx), L1E_OFFSET_MASK, cb).overlaps(start, len),
-    refcountBlockOverlaps: (start, len) => tableSet(refblockSets, reftableView(c.tx), ~REFT_RESERVED_MASK & U64_MASK, cb).overlaps(start, len),
+    activeL2Overlaps: (start, len) => tableSet(l2Sets, activeL1View(c.tx), L1EntryMasks.l2Offset, cb).overlaps(start, len),
+    refcountBlockOverlaps: (start, len) => tableSet(refblockSets, reftableView(c.tx), ~RefcountTableEntryMasks.reserved & U64_MASK, cb).overlaps(start, len),
   };
 }
 

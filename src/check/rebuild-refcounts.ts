@@ -23,19 +23,8 @@ import { EIO, strerror } from '../model/errno.ts';
 import { cacheEmpty } from './refblocks.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 import type { Imrt } from './imrt.ts';
+import { lowerBound } from './tables.ts';
 import { hostFlush, hostWrite, setHeaderFields } from '../model/tx.ts';
-
-/** The smallest index of sorted `a` whose value is ≥ `v`. */
-function lowerBound(a: readonly number[], v: number): number {
-  let lo = 0;
-  let hi = a.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (a[mid]! < v) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
 
 /** A refcount rebuild failed: QEMU's message (printed as `qemu-img: <message>`) and errno. */
 class RebuildError extends Error {

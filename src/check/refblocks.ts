@@ -17,13 +17,13 @@
  * to be written back; repair.ts drops those the image never wrote back. Offsets in entries are
  * cluster aligned (the unaligned case fails before the cache, as in qcow2_get_refcount).
  */
-import { decodeRefcountBlockFields } from '../../generated/qcow2.ts';
+import { decodeRefcountBlockFields, RefcountTableEntryMasks } from '../../generated/qcow2.ts';
 import { isZeroBytes } from '../codec/bytes.ts';
 import { refcountValue } from '../format/entries.ts';
 import { hostPage, viewHost } from '../model/host-file.ts';
 import { PAGE_SIZE } from '../model/page-map.ts';
 import { type HostIO } from '../model/host-io.ts';
-import { REFT_RESERVED_MASK, hashHex, readable, reftableSize, signalCorruption, type CheckContext, type RefblockCacheEntry } from './context.ts';
+import { hashHex, readable, reftableSize, signalCorruption, type CheckContext, type RefblockCacheEntry } from './context.ts';
 import { EIO } from '../model/errno.ts';
 import { QCOW2_OL_REFCOUNT_BLOCK } from '../format/limits.ts';
 import { checkMetadataOverlap } from './overlap.ts';
@@ -111,7 +111,7 @@ export function cacheTakeWrites(c: CheckContext, from: number, to: number, attac
     const op = c.tx.io[k]!;
     if (op.kind !== 'write' || op.target === 'data') continue;
     const block = op.offset & ~(cs - 1n);
-    blocks ??= new Set(Array.from(reftableView(c.tx).words, (w) => w & ~REFT_RESERVED_MASK));
+    blocks ??= new Set(Array.from(reftableView(c.tx).words, (w) => w & ~RefcountTableEntryMasks.reserved));
     if (!blocks.has(block) || op.offset + BigInt(op.bytes.length) > block + cs) continue;
     if (cacheGet(c, block, attach) !== 0) {
       c.session.droppedWrites.add(op);
@@ -159,7 +159,7 @@ export type RefblockRead =
  */
 export function readRefblock(c: CheckContext, t: number, attach: 'previous' | 'next'): RefblockRead {
   if (t >= reftableSize(c)) return { kind: 'none' };
-  const offset = reftableWord(c, t) & ~REFT_RESERVED_MASK;
+  const offset = reftableWord(c, t) & ~RefcountTableEntryMasks.reserved;
   if (offset === 0n) return { kind: 'none' };
   if ((offset & BigInt(c.g.clusterSize - 1)) !== 0n) {
     signalCorruption(c, `Refblock offset ${hashHex(offset)} unaligned (reftable index: ${hashHex(BigInt(t))})`, attach);

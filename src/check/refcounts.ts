@@ -10,7 +10,7 @@
  * It walks the metadata itself rather than through walkImage (src/format/walk.ts): its findings,
  * messages and repairs depend on QEMU's own walk order and on what QEMU reads at each step.
  */
-import { decodeL2EntryFields } from '../../generated/qcow2.ts';
+import { decodeL2EntryFields, L1EntryMasks, L2EntryMasks, RefcountTableEntryMasks } from '../../generated/qcow2.ts';
 import { isZeroBytes } from '../codec/bytes.ts';
 import { classifyL2Entry, l2EntryWords } from '../format/entries.ts';
 import { ModelError } from '../model/errors.ts';
@@ -19,14 +19,15 @@ import { Imrt } from './imrt.ts';
 import { getRefcount, updateRefcount } from '../model/refcount.ts';
 import { checkpointImg, hostFlush, hostWrite } from '../model/tx.ts';
 import { checkBitmapsRefcounts } from './bitmaps.ts';
-import { BDRV_MAX_LENGTH, CHECK_FRAG_INFO, CheckAbort, FIX_ERRORS, FIX_LEAKS, INT64_MAX, INT_MAX, L1E_OFFSET_MASK, L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_STD_RESERVED_MASK, L2_BITMAP_ALL_ALLOC, L2_BITMAP_ALL_ZEROES, QCOW_MAX_L1_SIZE, QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, REFT_RESERVED_MASK, fileLength, hashHex, hex, inFileLength, incRefcounts, l1WordAt, pread, readable, reftableSize, signalCorruption, sizeToClusters, zeroCounters, type CheckContext, type Counters, type FixMode } from './context.ts';
+import { CheckAbort, FIX_ERRORS, FIX_LEAKS, fileLength, hashHex, hex, inFileLength, incRefcounts, l1WordAt, pread, readable, reftableSize, signalCorruption, sizeToClusters, zeroCounters, type CheckContext, type Counters, type FixMode } from './context.ts';
 import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
 import { cacheMarkDirty, getRefcountChecked, nonZeroRefcounts, readRefblock, refblockBits } from './refblocks.ts';
 import { reftableView } from './tables.ts';
-import { QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2, QCOW2_OL_INACTIVE_L2 } from '../format/limits.ts';
+import { BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2, QCOW2_OL_INACTIVE_L2, QCOW_MAX_L1_SIZE } from '../format/limits.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 
-
+/** CHECK_FRAG_INFO (block/qcow2-refcount.c): check_refcounts_l2 also counts fragmented clusters. */
+const CHECK_FRAG_INFO = 2;
 
 /** check_refcounts_l1: the L1 table at `l1Offset` with `l1Size` entries, its L2 tables and data. */
 function checkRefcountsL1(c: CheckContext, res: Counters, imrt: Imrt, l1Offset: bigint, l1Size: number, flags: number, active: boolean): void {
@@ -46,11 +47,11 @@ function checkRefcountsL1(c: CheckContext, res: Counters, imrt: Imrt, l1Offset: 
   for (let i = 0; i < n; i++) {
     if (isZeroBytes(table, i * 8, 8)) continue;
     const word = l1WordAt(table, i * 8, c.g);
-    if ((word & L1E_RESERVED_MASK) !== 0n) {
+    if ((word & L1EntryMasks.reserved) !== 0n) {
       c.out.emit('corruption', `ERROR found L1 entry with reserved bits set: ${hex(word)}`);
       res.corruptions++;
     }
-    const l2Offset = word & L1E_OFFSET_MASK;
+    const l2Offset = word & L1EntryMasks.l2Offset;
     incRefcounts(c, res, imrt, l2Offset, cs);
     if ((l2Offset & (cs - 1n)) !== 0n) {
       c.out.emit('corruption', `ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
@@ -85,16 +86,16 @@ function checkRefcountsL2(c: CheckContext, res: Counters, imrt: Imrt, l2Offset: 
     if (isZeroBytes(table, i * g.l2EntrySize, g.l2EntrySize)) continue;
     const { fields, word, bitmap } = l2EntryAt(c, table, i);
     const cls = classifyL2Entry(fields, l2Ctx(c));
-    if (cls.kind !== 'compressed' && (word & L2E_STD_RESERVED_MASK) !== 0n) {
+    if (cls.kind !== 'compressed' && (word & L2EntryMasks.reserved) !== 0n) {
       c.out.emit('corruption', `ERROR found l2 entry with reserved bits set: ${hex(word)}`);
       res.corruptions++;
     }
     switch (cls.kind) {
       case 'compressed': {
         let entry = word;
-        if ((entry & QCOW_OFLAG_COPIED) !== 0n) {
+        if ((entry & L2EntryMasks.copied) !== 0n) {
           c.out.emit('corruption', `ERROR: coffset=0x${hex(cls.hostOffset)}: copied flag must never be set for compressed clusters`);
-          entry &= ~QCOW_OFLAG_COPIED;
+          entry &= ~L2EntryMasks.copied;
           res.corruptions++;
         }
         if (g.externalDataFile) {
@@ -118,14 +119,14 @@ function checkRefcountsL2(c: CheckContext, res: Counters, imrt: Imrt, l2Offset: 
       }
       case 'zero-alloc':
       case 'normal': {
-        const offset = word & L2E_OFFSET_MASK;
+        const offset = word & L2EntryMasks.hostOffset;
         if (((bitmap >> 32n) & bitmap) !== 0n) {
           res.corruptions++;
           c.out.emit('corruption', `ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
         }
         if ((offset & (cs - 1n)) !== 0n) {
           res.corruptions++;
-          const containsData = g.extendedL2 ? (bitmap & L2_BITMAP_ALL_ALLOC) !== 0n : (word & QCOW_OFLAG_ZERO) === 0n;
+          const containsData = g.extendedL2 ? (bitmap & L2EntryMasks.allocBitmap) !== 0n : (word & L2EntryMasks.zero) === 0n;
           if (!containsData) {
             const repair = (c.fix & FIX_ERRORS) !== 0;
             c.out.emit('corruption', `${repair ? 'Repairing' : 'ERROR'} offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
@@ -148,7 +149,7 @@ function checkRefcountsL2(c: CheckContext, res: Counters, imrt: Imrt, l2Offset: 
       case 'zero-plain':
         break;
       case 'unallocated':
-        if ((bitmap & L2_BITMAP_ALL_ALLOC) !== 0n) {
+        if ((bitmap & L2EntryMasks.allocBitmap) !== 0n) {
           res.corruptions++;
           c.out.emit('corruption', 'ERROR: Unallocated cluster has non-zero subcluster allocation map');
         }
@@ -168,11 +169,11 @@ function fixL2EntryByZero(c: CheckContext, res: Counters, l2Offset: bigint, tabl
   const dv = new DataView(entryBytes.buffer);
   if (g.extendedL2) {
     let b = bitmap | (bitmap << 32n);
-    b &= L2_BITMAP_ALL_ZEROES;
+    b &= L2EntryMasks.zeroBitmap;
     dv.setBigUint64(0, 0n);
     dv.setBigUint64(8, BigInt.asUintN(64, b));
   } else {
-    dv.setBigUint64(0, QCOW_OFLAG_ZERO);
+    dv.setBigUint64(0, L2EntryMasks.zero);
   }
   table.set(entryBytes, i * g.l2EntrySize);
   const at = l2Offset + BigInt(i * g.l2EntrySize);
@@ -207,16 +208,16 @@ function checkOflagCopied(c: CheckContext, res: Counters): void {
   for (let i = 0; i < n; i++) {
     if (isZeroBytes(l1, i * 8, 8)) continue;
     let l1Entry = l1WordAt(l1, i * 8, g);
-    const l2Offset = l1Entry & L1E_OFFSET_MASK;
+    const l2Offset = l1Entry & L1EntryMasks.l2Offset;
     if (l2Offset === 0n) continue;
     const r = getRefcountChecked(c, l2Offset >> BigInt(g.clusterBits), 'next');
     if (r.ok) {
       const refcount = r.value;
-      if ((refcount === 1n) !== ((l1Entry & QCOW_OFLAG_COPIED) !== 0n)) {
+      if ((refcount === 1n) !== ((l1Entry & L1EntryMasks.copied) !== 0n)) {
         res.corruptions++;
         c.out.emit('corruption', `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(l1Entry)} refcount=${refcount}`);
         if (repair) {
-          l1Entry = refcount === 1n ? l1Entry | QCOW_OFLAG_COPIED : l1Entry & ~QCOW_OFLAG_COPIED;
+          l1Entry = refcount === 1n ? l1Entry | L1EntryMasks.copied : l1Entry & ~L1EntryMasks.copied;
           writeL1EntryWord(c, res, i, l1Entry);
           res.corruptions--;
           res.corruptionsFixed++;
@@ -243,15 +244,15 @@ function checkOflagCopied(c: CheckContext, res: Counters): void {
       if (cls.kind !== 'normal' && cls.kind !== 'zero-alloc') continue;
       let refcount = 1n;
       if (!g.externalDataFile) {
-        const rr = getRefcountChecked(c, (word & L2E_OFFSET_MASK) >> BigInt(g.clusterBits), 'next');
+        const rr = getRefcountChecked(c, (word & L2EntryMasks.hostOffset) >> BigInt(g.clusterBits), 'next');
         if (!rr.ok) continue;
         refcount = rr.value;
       }
-      if ((refcount === 1n) !== ((word & QCOW_OFLAG_COPIED) !== 0n)) {
+      if ((refcount === 1n) !== ((word & L2EntryMasks.copied) !== 0n)) {
         res.corruptions++;
         c.out.emit('corruption', `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex(word)} refcount=${refcount}`);
         if (repair) {
-          const next = refcount === 1n ? word | QCOW_OFLAG_COPIED : word & ~QCOW_OFLAG_COPIED;
+          const next = refcount === 1n ? word | L2EntryMasks.copied : word & ~L2EntryMasks.copied;
           new DataView(table.buffer, table.byteOffset).setBigUint64(j * g.l2EntrySize, next);
           dirty++;
         }
@@ -296,9 +297,9 @@ function checkRefblocks(c: CheckContext, res: Counters, imrt: Imrt, rebuild: { v
   for (let k = 0; k < view.indexes.length; k++) {
     const i = view.indexes[k]!;
     const word = view.words[k]!;
-    const offset = word & ~REFT_RESERVED_MASK;
+    const offset = word & ~RefcountTableEntryMasks.reserved;
     const cluster = offset >> BigInt(c.g.clusterBits);
-    if ((word & REFT_RESERVED_MASK) !== 0n) {
+    if ((word & RefcountTableEntryMasks.reserved) !== 0n) {
       c.out.emit('corruption', `ERROR refcount table entry ${i} has reserved bits set`);
       res.corruptions++;
       rebuild.value = true;

@@ -6,14 +6,20 @@
  * v3 entries with less than 16 bytes of extra data — and with -r all drops what is over the limits
  * and rewrites the table.
  */
+import { SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotExtraDataLayout } from '../../generated/qcow2.ts';
+import { INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA } from '../format/limits.ts';
 import { ModelError } from '../model/errors.ts';
 import { writeSnapshots, type SnapshotState } from '../model/snapshot.ts';
 import { hostFlush, setHeaderFields } from '../model/tx.ts';
-import { CheckAbort, FIX_ERRORS, INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA, SNAPSHOT_HEADER_SIZE, SNAPSHOT_KNOWN_EXTRA, U64_RANGE, cString, pread, roundUp8, signalCorruption, type CheckContext, type CheckedSnapshot, type Counters } from './context.ts';
+import { CheckAbort, FIX_ERRORS, cString, pread, roundUp8, signalCorruption, type CheckContext, type CheckedSnapshot, type Counters } from './context.ts';
 import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 import { cacheTakeWrites, cacheWrite } from './refblocks.ts';
 import { INCOMPAT_DIRTY } from '../model/image.ts';
+
+/** sizeof(QCowSnapshotExtraData): vm_state_size_large, disk_size, icount. */
+const SNAPSHOT_KNOWN_EXTRA = SnapshotExtraDataLayout.icount.offset + SnapshotExtraDataLayout.icount.size;
+const U64_RANGE = 1n << 64n;
 
 
 /** qcow2_validate_table: the error message and errno, or undefined when the table is acceptable. */
@@ -43,7 +49,7 @@ export function checkReadSnapshotTable(c: CheckContext, res: Counters): void {
     reduced += nb - QCOW_MAX_SNAPSHOTS;
     nb = QCOW_MAX_SNAPSHOTS;
   }
-  const bad = validateTable(c, offset, BigInt(nb), BigInt(SNAPSHOT_HEADER_SIZE), BigInt(SNAPSHOT_HEADER_SIZE * QCOW_MAX_SNAPSHOTS), 'snapshot table');
+  const bad = validateTable(c, offset, BigInt(nb), BigInt(SNAPSHOT_ENTRY_FIXED_SIZE), BigInt(SNAPSHOT_ENTRY_FIXED_SIZE * QCOW_MAX_SNAPSHOTS), 'snapshot table');
   if (bad !== undefined) {
     res.checkErrors++;
     c.out.emit('check-error', `qemu-img: ERROR ${bad.message}`);
@@ -109,8 +115,8 @@ function readSnapshots(c: CheckContext, tableOffset: bigint, count: number, repa
     const pre = offset;
     tableLength = roundUp8(tableLength);
     offset = roundUp8(offset);
-    const hb = readOrFail(offset, SNAPSHOT_HEADER_SIZE);
-    offset += BigInt(SNAPSHOT_HEADER_SIZE);
+    const hb = readOrFail(offset, SNAPSHOT_ENTRY_FIXED_SIZE);
+    offset += BigInt(SNAPSHOT_ENTRY_FIXED_SIZE);
     const dv = new DataView(hb.buffer, hb.byteOffset, hb.byteLength);
     const l1TableOffset = dv.getBigUint64(0);
     const l1Size = dv.getUint32(8);
@@ -149,7 +155,7 @@ function readSnapshots(c: CheckContext, tableOffset: bigint, count: number, repa
     offset += BigInt(idSize);
     const name = cString(readOrFail(offset, nameSize));
     offset += BigInt(nameSize);
-    tableLength += BigInt(SNAPSHOT_HEADER_SIZE + extraDataSize + idSize + nameSize);
+    tableLength += BigInt(SNAPSHOT_ENTRY_FIXED_SIZE + extraDataSize + idSize + nameSize);
     if (tableLength > BigInt(QCOW_MAX_SNAPSHOTS_SIZE) || offset - tableOffset > BigInt(INT_MAX)) {
       if (!repair) {
         throw new SnapshotReadError(EFBIG, 'Snapshot table is too big',

@@ -43,16 +43,22 @@ export interface TableView {
   readonly words: BigUint64Array;
 }
 
+/** The smallest index of ascending `a` whose value is ≥ `v` (`a.length` when there is none). */
+export function lowerBound(a: ArrayLike<number>, v: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /** The word of entry `i` of `view` (0 when it is zero, past the file or past the table). */
 export function viewWord(view: TableView, i: number): bigint {
   const ix = view.indexes;
-  let lo = 0;
-  let hi = ix.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (ix[mid]! < i) lo = mid + 1;
-    else hi = mid;
-  }
+  const lo = lowerBound(ix, i);
   return lo < ix.length && ix[lo] === i ? view.words[lo]! : 0n;
 }
 

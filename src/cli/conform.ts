@@ -7,7 +7,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { relative, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { formatCommandLine, QemuToolMissingError } from '../qemu/run.ts';
 import {
   adapterFromTemplate,
@@ -24,7 +23,7 @@ import { ExpectedFailuresError, globToRegExp, parseExpectedFailures, type Expect
 import { DEFAULT_MAX_OUTPUT_BYTES, HarnessError, runConformance } from '../conform/harness.ts';
 import { parseQemuSize } from './create.ts';
 import { formatHumanReport, reportJson } from '../conform/report.ts';
-import { EXIT_OK, UsageError, outputFormat, parseUsage, type CliIo } from './io.ts';
+import { EXIT_OK, UsageError, outputFormat, parseCommand, showHelp, type CliIo } from './io.ts';
 import { NO_PROGRESS, startCountProgress, type ProgressTarget } from './progress.ts';
 
 /** Exit code: the run had an unexpected failure or an unexpected pass. */
@@ -131,33 +130,22 @@ function quoteArg(s: string): string {
 
 /** Runs `conform` with the arguments after the command name; returns the exit code. */
 export async function runConform(args: readonly string[], io: CliIo, env: ConformEnv = {}): Promise<number> {
-  const parsed = parseUsage(() =>
-    parseArgs({
-      args: [...args],
-      options: {
-        corpus: { type: 'string' },
-        impl: { type: 'string' },
-        reader: { type: 'string' },
-        writer: { type: 'string' },
-        name: { type: 'string' },
-        'expected-failures': { type: 'string' },
-        only: { type: 'string', multiple: true },
-        output: { type: 'string' },
-        jobs: { type: 'string' },
-        timeout: { type: 'string' },
-        'max-output': { type: 'string' },
-        'keep-work': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: false,
-      strict: true,
-    }),
-  );
+  const parsed = parseCommand(args, {
+    corpus: { type: 'string' },
+    impl: { type: 'string' },
+    reader: { type: 'string' },
+    writer: { type: 'string' },
+    name: { type: 'string' },
+    'expected-failures': { type: 'string' },
+    only: { type: 'string', multiple: true },
+    output: { type: 'string' },
+    jobs: { type: 'string' },
+    timeout: { type: 'string' },
+    'max-output': { type: 'string' },
+    'keep-work': { type: 'boolean' },
+  }, false);
   const v = parsed.values;
-  if (v.help === true) {
-    io.stdout(CONFORM_HELP);
-    return EXIT_OK;
-  }
+  if (v.help === true) return showHelp(io, CONFORM_HELP);
   const cwd = env.cwd ?? process.cwd();
   const output = outputFormat(v.output);
   if (v.impl !== undefined && (v.reader !== undefined || v.writer !== undefined)) throw new UsageError('--impl cannot be combined with --reader or --writer');

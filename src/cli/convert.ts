@@ -4,14 +4,13 @@
  * streaming conversion itself is the I/O layer's (src/io/convert.ts).
  */
 import { fsyncSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { isQcow2FormatError } from '../codec/errors.ts';
 import { CreateError, type CreateOptions } from '../model/create.ts';
 import { ModelError } from '../model/errors.ts';
 import { HostReaderError } from '../model/host-reader.ts';
 import { ConvertError, OUTPUT_CACHES, convertImage, type ConvertRequest, type OutputCache } from '../io/convert.ts';
 import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom } from '../io/open-file.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseUsage, errnoText } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseCommand, showHelp, errnoText } from './io.ts';
 import { parseQemuSize } from './create.ts';
 import { startProgress, type Progress } from './progress.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
@@ -172,27 +171,18 @@ export interface ConvertEnv {
 
 /** Runs `convert` with the arguments after the command name; returns the exit code. */
 export async function runConvert(args: readonly string[], io: CliIo, env: ConvertEnv = {}): Promise<number> {
-  const parsed = parseUsage(() => parseArgs({
-    args: [...args],
-    options: {
-      format: { type: 'string', short: 'f' },
-      'target-format': { type: 'string', short: 'O' },
-      options: { type: 'string', short: 'o', multiple: true },
-      compress: { type: 'boolean', short: 'c' },
-      progress: { type: 'boolean', short: 'p' },
-      quiet: { type: 'boolean', short: 'q' },
-      cache: { type: 'string', short: 't' },
-      ...OPEN_POLICY_OPTIONS,
-      help: { type: 'boolean', short: 'h' },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
+  const parsed = parseCommand(args, {
+    format: { type: 'string', short: 'f' },
+    'target-format': { type: 'string', short: 'O' },
+    options: { type: 'string', short: 'o', multiple: true },
+    compress: { type: 'boolean', short: 'c' },
+    progress: { type: 'boolean', short: 'p' },
+    quiet: { type: 'boolean', short: 'q' },
+    cache: { type: 'string', short: 't' },
+    ...OPEN_POLICY_OPTIONS,
+  }, true);
   const v = parsed.values;
-  if (v.help === true) {
-    io.stdout(CONVERT_HELP);
-    return EXIT_OK;
-  }
+  if (v.help === true) return showHelp(io, CONVERT_HELP);
   const inFormat = v.format;
   if (inFormat !== undefined && inFormat !== 'qcow2' && inFormat !== 'raw') throw new UsageError(`-f must be 'qcow2' or 'raw', not '${inFormat}'`);
   const outFormat = v['target-format'] ?? 'raw';

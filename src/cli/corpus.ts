@@ -8,7 +8,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { QemuToolMissingError, requireQemu } from '../qemu/run.ts';
 import {
   ALL_FAMILIES,
@@ -28,7 +27,7 @@ import type { GeneratedCase } from '../corpus/family.ts';
 import { minimizeCases } from '../corpus/minimize.ts';
 import { verifyCases } from '../corpus/verify.ts';
 import { parseQemuSize } from './create.ts';
-import { EXIT_OK, UsageError, outputFormat, parseUsage, type CliIo } from './io.ts';
+import { EXIT_OK, UsageError, outputFormat, parseCommand, type CliIo } from './io.ts';
 import { NO_PROGRESS, startCountProgress, type Progress, type ProgressTarget } from './progress.ts';
 
 /** Exit code: the corpus could not be made, or --verify found a case QEMU disagrees with (it was left out). */
@@ -129,24 +128,18 @@ interface CorpusArgs {
 }
 
 function parseCorpusArgs(args: readonly string[]): CorpusArgs {
-  const { values, positionals } = parseUsage(() => parseArgs({
-    args: [...args],
-    options: {
-      out: { type: 'string' },
-      seed: { type: 'string' },
-      count: { type: 'string' },
-      families: { type: 'string' },
-      'max-size': { type: 'string' },
-      verify: { type: 'boolean' },
-      flat: { type: 'boolean' },
-      minimize: { type: 'boolean' },
-      'list-families': { type: 'boolean' },
-      output: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
+  const { values, positionals } = parseCommand(args, {
+    out: { type: 'string' },
+    seed: { type: 'string' },
+    count: { type: 'string' },
+    families: { type: 'string' },
+    'max-size': { type: 'string' },
+    verify: { type: 'boolean' },
+    flat: { type: 'boolean' },
+    minimize: { type: 'boolean' },
+    'list-families': { type: 'boolean' },
+    output: { type: 'string' },
+  }, true);
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
   const countText = values.count ?? '1';
   if (!/^[0-9]+$/.test(countText) || Number(countText) < 1 || Number(countText) > MAX_COUNT) {

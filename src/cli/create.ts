@@ -13,11 +13,10 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { HEADER_MAGIC_U32, HeaderLayout } from '../../generated/qcow2.ts';
 import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
 import type { HostFile } from '../model/host-file.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, errnoText } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseCommand, showHelp, errnoText } from './io.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
 import { writeHostFile } from '../io/host-io-file.ts';
 import { tempPathBeside } from '../io/temp-file.ts';
@@ -331,21 +330,12 @@ async function resolveCreate(image: string, sizeArg: string | undefined, optionL
 
 /** Runs `create` with the arguments after the command name; returns the exit code. */
 export async function runCreate(args: readonly string[], io: CliIo): Promise<number> {
-  const parsed = parseUsage(() => parseArgs({
-    args: [...args],
-    options: {
-      format: { type: 'string', short: 'f' },
-      options: { type: 'string', short: 'o', multiple: true },
-      quiet: { type: 'boolean', short: 'q' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
-  if (parsed.values.help === true) {
-    io.stdout(CREATE_HELP);
-    return EXIT_OK;
-  }
+  const parsed = parseCommand(args, {
+    format: { type: 'string', short: 'f' },
+    options: { type: 'string', short: 'o', multiple: true },
+    quiet: { type: 'boolean', short: 'q' },
+  }, true);
+  if (parsed.values.help === true) return showHelp(io, CREATE_HELP);
   const format = parsed.values.format ?? 'qcow2';
   if (format !== 'qcow2') throw new UsageError(`only -f qcow2 is supported, not '${format}'`);
   // accumulate_options: each -o is checked, then they are joined with ','.

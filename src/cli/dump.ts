@@ -3,14 +3,13 @@
  * sections or as JSON (64-bit values as numbers up to 2^53, decimal strings above).
  */
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { match } from 'ts-pattern';
 import type { L2EntryClass, SubclusterState } from '../format/entries.ts';
 import { isQcow2FormatError } from '../codec/errors.ts';
 import { headerExtensionTypeHex, type DecodedFeatures } from '../format/features.ts';
 import { jsonU64 } from '../format/u64.ts';
 import { walkImage, type ImageWalk, type L1Info, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/walk.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
+import { EXIT_DECODE, EXIT_OK, type CliIo, oneImage, outputFormat, parseCommand, showHelp } from './io.ts';
 
 /** Help text of the dump command. */
 export const DUMP_HELP = `Usage: qcow2-ref dump IMAGE [--output=human|json]
@@ -44,21 +43,10 @@ Exit codes:
 
 /** Runs `dump` with the arguments after the command name; returns the exit code. */
 export async function runDump(args: readonly string[], io: CliIo): Promise<number> {
-  const parsed = parseUsage(() => parseArgs({
-    args: [...args],
-    options: { output: { type: 'string', short: 'o' }, help: { type: 'boolean', short: 'h' } },
-    allowPositionals: true,
-    strict: true,
-  }));
-  if (parsed.values.help === true) {
-    io.stdout(DUMP_HELP);
-    return EXIT_OK;
-  }
+  const parsed = parseCommand(args, { output: { type: 'string', short: 'o' } }, true);
+  if (parsed.values.help === true) return showHelp(io, DUMP_HELP);
   const output = outputFormat(parsed.values.output);
-  if (parsed.positionals.length !== 1) {
-    throw new UsageError(parsed.positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${parsed.positionals.length}`);
-  }
-  const image = parsed.positionals[0]!;
+  const image = oneImage(parsed.positionals);
   let bytes: Uint8Array;
   try {
     bytes = await readFile(image);

@@ -12,11 +12,9 @@
  *   unit, "1 MiB", "216 KiB", "1.12 KiB"), the snapshot table with its fixed-width columns and dates
  *   in local time, format-specific data as dump_qdict prints it (dashes in keys as spaces).
  */
-import { parseArgs } from 'node:util';
 import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QObject } from '../views/info.ts';
 import { isQcow2FormatError } from '../codec/errors.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
-import { HostReaderError } from '../model/host-reader.ts';
+import { EXIT_OK, type CliIo, oneImage, outputFormat, parseCommand, reportOpenFailure, showHelp } from './io.ts';
 import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImageFile, type OpenedLayer } from '../io/open-file.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
@@ -335,26 +333,14 @@ export function formatInfo(infos: readonly ImageInfo[], output: 'human' | 'json'
 
 /** Runs `info` with the arguments after the command name; returns the exit code. */
 export async function runInfo(args: readonly string[], io: CliIo): Promise<number> {
-  const parsed = parseUsage(() => parseArgs({
-    args: [...args],
-    options: {
-      output: { type: 'string' },
-      'backing-chain': { type: 'boolean' },
-      ...OPEN_POLICY_OPTIONS,
-      help: { type: 'boolean', short: 'h' },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
-  if (parsed.values.help === true) {
-    io.stdout(INFO_HELP);
-    return EXIT_OK;
-  }
+  const parsed = parseCommand(args, {
+    output: { type: 'string' },
+    'backing-chain': { type: 'boolean' },
+    ...OPEN_POLICY_OPTIONS,
+  }, true);
+  if (parsed.values.help === true) return showHelp(io, INFO_HELP);
   const output = outputFormat(parsed.values.output);
-  if (parsed.positionals.length !== 1) {
-    throw new UsageError(parsed.positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${parsed.positionals.length}`);
-  }
-  const image = parsed.positionals[0]!;
+  const image = oneImage(parsed.positionals);
   const chain = parsed.values['backing-chain'] === true;
   const policy = openPolicyFrom(parsed.values);
   let text: string;
@@ -365,16 +351,7 @@ export async function runInfo(args: readonly string[], io: CliIo): Promise<numbe
       return formatInfo(infos, output, chain);
     });
   } catch (e) {
-    if (e instanceof OpenImageError) {
-      io.stderr(`qcow2-ref: ${e.file}: ${e.detail}\n`);
-      return EXIT_DECODE;
-    }
-    if (e instanceof HostReaderError) {
-      // A file changed or failed under the reader after it was opened.
-      io.stderr(`qcow2-ref: ${image}: ${e.message}\n`);
-      return EXIT_DECODE;
-    }
-    throw e;
+    return reportOpenFailure(io, image, e);
   }
   io.stdout(text);
   return EXIT_OK;

@@ -1,7 +1,10 @@
 /**
- * What the CLI commands share: exit codes, the usage error, and the output sinks (so commands can
- * run in-process in tests).
+ * What the CLI commands share: exit codes, the usage error, argument parsing, the report of an image
+ * that cannot be opened, and the output sinks (so commands can run in-process in tests).
  */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { OpenImageError } from '../io/open-file.ts';
+import { HostReaderError } from '../model/host-reader.ts';
 
 /** Exit code: success. */
 export const EXIT_OK = 0;
@@ -37,6 +40,42 @@ export function parseUsage<T>(parse: () => T): T {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+}
+
+/** The option every command takes. */
+const HELP_OPTION = { help: { type: 'boolean', short: 'h' } } as const;
+
+/**
+ * A command's arguments parsed strictly (node:util parseArgs) with its `options` and -h/--help;
+ * positional arguments only when `positionals`. An unknown option, a missing value or a stray
+ * argument is a UsageError (exit code 2) with parseArgs' message.
+ */
+export function parseCommand<const O extends NonNullable<ParseArgsConfig['options']>, const P extends boolean>(args: readonly string[], options: O, positionals: P) {
+  return parseUsage(() => parseArgs({ args: [...args], options: { ...options, ...HELP_OPTION }, allowPositionals: positionals, strict: true }));
+}
+
+/** Prints a command's help text on stdout; returns EXIT_OK. */
+export function showHelp(io: CliIo, help: string): number {
+  io.stdout(help);
+  return EXIT_OK;
+}
+
+/** The IMAGE of a command that takes exactly one positional argument; otherwise a UsageError. */
+export function oneImage(positionals: readonly string[]): string {
+  if (positionals.length !== 1) throw new UsageError(positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${positionals.length}`);
+  return positionals[0]!;
+}
+
+/**
+ * Reports on stderr that `image` could not be opened (OpenImageError: the file and QEMU's detail) or
+ * read (HostReaderError: a file changed or failed under its reader after it was opened), and
+ * returns EXIT_DECODE; any other error is rethrown.
+ */
+export function reportOpenFailure(io: CliIo, image: string, e: unknown): number {
+  if (e instanceof OpenImageError) io.stderr(`qcow2-ref: ${e.file}: ${e.detail}\n`);
+  else if (e instanceof HostReaderError) io.stderr(`qcow2-ref: ${image}: ${e.message}\n`);
+  else throw e;
+  return EXIT_DECODE;
 }
 
 /** The value of `--output`: 'human' (the default) or 'json'; anything else is a UsageError. */

@@ -15,15 +15,14 @@
  *   except for 0), one row per extent that holds data and is not zero; an extent with data but no
  *   host offset (compressed, encrypted) ends the listing with an error (exit 1), as in QEMU.
  */
-import { parseArgs } from 'node:util';
 import { isQcow2FormatError } from '../codec/errors.ts';
 import { ModelError } from '../model/errors.ts';
 import { HostReaderError } from '../model/host-reader.ts';
 import type { MapExtent } from '../model/block-status.ts';
 import { parseQemuSize } from './create.ts';
 import { probeHostAllocationsOrFull } from '../io/seek-data.ts';
-import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseUsage, outputFormat } from './io.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, type OpenedLayer } from '../io/open-file.ts';
+import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, oneImage, outputFormat, parseCommand, reportOpenFailure, showHelp } from './io.ts';
+import { OPEN_POLICY_OPTIONS, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, type OpenedLayer } from '../io/open-file.ts';
 
 /** Help text of the map command. */
 export const MAP_HELP = `Usage: qcow2-ref map [--output=human|json] [--start-offset=OFFSET]
@@ -139,29 +138,17 @@ function parseOffset(name: string, text: string): bigint {
 
 /** Runs `map` with the arguments after the command name; returns the exit code. */
 export async function runMap(args: readonly string[], io: CliIo): Promise<number> {
-  const parsed = parseUsage(() => parseArgs({
-    args: [...args],
-    options: {
-      output: { type: 'string' },
-      'start-offset': { type: 'string', short: 's' },
-      'max-length': { type: 'string', short: 'l' },
-      ...OPEN_POLICY_OPTIONS,
-      help: { type: 'boolean', short: 'h' },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
-  if (parsed.values.help === true) {
-    io.stdout(MAP_HELP);
-    return EXIT_OK;
-  }
+  const parsed = parseCommand(args, {
+    output: { type: 'string' },
+    'start-offset': { type: 'string', short: 's' },
+    'max-length': { type: 'string', short: 'l' },
+    ...OPEN_POLICY_OPTIONS,
+  }, true);
+  if (parsed.values.help === true) return showHelp(io, MAP_HELP);
   const output = outputFormat(parsed.values.output);
-  if (parsed.positionals.length !== 1) {
-    throw new UsageError(parsed.positionals.length === 0 ? 'missing IMAGE' : `takes one IMAGE, got ${parsed.positionals.length}`);
-  }
+  const imagePath = oneImage(parsed.positionals);
   const startOffset = parsed.values['start-offset'] !== undefined ? parseOffset('offset', parsed.values['start-offset']) : 0n;
   const maxLength = parsed.values['max-length'] !== undefined ? parseOffset('length', parsed.values['max-length']) : (1n << 63n) - 1n;
-  const imagePath = parsed.positionals[0]!;
   const policy = openPolicyFrom(parsed.values);
 
   let top: OpenedLayer | undefined;
@@ -176,15 +163,11 @@ export async function runMap(args: readonly string[], io: CliIo): Promise<number
     const end = startOffset + maxLength < size ? startOffset + maxLength : size;
     extents = startOffset < end ? mapLayer(top, image, hosts, startOffset, end - startOffset) : [];
   } catch (e) {
-    if (e instanceof OpenImageError) {
-      io.stderr(`qcow2-ref: ${e.file}: ${e.detail}\n`);
-      return EXIT_DECODE;
-    }
     if (e instanceof ModelError || isQcow2FormatError(e) || e instanceof HostReaderError) {
       io.stderr(`qcow2-ref: ${imagePath}: Could not read file metadata: ${e.message}\n`);
       return EXIT_DECODE;
     }
-    throw e;
+    return reportOpenFailure(io, imagePath, e);
   } finally {
     // The extents are plain values: every file can be closed before printing.
     top?.close();

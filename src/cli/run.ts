@@ -36,16 +36,14 @@
  * the files are opened for writing; the Images built on them are never used after that point.
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { closeImage } from '../model/close.ts';
-import { HostReaderError } from '../model/host-reader.ts';
 import { hostTargetOf, type HostIO, type HostTarget } from '../model/host-io.ts';
 import type { Image } from '../model/image.ts';
 import type { Op } from '../model/ops.ts';
 import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../script/script.ts';
 import { step } from '../model/step.ts';
-import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, parseUsage, outputFormat, errnoText } from './io.ts';
-import { chainImage, OpenImageError, openImageFile, type OpenedLayer, type OpenPolicy } from '../io/open-file.ts';
+import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, outputFormat, errnoText, parseCommand, reportOpenFailure, showHelp } from './io.ts';
+import { chainImage, openImageFile, type OpenedLayer, type OpenPolicy } from '../io/open-file.ts';
 import { applyHostIOToPaths, type HostIOStats } from '../io/host-io-file.ts';
 
 /** Help text of the run command. */
@@ -171,21 +169,12 @@ async function readScript(path: string): Promise<string> {
 
 /** Runs `run` with the arguments after the command name; returns the exit code. */
 export async function runRun(args: readonly string[], io: CliIo, stdin: () => Promise<string> = () => readScript('-')): Promise<number> {
-  const parsed = parseUsage(() => parseArgs({
-    args: [...args],
-    options: {
-      output: { type: 'string' },
-      quiet: { type: 'boolean', short: 'q' },
-      'allow-data-file-path': { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
-  if (parsed.values.help === true) {
-    io.stdout(RUN_HELP);
-    return EXIT_OK;
-  }
+  const parsed = parseCommand(args, {
+    output: { type: 'string' },
+    quiet: { type: 'boolean', short: 'q' },
+    'allow-data-file-path': { type: 'boolean' },
+  }, true);
+  if (parsed.values.help === true) return showHelp(io, RUN_HELP);
   const output = outputFormat(parsed.values.output);
   const pos = parsed.positionals;
   if (pos.length < 2) throw new UsageError(pos.length === 0 ? 'missing IMAGE and SCRIPT' : 'missing SCRIPT');
@@ -229,15 +218,7 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
     for (const f of top.repair?.first.findings ?? []) io.stderr(`${f.message}\n`);
     plan = planOps(chainImage(top), ops);
   } catch (e) {
-    if (e instanceof OpenImageError) {
-      io.stderr(`qcow2-ref: ${e.file}: ${e.detail}\n`);
-      return EXIT_DECODE;
-    }
-    if (e instanceof HostReaderError) {
-      io.stderr(`qcow2-ref: ${imagePath}: ${e.message}\n`);
-      return EXIT_DECODE;
-    }
-    throw e;
+    return reportOpenFailure(io, imagePath, e);
   } finally {
     // Every read of the files is done: the host I/O below is plain bytes. The Images built on the
     // readers (chainImage(top), plan.image) must not be used after this point — the files change.

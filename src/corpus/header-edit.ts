@@ -56,6 +56,15 @@ export function readHeaderCluster(bytes: Uint8Array): HeaderCluster {
   };
 }
 
+/**
+ * `bytes` with the header fields `change` makes of the current ones rewritten, and the rest of
+ * cluster 0 (extensions, backing file name) kept (readHeaderCluster, then writeHeaderCluster).
+ */
+export function editHeaderFields(bytes: Uint8Array, change: (h: HeaderState) => Partial<HeaderState>): Uint8Array {
+  const c = readHeaderCluster(bytes);
+  return writeHeaderCluster(bytes, { ...c, header: { ...c.header, ...change(c.header) } });
+}
+
 /** The bytes of one extension: type, length, data, zero padding to 8. */
 export function encodeRawExtension(e: RawExtension): Uint8Array {
   // Written by hand, not with encodeHeaderExtension: that encoder wants decoded data for the known

@@ -11,7 +11,7 @@ import type { CreateOptions } from '../model/create.ts';
 import type { Op } from '../model/ops.ts';
 import { addBitmaps } from './bitmaps.ts';
 import type { Family, FamilyContext, FamilyOutput } from './family.ts';
-import { readHeaderCluster, writeHeaderCluster, type RawExtension } from './header-edit.ts';
+import { editHeaderFields, readHeaderCluster, writeHeaderCluster, type RawExtension } from './header-edit.ts';
 import { payload, randomOps, type OpWeights } from './op-gen.ts';
 import type { Prng } from './prng.ts';
 import { validCase, type BackingLayer, type ValidRecipe } from './valid-case.ts';
@@ -420,10 +420,7 @@ const unknownCompatFamily = family('unknown-compatible-bits', 'unknown compatibl
     family: 'unknown-compatible-bits',
     create: { size, clusterSize: cs, lazyRefcounts: prng.chance(0.5) },
     ops: ops(prng, size, cs, prng.int(1, 3)),
-    post: (built) => {
-      const c = readHeaderCluster(built.bytes);
-      return { bytes: writeHeaderCluster(built.bytes, { ...c, header: { ...c.header, compatibleFeatures: c.header.compatibleFeatures | mask } }) };
-    },
+    post: (built) => ({ bytes: editHeaderFields(built.bytes, (h) => ({ compatibleFeatures: h.compatibleFeatures | mask })) }),
   };
 });
 
@@ -435,10 +432,7 @@ const unknownAutoclearFamily = family('unknown-autoclear-bits', 'unknown autocle
     family: 'unknown-autoclear-bits',
     create: { size, clusterSize: cs },
     ops: ops(prng, size, cs, prng.int(1, 3)),
-    post: (built) => {
-      const c = readHeaderCluster(built.bytes);
-      return { bytes: writeHeaderCluster(built.bytes, { ...c, header: { ...c.header, autoclearFeatures: c.header.autoclearFeatures | mask } }) };
-    },
+    post: (built) => ({ bytes: editHeaderFields(built.bytes, (h) => ({ autoclearFeatures: h.autoclearFeatures | mask })) }),
   };
 });
 
@@ -449,10 +443,7 @@ const headerLength104Family = family('header-length-104', 'a version 3 header of
     family: 'header-length-104',
     create: { size, clusterSize: cs },
     ops: ops(prng, size, cs, prng.int(2, 4), { compress: 1 }),
-    post: (built) => {
-      const c = readHeaderCluster(built.bytes);
-      return { bytes: writeHeaderCluster(built.bytes, { ...c, header: { ...c.header, headerLength: 104 } }) };
-    },
+    post: (built) => ({ bytes: editHeaderFields(built.bytes, () => ({ headerLength: 104 })) }),
   };
 });
 

@@ -34,6 +34,7 @@ import {
   type FileLayout,
   type GuestRange,
   type MetadataCluster,
+  type RefcountSlot,
 } from './layout.ts';
 import { bigBelow, pick, type Rng } from './rng.ts';
 
@@ -148,27 +149,13 @@ export type CorruptionName =
   | 'dirty-stale-refcounts';
 
 // ---------------------------------------------------------------------------------------------
-// Bits of the entries (docs/format/mapping.md, docs/format/refcounts.md#refcount-table)
+// Where the header fields are, and how far corruptions reach (entry bits come from the spec: generated/qcow2.ts)
 
-const COPIED = L1EntryMasks.copied;
-const COMPRESSED = L2EntryMasks.compressed;
-const L1_OFFSET_MASK = L1EntryMasks.l2Offset;
-const L1_RESERVED_MASK = L1EntryMasks.reserved;
-const L2_OFFSET_MASK = L2EntryMasks.hostOffset;
-const L2_RESERVED_MASK = L2EntryMasks.reserved;
-const REFT_OFFSET_MASK = RefcountTableEntryMasks.refblockOffset;
-const REFT_RESERVED_MASK = RefcountTableEntryMasks.reserved;
-const ZERO_FLAG = L2EntryMasks.zero;
-const ALL_ALLOCATED = L2EntryMasks.allocBitmap;
-const INCOMPAT_DIRTY = IncompatibleFeatureMask.DIRTY;
-const COMPAT_LAZY_REFCOUNTS = CompatibleFeatureMask.LAZY_REFCOUNTS;
 /** Header fields incompatible_features and compatible_features (the spec's HeaderLayout). */
 const INCOMPAT_OFFSET = BigInt(HeaderLayout.incompatibleFeatures.offset);
 const COMPAT_OFFSET = BigInt(HeaderLayout.compatibleFeatures.offset);
 /** Entries QEMU's check accepts in a snapshot L1 (QCOW_MAX_L1_SIZE / 8 = 4 Mi, docs/format/check.md#reference-counting-pass). */
 const MAX_L1_ENTRIES = BigInt(QCOW_MAX_L1_SIZE / L1_ENTRY_FIXED_SIZE);
-/** Largest extra data QEMU reads (QCOW_MAX_SNAPSHOT_EXTRA_DATA, docs/format/snapshots.md#limits). */
-const MAX_EXTRA_DATA = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
 /** A past-EOF pointer lands at most this many clusters beyond the end (QEMU's check sizes its refcount array by it). */
 const MAX_PAST_EOF_CLUSTERS = 1n << 20n;
 /**
@@ -252,8 +239,8 @@ function mergeRanges(ranges: readonly GuestRange[]): GuestRange[] {
 // ---------------------------------------------------------------------------------------------
 // Places to corrupt
 
-/** An active L1 entry: index, file offset and value. */
-interface L1EntrySlot {
+/** An entry of the active L1 table or of the refcount table: index, file offset and value. */
+interface EntrySlot {
   readonly index: number;
   readonly offset: bigint;
   readonly word: bigint;
@@ -263,12 +250,12 @@ interface L1EntrySlot {
  * The active L1 entries. `allocated`: only those pointing at an L2 table — 'prefer' falls back to all
  * entries when none does.
  */
-function l1Slots(l: FileLayout, allocated: boolean | 'prefer'): L1EntrySlot[] {
+function l1Slots(l: FileLayout, allocated: boolean | 'prefer'): EntrySlot[] {
   const l1 = l.activeL1;
   if (l1 === undefined || l1.size === 0) return [];
   const used = l1.entries.filter((e) => e.l2Offset !== 0n).map((e) => ({ index: e.index, offset: l1EntryOffset(l1.offset, e.index), word: e.word }));
   if (allocated === true || (allocated === 'prefer' && used.length > 0)) return used;
-  const out: L1EntrySlot[] = [];
+  const out: EntrySlot[] = [];
   // Every index of a huge table would be a waste: the allocated ones and up to 64 others.
   const seen = new Set<number>();
   for (const e of l1.entries) seen.add(e.index);
@@ -319,15 +306,15 @@ function l2Field(l: FileLayout, s: L2Slot, word: 0 | 1): string {
 
 /** Kind of the cluster an L2 word describes, by QEMU's rules (docs/format/mapping.md#cluster-types). */
 function l2Kind(l: FileLayout, word: bigint): 'compressed' | 'zero-plain' | 'zero-alloc' | 'normal' | 'unallocated' {
-  if ((word & COMPRESSED) !== 0n) return 'compressed';
-  const off = word & L2_OFFSET_MASK;
-  if (!l.extendedL2 && (word & ZERO_FLAG) !== 0n) return off === 0n ? 'zero-plain' : 'zero-alloc';
-  if (off === 0n && !(l.externalDataFile && (word & COPIED) !== 0n)) return 'unallocated';
+  if ((word & L2EntryMasks.compressed) !== 0n) return 'compressed';
+  const off = word & L2EntryMasks.hostOffset;
+  if (!l.extendedL2 && (word & L2EntryMasks.zero) !== 0n) return off === 0n ? 'zero-plain' : 'zero-alloc';
+  if (off === 0n && !(l.externalDataFile && (word & L2EntryMasks.copied) !== 0n)) return 'unallocated';
   return 'normal';
 }
 
 /** Refcount-table entries with a block (or, when `withEmpty`, also some empty ones of the table). */
-function reftableSlots(l: FileLayout, withEmpty: boolean): { index: number; offset: bigint; word: bigint }[] {
+function reftableSlots(l: FileLayout, withEmpty: boolean): EntrySlot[] {
   const r = l.refcountTable;
   if (r === undefined || r.size === 0) return [];
   const listed = new Set(r.entries.map((e) => e.index));
@@ -375,6 +362,135 @@ function usersOf(l: FileLayout, offset: bigint): GuestRange[] {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Corruptions of one word or one refcount
+
+/** One word of a table entry a corruption rewrites: how pokes and descriptions name it, and the guest ranges mapped through it. */
+interface EntryWord {
+  readonly structure: string;
+  readonly field: string;
+  readonly offset: bigint;
+  readonly old: bigint;
+  /** How a description names the word, before `old → new`. */
+  readonly label: string;
+  readonly maps: readonly GuestRange[];
+}
+
+/**
+ * What a one-word corruption writes: the new value alone, or with what the description adds after
+ * it, the guest ranges it can change besides those mapped through the entry, and a second word it
+ * sets. A string says why it cannot.
+ */
+type WordChange = string | bigint | {
+  readonly value: bigint;
+  readonly note?: string;
+  readonly affected?: readonly GuestRange[];
+  readonly also?: { readonly word: EntryWord; readonly value: bigint };
+};
+
+/** The word of an active L1 entry. */
+function l1Word(l: FileLayout, s: EntrySlot): EntryWord {
+  return { structure: 'active L1 table', field: `entry ${s.index}`, offset: s.offset, old: s.word, label: `active L1[${s.index}]`, maps: [guestRangeOfL1Index(l, s.index)] };
+}
+
+/** Word 0 (the descriptor) of an active L2 entry. */
+function l2Descriptor(l: FileLayout, s: L2Slot): EntryWord {
+  return { structure: l2Name(s), field: l2Field(l, s, 0), offset: s.offset, old: s.word, label: `${l2Name(s)} entry ${s.index}`, maps: guestRangesOfL2Slot(l, s.table, s.index) };
+}
+
+/** Word 1 (the subcluster bitmap) of an extended active L2 entry. */
+function l2Bitmap(l: FileLayout, s: L2Slot): EntryWord {
+  return { structure: l2Name(s), field: l2Field(l, s, 1), offset: s.offset + 8n, old: s.bitmap, label: `${l2Name(s)} entry ${s.index} bitmap`, maps: guestRangesOfL2Slot(l, s.table, s.index) };
+}
+
+/** The word of a refcount-table entry (no guest range is mapped through it). */
+function reftableWord(_l: FileLayout, s: EntrySlot): EntryWord {
+  return { structure: 'refcount table', field: `entry ${s.index}`, offset: s.offset, old: s.word, label: `refcount table[${s.index}]`, maps: [] };
+}
+
+/** `list`, or `reason` when it is empty. */
+function someOr<T>(list: readonly T[], reason: string): readonly T[] | string {
+  return list.length > 0 ? list : reason;
+}
+
+/**
+ * A corruption that picks one of the entries `candidates` lists (a string: why there are none) and
+ * sets the word `wordOf` names to what `change` makes of it. The Rng is asked in that order: by
+ * `candidates`, for the pick, by `change`.
+ */
+function wordCorruption<S>(
+  name: CorruptionName,
+  category: CorruptionCategory,
+  title: string,
+  wordOf: (l: FileLayout, s: S) => EntryWord,
+  candidates: (l: FileLayout, rng: Rng) => readonly S[] | string,
+  change: (l: FileLayout, rng: Rng, s: S) => WordChange,
+): Corruption {
+  return {
+    name,
+    category,
+    title,
+    apply(l, rng) {
+      const found = candidates(l, rng);
+      if (typeof found === 'string') return notApplicable(this, found);
+      const s = pick(rng, found);
+      const made = change(l, rng, s);
+      if (typeof made === 'string') return notApplicable(this, made);
+      const c = typeof made === 'bigint' ? { value: made } : made;
+      const w = wordOf(l, s);
+      const p = new Poker(l);
+      p.set(w.structure, w.field, w.offset, 64, c.value);
+      if (c.also !== undefined) p.set(c.also.word.structure, c.also.word.field, c.also.word.offset, 64, c.also.value);
+      return applied(this, p, `${w.label} ${hex(w.old)} → ${hex(c.value)}${c.note ?? ''}`, [...w.maps, ...(c.affected ?? [])]);
+    },
+  };
+}
+
+/** Candidates for a pointer aimed elsewhere: every entry of the active L2 tables, a third of the time with some empty ones. */
+function anyL2Entry(l: FileLayout, rng: Rng): readonly L2Slot[] | string {
+  return someOr(l2Slots(l, () => true, rng.int(3) === 0), 'no active L2 table');
+}
+
+/** `word` with its offset (`mask`) moved to a 512-aligned place inside its cluster that is not cluster aligned. */
+function unalignedOffset(l: FileLayout, rng: Rng, word: bigint, mask: bigint): bigint | string {
+  const u = unalign(l, rng, word & mask);
+  return u === undefined ? '512-byte clusters: every 512-aligned offset is cluster aligned' : (word & ~mask) | u;
+}
+
+/** unalignedOffset of an L1 or L2 entry: the guest data of the cluster it pointed at can change too. */
+function unalignedMapping(l: FileLayout, rng: Rng, word: bigint, mask: bigint): WordChange {
+  const v = unalignedOffset(l, rng, word, mask);
+  return typeof v === 'string' ? v : { value: v, affected: usersOf(l, word & mask) };
+}
+
+/**
+ * An L2 entry's host offset aimed at `target` (COPIED set), with extended L2 every subcluster
+ * allocated, so that the whole cluster reads what is there; `note` for the description.
+ */
+function l2PointedAt(l: FileLayout, s: L2Slot, target: bigint, note: string, affected: readonly GuestRange[] = []): WordChange {
+  return { value: L2EntryMasks.copied | target, note, affected, ...(l.extendedL2 ? { also: { word: l2Bitmap(l, s), value: L2EntryMasks.allocBitmap } } : {}) };
+}
+
+/** The referenced clusters a refcount block covers: their refcount slot and refcount, in `l.referenced` order. */
+function referencedRefcounts(l: FileLayout): { s: RefcountSlot; r: bigint }[] {
+  return [...l.referenced].flatMap((c) => {
+    const s = refcountSlot(l, c);
+    return s === undefined ? [] : [{ s, r: readField(l.bytes, s.offset, s.bits, s.shift) }];
+  });
+}
+
+/** Applies corruption `c`: the refcount in slot `s` goes from `r` to `v`, described with `verb`. */
+function refcountChanged(c: Corruption, l: FileLayout, s: RefcountSlot, r: bigint, v: bigint, verb: string): AppliedCorruption {
+  const p = new Poker(l);
+  setRefcount(p, s, v);
+  return applied(c, p, `refcount of cluster ${s.cluster} (${describeCluster(l, s.cluster)}) ${verb} from ${r} to ${v}`, []);
+}
+
+/** Pokes `v` into the refcount in slot `s`. */
+function setRefcount(p: Poker, s: RefcountSlot, v: bigint): void {
+  p.set(`refcount block at ${hex(s.blockOffset)}`, `refcount of cluster ${s.cluster}`, s.offset, s.bits, v, s.shift);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The corruptions
 
 const refcountTooLow: Corruption = {
@@ -382,18 +498,10 @@ const refcountTooLow: Corruption = {
   category: 'refcount',
   title: 'a referenced cluster with refcount ≥ 2 gets a lower non-zero refcount (check: ERROR cluster N refcount=r reference=R; -r all raises it, docs/format/check.md#-r-all)',
   apply(l, rng) {
-    const cands = [...l.referenced].flatMap((c) => {
-      const s = refcountSlot(l, c);
-      if (s === undefined) return [];
-      const r = readField(l.bytes, s.offset, s.bits, s.shift);
-      return r >= 2n ? [{ s, r }] : [];
-    });
+    const cands = referencedRefcounts(l).filter((x) => x.r >= 2n);
     if (cands.length === 0) return notApplicable(this, 'no referenced cluster has a refcount of 2 or more');
     const { s, r } = pick(rng, cands);
-    const p = new Poker(l);
-    const v = 1n + bigBelow(rng, r - 1n);
-    p.set(`refcount block at ${hex(s.blockOffset)}`, `refcount of cluster ${s.cluster}`, s.offset, s.bits, v, s.shift);
-    return applied(this, p, `refcount of cluster ${s.cluster} (${describeCluster(l, s.cluster)}) lowered from ${r} to ${v}`, []);
+    return refcountChanged(this, l, s, r, 1n + bigBelow(rng, r - 1n), 'lowered');
   },
 };
 
@@ -403,10 +511,7 @@ const refcountTooHigh: Corruption = {
   title: 'a cluster covered by a refcount block gets a higher refcount — referenced or not, inside the file or past its end (check: Leaked cluster N, docs/format/check.md#comparing-refcounts; past the end invisible, surprises.md item 28)',
   apply(l, rng) {
     const max = (1n << BigInt(l.refcountBits)) - 1n;
-    const referenced = [...l.referenced].filter((c) => {
-      const s = refcountSlot(l, c);
-      return s !== undefined && readField(l.bytes, s.offset, s.bits, s.shift) < max;
-    });
+    const referenced = referencedRefcounts(l).filter((x) => x.r < max).map((x) => x.s.cluster);
     const ranges = coveredClusters(l);
     let cluster: bigint | undefined;
     if (referenced.length > 0 && rng.int(2) === 0) cluster = pick(rng, referenced);
@@ -423,10 +528,7 @@ const refcountTooHigh: Corruption = {
     const r = readField(l.bytes, s.offset, s.bits, s.shift);
     if (r >= max) return notApplicable(this, `cluster ${s.cluster} already has the largest refcount ${max}`);
     const up = max - r;
-    const v = r + 1n + (rng.int(8) === 0 ? up - 1n : bigBelow(rng, up < 3n ? up : 3n));
-    const p = new Poker(l);
-    p.set(`refcount block at ${hex(s.blockOffset)}`, `refcount of cluster ${s.cluster}`, s.offset, s.bits, v, s.shift);
-    return applied(this, p, `refcount of cluster ${s.cluster} (${describeCluster(l, s.cluster)}) raised from ${r} to ${v}`, []);
+    return refcountChanged(this, l, s, r, r + 1n + (rng.int(8) === 0 ? up - 1n : bigBelow(rng, up < 3n ? up : 3n)), 'raised');
   },
 };
 
@@ -435,292 +537,173 @@ const refcountZero: Corruption = {
   category: 'refcount',
   title: 'a referenced cluster (header, tables, refcount blocks, data) gets refcount 0 (check: refcount=0; -r all rebuilds the refcount structure, docs/format/check.md#-r-all, surprises.md item 12)',
   apply(l, rng) {
-    const cands = [...l.referenced].flatMap((c) => {
-      const s = refcountSlot(l, c);
-      return s !== undefined && readField(l.bytes, s.offset, s.bits, s.shift) !== 0n ? [s] : [];
-    });
+    const cands = referencedRefcounts(l).filter((x) => x.r !== 0n);
     if (cands.length === 0) return notApplicable(this, 'no referenced cluster has a refcount to clear');
-    const s = pick(rng, cands);
-    const p = new Poker(l);
-    const r = p.read(s.offset, s.bits, s.shift);
-    p.set(`refcount block at ${hex(s.blockOffset)}`, `refcount of cluster ${s.cluster}`, s.offset, s.bits, 0n, s.shift);
-    return applied(this, p, `refcount of cluster ${s.cluster} (${describeCluster(l, s.cluster)}) set from ${r} to 0`, []);
+    const { s, r } = pick(rng, cands);
+    return refcountChanged(this, l, s, r, 0n, 'set');
   },
 };
 
-const l2IntoMetadata: Corruption = {
-  name: 'l2-into-metadata',
-  category: 'pointer',
-  title: 'an active L1 entry points its L2 table at a metadata cluster, COPIED set (test 060 "L2 reference into L1", docs/format/iotests.md#test-060-cases)',
-  apply(l, rng) {
-    const slots = l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false);
-    if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
-    const s = pick(rng, slots);
-    const targets = metadataTargets(l, (s.word & L1_OFFSET_MASK) / l.clusterSize);
-    if (targets.length === 0) return notApplicable(this, 'no other metadata cluster to point at');
+const l2IntoMetadata = wordCorruption(
+  'l2-into-metadata', 'pointer',
+  'an active L1 entry points its L2 table at a metadata cluster, COPIED set (test 060 "L2 reference into L1", docs/format/iotests.md#test-060-cases)',
+  l1Word,
+  (l, rng) => someOr(l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false), 'the active L1 table is empty'),
+  (l, rng, s) => {
+    const targets = metadataTargets(l, (s.word & L1EntryMasks.l2Offset) / l.clusterSize);
+    if (targets.length === 0) return 'no other metadata cluster to point at';
     const t = pick(rng, targets);
-    const p = new Poker(l);
-    const v = COPIED | (t.cluster * l.clusterSize);
-    p.set('active L1 table', `entry ${s.index}`, s.offset, 64, v);
-    return applied(this, p, `active L1[${s.index}] ${hex(s.word)} → ${hex(v)} (the ${t.what})`, [guestRangeOfL1Index(l, s.index), ...usersOf(l, t.cluster * l.clusterSize)]);
+    return { value: L1EntryMasks.copied | (t.cluster * l.clusterSize), note: ` (the ${t.what})`, affected: usersOf(l, t.cluster * l.clusterSize) };
   },
-};
+);
 
-const dataIntoMetadata: Corruption = {
-  name: 'data-into-metadata',
-  category: 'pointer',
-  title: 'an active L2 entry maps its guest cluster onto a metadata cluster, COPIED set (test 060 "data cluster into refblock", "data into inactive L2", docs/format/iotests.md#test-060-cases)',
-  apply(l, rng) {
-    const slots = l2Slots(l, () => true, rng.int(3) === 0);
-    if (slots.length === 0) return notApplicable(this, 'no active L2 table');
-    const s = pick(rng, slots);
-    const targets = metadataTargets(l, -1n);
-    const t = pick(rng, targets);
-    const p = new Poker(l);
-    const v = COPIED | (t.cluster * l.clusterSize);
-    p.set(l2Name(s), l2Field(l, s, 0), s.offset, 64, v);
-    // Extended L2: every subcluster allocated, so the whole cluster reads the metadata.
-    if (l.extendedL2) p.set(l2Name(s), l2Field(l, s, 1), s.offset + 8n, 64, ALL_ALLOCATED);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} ${hex(s.word)} → ${hex(v)} (the ${t.what})`, [...guestRangesOfL2Slot(l, s.table, s.index), ...usersOf(l, t.cluster * l.clusterSize)]);
+const dataIntoMetadata = wordCorruption(
+  'data-into-metadata', 'pointer',
+  'an active L2 entry maps its guest cluster onto a metadata cluster, COPIED set (test 060 "data cluster into refblock", "data into inactive L2", docs/format/iotests.md#test-060-cases)',
+  l2Descriptor,
+  anyL2Entry,
+  (l, rng, s) => {
+    const t = pick(rng, metadataTargets(l, -1n));
+    return l2PointedAt(l, s, t.cluster * l.clusterSize, ` (the ${t.what})`, usersOf(l, t.cluster * l.clusterSize));
   },
-};
+);
 
-const unalignedL1: Corruption = {
-  name: 'unaligned-l1-entry',
-  category: 'alignment',
-  title: 'an allocated active L1 entry gets an L2 offset that is 512-aligned but not cluster aligned (test 060 "unaligned L1 entry", docs/format/mapping.md#l1-entries)',
-  apply(l, rng) {
-    const slots = l1Slots(l, true);
-    if (slots.length === 0) return notApplicable(this, 'no allocated L1 entry');
-    const s = pick(rng, slots);
-    const off = s.word & L1_OFFSET_MASK;
-    const u = unalign(l, rng, off);
-    if (u === undefined) return notApplicable(this, '512-byte clusters: every 512-aligned offset is cluster aligned');
-    const v = (s.word & ~L1_OFFSET_MASK) | u;
-    const p = new Poker(l);
-    p.set('active L1 table', `entry ${s.index}`, s.offset, 64, v);
-    return applied(this, p, `active L1[${s.index}] ${hex(s.word)} → ${hex(v)}`, [guestRangeOfL1Index(l, s.index), ...usersOf(l, off)]);
+const unalignedL1 = wordCorruption(
+  'unaligned-l1-entry', 'alignment',
+  'an allocated active L1 entry gets an L2 offset that is 512-aligned but not cluster aligned (test 060 "unaligned L1 entry", docs/format/mapping.md#l1-entries)',
+  l1Word,
+  (l) => someOr(l1Slots(l, true), 'no allocated L1 entry'),
+  (l, rng, s) => unalignedMapping(l, rng, s.word, L1EntryMasks.l2Offset),
+);
+
+const unalignedL2 = wordCorruption(
+  'unaligned-l2-entry', 'alignment',
+  'a normal or preallocated-zero L2 entry gets a host offset that is 512-aligned but not cluster aligned (test 060 "unaligned L2 entry", "unaligned prealloc zero", docs/format/mapping.md#cluster-types)',
+  l2Descriptor,
+  (l) => someOr(l2Slots(l, (s) => {
+    const k = l2Kind(l, s.word);
+    return (k === 'normal' || k === 'zero-alloc') && (s.word & L2EntryMasks.hostOffset) !== 0n;
+  }), 'no allocated normal or zero-alloc L2 entry'),
+  (l, rng, s) => unalignedMapping(l, rng, s.word, L2EntryMasks.hostOffset),
+);
+
+const unalignedRefblock = wordCorruption(
+  'unaligned-refblock-entry', 'alignment',
+  'a refcount-table entry gets a block offset that is 512-aligned but not cluster aligned (test 060 "unaligned reftable entry", docs/format/refcounts.md#refcount-table)',
+  reftableWord,
+  (l) => someOr(reftableSlots(l, false).filter((s) => (s.word & RefcountTableEntryMasks.refblockOffset) !== 0n), 'no refcount block'),
+  (l, rng, s) => unalignedOffset(l, rng, s.word, RefcountTableEntryMasks.refblockOffset),
+);
+
+const reservedL1 = wordCorruption(
+  'reserved-bits-l1', 'reserved-bits',
+  'a reserved bit (L1E_RESERVED_MASK) of an active L1 entry is set (docs/format/mapping.md#l1-entries)',
+  l1Word,
+  (l, rng) => someOr(l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false).filter((s) => (s.word & L1EntryMasks.reserved) !== L1EntryMasks.reserved), 'the active L1 table is empty'),
+  (_l, rng, s) => s.word | bitOf(rng, L1EntryMasks.reserved & ~s.word),
+);
+
+const reservedL2 = wordCorruption(
+  'reserved-bits-l2', 'reserved-bits',
+  'a reserved bit (L2E_STD_RESERVED_MASK) of a standard (not compressed) active L2 entry is set (docs/format/mapping.md#standard-l2-entries: reads work, check counts it)',
+  l2Descriptor,
+  (l, rng) => someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) === 0n, rng.int(4) === 0), 'no standard active L2 entry'),
+  (_l, rng, s) => {
+    const free = L2EntryMasks.reserved & ~s.word;
+    return free === 0n ? 'every reserved bit is already set' : s.word | bitOf(rng, free);
   },
-};
+);
 
-const unalignedL2: Corruption = {
-  name: 'unaligned-l2-entry',
-  category: 'alignment',
-  title: 'a normal or preallocated-zero L2 entry gets a host offset that is 512-aligned but not cluster aligned (test 060 "unaligned L2 entry", "unaligned prealloc zero", docs/format/mapping.md#cluster-types)',
-  apply(l, rng) {
-    const slots = l2Slots(l, (s) => {
-      const k = l2Kind(l, s.word);
-      return (k === 'normal' || k === 'zero-alloc') && (s.word & L2_OFFSET_MASK) !== 0n;
-    });
-    if (slots.length === 0) return notApplicable(this, 'no allocated normal or zero-alloc L2 entry');
-    const s = pick(rng, slots);
-    const off = s.word & L2_OFFSET_MASK;
-    const u = unalign(l, rng, off);
-    if (u === undefined) return notApplicable(this, '512-byte clusters: every 512-aligned offset is cluster aligned');
-    const v = (s.word & ~L2_OFFSET_MASK) | u;
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 0), s.offset, 64, v);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} ${hex(s.word)} → ${hex(v)}`, [...guestRangesOfL2Slot(l, s.table, s.index), ...usersOf(l, off)]);
-  },
-};
+const reservedReftable = wordCorruption(
+  'reserved-bits-reftable', 'reserved-bits',
+  'a reserved bit (mask 0x1ff) of a refcount-table entry is set (docs/format/refcounts.md#refcount-table)',
+  reftableWord,
+  (l, rng) => someOr(reftableSlots(l, rng.int(4) === 0).filter((s) => (s.word & RefcountTableEntryMasks.reserved) !== RefcountTableEntryMasks.reserved), 'no refcount-table entry'),
+  (_l, rng, s) => s.word | bitOf(rng, RefcountTableEntryMasks.reserved & ~s.word),
+);
 
-const unalignedRefblock: Corruption = {
-  name: 'unaligned-refblock-entry',
-  category: 'alignment',
-  title: 'a refcount-table entry gets a block offset that is 512-aligned but not cluster aligned (test 060 "unaligned reftable entry", docs/format/refcounts.md#refcount-table)',
-  apply(l, rng) {
-    const slots = reftableSlots(l, false).filter((s) => (s.word & REFT_OFFSET_MASK) !== 0n);
-    if (slots.length === 0) return notApplicable(this, 'no refcount block');
-    const s = pick(rng, slots);
-    const u = unalign(l, rng, s.word & REFT_OFFSET_MASK);
-    if (u === undefined) return notApplicable(this, '512-byte clusters: every 512-aligned offset is cluster aligned');
-    const v = (s.word & ~REFT_OFFSET_MASK) | u;
-    const p = new Poker(l);
-    p.set('refcount table', `entry ${s.index}`, s.offset, 64, v);
-    return applied(this, p, `refcount table[${s.index}] ${hex(s.word)} → ${hex(v)}`, []);
-  },
-};
+const compressedCopied = wordCorruption(
+  'compressed-copied', 'flags',
+  'COPIED is set on a compressed L2 entry (docs/format/mapping.md#standard-l2-entries: compressed entries are never COPIED)',
+  l2Descriptor,
+  (l) => someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) !== 0n && (s.word & L2EntryMasks.copied) === 0n), 'no compressed cluster in the active L2 tables'),
+  (_l, _rng, s) => s.word | L2EntryMasks.copied,
+);
 
-const reservedL1: Corruption = {
-  name: 'reserved-bits-l1',
-  category: 'reserved-bits',
-  title: 'a reserved bit (L1E_RESERVED_MASK) of an active L1 entry is set (docs/format/mapping.md#l1-entries)',
-  apply(l, rng) {
-    const slots = l1Slots(l, rng.int(4) !== 0 ? 'prefer' : false).filter((s) => (s.word & L1_RESERVED_MASK) !== L1_RESERVED_MASK);
-    if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
-    const s = pick(rng, slots);
-    const v = s.word | bitOf(rng, L1_RESERVED_MASK & ~s.word);
-    const p = new Poker(l);
-    p.set('active L1 table', `entry ${s.index}`, s.offset, 64, v);
-    return applied(this, p, `active L1[${s.index}] ${hex(s.word)} → ${hex(v)}`, [guestRangeOfL1Index(l, s.index)]);
-  },
-};
+const v2ZeroFlag = wordCorruption(
+  'v2-zero-flag', 'flags',
+  'the zero flag (bit 0) on a standard L2 entry of a version 2 image (docs/format/mapping.md#cluster-types: fatal on access, not flagged by check)',
+  l2Descriptor,
+  (l, rng) => (l.version !== 2 ? 'version 3 image: the zero flag is legal'
+    : someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) === 0n && (s.word & L2EntryMasks.zero) === 0n, rng.int(3) === 0), 'no standard active L2 entry')),
+  (_l, _rng, s) => s.word | L2EntryMasks.zero,
+);
 
-const reservedL2: Corruption = {
-  name: 'reserved-bits-l2',
-  category: 'reserved-bits',
-  title: 'a reserved bit (L2E_STD_RESERVED_MASK) of a standard (not compressed) active L2 entry is set (docs/format/mapping.md#standard-l2-entries: reads work, check counts it)',
-  apply(l, rng) {
-    const slots = l2Slots(l, (s) => (s.word & COMPRESSED) === 0n, rng.int(4) === 0);
-    if (slots.length === 0) return notApplicable(this, 'no standard active L2 entry');
-    const s = pick(rng, slots);
-    const free = L2_RESERVED_MASK & ~s.word;
-    if (free === 0n) return notApplicable(this, 'every reserved bit is already set');
-    const v = s.word | bitOf(rng, free);
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 0), s.offset, 64, v);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} ${hex(s.word)} → ${hex(v)}`, guestRangesOfL2Slot(l, s.table, s.index));
-  },
-};
+const compressedBitmap = wordCorruption(
+  'compressed-nonzero-bitmap', 'subcluster',
+  'an extended-L2 compressed entry gets a non-zero subcluster bitmap (docs/format/mapping.md#compressed-clusters: check ERROR compressed cluster ... non-zero subcluster allocation bitmap)',
+  l2Bitmap,
+  (l) => (!l.extendedL2 ? 'no extended L2 entries' : someOr(l2Slots(l, (s) => (s.word & L2EntryMasks.compressed) !== 0n), 'no compressed cluster in the active L2 tables')),
+  (_l, rng) => pick(rng, [1n, 1n << BigInt(rng.int(64)), bigBelow(rng, 1n << 64n) | 1n, (1n << 64n) - 1n]),
+);
 
-const reservedReftable: Corruption = {
-  name: 'reserved-bits-reftable',
-  category: 'reserved-bits',
-  title: 'a reserved bit (mask 0x1ff) of a refcount-table entry is set (docs/format/refcounts.md#refcount-table)',
-  apply(l, rng) {
-    const slots = reftableSlots(l, rng.int(4) === 0).filter((s) => (s.word & REFT_RESERVED_MASK) !== REFT_RESERVED_MASK);
-    if (slots.length === 0) return notApplicable(this, 'no refcount-table entry');
-    const s = pick(rng, slots);
-    const v = s.word | bitOf(rng, REFT_RESERVED_MASK & ~s.word);
-    const p = new Poker(l);
-    p.set('refcount table', `entry ${s.index}`, s.offset, 64, v);
-    return applied(this, p, `refcount table[${s.index}] ${hex(s.word)} → ${hex(v)}`, []);
-  },
-};
-
-const compressedCopied: Corruption = {
-  name: 'compressed-copied',
-  category: 'flags',
-  title: 'COPIED is set on a compressed L2 entry (docs/format/mapping.md#standard-l2-entries: compressed entries are never COPIED)',
-  apply(l, rng) {
-    const slots = l2Slots(l, (s) => (s.word & COMPRESSED) !== 0n && (s.word & COPIED) === 0n);
-    if (slots.length === 0) return notApplicable(this, 'no compressed cluster in the active L2 tables');
-    const s = pick(rng, slots);
-    const v = s.word | COPIED;
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 0), s.offset, 64, v);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} ${hex(s.word)} → ${hex(v)}`, guestRangesOfL2Slot(l, s.table, s.index));
-  },
-};
-
-const v2ZeroFlag: Corruption = {
-  name: 'v2-zero-flag',
-  category: 'flags',
-  title: 'the zero flag (bit 0) on a standard L2 entry of a version 2 image (docs/format/mapping.md#cluster-types: fatal on access, not flagged by check)',
-  apply(l, rng) {
-    if (l.version !== 2) return notApplicable(this, 'version 3 image: the zero flag is legal');
-    const slots = l2Slots(l, (s) => (s.word & COMPRESSED) === 0n && (s.word & ZERO_FLAG) === 0n, rng.int(3) === 0);
-    if (slots.length === 0) return notApplicable(this, 'no standard active L2 entry');
-    const s = pick(rng, slots);
-    const v = s.word | ZERO_FLAG;
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 0), s.offset, 64, v);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} ${hex(s.word)} → ${hex(v)}`, guestRangesOfL2Slot(l, s.table, s.index));
-  },
-};
-
-const compressedBitmap: Corruption = {
-  name: 'compressed-nonzero-bitmap',
-  category: 'subcluster',
-  title: 'an extended-L2 compressed entry gets a non-zero subcluster bitmap (docs/format/mapping.md#compressed-clusters: check ERROR compressed cluster ... non-zero subcluster allocation bitmap)',
-  apply(l, rng) {
-    if (!l.extendedL2) return notApplicable(this, 'no extended L2 entries');
-    const slots = l2Slots(l, (s) => (s.word & COMPRESSED) !== 0n);
-    if (slots.length === 0) return notApplicable(this, 'no compressed cluster in the active L2 tables');
-    const s = pick(rng, slots);
-    const v = pick(rng, [1n, 1n << BigInt(rng.int(64)), bigBelow(rng, 1n << 64n) | 1n, (1n << 64n) - 1n]);
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 1), s.offset + 8n, 64, v);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} bitmap ${hex(s.bitmap)} → ${hex(v)}`, guestRangesOfL2Slot(l, s.table, s.index));
-  },
-};
-
-const allocAndZero: Corruption = {
-  name: 'alloc-and-zero-subcluster',
-  category: 'subcluster',
-  title: 'an allocated extended-L2 entry gets one subcluster both allocated and zero (docs/format/mapping.md#subcluster-types: INVALID; check ERROR ... corrupted subcluster allocation bitmap)',
-  apply(l, rng) {
-    if (!l.extendedL2) return notApplicable(this, 'no extended L2 entries');
-    const slots = l2Slots(l, (s) => l2Kind(l, s.word) === 'normal' && (s.word & L2_OFFSET_MASK) !== 0n);
-    if (slots.length === 0) return notApplicable(this, 'no allocated extended-L2 entry');
-    const s = pick(rng, slots);
+const allocAndZero = wordCorruption(
+  'alloc-and-zero-subcluster', 'subcluster',
+  'an allocated extended-L2 entry gets one subcluster both allocated and zero (docs/format/mapping.md#subcluster-types: INVALID; check ERROR ... corrupted subcluster allocation bitmap)',
+  l2Bitmap,
+  (l) => (!l.extendedL2 ? 'no extended L2 entries'
+    : someOr(l2Slots(l, (s) => l2Kind(l, s.word) === 'normal' && (s.word & L2EntryMasks.hostOffset) !== 0n), 'no allocated extended-L2 entry')),
+  (_l, rng, s) => {
     const n = BigInt(rng.int(32));
-    const v = s.bitmap | (1n << n) | (1n << (32n + n));
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 1), s.offset + 8n, 64, v);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} bitmap ${hex(s.bitmap)} → ${hex(v)} (subcluster ${n} allocated and zero)`, guestRangesOfL2Slot(l, s.table, s.index));
+    return { value: s.bitmap | (1n << n) | (1n << (32n + n)), note: ` (subcluster ${n} allocated and zero)` };
   },
-};
+);
 
-const allocOnUnallocated: Corruption = {
-  name: 'alloc-bits-on-unallocated',
-  category: 'subcluster',
-  title: 'an extended-L2 entry without host offset gets allocation bits (docs/format/mapping.md#subcluster-types: INVALID; check ERROR: Unallocated cluster has non-zero subcluster allocation map)',
-  apply(l, rng) {
-    if (!l.extendedL2) return notApplicable(this, 'no extended L2 entries');
-    const slots = l2Slots(l, (s) => l2Kind(l, s.word) === 'unallocated' && (s.bitmap & ALL_ALLOCATED) !== ALL_ALLOCATED, true);
-    if (slots.length === 0) return notApplicable(this, 'no unallocated extended-L2 entry');
-    const s = pick(rng, slots);
-    const add = pick(rng, [1n << BigInt(rng.int(32)), ALL_ALLOCATED, bigBelow(rng, ALL_ALLOCATED) + 1n]);
-    const v = s.bitmap | add;
-    if (v === s.bitmap) return notApplicable(this, 'the chosen bits are already set');
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 1), s.offset + 8n, 64, v);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} bitmap ${hex(s.bitmap)} → ${hex(v)}`, guestRangesOfL2Slot(l, s.table, s.index));
+const allocOnUnallocated = wordCorruption(
+  'alloc-bits-on-unallocated', 'subcluster',
+  'an extended-L2 entry without host offset gets allocation bits (docs/format/mapping.md#subcluster-types: INVALID; check ERROR: Unallocated cluster has non-zero subcluster allocation map)',
+  l2Bitmap,
+  (l) => (!l.extendedL2 ? 'no extended L2 entries'
+    : someOr(l2Slots(l, (s) => l2Kind(l, s.word) === 'unallocated' && (s.bitmap & L2EntryMasks.allocBitmap) !== L2EntryMasks.allocBitmap, true), 'no unallocated extended-L2 entry')),
+  (_l, rng, s) => {
+    const v = s.bitmap | pick(rng, [1n << BigInt(rng.int(32)), L2EntryMasks.allocBitmap, bigBelow(rng, L2EntryMasks.allocBitmap) + 1n]);
+    return v === s.bitmap ? 'the chosen bits are already set' : v;
   },
-};
+);
 
-const l1PastEof: Corruption = {
-  name: 'l1-entry-past-eof',
-  category: 'past-eof',
-  title: 'an active L1 entry points at an L2 table past the end of the file, COPIED set (docs/format/mapping.md#read-resolution: reads zeros; check: region exceeding the end of the file)',
-  apply(l, rng) {
-    const slots = l1Slots(l, rng.int(3) !== 0 ? 'prefer' : false);
-    if (slots.length === 0) return notApplicable(this, 'the active L1 table is empty');
-    const s = pick(rng, slots);
-    const o = pastEof(l, rng, L1_OFFSET_MASK);
-    if (o === undefined) return notApplicable(this, 'the file ends past the largest L2 offset');
-    const v = COPIED | o;
-    const p = new Poker(l);
-    p.set('active L1 table', `entry ${s.index}`, s.offset, 64, v);
-    return applied(this, p, `active L1[${s.index}] ${hex(s.word)} → ${hex(v)} (file length ${hex(l.fileLength)})`, [guestRangeOfL1Index(l, s.index)]);
+const l1PastEof = wordCorruption(
+  'l1-entry-past-eof', 'past-eof',
+  'an active L1 entry points at an L2 table past the end of the file, COPIED set (docs/format/mapping.md#read-resolution: reads zeros; check: region exceeding the end of the file)',
+  l1Word,
+  (l, rng) => someOr(l1Slots(l, rng.int(3) !== 0 ? 'prefer' : false), 'the active L1 table is empty'),
+  (l, rng) => {
+    const o = pastEof(l, rng, L1EntryMasks.l2Offset);
+    return o === undefined ? 'the file ends past the largest L2 offset' : { value: L1EntryMasks.copied | o, note: ` (file length ${hex(l.fileLength)})` };
   },
-};
+);
 
-const l2PastEof: Corruption = {
-  name: 'l2-entry-past-eof',
-  category: 'past-eof',
-  title: 'an active L2 entry maps its guest cluster past the end of the file, COPIED set (test 080 0x800000ffffff0000; check: region exceeding the end of the file)',
-  apply(l, rng) {
-    const slots = l2Slots(l, () => true, rng.int(3) === 0);
-    if (slots.length === 0) return notApplicable(this, 'no active L2 table');
-    const s = pick(rng, slots);
-    const o = pastEof(l, rng, L2_OFFSET_MASK);
-    if (o === undefined) return notApplicable(this, 'the file ends past the largest host offset');
-    const v = COPIED | o;
-    const p = new Poker(l);
-    p.set(l2Name(s), l2Field(l, s, 0), s.offset, 64, v);
-    if (l.extendedL2) p.set(l2Name(s), l2Field(l, s, 1), s.offset + 8n, 64, ALL_ALLOCATED);
-    return applied(this, p, `${l2Name(s)} entry ${s.index} ${hex(s.word)} → ${hex(v)} (file length ${hex(l.fileLength)})`, guestRangesOfL2Slot(l, s.table, s.index));
+const l2PastEof = wordCorruption(
+  'l2-entry-past-eof', 'past-eof',
+  'an active L2 entry maps its guest cluster past the end of the file, COPIED set (test 080 0x800000ffffff0000; check: region exceeding the end of the file)',
+  l2Descriptor,
+  anyL2Entry,
+  (l, rng, s) => {
+    const o = pastEof(l, rng, L2EntryMasks.hostOffset);
+    return o === undefined ? 'the file ends past the largest host offset' : l2PointedAt(l, s, o, ` (file length ${hex(l.fileLength)})`);
   },
-};
+);
 
-const refblockPastEof: Corruption = {
-  name: 'refblock-past-eof',
-  category: 'past-eof',
-  title: 'a refcount-table entry (used or empty) points at a refcount block past the end of the file (test 108; -r all: Repairing refcount block N is outside image)',
-  apply(l, rng) {
-    const slots = reftableSlots(l, rng.int(3) === 0);
-    if (slots.length === 0) return notApplicable(this, 'no refcount table');
-    const s = pick(rng, slots);
+const refblockPastEof = wordCorruption(
+  'refblock-past-eof', 'past-eof',
+  'a refcount-table entry (used or empty) points at a refcount block past the end of the file (test 108; -r all: Repairing refcount block N is outside image)',
+  reftableWord,
+  (l, rng) => someOr(reftableSlots(l, rng.int(3) === 0), 'no refcount table'),
+  (l, rng) => {
     const far = MAX_REFBLOCK_PAST_EOF_BYTES / l.clusterSize;
-    const o = pastEof(l, rng, REFT_OFFSET_MASK, far > 1n ? far : 1n);
-    if (o === undefined) return notApplicable(this, 'no offset past the end of the file fits');
-    const p = new Poker(l);
-    p.set('refcount table', `entry ${s.index}`, s.offset, 64, o);
-    return applied(this, p, `refcount table[${s.index}] ${hex(s.word)} → ${hex(o)} (file length ${hex(l.fileLength)})`, []);
+    const o = pastEof(l, rng, RefcountTableEntryMasks.refblockOffset, far > 1n ? far : 1n);
+    return o === undefined ? 'no offset past the end of the file fits' : { value: o, note: ` (file length ${hex(l.fileLength)})` };
   },
-};
+);
 
 /** The snapshot table entries with their fields, or undefined when there is none or the table did not decode whole. */
 function snapshotFields(l: FileLayout): { offset: number; fields: SnapshotEntryFields }[] | undefined {
@@ -728,31 +711,50 @@ function snapshotFields(l: FileLayout): { offset: number; fields: SnapshotEntryF
   return l.snapshots.map((s) => ({ offset: s.entryOffset, fields: s.fields }));
 }
 
-function snapshotFieldCorruption(
+/**
+ * A corruption of one snapshot, chosen by the Rng, when `requires` finds nothing missing (a string
+ * says what is): `edit` pokes snapshot `i` through `p` and returns the description, or `{ reason }`
+ * when it cannot.
+ */
+function snapshotCorruption(
   name: CorruptionName,
   title: string,
-  field: 'l1_table_offset' | 'l1_size',
-  value: (l: FileLayout, rng: Rng, old: bigint) => bigint | undefined,
+  edit: (l: FileLayout, rng: Rng, p: Poker, i: number, entry: { offset: number; fields: SnapshotEntryFields }) => string | { readonly reason: string },
+  requires: (l: FileLayout) => string | undefined = () => undefined,
 ): Corruption {
   return {
     name,
     category: 'snapshot',
     title,
     apply(l, rng) {
+      const missing = requires(l);
+      if (missing !== undefined) return notApplicable(this, missing);
       const entries = snapshotFields(l);
       if (entries === undefined) return notApplicable(this, 'no snapshot');
       const i = rng.int(entries.length);
-      const e = entries[i]!;
-      const at = BigInt(e.offset) + (field === 'l1_table_offset' ? 0n : 8n);
-      const bits = field === 'l1_table_offset' ? 64 : 32;
-      const old = readField(l.bytes, at, bits);
-      const v = value(l, rng, old);
-      if (v === undefined || v === old) return notApplicable(this, `no suitable ${field} for snapshot ${i}`);
       const p = new Poker(l);
-      p.set(`snapshot table entry ${i} (id ${e.fields.idStr})`, field, at, bits, v);
-      return applied(this, p, `snapshot ${i} ${field} ${hex(old)} → ${hex(v)}`, []);
+      const done = edit(l, rng, p, i, entries[i]!);
+      return typeof done === 'string' ? applied(this, p, done, []) : notApplicable(this, done.reason);
     },
   };
+}
+
+/** A snapshot corruption that sets `field` of the entry to what `value` makes of the old one (undefined: nothing suitable). */
+function snapshotFieldCorruption(
+  name: CorruptionName,
+  title: string,
+  field: 'l1_table_offset' | 'l1_size',
+  value: (l: FileLayout, rng: Rng, old: bigint) => bigint | undefined,
+): Corruption {
+  return snapshotCorruption(name, title, (l, rng, p, i, e) => {
+    const at = BigInt(e.offset) + (field === 'l1_table_offset' ? 0n : 8n);
+    const bits = field === 'l1_table_offset' ? 64 : 32;
+    const old = readField(l.bytes, at, bits);
+    const v = value(l, rng, old);
+    if (v === undefined || v === old) return { reason: `no suitable ${field} for snapshot ${i}` };
+    p.set(`snapshot table entry ${i} (id ${e.fields.idStr})`, field, at, bits, v);
+    return `snapshot ${i} ${field} ${hex(old)} → ${hex(v)}`;
+  });
 }
 
 const snapshotL1Unaligned = snapshotFieldCorruption(
@@ -815,54 +817,53 @@ function rewriteSnapshot(l: FileLayout, p: Poker, i: number, change: (f: Snapsho
   return `table rewritten (${l.snapshotTableBytes} → ${total} bytes)`;
 }
 
-const snapshotExtraShort: Corruption = {
-  name: 'snapshot-extra-data-short',
-  category: 'snapshot',
-  title: 'a version 3 snapshot entry gets less than 16 bytes of extra data (docs/format/snapshots.md#extra-data: check ERROR snapshot table entry N is incomplete; -r all rewrites the table)',
-  apply(l, rng) {
-    if (l.version < 3) return notApplicable(this, 'version 2: snapshot entries need no extra data');
-    const entries = snapshotFields(l);
-    if (entries === undefined) return notApplicable(this, 'no snapshot');
-    const i = rng.int(entries.length);
-    const len = pick(rng, [0, 8, 1 + rng.int(15)]);
-    const p = new Poker(l);
-    const how = rewriteSnapshot(l, p, i, (f) => {
-      const old = f.extraData;
-      const extra = {
-        ...(len >= 8 ? { vmStateSizeLarge: old.vmStateSizeLarge ?? { hi: 0, lo: 0 } } : {}),
-        unknown: new Uint8Array(len >= 8 ? len - 8 : len),
-      };
-      return { ...f, lenExtraData: len, extraData: extra };
-    });
-    if (how === undefined) return notApplicable(this, 'the rewritten table does not fit');
-    return applied(this, p, `snapshot ${i} extra data ${entries[i]!.fields.lenExtraData} → ${len} bytes; ${how}`, []);
-  },
-};
+type ExtraData = SnapshotEntryFields['extraData'];
 
-const snapshotExtraTooLarge: Corruption = {
-  name: 'snapshot-extra-data-too-large',
-  category: 'snapshot',
-  title: 'a snapshot entry gets more than 1024 bytes of extra data (docs/format/snapshots.md#limits: Too much extra metadata in snapshot table entry N; -r all drops it)',
-  apply(l, rng) {
-    const entries = snapshotFields(l);
-    if (entries === undefined) return notApplicable(this, 'no snapshot');
-    const i = rng.int(entries.length);
-    const len = MAX_EXTRA_DATA + 1 + rng.int(64) * 8;
-    const p = new Poker(l);
-    const how = rewriteSnapshot(l, p, i, (f) => {
-      const old = f.extraData;
-      const known = 24;
-      const zero = { hi: 0, lo: 0 };
-      return {
-        ...f,
-        lenExtraData: len,
-        extraData: { vmStateSizeLarge: old.vmStateSizeLarge ?? zero, diskSize: old.diskSize ?? { hi: Number(l.size >> 32n), lo: Number(l.size & 0xffffffffn) }, icount: old.icount ?? { hi: 0xffffffff, lo: 0xffffffff }, unknown: new Uint8Array(len - known) },
-      };
-    });
-    if (how === undefined) return notApplicable(this, 'the enlarged table does not fit the clusters of the old one');
-    return applied(this, p, `snapshot ${i} extra data ${entries[i]!.fields.lenExtraData} → ${len} bytes; ${how}`, []);
+/**
+ * A snapshot corruption that gives the snapshot `length(rng)` bytes of extra data (`extra` makes
+ * them from the old ones) by rewriting the snapshot table; `noRoom` says why not when the new table
+ * does not fit the old one's clusters.
+ */
+function extraDataCorruption(
+  name: CorruptionName,
+  title: string,
+  requires: (l: FileLayout) => string | undefined,
+  length: (rng: Rng) => number,
+  extra: (l: FileLayout, old: ExtraData, len: number) => ExtraData,
+  noRoom: string,
+): Corruption {
+  return snapshotCorruption(name, title, (l, rng, p, i, e) => {
+    const len = length(rng);
+    const how = rewriteSnapshot(l, p, i, (f) => ({ ...f, lenExtraData: len, extraData: extra(l, f.extraData, len) }));
+    if (how === undefined) return { reason: noRoom };
+    return `snapshot ${i} extra data ${e.fields.lenExtraData} → ${len} bytes; ${how}`;
+  }, requires);
+}
+
+const snapshotExtraShort = extraDataCorruption(
+  'snapshot-extra-data-short',
+  'a version 3 snapshot entry gets less than 16 bytes of extra data (docs/format/snapshots.md#extra-data: check ERROR snapshot table entry N is incomplete; -r all rewrites the table)',
+  (l) => (l.version < 3 ? 'version 2: snapshot entries need no extra data' : undefined),
+  (rng) => pick(rng, [0, 8, 1 + rng.int(15)]),
+  (_l, old, len) => ({
+    ...(len >= 8 ? { vmStateSizeLarge: old.vmStateSizeLarge ?? { hi: 0, lo: 0 } } : {}),
+    unknown: new Uint8Array(len >= 8 ? len - 8 : len),
+  }),
+  'the rewritten table does not fit',
+);
+
+const snapshotExtraTooLarge = extraDataCorruption(
+  'snapshot-extra-data-too-large',
+  'a snapshot entry gets more than 1024 bytes of extra data (docs/format/snapshots.md#limits: Too much extra metadata in snapshot table entry N; -r all drops it)',
+  () => undefined,
+  (rng) => QCOW_MAX_SNAPSHOT_EXTRA_DATA + 1 + rng.int(64) * 8,
+  (l, old, len) => {
+    const known = 24;
+    const zero = { hi: 0, lo: 0 };
+    return { vmStateSizeLarge: old.vmStateSizeLarge ?? zero, diskSize: old.diskSize ?? { hi: Number(l.size >> 32n), lo: Number(l.size & 0xffffffffn) }, icount: old.icount ?? { hi: 0xffffffff, lo: 0xffffffff }, unknown: new Uint8Array(len - known) };
   },
-};
+  'the enlarged table does not fit the clusters of the old one',
+);
 
 const dirtyStale: Corruption = {
   name: 'dirty-stale-refcounts',
@@ -871,25 +872,19 @@ const dirtyStale: Corruption = {
   apply(l, rng) {
     if (l.version < 3) return notApplicable(this, 'version 2 images cannot be dirty');
     const fixed = new Set(['header', 'refcount-table', 'refcount-block']);
-    const newest = [...l.referenced]
-      .filter((c) => !fixed.has(l.metadata.get(c)?.kind ?? 'data'))
-      .filter((c) => {
-        const s = refcountSlot(l, c);
-        return s !== undefined && readField(l.bytes, s.offset, s.bits, s.shift) !== 0n;
-      })
+    const newest = referencedRefcounts(l)
+      .filter((x) => x.r !== 0n && !fixed.has(l.metadata.get(x.s.cluster)?.kind ?? 'data'))
+      .map((x) => x.s.cluster)
       .sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
     if (newest.length === 0) return notApplicable(this, 'no data or table cluster with a refcount');
     const p = new Poker(l);
     const incompat = p.read(INCOMPAT_OFFSET, 64);
     const compat = p.read(COMPAT_OFFSET, 64);
-    p.set('header', 'incompatible_features', INCOMPAT_OFFSET, 64, incompat | INCOMPAT_DIRTY);
-    if ((compat & COMPAT_LAZY_REFCOUNTS) === 0n) p.set('header', 'compatible_features', COMPAT_OFFSET, 64, compat | COMPAT_LAZY_REFCOUNTS);
+    p.set('header', 'incompatible_features', INCOMPAT_OFFSET, 64, incompat | IncompatibleFeatureMask.DIRTY);
+    if ((compat & CompatibleFeatureMask.LAZY_REFCOUNTS) === 0n) p.set('header', 'compatible_features', COMPAT_OFFSET, 64, compat | CompatibleFeatureMask.LAZY_REFCOUNTS);
     const k = 1 + rng.int(Math.min(3, newest.length));
     const zeroed = newest.slice(0, k);
-    for (const c of zeroed) {
-      const s = refcountSlot(l, c)!;
-      p.set(`refcount block at ${hex(s.blockOffset)}`, `refcount of cluster ${c}`, s.offset, s.bits, 0n, s.shift);
-    }
+    for (const c of zeroed) setRefcount(p, refcountSlot(l, c)!, 0n);
     let leak = '';
     if (rng.int(2) === 0) {
       const ranges = coveredClusters(l);
@@ -900,7 +895,7 @@ const dirtyStale: Corruption = {
         const c = pick(rng, free);
         const s = refcountSlot(l, c)!;
         if (p.read(s.offset, s.bits, s.shift) === 0n) {
-          p.set(`refcount block at ${hex(s.blockOffset)}`, `refcount of cluster ${c}`, s.offset, s.bits, 1n, s.shift);
+          setRefcount(p, s, 1n);
           leak = `, free cluster ${c} refcount 1`;
         }
       }

@@ -27,7 +27,7 @@ import {
 } from '../../generated/qcow2.ts';
 import { classifyL2Entry, l1L2Offset, l2EntryWords, refcountBlockOffset, type L2Context, type L2EntryClass } from '../format/entries.ts';
 import { isQcow2FormatError } from '../codec/errors.ts';
-import { describeHeader, type HeaderInfo } from '../format/walk.ts';
+import { describeHeader, visitDistinctL2Tables, type HeaderInfo } from '../format/walk.ts';
 import { u64ToBigInt } from '../format/u64.ts';
 
 /** A half-open guest byte range [offset, offset + length). */
@@ -208,15 +208,9 @@ export function layoutOf(bytes: Uint8Array): FileLayout {
 
   const l2ByOffset = new Map<bigint, { offset: bigint; entryCount: number; entries: L2Slot[]; references: { l1: string; index: number }[] }>();
   const visitL2 = (l1Name: string, t: L1TableLayout): void => {
-    for (const e of t.entries) {
-      if (e.l2Offset === 0n) continue;
-      const known = l2ByOffset.get(e.l2Offset);
-      if (known !== undefined) {
-        known.references.push({ l1: l1Name, index: e.index });
-        continue;
-      }
+    visitDistinctL2Tables(l1Name, t.entries, l2ByOffset, (e) => {
       // QEMU refuses unaligned L2 tables, and one running past the file reads zeros: neither is listed.
-      if (e.l2Offset % cs !== 0n || !inside(e.l2Offset, cs)) continue;
+      if (e.l2Offset % cs !== 0n || !inside(e.l2Offset, cs)) return undefined;
       const entries: L2Slot[] = [];
       const base = Number(e.l2Offset);
       for (let j = 0; j < l2Entries; j++) {
@@ -226,8 +220,8 @@ export function layoutOf(bytes: Uint8Array): FileLayout {
         const { word, bitmap } = l2EntryWords(f);
         entries.push({ index: j, word, bitmap: bitmap ?? 0n, class: classifyL2Entry(f, l2ctx) });
       }
-      l2ByOffset.set(e.l2Offset, { offset: e.l2Offset, entryCount: l2Entries, entries, references: [{ l1: l1Name, index: e.index }] });
-    }
+      return { offset: e.l2Offset, entryCount: l2Entries, entries, references: [{ l1: l1Name, index: e.index }] };
+    });
   };
 
   const activeL1 = readL1(header.l1TableOffset, header.l1Size);

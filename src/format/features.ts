@@ -85,24 +85,19 @@ export function decodeFeatureBits(field: FeatureField, value: bigint | U64Fields
   return { value: v, names, keys, unknownMask };
 }
 
+/** The header extension types under the names QEMU's documentation gives them. */
+const EXTENSION_TYPE_NAMES: Readonly<Record<number, string>> = {
+  [HeaderExtensionType.END]: 'end of header extensions',
+  [HeaderExtensionType.BACKING_FILE_FORMAT]: 'backing file format name',
+  [HeaderExtensionType.FEATURE_NAME_TABLE]: 'feature name table',
+  [HeaderExtensionType.BITMAPS]: 'bitmaps extension',
+  [HeaderExtensionType.FULL_DISK_ENCRYPTION]: 'full disk encryption header pointer',
+  [HeaderExtensionType.EXTERNAL_DATA_FILE]: 'external data file name',
+};
+
 /** Name of a header extension type as in QEMU's documentation, or undefined when the type is unknown. */
 export function headerExtensionTypeName(type: number): string | undefined {
-  switch (type >>> 0) {
-    case HeaderExtensionType.END:
-      return 'end of header extensions';
-    case HeaderExtensionType.BACKING_FILE_FORMAT:
-      return 'backing file format name';
-    case HeaderExtensionType.FEATURE_NAME_TABLE:
-      return 'feature name table';
-    case HeaderExtensionType.BITMAPS:
-      return 'bitmaps extension';
-    case HeaderExtensionType.FULL_DISK_ENCRYPTION:
-      return 'full disk encryption header pointer';
-    case HeaderExtensionType.EXTERNAL_DATA_FILE:
-      return 'external data file name';
-    default:
-      return undefined;
-  }
+  return EXTENSION_TYPE_NAMES[type >>> 0];
 }
 
 /** A header extension type as `0x` + 8 hex digits (e.g. `0x6803f857`). */

@@ -45,6 +45,21 @@ export const QCOW2_MAX_BITMAPS = 65535;
 /** QCOW2_MAX_BITMAP_DIRECTORY_SIZE: the largest bitmap directory QEMU accepts, 1024 × QCOW2_MAX_BITMAPS bytes. */
 export const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * QCOW2_MAX_BITMAPS;
 
+/** BME_MAX_TABLE_SIZE (block/qcow2-bitmap.c): the most entries of one bitmap table, 2^27. */
+export const BME_MAX_TABLE_SIZE = 0x8000000;
+
+/** BME_MAX_PHYS_SIZE (block/qcow2-bitmap.c): the most bitmap data one bitmap table may map (entries × cluster size), 512 MiB. */
+export const BME_MAX_PHYS_SIZE = 0x20000000;
+
+/** BME_MAX_NAME_SIZE (block/qcow2-bitmap.c): the longest bitmap name, 1023 bytes. */
+export const BME_MAX_NAME_SIZE = 1023;
+
+/**
+ * BME_RESERVED_FLAGS (block/qcow2-bitmap.c): the directory entry flags QEMU refuses, every bit but
+ * in_use and auto (QEMU counts extra_data_compatible, bit 2, as reserved too).
+ */
+export const BME_RESERVED_FLAGS = 0xfffffffc;
+
 // Metadata overlap sections (enum QCow2MetadataOverlap): one bit per kind of metadata the
 // overlap check (qcow2_check_metadata_overlap) protects from data writes.
 

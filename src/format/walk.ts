@@ -73,8 +73,33 @@ export interface WalkError {
   readonly detail: string;
 }
 
+/**
+ * Where the header puts the image's tables (the active L1 table, the refcount table, the snapshot
+ * table) and their sizes, offsets as exact bigint: what HeaderInfo and the model's HeaderState share.
+ */
+export interface HeaderTables {
+  readonly l1Size: number;
+  readonly l1TableOffset: bigint;
+  readonly refcountTableOffset: bigint;
+  readonly refcountTableClusters: number;
+  readonly nbSnapshots: number;
+  readonly snapshotsOffset: bigint;
+}
+
+/** The HeaderTables of a decoded header, in the order of the header's fields. */
+export function headerTablesOf(h: Header): HeaderTables {
+  return {
+    l1Size: h.l1Size,
+    l1TableOffset: u64ToBigInt(h.l1TableOffset),
+    refcountTableOffset: u64ToBigInt(h.refcountTableOffset),
+    refcountTableClusters: h.refcountTableClusters,
+    nbSnapshots: h.nbSnapshots,
+    snapshotsOffset: u64ToBigInt(h.snapshotsOffset),
+  };
+}
+
 /** Every header field (64-bit ones as exact bigint) plus the values derived from them. */
-export interface HeaderInfo {
+export interface HeaderInfo extends HeaderTables {
   readonly version: number;
   readonly backingFileOffset: bigint;
   readonly backingFileSize: number;
@@ -84,12 +109,6 @@ export interface HeaderInfo {
   readonly size: bigint;
   readonly cryptMethod: number;
   readonly cryptMethodName: string;
-  readonly l1Size: number;
-  readonly l1TableOffset: bigint;
-  readonly refcountTableOffset: bigint;
-  readonly refcountTableClusters: number;
-  readonly nbSnapshots: number;
-  readonly snapshotsOffset: bigint;
   /** Feature fields (all zero for version 2). */
   readonly incompatibleFeatures: DecodedFeatures;
   readonly compatibleFeatures: DecodedFeatures;
@@ -392,18 +411,11 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   const l2ctx: L2Context = { clusterBits: header.clusterBits, extendedL2: header.extendedL2, externalDataFile: header.externalDataFile };
   const l1params = { clusterBits: header.clusterBits, extendedL2: header.extendedL2 };
   const l2ByOffset = new Map<bigint, L2TableInfo>();
-  const l2Tables: L2TableInfo[] = [];
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 
   /** Decodes (once per offset) the L2 tables an L1 table points at. */
   const visitL2Tables = (l1Name: string, decoded: readonly (L1Entry | undefined)[], info: L1Info): void => {
-    for (const e of info.entries) {
-      if (e.l2Offset === 0n) continue;
-      const known = l2ByOffset.get(e.l2Offset);
-      if (known !== undefined) {
-        known.references.push({ l1: l1Name, index: e.index });
-        continue;
-      }
+    visitDistinctL2Tables(l1Name, info.entries, l2ByOffset, (e): L2TableInfo => {
       const raw = decoded[e.index]!;
       const at = `${l1Name} L1[${e.index}] -> L2 table at 0x${e.l2Offset.toString(16)}`;
       let table: L2TableInfo;
@@ -445,9 +457,8 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
           error: record(at, err),
         };
       }
-      l2ByOffset.set(e.l2Offset, table);
-      l2Tables.push(table);
-    }
+      return table;
+    });
   };
 
   // Active L1.
@@ -551,12 +562,35 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
     ...(backingFile !== undefined ? { backingFile } : {}),
     ...(dataFileExt?.type === 'external-data-file' ? { dataFile: dataFileExt.name } : {}),
     activeL1,
-    l2Tables,
+    l2Tables: [...l2ByOffset.values()],
     refcounts,
     snapshots,
     ...(bitmaps !== undefined ? { bitmaps } : {}),
     errors,
   };
+}
+
+/**
+ * Visits the L2 tables the `entries` of L1 table `l1Name` point at, each distinct table once across
+ * calls sharing `tables`: a table already there gains the reference; a new one is what `read` makes
+ * of the first entry pointing at it (with that reference), or left out when `read` gives undefined.
+ */
+export function visitDistinctL2Tables<T extends { readonly references: L2Reference[] }>(
+  l1Name: string,
+  entries: readonly { readonly index: number; readonly l2Offset: bigint }[],
+  tables: Map<bigint, T>,
+  read: (e: { readonly index: number; readonly l2Offset: bigint }) => T | undefined,
+): void {
+  for (const e of entries) {
+    if (e.l2Offset === 0n) continue;
+    const known = tables.get(e.l2Offset);
+    if (known !== undefined) {
+      known.references.push({ l1: l1Name, index: e.index });
+      continue;
+    }
+    const table = read(e);
+    if (table !== undefined) tables.set(e.l2Offset, table);
+  }
 }
 
 /** The header of an image as HeaderInfo (exact 64-bit values, effective v2 defaults). */
@@ -572,12 +606,7 @@ export function describeHeader(h: Header): HeaderInfo {
     size: u64ToBigInt(h.size),
     cryptMethod: h.cryptMethod,
     cryptMethodName: CryptMethodNames[h.cryptMethod] ?? `unknown (${h.cryptMethod})`,
-    l1Size: h.l1Size,
-    l1TableOffset: u64ToBigInt(h.l1TableOffset),
-    refcountTableOffset: u64ToBigInt(h.refcountTableOffset),
-    refcountTableClusters: h.refcountTableClusters,
-    nbSnapshots: h.nbSnapshots,
-    snapshotsOffset: u64ToBigInt(h.snapshotsOffset),
+    ...headerTablesOf(h),
     incompatibleFeatures: decodeFeatureBits('incompatible', h.incompatibleFeatures ?? zero),
     compatibleFeatures: decodeFeatureBits('compatible', h.compatibleFeatures ?? zero),
     autoclearFeatures: decodeFeatureBits('autoclear', h.autoclearFeatures ?? zero),

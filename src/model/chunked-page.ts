@@ -263,6 +263,24 @@ function putInChunk(ch: Uint8Array, cStart: number, from: number, to: number, sr
 }
 
 /**
+ * Gives `page` (owned: nobody else sees it yet) new chunks over bytes [within, within + n) holding
+ * `src[pos, pos + n)` — zeros when `src` is undefined — and the page's other bytes of those chunks.
+ */
+function putChunks(page: ChunkedPage, within: number, src: Uint8Array | undefined, pos: number, n: number): void {
+  const first = within >> CHUNK_BITS;
+  const last = (within + n - 1) >> CHUNK_BITS;
+  for (let c = first; c <= last; c++) {
+    const cStart = c << CHUNK_BITS;
+    const from = Math.max(within, cStart);
+    const to = Math.min(within + n, cStart + CHUNK_SIZE);
+    // A chunk written whole needs no copy of what it held.
+    const ch = from === cStart && to === cStart + CHUNK_SIZE ? new Uint8Array(CHUNK_SIZE) : freshChunk(chunkAt(page, c), page.base, c);
+    putInChunk(ch, cStart, from, to, src, pos + from - within);
+    putChunk(page, c, ch);
+  }
+}
+
+/**
  * A new leaf: `old` (undefined: a page of zeros) with bytes [within, within + n) replaced by
  * `src[pos, pos + n)` — zeros when `src` is undefined. `old` is not changed. Small writes give a
  * chunked page sharing `old`'s untouched chunks and base; others (and a chunked page that would get
@@ -272,21 +290,11 @@ export function patchLeaf(old: PageLeaf | undefined, within: number, src: Uint8A
   if (n <= SMALL_WRITE) {
     const first = within >> CHUNK_BITS;
     const last = (within + n - 1) >> CHUNK_BITS;
-    const page = old === undefined ? new ChunkedPage(undefined, 0, 0, [])
-      : old instanceof ChunkedPage ? new ChunkedPage(old.base, old.maskLo, old.maskHi, old.chunks.slice())
-        : new ChunkedPage(old, 0, 0, []);
+    const page = ownLeaf(old);
     let added = 0;
     for (let c = first; c <= last; c++) if (!hasChunk(page, c)) added++;
     if (page.count + added <= MAX_CHUNKS) {
-      for (let c = first; c <= last; c++) {
-        const cStart = c << CHUNK_BITS;
-        const from = Math.max(within, cStart);
-        const to = Math.min(within + n, cStart + CHUNK_SIZE);
-        // A chunk written whole needs no copy of what it held.
-        const ch = from === cStart && to === cStart + CHUNK_SIZE ? new Uint8Array(CHUNK_SIZE) : freshChunk(chunkAt(page, c), page.base, c);
-        putInChunk(ch, cStart, from, to, src, pos + from - within);
-        putChunk(page, c, ch);
-      }
+      putChunks(page, within, src, pos, n);
       return page;
     }
   }
@@ -313,16 +321,7 @@ export function ownLeaf(old: PageLeaf | undefined): ChunkedPage {
  */
 export function writeOwnedLeaf(leaf: ChunkedPage, within: number, src: Uint8Array, pos: number, n: number): void {
   leaf.flat = undefined;
-  const first = within >> CHUNK_BITS;
-  const last = (within + n - 1) >> CHUNK_BITS;
-  for (let c = first; c <= last; c++) {
-    const cStart = c << CHUNK_BITS;
-    const from = Math.max(within, cStart);
-    const to = Math.min(within + n, cStart + CHUNK_SIZE);
-    const ch = from === cStart && to === cStart + CHUNK_SIZE ? new Uint8Array(CHUNK_SIZE) : freshChunk(chunkAt(leaf, c), leaf.base, c);
-    putInChunk(ch, cStart, from, to, src, pos + from - within);
-    putChunk(leaf, c, ch);
-  }
+  putChunks(leaf, within, src, pos, n);
   if (leaf.count > MAX_CHUNKS) {
     leaf.base = materialize(leaf);
     leaf.maskLo = 0;

@@ -7,6 +7,7 @@
  */
 import { encodeHeader, HEADER_FIXED_SIZE, HEADER_MAGIC, HeaderLayout, type Header, type HeaderFields } from '../../generated/qcow2.ts';
 import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
+import { headerTablesOf } from '../format/walk.ts';
 import { readHost, writeHost } from './host-file.ts';
 import { type HostIO } from './host-io.ts';
 import type { HeaderState, Image } from './image.ts';
@@ -91,12 +92,7 @@ export function headerStateFrom(h: Header): HeaderState {
     clusterBits: h.clusterBits,
     size: u64ToBigInt(h.size),
     cryptMethod: h.cryptMethod,
-    l1Size: h.l1Size,
-    l1TableOffset: u64ToBigInt(h.l1TableOffset),
-    refcountTableOffset: u64ToBigInt(h.refcountTableOffset),
-    refcountTableClusters: h.refcountTableClusters,
-    nbSnapshots: h.nbSnapshots,
-    snapshotsOffset: u64ToBigInt(h.snapshotsOffset),
+    ...headerTablesOf(h),
     incompatibleFeatures: v3 && h.incompatibleFeatures !== undefined ? u64ToBigInt(h.incompatibleFeatures) : 0n,
     compatibleFeatures: v3 && h.compatibleFeatures !== undefined ? u64ToBigInt(h.compatibleFeatures) : 0n,
     autoclearFeatures: v3 && h.autoclearFeatures !== undefined ? u64ToBigInt(h.autoclearFeatures) : 0n,

@@ -346,10 +346,13 @@ function writeHostOverBase(file: HostFile, base: HostBase, offset: bigint, bytes
   return { length: end > file.length ? end : file.length, pages, base };
 }
 
-/** A file with [offset, offset+length) zeroed (extending the length if needed). `file` is unchanged. */
+/**
+ * A file with [offset, offset+length) zeroed (extending the length if needed). `file` is unchanged.
+ * Over a base, the whole pages below the base's limit join its hidden ranges (one range per request,
+ * whatever its size) and a partial page the base shows is rewritten.
+ */
 export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFile {
   if (length <= 0n) return file;
-  if (file.base !== undefined) return zeroHostOverBase(file, file.base, offset, length);
   const end = offset + length;
   // Page indexes are exact numbers (offsets below 2^64).
   const firstPage = pageIndexOf(offset);
@@ -361,43 +364,10 @@ export function zeroHost(file: HostFile, offset: bigint, length: bigint): HostFi
   const firstWhole = partial(firstPage) ? firstPage + 1 : firstPage;
   const lastWhole = partial(lastPage) ? lastPage - 1 : lastPage;
   let pages = file.pages.deleteRange(firstWhole, lastWhole);
+  const base = file.base === undefined ? undefined : hideWholePages(file.base, firstWhole, lastWhole);
   // Pages only partly covered keep their other bytes.
   const clearPart = (p: number, from: number, to: number): void => {
-    const old = pages.leaf(p);
-    if (old === undefined || leafRangeIsZero(old, from, to - from)) return;
-    const next = patchLeaf(old, from, undefined, 0, to - from);
-    pages = leafIsZero(next) ? pages.delete(p) : pages.setLeaf(p, next);
-  };
-  if (firstPage === lastPage) {
-    if (partial(firstPage)) clearPart(firstPage, headWithin, tailEnd);
-  } else {
-    if (partial(firstPage)) clearPart(firstPage, headWithin, PAGE_SIZE);
-    if (partial(lastPage)) clearPart(lastPage, 0, tailEnd);
-  }
-  // Zeros over holes inside the file (a COW region of a new cluster) change nothing: the same file.
-  if (pages === file.pages && end <= file.length) return file;
-  return { length: end > file.length ? end : file.length, pages };
-}
-
-/**
- * zeroHost of a file with a base: whole pages leave the overlay and, below the limit, join the
- * hidden ranges (one range per request, whatever its size); partial pages are rewritten.
- */
-function zeroHostOverBase(file: HostFile, base0: HostBase, offset: bigint, length: bigint): HostFile {
-  const end = offset + length;
-  const firstPage = pageIndexOf(offset);
-  const lastPage = pageIndexOf(end - 1n);
-  const headWithin = withinPage(offset);
-  const tailEnd = withinPage(end - 1n) + 1;
-  const partial = (p: number): boolean => (p === firstPage && headWithin !== 0) || (p === lastPage && tailEnd !== PAGE_SIZE);
-  const firstWhole = partial(firstPage) ? firstPage + 1 : firstPage;
-  const lastWhole = partial(lastPage) ? lastPage - 1 : lastPage;
-  let pages = file.pages.deleteRange(firstWhole, lastWhole);
-  let base = base0;
-  const hideTo = Math.min(lastWhole, base.pageCount - 1);
-  if (firstWhole <= hideTo) base = new HostBase(base.reader, base.limit, rangesAdd(base.hidden, firstWhole, hideTo), base.cache);
-  const clearPart = (p: number, from: number, to: number): void => {
-    const under = baseVisible(base, p);
+    const under = base !== undefined && baseVisible(base, p);
     const old = pages.leaf(p) ?? (under ? basePage(base, p) : undefined);
     if (old === undefined || leafRangeIsZero(old, from, to - from)) return;
     const next = patchLeaf(old, from, undefined, 0, to - from);
@@ -409,7 +379,17 @@ function zeroHostOverBase(file: HostFile, base0: HostBase, offset: bigint, lengt
     if (partial(firstPage)) clearPart(firstPage, headWithin, PAGE_SIZE);
     if (partial(lastPage)) clearPart(lastPage, 0, tailEnd);
   }
-  return { length: end > file.length ? end : file.length, pages, base };
+  const newLength = end > file.length ? end : file.length;
+  if (base !== undefined) return { length: newLength, pages, base };
+  // Zeros over holes inside the file (a COW region of a new cluster) change nothing: the same file.
+  if (pages === file.pages && end <= file.length) return file;
+  return { length: newLength, pages };
+}
+
+/** `base` with its pages firstWhole..lastWhole below its limit hidden (read as zeros). */
+function hideWholePages(base: HostBase, firstWhole: number, lastWhole: number): HostBase {
+  const hideTo = Math.min(lastWhole, base.pageCount - 1);
+  return firstWhole <= hideTo ? new HostBase(base.reader, base.limit, rangesAdd(base.hidden, firstWhole, hideTo), base.cache) : base;
 }
 
 /** A file with [offset, offset+length) punched out (zeros) without changing its length. */
@@ -424,39 +404,22 @@ export function discardHost(file: HostFile, offset: bigint, length: bigint): Hos
  * extension, base bytes included (the base's limit drops to `length`).
  */
 export function truncateHost(file: HostFile, length: bigint): HostFile {
-  if (file.base !== undefined) return truncateHostOverBase(file, file.base, length);
-  if (length >= file.length) return { length, pages: file.pages };
-  const lastPage = pageIndexOf(length + BigInt(PAGE_SIZE - 1));
-  let pages = file.pages.deleteRange(lastPage, MAX_KEY - 1);
-  const tail = Number(length & BigInt(PAGE_SIZE - 1));
-  if (tail !== 0) {
-    const idx = pageIndexOf(length);
-    const p = pages.leaf(idx);
-    if (p !== undefined) {
-      const q = patchLeaf(p, tail, undefined, 0, PAGE_SIZE - tail);
-      pages = leafIsZero(q) ? pages.delete(idx) : pages.setLeaf(idx, q);
-    }
-  }
-  return { length, pages };
-}
-
-/** truncateHost of a file with a base. */
-function truncateHostOverBase(file: HostFile, base0: HostBase, length: bigint): HostFile {
-  if (length >= file.length) return { length, pages: file.pages, base: base0 };
+  const base0 = file.base;
+  if (length >= file.length) return base0 === undefined ? { length, pages: file.pages } : { length, pages: file.pages, base: base0 };
   let pages = file.pages.deleteRange(pageIndexOf(length + BigInt(PAGE_SIZE - 1)), MAX_KEY - 1);
-  if (length === 0n) return { length, pages }; // nothing of the base can show again
+  if (length === 0n) return { length, pages }; // nothing of a base can show again
   // The limit never rises, so it stays at most the file's length.
-  const base = length < base0.limit ? new HostBase(base0.reader, length, base0.hidden, base0.cache) : base0;
+  const base = base0 === undefined || length >= base0.limit ? base0 : new HostBase(base0.reader, length, base0.hidden, base0.cache);
   const tail = Number(length & BigInt(PAGE_SIZE - 1));
   if (tail !== 0) {
     const idx = pageIndexOf(length);
     const p = pages.leaf(idx);
     if (p !== undefined) {
       const q = patchLeaf(p, tail, undefined, 0, PAGE_SIZE - tail);
-      pages = !leafIsZero(q) ? pages.setLeaf(idx, q) : baseVisible(base, idx) ? pages.setLeaf(idx, ZERO_PAGE) : pages.delete(idx);
+      pages = !leafIsZero(q) ? pages.setLeaf(idx, q) : base !== undefined && baseVisible(base, idx) ? pages.setLeaf(idx, ZERO_PAGE) : pages.delete(idx);
     }
   }
-  return { length, pages, base };
+  return base === undefined ? { length, pages } : { length, pages, base };
 }
 
 /**

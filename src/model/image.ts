@@ -6,22 +6,17 @@
  * untouched pages with the old one.
  */
 import { AutoclearFeatureMask, CompatibleFeatureMask, IncompatibleFeatureMask } from '../../generated/qcow2.ts';
+import type { HeaderTables } from '../format/walk.ts';
 import type { HostFile } from './host-file.ts';
 
 /** The decoded header fields the model works with (64-bit values as bigint). */
-export interface HeaderState {
+export interface HeaderState extends HeaderTables {
   readonly version: 2 | 3;
   readonly backingFileOffset: bigint;
   readonly backingFileSize: number;
   readonly clusterBits: number;
   readonly size: bigint;
   readonly cryptMethod: number;
-  readonly l1Size: number;
-  readonly l1TableOffset: bigint;
-  readonly refcountTableOffset: bigint;
-  readonly refcountTableClusters: number;
-  readonly nbSnapshots: number;
-  readonly snapshotsOffset: bigint;
   readonly incompatibleFeatures: bigint;
   readonly compatibleFeatures: bigint;
   readonly autoclearFeatures: bigint;

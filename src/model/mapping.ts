@@ -5,7 +5,7 @@
  */
 import { strerror } from './errno.ts';
 import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
-import { l1L2Offset, subclusterStates, type SubclusterState } from '../format/entries.ts';
+import { l1L2Offset, l2EntryWords, subclusterStates, type SubclusterState } from '../format/entries.ts';
 import { INT_MAX, QCOW_MAX_L1_SIZE } from '../format/limits.ts';
 import { offsetToParts } from '../format/u64.ts';
 import { EFBIG, EIO, ModelError } from './errors.ts';
@@ -138,6 +138,64 @@ export function readL2Entry(tx: Tx, l2Offset: bigint, index: number): L2EntryFie
 export function writeL2Entry(tx: Tx, l2Offset: bigint, index: number, e: L2EntryFields): void {
   const g = geo(tx);
   hostWrite(tx, l2Offset + BigInt(index * g.l2EntrySize), encodeL2Entry(e, { clusterBits: g.clusterBits, extendedL2: g.extendedL2 }));
+}
+
+/** An L2 entry with every bit 0 (and a zero bitmap with extended L2): no cluster, no flag. */
+export function emptyL2Entry(extendedL2: boolean): L2EntryFields {
+  const e: L2EntryFields = { copied: false, compressed: false, reservedHi: 0, hostOffsetHi: 0, hostOffsetLo: 0, reservedLo: 0, zero: false };
+  return extendedL2 ? { ...e, zeroBitmap: 0, allocBitmap: 0 } : e;
+}
+
+/**
+ * `base` (undefined: an empty entry) made to read as zeros: with extended L2 every subcluster zero,
+ * otherwise the zero flag set to `zeroFlag`.
+ */
+export function zeroedL2Entry(extendedL2: boolean, base: L2EntryFields | undefined, zeroFlag: boolean): L2EntryFields {
+  const b = base ?? emptyL2Entry(extendedL2);
+  return extendedL2 ? { ...b, zeroBitmap: 0xffffffff, allocBitmap: 0 } : { ...b, zero: zeroFlag };
+}
+
+/** Whether two L2 entries encode to the same words. */
+export function sameL2Entry(a: L2EntryFields, b: L2EntryFields): boolean {
+  const wa = l2EntryWords(a);
+  const wb = l2EntryWords(b);
+  return wa.word === wb.word && (wa.bitmap ?? 0n) === (wb.bitmap ?? 0n);
+}
+
+/**
+ * Rewrites one L2 slice (QEMU's discard_in_l2_slice and zero_in_l2_slice): the entries from guest
+ * `offset`, at most `nbClusters` of them and no further than the end of their L2 table, each to
+ * what `next` makes of it; an entry left the same is not written. get_cluster_table comes first, so
+ * a missing or shared (not COPIED) table is allocated or copied even when no entry changes. The old
+ * entries that changed and that `drops` says lose their cluster are freed with `free`. Returns how
+ * many clusters the slice covered and the entries freed.
+ */
+export function rewriteL2Slice(
+  tx: Tx,
+  offset: bigint,
+  nbClusters: number | bigint,
+  next: (old: L2EntryFields) => L2EntryFields,
+  drops: (old: L2EntryFields) => boolean,
+  free: (tx: Tx, e: L2EntryFields) => void,
+): { readonly covered: number; readonly dropped: readonly L2EntryFields[] } {
+  const g = geo(tx);
+  const l2Offset = clusterTable(tx, offset);
+  const { l2: l2Index } = l1l2Index(tx, offset);
+  const room = g.l2Entries - l2Index;
+  const covered = nbClusters < room ? Number(nbClusters) : room;
+  const dropped: L2EntryFields[] = [];
+  for (let i = 0; i < covered; i++) {
+    const old = readL2Entry(tx, l2Offset, l2Index + i);
+    const e = next(old);
+    if (sameL2Entry(old, e)) continue;
+    writeL2Entry(tx, l2Offset, l2Index + i, e);
+    if (drops(old)) dropped.push(old);
+  }
+  // Crash safety: the L2 entries stop pointing at the clusters (the L2 cache is a dependency of
+  // the refcount cache on a decrease) before their refcounts drop.
+  if (dropped.length > 0) hostFlush(tx);
+  for (const e of dropped) free(tx, e);
+  return { covered, dropped };
 }
 
 /** A standard-descriptor L2 entry for host cluster `hostOffset` (bitmaps as given for extended L2). */

@@ -183,27 +183,11 @@ export interface PageStore<T> {
   delete(k: number): T;
 }
 
-/**
- * A persistent map from page index (an integer in [0, 2^55)) to page: every change returns a new
- * map sharing all untouched nodes, and the same map when nothing changed. Iterates in ascending
- * key order. Offers the read API of a JavaScript Map (get, has, size, keys, values, entries,
- * forEach, iteration).
- */
-export class PageMap implements PageStore<PageMap> {
-  /** Number of pages. */
-  readonly size: number;
-  private readonly root: TrieNode | undefined;
+/** The reads a page map and its batch view share: both are a trie `root` of `depth` levels. */
+abstract class PageReads {
+  protected abstract readonly root: TrieNode | undefined;
   /** Levels of the trie: every key is below 32^depth. */
-  private readonly depth: number;
-
-  private constructor(root: TrieNode | undefined, depth: number, size: number) {
-    this.root = root;
-    this.depth = depth;
-    this.size = size;
-  }
-
-  /** The empty map. */
-  static readonly EMPTY = new PageMap(undefined, 1, 0);
+  protected abstract readonly depth: number;
 
   /** The page at index `k`, or undefined for a hole. */
   get(k: number): Uint8Array | undefined {
@@ -216,14 +200,37 @@ export class PageMap implements PageStore<PageMap> {
     return trieGet(this.root, this.depth, k) !== undefined;
   }
 
-  /** A map with page `k` set to `v`. */
-  set(k: number, v: Uint8Array): PageMap {
-    return this.change(k, v);
-  }
-
   /** @internal The leaf stored for page `k` (a page or a chunked page, chunked-page.ts), or undefined. */
   leaf(k: number): PageLeaf | undefined {
     return trieGet(this.root, this.depth, k);
+  }
+}
+
+/**
+ * A persistent map from page index (an integer in [0, 2^55)) to page: every change returns a new
+ * map sharing all untouched nodes, and the same map when nothing changed. Iterates in ascending
+ * key order. Offers the read API of a JavaScript Map (get, has, size, keys, values, entries,
+ * forEach, iteration).
+ */
+export class PageMap extends PageReads implements PageStore<PageMap> {
+  /** Number of pages. */
+  readonly size: number;
+  protected readonly root: TrieNode | undefined;
+  protected readonly depth: number;
+
+  private constructor(root: TrieNode | undefined, depth: number, size: number) {
+    super();
+    this.root = root;
+    this.depth = depth;
+    this.size = size;
+  }
+
+  /** The empty map. */
+  static readonly EMPTY = new PageMap(undefined, 1, 0);
+
+  /** A map with page `k` set to `v`. */
+  set(k: number, v: Uint8Array): PageMap {
+    return this.change(k, v);
   }
 
   /** @internal A map with page `k` set to the leaf `v`. */
@@ -306,31 +313,17 @@ export class PageMap implements PageStore<PageMap> {
 }
 
 /** The mutable view PageMap.batch hands out; only valid inside the batch callback. */
-export class PageMapBatch implements PageStore<PageMapBatch> {
+export class PageMapBatch extends PageReads implements PageStore<PageMapBatch> {
   private readonly owner: Owner = { nodes: new Set() };
 
   /** @internal */
-  constructor(public root: TrieNode | undefined, public depth: number, public size: number) {}
-
-  /** The page at index `k`, or undefined. */
-  get(k: number): Uint8Array | undefined {
-    const leaf = trieGet(this.root, this.depth, k);
-    return leaf === undefined ? undefined : flatOf(leaf);
-  }
-
-  /** Whether page `k` is stored. */
-  has(k: number): boolean {
-    return trieGet(this.root, this.depth, k) !== undefined;
+  constructor(public root: TrieNode | undefined, public depth: number, public size: number) {
+    super();
   }
 
   /** Sets page `k` to `v`. */
   set(k: number, v: Uint8Array): PageMapBatch {
     return this.setLeaf(k, v);
-  }
-
-  /** @internal The leaf stored for page `k`, or undefined. */
-  leaf(k: number): PageLeaf | undefined {
-    return trieGet(this.root, this.depth, k);
   }
 
   /** @internal Sets page `k` to the leaf `v`. */

@@ -378,21 +378,12 @@ export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: b
     const index = blockIndexOf(tx, ci);
     const count = Math.min(g.refblockEntries - index, Number((last - co) / cs) + 1);
     const values = readRefcountRun(tx, block, index, count);
-    let k = 0;
-    for (; k < count; k++) {
-      const next = decrease ? values[k]! - addend : values[k]! + addend;
-      if (next < 0n || next > max) break;
-      values[k] = next;
-      if (next === 0n && ci + BigInt(k) < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: ci + BigInt(k) });
-      if (next === 0n && cursorCluster(tx) === ci + BigInt(k)) setSession(tx, { cursorClusterFreed: true });
-    }
+    const k = addToRefcounts(tx, values, count, ci, addend, decrease, max);
     writeRefcountRun(tx, block, index, values.slice(0, k));
     if (k < count) {
       const bad = co + BigInt(k) * cs;
-      const rc = values[k]!;
       updateRefcount(tx, offset, bad - offset, addend, !decrease);
-      throw new ModelError('refcount-overflow', EINVAL,
-        `refcount of cluster ${ci + BigInt(k)} would become ${decrease ? rc - addend : rc + addend} (refcount_bits=${g.refcountBits})`);
+      throw refcountOverflow(tx, ci + BigInt(k), values[k]!, addend, decrease);
     }
     co += BigInt(count) * cs;
   }
@@ -433,27 +424,42 @@ function updateRefcountBelow2p53(tx: Tx, offset: number, length: number, addend:
     const index = ci % rbe;
     const count = Math.min(rbe - index, (last - co) / cs + 1);
     const values = readRefcountRun(tx, block, index, count);
-    let k = 0;
-    for (; k < count; k++) {
-      const next = decrease ? values[k]! - addend : values[k]! + addend;
-      if (next < 0n || next > max) break;
-      values[k] = next;
-      if (next === 0n) {
-        const c = BigInt(ci + k);
-        if (c < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: c });
-        if (cursorCluster(tx) === c) setSession(tx, { cursorClusterFreed: true });
-      }
-    }
+    const k = addToRefcounts(tx, values, count, ci, addend, decrease, max);
     writeRefcountRun(tx, block, index, k === count ? values : values.slice(0, k));
     if (k < count) {
-      const rc = values[k]!;
       updateRefcount(tx, BigInt(offset), BigInt(co + k * cs - offset), addend, !decrease);
-      throw new ModelError('refcount-overflow', EINVAL,
-        `refcount of cluster ${ci + k} would become ${decrease ? rc - addend : rc + addend} (refcount_bits=${g.refcountBits})`);
+      throw refcountOverflow(tx, ci + k, values[k]!, addend, decrease);
     }
     co += count * cs;
   }
   return 'ok';
+}
+
+/**
+ * Adds `addend` (subtracts it when `decrease`) to the refcounts `values[0, count)` of the clusters
+ * from `firstCluster` on, in place, stopping at the first that would leave [0, max]. A cluster that
+ * drops to 0 moves the free-cluster hint back to it and, if the compressed cursor is in it, marks
+ * that cluster freed. Returns how many were updated (`count` when none would overflow).
+ */
+function addToRefcounts(tx: Tx, values: bigint[], count: number, firstCluster: number | bigint, addend: bigint, decrease: boolean, max: bigint): number {
+  let k = 0;
+  for (; k < count; k++) {
+    const next = decrease ? values[k]! - addend : values[k]! + addend;
+    if (next < 0n || next > max) break;
+    values[k] = next;
+    if (next === 0n) {
+      const c = BigInt(firstCluster) + BigInt(k);
+      if (c < tx.img.session.freeClusterIndex) setSession(tx, { freeClusterIndex: c });
+      if (cursorCluster(tx) === c) setSession(tx, { cursorClusterFreed: true });
+    }
+  }
+  return k;
+}
+
+/** The refusal of a refcount update that would take cluster `cluster`'s refcount `rc` out of range. */
+function refcountOverflow(tx: Tx, cluster: number | bigint, rc: bigint, addend: bigint, decrease: boolean): ModelError {
+  return new ModelError('refcount-overflow', EINVAL,
+    `refcount of cluster ${cluster} would become ${decrease ? rc - addend : rc + addend} (refcount_bits=${geo(tx).refcountBits})`);
 }
 
 /**

@@ -28,28 +28,16 @@
  * which src/oracle/raw-disk.ts reproduces.
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
-import { classifyL2Entry, compressedDescriptor, l2EntryWords } from '../format/entries.ts';
+import { classifyL2Entry, compressedDescriptor } from '../format/entries.ts';
 import { BDRV_MAX_LENGTH, INT64_MAX } from '../format/limits.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { discardHost, truncateHost } from './host-file.ts';
 import { AUTOCLEAR_BITMAPS } from './image.ts';
-import { clusterTable, growL1Table, l1Entry, l1l2Index, readL2Entry, writeL2Entry } from './mapping.ts';
+import { clusterTable, emptyL2Entry, growL1Table, l1Entry, l1l2Index, readL2Entry, rewriteL2Slice, writeL2Entry, zeroedL2Entry } from './mapping.ts';
 import { freeClusters, getRefcount, reftableEntry, reftableSize, updateRefcount } from './refcount.ts';
 import { type Tx, geo, hostFlush, hostRead, hostWrite, hostZero, setHeaderFields, setSession } from './tx.ts';
 import { freeAnyCluster, guestWrite } from './write.ts';
 
-
-/** An L2 entry with every bit 0 (and a zero bitmap with extended L2). */
-function emptyEntry(extendedL2: boolean): L2EntryFields {
-  const e: L2EntryFields = { copied: false, compressed: false, reservedHi: 0, hostOffsetHi: 0, hostOffsetLo: 0, reservedLo: 0, zero: false };
-  return extendedL2 ? { ...e, zeroBitmap: 0, allocBitmap: 0 } : e;
-}
-
-function sameEntry(a: L2EntryFields, b: L2EntryFields): boolean {
-  const wa = l2EntryWords(a);
-  const wb = l2EntryWords(b);
-  return wa.word === wb.word && (wa.bitmap ?? 0n) === (wb.bitmap ?? 0n);
-}
 
 /** Records the punching of host cluster range [offset, offset+length) (a discard passed to the file). */
 function punch(tx: Tx, offset: bigint, length: bigint): void {
@@ -85,26 +73,11 @@ function fullDiscard(tx: Tx, offset: bigint, bytes: bigint): void {
   let nb = bytes > 0n ? (bytes + cs - 1n) / cs : 0n;
   const freed: L2EntryFields[] = [];
   while (nb > 0n) {
-    // discard_in_l2_slice: get_cluster_table first, so a missing or shared (not COPIED) L2 table is
-    // allocated or copied even when none of its entries changes.
-    const l2Offset = clusterTable(tx, offset);
-    const { l2: l2Index } = l1l2Index(tx, offset);
-    const n = Number(nb < BigInt(g.l2Entries - l2Index) ? nb : BigInt(g.l2Entries - l2Index));
-    const slice: L2EntryFields[] = [];
-    for (let i = 0; i < n; i++) {
-      const old = readL2Entry(tx, l2Offset, l2Index + i);
-      const next = emptyEntry(g.extendedL2);
-      if (sameEntry(old, next)) continue;
-      writeL2Entry(tx, l2Offset, l2Index + i, next);
-      slice.push(old);
-    }
-    // Crash safety: the L2 entries stop pointing at the clusters (the L2 cache is a dependency of
-    // the refcount cache on a decrease) before their refcounts drop.
-    if (slice.length > 0) hostFlush(tx);
-    for (const e of slice) freeAnyCluster(tx, e);
-    freed.push(...slice);
-    nb -= BigInt(n);
-    offset += BigInt(n) * cs;
+    // discard_in_l2_slice: every entry emptied.
+    const { covered, dropped } = rewriteL2Slice(tx, offset, nb, () => emptyL2Entry(g.extendedL2), () => true, freeAnyCluster);
+    freed.push(...dropped);
+    nb -= BigInt(covered);
+    offset += BigInt(covered) * cs;
   }
   // cache_discards: the discards are collected and passed to the file at the end (qcow2_process_discards).
   for (const e of freed) {
@@ -289,26 +262,12 @@ function zeroL2Subclusters(tx: Tx, offset: bigint, nb: number): void {
 /** `zero_in_l2_slice` without BDRV_REQ_MAY_UNMAP: whole clusters read as zero; returns how many. */
 function zeroInL2Slice(tx: Tx, offset: bigint, nbClusters: bigint): bigint {
   const g = geo(tx);
-  const l2Offset = clusterTable(tx, offset);
-  const { l2: l2Index } = l1l2Index(tx, offset);
-  const n = Number(nbClusters < BigInt(g.l2Entries - l2Index) ? nbClusters : BigInt(g.l2Entries - l2Index));
   const ctx = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
-  const freed: L2EntryFields[] = [];
-  for (let i = 0; i < n; i++) {
-    const old = readL2Entry(tx, l2Offset, l2Index + i);
-    // Only a compressed cluster is unmapped (it cannot carry a zero flag).
-    const unmap = classifyL2Entry(old, ctx).kind === 'compressed';
-    let next: L2EntryFields = unmap ? emptyEntry(g.extendedL2) : { ...old };
-    next = g.extendedL2 ? { ...next, zeroBitmap: 0xffffffff, allocBitmap: 0 } : { ...next, zero: true };
-    if (sameEntry(old, next)) continue;
-    writeL2Entry(tx, l2Offset, l2Index + i, next);
-    if (unmap) freed.push(old);
-  }
-  // Crash safety: the entries no longer point at the compressed data before its refcount drops.
-  // (QCOW2_DISCARD_REQUEST: qemu-img resize does not open with discard=unmap, so nothing is punched.)
-  if (freed.length > 0) hostFlush(tx);
-  for (const e of freed) freeAnyCluster(tx, e);
-  return BigInt(n);
+  // Only a compressed cluster is unmapped (it cannot carry a zero flag). (QCOW2_DISCARD_REQUEST:
+  // qemu-img resize does not open with discard=unmap, so nothing is punched.)
+  const unmaps = (old: L2EntryFields): boolean => classifyL2Entry(old, ctx).kind === 'compressed';
+  const zeroed = (old: L2EntryFields): L2EntryFields => zeroedL2Entry(g.extendedL2, unmaps(old) ? undefined : old, true);
+  return BigInt(rewriteL2Slice(tx, offset, nbClusters, zeroed, unmaps, freeAnyCluster).covered);
 }
 
 /**

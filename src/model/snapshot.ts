@@ -356,6 +356,22 @@ function checkSnapshotsSupported(tx: Tx, what: 'create' | 'apply' | 'delete', na
   checkNotDirtyOnLoad(tx, `snapshot ${what}`);
 }
 
+/**
+ * Runs `step`. A ModelError it throws carries what QEMU has done by then (the image and the I/O of
+ * `tx` at that point: QEMU does not roll back) and the message `message` makes of it.
+ */
+function failKeepingWhatWasDone<T>(tx: Tx, step: () => T, message: (e: ModelError) => string): T {
+  try {
+    return step();
+  } catch (e) {
+    if (e instanceof ModelError) {
+      e.committed = { image: checkpointImg(tx), io: [...tx.io] };
+      e.message = message(e);
+    }
+    throw e;
+  }
+}
+
 /** `qcow2_snapshot_create` (qemu-img snapshot -c NAME). */
 export function snapshotCreate(tx: Tx, name: string, opts: { dateSec?: number; dateNsec?: number; vmClockNsec?: bigint } = {}): void {
   withOwnedPages(tx, () => snapshotCreateBody(tx, name, opts));
@@ -379,16 +395,10 @@ function snapshotCreateBody(tx: Tx, name: string, opts: { dateSec?: number; date
   if (h.l1Size > 0) hostWrite(tx, l1Offset, encodeL1(tx, active));
   // Everything the active L1 reaches gains a reference; COPIED is cleared where it is shared now.
   // On failure (e.g. refcount_bits=1 overflows) QEMU keeps what it did so far: the L1 leaks.
-  try {
+  failKeepingWhatWasDone(tx, () => {
     const r = updateSnapshotRefcount(tx, active, 1);
     if (r.modified) hostWrite(tx, h.l1TableOffset, encodeL1(tx, r.l1));
-  } catch (e) {
-    if (e instanceof ModelError) {
-      e.committed = { image: checkpointImg(tx), io: [...tx.io] };
-      e.message = `Could not create snapshot '${name}': ${e.errno} (${e.errno === -EINVAL ? strerror(EINVAL) : e.message})`;
-    }
-    throw e;
-  }
+  }, (e) => `Could not create snapshot '${name}': ${e.errno} (${e.errno === -EINVAL ? strerror(EINVAL) : e.message})`);
   const sn: SnapshotState = {
     l1TableOffset: l1Offset,
     l1Size: h.l1Size,
@@ -422,15 +432,7 @@ function snapshotApplyBody(tx: Tx, idOrName: string): void {
   // included), then grows the L1 table to hold the snapshot's exactly. It does not refuse a
   // different size (measured: docs/format/snapshots.md#applying-a-snapshot, test/qemu/model-resize.test.ts).
   if (sn.diskSize !== tx.img.header.size) {
-    try {
-      resize(tx, sn.diskSize);
-    } catch (e) {
-      if (e instanceof ModelError) {
-        e.committed = { image: checkpointImg(tx), io: [...tx.io] };
-        e.message = `Could not apply snapshot '${idOrName}': ${e.message}`;
-      }
-      throw e;
-    }
+    failKeepingWhatWasDone(tx, () => resize(tx, sn.diskSize), (e) => `Could not apply snapshot '${idOrName}': ${e.message}`);
   }
   growL1Table(tx, BigInt(sn.l1Size), true);
   const h = tx.img.header;
@@ -440,16 +442,8 @@ function snapshotApplyBody(tx: Tx, idOrName: string): void {
   // QEMU writes the snapshot's own L1 back when the pass changed its COPIED flags (addend >= 0).
   // A refcount overflow here (refcount_bits 1 or 2) fails the apply with the active L1 untouched
   // and the references raised so far kept, as in QEMU.
-  let snPass: { l1: L1EntryFields[]; modified: boolean };
-  try {
-    snPass = updateSnapshotRefcount(tx, snL1, 1);
-  } catch (e) {
-    if (e instanceof ModelError) {
-      e.committed = { image: checkpointImg(tx), io: [...tx.io] };
-      e.message = `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === -EINVAL ? strerror(EINVAL) : e.message}`;
-    }
-    throw e;
-  }
+  const snPass = failKeepingWhatWasDone(tx, () => updateSnapshotRefcount(tx, snL1, 1),
+    (e) => `Could not apply snapshot '${idOrName}': Failed to load snapshot: ${e.errno === -EINVAL ? strerror(EINVAL) : e.message}`);
   if (snPass.modified) hostWrite(tx, sn.l1TableOffset, encodeL1(tx, snPass.l1));
   const oldActive = readL1(tx, h.l1TableOffset, h.l1Size);
   // Crash safety: the new L1's references are counted before the active L1 is overwritten.

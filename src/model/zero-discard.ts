@@ -24,13 +24,13 @@
  * it stays a valid raw image [7.2].
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
-import { classifyL2Entry, compressedDescriptor, l2EntryWords } from '../format/entries.ts';
+import { classifyL2Entry, compressedDescriptor } from '../format/entries.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { discardHost } from './host-file.ts';
 import { AUTOCLEAR_DATA_FILE_RAW } from './image.ts';
-import { clusterTable, l1l2Index, readL2Entry, statesOf, writeL2Entry, entryAt } from './mapping.ts';
+import { clusterTable, l1l2Index, readL2Entry, rewriteL2Slice, statesOf, writeL2Entry, entryAt, zeroedL2Entry } from './mapping.ts';
 import { getRefcount } from './refcount.ts';
-import { type Tx, dataDiscard, dataZero, geo, hostFlush, withOwnedPages } from './tx.ts';
+import { type Tx, dataDiscard, dataZero, geo, withOwnedPages } from './tx.ts';
 import { freeAnyCluster, guestWrite } from './write.ts';
 
 type Result = 'ok' | 'enotsup';
@@ -125,34 +125,9 @@ function readsAsZeroByStatus(tx: Tx, offset: bigint, bytes: number): boolean {
 /** `zero_in_l2_slice`: whole clusters from `offset`, at most up to the end of one L2 table. */
 function zeroInL2Slice(tx: Tx, offset: bigint, nbClusters: number, unmap: boolean): number {
   const g = geo(tx);
-  const l2Offset = clusterTable(tx, offset);
-  const { l2: l2Index } = l1l2Index(tx, offset);
-  const nb = Math.min(nbClusters, g.l2Entries - l2Index);
-  const freed: L2EntryFields[] = [];
-  for (let i = 0; i < nb; i++) {
-    const old = readL2Entry(tx, l2Offset, l2Index + i);
-    const kind = classifyL2Entry(old, ctxOf(tx)).kind;
-    const drop = kind === 'compressed' || (unmap && isAllocated(tx, old));
-    let next: L2EntryFields = drop
-      ? { copied: false, compressed: false, reservedHi: 0, hostOffsetHi: 0, hostOffsetLo: 0, reservedLo: 0, zero: false }
-      : { ...old };
-    if (g.extendedL2) next = { ...next, zeroBitmap: 0xffffffff, allocBitmap: 0 };
-    else next = { ...next, zero: true };
-    if (!sameEntry(old, next)) {
-      writeL2Entry(tx, l2Offset, l2Index + i, next);
-      if (drop) freed.push(old);
-    }
-  }
-  // Crash safety: the entries no longer point at the clusters before their refcounts drop.
-  if (freed.length) hostFlush(tx);
-  for (const e of freed) freeAndDiscard(tx, e);
-  return nb;
-}
-
-function sameEntry(a: L2EntryFields, b: L2EntryFields): boolean {
-  const wa = l2EntryWords(a);
-  const wb = l2EntryWords(b);
-  return wa.word === wb.word && (wa.bitmap ?? 0n) === (wb.bitmap ?? 0n);
+  const drops = (old: L2EntryFields): boolean => classifyL2Entry(old, ctxOf(tx)).kind === 'compressed' || (unmap && isAllocated(tx, old));
+  const zeroed = (old: L2EntryFields): L2EntryFields => zeroedL2Entry(g.extendedL2, drops(old) ? undefined : old, true);
+  return rewriteL2Slice(tx, offset, nbClusters, zeroed, drops, freeAndDiscard).covered;
 }
 
 /** `zero_l2_subclusters`: marks `nb` subclusters of one cluster as zero (extended L2 only). */
@@ -267,28 +242,12 @@ function clusterDiscard(tx: Tx, offset: bigint, bytes: bigint): void {
   const g = geo(tx);
   const cs = BigInt(g.clusterSize);
   let nb = Number((bytes + cs - 1n) / cs);
+  const emptied = (old: L2EntryFields): L2EntryFields =>
+    (tx.img.backing || isAllocated(tx, old) ? zeroedL2Entry(g.extendedL2, undefined, tx.img.header.version >= 3) : old);
   while (nb > 0) {
-    const l2Offset = clusterTable(tx, offset);
-    const { l2: l2Index } = l1l2Index(tx, offset);
-    const n = Math.min(nb, g.l2Entries - l2Index);
-    const freed: L2EntryFields[] = [];
-    for (let i = 0; i < n; i++) {
-      const old = readL2Entry(tx, l2Offset, l2Index + i);
-      let next: L2EntryFields = old;
-      if (tx.img.backing || isAllocated(tx, old)) {
-        const empty: L2EntryFields = { copied: false, compressed: false, reservedHi: 0, hostOffsetHi: 0, hostOffsetLo: 0, reservedLo: 0, zero: false };
-        if (g.extendedL2) next = { ...empty, zeroBitmap: 0xffffffff, allocBitmap: 0 };
-        else next = { ...empty, zero: tx.img.header.version >= 3 };
-      }
-      if (sameEntry(old, next)) continue;
-      writeL2Entry(tx, l2Offset, l2Index + i, next);
-      freed.push(old);
-    }
-    // Crash safety: first remove the L2 entries, then decrease the refcounts.
-    if (freed.length) hostFlush(tx);
-    for (const e of freed) freeAndDiscard(tx, e);
-    nb -= n;
-    offset += BigInt(n) * cs;
+    const { covered } = rewriteL2Slice(tx, offset, nb, emptied, () => true, freeAndDiscard);
+    nb -= covered;
+    offset += BigInt(covered) * cs;
   }
 }
 

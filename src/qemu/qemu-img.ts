@@ -39,18 +39,34 @@ export function parseQemuJson(text: string): JsonValue {
   const skipWs = (): void => {
     while (i < text.length && (text[i] === ' ' || text[i] === '\n' || text[i] === '\r' || text[i] === '\t')) i++;
   };
+  /** The members of an object or array from its opening bracket (at `i`) past `close`, each read by `member`. */
+  const members = (close: '}' | ']', member: () => void): void => {
+    i++;
+    skipWs();
+    if (text[i] === close) {
+      i++;
+      return;
+    }
+    for (;;) {
+      member();
+      skipWs();
+      if (text[i] === ',') {
+        i++;
+        continue;
+      }
+      if (text[i] === close) {
+        i++;
+        return;
+      }
+      fail(`expected ',' or '${close}'`);
+    }
+  };
   const value = (): JsonValue => {
     skipWs();
     const c = text[i];
     if (c === '{') {
-      i++;
       const obj: { [key: string]: JsonValue } = {};
-      skipWs();
-      if (text[i] === '}') {
-        i++;
-        return obj;
-      }
-      for (;;) {
+      members('}', () => {
         skipWs();
         if (text[i] !== '"') fail('expected a key');
         const key = string();
@@ -58,39 +74,13 @@ export function parseQemuJson(text: string): JsonValue {
         if (text[i] !== ':') fail("expected ':'");
         i++;
         obj[key] = value();
-        skipWs();
-        if (text[i] === ',') {
-          i++;
-          continue;
-        }
-        if (text[i] === '}') {
-          i++;
-          return obj;
-        }
-        fail("expected ',' or '}'");
-      }
+      });
+      return obj;
     }
     if (c === '[') {
-      i++;
       const arr: JsonValue[] = [];
-      skipWs();
-      if (text[i] === ']') {
-        i++;
-        return arr;
-      }
-      for (;;) {
-        arr.push(value());
-        skipWs();
-        if (text[i] === ',') {
-          i++;
-          continue;
-        }
-        if (text[i] === ']') {
-          i++;
-          return arr;
-        }
-        fail("expected ',' or ']'");
-      }
+      members(']', () => arr.push(value()));
+      return arr;
     }
     if (c === '"') return string();
     if (text.startsWith('true', i)) {
