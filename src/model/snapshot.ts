@@ -64,8 +64,6 @@ export interface SnapshotEntrySizes {
 
 /** Options of snapshotTableEntries. */
 export interface SnapshotTableWalk {
-  /** Decode from a window cut at the end of the file (a short file is 'truncated'), not zero-padded. */
-  readonly clipToFile?: boolean;
   /**
    * Runs each entry's decode (e.g. to check bounds first or move error offsets into the file).
    * `sizes` come from the entry's fixed part: a guard may refuse an entry on them (QEMU's limits)
@@ -81,7 +79,7 @@ const SNAPSHOT_FIXED_PART = 40;
  * The entries of the snapshot table of `file` with header `h`, in order, each with its file offset
  * (8-byte aligned as QEMU places them), decoded by the generated codec from a window of the entry's
  * own size (40 + extra data + id + name; never more than the largest entry QEMU accepts, 40 + 1024
- * extra + two 64 KiB strings), zeros past the end of the file unless `clipToFile`. Lazy: an entry is
+ * extra + two 64 KiB strings), zeros past the end of the file (as QEMU's bdrv_pread). Lazy: an entry is
  * read only when the caller asks for it, so a caller that stops early reads no further.
  */
 export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: SnapshotTableWalk = {}): Generator<{ readonly pos: bigint; readonly entry: SnapshotEntry }> {
@@ -102,9 +100,8 @@ export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: Snap
     const size = BigInt(SNAPSHOT_FIXED_PART + extraData + id + name);
     const at = pos;
     const entry = guard(at, () => {
-      let len = size < max ? size : max;
-      if (opts.clipToFile === true && at + len > file.length) len = file.length - at;
-      return decodeSnapshotEntry(readHost(file, at, Number(len > 0n ? len : 0n)), 0, params);
+      const len = size < max ? size : max;
+      return decodeSnapshotEntry(readHost(file, at, Number(len)), 0, params);
     }, { index: i, extraData, id, name, size });
     yield { pos: at, entry };
     pos += size;
