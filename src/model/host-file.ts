@@ -24,6 +24,7 @@
  * HostFile (what a real-file driver does to a file).
  */
 import { isZeroBytes } from '../codec/bytes.ts';
+import { WORK } from '../codec/work-meter.ts';
 import {
   ChunkedPage, copyFromLeaf, flatOf, isZeroSmall, LEAF_PAGE_SIZE, leafIsZero, leafRangeIsZero, leafSpot, ownLeaf, patchLeaf, SMALL_WRITE,
   writeOwnedLeaf, type PageLeaf,
@@ -100,6 +101,8 @@ export function readHostInto(file: HostFile, offset: bigint, length: number, tar
  * already holds zeros (a fresh array), so holes are skipped instead of filled.
  */
 function readHostTo(file: HostFile, offset: bigint, length: number, out: Uint8Array, at: number, outIsZero: boolean): void {
+  WORK.hostReads++;
+  WORK.hostBytes += length;
   if (file.base !== undefined) {
     readHostOverBase(file, file.base, offset, length, out, at, outIsZero);
     return;
@@ -172,7 +175,11 @@ export function viewHost(file: HostFile, offset: bigint, length: number): Uint8A
     // A chunked page is copied (readHost): its chunks must not be viewed (chunked-page.ts).
     const p = leaf !== undefined ? (leaf instanceof ChunkedPage ? leaf.flat : leaf)
       : file.base !== undefined ? basePage(file.base, index) : undefined;
-    if (p !== undefined) return p.subarray(within, within + length);
+    if (p !== undefined) {
+      WORK.hostReads++;
+      WORK.hostBytes += length;
+      return p.subarray(within, within + length);
+    }
   }
   return readHost(file, offset, length);
 }
@@ -186,6 +193,8 @@ export function viewHost(file: HostFile, offset: bigint, length: number): Uint8A
  * usually, not always, the same object.
  */
 export function hostPage(file: HostFile, index: number): Uint8Array | undefined {
+  WORK.hostReads++;
+  WORK.hostBytes += PAGE_SIZE;
   const p = file.pages.leaf(index);
   if (p !== undefined) return flatOf(p);
   if (file.base === undefined) return undefined;
@@ -206,6 +215,8 @@ export function hostSpot(file: HostFile, offset: bigint, length: number): { byte
 
 /** hostSpot for an offset given as a number: an exact non-negative integer below 2^53. */
 export function hostSpotAt(file: HostFile, o: number, length: number): { bytes: Uint8Array; at: number } | undefined {
+  WORK.hostReads++;
+  WORK.hostBytes += length;
   const index = Math.floor(o / PAGE_SIZE);
   const within = o - index * PAGE_SIZE;
   if (within + length > PAGE_SIZE) return undefined;
