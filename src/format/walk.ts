@@ -809,7 +809,11 @@ function walkRefcounts(bytes: Uint8Array, header: HeaderInfo, record: (at: strin
   const byOffset = new Map<bigint, RefcountBlockInfo>();
   const entryCount = (header.clusterSize * 8) / header.refcountBits;
   const start = Number(header.refcountTableOffset);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let i = 0; i < tableSize; i++) {
+    // An all-zero entry (most of a table: 256 Ki entries per cluster of 2 MiB) has no block and no
+    // reserved bits: skipped undecoded, as readL1 skips zero L1 entries.
+    if (view.getUint32(start + 8 * i) === 0 && view.getUint32(start + 8 * i + 4) === 0) continue;
     let e;
     try {
       e = decodeRefcountTableEntry(bytes, start + 8 * i, params);
