@@ -113,12 +113,10 @@ function holds(tx: Tx, p: Provenance, from: bigint, length: bigint, sameHeader: 
  */
 function patchView(tx: Tx, view: TableView, from: bigint, indexes: ReadonlySet<number>, pointer: bigint,
   decode: (bytes: Uint8Array, at: number) => bigint): boolean {
-  const fileLength = tx.img.file.length;
   const updates: [number, bigint][] = [];
   for (const i of indexes) {
-    const at = from + BigInt(i) * 8n;
-    // Past the end of the file the entry reads as zeros (the view holds no entry there).
-    const raw = at + 8n <= fileLength ? readHost(tx.img.file, at, 8) : new Uint8Array(8);
+    // Zeros past the end of the file, as readTable reads them.
+    const raw = readHost(tx.img.file, from + BigInt(i) * 8n, 8);
     const zero = raw.every((b) => b === 0);
     const k = positionOf(view, i);
     if (k < 0) {

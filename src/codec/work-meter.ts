@@ -1,10 +1,11 @@
 /**
- * Counters of the work done on an image: bytes the model reads from host files (src/model/host-file.ts
- * readHost, viewHost, hostPage, hostSpot — holes and bytes past the end of the file included) and
- * the model's writes to them (src/model/tx.ts hostWrite), and fields the generated decoders read (src/codec/byte-reader.ts). Every walk over a table reads the
- * table's bytes and decodes its entries through these, so the counters grow with the work however it
- * is spent; tests bound them by the file's size (test/regressions), which a wall clock on a shared
- * machine cannot do reliably. Counting only: nothing in the library reads them.
+ * Counters of the work done on an image: bytes the model reads from host files
+ * (src/model/host-file.ts readHost, viewHost, hostPage, hostSpot — holes and bytes past the end of
+ * the file included), bytes it writes to them (src/model/tx.ts hostWrite), and fields the generated
+ * decoders read (src/codec/byte-reader.ts). Every walk over a table reads the table's bytes and
+ * decodes its entries through these, so the counters grow with the work however it is spent; tests
+ * bound them by the file's size (test/regressions), which a wall clock on a shared machine cannot do
+ * reliably. Counting only: nothing in the library reads them.
  */
 
 /** The counters (monotonic, process-wide; take differences around the work to measure). */
@@ -19,7 +20,7 @@ export interface WorkCounts {
   decodedFields: number;
 }
 
-/** The live counters. Incremented by host-file.ts and byte-reader.ts; never reset. */
+/** The live counters. Incremented by host-file.ts, tx.ts and byte-reader.ts; never reset. */
 export const WORK: WorkCounts = { hostBytes: 0, hostReads: 0, hostWritten: 0, decodedFields: 0 };
 
 /** A copy of the counters now. */

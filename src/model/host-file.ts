@@ -215,11 +215,11 @@ export function hostSpot(file: HostFile, offset: bigint, length: number): { byte
 
 /** hostSpot for an offset given as a number: an exact non-negative integer below 2^53. */
 export function hostSpotAt(file: HostFile, o: number, length: number): { bytes: Uint8Array; at: number } | undefined {
-  WORK.hostReads++;
-  WORK.hostBytes += length;
   const index = Math.floor(o / PAGE_SIZE);
   const within = o - index * PAGE_SIZE;
   if (within + length > PAGE_SIZE) return undefined;
+  WORK.hostReads++;
+  WORK.hostBytes += length;
   const leaf = file.pages.leaf(index) ?? (file.base !== undefined ? basePage(file.base, index) : undefined);
   if (leaf === undefined) return { bytes: ZERO_PAGE, at: within };
   return leafSpot(leaf, within, length, ZERO_PAGE);
