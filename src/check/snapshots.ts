@@ -11,7 +11,7 @@ import { INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, QCOW_M
 import { ModelError } from '../model/errors.ts';
 import { writeSnapshots, type SnapshotState } from '../model/snapshot.ts';
 import { hostFlush, setHeaderFields } from '../model/tx.ts';
-import { CheckAbort, FIX_ERRORS, cString, pread, roundUp8, signalCorruption, type CheckContext, type CheckedSnapshot, type Counters } from './context.ts';
+import { CheckAbort, FIX_ERRORS, cString, pread, readable, roundUp8, signalCorruption, type CheckContext, type CheckedSnapshot, type Counters } from './context.ts';
 import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 import { cacheTakeWrites, cacheWrite } from './refblocks.ts';
@@ -103,6 +103,9 @@ function readSnapshots(c: CheckContext, tableOffset: bigint, count: number, repa
   let dropped = 0;
   if (count === 0) return { snapshots, size: 0n, reduced, dropped };
   const readOrFail = (at: bigint, n: number): Uint8Array => {
+    // Past the end of the file the read gives zeros: not read at all (an entry there has 40 bytes
+    // and nothing else to read), so entries the file does not hold cost no file reads.
+    if (at >= c.tx.img.file.length && n <= SNAPSHOT_ENTRY_FIXED_SIZE && readable(at, BigInt(n))) return new Uint8Array(n);
     const b = pread(c, at, n);
     if (b === undefined) throw new SnapshotReadError(EIO, `Failed to read snapshot table: ${strerror(EIO)}`);
     return b;

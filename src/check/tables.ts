@@ -16,6 +16,12 @@
  * changed in place. The log only ever shrinks by the rollback of a failed refcount update
  * (check-refcounts.ts setRefcount), which never runs between making a view and using it — a shorter
  * log than remembered drops the view anyway.
+ *
+ * A few entries written since (the repair of an L1 entry's COPIED flag, check_oflag_copied) are
+ * patched into the view in place when they change only an entry's flag bits — not whether it is
+ * zero, not the offset it points at — so the view, and what overlap.ts derived from its offsets,
+ * stays valid: a repair costs a binary search, not a new reading of a table of up to 4 Mi entries
+ * (a hostile L1 table over random bytes makes one repair per entry).
  */
 import { decodeL1EntryFields, decodeRefcountTableEntryFields } from '../../generated/qcow2.ts';
 import { l1EntryWord, refcountBlockOffset } from '../format/entries.ts';
@@ -57,9 +63,8 @@ export function lowerBound(a: ArrayLike<number>, v: number): number {
 
 /** The word of entry `i` of `view` (0 when it is zero, past the file or past the table). */
 export function viewWord(view: TableView, i: number): bigint {
-  const ix = view.indexes;
-  const lo = lowerBound(ix, i);
-  return lo < ix.length && ix[lo] === i ? view.words[lo]! : 0n;
+  const k = positionOf(view, i);
+  return k < 0 ? 0n : view.words[k]!;
 }
 
 interface Cached {
@@ -70,32 +75,79 @@ interface Cached {
 /** The views of one transaction (one `qemu-img check` run: its passes share the transaction). */
 const views = new WeakMap<Tx, { reftable?: Cached; l1?: Cached }>();
 
-/** Whether what `p` was read from is unchanged in the working image of `tx` (updates `p` when so). */
-function holds(tx: Tx, p: Provenance, from: bigint, length: bigint, sameHeader: (a: HeaderState, b: HeaderState) => boolean): boolean {
+/** Most entries patched into a view at once; more written entries make a new view. */
+const MAX_PATCHED_ENTRIES = 64;
+
+/**
+ * Whether what `p` was read from is unchanged in the working image of `tx`, or changed only in a few
+ * entries (their indexes, at most MAX_PATCHED_ENTRIES: 'patch'), or changed otherwise ('stale').
+ * Updates `p` unless stale.
+ */
+function holds(tx: Tx, p: Provenance, from: bigint, length: bigint, sameHeader: (a: HeaderState, b: HeaderState) => boolean): true | 'stale' | { patch: Set<number> } {
   const h = tx.img.header;
   if (h !== p.header) {
-    if (!sameHeader(h, p.header)) return false;
+    if (!sameHeader(h, p.header)) return 'stale';
     p.header = h;
   }
-  if (from !== p.from || length !== p.length) return false;
+  if (from !== p.from || length !== p.length) return 'stale';
   const io = tx.io;
   if (tx.img.file === p.file && io.length === p.ioLength) return true;
-  if (io.length < p.ioLength) return false;
+  if (io.length < p.ioLength) return 'stale';
   const end = from + length;
+  let patch: Set<number> | undefined;
   for (let k = p.ioLength; k < io.length; k++) {
     const op = io[k]!;
     if (op.kind === 'flush' || op.target === 'data') continue;
     if (op.kind === 'truncate') {
       // Growing the file adds zeros (what was read past the end); cutting into the table changes it.
-      if (op.length < end) return false;
+      if (op.length < end) return 'stale';
       continue;
     }
     const len = op.kind === 'write' ? BigInt(op.bytes.length) : op.length;
-    if (op.offset < end && from < op.offset + len) return false;
+    if (op.offset < end && from < op.offset + len) {
+      // The entries the operation touches (clipped to the table).
+      const first = (op.offset > from ? op.offset - from : 0n) / 8n;
+      const last = ((op.offset + len < end ? op.offset + len : end) - from - 1n) / 8n;
+      patch ??= new Set<number>();
+      if (last - first >= BigInt(MAX_PATCHED_ENTRIES - patch.size)) return 'stale';
+      for (let i = Number(first); i <= Number(last); i++) patch.add(i);
+    }
   }
   p.file = tx.img.file;
   p.ioLength = io.length;
+  return patch === undefined ? true : { patch };
+}
+
+/**
+ * Patches the entries `indexes` of `view` (entries of the table at `from`) in place from the working
+ * file of `tx`, when each keeps its zero-ness and the bits of `pointer` (the offset part); returns
+ * false, changing nothing, otherwise.
+ */
+function patchView(tx: Tx, view: TableView, from: bigint, indexes: ReadonlySet<number>, pointer: bigint,
+  decode: (bytes: Uint8Array, at: number) => bigint): boolean {
+  const updates: [number, bigint][] = [];
+  for (const i of indexes) {
+    // Zeros past the end of the file, as readTable reads them.
+    const raw = readHost(tx.img.file, from + BigInt(i) * 8n, 8);
+    const zero = raw.every((b) => b === 0);
+    const k = positionOf(view, i);
+    if (k < 0) {
+      if (!zero) return false;
+      continue;
+    }
+    if (zero) return false;
+    const word = decode(raw, 0);
+    if (((word ^ view.words[k]!) & pointer) !== 0n) return false;
+    updates.push([k, word]);
+  }
+  for (const [k, word] of updates) view.words[k] = word;
   return true;
+}
+
+/** Index in `view.indexes` of entry `i`, or -1. */
+function positionOf(view: TableView, i: number): number {
+  const lo = lowerBound(view.indexes, i);
+  return lo < view.indexes.length && view.indexes[lo] === i ? lo : -1;
 }
 
 /**
@@ -131,7 +183,7 @@ function sameL1Place(a: HeaderState, b: HeaderState): boolean {
 }
 
 function cachedView(tx: Tx, which: 'reftable' | 'l1', from: bigint, size: number, same: (a: HeaderState, b: HeaderState) => boolean,
-  decode: (bytes: Uint8Array, at: number) => bigint): TableView {
+  pointer: bigint, decode: (bytes: Uint8Array, at: number) => bigint): TableView {
   let entry = views.get(tx);
   if (entry === undefined) {
     entry = {};
@@ -139,11 +191,20 @@ function cachedView(tx: Tx, which: 'reftable' | 'l1', from: bigint, size: number
   }
   const length = BigInt(size) * 8n;
   const hit = entry[which];
-  if (hit !== undefined && holds(tx, hit.prov, from, length, same)) return hit.view;
+  if (hit !== undefined) {
+    const h = holds(tx, hit.prov, from, length, same);
+    if (h === true) return hit.view;
+    if (h !== 'stale' && patchView(tx, hit.view, from, h.patch, pointer, decode)) return hit.view;
+  }
   const view = readTable(tx, from, size, decode);
   entry[which] = { prov: { file: tx.img.file, ioLength: tx.io.length, header: tx.img.header, from, length }, view };
   return view;
 }
+
+/** The bits of a reftable word that place a refcount block (all but the reserved bits 0-8). */
+const REFTABLE_POINTER = ((1n << 64n) - 1n) & ~0x1ffn;
+/** The bits of an L1 word that place an L2 table (bits 9-55). */
+const L1_POINTER = 0x00fffffffffffe00n;
 
 /**
  * The refcount table of the working image of `tx` (s->refcount_table): each non-zero entry's exact
@@ -154,7 +215,7 @@ export function reftableView(tx: Tx): TableView {
   const clusterBits = h.clusterBits;
   const size = (h.refcountTableClusters * 2 ** clusterBits) / 8;
   const params = { clusterBits, refcountOrder: h.refcountOrder };
-  return cachedView(tx, 'reftable', h.refcountTableOffset, size, sameReftablePlace, (bytes, at) => {
+  return cachedView(tx, 'reftable', h.refcountTableOffset, size, sameReftablePlace, REFTABLE_POINTER, (bytes, at) => {
     const e = decodeRefcountTableEntryFields(bytes, at, params);
     return refcountBlockOffset(e) | BigInt(e.reserved >>> 0);
   });
@@ -164,5 +225,5 @@ export function reftableView(tx: Tx): TableView {
 export function activeL1View(tx: Tx): TableView {
   const h = tx.img.header;
   const params = { clusterBits: h.clusterBits, extendedL2: (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n };
-  return cachedView(tx, 'l1', h.l1TableOffset, h.l1Size, sameL1Place, (bytes, at) => l1EntryWord(decodeL1EntryFields(bytes, at, params)));
+  return cachedView(tx, 'l1', h.l1TableOffset, h.l1Size, sameL1Place, L1_POINTER, (bytes, at) => l1EntryWord(decodeL1EntryFields(bytes, at, params)));
 }

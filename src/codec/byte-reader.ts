@@ -6,6 +6,7 @@
  * against the window and fails with a Qcow2FormatError naming structure, field and absolute offset.
  */
 import { Qcow2FormatError } from './errors.ts';
+import { WORK } from './work-meter.ts';
 
 export class ByteReader {
   /** The whole buffer; offsets in errors are indexes into it. */
@@ -62,6 +63,7 @@ export class ByteReader {
 
   /** Throws `truncated` unless `n` bytes can be read at the current position. */
   ensure(n: number, structure: string, field: string): void {
+    WORK.decodedFields++;
     if (!(Number.isSafeInteger(n) && n >= 0)) {
       throw new Qcow2FormatError('too-large', { structure, field, offset: this.clampedPos() }, `size ${n} is not a valid byte count`);
     }

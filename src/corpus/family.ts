@@ -50,6 +50,11 @@ export interface Family {
    * 2 MiB): the generator skips the family without building anything when --max-size is below it.
    */
   readonly minBytes?: number;
+  /**
+   * Feature tags (src/corpus/features.ts) every case of the family has: what the family is about.
+   * Generating a case without them fails.
+   */
+  readonly features?: readonly string[];
   /** Makes one case; deterministic in `ctx.prng`. Throws when the model disagrees with the family's intent. */
   generate(ctx: FamilyContext): FamilyOutput;
 }

@@ -390,13 +390,22 @@ const NEEDS_ROOMY_SNAPSHOT_TABLE: ReadonlySet<CorruptionName> = new Set<Corrupti
 /** The case for dirty-stale-refcounts is a valid family (lazy-refcounts-dirty): a crash's image is readable. */
 const VALID_ELSEWHERE: ReadonlySet<CorruptionName> = new Set<CorruptionName>(['dirty-stale-refcounts']);
 
-/** Most base images tried before a corruption counts as not applicable to this family's bases. */
+/** Corruptions that move an offset to a 512-byte boundary inside a cluster: none with 512-byte clusters. */
+const NEEDS_SECTORS_IN_A_CLUSTER: ReadonlySet<CorruptionName> = new Set<CorruptionName>(['unaligned-l1-entry', 'unaligned-l2-entry', 'unaligned-refblock-entry']);
+
+/**
+ * Most base images tried before a corruption counts as not applicable to this family's bases; a last
+ * one (a base whose clusters hold several sectors) follows for NEEDS_SECTORS_IN_A_CLUSTER.
+ */
 const MAX_ATTEMPTS = 8;
 
-/** A base image for catalog corruptions: data, compressed clusters, zero clusters and a snapshot. */
-function richBase(prng: Prng, name: CorruptionName): Base {
+/**
+ * A base image for catalog corruptions: data, compressed clusters, zero clusters and a snapshot.
+ * `sectorsInACluster`: clusters of 1 or 2 KiB where the random choice includes 512 bytes.
+ */
+function richBase(prng: Prng, name: CorruptionName, sectorsInACluster = false): Base {
   const extendedL2 = NEEDS_EXTENDED_L2.has(name);
-  const clusterSize = extendedL2 ? 16 * K : NEEDS_ROOMY_SNAPSHOT_TABLE.has(name) ? prng.pick([2 * K, 4 * K]) : prng.pick([512, 512, 1 * K, 2 * K]);
+  const clusterSize = extendedL2 ? 16 * K : NEEDS_ROOMY_SNAPSHOT_TABLE.has(name) ? prng.pick([2 * K, 4 * K]) : prng.pick(sectorsInACluster ? [1 * K, 2 * K] : [512, 512, 1 * K, 2 * K]);
   const size = BigInt(clusterSize) * BigInt(extendedL2 ? prng.int(4, 6) : prng.int(8, 24));
   const create: CreateOptions = { size, clusterSize, ...(extendedL2 ? { extendedL2: true } : {}) };
   const space = { size, clusterSize, zeroGranularity: extendedL2 ? clusterSize / 32 : 512 };
@@ -430,8 +439,12 @@ function catalogFamily(name: CorruptionName, title: string): Family {
       const prng = ctx.prng;
       const rng = { int: (n: number): number => prng.int(0, n - 1) };
       const reasons: string[] = [];
-      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-        const base = richBase(prng, name);
+      // Random bases first (the cases of every seed that found one keep their bytes), then, for a
+      // corruption that 512-byte clusters cannot express, one base that can: no seed fails for
+      // drawing 512-byte clusters eight times (seed 7, invalid/unaligned-l2-entry.0022).
+      const attempts = MAX_ATTEMPTS + (NEEDS_SECTORS_IN_A_CLUSTER.has(name) ? 1 : 0);
+      for (let attempt = 0; attempt < attempts; attempt++) {
+        const base = richBase(prng, name, attempt === MAX_ATTEMPTS);
         const r = corrupt(base.built.bytes, name, rng);
         if (r.kind !== 'applied') {
           reasons.push(r.reason);
@@ -463,7 +476,7 @@ function catalogFamily(name: CorruptionName, title: string): Family {
         };
         return { entry, files: [{ path: entry.files.image, bytes: r.bytes }] };
       }
-      throw new Error(`${family}: no expressible case in ${MAX_ATTEMPTS} attempts: ${reasons.slice(0, 3).join('; ')}`);
+      throw new Error(`${family}: no expressible case in ${attempts} attempts: ${reasons.slice(0, 3).join('; ')}`);
     },
   };
 }

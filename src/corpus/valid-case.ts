@@ -51,9 +51,17 @@ export interface ValidRecipe {
   readonly post?: (built: BuiltImage) => PostResult;
   /**
    * Feature tags (features.ts) the image must have: what the family is about. Generation fails when
-   * the ops did not produce them, so a family never silently loses its point.
+   * the image lacks them, so a family never silently loses its point.
    */
   readonly requireFeatures?: readonly string[];
+  /**
+   * Ops that produce `requireFeatures` by construction, for families whose random ops usually but
+   * not always do (a later op may overwrite what made the feature). They are appended to `ops`, and
+   * the image built again, only when the image built from `ops` lacks one of the features: every
+   * seed's case then has them, and a case that had them already keeps its bytes. They must not draw
+   * from the random stream (a case's later draws would change).
+   */
+  readonly guarantee?: readonly Op[];
   /**
    * Whether a non-clean check is what this family is about (e.g. a crash left stale refcounts).
    * Otherwise the model's invariants must hold and the check must be clean, or generation fails.
@@ -106,10 +114,20 @@ export function validCase(ctx: FamilyContext, recipe: ValidRecipe): FamilyOutput
     ...(belowName !== undefined ? { backingFile: belowName, backingFmt: belowKind } : {}),
     ...(recipe.dataFile === true ? { dataFile: DATA_FILE_NAME } : {}),
   };
-  const built = buildImage(create, recipe.ops, {
+  const buildOpts = {
     ...(below !== undefined ? { backing: below } : {}),
     ...(recipe.close !== undefined ? { close: recipe.close } : {}),
-  });
+  };
+  const required = recipe.requireFeatures ?? [];
+  let built = buildImage(create, recipe.ops, buildOpts);
+  let builtFeatures: string[] | undefined;
+  if (recipe.guarantee !== undefined && recipe.guarantee.length > 0) {
+    builtFeatures = imageFeatures(built.bytes);
+    if (required.some((f) => !builtFeatures!.includes(f))) {
+      built = buildImage(create, [...recipe.ops, ...recipe.guarantee], buildOpts);
+      builtFeatures = undefined;
+    }
+  }
   const post = recipe.post?.(built);
   const bytes = post?.bytes ?? built.bytes;
 
@@ -130,8 +148,8 @@ export function validCase(ctx: FamilyContext, recipe: ValidRecipe): FamilyOutput
   files.push(...layerFiles);
   if (built.dataFile !== undefined) files.push({ path: `${ctx.id}/${DATA_FILE_NAME}`, bytes: built.dataFile });
 
-  const found = imageFeatures(bytes);
-  const lacking = (recipe.requireFeatures ?? []).filter((f) => !found.includes(f));
+  const found = post === undefined && builtFeatures !== undefined ? builtFeatures : imageFeatures(bytes);
+  const lacking = required.filter((f) => !found.includes(f));
   if (lacking.length > 0) throw new Error(`${recipe.family}: the image lacks ${lacking.join(', ')} (has ${found.join(', ')})`);
   const features = [...new Set([...(recipe.features ?? []), ...(post?.features ?? []), ...found,
     ...(layers.length > 0 ? [`backing-chain-depth:${layers.length}`] : [])])].sort();

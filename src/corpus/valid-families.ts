@@ -54,9 +54,28 @@ function ops(prng: Prng, size: bigint, cs: number, count: number, weights: OpWei
   return randomOps(prng, { size, clusterSize: cs, zeroGranularity: extendedL2 ? cs / 32 : 512 }, count, weights);
 }
 
+/** What a family declares besides its recipe. */
+interface FamilyOptions {
+  /** Family.minBytes. */
+  readonly minBytes?: number;
+  /** Family.features: required of every case (added to the recipe's requireFeatures). */
+  readonly features?: readonly string[];
+}
+
 /** A family made by one recipe function. */
-function family(name: string, doc: string, recipe: (ctx: FamilyContext) => ValidRecipe, minBytes?: number): Family {
-  return { name, valid: true, doc, ...(minBytes !== undefined ? { minBytes } : {}), generate: (ctx): FamilyOutput => validCase(ctx, recipe(ctx)) };
+function family(name: string, doc: string, recipe: (ctx: FamilyContext) => ValidRecipe, opts: FamilyOptions = {}): Family {
+  const features = opts.features ?? [];
+  return {
+    name,
+    valid: true,
+    doc,
+    ...(opts.minBytes !== undefined ? { minBytes: opts.minBytes } : {}),
+    ...(features.length > 0 ? { features } : {}),
+    generate: (ctx): FamilyOutput => {
+      const r = recipe(ctx);
+      return validCase(ctx, features.length > 0 ? { ...r, requireFeatures: [...new Set([...(r.requireFeatures ?? []), ...features])] } : r);
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -71,7 +90,7 @@ const clusterSizeFamilies: Family[] = CLUSTER_SIZES.map((cs) =>
       ? [{ kind: 'write' as const, offset: BigInt(prng.int(0, Number(size / 512n) - 1)) * 512n, data: payload(prng, 512 * prng.int(1, 8), prng.pick(['pattern', 'random'] as const)) }]
       : ops(prng, size, cs, prng.int(3, 8), { compress: 1 });
     return { family: `cluster-${sizeName(cs)}`, create: { size, clusterSize: cs }, ops: all };
-  }, 3 * cs)); // header, refcount table and refcount block: three clusters at least
+  }, { minBytes: 3 * cs, features: ['version:3', `cluster-size:${cs}`] })); // header, refcount table and refcount block: three clusters at least
 
 const refcountFamilies: Family[] = REFCOUNT_WIDTHS.map((bits) =>
   family(`refcount-${bits}`, `version 3 image with ${bits}-bit refcounts${bits > 1 ? ', an internal snapshot' : ''} and compressed clusters`, ({ prng }) => {
@@ -84,25 +103,25 @@ const refcountFamilies: Family[] = REFCOUNT_WIDTHS.map((bits) =>
     const all: Op[] = [...ops(prng, size, cs, prng.int(2, 5), { compress: bits >= 8 || bits === 1 ? 2 : 0 })];
     if (bits > 1) all.push({ kind: 'snapshotCreate', name: 'snap-a' }, ...ops(prng, size, cs, prng.int(1, 4), { compress: 2 }));
     return { family: `refcount-${bits}`, create: { size, clusterSize: cs, refcountBits: bits }, ops: all };
-  }));
+  }, { features: [`refcount-bits:${bits}`] }));
 
 const v2Family = family('v2', 'version 2 (compat=0.10) image: 72-byte header, no feature bits, zeroing by deallocation, a snapshot', ({ prng }) => {
   const cs = prng.pick([...SMALL_CLUSTERS, 64 * K]);
   const size = virtualSize(prng, cs);
   const all = [...ops(prng, size, cs, prng.int(2, 5), { compress: 1 }), { kind: 'snapshotCreate', name: 'v2-snap' } as Op, ...ops(prng, size, cs, prng.int(1, 3))];
   return { family: 'v2', create: { size, clusterSize: cs, compat: '0.10' }, ops: all };
-});
+}, { features: ['version:2', 'snapshots'] });
 
 const v3Family = family('v3', 'version 3 image as qemu-img 7.2 creates it by default (header_length 112, feature name table) with mixed ops', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS.slice(2));
   const size = virtualSize(prng, cs);
   return { family: 'v3', create: { size, clusterSize: cs, compat: '1.1' }, ops: ops(prng, size, cs, prng.int(3, 6)) };
-});
+}, { features: ['version:3', 'header-length:112'] });
 
 const sizeZeroFamily = family('size-zero', 'an image of virtual size 0: l1_size 0 and l1_table_offset 0', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
   return { family: 'size-zero', create: { size: 0n, clusterSize: cs, compat: prng.pick(['0.10', '1.1']) }, ops: [] };
-});
+}, { features: ['size-zero'] });
 
 const l1MultiClusterFamily = family('l1-multi-cluster', 'an active L1 table spanning several clusters, with data mapped through its later clusters', ({ prng }) => {
   const cs = prng.pick([512, 1 * K]);
@@ -117,8 +136,8 @@ const l1MultiClusterFamily = family('l1-multi-cluster', 'an active L1 table span
     const off = entry * bytesPerL1Entry + BigInt(cs * prng.int(0, cs / 8 - 1));
     lastEntries.push({ kind: 'write', offset: off, data: payload(prng, cs, prng.pick(['pattern', 'random'])) });
   }
-  return { family: 'l1-multi-cluster', create: { size, clusterSize: cs }, ops: [...lastEntries, ...ops(prng, size, cs, 2)], requireFeatures: ['l1-multi-cluster'] };
-});
+  return { family: 'l1-multi-cluster', create: { size, clusterSize: cs }, ops: [...lastEntries, ...ops(prng, size, cs, 2)] };
+}, { features: ['l1-multi-cluster'] });
 
 const refcountTableGrownFamily = family('refcount-table-grown', 'the refcount table outgrew its first cluster and was moved (qcow2_refcount_area, docs/format/allocation.md#refcount-table-growth)', ({ prng }) => {
   // 512-byte clusters and 64-bit refcounts: one refcount block covers 64 clusters and the first
@@ -128,10 +147,9 @@ const refcountTableGrownFamily = family('refcount-table-grown', 'the refcount ta
   return {
     family: 'refcount-table-grown',
     create: { size, clusterSize: 512, refcountBits: 64, preallocation: 'metadata' },
-    requireFeatures: ['refcount-table-moved'],
     ops: ops(prng, size, 512, prng.int(1, 3)),
   };
-}, 2 * M);
+}, { minBytes: 2 * M, features: ['refcount-table-moved'] });
 
 const preallocFamily = family('preallocation-metadata', 'preallocation=metadata: every L2 entry allocated up front (zero-filled data clusters, file extended sparse)', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
@@ -168,7 +186,7 @@ const largeOffsetFamily = family('size-above-4g', 'a virtual disk larger than 4 
       { kind: 'write', offset: 0n, data: payload(prng, 512, 'pattern') },
     ],
   };
-});
+}, { features: ['size-above-4g'] });
 
 // ---------------------------------------------------------------------------------------------
 // L2 entry kinds
@@ -201,15 +219,14 @@ function extendedL2Recipe(name: string, prng: Prng, prealloc: boolean): ValidRec
     // Only aimed ops: random whole-cluster writes would overwrite the states just made.
     ops: aimed,
     backing,
-    requireFeatures: prealloc ? ['subcluster:unallocated-alloc', 'subcluster:zero-alloc'] : ['subcluster:normal', 'subcluster:zero-plain', 'subcluster:unallocated-plain', 'subcluster:compressed'],
   };
 }
 
 const extendedL2Family = family('extended-l2', 'extended L2 entries with mixed subcluster states (normal, zero, unallocated, compressed), sometimes over a raw backing file', ({ prng }) =>
-  extendedL2Recipe('extended-l2', prng, false));
+  extendedL2Recipe('extended-l2', prng, false), { features: ['extended-l2', 'subcluster:normal', 'subcluster:zero-plain', 'subcluster:unallocated-plain', 'subcluster:compressed'] });
 
 const extendedL2PreallocFamily = family('extended-l2-prealloc', 'extended L2 entries with metadata preallocation: allocated clusters whose subclusters are unallocated (unallocated-alloc), mixed with written and zeroed ones', ({ prng }) =>
-  extendedL2Recipe('extended-l2-prealloc', prng, true));
+  extendedL2Recipe('extended-l2-prealloc', prng, true), { features: ['extended-l2', 'subcluster:unallocated-alloc', 'subcluster:zero-alloc'] });
 
 /** Ops that compress a run of consecutive clusters in one session (so blobs pack, share and straddle host clusters). */
 function compressedRun(prng: Prng, cs: number, size: bigint): Op[] {
@@ -235,16 +252,32 @@ function compressedFamily(type: 'zlib' | 'zstd'): Family {
       family: `compressed-${type}`,
       create: { size, clusterSize: cs, ...(type === 'zstd' ? { compressionType: 'zstd' } : {}) },
       ops: all,
-      requireFeatures: ['l2:compressed', 'compressed:shared-host-cluster'],
+      guarantee: sharedHostCluster(cs),
     };
-  });
+  }, { features: ['l2:compressed', 'compressed:shared-host-cluster', ...(type === 'zstd' ? ['compression-type:zstd'] : [])] });
+}
+
+/**
+ * Three compressed writes of one repeated byte to guest clusters 0-2, which QEMU packs byte-contiguously
+ * (docs/format/compression.md): each blob is a few dozen bytes, less than the smallest cluster, so of
+ * three consecutive blobs at least two start in the same host cluster — whatever the earlier ops left
+ * (a blob may straddle into a new cluster, or start one, only once among the three). No random draws.
+ */
+function sharedHostCluster(cs: number): Op[] {
+  return [0, 1, 2].map((i): Op => ({ kind: 'writeCompressed', offset: BigInt(i) * BigInt(cs), data: new Uint8Array(cs).fill(0x5a + i) }));
 }
 
 const zeroPlainFamily = family('zero-plain', 'zero-plain L2 entries (zero flag, no host cluster) from zero writes to unallocated and unmapped clusters', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
   const size = virtualSize(prng, cs);
-  return { family: 'zero-plain', create: { size, clusterSize: cs }, ops: [...ops(prng, size, cs, 3, { write: 1, writeUnaligned: 0, zero: 3, zeroUnmap: 3, zeroPartial: 0, discard: 0 })], requireFeatures: ['l2:zero-plain'] };
-});
+  return {
+    family: 'zero-plain',
+    create: { size, clusterSize: cs },
+    ops: [...ops(prng, size, cs, 3, { write: 1, writeUnaligned: 0, zero: 3, zeroUnmap: 3, zeroPartial: 0, discard: 0 })],
+    // A zero write with unmap frees the cluster and leaves the zero flag alone (docs/format/allocation.md).
+    guarantee: [{ kind: 'writeZeroes', offset: 0n, length: BigInt(cs), unmap: true }],
+  };
+}, { features: ['l2:zero-plain'] });
 
 const zeroAllocFamily = family('zero-alloc', 'zero-alloc L2 entries (zero flag on an allocated cluster) from zero writes without unmap over written clusters', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
@@ -260,9 +293,8 @@ const zeroAllocFamily = family('zero-alloc', 'zero-alloc L2 entries (zero flag o
       { kind: 'write', offset: range.offset, data: payload(prng, Number(range.length), 'pattern') },
       { kind: 'writeZeroes', offset: range.offset, length: range.length, unmap: false },
     ],
-    requireFeatures: ['l2:zero-alloc'],
   };
-});
+}, { features: ['l2:zero-alloc'] });
 
 // ---------------------------------------------------------------------------------------------
 // Backing files, snapshots, data files
@@ -289,13 +321,13 @@ const backingQcow2Family = family('backing-qcow2', 'a chain of 1-3 qcow2 backing
   const depth = prng.int(1, 3);
   const layers = Array.from({ length: depth }, () => qcow2Layer(prng, size, prng.pick(SMALL_CLUSTERS)));
   return { family: 'backing-qcow2', create: { size, clusterSize: cs }, ops: ops(prng, size, cs, prng.int(2, 5)), backing: layers };
-});
+}, { features: ['backing-format:qcow2'] });
 
 const backingRawFamily = family('backing-raw', 'a raw backing file (backing_fmt=raw) under a qcow2 overlay with partial overwrites', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
   const size = smallSize(prng, cs);
   return { family: 'backing-raw', create: { size, clusterSize: cs }, ops: ops(prng, size, cs, prng.int(2, 5)), backing: [rawLayer(prng, Number(size))] };
-});
+}, { features: ['backing-format:raw'] });
 
 const backingShortFamily = family('backing-short', 'a backing file shorter than the overlay (raw of a length that is not a multiple of 512, or a smaller qcow2): reads past its end are zeros', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
@@ -320,20 +352,20 @@ const snapshotsFamily = family('snapshots', 'internal snapshots: created between
   if (prng.chance(0.5)) all.push({ kind: 'snapshotDelete', name: `snap-${prng.int(0, n - 1)}` });
   else all.push({ kind: 'snapshotApply', name: `snap-${prng.int(0, n - 1)}` });
   all.push(...ops(prng, size, cs, 1));
-  return { family: 'snapshots', create: { size, clusterSize: cs }, ops: all, requireFeatures: ['snapshots'] };
-});
+  return { family: 'snapshots', create: { size, clusterSize: cs }, ops: all };
+}, { features: ['snapshots'] });
 
 const dataFileFamily = family('data-file', 'an external data file (guest data at host offset = guest offset, not refcounted); zero writes and discards leave stale data there', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
   const size = smallSize(prng, cs);
   return { family: 'data-file', create: { size, clusterSize: cs }, ops: ops(prng, size, cs, prng.int(3, 6)), dataFile: true };
-});
+}, { features: ['data-file'] });
 
 const dataFileRawFamily = family('data-file-raw', 'an external data file with data_file_raw (autoclear bit 1): metadata preallocated 1:1, the data file is a valid raw image', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
   const size = smallSize(prng, cs);
   return { family: 'data-file-raw', create: { size, clusterSize: cs, dataFileRaw: true }, ops: ops(prng, size, cs, prng.int(3, 6)), dataFile: true };
-});
+}, { features: ['data-file', 'data-file-raw'] });
 
 // ---------------------------------------------------------------------------------------------
 // Byte-level additions: bitmaps, lazy refcounts and the dirty bit, unknown extensions and bits,
@@ -352,13 +384,13 @@ const bitmapsFamily = family('bitmaps', 'persistent dirty bitmaps (bitmaps exten
       return { bytes: r.bytes, features: [`bitmap-count:${count}`] };
     },
   };
-});
+}, { features: ['bitmaps'] });
 
 const lazyFamily = family('lazy-refcounts', 'lazy_refcounts=on, closed cleanly (dirty bit cleared)', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
   const size = virtualSize(prng, cs);
   return { family: 'lazy-refcounts', create: { size, clusterSize: cs, lazyRefcounts: true }, ops: ops(prng, size, cs, prng.int(2, 5)) };
-});
+}, { features: ['lazy-refcounts'] });
 
 const lazyDirtyFamily = family('lazy-refcounts-dirty', 'lazy refcounts after a crash: the dirty bit set and the newest clusters\' refcounts not on disk (readable read-only; check reports it, a writable open repairs it)', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
@@ -377,7 +409,7 @@ const lazyDirtyFamily = family('lazy-refcounts-dirty', 'lazy refcounts after a c
       return { bytes: r.bytes, features: ['crash-stale-refcounts'] };
     },
   };
-});
+}, { features: ['lazy-refcounts', 'dirty-bit'] });
 
 /** Header extension types QEMU knows (an unknown extension must use none of them). */
 const KNOWN_EXTENSIONS = new Set<number>(Object.values(HeaderExtensionType));
@@ -403,7 +435,7 @@ const unknownExtensionFamily = family('unknown-header-extension', 'unknown heade
       return { bytes: writeHeaderCluster(built.bytes, { ...c, extensions: exts }), features: [`unknown-extensions:${n}`] };
     },
   };
-});
+}, { features: ['unknown-header-extension'] });
 
 /** A mask of 1-3 random bits from `lowest`..63. */
 function unknownBits(prng: Prng, lowest: number): bigint {
@@ -422,7 +454,7 @@ const unknownCompatFamily = family('unknown-compatible-bits', 'unknown compatibl
     ops: ops(prng, size, cs, prng.int(1, 3)),
     post: (built) => ({ bytes: editHeaderFields(built.bytes, (h) => ({ compatibleFeatures: h.compatibleFeatures | mask })) }),
   };
-});
+}, { features: ['unknown-compatible-bits'] });
 
 const unknownAutoclearFamily = family('unknown-autoclear-bits', 'unknown autoclear feature bits set (bits 2..63): a reader must ignore them (a writer must clear them)', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
@@ -434,7 +466,7 @@ const unknownAutoclearFamily = family('unknown-autoclear-bits', 'unknown autocle
     ops: ops(prng, size, cs, prng.int(1, 3)),
     post: (built) => ({ bytes: editHeaderFields(built.bytes, (h) => ({ autoclearFeatures: h.autoclearFeatures | mask })) }),
   };
-});
+}, { features: ['unknown-autoclear-bits'] });
 
 const headerLength104Family = family('header-length-104', 'a version 3 header of 104 bytes (as QEMU before 5.1 wrote it): no compression_type field, extensions from byte 104', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS);
@@ -445,7 +477,7 @@ const headerLength104Family = family('header-length-104', 'a version 3 header of
     ops: ops(prng, size, cs, prng.int(2, 4), { compress: 1 }),
     post: (built) => ({ bytes: editHeaderFields(built.bytes, () => ({ headerLength: 104 })) }),
   };
-});
+}, { features: ['header-length:104'] });
 
 const headerLengthLongFamily = family('header-length-long', 'a version 3 header longer than 112 bytes (unknown additional fields, length not always a multiple of 8): extensions start at header_length', ({ prng }) => {
   const cs = prng.pick(SMALL_CLUSTERS.slice(1));

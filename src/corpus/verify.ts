@@ -16,10 +16,11 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { match } from 'ts-pattern';
+import { probeHostAllocationsOrFull } from '../io/seek-data.ts';
 import { checkCounter, qemuImgCheck, qemuImgConvert } from '../qemu/qemu-img.ts';
 import { formatCommandLine, runTool } from '../qemu/run.ts';
 import type { CorpusCase } from './manifest.ts';
@@ -32,10 +33,46 @@ export type CaseVerdict =
 /** How long one QEMU command may take (a 4 GiB convert included). */
 const COMMAND_TIMEOUT_MS = 300_000;
 
-/** SHA-256 of a file, streamed. */
+/** Files above this size are hashed extent by extent (a raw disk of 4 GiB is mostly a hole). */
+const SPARSE_HASH_BYTES = 64 * 1024 * 1024;
+const HASH_CHUNK = 1 << 20;
+const ZEROS = new Uint8Array(HASH_CHUNK);
+
+/**
+ * SHA-256 of a file. A large one is read only where the file system has data (SEEK_DATA, through
+ * src/io/seek-data.ts; the whole file when that cannot be probed): its holes read as zeros, so they
+ * are hashed from a buffer of zeros — reading a 4 GiB hole through the kernel cost ~15 s, hashing
+ * its zeros ~2.5 s.
+ */
 async function fileSha256(path: string): Promise<string> {
   const h = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  if ((await stat(path)).size <= SPARSE_HASH_BYTES) {
+    for await (const chunk of createReadStream(path, { highWaterMark: HASH_CHUNK })) h.update(chunk as Buffer);
+    return h.digest('hex');
+  }
+  const zeros = (n: bigint): void => {
+    for (let left = n; left > 0n; left -= BigInt(HASH_CHUNK)) h.update(left < BigInt(HASH_CHUNK) ? ZEROS.subarray(0, Number(left)) : ZEROS);
+  };
+  const alloc = probeHostAllocationsOrFull([path], () => undefined)[0]!;
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.alloc(HASH_CHUNK);
+    let at = 0n;
+    for (const [start, end] of alloc.data) {
+      zeros(start - at);
+      for (let pos = start; pos < end;) {
+        const n = Number(end - pos < BigInt(HASH_CHUNK) ? end - pos : BigInt(HASH_CHUNK));
+        const { bytesRead } = await fh.read(buf, 0, n, Number(pos));
+        if (bytesRead !== n) throw new Error(`${path}: short read of ${bytesRead} of ${n} byte(s) at ${pos}`);
+        h.update(buf.subarray(0, n));
+        pos += BigInt(n);
+      }
+      at = end;
+    }
+    zeros(alloc.length - at);
+  } finally {
+    await fh.close();
+  }
   return h.digest('hex');
 }
 

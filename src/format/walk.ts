@@ -372,8 +372,11 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   let extensionsError: WalkError | undefined;
   let extensionTrailingBytes = 0;
   let bitmapsExt: BitmapsExtension | undefined;
+  // Cluster 0 as QEMU's bdrv_pread reads it: zeros past the end of a file that ends inside it
+  // (qcow2_do_open reads the extension area and the backing file name that way).
+  const cluster0 = bytes.length >= header.clusterSize ? bytes : zeroPadded(bytes, header.clusterSize);
   try {
-    const root = decodeQcow2(bytes);
+    const root = decodeQcow2(cluster0);
     const list = root.headerExtensions.extensions ?? [];
     let pos = header.headerLength;
     for (const ext of list) {
@@ -398,13 +401,13 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
       ...(backingFormat?.type === 'backing-file-format' ? { format: backingFormat.name } : {}),
     };
     const off = header.backingFileOffset;
-    if (off + BigInt(header.backingFileSize) > BigInt(bytes.length)) {
-      const err = new Qcow2FormatError('truncated', { structure: 'qcow2', field: 'backing_file_name', offset: clampOffset(off, bytes.length) },
-        `needs ${header.backingFileSize} byte(s) at 0x${off.toString(16)} but the file ends at 0x${bytes.length.toString(16)}`);
+    if (off + BigInt(header.backingFileSize) > BigInt(cluster0.length)) {
+      const err = new Qcow2FormatError('truncated', { structure: 'qcow2', field: 'backing_file_name', offset: clampOffset(off, cluster0.length) },
+        `needs ${header.backingFileSize} byte(s) at 0x${off.toString(16)} but the file ends at 0x${cluster0.length.toString(16)}`);
       backingFile = { ...base, error: record('backing file name', err) };
     } else {
       const start = Number(off);
-      backingFile = { ...base, name: asciiDecode(bytes.subarray(start, start + header.backingFileSize)) };
+      backingFile = { ...base, name: asciiDecode(cluster0.subarray(start, start + header.backingFileSize)) };
     }
   }
 
@@ -682,6 +685,13 @@ function toWalkError(at: string, e: unknown): WalkError {
   throw e;
 }
 
+/** `bytes` followed by zeros up to `length` bytes (a copy; `length` is at most one cluster, 2 MiB). */
+function zeroPadded(bytes: Uint8Array, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  out.set(bytes);
+  return out;
+}
+
 function clampOffset(v: bigint, fileSize: number): number {
   return v > BigInt(fileSize) ? fileSize : Number(v);
 }
@@ -832,7 +842,11 @@ function walkRefcounts(bytes: Uint8Array, header: HeaderInfo, record: (at: strin
   const byOffset = new Map<bigint, RefcountBlockInfo>();
   const entryCount = (header.clusterSize * 8) / header.refcountBits;
   const start = Number(header.refcountTableOffset);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let i = 0; i < tableSize; i++) {
+    // An all-zero entry (most of a table: 256 Ki entries per cluster of 2 MiB) has no block and no
+    // reserved bits: skipped undecoded, as readL1 skips zero L1 entries.
+    if (view.getUint32(start + 8 * i) === 0 && view.getUint32(start + 8 * i + 4) === 0) continue;
     let e;
     try {
       e = decodeRefcountTableEntry(bytes, start + 8 * i, params);

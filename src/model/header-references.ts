@@ -107,13 +107,13 @@ export function qemuFullBackingFilename(filename: string, backing: string): stri
 
 /**
  * The header's references to other files and metadata areas, decoded from cluster 0 of `image`
- * through the generated decoder. Throws Qcow2FormatError (absolute offsets) when the extension area
- * or the backing file name cannot be decoded.
+ * through the generated decoder. Cluster 0 is read whole, zeros past the end of a shorter file, as
+ * qcow2_do_open's bdrv_pread of the extension area and the backing file name reads it: a file that
+ * ends inside its first cluster, after its header, opens in QEMU. Throws Qcow2FormatError (absolute
+ * offsets) when the extension area or the backing file name cannot be decoded.
  */
 export function headerReferences(image: Image): HeaderReferences {
-  const cs = 1 << image.header.clusterBits;
-  const n = BigInt(cs) < image.file.length ? cs : Number(image.file.length);
-  const cluster0 = readHost(image.file, 0n, n);
+  const cluster0 = readHost(image.file, 0n, 1 << image.header.clusterBits);
   const root = decodeQcow2(cluster0);
   const exts: readonly HeaderExtension[] = root.headerExtensions.extensions ?? [];
   const find = (t: number): HeaderExtension | undefined => exts.find((e) => e.type === t);

@@ -23,6 +23,7 @@
  * HostFile (what a real-file driver does to a file).
  */
 import { isZeroBytes } from '../codec/bytes.ts';
+import { WORK } from '../codec/work-meter.ts';
 import {
   ChunkedPage, copyFromLeaf, flatOf, isZeroSmall, LEAF_PAGE_SIZE, leafIsZero, leafRangeIsZero, leafSpot, ownLeaf, patchLeaf, SMALL_WRITE,
   writeOwnedLeaf, type PageLeaf,
@@ -99,6 +100,8 @@ export function readHostInto(file: HostFile, offset: bigint, length: number, tar
  * already holds zeros (a fresh array), so holes are skipped instead of filled.
  */
 function readHostTo(file: HostFile, offset: bigint, length: number, out: Uint8Array, at: number, outIsZero: boolean): void {
+  WORK.hostReads++;
+  WORK.hostBytes += length;
   if (file.base !== undefined) {
     readHostOverBase(file, file.base, offset, length, out, at, outIsZero);
     return;
@@ -171,7 +174,11 @@ export function viewHost(file: HostFile, offset: bigint, length: number): Uint8A
     // A chunked page is copied (readHost): its chunks must not be viewed (chunked-page.ts).
     const p = leaf !== undefined ? (leaf instanceof ChunkedPage ? leaf.flat : leaf)
       : file.base !== undefined ? basePage(file.base, index) : undefined;
-    if (p !== undefined) return p.subarray(within, within + length);
+    if (p !== undefined) {
+      WORK.hostReads++;
+      WORK.hostBytes += length;
+      return p.subarray(within, within + length);
+    }
   }
   return readHost(file, offset, length);
 }
@@ -185,6 +192,8 @@ export function viewHost(file: HostFile, offset: bigint, length: number): Uint8A
  * usually, not always, the same object.
  */
 export function hostPage(file: HostFile, index: number): Uint8Array | undefined {
+  WORK.hostReads++;
+  WORK.hostBytes += PAGE_SIZE;
   const p = file.pages.leaf(index);
   if (p !== undefined) return flatOf(p);
   if (file.base === undefined) return undefined;
@@ -208,6 +217,8 @@ export function hostSpotAt(file: HostFile, o: number, length: number): { bytes: 
   const index = Math.floor(o / PAGE_SIZE);
   const within = o - index * PAGE_SIZE;
   if (within + length > PAGE_SIZE) return undefined;
+  WORK.hostReads++;
+  WORK.hostBytes += length;
   const leaf = file.pages.leaf(index) ?? (file.base !== undefined ? basePage(file.base, index) : undefined);
   if (leaf === undefined) return { bytes: ZERO_PAGE, at: within };
   return leafSpot(leaf, within, length, ZERO_PAGE);

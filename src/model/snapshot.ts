@@ -68,8 +68,6 @@ export interface SnapshotEntrySizes {
 
 /** Options of snapshotTableEntries. */
 export interface SnapshotTableWalk {
-  /** Decode from a window cut at the end of the file (a short file is 'truncated'), not zero-padded. */
-  readonly clipToFile?: boolean;
   /**
    * Runs each entry's decode (e.g. to check bounds first or move error offsets into the file).
    * `sizes` come from the entry's fixed part: a guard may refuse an entry on them (QEMU's limits)
@@ -85,8 +83,9 @@ const SNAPSHOT_FIXED_PART = SNAPSHOT_ENTRY_FIXED_SIZE;
  * The entries of the snapshot table of `file` with header `h`, in order, each with its file offset
  * (8-byte aligned as QEMU places them), decoded by the generated codec from a window of the entry's
  * own size (40 + extra data + id + name; never more than the largest entry QEMU accepts, 40 + 1024
- * extra + two 64 KiB strings), zeros past the end of the file unless `clipToFile`. Lazy: an entry is
- * read only when the caller asks for it, so a caller that stops early reads no further.
+ * extra + two 64 KiB strings), zeros past the end of the file (as QEMU's bdrv_pread; an entry wholly
+ * past it is one shared decoding of 40 zero bytes). Lazy: an entry is read only when the caller asks
+ * for it, so a caller that stops early reads no further.
  */
 export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: SnapshotTableWalk = {}): Generator<{ readonly pos: bigint; readonly entry: SnapshotEntry }> {
   const g = geometryOf(h);
@@ -94,8 +93,20 @@ export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: Snap
   const max = BigInt(SNAPSHOT_FIXED_PART + QCOW_MAX_SNAPSHOT_EXTRA_DATA + 2 * 65536 + 8);
   const guard = opts.guard ?? (<T>(_pos: bigint, decode: () => T): T => decode());
   let pos = h.snapshotsOffset;
+  let zeroEntry: SnapshotEntry | undefined;
   for (let i = 0; i < h.nbSnapshots; i++) {
     pos = (pos + 7n) & ~7n;
+    if (pos >= file.length) {
+      // Past the end of the file an entry is 40 zero bytes (no extra data, empty id and name):
+      // decoded once and not read, so the table costs what the file holds, not what nb_snapshots
+      // claims (up to 65536 entries).
+      const at = pos;
+      const entry = guard(at, () => (zeroEntry ??= decodeSnapshotEntry(new Uint8Array(SNAPSHOT_FIXED_PART), 0, params)),
+        { index: i, extraData: 0, id: 0, name: 0, size: BigInt(SNAPSHOT_FIXED_PART) });
+      yield { pos: at, entry };
+      pos += BigInt(SNAPSHOT_FIXED_PART);
+      continue;
+    }
     // The three length fields of the fixed part (SnapshotEntryLayout) size the window; the entry
     // itself is decoded by the codec.
     const fixed = readHost(file, pos, SNAPSHOT_FIXED_PART);
@@ -106,9 +117,8 @@ export function* snapshotTableEntries(file: HostFile, h: HeaderState, opts: Snap
     const size = BigInt(SNAPSHOT_FIXED_PART + extraData + id + name);
     const at = pos;
     const entry = guard(at, () => {
-      let len = size < max ? size : max;
-      if (opts.clipToFile === true && at + len > file.length) len = file.length - at;
-      return decodeSnapshotEntry(readHost(file, at, Number(len > 0n ? len : 0n)), 0, params);
+      const len = size < max ? size : max;
+      return decodeSnapshotEntry(readHost(file, at, Number(len)), 0, params);
     }, { index: i, extraData, id, name, size });
     yield { pos: at, entry };
     pos += size;

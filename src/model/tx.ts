@@ -20,6 +20,7 @@
  * ownership first. The arrays hostPage and hostView hand out never change (`isOwnedPage`).
  */
 import { HeaderLayout } from '../../generated/qcow2.ts';
+import { WORK } from '../codec/work-meter.ts';
 import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
 import type { ChunkedPage } from './chunked-page.ts';
 import { discardHost, type HostFile, readHost, viewHost, writeHost, writeHostOwned, zeroHost } from './host-file.ts';
@@ -124,6 +125,7 @@ export function hostView(tx: Tx, offset: bigint, length: number): Uint8Array {
 
 /** Writes `bytes` at `offset` of the qcow2 file and records the write. */
 export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
+  WORK.hostWritten += bytes.length;
   const owned = tx.owned;
   if (owned === undefined || !writeOwned(tx, owned, offset, bytes)) {
     tx.img = imageWith(tx.img, writeHost(tx.img.file, offset, bytes), tx.img.dataFile, tx.img.header, tx.img.session);

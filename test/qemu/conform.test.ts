@@ -399,7 +399,11 @@ closeSync(fd);
     const pidFile = join(dir, 'child.pid');
     const started = performance.now();
     const { code, report } = await conformJson('--timeout', '1', '--only', 'plain', '--reader', `sh -c 'sleep 60 & echo $! > ${pidFile}; wait' sh {image} {raw}`);
-    expect(performance.now() - started).toBeLessThan(10_000);
+    // The timeout is the feature under test, so this one bound is on time: not a speed limit but
+    // the proof that the reader's group was killed rather than waited for — an unkilled reader
+    // takes 60 s; a killed one ends the run about 1 s after the 1 s timeout, so 30 s is more than
+    // 10 × the usual time.
+    expect(performance.now() - started).toBeLessThan(30_000);
     expect(code).toBe(1);
     expect(report.results.map((r) => [r.caseId, r.status, r.detail])).toEqual([['plain.0000', 'fail', 'timed out after 1 s (killed)']]);
     // The background sleep went with the group: gone, or a zombie nobody reaps (PID 1 of a container may not).
@@ -416,9 +420,8 @@ closeSync(fd);
   it('a reader that writes more than the virtual size is stopped before it fills the disk', async () => {
     // 1 MiB every 20 ms, forever: past the 1 MiB disk (+1 MiB slack) within the first checks.
     const endless = `sh -c 'while :; do head -c 1048576 /dev/zero | tr "\\0" x; sleep 0.02; done > "$2"' sh {image} {raw}`;
-    const started = performance.now();
+    // Bounded by what it wrote (below), not by time: the test's timeout is the hang detector.
     const { report } = await conformJson('--only', 'plain', '--reader', endless);
-    expect(performance.now() - started).toBeLessThan(10_000);
     const r = report.results[0]!;
     expect(r.status).toBe('fail');
     expect(r.detail).toMatch(/^killed after writing (\d+) bytes to one file, more than the test allows \(--max-output\)$/);

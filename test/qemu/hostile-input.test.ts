@@ -10,7 +10,8 @@
  * writable, no-I/O, check mode), info, map, a read of every cluster (bounded), check, and repair
  * (leaks, all). Every case must:
  *  - let only typed errors escape (Qcow2FormatError, ModelError, OpenError; see hostile-harness.ts);
- *  - finish within CASE_TIME_LIMIT_MS (a case still running after HANG_MS is ended as a hang);
+ *  - do work bounded by the file's size (workLimit: bytes read and fields decoded, src/codec/work-meter.ts;
+ *    a case still running after HANG_MS is ended as a hang);
  *  - keep its heap growth below HEAP_CEILING_BYTES (the bounds are justified in hostile-campaign.ts).
  *
  * Runs: QCOW2_HOSTILE_RUNS (default 300). Replay a failure with QCOW2_FC_SEED=<seed> and

@@ -2,7 +2,8 @@
  * Check and repair stay within the hostile-input bounds on inputs that once broke them — further
  * shrunk cases of test/qemu/hostile-input.test.ts besides those in test/regressions/hostile-regressions.test.ts,
  * run through the same harness and worker (test/support/hostile-campaign.ts): only typed
- * errors, within CASE_TIME_LIMIT_MS, heap growth below HEAP_CEILING_BYTES. ~3 s.
+ * errors, work within workLimit (bounded by the file's size: src/codec/work-meter.ts), heap growth
+ * below HEAP_CEILING_BYTES, no hang. ~3 s.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mutationTargets, type Mutation } from '../../src/corrupt/mutate.ts';

@@ -1,9 +1,11 @@
 /**
- * Regressions found by hostile-input fuzzing (test/qemu/hostile-input.test.ts): each is the shrunk
- * case — a seed image and the fields poked into it — run through the same harness and worker
- * (test/support/hostile-campaign.ts), so the same bounds apply: only typed errors, within
- * CASE_TIME_LIMIT_MS, heap growth below HEAP_CEILING_BYTES. The comment on each case says what it
- * found and where.
+ * Regressions found by hostile-input fuzzing (test/qemu/hostile-input.test.ts, `npm run fuzz`): each
+ * is the shrunk case — a seed image and the fields poked into it — run through the same harness and
+ * worker (test/support/hostile-campaign.ts), so the same bounds apply: only typed errors, work (bytes
+ * read from host files and fields decoded, src/codec/work-meter.ts) within workLimit — bounded by the
+ * file's size, never by wall-clock time — heap growth below HEAP_CEILING_BYTES, and no hang (HANG_MS,
+ * a hang detector only). The comment on each case says what it found and where; some also bound the
+ * work of the stage that was slow more tightly.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mutationTargets, type Mutation } from '../../src/corrupt/mutate.ts';
@@ -11,6 +13,7 @@ import { createImage } from '../../src/model/create.ts';
 import { storeImage } from '../../src/model/load-store.ts';
 import { step } from '../../src/model/step.ts';
 import { caseFailure, HostileRunner, type HostilePoolEntry } from '../support/hostile-campaign.ts';
+import type { CaseReport } from '../support/hostile-harness.ts';
 import { modelPool } from '../support/hostile-pool.ts';
 
 let runner: HostileRunner;
@@ -25,7 +28,7 @@ function onesImage(): Uint8Array {
 }
 
 beforeAll(async () => {
-  const seeds = [...modelPool().filter((p) => ['v3-2m-refcount2', 'v2-64k-snapshots', 'v3-64k-snapshots'].includes(p.name)), { name: 'ones-64k', bytes: onesImage() }];
+  const seeds = [...modelPool().filter((p) => ['v3-2m-refcount2', 'v2-64k-snapshots', 'v3-64k-snapshots', 'v3-backing-name'].includes(p.name)), { name: 'ones-64k', bytes: onesImage() }];
   const pool: HostilePoolEntry[] = seeds.map((p) => ({ ...p, targets: mutationTargets(p.bytes) }));
   runner = new HostileRunner(pool);
   await runner.start();
@@ -37,10 +40,12 @@ afterAll(async () => {
 
 const write = (field: string, offset: number, width: 1 | 2 | 4 | 8, value: bigint): Mutation => ({ kind: 'write', field, offset, width, value });
 
-/** Runs one case and expects it to keep every bound. */
-async function expectBounded(image: string, mutations: Mutation[]): Promise<void> {
+/** Runs one case, expects it to keep every bound, and returns its report. */
+async function expectBounded(image: string, mutations: Mutation[]): Promise<CaseReport> {
   const r = await runner.run({ image, mutations });
   expect(caseFailure(r)).toBeUndefined();
+  if (typeof r === 'string' || 'crashed' in r) throw new Error('unreachable: caseFailure accepted a hang or crash');
+  return r;
 }
 
 describe('hostile-input regressions', () => {
@@ -82,5 +87,17 @@ describe('hostile-input regressions', () => {
   // 1441784 (12.8 s).
   it('an L1 entry into data full of preallocated-zero-looking words: -r all', async () => {
     await expectBounded('ones-64k', [write('l1[0]', 0x30000, 8, 0x8000000000058000n)]);
+  });
+
+  // Found with --seed 2026 (as v3-backing-name truncated to 56920 bytes, a refcount-block flip,
+  // nb_snapshots 16384: 18 MiB of work, 2 s): a snapshot table past the end of the file. Every stage
+  // that reads the table (each open, info, check and repair) read and decoded each of its entries —
+  // 40 zero bytes apiece, up to 65536 of them — from past the end of the file (src/model/snapshot.ts
+  // snapshotTableEntries, src/check/snapshots.ts readSnapshots). Now an entry wholly past the end is
+  // one shared decoding of zeros and is not read: no stage reads more than a few times the file.
+  it('65536 snapshot entries past the end of the file', async () => {
+    const r = await expectBounded('v3-backing-name', [{ kind: 'truncate', length: 56920 }, write('header.nb_snapshots', 60, 4, 65536n)]);
+    expect(r.stages.find((st) => st.stage === 'info')!.outcome).toBe('ok');
+    for (const st of r.stages) expect(st.work.hostBytes, st.stage).toBeLessThanOrEqual(4 * r.fileBytes + 4 * r.clusterSize);
   });
 });

@@ -13,10 +13,11 @@
  * Anything else — TypeError, RangeError, a plain Error — is a failure.
  *
  * The stage functions are passed in (HostileSystem), so the harness does not depend on where they
- * live. Pure apart from the clock and memory readings; runs inside the fuzzing worker
+ * live. Pure apart from the clock, memory and work-meter readings; runs inside the fuzzing worker
  * (hostile-worker.ts). A stage is skipped only when the stage it needs failed (e.g. no map without
  * a read-only open).
  */
+import { workSince, workSnapshot, type WorkCounts } from '../../src/codec/work-meter.ts';
 import type { HostReader } from '../../src/model/host-reader.ts';
 import type { Image } from '../../src/model/image.ts';
 import type { MapExtent } from '../../src/model/block-status.ts';
@@ -64,12 +65,18 @@ export interface StageReport {
   readonly ms: number;
   /** 'ok', 'skipped' (an earlier stage it needs failed), or the error's key. */
   readonly outcome: string;
+  /** The work the stage did (src/codec/work-meter.ts): host bytes read, host reads, decoded fields. */
+  readonly work: WorkCounts;
   /** Set when the stage threw something that is not a typed error. */
   readonly untyped?: { readonly name: string; readonly message: string; readonly stack: string };
 }
 
 /** What one case did. */
 export interface CaseReport {
+  /** Bytes of the (mutated) image plus its data file: what the work is bounded by. */
+  readonly fileBytes: number;
+  /** The cluster size the header claims (cluster_bits 9..21), or 0 when it claims none QEMU accepts. */
+  readonly clusterSize: number;
   readonly stages: readonly StageReport[];
   readonly totalMs: number;
   /** Highest (heapUsed + arrayBuffers) seen at a stage boundary, minus the value before the case. */
@@ -191,9 +198,10 @@ export function runHostileCase(bytes: Uint8Array, dataFile: Uint8Array | undefin
   const t0 = performance.now();
   const stage = <T>(name: HostileStage, fn: (() => T) | undefined): T | undefined => {
     if (fn === undefined) {
-      stages.push({ stage: name, ms: 0, outcome: 'skipped' });
+      stages.push({ stage: name, ms: 0, outcome: 'skipped', work: { hostBytes: 0, hostReads: 0, hostWritten: 0, decodedFields: 0 } });
       return undefined;
     }
+    const w = workSnapshot();
     const s = performance.now();
     let outcome = 'ok';
     let untyped: StageReport['untyped'];
@@ -210,7 +218,7 @@ export function runHostileCase(bytes: Uint8Array, dataFile: Uint8Array | undefin
       }
     }
     peak = Math.max(peak, memoryInUse() - base);
-    stages.push({ stage: name, ms: performance.now() - s, outcome, ...(untyped !== undefined ? { untyped } : {}) });
+    stages.push({ stage: name, ms: performance.now() - s, outcome, work: workSince(w), ...(untyped !== undefined ? { untyped } : {}) });
     return value;
   };
   const withData = (o: HostileOpenOptions): HostileOpenOptions => (dataFile !== undefined ? { ...o, dataFile } : o);
@@ -253,5 +261,7 @@ export function runHostileCase(bytes: Uint8Array, dataFile: Uint8Array | undefin
   stage('repair-leaks', rw !== undefined ? () => system.repair(rw, 'leaks') : undefined);
   stage('repair-all', rw !== undefined ? () => system.repair(rw, 'all') : undefined);
 
-  return { stages, totalMs: performance.now() - t0, heapPeakBytes: peak, clustersRead, readErrors };
+  const clusterBits = bytes.length >= 24 ? new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(20) : 0;
+  const clusterSize = clusterBits >= 9 && clusterBits <= 21 ? 2 ** clusterBits : 0;
+  return { fileBytes: bytes.length + (dataFile?.length ?? 0), clusterSize, stages, totalMs: performance.now() - t0, heapPeakBytes: peak, clustersRead, readErrors };
 }
