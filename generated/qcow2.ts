@@ -23,12 +23,12 @@
  *   table, the bitmap directory) are `instances` with `pos`, read on first access.
  */
 
-import { ByteReader } from '../src/codec/byte-reader.ts';
-import { ByteWriter } from '../src/codec/byte-writer.ts';
+import { ByteReader } from '../src/codec/index.ts';
+import { ByteWriter } from '../src/codec/index.ts';
 import {
   asciiDecode, asciiEncode, checkCount, checkSize, defineLazy, defineValue, inconsistent, invalidValue,
   kaitaiMod, requireProgress, stripRight,
-} from '../src/codec/codec-support.ts';
+} from '../src/codec/index.ts';
 
 type NoParams = Record<string, never>;
 interface DecodeContext { root: unknown; readonly rootIo: ByteReader; readonly fieldsOnly: boolean }

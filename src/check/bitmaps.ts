@@ -6,12 +6,12 @@
  * (QEMU ignores them otherwise).
  */
 import { BitmapDirectoryEntryMasks, decodeBitmapTableEntryFields } from '../../generated/qcow2.ts';
-import { BME_MAX_NAME_SIZE, BME_MAX_PHYS_SIZE, BME_MAX_TABLE_SIZE, BME_RESERVED_FLAGS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE } from '../format/limits.ts';
-import { isZeroBytes } from '../codec/bytes.ts';
-import { offsetFromParts } from '../format/u64.ts';
+import { BME_MAX_NAME_SIZE, BME_MAX_PHYS_SIZE, BME_MAX_TABLE_SIZE, BME_RESERVED_FLAGS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE } from '../format/index.ts';
+import { isZeroBytes } from '../codec/index.ts';
+import { offsetFromParts } from '../format/index.ts';
 import type { Imrt } from './imrt.ts';
 import { CheckAbort, incRefcounts, pread, type CheckContext, type Counters } from './context.ts';
-import { EINVAL, EIO } from '../model/errno.ts';
+import { EINVAL, EIO } from '../model/index.ts';
 
 
 interface BitmapRef {

@@ -28,10 +28,10 @@
  * cluster of a range (an unreadable refcount block), bounded by the file's cluster count, which is
  * itself at most INT_MAX (a larger file is QEMU's EFBIG).
  */
-import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, freshSession, type Image } from '../model/image.ts';
-import { beginTx, hostFlush, setHeaderFields, type Tx } from '../model/tx.ts';
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, freshSession, type Image } from '../model/index.ts';
+import { beginTx, hostFlush, setHeaderFields, type Tx } from '../model/index.ts';
 import { CheckAbort, Transcript, newCheckContext, newCheckSession, zeroCounters, type CheckContext, type CheckSession, type Counters, type FixMode, type RebuildRefcounts } from './context.ts';
-import { ENOMEDIUM, strerror } from '../model/errno.ts';
+import { ENOMEDIUM, strerror } from '../model/index.ts';
 import { checkRefcounts } from './refcounts.ts';
 import { cacheWrite } from './refblocks.ts';
 import { checkFixSnapshotTable, checkReadSnapshotTable } from './snapshots.ts';

@@ -8,18 +8,18 @@
  * src/check/refblocks.ts; the in-memory reftable and L1 table src/check/tables.ts.
  */
 import { decodeL1EntryFields } from '../../generated/qcow2.ts';
-import { isQcow2FormatError } from '../codec/errors.ts';
-import { BDRV_MAX_LENGTH } from '../format/limits.ts';
-import { l1EntryWord } from '../format/entries.ts';
-import { reftableSize as reftableEntries } from '../model/refcount.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
+import { BDRV_MAX_LENGTH } from '../format/index.ts';
+import { l1EntryWord } from '../format/index.ts';
+import { reftableSize as reftableEntries } from '../model/index.ts';
 import type { CheckFinding } from './check.ts';
-import { readHost } from '../model/host-file.ts';
-import { type HostIO } from '../model/host-io.ts';
-import { AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, geometryOf, type Geometry } from '../model/image.ts';
+import { readHost } from '../model/index.ts';
+import { type HostIO } from '../model/index.ts';
+import { AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, geometryOf, type Geometry } from '../model/index.ts';
 import type { Imrt } from './imrt.ts';
-import { headerReferences } from '../model/header-references.ts';
-import type { SnapshotState } from '../model/snapshot.ts';
-import { hostFlush, setHeaderFields, type Tx } from '../model/tx.ts';
+import { headerReferences } from '../model/index.ts';
+import type { SnapshotState } from '../model/index.ts';
+import { hostFlush, setHeaderFields, type Tx } from '../model/index.ts';
 
 
 /** QEMU's BdrvCheckMode: 0 = check only, 1 = BDRV_FIX_LEAKS (-r leaks), 3 = LEAKS | ERRORS (-r all). */
@@ -83,7 +83,7 @@ export function pendingRefblockWrites(session: CheckSession): Set<HostIO> {
   return out;
 }
 
-import { EFBIG, EINVAL, EIO, ENOMEDIUM, ENOMEM, strerror } from '../model/errno.ts';
+import { EFBIG, EINVAL, EIO, ENOMEDIUM, ENOMEM, strerror } from '../model/index.ts';
 
 /** The check function returned -errno: the pass stops here (qemu-img: `Check failed: ...`). */
 export class CheckAbort extends Error {

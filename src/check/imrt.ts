@@ -13,7 +13,7 @@
  * file's size, far below 2^53; the refcount maximum (2^bits - 1) is a bigint because it reaches 2^64-1.
  */
 import { encodeRefcountBlock, type U64Fields } from '../../generated/qcow2.ts';
-import { bigIntToU64 } from '../format/u64.ts';
+import { bigIntToU64 } from '../format/index.ts';
 
 export class Imrt {
   private readonly counts = new Map<number, number>();

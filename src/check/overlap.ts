@@ -7,9 +7,9 @@
  * thousands of times on a badly broken image.
  */
 import { L1EntryMasks, RefcountTableEntryMasks } from '../../generated/qcow2.ts';
-import { AUTOCLEAR_BITMAPS } from '../model/image.ts';
-import { ClusterIntervals, metadataOverlap, type MetadataView, type OverlapSection } from '../model/overlap.ts';
-import { reftableSize } from '../model/refcount.ts';
+import { AUTOCLEAR_BITMAPS } from '../model/index.ts';
+import { ClusterIntervals, metadataOverlap, type MetadataView, type OverlapSection } from '../model/index.ts';
+import { reftableSize } from '../model/index.ts';
 import { type CheckContext, type CheckedSnapshot } from './context.ts';
 import { activeL1View, reftableView, type TableView } from './tables.ts';
 

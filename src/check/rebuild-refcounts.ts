@@ -17,14 +17,14 @@
  * Every write first passes QEMU's metadata overlap check against the image's current metadata.
  */
 import { encodeRefcountTableEntry } from '../../generated/qcow2.ts';
-import { offsetToParts } from '../format/u64.ts';
+import { offsetToParts } from '../format/index.ts';
 import { CheckAbort, signalCorruption, type CheckContext, type Counters } from './context.ts';
-import { EIO, strerror } from '../model/errno.ts';
+import { EIO, strerror } from '../model/index.ts';
 import { cacheEmpty } from './refblocks.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 import type { Imrt } from './imrt.ts';
 import { lowerBound } from './tables.ts';
-import { hostFlush, hostWrite, setHeaderFields } from '../model/tx.ts';
+import { hostFlush, hostWrite, setHeaderFields } from '../model/index.ts';
 
 /** A refcount rebuild failed: QEMU's message (printed as `qemu-img: <message>`) and errno. */
 class RebuildError extends Error {

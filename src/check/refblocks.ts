@@ -18,14 +18,14 @@
  * cluster aligned (the unaligned case fails before the cache, as in qcow2_get_refcount).
  */
 import { decodeRefcountBlockFields, RefcountTableEntryMasks } from '../../generated/qcow2.ts';
-import { isZeroBytes } from '../codec/bytes.ts';
-import { refcountValue } from '../format/entries.ts';
-import { hostPage, viewHost } from '../model/host-file.ts';
-import { PAGE_SIZE } from '../model/page-map.ts';
-import { type HostIO } from '../model/host-io.ts';
+import { isZeroBytes } from '../codec/index.ts';
+import { refcountValue } from '../format/index.ts';
+import { hostPage, viewHost } from '../model/index.ts';
+import { PAGE_SIZE } from '../model/index.ts';
+import { type HostIO } from '../model/index.ts';
 import { hashHex, readable, reftableSize, signalCorruption, type CheckContext, type RefblockCacheEntry } from './context.ts';
-import { EIO } from '../model/errno.ts';
-import { QCOW2_OL_REFCOUNT_BLOCK } from '../format/limits.ts';
+import { EIO } from '../model/index.ts';
+import { QCOW2_OL_REFCOUNT_BLOCK } from '../format/index.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 import { reftableView, viewWord } from './tables.ts';
 

@@ -11,19 +11,19 @@
  * messages and repairs depend on QEMU's own walk order and on what QEMU reads at each step.
  */
 import { decodeL2EntryFields, L1EntryMasks, L2EntryMasks, RefcountTableEntryMasks } from '../../generated/qcow2.ts';
-import { isZeroBytes } from '../codec/bytes.ts';
-import { classifyL2Entry, l2EntryWords } from '../format/entries.ts';
-import { ModelError } from '../model/errors.ts';
-import { discardHost, readHost, truncateHost } from '../model/host-file.ts';
+import { isZeroBytes } from '../codec/index.ts';
+import { classifyL2Entry, l2EntryWords } from '../format/index.ts';
+import { ModelError } from '../model/index.ts';
+import { discardHost, readHost, truncateHost } from '../model/index.ts';
 import { Imrt } from './imrt.ts';
-import { getRefcount, updateRefcount } from '../model/refcount.ts';
-import { checkpointImg, hostFlush, hostWrite } from '../model/tx.ts';
+import { getRefcount, updateRefcount } from '../model/index.ts';
+import { checkpointImg, hostFlush, hostWrite } from '../model/index.ts';
 import { checkBitmapsRefcounts } from './bitmaps.ts';
 import { CheckAbort, FIX_ERRORS, FIX_LEAKS, fileLength, hashHex, hex, inFileLength, incRefcounts, l1WordAt, pread, readable, reftableSize, signalCorruption, sizeToClusters, zeroCounters, type CheckContext, type Counters, type FixMode } from './context.ts';
-import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
+import { EFBIG, EINVAL, EIO, strerror } from '../model/index.ts';
 import { cacheMarkDirty, getRefcountChecked, nonZeroRefcounts, readRefblock, refblockBits } from './refblocks.ts';
 import { reftableView } from './tables.ts';
-import { BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2, QCOW2_OL_INACTIVE_L2, QCOW_MAX_L1_SIZE } from '../format/limits.ts';
+import { BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2, QCOW2_OL_INACTIVE_L2, QCOW_MAX_L1_SIZE } from '../format/index.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 
 /** CHECK_FRAG_INFO (block/qcow2-refcount.c): check_refcounts_l2 also counts fragmented clusters. */

@@ -14,13 +14,13 @@
  */
 import { runCheckPass, newCheckSession, type CheckResult, type FixMode } from './check.ts';
 import { Transcript, pendingRefblockWrites, type CheckContext, type CheckSession } from './context.ts';
-import { strerror } from '../model/errno.ts';
+import { strerror } from '../model/index.ts';
 import { cacheWrite } from './refblocks.ts';
-import { applyHostIO } from '../model/host-file.ts';
-import { type HostIO } from '../model/host-io.ts';
-import { INCOMPAT_DIRTY, freshSession, type Image } from '../model/image.ts';
+import { applyHostIO } from '../model/index.ts';
+import { type HostIO } from '../model/index.ts';
+import { INCOMPAT_DIRTY, freshSession, type Image } from '../model/index.ts';
 import { rebuildRefcountStructure } from './rebuild-refcounts.ts';
-import { beginTx, checkpointImg, hostFlush, setHeaderFields, type Tx } from '../model/tx.ts';
+import { beginTx, checkpointImg, hostFlush, setHeaderFields, type Tx } from '../model/index.ts';
 
 export type RepairMode = 'leaks' | 'all';
 

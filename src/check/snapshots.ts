@@ -7,15 +7,15 @@
  * and rewrites the table.
  */
 import { SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotExtraDataLayout } from '../../generated/qcow2.ts';
-import { INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA } from '../format/limits.ts';
-import { ModelError } from '../model/errors.ts';
-import { writeSnapshots, type SnapshotState } from '../model/snapshot.ts';
-import { hostFlush, setHeaderFields } from '../model/tx.ts';
+import { INT64_MAX, INT_MAX, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA } from '../format/index.ts';
+import { ModelError } from '../model/index.ts';
+import { writeSnapshots, type SnapshotState } from '../model/index.ts';
+import { hostFlush, setHeaderFields } from '../model/index.ts';
 import { CheckAbort, FIX_ERRORS, cString, pread, readable, roundUp8, signalCorruption, type CheckContext, type CheckedSnapshot, type Counters } from './context.ts';
-import { EFBIG, EINVAL, EIO, strerror } from '../model/errno.ts';
+import { EFBIG, EINVAL, EIO, strerror } from '../model/index.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 import { cacheTakeWrites, cacheWrite } from './refblocks.ts';
-import { INCOMPAT_DIRTY } from '../model/image.ts';
+import { INCOMPAT_DIRTY } from '../model/index.ts';
 
 /** sizeof(QCowSnapshotExtraData): vm_state_size_large, disk_size, icount. */
 const SNAPSHOT_KNOWN_EXTRA = SnapshotExtraDataLayout.icount.offset + SnapshotExtraDataLayout.icount.size;

@@ -23,11 +23,11 @@
  * stays valid: a repair costs a binary search, not a new reading of a table of up to 4 Mi entries
  * (a hostile L1 table over random bytes makes one repair per entry).
  */
-import { decodeL1EntryFields, decodeRefcountTableEntryFields } from '../../generated/qcow2.ts';
-import { l1EntryWord, refcountBlockOffset } from '../format/entries.ts';
-import { readHost, type HostFile } from '../model/host-file.ts';
-import { INCOMPAT_EXTL2, type HeaderState } from '../model/image.ts';
-import type { Tx } from '../model/tx.ts';
+import { decodeL1EntryFields, decodeRefcountTableEntryFields, L1EntryMasks, RefcountTableEntryMasks } from '../../generated/qcow2.ts';
+import { l1EntryWord, refcountBlockOffset } from '../format/index.ts';
+import { readHost, type HostFile } from '../model/index.ts';
+import { INCOMPAT_EXTL2, type HeaderState } from '../model/index.ts';
+import type { Tx } from '../model/index.ts';
 
 /** Where a view was read from, to tell whether it still holds. */
 interface Provenance {
@@ -202,9 +202,9 @@ function cachedView(tx: Tx, which: 'reftable' | 'l1', from: bigint, size: number
 }
 
 /** The bits of a reftable word that place a refcount block (all but the reserved bits 0-8). */
-const REFTABLE_POINTER = ((1n << 64n) - 1n) & ~0x1ffn;
+const REFTABLE_POINTER = RefcountTableEntryMasks.refblockOffset;
 /** The bits of an L1 word that place an L2 table (bits 9-55). */
-const L1_POINTER = 0x00fffffffffffe00n;
+const L1_POINTER = L1EntryMasks.l2Offset;
 
 /**
  * The refcount table of the working image of `tx` (s->refcount_table): each non-zero entry's exact

@@ -20,17 +20,17 @@
  */
 import { open } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { checkExitCode, type CheckResult } from '../check/check.ts';
-import { HostReaderError } from '../model/host-reader.ts';
-import { type HostIO } from '../model/host-io.ts';
-import type { Image } from '../model/image.ts';
-import { repairImage, type RepairMode } from '../check/repair.ts';
-import { checkImage } from '../check/check.ts';
-import type { QObject } from '../views/info.ts';
+import { checkExitCode, type CheckResult } from '../check/index.ts';
+import { HostReaderError } from '../model/index.ts';
+import { type HostIO } from '../model/index.ts';
+import type { Image } from '../model/index.ts';
+import { repairImage, type RepairMode } from '../check/index.ts';
+import { checkImage } from '../check/index.ts';
+import type { QObject } from '../views/index.ts';
 import { qemuJsonPretty } from './info.ts';
 import { errnoText, type CliIo } from './io.ts';
-import { OpenImageError, withOpenImageFile, type OpenFileOptions } from '../io/open-file.ts';
-import { applyHostIOToPaths } from '../io/host-io-file.ts';
+import { OpenImageError, withOpenImageFile, type OpenFileOptions } from '../io/index.ts';
+import { applyHostIOToPaths } from '../io/index.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
 /** Help text of the check command. */

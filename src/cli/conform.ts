@@ -7,7 +7,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { relative, resolve } from 'node:path';
-import { formatCommandLine, QemuToolMissingError } from '../qemu/run.ts';
+import { formatCommandLine, QemuToolMissingError } from '../qemu/index.ts';
 import {
   adapterFromTemplate,
   BUILTIN_DESCRIPTIONS,
@@ -17,12 +17,12 @@ import {
   isBuiltinImpl,
   REPO_ROOT,
   type Adapter,
-} from '../conform/adapter.ts';
-import { TemplateError } from '../conform/command-template.ts';
-import { ExpectedFailuresError, globToRegExp, parseExpectedFailures, type ExpectedFailure, type TestRole } from '../conform/expected-failures.ts';
-import { DEFAULT_MAX_OUTPUT_BYTES, HarnessError, runConformance } from '../conform/harness.ts';
+} from '../conform/index.ts';
+import { TemplateError } from '../conform/index.ts';
+import { ExpectedFailuresError, globToRegExp, parseExpectedFailures, type ExpectedFailure, type TestRole } from '../conform/index.ts';
+import { DEFAULT_MAX_OUTPUT_BYTES, HarnessError, runConformance } from '../conform/index.ts';
 import { parseQemuSize } from './create.ts';
-import { formatHumanReport, reportJson } from '../conform/report.ts';
+import { formatHumanReport, reportJson } from '../conform/index.ts';
 import { EXIT_OK, UsageError, outputFormat, parseCommand, showHelp, type CliIo } from './io.ts';
 import { NO_PROGRESS, startCountProgress, type ProgressTarget } from './progress.ts';
 

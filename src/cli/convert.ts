@@ -4,12 +4,12 @@
  * streaming conversion itself is the I/O layer's (src/io/convert.ts).
  */
 import { fsyncSync } from 'node:fs';
-import { isQcow2FormatError } from '../codec/errors.ts';
-import { CreateError, type CreateOptions } from '../model/create.ts';
-import { ModelError } from '../model/errors.ts';
-import { HostReaderError } from '../model/host-reader.ts';
-import { ConvertError, OUTPUT_CACHES, convertImage, type ConvertRequest, type OutputCache } from '../io/convert.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom } from '../io/open-file.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
+import { CreateError, type CreateOptions } from '../model/index.ts';
+import { ModelError } from '../model/index.ts';
+import { HostReaderError } from '../model/index.ts';
+import { ConvertError, OUTPUT_CACHES, convertImage, type ConvertRequest, type OutputCache } from '../io/index.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom } from '../io/index.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, processIo, type CliIo, parseCommand, showHelp, errnoText } from './io.ts';
 import { parseQemuSize } from './create.ts';
 import { startProgress, type Progress } from './progress.ts';

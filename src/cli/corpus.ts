@@ -8,7 +8,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { QemuToolMissingError, requireQemu } from '../qemu/run.ts';
+import { QemuToolMissingError, requireQemu } from '../qemu/index.ts';
 import {
   ALL_FAMILIES,
   checkCorpusDir,
@@ -22,10 +22,10 @@ import {
   writeFlatCorpus,
   type FlatFile,
   type SkippedCase,
-} from '../corpus/generate.ts';
-import type { GeneratedCase } from '../corpus/family.ts';
-import { minimizeCases } from '../corpus/minimize.ts';
-import { verifyCases } from '../corpus/verify.ts';
+} from '../corpus/index.ts';
+import type { GeneratedCase } from '../corpus/index.ts';
+import { minimizeCases } from '../corpus/index.ts';
+import { verifyCases } from '../corpus/index.ts';
 import { parseQemuSize } from './create.ts';
 import { EXIT_OK, UsageError, outputFormat, parseCommand, type CliIo } from './io.ts';
 import { NO_PROGRESS, startCountProgress, type Progress, type ProgressTarget } from './progress.ts';

@@ -14,12 +14,12 @@ import { randomBytes } from 'node:crypto';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join } from 'node:path';
 import { HEADER_MAGIC_U32, HeaderLayout } from '../../generated/qcow2.ts';
-import { CreateError, createImage, type CreateOptions } from '../model/create.ts';
-import type { HostFile } from '../model/host-file.ts';
+import { CreateError, createImage, type CreateOptions } from '../model/index.ts';
+import type { HostFile } from '../model/index.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, parseCommand, showHelp, errnoText } from './io.ts';
 import { isValidOptionList, splitOptions } from './qemu-opts.ts';
-import { writeHostFile } from '../io/host-io-file.ts';
-import { tempPathBeside } from '../io/temp-file.ts';
+import { writeHostFile } from '../io/index.ts';
+import { tempPathBeside } from '../io/index.ts';
 
 /** Help text of the create command. */
 export const CREATE_HELP = `Usage: qcow2-ref create [-f qcow2] [-o OPTIONS] IMAGE [SIZE]

@@ -4,11 +4,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import { match } from 'ts-pattern';
-import type { L2EntryClass, SubclusterState } from '../format/entries.ts';
-import { isQcow2FormatError } from '../codec/errors.ts';
-import { headerExtensionTypeHex, type DecodedFeatures } from '../format/features.ts';
-import { jsonU64 } from '../format/u64.ts';
-import { walkImage, type ImageWalk, type L1Info, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/walk.ts';
+import type { L2EntryClass, SubclusterState } from '../format/index.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
+import { headerExtensionTypeHex, type DecodedFeatures } from '../format/index.ts';
+import { jsonU64 } from '../format/index.ts';
+import { walkImage, type ImageWalk, type L1Info, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/index.ts';
 import { EXIT_DECODE, EXIT_OK, type CliIo, oneImage, outputFormat, parseCommand, showHelp } from './io.ts';
 
 /** Help text of the dump command. */

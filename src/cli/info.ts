@@ -12,10 +12,10 @@
  *   unit, "1 MiB", "216 KiB", "1.12 KiB"), the snapshot table with its fixed-width columns and dates
  *   in local time, format-specific data as dump_qdict prints it (dashes in keys as spaces).
  */
-import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QObject } from '../views/info.ts';
-import { isQcow2FormatError } from '../codec/errors.ts';
+import { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type ImageInfo, type QObject } from '../views/index.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
 import { EXIT_OK, type CliIo, oneImage, outputFormat, parseCommand, reportOpenFailure, showHelp } from './io.ts';
-import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImageFile, type OpenedLayer } from '../io/open-file.ts';
+import { OPEN_POLICY_OPTIONS, OpenImageError, openPolicyFrom, withOpenImageFile, type OpenedLayer } from '../io/index.ts';
 import { exactFraction, roundHalfEven } from './exact-decimal.ts';
 
 /** Help text of the info command. */

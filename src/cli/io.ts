@@ -3,8 +3,8 @@
  * that cannot be opened, and the output sinks (so commands can run in-process in tests).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { OpenImageError } from '../io/open-file.ts';
-import { HostReaderError } from '../model/host-reader.ts';
+import { OpenImageError } from '../io/index.ts';
+import { HostReaderError } from '../model/index.ts';
 
 /** Exit code: success. */
 export const EXIT_OK = 0;
@@ -85,4 +85,4 @@ export function outputFormat(value: string | undefined): 'human' | 'json' {
   return output;
 }
 
-export { errnoText } from '../model/errno.ts';
+export { errnoText } from '../model/index.ts';

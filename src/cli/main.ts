@@ -14,7 +14,7 @@ import { EXIT_OK, EXIT_USAGE, UsageError, processIo, type CliIo } from './io.ts'
 import { MAP_HELP, runMap } from './map.ts';
 import { RUN_HELP, runRun } from './run.ts';
 // The model's compression codecs for Node (installed on import).
-import '../io/node-compression.ts';
+import '../io/index.ts';
 
 /** Help text of the qcow2-ref command. */
 export const MAIN_HELP = `Usage: qcow2-ref COMMAND [OPTIONS] [ARGS]

@@ -15,14 +15,14 @@
  *   except for 0), one row per extent that holds data and is not zero; an extent with data but no
  *   host offset (compressed, encrypted) ends the listing with an error (exit 1), as in QEMU.
  */
-import { isQcow2FormatError } from '../codec/errors.ts';
-import { ModelError } from '../model/errors.ts';
-import { HostReaderError } from '../model/host-reader.ts';
-import type { MapExtent } from '../model/block-status.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
+import { ModelError } from '../model/index.ts';
+import { HostReaderError } from '../model/index.ts';
+import type { MapExtent } from '../model/index.ts';
 import { parseQemuSize } from './create.ts';
-import { probeHostAllocationsOrFull } from '../io/seek-data.ts';
+import { probeHostAllocationsOrFull } from '../io/index.ts';
 import { EXIT_DECODE, EXIT_OK, UsageError, type CliIo, oneImage, outputFormat, parseCommand, reportOpenFailure, showHelp } from './io.ts';
-import { OPEN_POLICY_OPTIONS, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, type OpenedLayer } from '../io/open-file.ts';
+import { OPEN_POLICY_OPTIONS, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, type OpenedLayer } from '../io/index.ts';
 
 /** Help text of the map command. */
 export const MAP_HELP = `Usage: qcow2-ref map [--output=human|json] [--start-offset=OFFSET]

@@ -36,15 +36,15 @@
  * the files are opened for writing; the Images built on them are never used after that point.
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
-import { closeImage } from '../model/close.ts';
-import { hostTargetOf, type HostIO, type HostTarget } from '../model/host-io.ts';
-import type { Image } from '../model/image.ts';
-import type { Op } from '../model/ops.ts';
-import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../script/script.ts';
-import { step } from '../model/step.ts';
+import { closeImage } from '../model/index.ts';
+import { hostTargetOf, type HostIO, type HostTarget } from '../model/index.ts';
+import type { Image } from '../model/index.ts';
+import type { Op } from '../model/index.ts';
+import { parseScript, SCRIPT_OP_NAMES, ScriptError, type ScriptOpName } from '../script/index.ts';
+import { step } from '../model/index.ts';
 import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, outputFormat, errnoText, parseCommand, reportOpenFailure, showHelp } from './io.ts';
-import { chainImage, openImageFile, type OpenedLayer, type OpenPolicy } from '../io/open-file.ts';
-import { applyHostIOToPaths, type HostIOStats } from '../io/host-io-file.ts';
+import { chainImage, openImageFile, type OpenedLayer, type OpenPolicy } from '../io/index.ts';
+import { applyHostIOToPaths, type HostIOStats } from '../io/index.ts';
 
 /** Help text of the run command. */
 export const RUN_HELP = `Usage: qcow2-ref run [--output=human|json] [--quiet] [--allow-data-file-path]

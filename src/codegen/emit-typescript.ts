@@ -633,9 +633,9 @@ class Emitter {
       + `// Regenerate with \`npm run generate\`; \`npm run generate -- --check\` fails when this file is stale.\n`
       + `/* eslint-disable */\n`);
     this.out.push(doc(`${this.spec.title}.\n\n${this.spec.doc}`, ''));
-    this.out.push(`import { ByteReader } from '../src/codec/byte-reader.ts';\n`
-      + `import { ByteWriter } from '../src/codec/byte-writer.ts';\n`
-      + `import {\n  asciiDecode, asciiEncode, checkCount, checkSize, defineLazy, defineValue, inconsistent, invalidValue,\n  kaitaiMod, requireProgress, stripRight,\n} from '../src/codec/codec-support.ts';\n\n`
+    this.out.push(`import { ByteReader } from '../src/codec/index.ts';\n`
+      + `import { ByteWriter } from '../src/codec/index.ts';\n`
+      + `import {\n  asciiDecode, asciiEncode, checkCount, checkSize, defineLazy, defineValue, inconsistent, invalidValue,\n  kaitaiMod, requireProgress, stripRight,\n} from '../src/codec/index.ts';\n\n`
       + `type NoParams = Record<string, never>;\ninterface DecodeContext { root: unknown; readonly rootIo: ByteReader; readonly fieldsOnly: boolean }\ninterface EncodeContext { readonly root: unknown }\n`
       + `// kaitaiMod is referenced only by some expressions.\nvoid kaitaiMod;\n`);
     this.emitEnums();

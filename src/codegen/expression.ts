@@ -8,7 +8,7 @@
  * numbers: `>>` is an unsigned 32-bit shift, `<<` `&` `|` `^` `~` are 32-bit, `%` is the
  * non-negative modulo, `/` on integers is floor division.
  */
-import { kaitaiMod } from '../codec/codec-support.ts';
+import { kaitaiMod } from '../codec/index.ts';
 
 export type Expr =
   | { readonly k: 'num'; readonly v: number }

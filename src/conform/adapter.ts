@@ -13,7 +13,7 @@
  */
 import { isAbsolute, resolve } from 'node:path';
 import { match } from 'ts-pattern';
-import { REPO_ROOT } from '../io/repo-root.ts';
+import { REPO_ROOT } from '../io/index.ts';
 import { parseTemplate, requirePlaceholders, TemplateError, type CommandTemplate } from './command-template.ts';
 import type { TestRole } from './expected-failures.ts';
 import { findProgram, runAdapter } from './run-adapter.ts';

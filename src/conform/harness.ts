@@ -7,8 +7,8 @@
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { MANIFEST_FILE, readManifest, type CorpusCase } from '../corpus/manifest.ts';
-import { requireQemu } from '../qemu/run.ts';
+import { MANIFEST_FILE, readManifest, type CorpusCase } from '../corpus/index.ts';
+import { requireQemu } from '../qemu/index.ts';
 import type { Adapter } from './adapter.ts';
 import { entryUsage, findExpectedFailure, type EntryUsage, type ExpectedFailure, type TestRole } from './expected-failures.ts';
 import { runReaderTest, type TestContext } from './reader-test.ts';

@@ -6,9 +6,9 @@
  * src/qemu/qemu-steps.ts (planQemuSteps), the one the project's tests compare the model with.
  */
 import { readFileSync } from 'node:fs';
-import { qemuImgInfo, toBigInt } from '../qemu/qemu-img.ts';
-import { planQemuSteps, runQemuSteps } from '../qemu/qemu-steps.ts';
-import { parseScript, ScriptError } from '../script/script.ts';
+import { qemuImgInfo, toBigInt } from '../qemu/index.ts';
+import { planQemuSteps, runQemuSteps } from '../qemu/index.ts';
+import { parseScript, ScriptError } from '../script/index.ts';
 
 /**
  * `qemu-io-writer IMAGE SCRIPT`; returns the exit status: 0 every op succeeded; 1 a QEMU process

@@ -15,10 +15,10 @@
  */
 import { dirname, join } from 'node:path';
 import { match } from 'ts-pattern';
-import type { CorpusCase } from '../corpus/manifest.ts';
-import { fileReader } from '../io/file-reader.ts';
-import { qemuImgConvert } from '../qemu/qemu-img.ts';
-import { formatCommandLine } from '../qemu/run.ts';
+import type { CorpusCase } from '../corpus/index.ts';
+import { fileReader } from '../io/index.ts';
+import { qemuImgConvert } from '../qemu/index.ts';
+import { formatCommandLine } from '../qemu/index.ts';
 import type { Adapter } from './adapter.ts';
 import { expandTemplate } from './command-template.ts';
 import { runAdapter, type AdapterRun } from './run-adapter.ts';

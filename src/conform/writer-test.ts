@@ -17,15 +17,15 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { CorpusCase } from '../corpus/manifest.ts';
-import { fileReader, type FileReader } from '../io/file-reader.ts';
-import { OpenImageError, withOpenImageFile } from '../io/open-file.ts';
-import { checkImage } from '../check/check.ts';
-import type { Op } from '../model/ops.ts';
-import { parseScript } from '../script/script.ts';
-import { RawDisk, RawDiskError, writeRawFile } from '../oracle/raw-disk.ts';
-import { checkCounter, qcow2Specific, qemuImgCheck, qemuImgCompare, qemuImgConvert, qemuImgCreate, qemuImgInfo, toBigInt } from '../qemu/qemu-img.ts';
-import { QemuCommandError } from '../qemu/run.ts';
+import type { CorpusCase } from '../corpus/index.ts';
+import { fileReader, type FileReader } from '../io/index.ts';
+import { OpenImageError, withOpenImageFile } from '../io/index.ts';
+import { checkImage } from '../check/index.ts';
+import type { Op } from '../model/index.ts';
+import { parseScript } from '../script/index.ts';
+import { RawDisk, RawDiskError, writeRawFile } from '../oracle/index.ts';
+import { checkCounter, qcow2Specific, qemuImgCheck, qemuImgCompare, qemuImgConvert, qemuImgCreate, qemuImgInfo, toBigInt } from '../qemu/index.ts';
+import { QemuCommandError } from '../qemu/index.ts';
 import type { Adapter } from './adapter.ts';
 import { expandTemplate } from './command-template.ts';
 import type { TestContext } from './reader-test.ts';

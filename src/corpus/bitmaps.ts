@@ -11,11 +11,11 @@
  * extension after the feature name table; autoclear bit 0 set. Bits past the end of the disk are 0.
  */
 import { encodeBitmapDirectoryEntry, encodeBitmapTableEntry, encodeBitmapsExtension, HeaderExtensionType } from '../../generated/qcow2.ts';
-import { bigIntToU64 } from '../format/u64.ts';
-import { AUTOCLEAR_BITMAPS, type Image } from '../model/image.ts';
-import { allocClusters } from '../model/refcount.ts';
-import { beginTx, hostWrite } from '../model/tx.ts';
-import { hostBytes } from '../model/host-file.ts';
+import { bigIntToU64 } from '../format/index.ts';
+import { AUTOCLEAR_BITMAPS, type Image } from '../model/index.ts';
+import { allocClusters } from '../model/index.ts';
+import { beginTx, hostWrite } from '../model/index.ts';
+import { hostBytes } from '../model/index.ts';
 import { readHeaderCluster, writeHeaderCluster, type RawExtension } from './header-edit.ts';
 import type { Prng } from './prng.ts';
 

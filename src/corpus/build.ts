@@ -5,17 +5,17 @@
  * hash, read back through the model from the stored bytes.
  */
 import { createHash } from 'node:crypto';
-import { closeImage } from '../model/close.ts';
-import { createImage, type CreateOptions } from '../model/create.ts';
-import { hostBytes } from '../model/host-file.ts';
-import type { BackingSource, Image } from '../model/image.ts';
-import { mapImage } from '../model/block-status.ts';
-import type { Op } from '../model/ops.ts';
-import { readGuest } from '../model/read.ts';
-import { formatScript } from '../script/script.ts';
-import { step } from '../model/step.ts';
+import { closeImage } from '../model/index.ts';
+import { createImage, type CreateOptions } from '../model/index.ts';
+import { hostBytes } from '../model/index.ts';
+import type { BackingSource, Image } from '../model/index.ts';
+import { mapImage } from '../model/index.ts';
+import type { Op } from '../model/index.ts';
+import { readGuest } from '../model/index.ts';
+import { formatScript } from '../script/index.ts';
+import { step } from '../model/index.ts';
 // The model's compression codecs for Node (installed on import).
-import '../io/node-compression.ts';
+import '../io/index.ts';
 
 /** An image the model built, with the ops that took effect. */
 export interface BuiltImage {

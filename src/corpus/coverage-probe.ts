@@ -14,15 +14,15 @@
 import { readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { takeCoverage } from 'node:v8';
-import { isQcow2FormatError } from '../codec/errors.ts';
-import { walkImage } from '../format/walk.ts';
-import { checkImage } from '../check/check.ts';
-import { ModelError } from '../model/errors.ts';
-import { HostReaderError } from '../model/host-reader.ts';
-import { isOpenError, openImage } from '../open/open.ts';
-import { readGuest } from '../model/read.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
+import { walkImage } from '../format/index.ts';
+import { checkImage } from '../check/index.ts';
+import { ModelError } from '../model/index.ts';
+import { HostReaderError } from '../model/index.ts';
+import { isOpenError, openImage } from '../open/index.ts';
+import { readGuest } from '../model/index.ts';
 // The model's compression codecs for Node (installed on import).
-import '../io/node-compression.ts';
+import '../io/index.ts';
 
 /** Guest bytes read per case (enough to touch the first L2 tables without reading a huge disk). */
 const READ_BYTES = 4 << 20;

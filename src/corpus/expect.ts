@@ -4,9 +4,9 @@
  * (src/check/check.ts), and the guest content read back through the model (build.ts). `--verify`
  * then confirms each of these against QEMU itself (verify.ts).
  */
-import { checkExitCode, checkImage } from '../check/check.ts';
-import type { BackingSource, Image } from '../model/image.ts';
-import { isOpenError, openImage, type OpenErrorCode } from '../open/open.ts';
+import { checkExitCode, checkImage } from '../check/index.ts';
+import type { BackingSource, Image } from '../model/index.ts';
+import { isOpenError, openImage, type OpenErrorCode } from '../open/index.ts';
 import { guestSha256 } from './build.ts';
 import type { CheckExpectation } from './manifest.ts';
 

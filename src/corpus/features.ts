@@ -4,7 +4,7 @@
  * compressed blob placement, snapshots, bitmaps, extensions …). Families add their own tags; these
  * are the ones anybody can check by decoding the image, so they never claim more than the file holds.
  */
-import { walkImage } from '../format/walk.ts';
+import { walkImage } from '../format/index.ts';
 
 /**
  * Sorted, de-duplicated feature tags of the qcow2 file `bytes` (e.g. "version:3", "cluster-size:512",

@@ -7,8 +7,8 @@
  * name, then zeros to the end of the cluster.
  */
 import { decodeHeader, decodeHeaderExtensionFields, HeaderExtensionType, HeaderLayout } from '../../generated/qcow2.ts';
-import { encodeHeaderState, headerLengthOf, headerStateFrom } from '../model/header.ts';
-import type { HeaderState } from '../model/image.ts';
+import { encodeHeaderState, headerLengthOf, headerStateFrom } from '../model/index.ts';
+import type { HeaderState } from '../model/index.ts';
 
 /** One header extension as raw bytes (type, data without padding). */
 export interface RawExtension {

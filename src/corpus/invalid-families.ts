@@ -18,11 +18,11 @@
  * (the open error code) and generation fails if the model disagrees.
  */
 import { encodeFeatureNameEntry, FeatureType, HEADER_MAGIC_U32, HeaderExtensionType } from '../../generated/qcow2.ts';
-import { corrupt, CORRUPTIONS, type CorruptionName } from '../corrupt/catalog.ts';
-import { INT64_MAX } from '../format/limits.ts';
-import type { CreateOptions } from '../model/create.ts';
-import type { OpenErrorCode } from '../open/open.ts';
-import type { Op } from '../model/ops.ts';
+import { corrupt, CORRUPTIONS, type CorruptionName } from '../corrupt/index.ts';
+import { INT64_MAX } from '../format/index.ts';
+import type { CreateOptions } from '../model/index.ts';
+import type { OpenErrorCode } from '../open/index.ts';
+import type { Op } from '../model/index.ts';
 import { addBitmaps } from './bitmaps.ts';
 import { buildImage, createOptionsRecord, type BuiltImage } from './build.ts';
 import { checkExpectation, openCase } from './expect.ts';

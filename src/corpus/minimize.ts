@@ -19,7 +19,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { REPO_ROOT } from '../io/repo-root.ts';
+import { REPO_ROOT } from '../io/index.ts';
 import type { CorpusCase } from './manifest.ts';
 import type { ProbeInput } from './coverage-probe.ts';
 

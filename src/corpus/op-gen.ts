@@ -4,7 +4,7 @@
  * are kept small so the recorded scripts (base64 in the manifest) stay small: large writes use a
  * fill pattern, random bytes are used for writes of at most RANDOM_PAYLOAD_MAX bytes.
  */
-import type { Op } from '../model/ops.ts';
+import type { Op } from '../model/index.ts';
 import type { Prng } from './prng.ts';
 
 /** Largest payload written as non-pattern bytes (the script carries it as base64). */

@@ -4,11 +4,11 @@
  * entry whose expectations come from the model (content hash read back from the stored bytes through
  * openImage, check result from checkImage).
  */
-import type { CreateOptions } from '../model/create.ts';
-import type { Op } from '../model/ops.ts';
-import { imageBackingSource, rawBackingSource } from '../model/backing.ts';
-import type { BackingSource } from '../model/image.ts';
-import { checkInvariants } from '../oracle/invariants.ts';
+import type { CreateOptions } from '../model/index.ts';
+import type { Op } from '../model/index.ts';
+import { imageBackingSource, rawBackingSource } from '../model/index.ts';
+import type { BackingSource } from '../model/index.ts';
+import { checkInvariants } from '../oracle/index.ts';
 import { buildImage, createOptionsRecord, type BuiltImage } from './build.ts';
 import { checkExpectation, contentSha256, openCase } from './expect.ts';
 import { imageFeatures } from './features.ts';

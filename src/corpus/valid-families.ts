@@ -6,9 +6,9 @@
  * One family per feature class, so a reader's failures point at the feature.
  */
 import { HeaderExtensionType } from '../../generated/qcow2.ts';
-import { corrupt } from '../corrupt/catalog.ts';
-import type { CreateOptions } from '../model/create.ts';
-import type { Op } from '../model/ops.ts';
+import { corrupt } from '../corrupt/index.ts';
+import type { CreateOptions } from '../model/index.ts';
+import type { Op } from '../model/index.ts';
 import { addBitmaps } from './bitmaps.ts';
 import type { Family, FamilyContext, FamilyOutput } from './family.ts';
 import { editHeaderFields, readHeaderCluster, writeHeaderCluster, type RawExtension } from './header-edit.ts';

@@ -20,9 +20,9 @@ import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { match } from 'ts-pattern';
-import { probeHostAllocationsOrFull } from '../io/seek-data.ts';
-import { checkCounter, qemuImgCheck, qemuImgConvert } from '../qemu/qemu-img.ts';
-import { formatCommandLine, runTool } from '../qemu/run.ts';
+import { probeHostAllocationsOrFull } from '../io/index.ts';
+import { checkCounter, qemuImgCheck, qemuImgConvert } from '../qemu/index.ts';
+import { formatCommandLine, runTool } from '../qemu/index.ts';
 import type { CorpusCase } from './manifest.ts';
 
 /** The verdict on one case. */

@@ -12,8 +12,8 @@
  * result. Used by test/qemu/corruption-injection.test.ts and by the corpus generator's invalid
  * families.
  */
-import type { Image } from '../model/image.ts';
-import { storeImage } from '../model/load-store.ts';
+import type { Image } from '../model/index.ts';
+import { storeImage } from '../model/index.ts';
 import { layoutOf, type FileLayout } from './layout.ts';
 import { pick, type Rng } from './rng.ts';
 import { type AppliedCorruption, type CorruptionOutcome, type Corruption, type CorruptionName, applied } from './corruption.ts';

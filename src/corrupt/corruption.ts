@@ -4,7 +4,7 @@
  * fields with an exact account of old and new values, and the one-word and refcount corruptions.
  */
 import { HeaderLayout, L1_ENTRY_FIXED_SIZE, L2EntryMasks } from '../../generated/qcow2.ts';
-import { QCOW_MAX_L1_SIZE } from '../format/limits.ts';
+import { QCOW_MAX_L1_SIZE } from '../format/index.ts';
 import { guestRangeOfL1Index, guestRangesOfL2Slot, guestRangesUsing, l1EntryOffset, l2EntryOffset, readField, refcountSlot, writeField, type ActiveL2Table, type FileLayout, type GuestRange, type MetadataCluster, type RefcountSlot } from './layout.ts';
 import { bigBelow, pick, type Rng } from './rng.ts';
 

@@ -25,10 +25,10 @@ import {
   type FullDiskEncryptionPointer,
   type SnapshotEntryFields,
 } from '../../generated/qcow2.ts';
-import { classifyL2Entry, l1L2Offset, l2EntryWords, refcountBlockOffset, type L2Context, type L2EntryClass } from '../format/entries.ts';
-import { isQcow2FormatError } from '../codec/errors.ts';
-import { describeHeader, visitDistinctL2Tables, type HeaderInfo } from '../format/walk.ts';
-import { u64ToBigInt } from '../format/u64.ts';
+import { classifyL2Entry, l1L2Offset, l2EntryWords, refcountBlockOffset, type L2Context, type L2EntryClass } from '../format/index.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
+import { describeHeader, visitDistinctL2Tables, type HeaderInfo } from '../format/index.ts';
+import { u64ToBigInt } from '../format/index.ts';
 
 /** A half-open guest byte range [offset, offset + length). */
 export interface GuestRange {

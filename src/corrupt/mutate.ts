@@ -15,7 +15,7 @@
  * every entry and refcount decoded), which is meant for seed images, computed once.
  */
 import { HeaderLayout } from '../../generated/qcow2.ts';
-import { walkImage } from '../format/walk.ts';
+import { walkImage } from '../format/index.ts';
 import { layoutOf } from './layout.ts';
 
 /** The kinds of region bit flips aim at. */

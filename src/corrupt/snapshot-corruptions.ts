@@ -3,7 +3,7 @@
  * past the end of the file, and extra data too short or too large.
  */
 import { encodeSnapshotEntry, type SnapshotEntryFields } from '../../generated/qcow2.ts';
-import { QCOW_MAX_SNAPSHOT_EXTRA_DATA } from '../format/limits.ts';
+import { QCOW_MAX_SNAPSHOT_EXTRA_DATA } from '../format/index.ts';
 import { readField, type FileLayout } from './layout.ts';
 import { bigBelow, pick, type Rng } from './rng.ts';
 import { type Corruption, type CorruptionName, MAX_L1_ENTRIES, hex, Poker, applied, notApplicable, pastEof, unalign } from './corruption.ts';

@@ -4,7 +4,7 @@
  * halves into bigint and back. Nothing here rounds: values above 2^53 and all-bits-set survive.
  */
 import type { U64Fields } from '../../generated/qcow2.ts';
-import { Qcow2FormatError } from '../codec/errors.ts';
+import { Qcow2FormatError } from '../codec/index.ts';
 
 /** The largest 64-bit unsigned value. */
 export const U64_MAX = (1n << 64n) - 1n;

@@ -52,8 +52,8 @@ import {
   type L2EntryClass,
   type SubclusterState,
 } from './entries.ts';
-import { asciiDecode } from '../codec/codec-support.ts';
-import { Qcow2FormatError, isQcow2FormatError, type Qcow2ErrorCode } from '../codec/errors.ts';
+import { asciiDecode } from '../codec/index.ts';
+import { Qcow2FormatError, isQcow2FormatError, type Qcow2ErrorCode } from '../codec/index.ts';
 import { decodeFeatureBits, featureFieldOfType, type DecodedFeatures, type FeatureField } from './features.ts';
 import { u64ToBigInt } from './u64.ts';
 

@@ -3,7 +3,7 @@
  * with positioned synchronous reads (pread). The model stays free of fs; this is what the CLI hands it.
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { HostReaderError, type HostReader } from '../model/host-reader.ts';
+import { HostReaderError, type HostReader } from '../model/index.ts';
 
 /** A HostReader over an open file, with the means to close it and a count of the bytes read. */
 export interface FileReader extends HostReader {

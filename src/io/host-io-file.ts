@@ -5,8 +5,8 @@
  * the order the disk sees.
  */
 import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, write, writeSync } from 'node:fs';
-import type { HostFile } from '../model/host-file.ts';
-import { hostTargetOf, type HostIO, type HostTarget } from '../model/host-io.ts';
+import type { HostFile } from '../model/index.ts';
+import { hostTargetOf, type HostIO, type HostTarget } from '../model/index.ts';
 
 /** Counts of what a HostIOFileWriter issued. */
 export interface HostIOStats {

@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { inflateRawSync, constants as zlibConstants } from 'node:zlib';
 import type * as Pako from 'pako';
-import { installCompressionCodecs, type CompressionCodecs } from '../model/compression.ts';
+import { installCompressionCodecs, type CompressionCodecs } from '../model/index.ts';
 
 const require = createRequire(import.meta.url);
 

@@ -10,7 +10,7 @@
  */
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { statSync } from 'node:fs';
-import type { HostAllocation } from '../model/block-status.ts';
+import type { HostAllocation } from '../model/index.ts';
 
 /** The interpreter used for the probe (looked up in PATH). */
 export const DEFAULT_PYTHON = 'python3';

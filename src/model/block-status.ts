@@ -30,7 +30,7 @@
  * allocated files (as a plain copy is), where QEMU never detects preallocation. Small images with
  * large clusters written by QEMU itself usually are sparse enough to trigger it.
  */
-import { compressedDescriptor, l2HostOffset } from '../format/entries.ts';
+import { compressedDescriptor, l2HostOffset } from '../format/index.ts';
 import { EIO, ModelError } from './errors.ts';
 import type { Image } from './image.ts';
 import { l1Entry, readL2Entry, statesOf } from './mapping.ts';

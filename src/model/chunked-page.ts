@@ -20,7 +20,7 @@
  * whole page (hostPage, PageMap.get); it is dropped when an owned page changes and when the bounded
  * set of cached copies is full (FLAT_COPIES), and is made again when asked for.
  */
-import { isZeroBytes } from '../codec/bytes.ts';
+import { isZeroBytes } from '../codec/index.ts';
 
 /** Bytes per page (the same as host-file.ts's PAGE_SIZE). */
 export const LEAF_PAGE_SIZE = 4096;

@@ -24,7 +24,7 @@
  * pako for zlib, @bokuweb/zstd-wasm 0.0.22's libzstd for zstd, whose frames equal QEMU 7.2's).
  */
 import { L2EntryMasks, type L2EntryFields } from '../../generated/qcow2.ts';
-import { l2EntryWords } from '../format/entries.ts';
+import { l2EntryWords } from '../format/index.ts';
 import { compressionCodecs } from './compression.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { clusterTable, l1l2Index, readL2Entry, writeL2Entry } from './mapping.ts';

@@ -26,9 +26,9 @@ import {
   type FeatureNameEntryFields,
   type HeaderExtensionFields,
 } from '../../generated/qcow2.ts';
-import { asciiEncode } from '../codec/codec-support.ts';
-import { BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_MAX_L1_SIZE } from '../format/limits.ts';
-import { offsetToParts } from '../format/u64.ts';
+import { asciiEncode } from '../codec/index.ts';
+import { BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_MAX_L1_SIZE } from '../format/index.ts';
+import { offsetToParts } from '../format/index.ts';
 import { emptyHostFile, truncateHost, writeHost, type HostFile } from './host-file.ts';
 import { encodeHeaderState, V2_HEADER_LENGTH, V3_HEADER_LENGTH } from './header.ts';
 import {

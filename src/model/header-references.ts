@@ -12,7 +12,7 @@ import {
   type FullDiskEncryptionPointer,
   type HeaderExtension,
 } from '../../generated/qcow2.ts';
-import { u64ToBigInt } from '../format/u64.ts';
+import { u64ToBigInt } from '../format/index.ts';
 import { readHost } from './host-file.ts';
 import type { Image } from './image.ts';
 

@@ -6,8 +6,8 @@
  * preserved verbatim (docs/format/header.md#header-length).
  */
 import { encodeHeader, HEADER_FIXED_SIZE, HEADER_MAGIC, HeaderLayout, type Header, type HeaderFields } from '../../generated/qcow2.ts';
-import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
-import { headerTablesOf } from '../format/walk.ts';
+import { bigIntToU64, u64ToBigInt } from '../format/index.ts';
+import { headerTablesOf } from '../format/index.ts';
 import { readHost, writeHost } from './host-file.ts';
 import { type HostIO } from './host-io.ts';
 import type { HeaderState, Image } from './image.ts';

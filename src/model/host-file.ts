@@ -22,8 +22,8 @@
  * `HostIO` is the vocabulary of host operations `step` returns; `applyHostIO` replays them onto a
  * HostFile (what a real-file driver does to a file).
  */
-import { isZeroBytes } from '../codec/bytes.ts';
-import { WORK } from '../codec/work-meter.ts';
+import { isZeroBytes } from '../codec/index.ts';
+import { WORK } from '../codec/index.ts';
 import {
   ChunkedPage, copyFromLeaf, flatOf, isZeroSmall, LEAF_PAGE_SIZE, leafIsZero, leafRangeIsZero, leafSpot, ownLeaf, patchLeaf, SMALL_WRITE,
   writeOwnedLeaf, type PageLeaf,

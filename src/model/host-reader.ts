@@ -3,7 +3,7 @@
  * a bounded memo of its pages, and the ranges hidden by zeroing and truncation — so an image of any
  * size loads without being copied.
  */
-import { isZeroBytes } from '../codec/bytes.ts';
+import { isZeroBytes } from '../codec/index.ts';
 import { PAGE_SIZE, pageIndexOf } from './page-map.ts';
 
 /**

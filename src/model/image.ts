@@ -6,7 +6,7 @@
  * untouched pages with the old one.
  */
 import { AutoclearFeatureMask, CompatibleFeatureMask, IncompatibleFeatureMask } from '../../generated/qcow2.ts';
-import type { HeaderTables } from '../format/walk.ts';
+import type { HeaderTables } from '../format/index.ts';
 import type { HostFile } from './host-file.ts';
 
 /** The decoded header fields the model works with (64-bit values as bigint). */

@@ -8,7 +8,7 @@
  * check() can report on it the way `qemu-img check` does.
  */
 import { decodeHeader } from '../../generated/qcow2.ts';
-import { Qcow2FormatError } from '../codec/errors.ts';
+import { Qcow2FormatError } from '../codec/index.ts';
 import { hostBytes, hostFromBytes, hostFromReader, type HostFile } from './host-file.ts';
 import { HostReaderError, type HostReader } from './host-reader.ts';
 import { PAGE_SIZE } from './page-map.ts';

@@ -5,9 +5,9 @@
  */
 import { strerror } from './errno.ts';
 import { decodeL1EntryFields, decodeL2EntryFields, encodeL1Entry, encodeL2Entry, type L2EntryFields } from '../../generated/qcow2.ts';
-import { l1L2Offset, l2EntryWords, subclusterStates, type SubclusterState } from '../format/entries.ts';
-import { INT_MAX, QCOW_MAX_L1_SIZE } from '../format/limits.ts';
-import { offsetToParts } from '../format/u64.ts';
+import { l1L2Offset, l2EntryWords, subclusterStates, type SubclusterState } from '../format/index.ts';
+import { INT_MAX, QCOW_MAX_L1_SIZE } from '../format/index.ts';
+import { offsetToParts } from '../format/index.ts';
 import { EFBIG, EIO, ModelError } from './errors.ts';
 import { hostSpotAt, sharedZeros } from './host-file.ts';
 import type { Geometry } from './image.ts';

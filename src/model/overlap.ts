@@ -13,12 +13,12 @@
  * entry each time, which on a badly broken image means thousands of full walks.
  */
 import { decodeL1EntryFields, decodeRefcountTableEntryFields, SNAPSHOT_ENTRY_FIXED_SIZE } from '../../generated/qcow2.ts';
-import { u64ToBigInt } from '../format/u64.ts';
-import { l1L2Offset, refcountBlockOffset } from '../format/entries.ts';
+import { u64ToBigInt } from '../format/index.ts';
+import { l1L2Offset, refcountBlockOffset } from '../format/index.ts';
 import {
   QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2, QCOW2_OL_BITMAP_DIRECTORY, QCOW2_OL_DEFAULT_TEMPLATE, QCOW2_OL_INACTIVE_L1,
   QCOW2_OL_MAIN_HEADER, QCOW2_OL_REFCOUNT_BLOCK, QCOW2_OL_REFCOUNT_TABLE, QCOW2_OL_SNAPSHOT_TABLE,
-} from '../format/limits.ts';
+} from '../format/index.ts';
 import { EIO, ModelError } from './errors.ts';
 import { headerReferences } from './header-references.ts';
 import { hostPage } from './host-file.ts';

@@ -7,7 +7,7 @@
  * compressed entry, as a fatal corruption.
  */
 import { Decompress as ZstdDecompress } from 'fzstd';
-import { compressedDescriptor, l2HostOffset } from '../format/entries.ts';
+import { compressedDescriptor, l2HostOffset } from '../format/index.ts';
 import { compressionCodecs } from './compression.ts';
 import { EIO, ModelError } from './errors.ts';
 import { readHost, readHostInto, type HostFile } from './host-file.ts';

@@ -23,9 +23,9 @@ import { strerror } from './errno.ts';
 import {
   decodeRefcountBlockFields, decodeRefcountTableEntryFields, encodeRefcountBlock, encodeRefcountTableEntry, type U64Fields,
 } from '../../generated/qcow2.ts';
-import { refcountBlockOffset, refcountValue } from '../format/entries.ts';
-import { INT64_MAX, QCOW_MAX_REFTABLE_SIZE } from '../format/limits.ts';
-import { bigIntToU64, offsetToParts } from '../format/u64.ts';
+import { refcountBlockOffset, refcountValue } from '../format/index.ts';
+import { INT64_MAX, QCOW_MAX_REFTABLE_SIZE } from '../format/index.ts';
+import { bigIntToU64, offsetToParts } from '../format/index.ts';
 import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
 import { hostPage, hostSpotAt, viewHost } from './host-file.ts';
 import { PAGE_SIZE } from './page-map.ts';

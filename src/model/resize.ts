@@ -28,8 +28,8 @@
  * which src/oracle/raw-disk.ts reproduces.
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
-import { classifyL2Entry, compressedDescriptor } from '../format/entries.ts';
-import { BDRV_MAX_LENGTH, INT64_MAX } from '../format/limits.ts';
+import { classifyL2Entry, compressedDescriptor } from '../format/index.ts';
+import { BDRV_MAX_LENGTH, INT64_MAX } from '../format/index.ts';
 import { EINVAL, EIO, ENOTSUP, ModelError } from './errors.ts';
 import { discardHost, truncateHost } from './host-file.ts';
 import { AUTOCLEAR_BITMAPS } from './image.ts';

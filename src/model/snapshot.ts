@@ -19,10 +19,10 @@ import {
   decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotEntryLayout,
   type L1EntryFields, type SnapshotEntry,
 } from '../../generated/qcow2.ts';
-import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/entries.ts';
-import { QCOW_MAX_SNAPSHOT_EXTRA_DATA, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE } from '../format/limits.ts';
-import { bigIntToU64, u64ToBigInt } from '../format/u64.ts';
-import { isZeroBytes } from '../codec/bytes.ts';
+import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/index.ts';
+import { QCOW_MAX_SNAPSHOT_EXTRA_DATA, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE } from '../format/index.ts';
+import { bigIntToU64, u64ToBigInt } from '../format/index.ts';
+import { isZeroBytes } from '../codec/index.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { EFBIG, EINVAL, ENOTSUP, ModelError } from './errors.ts';
 import { discardHost, hostPage, readHost, type HostFile } from './host-file.ts';

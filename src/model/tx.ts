@@ -20,7 +20,7 @@
  * ownership first. The arrays hostPage and hostView hand out never change (`isOwnedPage`).
  */
 import { HeaderLayout } from '../../generated/qcow2.ts';
-import { WORK } from '../codec/work-meter.ts';
+import { WORK } from '../codec/index.ts';
 import { encodeHeaderState, headerLengthOf, V3_HEADER_LENGTH } from './header.ts';
 import type { ChunkedPage } from './chunked-page.ts';
 import { discardHost, type HostFile, readHost, viewHost, writeHost, writeHostOwned, zeroHost } from './host-file.ts';

@@ -17,9 +17,9 @@
  * L2 tables (and their refcounts) change in the qcow2 file.
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
-import { classifyL2Entry, compressedDescriptor, l2HostOffset, type SubclusterState } from '../format/entries.ts';
+import { classifyL2Entry, compressedDescriptor, l2HostOffset, type SubclusterState } from '../format/index.ts';
 import { EIO, ModelError } from './errors.ts';
-import { isZeroBytes } from '../codec/bytes.ts';
+import { isZeroBytes } from '../codec/index.ts';
 import { checkNotDirtyOnLoad, markDirty, needsAccurateRefcounts, usesLazyRefcounts } from './close.ts';
 import { clusterTable, entryAt, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
 import { readGuestTx } from './read.ts';

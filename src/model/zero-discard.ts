@@ -24,7 +24,7 @@
  * it stays a valid raw image [7.2].
  */
 import type { L2EntryFields } from '../../generated/qcow2.ts';
-import { classifyL2Entry, compressedDescriptor } from '../format/entries.ts';
+import { classifyL2Entry, compressedDescriptor } from '../format/index.ts';
 import { checkNotDirtyOnLoad } from './close.ts';
 import { discardHost } from './host-file.ts';
 import { AUTOCLEAR_DATA_FILE_RAW } from './image.ts';

@@ -33,12 +33,12 @@ import {
   BDRV_MAX_LENGTH, INT64_MAX, INT_MAX, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
   QCOW2_MAX_BITMAPS, QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA, QCOW_MAX_SNAPSHOTS,
   QCOW_MAX_SNAPSHOTS_SIZE,
-} from '../format/limits.ts';
-import { EIO, strerror } from '../model/errno.ts';
-import { V2_HEADER_LENGTH, withHeader } from '../model/header.ts';
-import { HostReaderError, type HostReader } from '../model/host-reader.ts';
-import { PAGE_SIZE } from '../model/page-map.ts';
-import { type HostIO } from '../model/host-io.ts';
+} from '../format/index.ts';
+import { EIO, strerror } from '../model/index.ts';
+import { V2_HEADER_LENGTH, withHeader } from '../model/index.ts';
+import { HostReaderError, type HostReader } from '../model/index.ts';
+import { PAGE_SIZE } from '../model/index.ts';
+import { type HostIO } from '../model/index.ts';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -49,10 +49,10 @@ import {
   INCOMPAT_EXTL2,
   type HeaderState,
   type Image,
-} from '../model/image.ts';
-import { loadImage, type LoadOptions } from '../model/load-store.ts';
-import { repairImage, type RepairResult } from '../check/repair.ts';
-import { snapshotTableEntries, type SnapshotEntrySizes } from '../model/snapshot.ts';
+} from '../model/index.ts';
+import { loadImage, type LoadOptions } from '../model/index.ts';
+import { repairImage, type RepairResult } from '../check/index.ts';
+import { snapshotTableEntries, type SnapshotEntrySizes } from '../model/index.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Errors

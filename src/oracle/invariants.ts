@@ -36,8 +36,8 @@
  * identical L1 ranges are counted once with a multiplicity, an L2 table's entries are visited once
  * whatever the number of L1 entries pointing at it, and at most MAX_VIOLATIONS are reported.
  */
-import { isQcow2FormatError } from '../codec/errors.ts';
-import { refcountOf, walkImage, type ImageWalk, type L2TableInfo } from '../format/walk.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
+import { refcountOf, walkImage, type ImageWalk, type L2TableInfo } from '../format/index.ts';
 
 /** What went wrong, one word per invariant family. */
 export type InvariantKind =

@@ -49,7 +49,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { match } from 'ts-pattern';
-import type { Op } from '../model/ops.ts';
+import type { Op } from '../model/index.ts';
 
 /** Bytes per stored page. */
 export const ORACLE_PAGE_SIZE = 4096;

@@ -8,7 +8,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Op } from '../model/ops.ts';
+import type { Op } from '../model/index.ts';
 import { qemuImgResize, qemuImgSnapshot, qemuIo, type QemuOpenOptions } from './qemu-img.ts';
 
 /** A data buffer a qemu-io command reads with `-s FILE` (written to a temporary file when run). */

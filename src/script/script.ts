@@ -7,7 +7,7 @@
  * Nothing here knows about images: alignment, virtual size and snapshot existence are checked when
  * the ops are applied. What is checked here is everything that can be decided from the text alone.
  */
-import type { Op } from '../model/ops.ts';
+import type { Op } from '../model/index.ts';
 
 /** The largest 64-bit unsigned value a decimal string may give. */
 export const MAX_U64 = (1n << 64n) - 1n;

@@ -23,11 +23,11 @@
  * Nothing here touches a file: the caller passes the file facts (name as given, allocated bytes).
  */
 import { decodeBitmapDirectory } from '../../generated/qcow2.ts';
-import { Qcow2FormatError, isQcow2FormatError } from '../codec/errors.ts';
-import { u64ToBigInt } from '../format/u64.ts';
-import { headerReferences, headerString, qemuFullBackingFilename, qemuUtf8Decode, type HeaderReferences } from '../model/header-references.ts';
-import { readHost } from '../model/host-file.ts';
-import { snapshotTableEntries } from '../model/snapshot.ts';
+import { Qcow2FormatError, isQcow2FormatError } from '../codec/index.ts';
+import { u64ToBigInt } from '../format/index.ts';
+import { headerReferences, headerString, qemuFullBackingFilename, qemuUtf8Decode, type HeaderReferences } from '../model/index.ts';
+import { readHost } from '../model/index.ts';
+import { snapshotTableEntries } from '../model/index.ts';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -37,7 +37,7 @@ import {
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
   type Image,
-} from '../model/image.ts';
+} from '../model/index.ts';
 
 // ---------------------------------------------------------------------------------------------
 // The report

@@ -17,13 +17,14 @@
 import { describe, expect, it } from 'vitest';
 import { workSince, workSnapshot } from '../../src/codec/work-meter.ts';
 import { activeL1View, reftableView, viewWord } from '../../src/check/tables.ts';
+import { L1EntryMasks } from '../../generated/qcow2.ts';
 import { createImage } from '../../src/model/create.ts';
 import { readHost } from '../../src/model/host-file.ts';
 import { step } from '../../src/model/step.ts';
 import { beginTx, hostWrite, type Tx } from '../../src/model/tx.ts';
 import type { Image } from '../../src/model/image.ts';
 
-const COPIED = 1n << 63n;
+const COPIED = L1EntryMasks.copied;
 
 /** 512-byte clusters, a 64 MiB disk (L1: 2048 entries, 16 KiB), `n` L2 tables allocated by writes 32 KiB apart. */
 function imageWithL2Tables(n: number): Image {

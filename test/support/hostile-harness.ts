@@ -17,6 +17,7 @@
  * (hostile-worker.ts). A stage is skipped only when the stage it needs failed (e.g. no map without
  * a read-only open).
  */
+import { HeaderLayout } from '../../generated/qcow2.ts';
 import { workSince, workSnapshot, type WorkCounts } from '../../src/codec/work-meter.ts';
 import type { HostReader } from '../../src/model/host-reader.ts';
 import type { Image } from '../../src/model/image.ts';
@@ -261,7 +262,8 @@ export function runHostileCase(bytes: Uint8Array, dataFile: Uint8Array | undefin
   stage('repair-leaks', rw !== undefined ? () => system.repair(rw, 'leaks') : undefined);
   stage('repair-all', rw !== undefined ? () => system.repair(rw, 'all') : undefined);
 
-  const clusterBits = bytes.length >= 24 ? new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(20) : 0;
+  const at = HeaderLayout.clusterBits.offset;
+  const clusterBits = bytes.length >= at + 4 ? new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(at) : 0;
   const clusterSize = clusterBits >= 9 && clusterBits <= 21 ? 2 ** clusterBits : 0;
   return { fileBytes: bytes.length + (dataFile?.length ?? 0), clusterSize, stages, totalMs: performance.now() - t0, heapPeakBytes: peak, clustersRead, readErrors };
 }

@@ -85,6 +85,9 @@ function violationsIn(file: string, source: string): Violation[] {
     else if (targetRel === join('src', 'index.ts')) out.push({ file: rel, imports: targetRel, why: 'only users import the package entry' });
     else if (to === undefined) out.push({ file: rel, imports: targetRel, why: 'imports a module outside every layer' });
     else if (to.name !== from.name && !from.may.has(to.name)) out.push({ file: rel, imports: targetRel, why: `${from.name} may not import ${to.name}` });
+    else if (to.name !== from.name && to.name !== 'generated' && targetRel !== join(to.folder, 'index.ts')) {
+      out.push({ file: rel, imports: targetRel, why: `another layer is imported through its index.ts (${to.folder}/index.ts)` });
+    }
   }
   return out;
 }
@@ -121,7 +124,8 @@ describe('ARCHITECTURE.md layer rules', () => {
     expect(caught(model, "export { fileReader } from '../io/file-reader.ts';")).toEqual(['src/io/file-reader.ts']);
     expect(caught(model, "const m = await import('../io/convert.ts');")).toEqual(['src/io/convert.ts']);
     expect(caught(model, "import x from '../../test/support/mutations.ts';")).toEqual(['test/support/mutations.ts']);
-    expect(caught(model, "import { step } from './step.ts';\nimport { u64ToBigInt } from '../format/u64.ts';\nimport pako from 'pako';")).toEqual([]);
+    expect(caught(model, "import { step } from './step.ts';\nimport { u64ToBigInt } from '../format/index.ts';\nimport pako from 'pako';")).toEqual([]);
+    expect(caught(model, "import { u64ToBigInt } from '../format/u64.ts';")).toEqual(['src/format/u64.ts']);
     expect(caught(join(ROOT, 'src', 'conform', 'x.ts'), "import { UsageError } from '../cli/io.ts';")).toEqual(['src/cli/io.ts']);
   });
 });

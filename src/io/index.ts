@@ -1,0 +1,13 @@
+/** The surface of the io layer (ARCHITECTURE.md): what the other layers may import from it. */
+export { ConvertError, OUTPUT_CACHES, convertImage } from './convert.ts';
+export type { ConvertRequest, OutputCache } from './convert.ts';
+export { fileReader } from './file-reader.ts';
+export type { FileReader } from './file-reader.ts';
+export { applyHostIOToPaths, writeHostFile } from './host-io-file.ts';
+export type { HostIOStats } from './host-io-file.ts';
+import './node-compression.ts';
+export { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, withOpenImageFile } from './open-file.ts';
+export type { OpenFileOptions, OpenPolicy, OpenedLayer } from './open-file.ts';
+export { REPO_ROOT } from './repo-root.ts';
+export { probeHostAllocationsOrFull } from './seek-data.ts';
+export { tempPathBeside } from './temp-file.ts';

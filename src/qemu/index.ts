@@ -1,0 +1,4 @@
+/** The surface of the qemu layer (ARCHITECTURE.md): what the other layers may import from it. */
+export { checkCounter, qcow2Specific, qemuImgCheck, qemuImgCompare, qemuImgConvert, qemuImgCreate, qemuImgInfo, toBigInt } from './qemu-img.ts';
+export { planQemuSteps, runQemuSteps } from './qemu-steps.ts';
+export { QemuCommandError, QemuToolMissingError, formatCommandLine, requireQemu, runTool } from './run.ts';
