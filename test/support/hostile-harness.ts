@@ -66,7 +66,7 @@ export interface StageReport {
   readonly ms: number;
   /** 'ok', 'skipped' (an earlier stage it needs failed), or the error's key. */
   readonly outcome: string;
-  /** The work the stage did (src/codec/work-meter.ts): host bytes read, host reads, decoded fields. */
+  /** The work the stage did (src/codec/work-meter.ts): host bytes read and written, host reads, decoded fields. */
   readonly work: WorkCounts;
   /** Set when the stage threw something that is not a typed error. */
   readonly untyped?: { readonly name: string; readonly message: string; readonly stack: string };
