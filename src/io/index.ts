@@ -5,9 +5,11 @@ export { fileReader } from './file-reader.ts';
 export type { FileReader } from './file-reader.ts';
 export { applyHostIOToPaths, writeHostFile } from './host-io-file.ts';
 export type { HostIOStats } from './host-io-file.ts';
-import './node-compression.ts';
 export { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, withOpenImageFile } from './open-file.ts';
 export type { OpenFileOptions, OpenPolicy, OpenedLayer } from './open-file.ts';
 export { REPO_ROOT } from './repo-root.ts';
 export { probeHostAllocationsOrFull } from './seek-data.ts';
 export { tempPathBeside } from './temp-file.ts';
+
+// Loading the I/O layer installs Node's compression codecs into the model (src/model/compression.ts).
+import './node-compression.ts';
