@@ -338,7 +338,7 @@ export class Qcow2Disk {
       if (this.state === 'closed') return;
       try {
         if (this.state === 'open' && !this.readOnly) {
-          const closed = closeImage(this.image);
+          const closed = await compute(this.allReaders(), () => closeImage(this.image));
           await this.commit(closed.image, closed.io);
         }
       } finally {
