@@ -42,3 +42,11 @@ export { openImage, openImageWithIo, OpenError, isOpenError, type OpenErrorCode,
 export { formatManifest, parseManifest, readManifest, writeManifest, ManifestError, type CorpusCase } from './corpus/manifest.ts';
 export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from './check/check.ts';
 export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './check/repair.ts';
+
+// Storage backends for the disk driver (src/disk): memory, a browser Blob/File (read-only), an OPFS
+// file through a worker's FileSystemSyncAccessHandle; `DiskBackend` is the interface to implement others.
+export type { DiskBackend } from './disk/backend.ts';
+export { BackendError, type BackendErrorCode, type BackendKind } from './disk/backend-errors.ts';
+export { memoryBackend, type MemoryBackend } from './disk/memory-backend.ts';
+export { blobBackend, type BlobLike } from './disk/blob-backend.ts';
+export { opfsBackend, type OpfsBackend, type SyncAccessHandleLike } from './disk/opfs-backend.ts';
