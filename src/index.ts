@@ -48,5 +48,5 @@ export { repairImage, type RepairMode, type RepairOptions, type RepairResult } f
 export type { DiskBackend } from './disk/backend.ts';
 export { BackendError, type BackendErrorCode, type BackendKind } from './disk/backend-errors.ts';
 export { memoryBackend, type MemoryBackend } from './disk/memory-backend.ts';
-export { blobBackend, type BlobLike } from './disk/blob-backend.ts';
+export { blobBackend, type BlobBackendOptions, type BlobLike } from './disk/blob-backend.ts';
 export { opfsBackend, type OpfsBackend, type SyncAccessHandleLike } from './disk/opfs-backend.ts';

@@ -1,7 +1,8 @@
 /**
  * blobBackend (src/disk/blob-backend.ts) on Node's global Blob and File: every in-range read equals
- * the same bytes of the source (including across the parts a Blob was built from), the size is the
- * Blob's, the backend is read-only (no write, truncate, flush or close), and failures are typed:
+ * the same bytes of the source (including across the parts a Blob was built from, with and without
+ * read-ahead), sequential reads are served from one read-ahead window while others fetch exactly what
+ * they ask for, the size is the Blob's, the backend is read-only (no write, truncate, flush or close), and failures are typed:
  * EINVAL outside the Blob, EFBIG past 2^53 - 1, EIO when the Blob's read rejects (a File changed on
  * disk) or returns a short buffer. The real-browser read is test/qemu/browser.test.ts.
  */
@@ -25,23 +26,55 @@ describe('blobBackend', () => {
     await fc.assert(
       fc.asyncProperty(
         fc.array(fc.uint8Array({ maxLength: 5000 }), { minLength: 1, maxLength: 5 }),
-        fc.array(fc.tuple(fc.nat(), fc.nat()), { minLength: 1, maxLength: 10 }),
-        async (parts, ranges) => {
+        fc.array(fc.tuple(fc.nat(), fc.nat(), fc.boolean()), { minLength: 1, maxLength: 10 }),
+        fc.constantFrom(0, 1, 100, 4096),
+        async (parts, ranges, readAhead) => {
           const whole = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
           parts.reduce((at, p) => (whole.set(p, at), at + p.length), 0);
-          const b = blobBackend(new Blob(parts));
+          const b = blobBackend(new Blob(parts), { readAhead });
           expect(await b.size()).toBe(BigInt(whole.length));
-          for (const [x, y] of ranges) {
-            const offset = whole.length === 0 ? 0 : x % (whole.length + 1);
+          let lastEnd = 0;
+          for (const [x, y, follow] of ranges) {
+            // Half the reads continue the previous one (the sequential case read-ahead serves).
+            const offset = follow ? lastEnd : whole.length === 0 ? 0 : x % (whole.length + 1);
             const length = y % (whole.length - offset + 1);
             const got = new Uint8Array(length).fill(0xee);
             await b.read(BigInt(offset), got);
             expectSameBytes(got, whole.subarray(offset, offset + length), `read(${offset}, ${length})`);
+            lastEnd = offset + length;
           }
         },
       ),
       { numRuns: 100 },
     );
+  });
+
+  it('a sequential stream is served from read-ahead windows; other reads fetch exactly what they ask', async () => {
+    const slices: Array<[number, number]> = [];
+    const data = new Uint8Array(1 << 20).map((_, i) => i * 7);
+    const source = new Blob([data]);
+    const counting: BlobLike = {
+      size: data.length,
+      slice(start, end) {
+        slices.push([start!, end!]);
+        return source.slice(start, end);
+      },
+    };
+    const b = blobBackend(counting, { readAhead: 256 << 10 });
+    const c = 64 << 10;
+    const got = new Uint8Array(c);
+    await b.read(0n, got); // not yet known to be sequential: exact
+    for (let i = 1; i < 16; i++) {
+      await b.read(BigInt(i * c), got);
+      expectSameBytes(got, data.subarray(i * c, (i + 1) * c), `read ${i}`);
+      if (i === 6) await b.read(999_000n, new Uint8Array(100)); // an interleaved read elsewhere
+    }
+    expect(slices).toEqual([[0, c], [c, 5 * c], [5 * c, 9 * c], [999_000, 999_100], [9 * c, 13 * c], [13 * c, 1 << 20]]);
+    // Random reads: exactly their ranges.
+    slices.length = 0;
+    const r = blobBackend(counting);
+    for (const [o, n] of [[5000, 10], [100, 4096], [70_000, 1]] as const) await r.read(BigInt(o), new Uint8Array(n));
+    expect(slices).toEqual([[5000, 5010], [100, 4196], [70_000, 70_001]]);
   });
 
   it('reads a File and is read-only', async () => {
