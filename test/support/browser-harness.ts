@@ -71,6 +71,7 @@ export async function bundleBrowserScripts(): Promise<BrowserBundle> {
   try {
     result = await build({
       entryPoints: { page: join(ROOT, 'test/browser/page.ts'), worker: join(ROOT, 'test/browser/worker.ts') },
+      absWorkingDir: ROOT, // input paths in the metafile and messages are relative to the repository
       bundle: true,
       platform: 'browser',
       format: 'esm',
