@@ -43,10 +43,11 @@ export { formatManifest, parseManifest, readManifest, writeManifest, ManifestErr
 export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from './check/check.ts';
 export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './check/repair.ts';
 
-// Storage backends for the disk driver (src/disk): memory, a browser Blob/File (read-only), an OPFS
-// file through a worker's FileSystemSyncAccessHandle; `DiskBackend` is the interface to implement others.
-export type { DiskBackend } from './disk/backend.ts';
-export { BackendError, type BackendErrorCode, type BackendKind } from './disk/backend-errors.ts';
-export { memoryBackend, type MemoryBackend } from './disk/memory-backend.ts';
-export { blobBackend, type BlobBackendOptions, type BlobLike } from './disk/blob-backend.ts';
-export { opfsBackend, type OpfsBackend, type SyncAccessHandleLike } from './disk/opfs-backend.ts';
+// The disk driver (src/disk): Qcow2Disk, an async driver over the model on any DiskBackend, and the
+// platform-neutral backends: memory, a browser Blob/File (read-only), an OPFS file through a worker's
+// FileSystemSyncAccessHandle.
+export {
+  BackendError, blobBackend, DiskError, isDiskError, MAX_CHAIN_DEPTH, memoryBackend, opfsBackend, Qcow2Disk,
+  type BackendErrorCode, type BackendKind, type BlobBackendOptions, type BlobLike, type DiskBackend, type DiskErrorCode,
+  type DiskOpenOptions, type FileResolver, type MemoryBackend, type OpfsBackend, type ResolvedFile, type SyncAccessHandleLike,
+} from './disk/index.ts';
