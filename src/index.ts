@@ -42,3 +42,12 @@ export { openImage, openImageWithIo, OpenError, isOpenError, type OpenErrorCode,
 export { formatManifest, parseManifest, readManifest, writeManifest, ManifestError, type CorpusCase } from './corpus/manifest.ts';
 export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from './check/check.ts';
 export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './check/repair.ts';
+
+// The disk driver (src/disk): Qcow2Disk, an async driver over the model on any DiskBackend, and the
+// platform-neutral backends: memory, a browser Blob/File (read-only), an OPFS file through a worker's
+// FileSystemSyncAccessHandle.
+export {
+  BackendError, blobBackend, DiskError, isDiskError, MAX_CHAIN_DEPTH, memoryBackend, opfsBackend, Qcow2Disk,
+  type BackendErrorCode, type BackendKind, type BlobBackendOptions, type BlobLike, type DiskBackend, type DiskErrorCode,
+  type DiskOpenOptions, type FileResolver, type MemoryBackend, type OpfsBackend, type ResolvedFile, type SyncAccessHandleLike,
+} from './disk/index.ts';
