@@ -92,29 +92,40 @@ export async function applyIo(io: readonly HostIO[], targets: Partial<Record<Hos
   }
 }
 
-/** Zeros at [offset, offset + count) of the target: backend.zero, else writes of a shared zero buffer. */
+/**
+ * Zeros at [offset, offset + count) of the target. The part at or past the current end of the file
+ * is made by extending the file (truncate: a hole, which reads as zeros — the common case, a new
+ * cluster's copy-on-write area at the end of the file); the part inside it by backend.zero, else by
+ * writes of a shared zero buffer. The reader is updated by the caller.
+ */
 async function zeros(target: IoTarget, offset: bigint, count: bigint, counts: IoCounts): Promise<void> {
   const { backend, reader } = target;
-  if (backend.zero !== undefined) {
-    // zero() never extends the file: a zero range past the end is extended first, as a write would.
-    const end = offset + count;
+  const end = offset + count;
+  const insideEnd = end < reader.length ? end : reader.length;
+  if (end > reader.length) {
     try {
-      if (end > reader.length) await backend.truncate!(end);
-      await backend.zero(offset, count);
+      await backend.truncate!(end);
     } catch (e) {
-      reader.forget(offset, Number(count < BigInt(ZERO_CHUNK) ? count : BigInt(ZERO_CHUNK)));
-      throw backendError('zero', offset, count, e);
+      throw backendError('truncate', end, 0, e);
+    }
+  }
+  if (insideEnd <= offset) return;
+  const inside = insideEnd - offset;
+  if (backend.zero !== undefined) {
+    try {
+      await backend.zero(offset, inside);
+    } catch (e) {
+      throw backendError('zero', offset, inside, e);
     }
     return;
   }
   zeroChunk ??= new Uint8Array(ZERO_CHUNK);
-  for (let pos = offset; pos < offset + count;) {
-    const left = offset + count - pos;
+  for (let pos = offset; pos < insideEnd;) {
+    const left = insideEnd - pos;
     const n = left < BigInt(ZERO_CHUNK) ? Number(left) : ZERO_CHUNK;
     try {
       await backend.write!(pos, zeroChunk.subarray(0, n));
     } catch (e) {
-      reader.forget(pos, n);
       throw backendError('write', pos, n, e);
     }
     pos += BigInt(n);

@@ -19,14 +19,23 @@ export class ReadPending extends Error {
     readonly reader: BackendReader,
     readonly offset: bigint,
     readonly length: number,
+    /** Fetch the whole aligned READ_AHEAD window around the range (a metadata read), not just the range. */
+    readonly ahead: boolean,
   ) {
     super(`bytes [${offset}, +${length}) of the backend are not cached yet`);
   }
 }
 
-/** Cached chunks are this size, aligned: a typical cluster, so one fetch brings a whole L2 table or refcount block. */
-export const CHUNK_SIZE = 64 * 1024;
-const CHUNK_BITS = 16n;
+/** Cached chunks are this size, aligned: the model's page, so a 4 KiB guest read fetches 4 KiB. */
+export const CHUNK_SIZE = 4096;
+const CHUNK_BITS = 12n;
+
+/**
+ * A miss of a metadata read (the model's page reads, `read`) fetches the aligned window of this many
+ * bytes around it: a typical cluster, so one fetch brings a whole L2 table or refcount block. Data
+ * reads (`readInto`, the model's host-contiguous runs) fetch exactly the pages they need.
+ */
+export const READ_AHEAD = 64 * 1024;
 
 /** The most bytes one backend read call asks for (a long missing range is read in pieces). */
 const MAX_FETCH = 8 * 1024 * 1024;
@@ -57,12 +66,16 @@ export class BackendReader implements HostReader {
   /** See HostReader: a fresh copy of `count` bytes at `offset`, or ReadPending. */
   read(offset: bigint, count: number): Uint8Array {
     const out = new Uint8Array(count);
-    this.readInto(offset, out, 0, count);
+    this.copy(offset, out, 0, count, true);
     return out;
   }
 
   /** See HostReader.readInto; throws ReadPending (nothing stored) when a chunk of the range is not cached. */
   readInto(offset: bigint, target: Uint8Array, pos: number, count: number): void {
+    this.copy(offset, target, pos, count, false);
+  }
+
+  private copy(offset: bigint, target: Uint8Array, pos: number, count: number, ahead: boolean): void {
     if (count === 0) return;
     if (offset < 0n || offset + BigInt(count) > this.length) {
       throw new DiskError('internal', `read of ${count} byte(s) at ${offset} past the end of a ${this.length}-byte backend`);
@@ -70,7 +83,7 @@ export class BackendReader implements HostReader {
     const first = Number(offset >> CHUNK_BITS);
     const last = Number((offset + BigInt(count) - 1n) >> CHUNK_BITS);
     for (let c = first; c <= last; c++) {
-      if (!this.chunks.has(c)) throw new ReadPending(this, offset, count);
+      if (!this.chunks.has(c)) throw new ReadPending(this, offset, count, ahead);
     }
     let at = Number(offset - (BigInt(first) << CHUNK_BITS));
     let done = 0;
@@ -84,13 +97,21 @@ export class BackendReader implements HostReader {
   }
 
   /**
-   * Reads the missing chunks of [offset, offset + count) from the backend (one call per contiguous
-   * run, at most MAX_FETCH bytes each) and pins them until endOperation. Throws DiskError('io')
-   * when the backend fails.
+   * Reads the missing chunks of [offset, offset + count) — with `ahead`, of the READ_AHEAD window
+   * around it — from the backend (one call per contiguous run, at most MAX_FETCH bytes each) and
+   * pins them until endOperation. Throws DiskError('io') when the backend fails.
    */
-  async fetch(offset: bigint, count: number): Promise<void> {
-    const first = Number(offset >> CHUNK_BITS);
-    const last = Number((offset + BigInt(Math.max(count, 1)) - 1n) >> CHUNK_BITS);
+  async fetch(offset: bigint, count: number, ahead = false): Promise<void> {
+    let from = offset;
+    let to = offset + BigInt(Math.max(count, 1));
+    if (ahead) {
+      const w = BigInt(READ_AHEAD);
+      from = (from / w) * w;
+      to = ((to + w - 1n) / w) * w;
+      if (to > this.length) to = this.length > offset ? this.length : offset + 1n;
+    }
+    const first = Number(from >> CHUNK_BITS);
+    const last = Number((to - 1n) >> CHUNK_BITS);
     let c = first;
     while (c <= last) {
       if (this.chunks.has(c)) {

@@ -458,7 +458,7 @@ async function compute<T>(readers: readonly BackendReader[], fn: () => T): Promi
         return fn();
       } catch (e) {
         if (!(e instanceof ReadPending)) throw e;
-        await e.reader.fetch(e.offset, e.length);
+        await e.reader.fetch(e.offset, e.length, e.ahead);
       }
     }
     throw new DiskError('internal', `an operation still missed bytes after ${MAX_PASSES} fetches`);

@@ -1,6 +1,6 @@
 /**
  * The driver's backend for a local file (Node's FileHandle): positioned reads and writes on libuv's
- * thread pool, fdatasync-free `sync()` for flush barriers, ftruncate.
+ * thread pool, fdatasync at flush barriers (as QEMU's file-posix), ftruncate.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import type { DiskBackend } from '../disk/index.ts';
@@ -76,6 +76,7 @@ export async function fileBackend(path: string, opts: { readonly readOnly?: bool
       }
     },
     truncate: async (length) => fh.truncate(position(length, 0)),
-    flush: async () => fh.sync(),
+    // fdatasync, as QEMU's file-posix flushes: the data and what is needed to read it back (the length).
+    flush: async () => fh.datasync(),
   };
 }
