@@ -21,8 +21,6 @@ import { ModelError } from '../model/index.ts';
 import { HostReaderError } from '../model/index.ts';
 import { isOpenError, openImage } from '../open/index.ts';
 import { readGuest } from '../model/index.ts';
-// The model's compression codecs for Node (installed on import).
-import '../io/index.ts';
 
 /** Guest bytes read per case (enough to touch the first L2 tables without reading a huge disk). */
 const READ_BYTES = 4 << 20;
