@@ -21,7 +21,6 @@ import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { repoRoot } from '../io/index.ts';
 import type { CorpusCase } from './manifest.ts';
-import type { ProbeInput } from './coverage-probe.ts';
 
 /** The repository root. */
 
@@ -60,6 +59,12 @@ export function coverageFeatures(cov: V8Coverage): Set<string> {
     }
   }
   return out;
+}
+
+/** One case for the probe. */
+export interface ProbeInput {
+  readonly image: string;
+  readonly dataFile?: string;
 }
 
 /** The covered features of each case (same order as `cases`), measured in one child process. */
