@@ -2,8 +2,21 @@
 # Installs what qcow2-ref needs on a fresh Debian machine: qemu-utils (qemu-img, qemu-io) through
 # apt-get when qemu-img is missing, python3 when missing, libqcow's python3 module and 7-Zip (the
 # other readers the conformance tests run) when missing, then the npm packages pinned in package-lock.json.
+# With --tests it also installs what only the tests need (Debian's chromium, for test/qemu/browser.test.ts)
+# when missing, so the main job never waits for a browser.
+#
+#   bash scripts/setup.sh           # what the commands need
+#   bash scripts/setup.sh --tests   # and what `npm test` needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) tests=1 ;;
+    *) echo "setup: unknown argument $arg (usage: bash scripts/setup.sh [--tests])" >&2; exit 2 ;;
+  esac
+done
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -32,6 +45,18 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]} with apt-get (conformance adapters)" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Test-only packages: the real-browser test drives Debian's chromium headless (playwright-core, no
+# browser download).
+if [ "$tests" -eq 1 ]; then
+  need=()
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  if [ "${#need[@]}" -gt 0 ]; then
+    echo "setup: installing ${need[*]} with apt-get (tests only)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
 fi
 
 if ! command -v node >/dev/null 2>&1; then

@@ -50,5 +50,11 @@ export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from '
 export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './check/repair.ts';
 export { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type FileFacts, type ImageInfo, type InfoResult, type QObject } from './views/info.ts';
 
-// The disk driver over the model (src/disk).
-export type { DiskBackend } from './disk/backend.ts';
+// The disk driver (src/disk): Qcow2Disk, an async driver over the model on any DiskBackend, and the
+// platform-neutral backends: memory, a browser Blob/File (read-only), an OPFS file through a worker's
+// FileSystemSyncAccessHandle.
+export {
+  BackendError, blobBackend, DiskError, isDiskError, MAX_CHAIN_DEPTH, memoryBackend, opfsBackend, Qcow2Disk,
+  type BackendErrorCode, type BackendKind, type BlobBackendOptions, type BlobLike, type DiskBackend, type DiskErrorCode,
+  type DiskOpenOptions, type FileResolver, type MemoryBackend, type OpfsBackend, type ResolvedFile, type SyncAccessHandleLike,
+} from './disk/index.ts';

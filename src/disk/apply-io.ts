@@ -1,0 +1,123 @@
+/**
+ * The model's host operations issued to backends, in order, with a durable flush at every barrier:
+ * the crash-safety order `step` chose (refcount increase before the mapping that uses it, unmapping
+ * before the refcount decrease) becomes the order the storage sees.
+ */
+import { hostTargetOf, type HostIO, type HostTarget } from '../model/index.ts';
+import type { DiskBackend } from './backend.ts';
+import type { BackendReader } from './backend-reader.ts';
+import { DiskError, backendError } from './errors.ts';
+
+/** Zeros are written in pieces of at most this many bytes when a backend has no `zero`. */
+const ZERO_CHUNK = 1 << 20;
+let zeroChunk: Uint8Array | undefined;
+
+/** One file the I/O may address: its backend and the reader whose cache must follow it. */
+export interface IoTarget {
+  readonly backend: DiskBackend;
+  readonly reader: BackendReader;
+}
+
+/** What apply issued (counts for tests and cost reports). */
+export interface IoCounts {
+  hostWrites: number;
+  bytesWritten: number;
+  flushes: number;
+}
+
+/**
+ * Issues `io` to the targets in order: 'write' as a write, 'zero' as backend.zero (or written zeros;
+ * it extends the file like a write), 'discard' as zeros clipped to the current end (never extending
+ * it), 'truncate' as truncate; a flush barrier flushes every target written since the previous one.
+ * Each reader's cache and length are updated after its backend call succeeded. On a failure the
+ * range the failed call addressed is forgotten by the reader (its content is unknown) and
+ * DiskError('io') is thrown; what was issued before stays issued.
+ */
+export async function applyIo(io: readonly HostIO[], targets: Partial<Record<HostTarget, IoTarget>>, counts: IoCounts, dirty: Set<HostTarget>): Promise<void> {
+  for (const op of io) {
+    if (op.kind === 'flush') {
+      if (dirty.size === 0) continue;
+      for (const t of [...dirty]) {
+        const b = targets[t]!.backend;
+        try {
+          await b.flush?.();
+        } catch (e) {
+          throw backendError('flush', 0n, 0, e);
+        }
+        dirty.delete(t);
+      }
+      counts.flushes++;
+      continue;
+    }
+    const t = hostTargetOf(op);
+    const target = targets[t];
+    if (target === undefined) throw new DiskError('internal', `the model's host I/O addresses the ${t} file, which is not open`);
+    const { backend, reader } = target;
+    if (backend.write === undefined || backend.truncate === undefined) throw new DiskError('read-only', `the ${t} backend is read-only`);
+    dirty.add(t);
+    switch (op.kind) {
+      case 'write':
+        try {
+          await backend.write(op.offset, op.bytes);
+        } catch (e) {
+          reader.forget(op.offset, op.bytes.length);
+          throw backendError('write', op.offset, op.bytes.length, e);
+        }
+        reader.applyWrite(op.offset, op.bytes);
+        counts.bytesWritten += op.bytes.length;
+        break;
+      case 'zero':
+        await zeros(target, op.offset, op.length, counts);
+        reader.applyZero(op.offset, op.length, true);
+        break;
+      case 'discard': {
+        const end = op.offset + op.length < reader.length ? op.offset + op.length : reader.length;
+        if (end > op.offset) {
+          await zeros(target, op.offset, end - op.offset, counts);
+          reader.applyZero(op.offset, end - op.offset, false);
+        }
+        break;
+      }
+      case 'truncate':
+        try {
+          await backend.truncate(op.length);
+        } catch (e) {
+          reader.forget(op.length < reader.length ? op.length : reader.length, 1);
+          throw backendError('truncate', op.length, 0, e);
+        }
+        reader.applyTruncate(op.length);
+        break;
+    }
+    counts.hostWrites++;
+  }
+}
+
+/** Zeros at [offset, offset + count) of the target: backend.zero, else writes of a shared zero buffer. */
+async function zeros(target: IoTarget, offset: bigint, count: bigint, counts: IoCounts): Promise<void> {
+  const { backend, reader } = target;
+  if (backend.zero !== undefined) {
+    // zero() never extends the file: a zero range past the end is extended first, as a write would.
+    const end = offset + count;
+    try {
+      if (end > reader.length) await backend.truncate!(end);
+      await backend.zero(offset, count);
+    } catch (e) {
+      reader.forget(offset, Number(count < BigInt(ZERO_CHUNK) ? count : BigInt(ZERO_CHUNK)));
+      throw backendError('zero', offset, count, e);
+    }
+    return;
+  }
+  zeroChunk ??= new Uint8Array(ZERO_CHUNK);
+  for (let pos = offset; pos < offset + count;) {
+    const left = offset + count - pos;
+    const n = left < BigInt(ZERO_CHUNK) ? Number(left) : ZERO_CHUNK;
+    try {
+      await backend.write!(pos, zeroChunk.subarray(0, n));
+    } catch (e) {
+      reader.forget(pos, n);
+      throw backendError('write', pos, n, e);
+    }
+    pos += BigInt(n);
+    counts.bytesWritten += n;
+  }
+}

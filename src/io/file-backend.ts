@@ -1,0 +1,81 @@
+/**
+ * The driver's backend for a local file (Node's FileHandle): positioned reads and writes on libuv's
+ * thread pool, fdatasync-free `sync()` for flush barriers, ftruncate.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import type { DiskBackend } from '../disk/index.ts';
+
+/** A DiskBackend over an open file, with what the file system says about it. */
+export interface FileBackend extends DiskBackend {
+  /** The path opened. */
+  readonly path: string;
+  /** st_dev and st_ino of the file opened (chains refuse a file that appears twice). */
+  readonly dev: bigint;
+  readonly ino: bigint;
+  /** st_blocks × 512 when the backend was opened. */
+  readonly allocatedBytes: bigint;
+}
+
+/** The fs interface takes positions as doubles: offsets past 2^53 are refused, not rounded. */
+function position(offset: bigint, length: number): number {
+  if (offset < 0n || offset + BigInt(length) > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw Object.assign(new RangeError(`offset ${offset} is beyond what the file system interface can address`), { code: 'EFBIG' });
+  }
+  return Number(offset);
+}
+
+/**
+ * Opens the file at `path` as a backend: read-only (no write/truncate/zero) unless `readOnly` is
+ * false. Throws the file system's error (ENOENT, EACCES, EISDIR...). Reads past the end of the file
+ * fail (the driver never asks for them); a short read or write is continued until complete.
+ */
+export async function fileBackend(path: string, opts: { readonly readOnly?: boolean } = {}): Promise<FileBackend> {
+  const readOnly = opts.readOnly !== false;
+  const fh: FileHandle = await open(path, readOnly ? 'r' : 'r+');
+  let st;
+  try {
+    st = await fh.stat({ bigint: true });
+    if (st.isDirectory()) throw Object.assign(new Error(`EISDIR: illegal operation on a directory, open '${path}'`), { code: 'EISDIR' });
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+  let closed = false;
+  const read = async (offset: bigint, target: Uint8Array): Promise<void> => {
+    const at = position(offset, target.length);
+    let done = 0;
+    while (done < target.length) {
+      const { bytesRead } = await fh.read(target, done, target.length - done, at + done);
+      if (bytesRead === 0) throw Object.assign(new Error(`the file ended at ${at + done}, reading ${target.length} byte(s) at ${offset} (was it changed?)`), { code: 'EIO' });
+      done += bytesRead;
+    }
+  };
+  const backend: FileBackend = {
+    path,
+    dev: st.dev,
+    ino: st.ino,
+    allocatedBytes: st.blocks * 512n,
+    size: async () => (await fh.stat({ bigint: true })).size,
+    read,
+    close: async () => {
+      if (closed) return;
+      closed = true;
+      await fh.close();
+    },
+  };
+  if (readOnly) return backend;
+  return {
+    ...backend,
+    write: async (offset, data) => {
+      const at = position(offset, data.length);
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await fh.write(data, done, data.length - done, at + done);
+        if (bytesWritten <= 0) throw Object.assign(new Error(`a write at ${at + done} wrote nothing`), { code: 'EIO' });
+        done += bytesWritten;
+      }
+    },
+    truncate: async (length) => fh.truncate(position(length, 0)),
+    flush: async () => fh.sync(),
+  };
+}
