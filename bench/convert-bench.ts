@@ -26,13 +26,13 @@ import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, statS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { REPO_ROOT } from '../src/io/repo-root.ts';
-// The model's compression codecs for Node (installed on import).
+import { repoRoot } from '../src/io/repo-root.ts';
+// Node's faster inflate for the model's codecs, as the Node entry and the CLI install it.
 import '../src/io/node-compression.ts';
 
 const MiB = 1 << 20;
 const TARGET_RATIO = 1.5;
-const CLI = join(REPO_ROOT, 'bin/qcow2-ref.mjs');
+const CLI = join(repoRoot(), 'bin/qcow2-ref.mjs');
 const GNU_TIME = '/usr/bin/time';
 /** The output cache modes compared: both tools' default, and a flush of OUT at the end. */
 const CACHE_MODES = ['unsafe', 'writeback'] as const;

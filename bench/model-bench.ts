@@ -37,7 +37,7 @@ import { freshSession, geometryOf, type Image } from '../src/model/image.ts';
 import type { Op } from '../src/model/ops.ts';
 import { step } from '../src/model/step.ts';
 import { qemuImgCreate } from '../src/qemu/qemu-img.ts';
-// The model's compression codecs for Node (installed on import).
+// Node's faster inflate for the model's codecs, as the Node entry and the CLI install it.
 import '../src/io/node-compression.ts';
 
 // ---------------------------------------------------------------------------------------------

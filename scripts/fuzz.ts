@@ -51,7 +51,7 @@ import {
   type QemuClass,
   type RunReport,
 } from '../test/support/qemu-sequences.ts';
-// The model's compression codecs for Node (installed on import).
+// Node's faster inflate for the model's codecs, as the Node entry and the CLI install it.
 import '../src/io/node-compression.ts';
 
 // ---------------------------------------------------------------------------------------------

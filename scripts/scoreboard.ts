@@ -20,7 +20,7 @@ import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { builtinAdapters, builtinProblem, REPO_ROOT, type BuiltinImpl } from '../src/conform/adapter.ts';
+import { builtinAdapters, builtinProblem, repoRoot, type BuiltinImpl } from '../src/conform/adapter.ts';
 import { parseExpectedFailures, type TestRole } from '../src/conform/expected-failures.ts';
 import { runConformance, type ConformReport } from '../src/conform/harness.ts';
 import { readManifest } from '../src/corpus/manifest.ts';
@@ -51,7 +51,7 @@ function versionOf(impl: BuiltinImpl, qemuImg: string, qemuIo: string): string {
     case 'qemu-io':
       return qemuIo;
     case 'qcow2-ref':
-      return `qcow2-ref ${(JSON.parse(readFileSync(resolve(REPO_ROOT, 'package.json'), 'utf8')) as { version: string }).version} (this repository)`;
+      return `qcow2-ref ${(JSON.parse(readFileSync(resolve(repoRoot(), 'package.json'), 'utf8')) as { version: string }).version} (this repository)`;
     case 'libqcow':
       return `libqcow ${run('/usr/bin/python3', ['-c', 'import pyqcow; print(pyqcow.get_version())']).trim()} (Debian python3-libqcow)`;
     case '7zip':
@@ -102,9 +102,9 @@ async function main(): Promise<number> {
     },
     strict: true,
   });
-  const corpus = resolve(values.corpus ?? resolve(REPO_ROOT, 'corpus'));
+  const corpus = resolve(values.corpus ?? resolve(repoRoot(), 'corpus'));
   // `--out -` prints the table on stdout instead (the README's first command).
-  const out = values.out === '-' ? '-' : resolve(values.out ?? resolve(REPO_ROOT, 'docs/scoreboard.md'));
+  const out = values.out === '-' ? '-' : resolve(values.out ?? resolve(repoRoot(), 'docs/scoreboard.md'));
   const jobs = values.jobs !== undefined ? Number(values.jobs) : availableParallelism();
   const timeoutMs = (values.timeout !== undefined ? Number(values.timeout) : 60) * 1000;
   const versions = await requireQemu();
@@ -119,8 +119,8 @@ async function main(): Promise<number> {
       process.stderr.write(`scoreboard: ${impl}: not available here: ${problem}\n`);
       continue;
     }
-    const listPath = resolve(REPO_ROOT, 'conform/expected-failures', `${impl}.txt`);
-    const expected = existsSync(listPath) ? parseExpectedFailures(readFileSync(listPath, 'utf8'), relative(REPO_ROOT, listPath)) : [];
+    const listPath = resolve(repoRoot(), 'conform/expected-failures', `${impl}.txt`);
+    const expected = existsSync(listPath) ? parseExpectedFailures(readFileSync(listPath, 'utf8'), relative(repoRoot(), listPath)) : [];
     process.stderr.write(`scoreboard: running ${impl}…\n`);
     const started = performance.now();
     const report = await runConformance({
@@ -128,7 +128,7 @@ async function main(): Promise<number> {
       impl,
       adapters: builtinAdapters(impl),
       expected,
-      ...(expected.length > 0 || existsSync(listPath) ? { expectedSource: relative(REPO_ROOT, listPath) } : {}),
+      ...(expected.length > 0 || existsSync(listPath) ? { expectedSource: relative(repoRoot(), listPath) } : {}),
       jobs,
       timeoutMs,
       rerun: (_role, caseId) => `qcow2-ref conform --corpus corpus --impl ${impl} --only ${caseId} --keep-work`,
@@ -144,7 +144,7 @@ async function main(): Promise<number> {
   const md: string[] = [];
   md.push('# Conformance scoreboard', '');
   md.push(
-    `Every implementation the harness can run here, over the checked-in corpus (\`${relative(REPO_ROOT, corpus) || corpus}\`, ${cases.length} cases), ` +
+    `Every implementation the harness can run here, over the checked-in corpus (\`${relative(repoRoot(), corpus) || corpus}\`, ${cases.length} cases), ` +
       'made by `npx tsx scripts/scoreboard.ts`. A cell is passed/run tests of that family; **bold ✗** marks a family with failures, ' +
       '— a family with no test for that role (writers run only the valid cases that carry the op script that made them), ' +
       'n/a an implementation not installed. Reader tests: the guest content of a valid image (SHA-256 of the raw output), and a ' +
@@ -196,7 +196,7 @@ async function main(): Promise<number> {
   else writeFileSync(out, table);
   if (values['update-expected-failures'] === true) {
     for (const [impl, report] of reports) {
-      const path = resolve(REPO_ROOT, 'conform/expected-failures', `${impl}.txt`);
+      const path = resolve(repoRoot(), 'conform/expected-failures', `${impl}.txt`);
       writeFileSync(path, expectedFailuresText(impl, report));
       process.stderr.write(`scoreboard: wrote ${relative(process.cwd(), path)}\n`);
     }

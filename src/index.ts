@@ -1,5 +1,7 @@
 /**
- * The public API of qcow2-ref.
+ * `qcow2-ref`: the platform-neutral core. Nothing this module loads imports `node:*` or uses Node's
+ * Buffer (test/unit/platform-neutral.test.ts), so it runs unchanged in Node, in browsers and in
+ * workers; loading it has no side effects.
  *
  * - Every structure of spec/qcow2.ksy: `decodeX(bytes, offset, params)` / `encodeX(fields, params)`
  *   and their interfaces (generated; 64-bit values as exact hi/lo halves).
@@ -10,10 +12,14 @@
  *   (`readGuestInto`: into a reused buffer), `mapImage`, `closeImage` — pure functions over immutable Images; `ModelError` for refusals.
  *   Images may lie over a read-only HostReader (`loadImage(reader)`, `hostFromReader`), and a driver
  *   that writes the file rebases onto a new reader (`rebaseHostFile`) to keep memory bounded.
- * - The oracles: `RawDisk` (a flat sparse disk with the same ops) and `checkInvariants`.
+ * - QEMU's open-time validation (`openImage`), `qemu-img check` and its repairs (`checkImage`,
+ *   `repairImage`), `qemu-img info` (`qcow2ImageInfo`, `imageInfoQObject`).
+ * - The compression codecs: portable ones are built in (pako, libzstd as embedded wasm);
+ *   `installCompressionCodecs` swaps in faster equivalents (the Node entry does, for inflate).
+ *
+ * `qcow2-ref/node` adds the Node file layer (src/node.ts); `qcow2-ref/testing` the oracles, the
+ * corruption catalog, the corpus and the conformance harness (src/testing.ts).
  */
-// The model's compression codecs for Node (installed on import).
-import './io/node-compression.ts';
 export * from '../generated/qcow2.ts';
 export * from './codec/errors.ts';
 export * from './format/u64.ts';
@@ -21,7 +27,7 @@ export * from './format/entries.ts';
 export * from './format/features.ts';
 export * from './format/walk.ts';
 
-// The model: a pure state machine over immutable Images (src/model), and its oracles.
+// The model: a pure state machine over immutable Images (src/model).
 export { step, type StepResult } from './model/step.ts';
 export { OP_KINDS, opRange, type Op, type OpKind } from './model/ops.ts';
 export { createImage, CreateError, type CreateOptions, type CreateResult } from './model/create.ts';
@@ -35,13 +41,14 @@ export { freshSession, geometryOf, type BackingSource, type Geometry, type Heade
 export { applyHostIO, emptyHostFile, hostBytes, hostFromBytes, hostFromReader, readHost, rebaseHostFile, type HostFile } from './model/host-file.ts';
 export type { HostIO, HostTarget } from './model/host-io.ts';
 export { HostReaderError, type HostBase, type HostReader } from './model/host-reader.ts';
-export { formatScript, parseScript, parseScriptValue, ScriptError } from './script/script.ts';
-export { RawDisk, RawDiskError, type RawDiskConfig } from './oracle/raw-disk.ts';
-export { checkInvariants, type InvariantKind, type InvariantViolation } from './oracle/invariants.ts';
+export { compressionCodecs, installCompressionCodecs, type CompressionCodecs } from './model/compression.ts';
+export { portableCompressionCodecs } from './model/portable-codecs.ts';
+
+// Open, check and repair, info: what qemu-img and QEMU's open decide.
 export { openImage, openImageWithIo, OpenError, isOpenError, type OpenErrorCode, type OpenOptions, type OpenResult } from './open/open.ts';
-export { formatManifest, parseManifest, readManifest, writeManifest, ManifestError, type CorpusCase } from './corpus/manifest.ts';
 export { checkImage, checkExitCode, type CheckFinding, type CheckResult } from './check/check.ts';
 export { repairImage, type RepairMode, type RepairOptions, type RepairResult } from './check/repair.ts';
+export { imageInfoQObject, qcow2ImageInfo, rawImageInfo, type FileFacts, type ImageInfo, type InfoResult, type QObject } from './views/info.ts';
 
 // The disk driver (src/disk): Qcow2Disk, an async driver over the model on any DiskBackend, and the
 // platform-neutral backends: memory, a browser Blob/File (read-only), an OPFS file through a worker's

@@ -8,7 +8,7 @@
  * src/check/refblocks.ts; the in-memory reftable and L1 table src/check/tables.ts.
  */
 import { decodeL1EntryFields } from '../../generated/qcow2.ts';
-import { isQcow2FormatError } from '../codec/index.ts';
+import { asciiDecode, isQcow2FormatError } from '../codec/index.ts';
 import { BDRV_MAX_LENGTH } from '../format/index.ts';
 import { l1EntryWord } from '../format/index.ts';
 import { reftableSize as reftableEntries } from '../model/index.ts';
@@ -163,7 +163,7 @@ export const asInt64 = (v: bigint): bigint => BigInt.asIntN(64, v);
 /** A C string read from bytes: up to the first NUL, one char per byte. */
 export function cString(bytes: Uint8Array): string {
   const end = bytes.indexOf(0);
-  return Buffer.from(end < 0 ? bytes : bytes.subarray(0, end)).toString('latin1');
+  return asciiDecode(end < 0 ? bytes : bytes.subarray(0, end));
 }
 export function roundUp8(v: bigint): bigint {
   return (v + 7n) & ~7n;

@@ -15,7 +15,7 @@ import {
   builtinAdapters,
   builtinProblem,
   isBuiltinImpl,
-  REPO_ROOT,
+  repoRoot,
   type Adapter,
 } from '../conform/index.ts';
 import { TemplateError } from '../conform/index.ts';
@@ -151,7 +151,7 @@ export async function runConform(args: readonly string[], io: CliIo, env: Confor
   if (v.impl !== undefined && (v.reader !== undefined || v.writer !== undefined)) throw new UsageError('--impl cannot be combined with --reader or --writer');
   // The defaults: the embedded implementation (qemu-img) on this repository's checked-in corpus.
   const builtin = v.impl ?? (v.reader === undefined && v.writer === undefined ? DEFAULT_IMPL : undefined);
-  const corpusArg = v.corpus ?? displayPath(resolve(REPO_ROOT, 'corpus'), cwd);
+  const corpusArg = v.corpus ?? displayPath(resolve(repoRoot(), 'corpus'), cwd);
   if (builtin !== undefined && v.name !== undefined) throw new UsageError('--name is for --reader/--writer; --impl names itself');
   const jobs = v.jobs === undefined ? availableParallelism() : positiveInt(v.jobs, '--jobs');
   const timeoutS = v.timeout === undefined ? DEFAULT_TIMEOUT_S : positiveNumber(v.timeout, '--timeout');
@@ -191,8 +191,8 @@ export async function runConform(args: readonly string[], io: CliIo, env: Confor
   const expectedPath =
     v['expected-failures'] !== undefined
       ? resolve(cwd, v['expected-failures'])
-      : builtin !== undefined && existsSync(resolve(REPO_ROOT, 'conform/expected-failures', `${builtin}.txt`))
-        ? resolve(REPO_ROOT, 'conform/expected-failures', `${builtin}.txt`)
+      : builtin !== undefined && existsSync(resolve(repoRoot(), 'conform/expected-failures', `${builtin}.txt`))
+        ? resolve(repoRoot(), 'conform/expected-failures', `${builtin}.txt`)
         : undefined;
   if (expectedPath !== undefined) {
     let text: string;

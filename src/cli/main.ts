@@ -13,7 +13,7 @@ import { INFO_HELP, runInfo } from './info.ts';
 import { EXIT_OK, EXIT_USAGE, UsageError, processIo, type CliIo } from './io.ts';
 import { MAP_HELP, runMap } from './map.ts';
 import { RUN_HELP, runRun } from './run.ts';
-// The model's compression codecs for Node (installed on import).
+// Node's faster inflate for the model's codecs (installed on import; src/io/node-compression.ts).
 import '../io/index.ts';
 
 /** Help text of the qcow2-ref command. */

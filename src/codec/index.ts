@@ -1,4 +1,5 @@
 /** The surface of the codec layer (ARCHITECTURE.md): what the other layers may import from it. */
+export { base64Decode, base64Encode } from './base64.ts';
 export { ByteReader } from './byte-reader.ts';
 export { ByteWriter } from './byte-writer.ts';
 export { isZeroBytes } from './bytes.ts';

@@ -2,6 +2,8 @@
  * `npm run generate`: rewrites generated/ from spec/qcow2.ksy —
  *   generated/qcow2.ts           our exact decoders and encoders (src/codegen/emit-typescript.ts)
  *   generated/kaitai/Qcow2.cjs   kaitai-struct-compiler's JavaScript parser, for cross-checking only
+ *   generated/zstd-wasm.ts       the zstd encoder's wasm (not from the spec: from the pinned
+ *                                @bokuweb/zstd-wasm package, src/codegen/emit-zstd-wasm.ts)
  * `npm run generate -- --check` writes nothing and exits 1 when any generated file differs from
  * what the spec produces now (CI runs it), 0 when all are current.
  */
@@ -12,6 +14,7 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { emitTypeScript } from './emit-typescript.ts';
+import { emitZstdWasm } from './emit-zstd-wasm.ts';
 import { readKsy, KsyError } from './ksy-model.ts';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -38,7 +41,18 @@ export async function generateAll(root: string = REPO): Promise<Map<string, stri
     files.set(join(root, 'generated', 'kaitai', base),
       `// GENERATED FILE - DO NOT EDIT. kaitai-struct-compiler output for spec/qcow2.ksy (sha256 ${hash}).\n// Used only to cross-check generated/qcow2.ts. Regenerate with \`npm run generate\`.\n${text}`);
   }
+  files.set(join(root, 'generated', 'zstd-wasm.ts'), emitZstdWasm(zstdWasmSource(require)));
   return files;
+}
+
+/**
+ * The pinned zstd.wasm and where it comes from. The package's export map exposes only its entry
+ * (dist/common/index.node.js), so the wasm and package.json are found from the entry's directory.
+ */
+function zstdWasmSource(require: NodeJS.Require): { wasm: Uint8Array; origin: string } {
+  const dir = dirname(require.resolve('@bokuweb/zstd-wasm'));
+  const { name, version } = JSON.parse(readFileSync(join(dir, '..', '..', 'package.json'), 'utf8')) as { name: string; version: string };
+  return { wasm: readFileSync(join(dir, 'zstd.wasm')), origin: `${name} ${version}` };
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -13,7 +13,7 @@
  */
 import { isAbsolute, resolve } from 'node:path';
 import { match } from 'ts-pattern';
-import { REPO_ROOT } from '../io/index.ts';
+import { repoRoot } from '../io/index.ts';
 import { parseTemplate, requirePlaceholders, TemplateError, type CommandTemplate } from './command-template.ts';
 import type { TestRole } from './expected-failures.ts';
 import { findProgram, runAdapter } from './run-adapter.ts';
@@ -27,7 +27,7 @@ export interface Adapter {
 }
 
 /** The repository's root directory (where bin/ and adapters/ are). */
-export { REPO_ROOT };
+export { repoRoot };
 
 /** The placeholders each role must use. */
 const REQUIRED = { reader: ['image', 'raw'], writer: ['image', 'script'] } as const;
@@ -79,8 +79,8 @@ function q(s: string): string {
  */
 export function builtinTemplates(impl: BuiltinImpl): { readonly role: TestRole; readonly source: string }[] {
   const node = q(process.execPath);
-  const bin = q(resolve(REPO_ROOT, 'bin/qcow2-ref.mjs'));
-  const adapter = (f: string): string => q(resolve(REPO_ROOT, 'adapters', f));
+  const bin = q(resolve(repoRoot(), 'bin/qcow2-ref.mjs'));
+  const adapter = (f: string): string => q(resolve(repoRoot(), 'adapters', f));
   return match(impl)
     .with('qemu-img', () => [{ role: 'reader' as const, source: 'qemu-img convert -f qcow2 -O raw {image} {raw}' }])
     .with('qemu-io', () => [{ role: 'writer' as const, source: `${node} ${adapter('qemu-io-writer.mjs')} {image} {script}` }])
@@ -105,7 +105,7 @@ export function builtinAdapters(impl: BuiltinImpl): Adapter[] {
  */
 export async function builtinProblem(impl: BuiltinImpl): Promise<string | undefined> {
   const probe = async (argv: readonly string[]): Promise<boolean> => {
-    const r = await runAdapter(argv, { cwd: REPO_ROOT, timeoutMs: 30_000 });
+    const r = await runAdapter(argv, { cwd: repoRoot(), timeoutMs: 30_000 });
     return r.code === 0;
   };
   return match(impl)
@@ -115,7 +115,7 @@ export async function builtinProblem(impl: BuiltinImpl): Promise<string | undefi
         ? undefined
         : 'libqcow needs /usr/bin/python3 with the pyqcow module: apt-get install python3-libqcow',
     )
-    .with('7zip', async () => (findProgram('7zz', REPO_ROOT) !== undefined ? undefined : '7-Zip needs the 7zz program: apt-get install 7zip'))
+    .with('7zip', async () => (findProgram('7zz', repoRoot()) !== undefined ? undefined : '7-Zip needs the 7zz program: apt-get install 7zip'))
     .exhaustive();
 }
 

@@ -1,5 +1,5 @@
 /** The surface of the conform layer (ARCHITECTURE.md): what the other layers may import from it. */
-export { BUILTIN_DESCRIPTIONS, BUILTIN_IMPLS, REPO_ROOT, adapterFromTemplate, builtinAdapters, builtinProblem, isBuiltinImpl } from './adapter.ts';
+export { BUILTIN_DESCRIPTIONS, BUILTIN_IMPLS, repoRoot, adapterFromTemplate, builtinAdapters, builtinProblem, isBuiltinImpl } from './adapter.ts';
 export type { Adapter } from './adapter.ts';
 export { TemplateError } from './command-template.ts';
 export { ExpectedFailuresError, globToRegExp, parseExpectedFailures } from './expected-failures.ts';

@@ -14,8 +14,6 @@ import type { Op } from '../model/index.ts';
 import { readGuest } from '../model/index.ts';
 import { formatScript } from '../script/index.ts';
 import { step } from '../model/index.ts';
-// The model's compression codecs for Node (installed on import).
-import '../io/index.ts';
 
 /** An image the model built, with the ops that took effect. */
 export interface BuiltImage {

@@ -21,17 +21,10 @@ import { ModelError } from '../model/index.ts';
 import { HostReaderError } from '../model/index.ts';
 import { isOpenError, openImage } from '../open/index.ts';
 import { readGuest } from '../model/index.ts';
-// The model's compression codecs for Node (installed on import).
-import '../io/index.ts';
+import type { ProbeInput } from './minimize.ts';
 
 /** Guest bytes read per case (enough to touch the first L2 tables without reading a huge disk). */
 const READ_BYTES = 4 << 20;
-
-/** One case for the probe. */
-export interface ProbeInput {
-  readonly image: string;
-  readonly dataFile?: string;
-}
 
 /**
  * Whether `e` is one of the typed errors our code promises for bad input. Anything else is a bug:

@@ -15,18 +15,16 @@
  * code and cases.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { REPO_ROOT } from '../io/index.ts';
+import { repoRoot } from '../io/index.ts';
 import type { CorpusCase } from './manifest.ts';
-import type { ProbeInput } from './coverage-probe.ts';
 
 /** The repository root. */
-const ROOT = REPO_ROOT;
 
-/** Source files whose coverage counts, relative to ROOT. */
+/** Source files whose coverage counts, relative to the checkout (repoRoot()). */
 export function countsForCoverage(path: string): boolean {
   return path.startsWith('generated/') || path.startsWith('src/format/') || path === 'src/open/open.ts' || path === 'src/check/check.ts';
 }
@@ -54,13 +52,19 @@ export function coverageFeatures(cov: V8Coverage): Set<string> {
   const out = new Set<string>();
   for (const script of cov.result) {
     if (!script.url.startsWith('file:')) continue;
-    const rel = relative(ROOT, fileURLToPath(script.url)).split('\\').join('/');
+    const rel = relative(repoRoot(), fileURLToPath(script.url)).split('\\').join('/');
     if (!countsForCoverage(rel)) continue;
     for (const fn of script.functions) {
       for (const r of fn.ranges) if (r.count > 0) out.add(`${rel}:${r.startOffset}-${r.endOffset}:${bucket(r.count)}`);
     }
   }
   return out;
+}
+
+/** One case for the probe. */
+export interface ProbeInput {
+  readonly image: string;
+  readonly dataFile?: string;
 }
 
 /** The covered features of each case (same order as `cases`), measured in one child process. */
@@ -76,7 +80,9 @@ export function measureCoverage(dir: string, cases: readonly CorpusCase[]): Set<
     const listPath = join(work, 'cases.json');
     writeFileSync(listPath, JSON.stringify(list));
     // From the checkout, not import.meta.url: this module may run from the bundle in dist/.
-    const probe = join(ROOT, 'src/corpus/coverage-probe.ts');
+    const probe = join(repoRoot(), 'src/corpus/coverage-probe.ts');
+    // The installed package ships no TypeScript sources and no tsx.
+    if (!existsSync(probe)) throw new Error(`corpus minimization measures coverage of the sources, so it runs only in a checkout of qcow2-ref (no ${probe})`);
     const r = spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), probe, listPath], {
       env: { ...process.env, NODE_V8_COVERAGE: covDir },
       encoding: 'utf8',

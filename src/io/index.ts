@@ -7,11 +7,11 @@ export { applyHostIOToPaths, writeHostFile } from './host-io-file.ts';
 export type { HostIOStats } from './host-io-file.ts';
 export { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, withOpenImageFile } from './open-file.ts';
 export type { OpenFileOptions, OpenPolicy, OpenedLayer } from './open-file.ts';
-export { REPO_ROOT } from './repo-root.ts';
+export { repoRoot } from './repo-root.ts';
 export { probeHostAllocationsOrFull } from './seek-data.ts';
 export { tempPathBeside } from './temp-file.ts';
 
-// Loading the I/O layer installs Node's compression codecs into the model (src/model/compression.ts).
+// Loading the I/O layer installs node:zlib's faster inflate into the model's codecs (src/model/compression.ts).
 import './node-compression.ts';
 export { fileBackend } from './file-backend.ts';
 export type { FileBackend } from './file-backend.ts';

@@ -32,5 +32,14 @@ export function findRepoRoot(from: string): string {
   throw new Error(`qcow2-ref: no package.json named ${PACKAGE_NAME} at or above ${from}`);
 }
 
-/** The repository's root directory (no trailing separator). */
-export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+let root: string | undefined;
+
+/**
+ * The repository's root directory (no trailing separator), found on the first call: only the
+ * commands and tools that read the checkout's files (corpus/, adapters/, conform/) ask, so loading
+ * the package from somewhere without its package.json (an application bundle) does not fail.
+ */
+export function repoRoot(): string {
+  root ??= findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+  return root;
+}

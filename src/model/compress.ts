@@ -20,8 +20,8 @@
  * pledges the input size, so the frame is exactly what one-shot ZSTD_compress(level 3) writes: the
  * content size is in the header and the frame is single-segment. A non-zero return (the output
  * buffer of cluster_size - 1 bytes is too small) is -ENOMEM, and the cluster is written normally.
- * Both encoders come from the installed codecs (compression.ts; in Node src/io/node-compression.ts:
- * pako for zlib, @bokuweb/zstd-wasm 0.0.22's libzstd for zstd, whose frames equal QEMU 7.2's).
+ * Both encoders come from the model's codecs (compression.ts, portable-codecs.ts: pako for zlib,
+ * @bokuweb/zstd-wasm 0.0.22's libzstd wasm for zstd, whose frames equal QEMU 7.2's).
  */
 import { L2EntryMasks, type L2EntryFields } from '../../generated/qcow2.ts';
 import { l2EntryWords } from '../format/index.ts';

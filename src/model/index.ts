@@ -3,7 +3,7 @@ export { imageBackingSource, rawBackingSource, rawReaderBackingSource } from './
 export { mapImage } from './block-status.ts';
 export type { HostAllocation, MapExtent, MapOptions } from './block-status.ts';
 export { closeImage } from './close.ts';
-export { installCompressionCodecs } from './compression.ts';
+export { compressionCodecs, installCompressionCodecs } from './compression.ts';
 export type { CompressionCodecs } from './compression.ts';
 export { CreateError, createImage } from './create.ts';
 export type { CreateOptions } from './create.ts';
@@ -26,6 +26,7 @@ export type { Op } from './ops.ts';
 export { ClusterIntervals, metadataOverlap } from './overlap.ts';
 export type { MetadataView, OverlapSection } from './overlap.ts';
 export { PAGE_SIZE } from './page-map.ts';
+export { portableCompressionCodecs } from './portable-codecs.ts';
 export { readGuest, readGuestInto } from './read.ts';
 export { allocClusters, getRefcount, reftableSize, updateRefcount } from './refcount.ts';
 export { snapshotTableEntries, writeSnapshots } from './snapshot.ts';

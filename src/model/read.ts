@@ -40,10 +40,9 @@ function zstdCluster(data: Uint8Array, clusterSize: number): Uint8Array {
 /** Decompresses one cluster of compressed data as QEMU does (raw deflate or zstd; trailing bytes ignored). */
 export function decompressCluster(data: Uint8Array, clusterSize: number, compressionType: number): Uint8Array {
   let out: Uint8Array;
-  // Outside the try: missing codecs are the caller's setup, not corrupt data.
-  const inflateRaw = compressionType === 1 ? undefined : compressionCodecs().inflateRaw;
   try {
-    out = inflateRaw === undefined ? zstdCluster(data, clusterSize) : inflateRaw(data);
+    // QEMU's qcow2_zlib_decompress: inflateInit2(-12), one inflate(Z_FINISH) into one cluster.
+    out = compressionType === 1 ? zstdCluster(data, clusterSize) : compressionCodecs().inflateRaw(data, { windowBits: 12, limit: clusterSize });
   } catch {
     throw new ModelError('corrupt', EIO, 'compressed cluster cannot be decompressed');
   }

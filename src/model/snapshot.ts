@@ -154,7 +154,7 @@ function tableSize(list: readonly SnapshotState[]): number {
   let offset = 0;
   for (const sn of list) {
     offset = Math.ceil(offset / 8) * 8;
-    offset += 40 + Math.max(24, sn.extraDataSize) + Buffer.byteLength(sn.id, 'latin1') + Buffer.byteLength(sn.name, 'latin1');
+    offset += 40 + Math.max(24, sn.extraDataSize) + sn.id.length + sn.name.length;
   }
   return offset;
 }

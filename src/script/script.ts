@@ -7,6 +7,7 @@
  * Nothing here knows about images: alignment, virtual size and snapshot existence are checked when
  * the ops are applied. What is checked here is everything that can be decided from the text alone.
  */
+import { base64Decode, base64Encode } from '../codec/index.ts';
 import type { Op } from '../model/index.ts';
 
 /** The largest 64-bit unsigned value a decimal string may give. */
@@ -117,12 +118,25 @@ function base64(v: unknown, fail: (detail: string) => never): Uint8Array {
   if ((v.length / 4) * 3 > MAX_DATA_BYTES + 2) {
     return fail(`expected at most ${MAX_DATA_BYTES} bytes (QEMU's largest single request)`);
   }
-  const bytes = Buffer.from(v, 'base64');
-  // Re-encoding catches misplaced '=' and non-zero pad bits: only the canonical text is accepted.
-  if (bytes.toString('base64') !== v) {
-    return fail(`expected standard padded base64 (RFC 4648 section 4), got ${show(v)}`);
+  // Only the canonical text is accepted (no misplaced '=', no non-zero pad bits).
+  const bytes = base64Decode(v);
+  if (bytes === undefined) return fail(`expected standard padded base64 (RFC 4648 section 4), got ${show(v)}`);
+  return bytes;
+}
+
+/** Bytes of the UTF-8 encoding of `v` (a lone surrogate counts 3, as its U+FFFD replacement). */
+function utf8Length(v: string): number {
+  let n = 0;
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < v.length && (v.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 4;
+      i++;
+    } else n += 3;
   }
-  return new Uint8Array(bytes); // a copy: Buffer.from may return a view into a shared pool
+  return n;
 }
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
@@ -132,7 +146,7 @@ function snapshotName(v: unknown, fail: (detail: string) => never): string {
   if (v.length === 0) return fail('expected a non-empty snapshot name, got ""');
   if (LONE_SURROGATE.test(v)) return fail(`expected well-formed Unicode (no lone surrogates), got ${show(v)}`);
   if (v.includes('\u0000')) return fail(`a snapshot name cannot contain U+0000, got ${show(v)}`);
-  const bytes = Buffer.byteLength(v, 'utf8');
+  const bytes = utf8Length(v);
   if (bytes > MAX_SNAPSHOT_NAME_BYTES) {
     return fail(`expected at most ${MAX_SNAPSHOT_NAME_BYTES} bytes of UTF-8 (QEMU's limit), got ${bytes} bytes`);
   }
@@ -256,7 +270,7 @@ function u64Value(n: bigint): number | string {
 function payloadFields(data: Uint8Array): Record<string, unknown> {
   const first = data[0];
   if (first !== undefined && data.every((b) => b === first)) return { length: data.length, pattern: first };
-  return { data: Buffer.from(data.buffer, data.byteOffset, data.length).toString('base64') };
+  return { data: base64Encode(data) };
 }
 
 /** The canonical JSON value of one op (field order as in docs/op-script.md). */

@@ -8,5 +8,5 @@ import fc from 'fast-check';
 const seed = process.env['QCOW2_FC_SEED'] ?? '20261121';
 if (seed !== 'random') fc.configureGlobal({ seed: Number(seed) });
 
-// The model's compression codecs, as the package entry installs them for Node.
+// Node's faster inflate for the model's codecs, as the Node entry and the CLI install it.
 import '../../src/io/node-compression.ts';

@@ -21,7 +21,7 @@ import { mapImage } from '../../src/model/block-status.ts';
 import { readGuest } from '../../src/model/read.ts';
 import { runHostileCase, type HostileSystem } from './hostile-harness.ts';
 import type { PoolImage } from './hostile-pool.ts';
-// The model's compression codecs for Node (installed on import).
+// Node's faster inflate for the model's codecs, as the Node entry and the CLI install it.
 import '../../src/io/node-compression.ts';
 
 setFlagsFromString('--expose-gc');

@@ -97,6 +97,13 @@ describe('npm run generate -- --check', () => {
     expect(await check()).toBe(1);
     writeFileSync(ts, original);
     expect(await check()).toBe(0);
+    // The embedded zstd wasm is generated too (from the pinned @bokuweb/zstd-wasm).
+    const wasm = join(dir, 'generated', 'zstd-wasm.ts');
+    const wasmText = readFileSync(wasm, 'utf8');
+    writeFileSync(wasm, wasmText.replace(/^[A-Za-z0-9+/]{120}$/m, (line) => line.replace(/^./, (c) => (c === 'A' ? 'B' : 'A'))));
+    expect(await check()).toBe(1);
+    writeFileSync(wasm, wasmText);
+    expect(await check()).toBe(0);
     appendFileSync(join(dir, 'spec', 'qcow2.ksy'), '\n# a comment changes the spec hash\n');
     expect(await check()).toBe(1);
     await run(TSX, [join(REPO, 'src', 'codegen', 'main.ts'), '--root', dir], { cwd: REPO });

@@ -1,18 +1,19 @@
 /**
- * The package entry point (src/index.ts) exposes the model and its oracles: an image created, changed
- * by `step`, stored and loaded again through the public API reads like the raw-disk oracle.
+ * The package's entry points from the sources: the core (src/index.ts) creates, changes, stores and
+ * loads an image that reads like the raw-disk oracle of the testing entry (src/testing.ts); the Node
+ * entry (src/node.ts) is the core plus the file layer, with the same module instances. The built and
+ * packed package is checked from the outside by test/qemu/package.test.ts.
  */
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import * as api from '../../src/index.ts';
-import { REPO_ROOT } from '../../src/io/repo-root.ts';
+import * as nodeApi from '../../src/node.ts';
+import * as testing from '../../src/testing.ts';
 
 describe('public API', () => {
   it('create → step → store → load → read/map, checked against RawDisk and checkInvariants', () => {
     let img = api.createImage({ size: 4n << 20n, clusterSize: 4096 }).image;
-    const oracle = new api.RawDisk({ size: 4n << 20n, clusterSize: 4096n, version: 3 });
-    const ops = api.parseScript(JSON.stringify([
+    const oracle = new testing.RawDisk({ size: 4n << 20n, clusterSize: 4096n, version: 3 });
+    const ops = testing.parseScript(JSON.stringify([
       { op: 'write', offset: 1000, length: 10000, pattern: 7 },
       { op: 'zero', offset: 4096, length: 4096 },
       { op: 'compress', offset: 65536, length: 4096, pattern: 3 },
@@ -28,7 +29,7 @@ describe('public API', () => {
     }
     const closed = api.closeImage(img).image;
     const bytes = api.storeImage(closed);
-    expect(api.checkInvariants(bytes)).toEqual([]);
+    expect(testing.checkInvariants(bytes)).toEqual([]);
     const again = api.loadImage(bytes);
     expect(Buffer.from(api.readGuest(again, 0n, 1 << 17)).equals(Buffer.from(oracle.read(0n, 1 << 17)))).toBe(true);
     expect(api.mapImage(again)).toEqual(api.mapImage(closed));
@@ -36,20 +37,11 @@ describe('public API', () => {
     expect(refused.ok ? 'ok' : refused.error).toBeInstanceOf(api.ModelError);
   });
 
-  it('the bundle package.json exports (dist/index.mjs, scripts/build.mjs) has the same exports and reads the same', async () => {
-    // Variable paths: the .mjs files have no type declarations, and the bundle may not exist yet.
-    const build = (await import(pathToFileURL(join(REPO_ROOT, 'scripts/build.mjs')).href)) as { ensureBuilt(): Promise<string[]> };
-    await build.ensureBuilt();
-    const dist = (await import(pathToFileURL(join(REPO_ROOT, 'dist/index.mjs')).href)) as typeof api;
-    expect(Object.keys(dist).sort()).toEqual(Object.keys(api).sort());
-    let img = dist.createImage({ size: 1n << 20n, clusterSize: 4096 }).image;
-    const r = dist.step(img, { kind: 'write', offset: 5000n, data: new Uint8Array(3000).fill(7) });
-    if (!r.ok) throw r.error;
-    img = r.image;
-    const buf = new Uint8Array(8192).fill(0xa5);
-    dist.readGuestInto(img, 4096n, 8192, buf, 0);
-    const want = new Uint8Array(8192);
-    want.fill(7, 5000 - 4096, 8000 - 4096);
-    expect(Buffer.from(buf).equals(Buffer.from(want))).toBe(true);
+  it('the Node entry re-exports the whole core (the same bindings) and adds the file layer', () => {
+    for (const [name, value] of Object.entries(api)) expect(nodeApi[name as keyof typeof nodeApi], name).toBe(value);
+    expect(typeof nodeApi.openImageFile).toBe('function');
+    expect(Object.keys(nodeApi).length).toBeGreaterThan(Object.keys(api).length);
+    // The testing entry does not repeat the core: its users import both.
+    expect(Object.keys(testing).filter((k) => k in api)).toEqual([]);
   });
 });
