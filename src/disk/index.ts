@@ -11,3 +11,4 @@ export { DiskError, isDiskError } from './errors.ts';
 export type { DiskErrorCode } from './errors.ts';
 export { memoryBackend, type MemoryBackend } from './memory-backend.ts';
 export { opfsBackend, type OpfsBackend, type SyncAccessHandleLike } from './opfs-backend.ts';
+export { writeHostFileTo } from './write-host-file.ts';

@@ -659,7 +659,7 @@ export async function convertImage(req: ConvertRequest, hooks: ConvertHooks, war
       sink = rawSink(temp, source.size);
     } else {
       const created = createImage({ ...req.targetOptions, size: source.size });
-      writeHostFile(temp, created.image.file);
+      await writeHostFile(temp, created.image.file);
       sink = await qcow2Sink(temp, created.image, req.output);
     }
     if (hooks.showProgress) progress = hooks.progressTarget(Number(dataBytes(source, req.compressed, sink.clusterSize)));

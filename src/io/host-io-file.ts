@@ -5,8 +5,9 @@
  * backends, so the crash-safety order the model chose is the order the disk sees. Also the byte
  * helpers convert's raw output writes with, and writeHostFile for a new image's first bytes.
  */
-import { closeSync, fsyncSync, ftruncateSync, openSync, write, writeSync } from 'node:fs';
-import { HostIoIssuer, isDiskError } from '../disk/index.ts';
+import { write, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { HostIoIssuer, isDiskError, writeHostFileTo } from '../disk/index.ts';
 import type { HostFile } from '../model/index.ts';
 import { hostTargetOf, type HostIO } from '../model/index.ts';
 import { fileBackend, type FileBackend } from './file-backend.ts';
@@ -83,29 +84,16 @@ export async function applyHostIOToPaths(paths: { readonly image: string; readon
 
 /**
  * Writes the sparse HostFile `file` to a new file at `path` (which must not exist): only its
- * non-zero pages (contiguous pages coalesced, at most 1 MiB per write), then the length, then an
- * fsync. Holes stay holes, so a large preallocated image costs only its metadata.
+ * non-zero pages, then the length, then an fsync (src/disk/write-host-file.ts). Holes stay holes,
+ * so a large preallocated image costs only its metadata.
  */
-export function writeHostFile(path: string, file: HostFile): void {
-  const fd = openSync(path, 'wx', 0o644);
+export async function writeHostFile(path: string, file: HostFile): Promise<void> {
+  const created = await open(path, 'wx', 0o644);
+  await created.close();
+  const backend = await fileBackend(path, { readOnly: false });
   try {
-    const PAGE = 4096;
-    const MAX_RUN = 256;
-    const keys = [...file.pages.keys()].sort((a, b) => a - b);
-    const buf = new Uint8Array(MAX_RUN * PAGE);
-    for (let i = 0; i < keys.length;) {
-      let j = i + 1;
-      while (j < keys.length && keys[j] === keys[j - 1]! + 1 && j - i < MAX_RUN) j++;
-      for (let k = i; k < j; k++) buf.set(file.pages.get(keys[k]!)!, (k - i) * PAGE);
-      const start = BigInt(keys[i]!) * BigInt(PAGE);
-      // The last page may extend past the file's length: cut it there.
-      const n = start + BigInt((j - i) * PAGE) > file.length ? Number(file.length - start) : (j - i) * PAGE;
-      writeFully(fd, buf.subarray(0, n), start);
-      i = j;
-    }
-    ftruncateSync(fd, position(file.length, 0));
-    fsyncSync(fd);
+    await writeHostFileTo(backend, file);
   } finally {
-    closeSync(fd);
+    await backend.close!();
   }
 }
