@@ -47,7 +47,7 @@ import { HEADER_MAGIC } from '../../generated/qcow2.ts';
 import { rename, rm, stat } from 'node:fs/promises';
 import { isZeroBytes } from '../codec/index.ts';
 import { isQcow2FormatError } from '../codec/index.ts';
-import { mapImage, type MapExtent } from '../model/index.ts';
+import type { MapExtent } from '../model/index.ts';
 import { closeImage } from '../model/index.ts';
 import { createImage, type CreateOptions } from '../model/index.ts';
 import { errnoText } from '../model/index.ts';
@@ -62,7 +62,7 @@ import { fileReader, type FileReader } from './file-reader.ts';
 import { HostIoIssuer, isDiskError } from '../disk/index.ts';
 import { fileBackend } from './file-backend.ts';
 import { writeFully, writeFullyAsync, writeHostFile } from './host-io-file.ts';
-import { chainImage, openImageFile, type OpenedLayer } from './open-file.ts';
+import { chainImage, mapDependencies, mapLayer, openImageFile, type HostAllocations, type OpenedLayer } from './open-file.ts';
 import { probeHostAllocationsOrFull } from './seek-data.ts';
 import { tempPathBeside } from './temp-file.ts';
 
@@ -186,9 +186,14 @@ interface LayerGeometry {
   readonly l2Span: bigint;
 }
 
-/** A qcow2 input (its chain opened under the policy) as a ConvertSource. */
-function qcow2Source(top: OpenedLayer): ConvertSource {
-  const image = chainImage(top);
+/**
+ * A qcow2 input (its chain opened under the policy) as a ConvertSource. `hosts`: where each file of
+ * the chain holds data (SEEK_DATA), so that clusters allocated over holes — metadata preallocation —
+ * are reported as zeros and never read, as QEMU's block status recurses into the file for them
+ * (BDRV_BLOCK_RECURSE) and qemu-img convert skips them.
+ */
+function qcow2Source(top: OpenedLayer, hosts: HostAllocations): ConvertSource {
+  const image = chainImage(top, hosts);
   const layers: (LayerGeometry | undefined)[] = [];
   for (let l: OpenedLayer | undefined = top; l !== undefined; l = l.backing) {
     if (l.image === undefined) {
@@ -213,7 +218,7 @@ function qcow2Source(top: OpenedLayer): ConvertSource {
       const load = (from: bigint): void => {
         wStart = from;
         wEnd = min(size, from + MAP_WINDOW);
-        window = mapImage(image, wStart, wEnd - wStart);
+        window = mapLayer(top, image, hosts, wStart, wEnd - wStart);
         idx = 0;
       };
       return (pos, maxLength) => {
@@ -618,7 +623,9 @@ async function openSource(req: ConvertRequest, warn: (line: string) => void): Pr
   if (format === 'qcow2') {
     const top = await openImageFile(req.input, req.policy, { backing: true, dataFile: 'read' });
     try {
-      return qcow2Source(top);
+      const paths = mapDependencies(top);
+      const allocs = probeHostAllocationsOrFull(paths, warn);
+      return qcow2Source(top, new Map(paths.map((p, i) => [p, allocs[i]!] as const)));
     } catch (e) {
       top.close();
       throw e;
