@@ -17,7 +17,7 @@
 import { strerror } from './errno.ts';
 import {
   decodeL1EntryFields, decodeSnapshotEntry, encodeL1Entry, encodeSnapshotEntry, SNAPSHOT_ENTRY_FIXED_SIZE, SnapshotEntryLayout,
-  type L1EntryFields, type SnapshotEntry,
+  type L1EntryFields, type L2EntryFields, type SnapshotEntry,
 } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l1L2Offset } from '../format/index.ts';
 import { QCOW_MAX_SNAPSHOT_EXTRA_DATA, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE } from '../format/index.ts';
@@ -305,6 +305,8 @@ function updateSnapshotRefcount(tx: Tx, l1: readonly L1EntryFields[], addend: -1
   const ctx = { clusterBits: g.clusterBits, extendedL2: g.extendedL2, externalDataFile: g.externalDataFile };
   const next = l1.map((e) => ({ ...e }));
   let modified = false;
+  /** With addend +1, the L2 entries that lose COPIED: written after the refcounts they depend on. */
+  const deferred: { l2Offset: bigint; j: number; entry: L2EntryFields }[] = [];
   const change = (offset: bigint, length: bigint): void => {
     if (addend === 0) return;
     if (addend > 0) {
@@ -332,7 +334,9 @@ function updateSnapshotRefcount(tx: Tx, l1: readonly L1EntryFields[], addend: -1
           refcount = getRefcount(tx, c.hostOffset >> BigInt(g.clusterBits));
         }
         const copied = refcount === 1n;
-        if (old.copied !== copied) writeL2Entry(tx, l2Offset, j, withCopied(old, copied));
+        if (old.copied === copied) continue;
+        if (addend > 0) deferred.push({ l2Offset, j, entry: withCopied(old, copied) });
+        else writeL2Entry(tx, l2Offset, j, withCopied(old, copied));
       }
       change(l2Offset, 1n);
     }
@@ -342,6 +346,13 @@ function updateSnapshotRefcount(tx: Tx, l1: readonly L1EntryFields[], addend: -1
       next[i] = withCopied(next[i]!, copied);
       modified = true;
     }
+  }
+  // Crash safety: QEMU marks each L2 table it rewrote as depending on the refcount block cache
+  // (qcow2_cache_set_dependency), so the raised refcounts are on disk, with a flush, before any entry
+  // loses COPIED; an entry without COPIED on a cluster whose refcount is still 1 is never on disk.
+  if (deferred.length > 0) {
+    hostFlush(tx);
+    for (const d of deferred) writeL2Entry(tx, d.l2Offset, d.j, d.entry);
   }
   hostFlush(tx);
   return { l1: next, modified };
