@@ -213,6 +213,14 @@ export class Qcow2Disk {
     return this.image.header.size;
   }
 
+  /**
+   * Files in the open backing chain, this image included: 1 without a backing file (or opened with
+   * `backing: 'none'`), 2 with one backing file, and so on. Depths in map()'s extents are below it.
+   */
+  get chainLength(): number {
+    return 1 + (this.backingDisk?.chainLength ?? (this.backingRaw !== undefined ? 1 : 0));
+  }
+
   /** The model's current Image (immutable; for the pure functions of the core: mapImage, checkImage...). */
   get current(): Image {
     return this.image;
@@ -247,9 +255,13 @@ export class Qcow2Disk {
     return this.change({ kind: 'writeCompressed', offset, data });
   }
 
-  /** Zeroes [offset, offset + length); `unmap` lets the image free the clusters (`write -z -u`). */
-  writeZeroes(offset: bigint, length: bigint, opts: { readonly unmap?: boolean } = {}): Promise<void> {
-    return this.change({ kind: 'writeZeroes', offset, length, unmap: opts.unmap === true });
+  /**
+   * Zeroes [offset, offset + length); `unmap` lets the image free the clusters (`write -z -u`).
+   * `noFallback` (BDRV_REQ_NO_FALLBACK, NBD's FAST_ZERO) makes it fail with a ModelError (-ENOTSUP)
+   * instead of writing zeros where the image cannot zero by metadata alone.
+   */
+  writeZeroes(offset: bigint, length: bigint, opts: { readonly unmap?: boolean; readonly noFallback?: boolean } = {}): Promise<void> {
+    return this.change({ kind: 'writeZeroes', offset, length, unmap: opts.unmap === true, ...(opts.noFallback === true ? { noFallback: true } : {}) });
   }
 
   /** Discards [offset, offset + length) (what reads return afterwards: src/model/ops.ts DiscardOp). */

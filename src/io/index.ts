@@ -17,3 +17,5 @@ export { fileBackend } from './file-backend.ts';
 export type { FileBackend } from './file-backend.ts';
 export { createDiskFile, openDiskFile } from './open-disk-file.ts';
 export type { OpenDiskFileOptions } from './open-disk-file.ts';
+export { NbdServer, NbdServerError, SocketChannel } from './nbd-server.ts';
+export type { NbdListenOptions } from './nbd-server.ts';
