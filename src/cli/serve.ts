@@ -15,8 +15,8 @@ import { isQcow2FormatError } from '../codec/index.ts';
 import { isDiskError, type Qcow2Disk } from '../disk/index.ts';
 import { NbdExport, NbdExportError, type DetectZeroesMode, type DiscardMode } from '../nbd/index.ts';
 import { isOpenError } from '../open/index.ts';
-import { ModelError } from '../model/index.ts';
-import { NbdServer, NbdServerError, OPEN_POLICY_OPTIONS, OpenImageError, openDiskFile, openPolicyFrom } from '../io/index.ts';
+import { ModelError, type HostAllocation } from '../model/index.ts';
+import { NbdServer, NbdServerError, OPEN_POLICY_OPTIONS, OpenImageError, SeekDataProbeServer, openDiskFile, openPolicyFrom } from '../io/index.ts';
 import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, errnoText, oneImage, parseCommand, showHelp } from './io.ts';
 
 /** Help text of the serve command. */
@@ -67,9 +67,11 @@ Options:
                        for ranges no image of the chain allocates, else 1 +
                        the depth of the image that does.
   --discard=MODE       ignore (default, as qemu-nbd; also 'off'): TRIM does
-                       nothing and WRITE_ZEROES never frees clusters; unmap
-                       (also 'on'): TRIM discards whole clusters and
-                       WRITE_ZEROES without NO_HOLE may free them.
+                       nothing, and clusters a zero write frees keep their
+                       bytes in the file; unmap (also 'on'): TRIM discards
+                       whole clusters, and freed clusters are punched out of
+                       the file. (WRITE_ZEROES without NO_HOLE may free
+                       clusters in both modes, as in qemu-nbd.)
   --detect-zeroes=MODE off (default), on (a write of zeros becomes a zero
                        write), unmap (and may free clusters; needs
                        --discard=unmap).
@@ -106,8 +108,9 @@ well-formed writes.
 
 Differences from qemu-nbd: only qcow2 images; no TLS, no -c/--connect (use
 nbd-client), no --fork, no -o/--offset, no bitmaps (-B), no snapshots (-s,
--l); base:allocation reports a sparse, metadata-preallocated image's holes
-as data (qemu-nbd reports them as zeros).
+-l); the holes of a sparse, metadata-preallocated image are looked up (as
+qemu-nbd does) only in IMAGE itself, not in its backing files or external
+data file (python3 finds them with SEEK_DATA; without it they count as data).
 
 Exit codes:
   0  the server stopped: the last client left (without -t), or a signal
@@ -161,20 +164,36 @@ export async function runServe(args: readonly string[], io: CliIo): Promise<numb
 
   let disk: Qcow2Disk;
   try {
-    disk = await openDiskFile(imagePath, { readOnly, ...openPolicyFrom(v) });
+    // qemu-nbd opens the image with BDRV_O_UNMAP only for --discard=unmap.
+    disk = await openDiskFile(imagePath, { readOnly, discardPassthrough: discard === 'unmap', ...openPolicyFrom(v) });
   } catch (e) {
     return reportFailure(io, imagePath, e);
   }
+  // qemu-nbd reports the holes of a sparse, metadata-preallocated image as zeros: the export asks
+  // the file system (SEEK_DATA through python3) how the file is stored.
+  const probe = new SeekDataProbeServer();
+  let warned = false;
+  const hostAllocation = async (): Promise<HostAllocation> => {
+    try {
+      return (await probe.probe([imagePath]))[0]!;
+    } catch (e) {
+      if (!warned) say(`warning: ${(e as Error).message}; block status treats the file as fully allocated`);
+      warned = true;
+      throw e;
+    }
+  };
   let exp: NbdExport;
   try {
     exp = new NbdExport(disk, {
       name: v['export-name'] ?? '', readOnly, discard, detectZeroes,
       allocationDepth: v['allocation-depth'] === true,
       multiConn: shared !== 1,
+      hostAllocation,
       ...(v.description !== undefined ? { description: v.description } : {}),
     });
   } catch (e) {
     await disk.close().catch(() => undefined);
+    probe.close();
     if (e instanceof NbdExportError) {
       io.stderr(`qcow2-ref: serve: ${e.message}\nTry 'qcow2-ref serve --help' for more information.\n`);
       return EXIT_USAGE;
@@ -192,6 +211,7 @@ export async function runServe(args: readonly string[], io: CliIo): Promise<numb
     });
   } catch (e) {
     await disk.close().catch(() => undefined);
+    probe.close();
     if (e instanceof NbdServerError) {
       io.stderr(`qcow2-ref: ${e.message}\n`);
       return EXIT_DECODE;
@@ -235,6 +255,7 @@ export async function runServe(args: readonly string[], io: CliIo): Promise<numb
     if (pidFile !== undefined && code === EXIT_OK) await rm(pidFile, { force: true }).catch(() => undefined);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    probe.close();
   }
   if (verbose) say('stopped');
   return code;

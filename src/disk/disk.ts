@@ -6,9 +6,9 @@
  * (apply-io.ts), and keeps memory bounded by rebasing the model's file onto the backend.
  */
 import {
-  closeImage, createImage, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
+  closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
   headerReferences, hostPage, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget,
-  type Image, type MapExtent, type Op,
+  type HostAllocation, type Image, type MapExtent, type MapOptions, type Op,
 } from '../model/index.ts';
 import { HEADER_MAGIC } from '../../generated/qcow2.ts';
 import { checkImage, repairImage, type CheckResult, type RepairMode, type RepairResult } from '../check/index.ts';
@@ -53,6 +53,13 @@ export interface DiskOpenOptions {
   readonly name?: string;
   /** Bytes of backend chunks cached between operations, per file (default 32 MiB). */
   readonly cacheBytes?: number;
+  /**
+   * Whether clusters freed by a guest request (a zero write with unmap, a discard) are punched out
+   * of the files, as QEMU does when the image is opened with BDRV_O_UNMAP (default true: qemu-io and
+   * qemu-img open images so). false is qemu-nbd's default `--discard=ignore`: the refcounts drop and
+   * the files keep the bytes (SessionState.noDiscardPassthrough).
+   */
+  readonly discardPassthrough?: boolean;
 }
 
 /** Longest backing chain opened, the top image included (a crafted chain cannot recurse forever). */
@@ -202,6 +209,7 @@ export class Qcow2Disk {
       image = { ...image, backing: source };
     }
 
+    if (opts.discardPassthrough === false) image = { ...image, session: { ...image.session, noDiscardPassthrough: true } };
     const disk = new Qcow2Disk(image, targets, backingDisk, backingRaw, readOnly, name, opened0.repair, opened0.warnings);
     // The writes the open made (cleared autoclear bits, the repair of a dirty image) go out now.
     if (opened0.io.length > 0) await disk.serial(() => disk.commit(image, opened0.io));
@@ -312,12 +320,27 @@ export class Qcow2Disk {
     });
   }
 
-  /** `qemu-img map`'s extents of [offset, offset + length) (default: the whole disk). */
-  map(offset = 0n, length?: bigint): Promise<MapExtent[]> {
+  /**
+   * `qemu-img map`'s extents of [offset, offset + length) (default: the whole disk). `opts` tells the
+   * model how the image's file is stored (mapImage's MapOptions: QEMU reports the holes of a sparse,
+   * metadata-preallocated file as zeros); without it the file counts as fully allocated.
+   */
+  map(offset = 0n, length?: bigint, opts: MapOptions = {}): Promise<MapExtent[]> {
     return this.serial(async () => {
       this.usable();
       const len = length ?? (this.image.header.size & ~511n) - offset;
-      return compute(this.allReaders(), () => mapImage(this.image, offset, len));
+      return compute(this.allReaders(), () => mapImage(this.image, offset, len, opts));
+    });
+  }
+
+  /**
+   * Whether QEMU, opening this image now with its file stored as `host` says, would treat it as
+   * metadata-preallocated (qcow2_detect_metadata_preallocation; see MapOptions.metadataPreallocated).
+   */
+  metadataPreallocation(host: HostAllocation): Promise<boolean> {
+    return this.serial(async () => {
+      this.usable();
+      return compute(this.allReaders(), () => detectMetadataPreallocation(this.image, host));
     });
   }
 

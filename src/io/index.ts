@@ -8,7 +8,7 @@ export type { HostIOStats } from './host-io-file.ts';
 export { OPEN_POLICY_OPTIONS, OpenImageError, chainImage, mapDependencies, mapLayer, openImageFile, openPolicyFrom, withOpenImageFile } from './open-file.ts';
 export type { OpenFileOptions, OpenPolicy, OpenedLayer } from './open-file.ts';
 export { repoRoot } from './repo-root.ts';
-export { probeHostAllocationsOrFull } from './seek-data.ts';
+export { SeekDataProbeServer, probeHostAllocationsOrFull } from './seek-data.ts';
 export { tempPathBeside } from './temp-file.ts';
 
 // Loading the I/O layer installs node:zlib's faster inflate into the model's codecs (src/model/compression.ts).

@@ -15,6 +15,8 @@ export interface OpenDiskFileOptions extends OpenPolicy {
   readonly readOnly?: boolean;
   /** Bytes of file chunks cached between operations, per file (default 32 MiB). */
   readonly cacheBytes?: number;
+  /** Punch clusters freed by guest requests out of the files (default true; DiskOpenOptions.discardPassthrough). */
+  readonly discardPassthrough?: boolean;
 }
 
 /**
@@ -28,7 +30,11 @@ export interface OpenDiskFileOptions extends OpenPolicy {
  */
 export async function openDiskFile(path: string, opts: OpenDiskFileOptions = {}): Promise<Qcow2Disk> {
   const top = await openFile(path, opts.readOnly !== false, path);
-  return Qcow2Disk.open(top, { ...diskOptions(path, top, opts), readOnly: opts.readOnly !== false });
+  return Qcow2Disk.open(top, {
+    ...diskOptions(path, top, opts),
+    readOnly: opts.readOnly !== false,
+    ...(opts.discardPassthrough !== undefined ? { discardPassthrough: opts.discardPassthrough } : {}),
+  });
 }
 
 /**

@@ -52,15 +52,18 @@ function isAllocated(tx: Tx, e: L2EntryFields): boolean {
 
 /**
  * Frees what entry `e` pointed at and punches out every host cluster whose refcount reached 0
- * (QCOW2_DISCARD_REQUEST with discard passthrough, as qemu-io and qemu-img open images). With an
+ * (QCOW2_DISCARD_REQUEST with discard passthrough, as qemu-io and qemu-img open images; not when the
+ * session was opened without it, SessionState.noDiscardPassthrough). With an
  * external data file a NORMAL / ZERO_ALLOC cluster is punched out of the data file instead
  * (qcow2_free_any_cluster: no refcount, bdrv_pdiscard on s->data_file).
  */
 function freeAndDiscard(tx: Tx, e: L2EntryFields): void {
   const g = geo(tx);
   const c = classifyL2Entry(e, ctxOf(tx));
+  // Opened without BDRV_O_UNMAP: the refcounts drop, the host file keeps the bytes.
+  const passthrough = tx.img.session.noDiscardPassthrough !== true;
   if (g.externalDataFile) {
-    if (c.kind === 'normal' || c.kind === 'zero-alloc') dataDiscard(tx, c.hostOffset, BigInt(g.clusterSize));
+    if (passthrough && (c.kind === 'normal' || c.kind === 'zero-alloc')) dataDiscard(tx, c.hostOffset, BigInt(g.clusterSize));
     return;
   }
   let first: bigint;
@@ -76,6 +79,7 @@ function freeAndDiscard(tx: Tx, e: L2EntryFields): void {
     return;
   }
   freeAnyCluster(tx, e);
+  if (!passthrough) return;
   for (let ci = first; ci <= last; ci++) {
     if (getRefcount(tx, ci) === 0n) {
       const at = ci << BigInt(g.clusterBits);

@@ -11,8 +11,9 @@
  * write between them.
  */
 import { isZeroBytes } from '../codec/index.ts';
-import type { Qcow2Disk } from '../disk/index.ts';
-import type { MapExtent } from '../model/index.ts';
+import { isDiskError, type Qcow2Disk } from '../disk/index.ts';
+import { ModelError } from '../model/index.ts';
+import type { HostAllocation, MapExtent, MapOptions } from '../model/index.ts';
 import {
   NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_HAS_FLAGS, NBD_FLAG_READ_ONLY, NBD_FLAG_SEND_CACHE, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM, NBD_FLAG_SEND_WRITE_ZEROES, NBD_MAX_BLOCK_STATUS_EXTENTS, NBD_MAX_STRING_SIZE, NBD_STATE_HOLE,
@@ -33,8 +34,10 @@ export interface NbdExportOptions {
   /** Export read-only (-r). Default: whether the disk was opened read-only. */
   readonly readOnly?: boolean;
   /**
-   * --discard (default 'ignore', as qemu-nbd): with 'ignore', TRIM succeeds without effect and
-   * WRITE_ZEROES never frees clusters (QEMU drops BDRV_REQ_MAY_UNMAP without BDRV_O_UNMAP).
+   * --discard (default 'ignore', as qemu-nbd): with 'ignore', TRIM succeeds without effect
+   * (bdrv_co_pdiscard does nothing without BDRV_O_UNMAP) and clusters freed by a zero write stay in
+   * the file (open the disk with `discardPassthrough: false` to match). WRITE_ZEROES without NO_HOLE
+   * frees clusters either way: blk_co_pwrite_zeroes passes BDRV_REQ_MAY_UNMAP down untouched.
    */
   readonly discard?: DiscardMode;
   /** --detect-zeroes (default 'off'); 'unmap' needs discard 'unmap', as in qemu-nbd. */
@@ -46,6 +49,14 @@ export interface NbdExportOptions {
    * then true, because every connection goes through the one driver and a flush flushes all of it.
    */
   readonly multiConn?: boolean;
+  /**
+   * How the image's file is stored now (st_blocks, SEEK_DATA/SEEK_HOLE; src/io/seek-data.ts). With
+   * it, block status and sparse reads report the holes of a sparse, metadata-preallocated file as
+   * zeros, as qemu-nbd does (QEMU decides once, at the first block-status query, whether the image
+   * is metadata-preallocated; the holes are looked up at every query). Without it (or when it
+   * fails) the file counts as fully allocated.
+   */
+  readonly hostAllocation?: () => Promise<HostAllocation>;
 }
 
 /** A typed refusal of export options (an over-long name, detect-zeroes=unmap without discard=unmap...). */
@@ -81,6 +92,12 @@ export class NbdExport {
   readonly detectZeroes: DetectZeroesMode;
   readonly allocationDepth: boolean;
   private queue: Promise<unknown> = Promise.resolve();
+  /** QEMU's metadata-preallocation decision, made at the first query that needs block status. */
+  private preallocated: boolean | undefined;
+  /** The file's allocation as last probed; dropped by every change. */
+  private host: HostAllocation | undefined;
+  /** Why probing the file's allocation failed, once (the file then counts as fully allocated). */
+  probeFailure: string | undefined;
 
   /** Serves `disk`; throws NbdExportError for options qemu-nbd refuses. */
   constructor(readonly disk: Qcow2Disk, readonly options: NbdExportOptions = {}) {
@@ -115,13 +132,33 @@ export class NbdExport {
     return r;
   }
 
+  /** The MapOptions that make the driver's map what qemu-nbd's block status would be now. */
+  private async mapOptions(): Promise<MapOptions> {
+    const probe = this.options.hostAllocation;
+    if (probe === undefined || this.probeFailure !== undefined || this.preallocated === false) return { metadataPreallocated: false };
+    try {
+      this.host ??= await probe();
+      this.preallocated ??= await this.disk.metadataPreallocation(this.host);
+    } catch (e) {
+      if (isDiskError(e) || e instanceof ModelError) throw e;
+      this.probeFailure = (e as Error)?.message ?? String(e);
+      return { metadataPreallocated: false };
+    }
+    return this.preallocated ? { metadataPreallocated: true, host: this.host } : { metadataPreallocated: false };
+  }
+
+  /** The image may have changed: the next block-status query probes the file again. */
+  private changed(): void {
+    this.host = undefined;
+  }
+
   /**
    * The bytes of [offset, offset + length) as runs of data and zeros (nbd_co_send_sparse_read: block
    * status decides which ranges are sent as NBD_REPLY_TYPE_OFFSET_HOLE). The caller has checked the
    * range against the export size.
    */
   async readSparse(offset: bigint, length: number): Promise<ReadPiece[]> {
-    const extents = await this.disk.map(offset, BigInt(length));
+    const extents = await this.disk.map(offset, BigInt(length), await this.mapOptions());
     const runs: { zero: boolean; start: bigint; length: bigint }[] = [];
     for (const e of clip(extents, offset, BigInt(length))) {
       const last = runs[runs.length - 1];
@@ -157,6 +194,7 @@ export class NbdExport {
    * before the reply (qcow2 has no native FUA: the block layer flushes after the write).
    */
   async write(offset: bigint, data: Uint8Array, fua: boolean): Promise<void> {
+    this.changed();
     if (this.detectZeroes !== 'off' && data.length > 0 && isZeroBytes(data)) {
       await this.disk.writeZeroes(offset, BigInt(data.length), { unmap: this.detectZeroes === 'unmap' });
     } else {
@@ -166,19 +204,21 @@ export class NbdExport {
   }
 
   /**
-   * NBD_CMD_WRITE_ZEROES: blk_co_pwrite_zeroes with BDRV_REQ_MAY_UNMAP unless NO_HOLE (dropped
-   * without --discard=unmap, as QEMU drops it without BDRV_O_UNMAP) and BDRV_REQ_NO_FALLBACK for
-   * FAST_ZERO. Long requests go to the driver in aligned pieces of 256 MiB, which changes nothing
+   * NBD_CMD_WRITE_ZEROES: blk_co_pwrite_zeroes with BDRV_REQ_MAY_UNMAP unless NO_HOLE (whatever
+   * --discard says: only bdrv_co_pwrite_zeroes, the path of a node's children, drops it without
+   * BDRV_O_UNMAP, and the export's requests do not take it) and BDRV_REQ_NO_FALLBACK for FAST_ZERO. Long requests go to the driver in aligned pieces of 256 MiB, which changes nothing
    * (every piece boundary is a cluster boundary) but bounds the work of one driver call.
    */
   async writeZeroes(offset: bigint, length: number, opts: { readonly noHole: boolean; readonly fastZero: boolean; readonly fua: boolean }): Promise<void> {
-    const unmap = !opts.noHole && this.discard === 'unmap';
+    this.changed();
+    const unmap = !opts.noHole;
     for (const [at, n] of pieces(offset, BigInt(length))) await this.disk.writeZeroes(at, n, { unmap, noFallback: opts.fastZero });
     if (opts.fua) await this.disk.flush();
   }
 
   /** NBD_CMD_TRIM: blk_co_pdiscard (nothing without --discard=unmap), then a flush for FUA. */
   async trim(offset: bigint, length: number, fua: boolean): Promise<void> {
+    this.changed();
     if (this.discard === 'unmap') for (const [at, n] of pieces(offset, BigInt(length))) await this.disk.discard(at, n);
     if (fua) await this.disk.flush();
   }
@@ -211,7 +251,7 @@ export class NbdExport {
     const end = offset + BigInt(length);
     for (let at = offset; at < end;) {
       const n = end - at < piece ? end - at : piece;
-      const extents = await this.disk.map(at, n);
+      const extents = await this.disk.map(at, n, await this.mapOptions());
       for (const e of clip(extents, at, n)) {
         if (contexts.baseAllocation) base.add(e.length, (e.data ? 0 : NBD_STATE_HOLE) | (e.zero ? NBD_STATE_ZERO : 0));
         if (contexts.allocationDepth) depth.add(e.length, e.present ? e.depth + 1 : e.depth < chain - 1 ? e.depth + 2 : 0);
