@@ -101,12 +101,14 @@ export class NbdServer {
    */
   shutdown(): Promise<void> {
     this.stopping ??= (async () => {
-      await new Promise<void>((r) => this.server.close(() => r()));
+      // server.close's callback waits for every connection to end: close them first.
+      const closed = new Promise<void>((r) => this.server.close(() => r()));
       await Promise.all([...this.sessions].map(async ([session, socket]) => {
         session.stop();
         await session.settled();
         socket.destroy();
       }));
+      await closed;
       if (this.opts.socketPath !== undefined) await rm(this.opts.socketPath, { force: true }).catch(() => undefined);
       this.resolveDone();
     })();

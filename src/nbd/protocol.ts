@@ -148,20 +148,18 @@ export const NBD_REQUEST_SIZE = 28;
 /** Size of an option request header (magic, option, length). */
 export const NBD_OPTION_HEADER_SIZE = 16;
 
-/** Names of the options, for messages (QEMU's nbd_opt_lookup). */
+/** Names of the options, for messages (QEMU 7.2's nbd_opt_lookup: options it does not know are '<unknown>'). */
 export function optionName(opt: number): string {
   switch (opt) {
     case NBD_OPT_EXPORT_NAME: return 'export name';
     case NBD_OPT_ABORT: return 'abort';
     case NBD_OPT_LIST: return 'list';
-    case NBD_OPT_PEEK_EXPORT: return 'peek export';
     case NBD_OPT_STARTTLS: return 'starttls';
     case NBD_OPT_INFO: return 'info';
     case NBD_OPT_GO: return 'go';
     case NBD_OPT_STRUCTURED_REPLY: return 'structured reply';
     case NBD_OPT_LIST_META_CONTEXT: return 'list meta context';
     case NBD_OPT_SET_META_CONTEXT: return 'set meta context';
-    case NBD_OPT_EXTENDED_HEADERS: return 'extended headers';
     default: return '<unknown>';
   }
 }

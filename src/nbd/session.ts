@@ -377,13 +377,15 @@ export class NbdSession {
         data = (await ch.read(req.length)) ?? undefined;
         if (data === undefined) throw this.ended('CMD_WRITE data');
       }
+      // Every error found here is answered with EINVAL, as QEMU 7.2's nbd_trip answers whatever
+      // nbd_co_receive_request found (it computes -EROFS and -ENOSPC, but replies -EINVAL); the
+      // protocol's "SHOULD" EPERM / ENOSPC leaves that choice open.
       if (checkReadOnly && exp.readOnly) {
-        this.replyError(req, NBD_EPERM, 'Export is read-only');
+        this.replyError(req, NBD_EINVAL, 'Export is read-only');
         continue;
       }
       if (req.offset > exp.size || BigInt(req.length) > exp.size - req.offset) {
-        this.replyError(req, req.type === NBD_CMD_WRITE || req.type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL,
-          `operation past EOF; From: ${req.offset}, Len: ${req.length}, Size: ${exp.size}`);
+        this.replyError(req, NBD_EINVAL, `operation past EOF; From: ${req.offset}, Len: ${req.length}, Size: ${exp.size}`);
         continue;
       }
       if ((req.flags & ~validFlags) !== 0) {
