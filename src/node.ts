@@ -25,7 +25,7 @@ export {
 } from './io/open-file.ts';
 export { probeHostAllocations, probeHostAllocationsOrFull, HostProbeError } from './io/seek-data.ts';
 export { ConvertError, OUTPUT_CACHES, convertImage, type ConvertHooks, type ConvertProgress, type ConvertRequest, type ConvertSummary, type OutputCache } from './io/convert.ts';
-export { fileBackend, type FileBackend } from './io/file-backend.ts';
+export { fileBackend, type FileBackend, type FileBackendOptions } from './io/file-backend.ts';
 export { createDiskFile, openDiskFile, type OpenDiskFileOptions } from './io/open-disk-file.ts';
 export { nodeCompressionCodecs } from './io/node-compression.ts';
 export { NbdServer, NbdServerError, type NbdListenOptions } from './io/nbd-server.ts';

@@ -21,7 +21,7 @@ import { EXIT_DECODE, EXIT_OK, EXIT_USAGE, UsageError, type CliIo, errnoText, on
 
 /** Help text of the serve command. */
 export const SERVE_HELP = `Usage: qcow2-ref serve [-k PATH | -p PORT [-b ADDR]] [-r] [-x NAME] [-D TEXT]
-                     [-e NUM] [-t] [-A] [--discard=ignore|unmap]
+                     [-e NUM] [-t] [-A] [--discard=ignore|unmap] [--cache=MODE]
                      [--detect-zeroes=off|on|unmap] [-f qcow2] [--pid-file=PATH]
                      [-v] [--allow-backing] [--allow-backing-path]
                      [--allow-data-file-path] IMAGE
@@ -72,6 +72,13 @@ Options:
                        whole clusters, and freed clusters are punched out of
                        the file. (WRITE_ZEROES without NO_HOLE may free
                        clusters in both modes, as in qemu-nbd.)
+  --cache=MODE         writeback (default, as qemu-nbd; also 'none'): changes
+                       are written to IMAGE in batches, each keeping QEMU's
+                       crash-safe order, and are durable once a FLUSH (or a
+                       request with FUA) is answered; writethrough (also
+                       'directsync'): every change is durable before its
+                       reply; unsafe: FLUSH and FUA do nothing (IMAGE is
+                       flushed when the server stops).
   --detect-zeroes=MODE off (default), on (a write of zeros becomes a zero
                        write), unmap (and may free clusters; needs
                        --discard=unmap).
@@ -138,6 +145,7 @@ export async function runServe(args: readonly string[], io: CliIo): Promise<numb
     persistent: { type: 'boolean', short: 't' },
     'allocation-depth': { type: 'boolean', short: 'A' },
     discard: { type: 'string' },
+    cache: { type: 'string' },
     'detect-zeroes': { type: 'string' },
     format: { type: 'string', short: 'f' },
     'pid-file': { type: 'string' },
@@ -158,6 +166,11 @@ export async function runServe(args: readonly string[], io: CliIo): Promise<numb
   const detectText = v['detect-zeroes'] ?? 'off';
   if (detectText !== 'off' && detectText !== 'on' && detectText !== 'unmap') throw new UsageError(`Invalid detect-zeroes option '${detectText}'`);
   const detectZeroes: DetectZeroesMode = detectText;
+  // qemu-nbd's cache modes; without O_DIRECT here, 'none' behaves as 'writeback' and 'directsync'
+  // as 'writethrough'.
+  const cacheText = v.cache ?? 'writeback';
+  const cache = cacheText === 'writeback' || cacheText === 'none' ? 'writeback' : cacheText === 'writethrough' || cacheText === 'directsync' ? 'writethrough' : cacheText === 'unsafe' ? 'unsafe' : undefined;
+  if (cache === undefined) throw new UsageError(`Invalid cache mode '${cacheText}'`);
   const readOnly = v['read-only'] === true;
   const verbose = v.verbose === true;
   const say = (line: string): void => io.stderr(`qcow2-ref: serve: ${line}\n`);
@@ -165,7 +178,7 @@ export async function runServe(args: readonly string[], io: CliIo): Promise<numb
   let disk: Qcow2Disk;
   try {
     // qemu-nbd opens the image with BDRV_O_UNMAP only for --discard=unmap.
-    disk = await openDiskFile(imagePath, { readOnly, discardPassthrough: discard === 'unmap', ...openPolicyFrom(v) });
+    disk = await openDiskFile(imagePath, { readOnly, discardPassthrough: discard === 'unmap', syncIo: true, writeback: true, ...openPolicyFrom(v) });
   } catch (e) {
     return reportFailure(io, imagePath, e);
   }
@@ -189,6 +202,7 @@ export async function runServe(args: readonly string[], io: CliIo): Promise<numb
       allocationDepth: v['allocation-depth'] === true,
       multiConn: shared !== 1,
       hostAllocation,
+      cache,
       ...(v.description !== undefined ? { description: v.description } : {}),
     });
   } catch (e) {

@@ -14,7 +14,7 @@ export { tempPathBeside } from './temp-file.ts';
 // Loading the I/O layer installs node:zlib's faster inflate into the model's codecs (src/model/compression.ts).
 import './node-compression.ts';
 export { fileBackend } from './file-backend.ts';
-export type { FileBackend } from './file-backend.ts';
+export type { FileBackend, FileBackendOptions } from './file-backend.ts';
 export { createDiskFile, openDiskFile } from './open-disk-file.ts';
 export type { OpenDiskFileOptions } from './open-disk-file.ts';
 export { NbdServer, NbdServerError, SocketChannel } from './nbd-server.ts';

@@ -57,6 +57,12 @@ export interface NbdExportOptions {
    * fails) the file counts as fully allocated.
    */
   readonly hostAllocation?: () => Promise<HostAllocation>;
+  /**
+   * qemu-nbd --cache: 'writeback' (the default; open the disk with `writeback: true` to match),
+   * 'writethrough' (every write, zero and trim is flushed before its reply, as if it had FUA),
+   * 'unsafe' (FLUSH and FUA do nothing: nothing is made durable before close).
+   */
+  readonly cache?: 'writeback' | 'writethrough' | 'unsafe';
 }
 
 /** A typed refusal of export options (an over-long name, detect-zeroes=unmap without discard=unmap...). */
@@ -195,6 +201,7 @@ export class NbdExport {
    */
   async write(offset: bigint, data: Uint8Array, fua: boolean): Promise<void> {
     this.changed();
+    fua = this.fua(fua);
     if (this.detectZeroes !== 'off' && data.length > 0 && isZeroBytes(data)) {
       await this.disk.writeZeroes(offset, BigInt(data.length), { unmap: this.detectZeroes === 'unmap' });
     } else {
@@ -211,21 +218,28 @@ export class NbdExport {
    */
   async writeZeroes(offset: bigint, length: number, opts: { readonly noHole: boolean; readonly fastZero: boolean; readonly fua: boolean }): Promise<void> {
     this.changed();
+    const fua = this.fua(opts.fua);
     const unmap = !opts.noHole;
     for (const [at, n] of pieces(offset, BigInt(length))) await this.disk.writeZeroes(at, n, { unmap, noFallback: opts.fastZero });
-    if (opts.fua) await this.disk.flush();
+    if (fua) await this.disk.flush();
   }
 
   /** NBD_CMD_TRIM: blk_co_pdiscard (nothing without --discard=unmap), then a flush for FUA. */
   async trim(offset: bigint, length: number, fua: boolean): Promise<void> {
     this.changed();
+    fua = this.fua(fua);
     if (this.discard === 'unmap') for (const [at, n] of pieces(offset, BigInt(length))) await this.disk.discard(at, n);
     if (fua) await this.disk.flush();
   }
 
-  /** NBD_CMD_FLUSH: blk_co_flush. */
-  flush(): Promise<void> {
-    return this.disk.flush();
+  /** NBD_CMD_FLUSH: blk_co_flush (nothing with cache 'unsafe': BDRV_O_NO_FLUSH). */
+  async flush(): Promise<void> {
+    if (this.options.cache !== 'unsafe') await this.disk.flush();
+  }
+
+  /** Whether a change must be durable before its reply: FUA, or always with cache 'writethrough'; never with 'unsafe'. */
+  private fua(requested: boolean): boolean {
+    return this.options.cache === 'unsafe' ? false : requested || this.options.cache === 'writethrough';
   }
 
   /**

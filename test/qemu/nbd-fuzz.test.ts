@@ -490,7 +490,7 @@ describe('hostile NBD clients', () => {
         const n = runNo++;
         const image = join(dir, `f${n}.qcow2`);
         expect(runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${1 << cfg.clusterBits}`, image, String(cfg.size)]).status).toBe(0);
-        const disk = await openDiskFile(image, { readOnly: false, discardPassthrough: cfg.discard === 'unmap' });
+        const disk = await openDiskFile(image, { readOnly: false, discardPassthrough: cfg.discard === 'unmap', writeback: true, syncIo: true });
         const log: string[] = [];
         const socket = join(dir, `f${n}.sock`);
         const server = await NbdServer.listen([new NbdExport(disk, { discard: cfg.discard, multiConn: true })], { socketPath: socket, persistent: true, shared: 0, log: (l) => log.push(l) });

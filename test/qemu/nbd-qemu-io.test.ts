@@ -248,7 +248,7 @@ async function runOnce(cfg: Cfg, cmds: Iterable<fc.AsyncCommand<Model, Real>>): 
     pending: [],
     log: created,
   };
-  const disk = await openDiskFile(image, { readOnly: false, allowBacking: true, allowBackingPath: true, discardPassthrough: cfg.discard === 'unmap' });
+  const disk = await openDiskFile(image, { readOnly: false, allowBacking: true, allowBackingPath: true, discardPassthrough: cfg.discard === 'unmap', writeback: true, syncIo: true });
   const socket = join(dir, `r${n}.sock`);
   const server = await NbdServer.listen([new NbdExport(disk, { discard: cfg.discard, detectZeroes: cfg.detectZeroes })], { socketPath: socket, persistent: true, shared: 0 });
   const real: Real = { uri: `nbd+unix:///?socket=${socket}` };
