@@ -37,9 +37,9 @@ const WIDE_PAGES = 4096n;
  * other in an epoch are merged into one write (the later bytes win).
  */
 export function scheduleEpochs(ops: readonly (readonly HostIO[])[]): HostIO[][] {
-  const epochs: HostIO[][] = [];
-  /** (file, page) → the epoch of the last write to it. */
-  const lastEpoch = new Map<string, number>();
+  const epochs: Run[][] = [];
+  /** (page << 1 | file) → the epoch of the last write to it; file 1 is the data file. */
+  const lastEpoch = new Map<number, number>();
   /** No write goes into an epoch below this (rule 3). */
   let floorAll = 0;
   /** The highest epoch used so far. */
@@ -54,21 +54,18 @@ export function scheduleEpochs(ops: readonly (readonly HostIO[])[]): HostIO[][] 
         if (opHigh >= 0) floor = Math.max(floor, opHigh + 1);
         continue;
       }
-      const file = hostTargetOf(op);
+      const file = hostTargetOf(op) === 'data' ? 1 : 0;
       const { start, end } = extent(op);
-      const firstPage = start >> PAGE_BITS;
-      const lastPage = end > start ? (end - 1n) >> PAGE_BITS : firstPage;
+      const firstPage = Number(start >> PAGE_BITS);
+      const lastPage = end > start ? Number((end - 1n) >> PAGE_BITS) : firstPage;
       const wide = op.kind === 'truncate' || lastPage - firstPage >= WIDE_PAGES;
       let e = Math.max(floor, floorAll);
       if (wide) {
         e = Math.max(e, highest);
-      } else {
-        for (let p = firstPage; p <= lastPage; p++) e = Math.max(e, lastEpoch.get(`${file}:${p}`) ?? 0);
-      }
-      if (wide) {
         floorAll = e;
       } else {
-        for (let p = firstPage; p <= lastPage; p++) lastEpoch.set(`${file}:${p}`, e);
+        for (let p = firstPage; p <= lastPage; p++) e = Math.max(e, lastEpoch.get(p * 2 + file) ?? 0);
+        for (let p = firstPage; p <= lastPage; p++) lastEpoch.set(p * 2 + file, e);
       }
       while (epochs.length <= e) epochs.push([]);
       append(epochs[e]!, op);
@@ -76,7 +73,7 @@ export function scheduleEpochs(ops: readonly (readonly HostIO[])[]): HostIO[][] 
       opHigh = Math.max(opHigh, e);
     }
   }
-  return epochs;
+  return epochs.map((runs) => runs.map(materialize));
 }
 
 /** The byte range an operation addresses (a truncate: from its new length to the end of everything). */
@@ -89,23 +86,48 @@ function extent(op: Exclude<HostIO, { kind: 'flush' }>): { start: bigint; end: b
   }
 }
 
-/** Appends `op` to an epoch, merging it into the last write when both are writes to the same file that touch or overlap. */
-function append(epoch: HostIO[], op: HostIO): void {
+/** An operation of an epoch, or a run of small writes to one file that touch or overlap, merged when issued. */
+type Run = HostIO | { readonly kind: 'run'; readonly target: 'image' | 'data'; start: bigint; end: bigint; readonly parts: Extract<HostIO, { kind: 'write' }>[] };
+
+/** Writes smaller than this may be merged with their neighbours (metadata entries, not data). */
+const MERGE_BELOW = 65536;
+/** A merged run grows to at most this many bytes. */
+const MERGE_MAX = 1 << 20;
+
+/** Appends `op` to an epoch, joining it to the last run when both are small writes to the same file that touch or overlap. */
+function append(epoch: Run[], op: HostIO): void {
   const last = epoch[epoch.length - 1];
-  if (op.kind === 'write' && last !== undefined && last.kind === 'write' && hostTargetOf(last) === hostTargetOf(op) && op.bytes.length < 65536 && last.bytes.length < 1 << 20) {
+  if (op.kind !== 'write' || op.bytes.length >= MERGE_BELOW || last === undefined) {
+    epoch.push(op);
+    return;
+  }
+  const target = hostTargetOf(op);
+  const b0 = op.offset;
+  const b1 = op.offset + BigInt(op.bytes.length);
+  if (last.kind === 'write' && last.bytes.length < MERGE_BELOW && hostTargetOf(last) === target) {
     const a0 = last.offset;
     const a1 = last.offset + BigInt(last.bytes.length);
-    const b0 = op.offset;
-    const b1 = op.offset + BigInt(op.bytes.length);
     if (b0 <= a1 && b1 >= a0) {
-      const s = a0 < b0 ? a0 : b0;
-      const t = a1 > b1 ? a1 : b1;
-      const bytes = new Uint8Array(Number(t - s));
-      bytes.set(last.bytes, Number(a0 - s));
-      bytes.set(op.bytes, Number(b0 - s));
-      epoch[epoch.length - 1] = { kind: 'write', offset: s, bytes, ...(op.target === 'data' ? { target: 'data' as const } : {}) };
+      epoch[epoch.length - 1] = { kind: 'run', target, start: a0 < b0 ? a0 : b0, end: a1 > b1 ? a1 : b1, parts: [last, op] };
+      return;
+    }
+  } else if (last.kind === 'run' && last.target === target && b0 <= last.end && b1 >= last.start) {
+    const s = last.start < b0 ? last.start : b0;
+    const t = last.end > b1 ? last.end : b1;
+    if (t - s <= BigInt(MERGE_MAX)) {
+      last.start = s;
+      last.end = t;
+      last.parts.push(op);
       return;
     }
   }
   epoch.push(op);
+}
+
+/** A run as one write (its parts applied in order: the later bytes win). */
+function materialize(r: Run): HostIO {
+  if (r.kind !== 'run') return r;
+  const bytes = new Uint8Array(Number(r.end - r.start));
+  for (const p of r.parts) bytes.set(p.bytes, Number(p.offset - r.start));
+  return { kind: 'write', offset: r.start, bytes, ...(r.target === 'data' ? { target: 'data' as const } : {}) };
 }

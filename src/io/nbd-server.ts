@@ -152,6 +152,7 @@ export class SocketChannel implements NbdChannel {
   private skipping = 0;
   private skipper: ((ok: boolean) => void) | undefined;
   private readonly drainers: (() => void)[] = [];
+  private corked = false;
 
   constructor(private readonly socket: Socket) {
     socket.on('data', (b: Buffer) => this.onData(b));
@@ -197,10 +198,23 @@ export class SocketChannel implements NbdChannel {
 
   write(chunks: readonly Uint8Array[]): void {
     if (this.socket.destroyed || !this.socket.writable) return;
-    this.socket.cork();
-    for (const c of chunks) this.socket.write(c);
-    this.socket.uncork();
+    // Replies finished in the same turn of the event loop (pipelined requests the driver answered
+    // one after the other) leave in one writev: the socket is corked until the next tick.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        if (!this.socket.destroyed) this.socket.uncork();
+      });
+    }
+    // The callback of a reply's last chunk runs once the chunk is handed to the kernel: the queue
+    // may then be under the high-water mark long before it is empty ('drain').
+    chunks.forEach((c, i) => (i === chunks.length - 1 ? this.socket.write(c, this.progress) : this.socket.write(c)));
   }
+
+  /** Called as queued output leaves: wakes the session once the queue is below the high-water mark. */
+  private readonly progress = (): void => this.wakeDrainers();
 
   drained(): Promise<void> {
     if (this.socket.destroyed || this.socket.writableLength <= WRITE_HIGH_WATER) return Promise.resolve();
