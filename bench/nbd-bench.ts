@@ -139,27 +139,33 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
 }
 
+/** Whether the server at `socket` answers: connects and waits for its greeting (so it does not write to a closed socket). */
 function canConnect(socket: string): Promise<boolean> {
   return new Promise((r) => {
     const c = createConnection(socket);
-    c.once('connect', () => {
+    c.once('data', () => {
       c.destroy();
       r(true);
     });
     c.once('error', () => r(false));
+    c.once('close', () => r(false));
   });
 }
 
 async function startServer(which: 'ours' | 'qemu', image: string, socket: string, readOnly: boolean): Promise<ChildProcess> {
   const args = ['-k', socket, '-t', ...(readOnly ? ['-r'] : []), ...(which === 'ours' ? ['--allow-backing'] : ['-f', 'qcow2']), image];
-  const p = which === 'ours' ? spawn(process.execPath, [BIN, 'serve', ...args], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] }) : spawn('qemu-nbd', args, { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] });
+  const p = which === 'ours' ? spawn(process.execPath, [BIN, 'serve', ...args], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] }) : spawn('qemu-nbd', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  // What a server says is shown only when it fails to start (the readiness probe's hang-up makes
+  // qemu-nbd complain about the negotiation).
+  let stderr = '';
+  p.stderr!.setEncoding('utf8').on('data', (d: string) => void (stderr += d.length + stderr.length < 65536 ? d : ''));
   for (let i = 0; i < 1200; i++) {
-    if (p.exitCode !== null) throw new Error(`${which} server exited (${p.exitCode})`);
+    if (p.exitCode !== null) throw new Error(`${which} server exited (${p.exitCode}): ${stderr}`);
     if (existsSync(socket) && (await canConnect(socket))) return p;
     await new Promise((r) => setTimeout(r, 50));
   }
   p.kill('SIGKILL');
-  throw new Error(`${which} server did not start`);
+  throw new Error(`${which} server did not start: ${stderr}`);
 }
 
 async function runSide(which: 'ours' | 'qemu', p: Pattern): Promise<Side> {

@@ -234,6 +234,26 @@ describe('qcow2-ref serve, the command', () => {
     expect(runTool('qemu-io', ['-r', '-f', 'qcow2', '-c', 'read -P 42 10M 1M', 'once.qcow2'], { cwd: dir }).stdout).not.toMatch(/fail|mismatch/i);
   });
 
+  it('what a FLUSH acknowledged survives SIGKILL; SIGTERM closes the image cleanly', async () => {
+    for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+      const image = `durable-${signal}.qcow2`;
+      sh('qemu-img', 'create', '-q', '-f', 'qcow2', image, '64M');
+      const s = await serveOurs(image, join(dir, `durable-${signal}.sock`), ['-t'], dir);
+      // qemu-io's flush is NBD_CMD_FLUSH; then more writes that are never flushed by the client.
+      sh('qemu-io', '-f', 'raw', '-c', 'write -P 7 0 3M', '-c', 'write -P 8 20M 1M', '-c', 'flush', s.uri());
+      const after = runTool('qemu-io', ['-f', 'raw', '-c', 'write -P 9 40M 1M', s.uri()], { cwd: dir });
+      expect(after.status).toBe(0);
+      s.process.kill(signal);
+      const r = await s.stop();
+      if (signal === 'SIGTERM') expect(r.code, r.stderr).toBe(0);
+      // Leaks are allowed after a kill (exit 3), corruption is not.
+      expect([0, 3]).toContain(runTool('qemu-img', ['check', image], { cwd: dir }).status);
+      if (signal === 'SIGTERM') expect(runTool('qemu-img', ['check', image], { cwd: dir }).status).toBe(0);
+      const read = runTool('qemu-io', ['-r', '-f', 'qcow2', '-c', 'read -P 7 0 3M', '-c', 'read -P 8 20M 1M', ...(signal === 'SIGTERM' ? ['-c', 'read -P 9 40M 1M'] : []), image], { cwd: dir });
+      expect(`${read.stdout}${read.stderr}`, signal).not.toMatch(/fail|mismatch|error/i);
+    }
+  });
+
   it('read-only: qemu-io writes fail and the file is unchanged', async () => {
     const before = readFileSync(join(dir, 'plain.qcow2'));
     const s = await serveOurs('plain.qcow2', join(dir, 'ro.sock'), ['-t', '-r'], dir);
