@@ -26,7 +26,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { mkdtempSync, rmSync, statSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -37,6 +37,7 @@ import { freshSession, geometryOf, type Image } from '../src/model/image.ts';
 import type { Op } from '../src/model/ops.ts';
 import { step } from '../src/model/step.ts';
 import { qemuImgCreate } from '../src/qemu/qemu-img.ts';
+import { qemuIoStdin } from './qemu-io-stdin.ts';
 // Node's faster inflate for the model's codecs, as the Node entry and the CLI install it.
 import '../src/io/node-compression.ts';
 
@@ -412,42 +413,6 @@ interface QemuResult {
   opsPerSec: number;
   peakRssKiB?: number;
   fileLength: number;
-}
-
-/** Runs `commands` in one `qemu-io -t writeback` process fed on stdin; resolves when it exits. */
-function qemuIoStdin(path: string, commands: readonly string[]): Promise<{ seconds: number; stdout: string; peakRssKiB?: number }> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn('qemu-io', ['-t', 'writeback', '-f', 'qcow2', path], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let peak: number | undefined;
-    const poll = setInterval(() => {
-      try {
-        const m = /VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-        if (m) peak = Math.max(peak ?? 0, Number(m[1]));
-      } catch {
-        /* exited */
-      }
-    }, 100);
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      // Keep only lines that report a failure (the prompt is printed once per command).
-      stdout += d.replace(/(qemu-io> )+/g, '');
-      if (stdout.length > 1 * MiB) stdout = stdout.slice(-64 * KiB);
-    });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (e) => {
-      clearInterval(poll);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearInterval(poll);
-      const seconds = (performance.now() - t0) / 1000;
-      if (code !== 0 && code !== 1) reject(new Error(`qemu-io exited ${code}: ${stderr}`));
-      else resolve({ seconds, stdout, ...(peak !== undefined ? { peakRssKiB: peak } : {}) });
-    });
-    child.stdin.end(commands.join('\n') + '\nquit\n');
-  });
 }
 
 /** Runs `qemu-img ARGS` to completion; resolves with its wall time and whether it succeeded. */

@@ -23,7 +23,7 @@
  *   table, the bitmap directory) are `instances` with `pos`, read on first access.
  */
 
-import { ByteReader } from '../src/codec/index.ts';
+import { ByteReader, type PagedBytes } from '../src/codec/index.ts';
 import { ByteWriter } from '../src/codec/index.ts';
 import {
   asciiDecode, asciiEncode, checkCount, checkSize, defineLazy, defineValue, inconsistent, invalidValue,
@@ -2299,10 +2299,11 @@ function readQcow2(io: ByteReader, c: DecodeContext, p: NoParams): Qcow2 {
 
 /**
  * Decodes a qcow2 at `offset` of `bytes`. The on-disk structures of QEMU's qcow2 image format, as defined by QEMU's
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeQcow2(bytes: Uint8Array, offset = 0): Qcow2 {
+export function decodeQcow2(bytes: Uint8Array | PagedBytes, offset = 0): Qcow2 {
   const rootIo = new ByteReader(bytes);
   return readQcow2(rootIo.at(offset, "qcow2", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2313,7 +2314,7 @@ export function decodeQcow2(bytes: Uint8Array, offset = 0): Qcow2 {
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeQcow2Fields(bytes: Uint8Array, offset = 0): Qcow2Fields {
+export function decodeQcow2Fields(bytes: Uint8Array | PagedBytes, offset = 0): Qcow2Fields {
   const rootIo = new ByteReader(bytes);
   return readQcow2(rootIo.at(offset, "qcow2", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2360,10 +2361,11 @@ function readU64(io: ByteReader, c: DecodeContext, p: NoParams): U64 {
 
 /**
  * Decodes a u64 at `offset` of `bytes`. A 64-bit big-endian unsigned integer kept as two exact 32-bit halves.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeU64(bytes: Uint8Array, offset = 0): U64 {
+export function decodeU64(bytes: Uint8Array | PagedBytes, offset = 0): U64 {
   const rootIo = new ByteReader(bytes);
   return readU64(rootIo.at(offset, "u64", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2374,7 +2376,7 @@ export function decodeU64(bytes: Uint8Array, offset = 0): U64 {
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeU64Fields(bytes: Uint8Array, offset = 0): U64Fields {
+export function decodeU64Fields(bytes: Uint8Array | PagedBytes, offset = 0): U64Fields {
   const rootIo = new ByteReader(bytes);
   return readU64(rootIo.at(offset, "u64", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2552,10 +2554,11 @@ function readHeader(io: ByteReader, c: DecodeContext, p: NoParams): Header {
 
 /**
  * Decodes a header at `offset` of `bytes`. The qcow2 header (version 2 ends after snapshots_offset; version 3 adds feature bits and more).
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeHeader(bytes: Uint8Array, offset = 0): Header {
+export function decodeHeader(bytes: Uint8Array | PagedBytes, offset = 0): Header {
   const rootIo = new ByteReader(bytes);
   return readHeader(rootIo.at(offset, "header", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2566,7 +2569,7 @@ export function decodeHeader(bytes: Uint8Array, offset = 0): Header {
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeHeaderFields(bytes: Uint8Array, offset = 0): HeaderFields {
+export function decodeHeaderFields(bytes: Uint8Array | PagedBytes, offset = 0): HeaderFields {
   const rootIo = new ByteReader(bytes);
   return readHeader(rootIo.at(offset, "header", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2653,10 +2656,11 @@ function readHeaderExtensionArea(io: ByteReader, c: DecodeContext, p: NoParams):
 
 /**
  * Decodes a header_extension_area at `offset` of `bytes`. The list of header extensions, ended by an end-of-extensions entry or by the end of the area.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeHeaderExtensionArea(bytes: Uint8Array, offset = 0): HeaderExtensionArea {
+export function decodeHeaderExtensionArea(bytes: Uint8Array | PagedBytes, offset = 0): HeaderExtensionArea {
   const rootIo = new ByteReader(bytes);
   return readHeaderExtensionArea(rootIo.at(offset, "header_extension_area", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2667,7 +2671,7 @@ export function decodeHeaderExtensionArea(bytes: Uint8Array, offset = 0): Header
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeHeaderExtensionAreaFields(bytes: Uint8Array, offset = 0): HeaderExtensionAreaFields {
+export function decodeHeaderExtensionAreaFields(bytes: Uint8Array | PagedBytes, offset = 0): HeaderExtensionAreaFields {
   const rootIo = new ByteReader(bytes);
   return readHeaderExtensionArea(rootIo.at(offset, "header_extension_area", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2724,10 +2728,11 @@ function readHeaderExtension(io: ByteReader, c: DecodeContext, p: NoParams): Hea
 
 /**
  * Decodes a header_extension at `offset` of `bytes`. One header extension - type, length, data, padding to a multiple of 8 bytes.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeHeaderExtension(bytes: Uint8Array, offset = 0): HeaderExtension {
+export function decodeHeaderExtension(bytes: Uint8Array | PagedBytes, offset = 0): HeaderExtension {
   const rootIo = new ByteReader(bytes);
   return readHeaderExtension(rootIo.at(offset, "header_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2738,7 +2743,7 @@ export function decodeHeaderExtension(bytes: Uint8Array, offset = 0): HeaderExte
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeHeaderExtensionFields(bytes: Uint8Array, offset = 0): HeaderExtensionFields {
+export function decodeHeaderExtensionFields(bytes: Uint8Array | PagedBytes, offset = 0): HeaderExtensionFields {
   const rootIo = new ByteReader(bytes);
   return readHeaderExtension(rootIo.at(offset, "header_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2783,10 +2788,11 @@ function readBackingFileFormat(io: ByteReader, c: DecodeContext, p: NoParams): B
 
 /**
  * Decodes a backing_file_format at `offset` of `bytes`. Backing file format name extension (e.g. "qcow2" or "raw").
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeBackingFileFormat(bytes: Uint8Array, offset = 0): BackingFileFormat {
+export function decodeBackingFileFormat(bytes: Uint8Array | PagedBytes, offset = 0): BackingFileFormat {
   const rootIo = new ByteReader(bytes);
   return readBackingFileFormat(rootIo.at(offset, "backing_file_format", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2797,7 +2803,7 @@ export function decodeBackingFileFormat(bytes: Uint8Array, offset = 0): BackingF
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeBackingFileFormatFields(bytes: Uint8Array, offset = 0): BackingFileFormatFields {
+export function decodeBackingFileFormatFields(bytes: Uint8Array | PagedBytes, offset = 0): BackingFileFormatFields {
   const rootIo = new ByteReader(bytes);
   return readBackingFileFormat(rootIo.at(offset, "backing_file_format", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2829,10 +2835,11 @@ function readExternalDataFileName(io: ByteReader, c: DecodeContext, p: NoParams)
 
 /**
  * Decodes a external_data_file_name at `offset` of `bytes`. External data file name extension.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeExternalDataFileName(bytes: Uint8Array, offset = 0): ExternalDataFileName {
+export function decodeExternalDataFileName(bytes: Uint8Array | PagedBytes, offset = 0): ExternalDataFileName {
   const rootIo = new ByteReader(bytes);
   return readExternalDataFileName(rootIo.at(offset, "external_data_file_name", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2843,7 +2850,7 @@ export function decodeExternalDataFileName(bytes: Uint8Array, offset = 0): Exter
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeExternalDataFileNameFields(bytes: Uint8Array, offset = 0): ExternalDataFileNameFields {
+export function decodeExternalDataFileNameFields(bytes: Uint8Array | PagedBytes, offset = 0): ExternalDataFileNameFields {
   const rootIo = new ByteReader(bytes);
   return readExternalDataFileName(rootIo.at(offset, "external_data_file_name", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2881,10 +2888,11 @@ function readFeatureNameTable(io: ByteReader, c: DecodeContext, p: NoParams): Fe
 
 /**
  * Decodes a feature_name_table at `offset` of `bytes`. Feature name table extension - human-readable names of feature bits.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeFeatureNameTable(bytes: Uint8Array, offset = 0): FeatureNameTable {
+export function decodeFeatureNameTable(bytes: Uint8Array | PagedBytes, offset = 0): FeatureNameTable {
   const rootIo = new ByteReader(bytes);
   return readFeatureNameTable(rootIo.at(offset, "feature_name_table", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2895,7 +2903,7 @@ export function decodeFeatureNameTable(bytes: Uint8Array, offset = 0): FeatureNa
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeFeatureNameTableFields(bytes: Uint8Array, offset = 0): FeatureNameTableFields {
+export function decodeFeatureNameTableFields(bytes: Uint8Array | PagedBytes, offset = 0): FeatureNameTableFields {
   const rootIo = new ByteReader(bytes);
   return readFeatureNameTable(rootIo.at(offset, "feature_name_table", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -2937,10 +2945,11 @@ function readFeatureNameEntry(io: ByteReader, c: DecodeContext, p: NoParams): Fe
 
 /**
  * Decodes a feature_name_entry at `offset` of `bytes`. One feature name table entry.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeFeatureNameEntry(bytes: Uint8Array, offset = 0): FeatureNameEntry {
+export function decodeFeatureNameEntry(bytes: Uint8Array | PagedBytes, offset = 0): FeatureNameEntry {
   const rootIo = new ByteReader(bytes);
   return readFeatureNameEntry(rootIo.at(offset, "feature_name_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -2951,7 +2960,7 @@ export function decodeFeatureNameEntry(bytes: Uint8Array, offset = 0): FeatureNa
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeFeatureNameEntryFields(bytes: Uint8Array, offset = 0): FeatureNameEntryFields {
+export function decodeFeatureNameEntryFields(bytes: Uint8Array | PagedBytes, offset = 0): FeatureNameEntryFields {
   const rootIo = new ByteReader(bytes);
   return readFeatureNameEntry(rootIo.at(offset, "feature_name_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -3007,10 +3016,11 @@ function readBitmapsExtension(io: ByteReader, c: DecodeContext, p: NoParams): Bi
 
 /**
  * Decodes a bitmaps_extension at `offset` of `bytes`. Bitmaps extension - where the persistent dirty bitmap directory is.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapsExtension(bytes: Uint8Array, offset = 0): BitmapsExtension {
+export function decodeBitmapsExtension(bytes: Uint8Array | PagedBytes, offset = 0): BitmapsExtension {
   const rootIo = new ByteReader(bytes);
   return readBitmapsExtension(rootIo.at(offset, "bitmaps_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -3021,7 +3031,7 @@ export function decodeBitmapsExtension(bytes: Uint8Array, offset = 0): BitmapsEx
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapsExtensionFields(bytes: Uint8Array, offset = 0): BitmapsExtensionFields {
+export function decodeBitmapsExtensionFields(bytes: Uint8Array | PagedBytes, offset = 0): BitmapsExtensionFields {
   const rootIo = new ByteReader(bytes);
   return readBitmapsExtension(rootIo.at(offset, "bitmaps_extension", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -3059,10 +3069,11 @@ function readFullDiskEncryptionPointer(io: ByteReader, c: DecodeContext, p: NoPa
 
 /**
  * Decodes a full_disk_encryption_pointer at `offset` of `bytes`. Full disk encryption header pointer extension (LUKS header location).
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeFullDiskEncryptionPointer(bytes: Uint8Array, offset = 0): FullDiskEncryptionPointer {
+export function decodeFullDiskEncryptionPointer(bytes: Uint8Array | PagedBytes, offset = 0): FullDiskEncryptionPointer {
   const rootIo = new ByteReader(bytes);
   return readFullDiskEncryptionPointer(rootIo.at(offset, "full_disk_encryption_pointer", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -3073,7 +3084,7 @@ export function decodeFullDiskEncryptionPointer(bytes: Uint8Array, offset = 0): 
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeFullDiskEncryptionPointerFields(bytes: Uint8Array, offset = 0): FullDiskEncryptionPointerFields {
+export function decodeFullDiskEncryptionPointerFields(bytes: Uint8Array | PagedBytes, offset = 0): FullDiskEncryptionPointerFields {
   const rootIo = new ByteReader(bytes);
   return readFullDiskEncryptionPointer(rootIo.at(offset, "full_disk_encryption_pointer", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -3134,10 +3145,11 @@ function readL1Entry(io: ByteReader, c: DecodeContext, p: L1EntryParams): L1Entr
 
 /**
  * Decodes a l1_entry at `offset` of `bytes`. An L1 table entry - the offset of one L2 table.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeL1Entry(bytes: Uint8Array, offset = 0, params: L1EntryParams): L1Entry {
+export function decodeL1Entry(bytes: Uint8Array | PagedBytes, offset = 0, params: L1EntryParams): L1Entry {
   const rootIo = new ByteReader(bytes);
   return readL1Entry(rootIo.at(offset, "l1_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3148,7 +3160,7 @@ export function decodeL1Entry(bytes: Uint8Array, offset = 0, params: L1EntryPara
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeL1EntryFields(bytes: Uint8Array, offset = 0, params: L1EntryParams): L1EntryFields {
+export function decodeL1EntryFields(bytes: Uint8Array | PagedBytes, offset = 0, params: L1EntryParams): L1EntryFields {
   const rootIo = new ByteReader(bytes);
   return readL1Entry(rootIo.at(offset, "l1_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3191,10 +3203,11 @@ function readL2Table(io: ByteReader, c: DecodeContext, p: L2TableParams): L2Tabl
 
 /**
  * Decodes a l2_table at `offset` of `bytes`. An L2 table - one cluster of standard (8-byte) or extended (16-byte) entries.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeL2Table(bytes: Uint8Array, offset = 0, params: L2TableParams): L2Table {
+export function decodeL2Table(bytes: Uint8Array | PagedBytes, offset = 0, params: L2TableParams): L2Table {
   const rootIo = new ByteReader(bytes);
   return readL2Table(rootIo.at(offset, "l2_table", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3205,7 +3218,7 @@ export function decodeL2Table(bytes: Uint8Array, offset = 0, params: L2TablePara
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeL2TableFields(bytes: Uint8Array, offset = 0, params: L2TableParams): L2TableFields {
+export function decodeL2TableFields(bytes: Uint8Array | PagedBytes, offset = 0, params: L2TableParams): L2TableFields {
   const rootIo = new ByteReader(bytes);
   return readL2Table(rootIo.at(offset, "l2_table", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3289,10 +3302,11 @@ function readL2Entry(io: ByteReader, c: DecodeContext, p: L2EntryParams): L2Entr
 
 /**
  * Decodes a l2_entry at `offset` of `bytes`. An L2 table entry. Word 0 is a standard descriptor (bit 62 clear) or a compressed cluster
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeL2Entry(bytes: Uint8Array, offset = 0, params: L2EntryParams): L2Entry {
+export function decodeL2Entry(bytes: Uint8Array | PagedBytes, offset = 0, params: L2EntryParams): L2Entry {
   const rootIo = new ByteReader(bytes);
   return readL2Entry(rootIo.at(offset, "l2_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3303,7 +3317,7 @@ export function decodeL2Entry(bytes: Uint8Array, offset = 0, params: L2EntryPara
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeL2EntryFields(bytes: Uint8Array, offset = 0, params: L2EntryParams): L2EntryFields {
+export function decodeL2EntryFields(bytes: Uint8Array | PagedBytes, offset = 0, params: L2EntryParams): L2EntryFields {
   const rootIo = new ByteReader(bytes);
   return readL2Entry(rootIo.at(offset, "l2_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3378,10 +3392,11 @@ function readRefcountTable(io: ByteReader, c: DecodeContext, p: RefcountTablePar
 
 /**
  * Decodes a refcount_table at `offset` of `bytes`. The refcount table - offsets of refcount blocks.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeRefcountTable(bytes: Uint8Array, offset = 0, params: RefcountTableParams): RefcountTable {
+export function decodeRefcountTable(bytes: Uint8Array | PagedBytes, offset = 0, params: RefcountTableParams): RefcountTable {
   const rootIo = new ByteReader(bytes);
   return readRefcountTable(rootIo.at(offset, "refcount_table", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3392,7 +3407,7 @@ export function decodeRefcountTable(bytes: Uint8Array, offset = 0, params: Refco
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeRefcountTableFields(bytes: Uint8Array, offset = 0, params: RefcountTableParams): RefcountTableFields {
+export function decodeRefcountTableFields(bytes: Uint8Array | PagedBytes, offset = 0, params: RefcountTableParams): RefcountTableFields {
   const rootIo = new ByteReader(bytes);
   return readRefcountTable(rootIo.at(offset, "refcount_table", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3450,10 +3465,11 @@ function readRefcountTableEntry(io: ByteReader, c: DecodeContext, p: RefcountTab
 
 /**
  * Decodes a refcount_table_entry at `offset` of `bytes`. A refcount table entry - the offset of one refcount block.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeRefcountTableEntry(bytes: Uint8Array, offset = 0, params: RefcountTableEntryParams): RefcountTableEntry {
+export function decodeRefcountTableEntry(bytes: Uint8Array | PagedBytes, offset = 0, params: RefcountTableEntryParams): RefcountTableEntry {
   const rootIo = new ByteReader(bytes);
   return readRefcountTableEntry(rootIo.at(offset, "refcount_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3464,7 +3480,7 @@ export function decodeRefcountTableEntry(bytes: Uint8Array, offset = 0, params: 
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeRefcountTableEntryFields(bytes: Uint8Array, offset = 0, params: RefcountTableEntryParams): RefcountTableEntryFields {
+export function decodeRefcountTableEntryFields(bytes: Uint8Array | PagedBytes, offset = 0, params: RefcountTableEntryParams): RefcountTableEntryFields {
   const rootIo = new ByteReader(bytes);
   return readRefcountTableEntry(rootIo.at(offset, "refcount_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3515,10 +3531,11 @@ function readRefcountBlock(io: ByteReader, c: DecodeContext, p: RefcountBlockPar
 
 /**
  * Decodes a refcount_block at `offset` of `bytes`. A refcount block - one cluster of refcounts of 2^refcount_order bits each. Widths below 8
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeRefcountBlock(bytes: Uint8Array, offset = 0, params: RefcountBlockParams): RefcountBlock {
+export function decodeRefcountBlock(bytes: Uint8Array | PagedBytes, offset = 0, params: RefcountBlockParams): RefcountBlock {
   const rootIo = new ByteReader(bytes);
   return readRefcountBlock(rootIo.at(offset, "refcount_block", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3529,7 +3546,7 @@ export function decodeRefcountBlock(bytes: Uint8Array, offset = 0, params: Refco
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeRefcountBlockFields(bytes: Uint8Array, offset = 0, params: RefcountBlockParams): RefcountBlockFields {
+export function decodeRefcountBlockFields(bytes: Uint8Array | PagedBytes, offset = 0, params: RefcountBlockParams): RefcountBlockFields {
   const rootIo = new ByteReader(bytes);
   return readRefcountBlock(rootIo.at(offset, "refcount_block", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3629,10 +3646,11 @@ function readSnapshotEntry(io: ByteReader, c: DecodeContext, p: SnapshotEntryPar
 
 /**
  * Decodes a snapshot_entry at `offset` of `bytes`. One snapshot table entry; every entry but the last is padded to a multiple of 8 bytes.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeSnapshotEntry(bytes: Uint8Array, offset = 0, params: SnapshotEntryParams): SnapshotEntry {
+export function decodeSnapshotEntry(bytes: Uint8Array | PagedBytes, offset = 0, params: SnapshotEntryParams): SnapshotEntry {
   const rootIo = new ByteReader(bytes);
   return readSnapshotEntry(rootIo.at(offset, "snapshot_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3643,7 +3661,7 @@ export function decodeSnapshotEntry(bytes: Uint8Array, offset = 0, params: Snaps
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeSnapshotEntryFields(bytes: Uint8Array, offset = 0, params: SnapshotEntryParams): SnapshotEntryFields {
+export function decodeSnapshotEntryFields(bytes: Uint8Array | PagedBytes, offset = 0, params: SnapshotEntryParams): SnapshotEntryFields {
   const rootIo = new ByteReader(bytes);
   return readSnapshotEntry(rootIo.at(offset, "snapshot_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3703,10 +3721,11 @@ function readSnapshotExtraData(io: ByteReader, c: DecodeContext, p: SnapshotExtr
 
 /**
  * Decodes a snapshot_extra_data at `offset` of `bytes`. Snapshot extra data; fields are present when the extra data is long enough to hold them.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeSnapshotExtraData(bytes: Uint8Array, offset = 0, params: SnapshotExtraDataParams): SnapshotExtraData {
+export function decodeSnapshotExtraData(bytes: Uint8Array | PagedBytes, offset = 0, params: SnapshotExtraDataParams): SnapshotExtraData {
   const rootIo = new ByteReader(bytes);
   return readSnapshotExtraData(rootIo.at(offset, "snapshot_extra_data", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, params);
 }
@@ -3717,7 +3736,7 @@ export function decodeSnapshotExtraData(bytes: Uint8Array, offset = 0, params: S
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeSnapshotExtraDataFields(bytes: Uint8Array, offset = 0, params: SnapshotExtraDataParams): SnapshotExtraDataFields {
+export function decodeSnapshotExtraDataFields(bytes: Uint8Array | PagedBytes, offset = 0, params: SnapshotExtraDataParams): SnapshotExtraDataFields {
   const rootIo = new ByteReader(bytes);
   return readSnapshotExtraData(rootIo.at(offset, "snapshot_extra_data", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, params);
 }
@@ -3767,10 +3786,11 @@ function readBitmapDirectory(io: ByteReader, c: DecodeContext, p: NoParams): Bit
 
 /**
  * Decodes a bitmap_directory at `offset` of `bytes`. The persistent bitmap directory - variable-length entries, each padded to 8 bytes.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapDirectory(bytes: Uint8Array, offset = 0): BitmapDirectory {
+export function decodeBitmapDirectory(bytes: Uint8Array | PagedBytes, offset = 0): BitmapDirectory {
   const rootIo = new ByteReader(bytes);
   return readBitmapDirectory(rootIo.at(offset, "bitmap_directory", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -3781,7 +3801,7 @@ export function decodeBitmapDirectory(bytes: Uint8Array, offset = 0): BitmapDire
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapDirectoryFields(bytes: Uint8Array, offset = 0): BitmapDirectoryFields {
+export function decodeBitmapDirectoryFields(bytes: Uint8Array | PagedBytes, offset = 0): BitmapDirectoryFields {
   const rootIo = new ByteReader(bytes);
   return readBitmapDirectory(rootIo.at(offset, "bitmap_directory", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -3870,10 +3890,11 @@ function readBitmapDirectoryEntry(io: ByteReader, c: DecodeContext, p: NoParams)
 
 /**
  * Decodes a bitmap_directory_entry at `offset` of `bytes`. One bitmap directory entry.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapDirectoryEntry(bytes: Uint8Array, offset = 0): BitmapDirectoryEntry {
+export function decodeBitmapDirectoryEntry(bytes: Uint8Array | PagedBytes, offset = 0): BitmapDirectoryEntry {
   const rootIo = new ByteReader(bytes);
   return readBitmapDirectoryEntry(rootIo.at(offset, "bitmap_directory_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -3884,7 +3905,7 @@ export function decodeBitmapDirectoryEntry(bytes: Uint8Array, offset = 0): Bitma
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapDirectoryEntryFields(bytes: Uint8Array, offset = 0): BitmapDirectoryEntryFields {
+export function decodeBitmapDirectoryEntryFields(bytes: Uint8Array | PagedBytes, offset = 0): BitmapDirectoryEntryFields {
   const rootIo = new ByteReader(bytes);
   return readBitmapDirectoryEntry(rootIo.at(offset, "bitmap_directory_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }
@@ -3940,10 +3961,11 @@ function readBitmapTableEntry(io: ByteReader, c: DecodeContext, p: NoParams): Bi
 
 /**
  * Decodes a bitmap_table_entry at `offset` of `bytes`. A bitmap table entry - the offset of one bitmap data cluster, or all-zeros/all-ones.
- * Reads only inside `bytes`; pointer instances are read on first access. Throws Qcow2FormatError only.
+ * Reads only inside `bytes` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);
+ * pointer instances are read on first access. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapTableEntry(bytes: Uint8Array, offset = 0): BitmapTableEntry {
+export function decodeBitmapTableEntry(bytes: Uint8Array | PagedBytes, offset = 0): BitmapTableEntry {
   const rootIo = new ByteReader(bytes);
   return readBitmapTableEntry(rootIo.at(offset, "bitmap_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: false }, {});
 }
@@ -3954,7 +3976,7 @@ export function decodeBitmapTableEntry(bytes: Uint8Array, offset = 0): BitmapTab
  * paths that read single table entries. Throws Qcow2FormatError only.
  */
 
-export function decodeBitmapTableEntryFields(bytes: Uint8Array, offset = 0): BitmapTableEntryFields {
+export function decodeBitmapTableEntryFields(bytes: Uint8Array | PagedBytes, offset = 0): BitmapTableEntryFields {
   const rootIo = new ByteReader(bytes);
   return readBitmapTableEntry(rootIo.at(offset, "bitmap_table_entry", '(start)'), { root: undefined, rootIo, fieldsOnly: true }, {});
 }

@@ -6,7 +6,8 @@
  * - Every structure of spec/qcow2.ksy: `decodeX(bytes, offset, params)` / `encodeX(fields, params)`
  *   and their interfaces (generated; 64-bit values as exact hi/lo halves).
  * - The meaning of the bits: entry kinds, subcluster states, feature names, 64-bit helpers.
- * - `walkImage(bytes)`: every structure of an image, each distinct table decoded once.
+ * - `walkImage(bytes | source)`: every structure of an image, each distinct table decoded once; a
+ *   source (`{ length, read(offset, n) }`) is read structure by structure, not whole.
  * - Errors: only `Qcow2FormatError` (code, structure, field, offset) escapes a decoder.
  * - The model: `createImage`, `loadImage` / `storeImage`, `step(image, op) → {image, io}`, `readGuest`
  *   (`readGuestInto`: into a reused buffer), `mapImage`, `closeImage` — pure functions over immutable Images; `ModelError` for refusals.
@@ -14,6 +15,9 @@
  *   that writes the file rebases onto a new reader (`rebaseHostFile`) to keep memory bounded.
  * - QEMU's open-time validation (`openImage`), `qemu-img check` and its repairs (`checkImage`,
  *   `repairImage`), `qemu-img info` (`qcow2ImageInfo`, `imageInfoQObject`).
+ * - The disk driver: `Qcow2Disk` (open/create on any `DiskBackend`; read, write, zeroes, discard,
+ *   flush, snapshots, resize, info, map, check, repair, close — the model's I/O issued in order with a
+ *   flush at every barrier) and the memory, Blob and OPFS backends.
  * - The compression codecs: portable ones are built in (pako, libzstd as embedded wasm);
  *   `installCompressionCodecs` swaps in faster equivalents (the Node entry does, for inflate).
  *

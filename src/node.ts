@@ -9,7 +9,7 @@
 export * from './index.ts';
 
 export { fileReader, type FileReader } from './io/file-reader.ts';
-export { applyHostIOToPaths, writeHostFile, type HostIOFiles, type HostIOStats } from './io/host-io-file.ts';
+export { applyHostIOToPaths, writeHostFile, type HostIOStats } from './io/host-io-file.ts';
 export {
   MAX_BACKING_DEPTH,
   OpenImageError,

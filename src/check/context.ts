@@ -92,15 +92,34 @@ export class CheckAbort extends Error {
   }
 }
 
+/**
+ * Lines a check session keeps (its findings and its log). QEMU prints each line as it goes; a
+ * hostile image can make millions — one per cluster of a refcount structure the check had to grow
+ * the file for (qcow2's compare_refcounts: "Can't get refcount for cluster N") — which as strings
+ * cost hundreds of MiB. Past this many lines a pass keeps counting (its counters stay exact) but no
+ * longer keeps the text, and says so in one line at its end.
+ */
+export const MAX_KEPT_LINES = 100_000;
+
 /** The lines one pass prints, and its findings (see CheckFinding for how uncounted lines attach). */
 export class Transcript {
   readonly findings: CheckFinding[] = [];
   private pending: string[] = [];
+  /** Lines of this pass not kept (MAX_KEPT_LINES). */
+  private notKept = 0;
 
   constructor(private readonly session: CheckSession) {}
 
+  /** Whether the session has no room for another line (the line is then counted as not kept). */
+  private full(): boolean {
+    if (this.session.lines.length < MAX_KEPT_LINES) return false;
+    this.notKept++;
+    return true;
+  }
+
   /** Prints `message` as a finding of `kind`. */
   emit(kind: CheckFinding['kind'], message: string): void {
+    if (this.full()) return;
     this.session.lines.push(message);
     if (this.pending.length === 0) {
       this.findings.push({ kind, message });
@@ -113,6 +132,7 @@ export class Transcript {
 
   /** Prints `line`, which QEMU does not count: it joins the previous finding, or the next one. */
   note(line: string, attach: 'previous' | 'next'): void {
+    if (this.full()) return;
     this.session.lines.push(line);
     const last = this.findings[this.findings.length - 1];
     if (attach === 'previous' && last !== undefined) {
@@ -124,6 +144,13 @@ export class Transcript {
 
   /** Findings with any lines still waiting for a next finding attached to the last one. */
   done(): CheckFinding[] {
+    if (this.notKept > 0) {
+      const line = `qcow2-ref: ${this.notKept} more line(s) were not kept (qemu-img prints each; the counts include them)`;
+      this.session.lines.push(line);
+      const last = this.findings[this.findings.length - 1];
+      if (last !== undefined) this.findings[this.findings.length - 1] = { kind: last.kind, message: `${last.message}\n${line}` };
+      this.notKept = 0;
+    }
     if (this.pending.length > 0) {
       const last = this.findings[this.findings.length - 1];
       if (last !== undefined) this.findings[this.findings.length - 1] = { kind: last.kind, message: [last.message, ...this.pending].join('\n') };

@@ -14,8 +14,8 @@
  *
  * The model (src/check/check.ts, src/check/repair.ts) decides everything; this file opens the image
  * (src/io/open-file.ts in check mode, read-write with -r), prints, and with -r writes the repair's
- * host operations to the file in order (src/io/host-io-file.ts applyHostIOToPaths) after the check has run
- * to its end in memory. Lines qemu-img prints with its program name ("qemu-img: ...") are printed
+ * host operations to the file in order (src/io/host-io-file.ts applyHostIOToPaths: the disk layer's
+ * applier, src/disk/apply-io.ts) after the check has run to its end in memory. Lines qemu-img prints with its program name ("qemu-img: ...") are printed
  * with this program's.
  */
 import { open } from 'node:fs/promises';
@@ -240,7 +240,7 @@ export async function runCheck(args: readonly string[], io: CliIo): Promise<numb
   }
   if (report.io.length > 0) {
     // The check ran to its end in memory; now its writes go to the file, in order.
-    applyHostIOToPaths({ image: a.image }, report.io);
+    await applyHostIOToPaths({ image: a.image }, report.io);
   }
   io.stderr(report.stderr);
   if (!a.quiet) io.stdout(report.stdout);

@@ -384,7 +384,7 @@ export async function runCreate(args: readonly string[], io: CliIo): Promise<num
   try {
     for (const j of jobs) {
       await refuseDirectory(j.target);
-      writeHostFile(j.temp, j.file);
+      await writeHostFile(j.temp, j.file);
     }
     for (const j of jobs) await rename(j.temp, j.target);
   } catch (e) {

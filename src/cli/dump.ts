@@ -1,15 +1,21 @@
 /**
  * `qcow2-ref dump IMAGE [--output=human|json]`: prints every structure walkImage finds, as readable
  * sections or as JSON (64-bit values as numbers up to 2^53, decimal strings above).
+ *
+ * The image is not read into memory: walkImage reads it through a file reader (positioned reads,
+ * src/io/file-reader.ts) and decodes only the structures it describes, so memory grows with the
+ * metadata described (the report), not with the file: a 6 GiB preallocated image costs its tables.
  */
-import { readFile } from 'node:fs/promises';
+import { fstatSync } from 'node:fs';
 import { match } from 'ts-pattern';
 import type { L2EntryClass, SubclusterState } from '../format/index.ts';
 import { isQcow2FormatError } from '../codec/index.ts';
 import { headerExtensionTypeHex, type DecodedFeatures } from '../format/index.ts';
 import { jsonU64 } from '../format/index.ts';
-import { walkImage, type ImageWalk, type L1Info, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/index.ts';
+import { l2TableEntries, walkImage, type ImageWalk, type L1Info, type L2EntryInfo, type L2TableInfo, type RefcountBlockInfo, type WalkError } from '../format/index.ts';
 import { EXIT_DECODE, EXIT_OK, type CliIo, oneImage, outputFormat, parseCommand, showHelp } from './io.ts';
+import { fileReader, type FileReader } from '../io/index.ts';
+import { HostReaderError } from '../model/index.ts';
 
 /** Help text of the dump command. */
 export const DUMP_HELP = `Usage: qcow2-ref dump IMAGE [--output=human|json]
@@ -47,24 +53,34 @@ export async function runDump(args: readonly string[], io: CliIo): Promise<numbe
   if (parsed.values.help === true) return showHelp(io, DUMP_HELP);
   const output = outputFormat(parsed.values.output);
   const image = oneImage(parsed.positionals);
-  let bytes: Uint8Array;
+  let reader: FileReader;
   try {
-    bytes = await readFile(image);
+    reader = fileReader(image);
+    if (fstatSync(reader.fd).isDirectory()) {
+      reader.close();
+      throw Object.assign(new Error('EISDIR'), { code: 'EISDIR' });
+    }
   } catch (e) {
     io.stderr(`qcow2-ref: ${image}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}\n`);
     return EXIT_DECODE;
   }
   let walk: ImageWalk;
   try {
-    walk = walkImage(bytes);
+    // The walk without L2 entries (its size does not grow with the allocated clusters); each table's
+    // entries are decoded again, one table at a time, as the report reaches it.
+    walk = walkImage(reader, { l2Entries: false });
+    const w = walk;
+    const entriesOf = (t: L2TableInfo): readonly L2EntryInfo[] => (t.error !== undefined ? [] : l2TableEntries(reader, w.header, t.offset));
+    await writeLines(io, output === 'json' ? jsonReport(walk, entriesOf) : humanReport(image, walk, entriesOf));
   } catch (e) {
-    if (isQcow2FormatError(e)) {
+    if (isQcow2FormatError(e) || e instanceof HostReaderError) {
       io.stderr(`qcow2-ref: ${image}: ${e.message}\n`);
       return EXIT_DECODE;
     }
     throw e;
+  } finally {
+    reader.close();
   }
-  io.stdout(output === 'json' ? `${JSON.stringify(toJson(walk), null, 2)}\n` : formatHuman(image, walk));
   for (const err of walk.errors) io.stderr(`qcow2-ref: ${image}: ${walkErrorLine(err)}\n`);
   return walk.errors.length === 0 ? EXIT_OK : EXIT_DECODE;
 }
@@ -72,6 +88,65 @@ export async function runDump(args: readonly string[], io: CliIo): Promise<numbe
 /** A walk error as `structure.field at 0xOFFSET: detail (at WHERE)`. */
 export function walkErrorLine(e: WalkError): string {
   return `${e.structure}.${e.field} at 0x${e.offset.toString(16)}: ${e.detail} (${e.at})`;
+}
+
+/** Where report lines go, one or more at a time. */
+type Lines = string[];
+
+/** Bytes of report written to stdout at once. */
+const WRITE_CHUNK = 1 << 16;
+
+/**
+ * Writes `lines` (each followed by a newline) to stdout in chunks of about WRITE_CHUNK bytes,
+ * waiting for stdout to take each (CliIo.drain): a long report is never held whole.
+ */
+async function writeLines(io: CliIo, lines: Iterable<string>): Promise<void> {
+  let chunk: string[] = [];
+  let size = 0;
+  for (const l of lines) {
+    chunk.push(l);
+    size += l.length + 1;
+    if (size >= WRITE_CHUNK) {
+      io.stdout(`${chunk.join('\n')}\n`);
+      chunk = [];
+      size = 0;
+      await io.drain?.();
+    }
+  }
+  if (chunk.length > 0) io.stdout(`${chunk.join('\n')}\n`);
+}
+
+/** Yields and removes the lines of `out`. */
+function* take(out: Lines): Generator<string> {
+  yield* out.splice(0);
+}
+
+/** The L2 entries of a table of the walk (the walk's own, or decoded again for a walk without them). */
+type EntriesOf = (t: L2TableInfo) => readonly L2EntryInfo[];
+
+/** Text placed where the L2 tables go in the JSON document, then replaced by them one by one. */
+const L2_TABLES_MARK = '\u0000l2Tables\u0000';
+
+/**
+ * The lines of `JSON.stringify(toJson(walk), null, 2)` (in pieces that may hold several lines), the
+ * L2 tables' entries from `entriesOf`, one table at a time: the same bytes, never the whole document.
+ */
+function* jsonReport(walk: ImageWalk, entriesOf: EntriesOf): Generator<string> {
+  const doc = JSON.stringify(toJson({ ...walk, l2Tables: L2_TABLES_MARK }), null, 2);
+  const mark = JSON.stringify(L2_TABLES_MARK);
+  const at = doc.indexOf(mark);
+  if (walk.l2Tables.length === 0) {
+    yield `${doc.slice(0, at)}[]${doc.slice(at + mark.length)}`;
+    return;
+  }
+  yield `${doc.slice(0, at)}[`;
+  for (let i = 0; i < walk.l2Tables.length; i++) {
+    const t = walk.l2Tables[i]!;
+    const text = JSON.stringify(toJson({ ...t, entries: entriesOf(t) }), null, 2);
+    // An element of an array that is a member of the top-level object: every line indented by 4 spaces.
+    yield `    ${text.replaceAll('\n', '\n    ')}${i + 1 < walk.l2Tables.length ? ',' : ''}`;
+  }
+  yield `  ]${doc.slice(at + mark.length)}`;
 }
 
 /**
@@ -132,7 +207,7 @@ function errorText(e: WalkError): string {
   return `ERROR ${walkErrorLine(e)}`;
 }
 
-function l1Lines(out: string[], l1: L1Info, indent: string): void {
+function l1Lines(out: Lines, l1: L1Info, indent: string): void {
   if (l1.error !== undefined) {
     out.push(`${indent}${errorText(l1.error)}`);
     return;
@@ -155,7 +230,7 @@ function l1Lines(out: string[], l1: L1Info, indent: string): void {
   gap(l1.size);
 }
 
-function l2Lines(out: string[], t: L2TableInfo, walk: ImageWalk): void {
+function l2Lines(out: Lines, t: L2TableInfo, entries: readonly L2EntryInfo[], walk: ImageWalk): void {
   const refs = t.references.map((r) => `${r.l1} L1[${r.index}]`).join(', ');
   out.push(`L2 table at ${hex(t.offset)} (${t.entryCount} entries; referenced by ${refs})`);
   if (t.error !== undefined) {
@@ -169,7 +244,7 @@ function l2Lines(out: string[], t: L2TableInfo, walk: ImageWalk): void {
   const gap = (upTo: number): void => {
     if (upTo > next) out.push(`  [${next}${upTo - 1 > next ? `-${upTo - 1}` : ''}] ${upTo - next} unallocated`);
   };
-  for (const e of t.entries) {
+  for (const e of entries) {
     gap(e.index);
     const guest = first !== undefined ? ` guest ${hex((BigInt(first.index) * entriesPerL2 + BigInt(e.index)) * cluster)}` : '';
     const raw = e.bitmap !== undefined ? `${hex(e.word)} bitmap ${hex(e.bitmap)}` : hex(e.word);
@@ -181,7 +256,7 @@ function l2Lines(out: string[], t: L2TableInfo, walk: ImageWalk): void {
   gap(t.entryCount);
 }
 
-function refblockLines(out: string[], b: RefcountBlockInfo): void {
+function refblockLines(out: Lines, b: RefcountBlockInfo): void {
   out.push(`Refcount block at ${hex(b.offset)} (${b.entryCount} entries; refcount table ${b.tableIndexes.map((i) => `[${i}]`).join(', ')})`);
   if (b.error !== undefined) {
     out.push(`  ${errorText(b.error)}`);
@@ -197,8 +272,13 @@ function refblockLines(out: string[], b: RefcountBlockInfo): void {
 
 /** The readable report of a walk. */
 export function formatHuman(image: string, walk: ImageWalk): string {
+  return `${[...humanReport(image, walk, (t) => t.entries)].join('\n')}\n`;
+}
+
+/** formatHuman's lines, the L2 tables' entries from `entriesOf`, one table at a time. */
+function* humanReport(image: string, walk: ImageWalk, entriesOf: EntriesOf): Generator<string> {
   const h = walk.header;
-  const out: string[] = [];
+  const out: Lines = [];
   out.push(`qcow2 image ${image} (${walk.fileSize} bytes)`, '');
   out.push('Header');
   const row = (k: string, v: string | number | bigint | boolean): void => {
@@ -261,9 +341,11 @@ export function formatHuman(image: string, walk: ImageWalk): string {
   out.push('', `Active L1 table: ${walk.activeL1.size} entries at ${hex(walk.activeL1.offset)}`);
   l1Lines(out, walk.activeL1, '  ');
 
+  yield* take(out);
   for (const t of walk.l2Tables) {
     out.push('');
-    l2Lines(out, t, walk);
+    l2Lines(out, t, entriesOf(t), walk);
+    yield* take(out);
   }
 
   const r = walk.refcounts;
@@ -307,5 +389,5 @@ export function formatHuman(image: string, walk: ImageWalk): string {
     out.push('', `Errors (${walk.errors.length})`);
     for (const e of walk.errors) out.push(`  ${walkErrorLine(e)}`);
   }
-  return `${out.join('\n')}\n`;
+  yield* take(out);
 }

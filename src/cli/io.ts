@@ -22,12 +22,28 @@ export class UsageError extends Error {
 export interface CliIo {
   readonly stdout: (text: string) => void;
   readonly stderr: (text: string) => void;
+  /**
+   * Optional: resolves once stdout has taken what was written (a command that prints a long report
+   * waits on it between pieces, so a slow reader of a pipe does not make the report pile up in memory).
+   */
+  readonly drain?: () => Promise<void>;
 }
 
 /** CliIo writing to the process's stdout and stderr. */
 export const processIo: CliIo = {
   stdout: (t) => void process.stdout.write(t),
   stderr: (t) => void process.stderr.write(t),
+  drain: () => {
+    const out = process.stdout;
+    if (!out.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        out.off('drain', done).off('close', done).off('error', done);
+        resolve();
+      };
+      out.on('drain', done).on('close', done).on('error', done);
+    });
+  },
 };
 
 /**

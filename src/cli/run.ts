@@ -30,10 +30,17 @@
  * Files are not read into memory: the image, its data file and backing files are loaded through
  * HostReaders (src/io/file-reader.ts), so the model reads only the header and the metadata and
  * data the ops touch, and running a small script against a huge sparse image costs memory in
- * proportion to what it touches. `run` writes the host I/O into the very files those readers read,
+ * proportion to what it touches (and to what the script writes, which is held until it is issued).
+ * `run` writes the host I/O into the very files those readers read,
  * which is safe because every read happens before the first write: planOps has produced all the
  * host I/O (plain bytes, holding no reference to the readers) and the readers are closed before
  * the files are opened for writing; the Images built on them are never used after that point.
+ *
+ * The I/O is issued by the disk layer's applier (src/disk/apply-io.ts through
+ * src/io/host-io-file.ts applyHostIOToPaths), the code Qcow2Disk issues its own writes with. `run`
+ * does not apply the ops one by one through a Qcow2Disk: that would write ops 0..N-1 before op N is
+ * refused (qemu-io's behaviour), and a writable Qcow2Disk open writes the repair of a dirty image
+ * at once — both against the all-or-nothing contract above.
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { closeImage } from '../model/index.ts';
@@ -235,7 +242,7 @@ export async function runRun(args: readonly string[], io: CliIo, stdin: () => Pr
   const writesData = allIo.some((x) => hostTargetOf(x) === 'data' && x.kind !== 'flush');
   if (writesData && dataPath === undefined) throw new Error('the model wrote a data file the image does not name');
   try {
-    done = applyHostIOToPaths(dataPath !== undefined ? { image: imagePath, data: dataPath } : { image: imagePath }, allIo);
+    done = await applyHostIOToPaths(dataPath !== undefined ? { image: imagePath, data: dataPath } : { image: imagePath }, allIo);
   } catch (e) {
     io.stderr(`qcow2-ref: ${imagePath}: write failed: ${errnoText(e)} (the image and its data file may be partly updated)\n`);
     return EXIT_DECODE;

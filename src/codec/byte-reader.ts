@@ -4,13 +4,20 @@
  * u1/u2/u4/s1/s2/s4, big- and little-endian bit fields of at most 32 bits, byte alignment, eof —
  * so that our decoder and kaitai-struct-compiler's agree field by field. Every read is checked
  * against the window and fails with a Qcow2FormatError naming structure, field and absolute offset.
+ *
+ * The bytes are a Uint8Array, or a PagedBytes (a source too large to hold, src/codec/paged-bytes.ts):
+ * then the reader holds one window of the source and moves it when a read falls outside it, and
+ * positions stay offsets in the whole source, so values and errors are those of a whole-buffer decode.
  */
 import { Qcow2FormatError } from './errors.ts';
+import { PAGE_SIZE, PagedBytes } from './paged-bytes.ts';
 import { WORK } from './work-meter.ts';
 
+const EMPTY = new Uint8Array(0);
+
 export class ByteReader {
-  /** The whole buffer; offsets in errors are indexes into it. */
-  readonly bytes: Uint8Array;
+  /** Length of the whole buffer or source; offsets in errors are positions in it. */
+  readonly length: number;
   /** First byte of this window (absolute). */
   readonly start: number;
   /** One past the last byte of this window (absolute). */
@@ -19,19 +26,45 @@ export class ByteReader {
   pos: number;
   private bits = 0;
   private bitsLeft = 0;
+  /** The bytes held: the whole buffer, or the current window of `paged`. */
+  private buf: Uint8Array;
+  /** Absolute position of buf[0] (0 for a whole buffer). */
+  private base: number;
+  /** The source a window is read from; undefined for a whole buffer. */
+  private readonly paged: PagedBytes | undefined;
 
-  /** A reader over `bytes[start, end)`. Throws `truncated` if the window is not inside the buffer. */
-  constructor(bytes: Uint8Array, start = 0, end = bytes.length) {
+  /**
+   * A reader over `bytes[start, end)` (absolute positions; `end` defaults to its length). Throws
+   * `truncated` if the window is not inside the buffer or source.
+   */
+  constructor(bytes: Uint8Array | PagedBytes, start = 0, end = bytes.length) {
     if (!(start >= 0 && end >= start && end <= bytes.length && Number.isSafeInteger(start) && Number.isSafeInteger(end))) {
       throw new Qcow2FormatError('truncated', { structure: 'stream', field: 'window', offset: Math.max(0, Math.min(start, bytes.length)) },
         `window [${start}, ${end}) is not inside a buffer of ${bytes.length} bytes`);
     }
-    this.bytes = bytes;
+    this.length = bytes.length;
+    if (bytes instanceof PagedBytes) {
+      this.paged = bytes;
+      this.buf = EMPTY;
+      this.base = 0;
+    } else {
+      this.paged = undefined;
+      this.buf = bytes;
+      this.base = 0;
+    }
     this.start = start;
     this.end = end;
     this.pos = start;
     // No DataView: integers are assembled from bytes (creating a view per reader dominated the
     // cost of decoding one 8-byte table entry).
+  }
+
+  /** A reader of [start, end) of the same buffer or source, sharing the window held now. */
+  private derive(start: number, end: number): ByteReader {
+    const r = new ByteReader(this.paged ?? this.buf, start, end);
+    r.buf = this.buf;
+    r.base = this.base;
+    return r;
   }
 
   /** Size of the window in bytes (Kaitai `_io.size`). */
@@ -63,6 +96,12 @@ export class ByteReader {
 
   /** Throws `truncated` unless `n` bytes can be read at the current position. */
   ensure(n: number, structure: string, field: string): void {
+    this.check(n, structure, field);
+    if (n > 0 && (this.pos < this.base || this.pos + n > this.base + this.buf.length)) this.hold(this.pos, n);
+  }
+
+  /** ensure's checks, without moving the window. */
+  private check(n: number, structure: string, field: string): void {
     WORK.decodedFields++;
     if (!(Number.isSafeInteger(n) && n >= 0)) {
       throw new Qcow2FormatError('too-large', { structure, field, offset: this.clampedPos() }, `size ${n} is not a valid byte count`);
@@ -73,14 +112,22 @@ export class ByteReader {
     }
   }
 
+  /** Moves the window of a paged source so it holds [pos, pos + n) (inside the source: checked by the caller). */
+  private hold(pos: number, n: number): void {
+    if (this.paged === undefined) throw new RangeError(`[${pos}, +${n}) is outside the buffer`);
+    const w = this.paged.window(pos, n);
+    this.buf = w.bytes;
+    this.base = w.base;
+  }
+
   private clampedPos(): number {
-    return Math.max(0, Math.min(this.pos, this.bytes.length));
+    return Math.max(0, Math.min(this.pos, this.length));
   }
 
   /** A window of `n` bytes at the current position; advances past it (Kaitai `size:` substream). */
   substream(n: number, structure: string, field: string): ByteReader {
     this.ensure(n, structure, field);
-    const sub = new ByteReader(this.bytes, this.pos, this.pos + n);
+    const sub = this.derive(this.pos, this.pos + n);
     this.pos += n;
     return sub;
   }
@@ -88,7 +135,7 @@ export class ByteReader {
   /** A window from the current position to the end of this window; consumes it (Kaitai `size-eos`). */
   rest(): ByteReader {
     const from = Math.min(Math.max(this.pos, this.start), this.end);
-    const sub = new ByteReader(this.bytes, from, this.end);
+    const sub = this.derive(from, this.end);
     this.pos = this.end;
     return sub;
   }
@@ -96,10 +143,10 @@ export class ByteReader {
   /** A reader over the same window positioned `relative` bytes from its start (for `pos:` instances). */
   at(relative: number, structure: string, field: string): ByteReader {
     if (!Number.isSafeInteger(relative) || relative < 0 || this.start + relative > this.end) {
-      throw new Qcow2FormatError('truncated', { structure, field, offset: Math.min(this.end, this.bytes.length) },
+      throw new Qcow2FormatError('truncated', { structure, field, offset: Math.min(this.end, this.length) },
         `position ${relative} is outside the ${this.size}-byte region it points into`);
     }
-    const r = new ByteReader(this.bytes, this.start, this.end);
+    const r = this.derive(this.start, this.end);
     r.pos = this.start + relative;
     return r;
   }
@@ -109,7 +156,9 @@ export class ByteReader {
     this.alignToByte();
     const from = Math.min(Math.max(this.pos, this.start), this.end);
     this.pos = this.end;
-    return this.bytes.slice(from, this.end);
+    if (from === this.end) return new Uint8Array(0);
+    if (this.paged !== undefined && (from < this.base || this.end > this.base + this.buf.length)) return this.paged.read(from, this.end - from);
+    return this.buf.slice(from - this.base, this.end - this.base);
   }
 
   /** Bits consumed so far, counting buffered bits (to prove a loop iteration made progress). */
@@ -124,51 +173,58 @@ export class ByteReader {
 
   /** A copy of `n` bytes at the current position. */
   readBytes(n: number, structure: string, field: string): Uint8Array {
+    if (this.paged !== undefined && n > PAGE_SIZE && (this.pos < this.base || this.pos + n > this.base + this.buf.length)) {
+      // A long field (unknown extension data) is copied from the source, not held as the window.
+      this.check(n, structure, field);
+      const out = this.paged.read(this.pos, n);
+      this.pos += n;
+      return out;
+    }
     this.ensure(n, structure, field);
-    const out = this.bytes.slice(this.pos, this.pos + n);
+    const out = this.buf.slice(this.pos - this.base, this.pos - this.base + n);
     this.pos += n;
     return out;
   }
 
   readU1(structure: string, field: string): number {
     this.ensure(1, structure, field);
-    return this.bytes[this.pos++]!;
+    return this.buf[this.pos++ - this.base]!;
   }
 
   readU2(structure: string, field: string): number {
     this.ensure(2, structure, field);
-    const b = this.bytes;
-    const p = this.pos;
-    this.pos = p + 2;
+    const b = this.buf;
+    const p = this.pos - this.base;
+    this.pos += 2;
     return (b[p]! << 8) | b[p + 1]!;
   }
 
   readU4(structure: string, field: string): number {
     this.ensure(4, structure, field);
-    const b = this.bytes;
-    const p = this.pos;
-    this.pos = p + 4;
+    const b = this.buf;
+    const p = this.pos - this.base;
+    this.pos += 4;
     return ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) >>> 0;
   }
 
   readS1(structure: string, field: string): number {
     this.ensure(1, structure, field);
-    return (this.bytes[this.pos++]! << 24) >> 24;
+    return (this.buf[this.pos++ - this.base]! << 24) >> 24;
   }
 
   readS2(structure: string, field: string): number {
     this.ensure(2, structure, field);
-    const b = this.bytes;
-    const p = this.pos;
-    this.pos = p + 2;
+    const b = this.buf;
+    const p = this.pos - this.base;
+    this.pos += 2;
     return (((b[p]! << 8) | b[p + 1]!) << 16) >> 16;
   }
 
   readS4(structure: string, field: string): number {
     this.ensure(4, structure, field);
-    const b = this.bytes;
-    const p = this.pos;
-    this.pos = p + 4;
+    const b = this.buf;
+    const p = this.pos - this.base;
+    this.pos += 4;
     return (b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!;
   }
 
@@ -180,7 +236,7 @@ export class ByteReader {
     if (bitsNeeded > 0) {
       const bytesNeeded = ((bitsNeeded - 1) >> 3) + 1;
       this.ensure(bytesNeeded, structure, field);
-      for (let i = 0; i < bytesNeeded; i++) res = (res << 8) | this.bytes[this.pos + i]!;
+      for (let i = 0; i < bytesNeeded; i++) res = (res << 8) | this.buf[this.pos - this.base + i]!;
       this.pos += bytesNeeded;
       const newBits = res;
       res = (res >>> this.bitsLeft) | (this.bits << bitsNeeded);
@@ -199,7 +255,7 @@ export class ByteReader {
     if (bitsNeeded > 0) {
       const bytesNeeded = ((bitsNeeded - 1) >> 3) + 1;
       this.ensure(bytesNeeded, structure, field);
-      for (let i = 0; i < bytesNeeded; i++) res |= this.bytes[this.pos + i]! << (i * 8);
+      for (let i = 0; i < bytesNeeded; i++) res |= this.buf[this.pos - this.base + i]! << (i * 8);
       this.pos += bytesNeeded;
       const newBits = bitsNeeded < 32 ? res >>> bitsNeeded : 0;
       res = (res << this.bitsLeft) | this.bits;

@@ -79,7 +79,7 @@ export function inconsistent(structure: string, field: string, offset: number, d
  */
 export function checkCount(io: ByteReader, n: unknown, minBits: number, structure: string, field: string): number {
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0 || n * Math.max(1, minBits) > io.remainingBits()) {
-    throw new Qcow2FormatError('too-large', { structure, field, offset: Math.min(io.pos, io.bytes.length) },
+    throw new Qcow2FormatError('too-large', { structure, field, offset: Math.min(io.pos, io.length) },
       `repeat count ${String(n)} of elements of at least ${Math.max(1, minBits)} bit(s) cannot fit the ${Math.max(0, io.end - io.pos)} byte(s) left`);
   }
   return n;
@@ -88,7 +88,7 @@ export function checkCount(io: ByteReader, n: unknown, minBits: number, structur
 /** Refuses a loop iteration that consumed nothing (it would never end). */
 export function requireProgress(io: ByteReader, before: number, structure: string, field: string): void {
   if (io.mark() <= before) {
-    throw new Qcow2FormatError('too-large', { structure, field, offset: Math.min(io.pos, io.bytes.length) },
+    throw new Qcow2FormatError('too-large', { structure, field, offset: Math.min(io.pos, io.length) },
       'an element consumed no bytes; refusing to loop');
   }
 }

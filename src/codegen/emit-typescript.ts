@@ -366,13 +366,14 @@ class Emitter {
     const paramsArg = t.params.length ? `, params: ${T}Params` : '';
     const paramsUse = t.params.length ? 'params' : '{}';
     this.out.push(doc(`Decodes a ${t.name} at \`offset\` of \`bytes\`. ${t.doc.split('\n')[0]}\n`
-      + `Reads only inside \`bytes\`; pointer instances are read on first access. Throws Qcow2FormatError only.`, ''));
-    this.out.push(`export function decode${T}(bytes: Uint8Array, offset = 0${paramsArg}): ${T} {\n`
+      + `Reads only inside \`bytes\` (a buffer, or a PagedBytes source read as needed, whose own read errors pass through);\n`
+      + `pointer instances are read on first access. Throws Qcow2FormatError only.`, ''));
+    this.out.push(`export function decode${T}(bytes: Uint8Array | PagedBytes, offset = 0${paramsArg}): ${T} {\n`
       + `  const rootIo = new ByteReader(bytes);\n  return read${T}(rootIo.at(offset, ${q(t.name)}, '(start)'), { root: undefined, rootIo, fieldsOnly: false }, ${paramsUse});\n}\n`);
     this.out.push(doc(`Decodes only the seq fields of a ${t.name} at \`offset\` of \`bytes\` (nested structures too): the same\n`
       + `values and errors as decode${T} without its instances, which are neither computed nor defined. For hot\n`
       + `paths that read single table entries. Throws Qcow2FormatError only.`, ''));
-    this.out.push(`export function decode${T}Fields(bytes: Uint8Array, offset = 0${paramsArg}): ${T}Fields {\n`
+    this.out.push(`export function decode${T}Fields(bytes: Uint8Array | PagedBytes, offset = 0${paramsArg}): ${T}Fields {\n`
       + `  const rootIo = new ByteReader(bytes);\n  return read${T}(rootIo.at(offset, ${q(t.name)}, '(start)'), { root: undefined, rootIo, fieldsOnly: true }, ${paramsUse});\n}\n`);
   }
 
@@ -633,7 +634,7 @@ class Emitter {
       + `// Regenerate with \`npm run generate\`; \`npm run generate -- --check\` fails when this file is stale.\n`
       + `/* eslint-disable */\n`);
     this.out.push(doc(`${this.spec.title}.\n\n${this.spec.doc}`, ''));
-    this.out.push(`import { ByteReader } from '../src/codec/index.ts';\n`
+    this.out.push(`import { ByteReader, type PagedBytes } from '../src/codec/index.ts';\n`
       + `import { ByteWriter } from '../src/codec/index.ts';\n`
       + `import {\n  asciiDecode, asciiEncode, checkCount, checkSize, defineLazy, defineValue, inconsistent, invalidValue,\n  kaitaiMod, requireProgress, stripRight,\n} from '../src/codec/index.ts';\n\n`
       + `type NoParams = Record<string, never>;\ninterface DecodeContext { root: unknown; readonly rootIo: ByteReader; readonly fieldsOnly: boolean }\ninterface EncodeContext { readonly root: unknown }\n`

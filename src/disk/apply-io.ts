@@ -5,8 +5,8 @@
  */
 import { hostTargetOf, type HostIO, type HostTarget } from '../model/index.ts';
 import type { DiskBackend } from './backend.ts';
-import type { BackendReader } from './backend-reader.ts';
-import { DiskError, backendError } from './errors.ts';
+import { BackendReader } from './backend-reader.ts';
+import { DiskError, backendError, isDiskError } from './errors.ts';
 
 /** Zeros are written in pieces of at most this many bytes when a backend has no `zero`. */
 const ZERO_CHUNK = 1 << 20;
@@ -130,5 +130,62 @@ async function zeros(target: IoTarget, offset: bigint, count: bigint, counts: Io
     }
     pos += BigInt(n);
     counts.bytesWritten += n;
+  }
+}
+
+/**
+ * Issues host I/O computed without a driver — a repair, a whole op script planned on the pure model,
+ * a conversion's steps — to backends, exactly as Qcow2Disk issues its own (applyIo: in order, a
+ * durable flush of every backend written since the previous barrier at each flush barrier; a backend
+ * without `flush` makes barriers free, for a caller that makes the file durable another way). The
+ * backends must be writable and hold what the model read when it computed the I/O.
+ */
+export class HostIoIssuer {
+  /** What was issued so far. */
+  readonly counts: IoCounts = { hostWrites: 0, bytesWritten: 0, flushes: 0 };
+  private readonly dirty = new Set<HostTarget>();
+
+  private constructor(private readonly targets: Partial<Record<HostTarget, IoTarget>>) {}
+
+  /** An issuer to `backends` (the image file and, when the I/O may address it, the data file). */
+  static async open(backends: Partial<Record<HostTarget, DiskBackend>>): Promise<HostIoIssuer> {
+    const targets: Partial<Record<HostTarget, IoTarget>> = {};
+    for (const t of ['image', 'data'] as const) {
+      const backend = backends[t];
+      if (backend === undefined) continue;
+      let length: bigint;
+      try {
+        length = await backend.size();
+      } catch (e) {
+        throw isDiskError(e) ? e : backendError('size', 0n, 0, e);
+      }
+      // Nothing is read through it: a reader of no capacity only follows the length the writes leave.
+      targets[t] = { backend, reader: new BackendReader(backend, length, 0) };
+    }
+    return new HostIoIssuer(targets);
+  }
+
+  /** Issues `io` in order (see applyIo for the errors). */
+  issue(io: readonly HostIO[]): Promise<void> {
+    return applyIo(io, this.targets, this.counts, this.dirty);
+  }
+
+  /** Flushes every backend written since the last barrier (not counted in `counts.flushes`). */
+  async flush(): Promise<void> {
+    for (const t of [...this.dirty]) {
+      try {
+        await this.targets[t]!.backend.flush?.();
+      } catch (e) {
+        throw backendError('flush', 0n, 0, e);
+      }
+      this.dirty.delete(t);
+    }
+  }
+
+  /** The length of file `target` as the writes left it. */
+  length(target: HostTarget = 'image'): bigint {
+    const t = this.targets[target];
+    if (t === undefined) throw new DiskError('internal', `the ${target} file is not open`);
+    return t.reader.length;
   }
 }

@@ -7,7 +7,7 @@
  */
 import {
   closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
-  headerReferences, hostPage, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget,
+  headerReferences, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget,
   type HostAllocation, type Image, type MapExtent, type MapOptions, type Op,
 } from '../model/index.ts';
 import { HEADER_MAGIC } from '../../generated/qcow2.ts';
@@ -19,6 +19,7 @@ import { BackendReader, ReadPending } from './backend-reader.ts';
 import { applyIo, type IoCounts, type IoTarget } from './apply-io.ts';
 import { scheduleEpochs } from './writeback.ts';
 import { DiskError, backendError, isDiskError } from './errors.ts';
+import { writeHostFileTo } from './write-host-file.ts';
 
 /** A file the image names (a backing file or external data file), as the caller's resolver found it. */
 export interface ResolvedFile {
@@ -618,31 +619,4 @@ async function resolve(resolver: FileResolver, name: string, from: Parameters<Fi
 
 async function closeAll(backends: readonly DiskBackend[]): Promise<void> {
   for (const b of backends) await Promise.resolve(b.close?.()).catch(() => undefined);
-}
-
-/**
- * Writes a new in-memory HostFile (createImage's) to an empty backend: its non-zero pages, coalesced
- * into writes of at most 1 MiB, then the length, then a flush.
- */
-async function writeHostFileTo(backend: DiskBackend, file: HostFile): Promise<void> {
-  const PAGE = 4096;
-  const MAX_RUN = 256;
-  const keys = [...file.pages.keys()].sort((a, b) => a - b);
-  const buf = new Uint8Array(MAX_RUN * PAGE);
-  try {
-    if ((await backend.size()) !== 0n) throw new DiskError('range', 'create needs an empty backend');
-    for (let i = 0; i < keys.length;) {
-      let j = i + 1;
-      while (j < keys.length && keys[j] === keys[j - 1]! + 1 && j - i < MAX_RUN) j++;
-      for (let k = i; k < j; k++) buf.set(hostPage(file, keys[k]!) ?? new Uint8Array(PAGE), (k - i) * PAGE);
-      const start = BigInt(keys[i]!) * BigInt(PAGE);
-      const n = start + BigInt((j - i) * PAGE) > file.length ? Number(file.length - start) : (j - i) * PAGE;
-      await backend.write!(start, buf.slice(0, n));
-      i = j;
-    }
-    await backend.truncate!(file.length);
-    await backend.flush?.();
-  } catch (e) {
-    throw isDiskError(e) ? e : backendError('write', 0n, 0, e);
-  }
 }

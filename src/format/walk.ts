@@ -5,6 +5,10 @@
  * with each snapshot's L1 (and L2 tables, shared with the active ones), and the bitmap directory
  * with its bitmap tables.
  *
+ * The image is a Uint8Array or, for a file too large to hold, a ByteSource (positioned reads, e.g. a
+ * file reader): the walk then reads only the structures it decodes, through a bounded cache of
+ * windows (src/codec/paged-bytes.ts), and gives exactly the walk of the same bytes in memory.
+ *
  * Robustness promises (the input may be hostile):
  * * Only a header that cannot be decoded is fatal (the Qcow2FormatError is thrown). Any other
  *   structure that fails to decode is recorded as a WalkError at its place and in `errors`,
@@ -23,6 +27,7 @@ import {
   HeaderExtensionType,
   decodeHeader,
   decodeL1Entry,
+  decodeL1EntryFields,
   decodeL2EntryFields,
   decodeQcow2,
   decodeRefcountBlockFields,
@@ -35,7 +40,7 @@ import {
   type FullDiskEncryptionPointer,
   type Header,
   type HeaderExtension,
-  type L1Entry,
+  type L2EntryFields,
   type SnapshotEntry,
 } from '../../generated/qcow2.ts';
 import {
@@ -52,7 +57,7 @@ import {
   type L2EntryClass,
   type SubclusterState,
 } from './entries.ts';
-import { asciiDecode } from '../codec/index.ts';
+import { PagedBytes, asciiDecode, type ByteSource, type SourceWindow } from '../codec/index.ts';
 import { Qcow2FormatError, isQcow2FormatError, type Qcow2ErrorCode } from '../codec/index.ts';
 import { decodeFeatureBits, featureFieldOfType, type DecodedFeatures, type FeatureField } from './features.ts';
 import { u64ToBigInt } from './u64.ts';
@@ -352,12 +357,28 @@ export interface ImageWalk {
 /** Upper bound on L1 entries decoded over all snapshot L1 tables, as a multiple of the file's 8-byte words. */
 const L1_BUDGET_FACTOR = 4;
 
+/** L1 and refcount table entries are scanned in pieces of this many bytes (bounded memory for any table). */
+const TABLE_PIECE = 1 << 20;
+
+/** Options of walkImage. */
+export interface WalkOptions {
+  /**
+   * Keep the entries of the L2 tables (default true). With false every L2TableInfo has `entries: []`
+   * (tables are still decoded, and their errors recorded): a walk whose size does not grow with the
+   * image's allocated clusters; l2TableEntries gives each table's entries when they are needed.
+   */
+  readonly l2Entries?: boolean;
+}
+
 /**
- * Describes every structure of the qcow2 image in `bytes`. Throws the Qcow2FormatError of the
- * header when the header cannot be decoded; every other failure is recorded (see the module doc).
- * Pure: reads `bytes` only.
+ * Describes every structure of the qcow2 image `image`: its bytes, or a ByteSource of them (a file
+ * reader: only the structures decoded are read). Throws the Qcow2FormatError of the header when the
+ * header cannot be decoded; every other failure is recorded (see the module doc). Pure but for the
+ * source's reads; an error a source's read throws (an I/O error) propagates unchanged.
  */
-export function walkImage(bytes: Uint8Array): ImageWalk {
+export function walkImage(image: Uint8Array | ByteSource, opts: WalkOptions = {}): ImageWalk {
+  const bytes: Uint8Array | PagedBytes = image instanceof Uint8Array ? image : new PagedBytes(image);
+  const fileSize = bytes.length;
   const rawHeader = decodeHeader(bytes, 0);
   const header = describeHeader(rawHeader);
   const errors: WalkError[] = [];
@@ -374,7 +395,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   let bitmapsExt: BitmapsExtension | undefined;
   // Cluster 0 as QEMU's bdrv_pread reads it: zeros past the end of a file that ends inside it
   // (qcow2_do_open reads the extension area and the backing file name that way).
-  const cluster0 = bytes.length >= header.clusterSize ? bytes : zeroPadded(bytes, header.clusterSize);
+  const cluster0 = fileSize >= header.clusterSize ? bytes : zeroPadded(copyOf(bytes, 0, fileSize), header.clusterSize);
   try {
     const root = decodeQcow2(cluster0);
     const list = root.headerExtensions.extensions ?? [];
@@ -406,50 +427,26 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
         `needs ${header.backingFileSize} byte(s) at 0x${off.toString(16)} but the file ends at 0x${cluster0.length.toString(16)}`);
       backingFile = { ...base, error: record('backing file name', err) };
     } else {
-      const start = Number(off);
-      backingFile = { ...base, name: asciiDecode(cluster0.subarray(start, start + header.backingFileSize)) };
+      backingFile = { ...base, name: asciiDecode(copyOf(cluster0, Number(off), header.backingFileSize)) };
     }
   }
 
-  const l2ctx: L2Context = { clusterBits: header.clusterBits, extendedL2: header.extendedL2, externalDataFile: header.externalDataFile };
   const l1params = { clusterBits: header.clusterBits, extendedL2: header.extendedL2 };
+  const keepL2Entries = opts.l2Entries !== false;
   const l2ByOffset = new Map<bigint, L2TableInfo>();
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 
-  /** Decodes (once per offset) the L2 tables an L1 table points at. */
-  const visitL2Tables = (l1Name: string, decoded: readonly (L1Entry | undefined)[], info: L1Info): void => {
+  /** Decodes (once per offset) the L2 tables the L1 table at `l1Offset` points at. */
+  const visitL2Tables = (l1Name: string, l1Offset: bigint, info: L1Info): void => {
     visitDistinctL2Tables(l1Name, info.entries, l2ByOffset, (e): L2TableInfo => {
-      const raw = decoded[e.index]!;
       const at = `${l1Name} L1[${e.index}] -> L2 table at 0x${e.l2Offset.toString(16)}`;
       let table: L2TableInfo;
       try {
-        // Inside the file the entries are read one by one and all-zero ones skipped undecoded (most
-        // entries of a sparse image; decoding a whole table made walks of 2 MiB-cluster images slow);
-        // a table running past the end of the file goes through the table decoder for its error.
-        const entrySize = header.extendedL2 ? 16 : 8;
-        const count = header.clusterSize / entrySize;
-        const l2 = e.l2Offset + BigInt(header.clusterSize) <= BigInt(bytes.length) ? undefined : raw.l2Table!;
-        const base = Number(e.l2Offset);
-        const entries: L2EntryInfo[] = [];
-        for (let i = 0; i < count; i++) {
-          let ent;
-          if (l2 !== undefined) ent = l2.entries[i]!;
-          else {
-            const p = base + i * entrySize;
-            if (view.getUint32(p) === 0 && view.getUint32(p + 4) === 0 && (entrySize === 8 || (view.getUint32(p + 8) === 0 && view.getUint32(p + 12) === 0))) continue;
-            ent = decodeL2EntryFields(bytes, p, l1params);
-          }
-          const { word, bitmap } = l2EntryWords(ent);
-          if (word === 0n && (bitmap === undefined || bitmap === 0n)) continue;
-          entries.push({
-            index: i,
-            word,
-            ...(bitmap !== undefined ? { bitmap } : {}),
-            class: classifyL2Entry(ent, l2ctx),
-            ...(header.extendedL2 ? { subclusters: subclusterStates(ent, l2ctx) } : {}),
-            reservedBits: l2ReservedBits(ent),
-          });
-        }
+        // A table running past the end of the file goes through the table decoder for its error.
+        const count = header.clusterSize >> (header.extendedL2 ? 4 : 3);
+        const entries = e.l2Offset + BigInt(header.clusterSize) <= BigInt(fileSize)
+          ? l2EntriesAt(bytes, header, e.l2Offset)
+          : describeL2Entries(decodeL1Entry(bytes, Number(l1Offset) + 8 * e.index, l1params).l2Table!.entries, header);
+        if (!keepL2Entries) entries.length = 0;
         table = { offset: e.l2Offset, entryCount: count, entries, references: [{ l1: l1Name, index: e.index }] };
       } catch (err) {
         table = {
@@ -470,7 +467,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
     active.error !== undefined
       ? { offset: header.l1TableOffset, size: header.l1Size, entries: [], error: record('active L1 table', active.error) }
       : { offset: header.l1TableOffset, size: header.l1Size, entries: active.info };
-  visitL2Tables('active', active.decoded, activeL1);
+  visitL2Tables('active', header.l1TableOffset, activeL1);
 
   // Refcount table and blocks.
   const refcounts = walkRefcounts(bytes, header, record);
@@ -479,13 +476,13 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   const snapshotEntries: SnapshotInfo[] = [];
   let snapshotsError: WalkError | undefined;
   const l1Seen = new Map<string, string>([[`${header.l1TableOffset}:${header.l1Size}`, 'active']]);
-  let l1Budget = Math.floor(bytes.length / 8) * L1_BUDGET_FACTOR + 1024;
+  let l1Budget = Math.floor(fileSize / 8) * L1_BUDGET_FACTOR + 1024;
   if (header.nbSnapshots > 0) {
-    if (header.snapshotsOffset + 40n * BigInt(header.nbSnapshots) > BigInt(bytes.length)) {
+    if (header.snapshotsOffset + 40n * BigInt(header.nbSnapshots) > BigInt(fileSize)) {
       snapshotsError = record(
         'snapshot table',
-        new Qcow2FormatError('too-large', { structure: 'qcow2', field: 'snapshots', offset: clampOffset(header.snapshotsOffset, bytes.length) },
-          `${header.nbSnapshots} snapshot entries of at least 40 bytes cannot fit at 0x${header.snapshotsOffset.toString(16)} in a file of ${bytes.length} bytes`),
+        new Qcow2FormatError('too-large', { structure: 'qcow2', field: 'snapshots', offset: clampOffset(header.snapshotsOffset, fileSize) },
+          `${header.nbSnapshots} snapshot entries of at least 40 bytes cannot fit at 0x${header.snapshotsOffset.toString(16)} in a file of ${fileSize} bytes`),
       );
     } else {
       let pos = Number(header.snapshotsOffset);
@@ -512,7 +509,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
           for (const e of original?.entries ?? []) l2ByOffset.get(e.l2Offset)?.references.push({ l1: name, index: e.index });
         } else if (raw.l1Size > l1Budget) {
           const err = new Qcow2FormatError('too-large', { structure: 'snapshot_entry', field: 'l1_size', offset: entryOffset + 8 },
-            `snapshot L1 tables exceed the decoding budget for a file of ${bytes.length} bytes`);
+            `snapshot L1 tables exceed the decoding budget for a file of ${fileSize} bytes`);
           l1 = { offset: l1Offset, size: raw.l1Size, entries: [], error: record(`${name} L1 table`, err) };
         } else {
           l1Budget -= raw.l1Size;
@@ -522,7 +519,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
             r.error !== undefined
               ? { offset: l1Offset, size: raw.l1Size, entries: [], error: record(`${name} L1 table`, r.error) }
               : { offset: l1Offset, size: raw.l1Size, entries: r.info };
-          visitL2Tables(name, r.decoded, l1);
+          visitL2Tables(name, l1Offset, l1);
         }
         const x = raw.extraData;
         snapshotEntries.push({
@@ -556,7 +553,7 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
   const bitmaps = bitmapsExt !== undefined ? walkBitmaps(bitmapsExt, record) : undefined;
 
   return {
-    fileSize: bytes.length,
+    fileSize,
     header,
     extensions,
     ...(extensionsError !== undefined ? { extensionsError } : {}),
@@ -570,6 +567,67 @@ export function walkImage(bytes: Uint8Array): ImageWalk {
     snapshots,
     ...(bitmaps !== undefined ? { bitmaps } : {}),
     errors,
+  };
+}
+
+/**
+ * The entries of the L2 table at `offset` as walkImage describes them, for a table of a walk made
+ * with `l2Entries: false` that has no error (its table lies inside the image): decoded again from
+ * `image`, which must hold the bytes that walk read.
+ */
+export function l2TableEntries(image: Uint8Array | ByteSource, header: HeaderInfo, offset: bigint): L2EntryInfo[] {
+  return l2EntriesAt(image instanceof Uint8Array ? image : new PagedBytes(image), header, offset);
+}
+
+/**
+ * The non-zero entries of the L2 table at `offset`, which lies inside the image. The entries are read
+ * one by one and all-zero ones skipped undecoded (most entries of a sparse image; decoding a whole
+ * table made walks of 2 MiB-cluster images slow).
+ */
+function l2EntriesAt(bytes: Uint8Array | PagedBytes, header: HeaderInfo, offset: bigint): L2EntryInfo[] {
+  const params = { clusterBits: header.clusterBits, extendedL2: header.extendedL2 };
+  const entrySize = header.extendedL2 ? 16 : 8;
+  const count = header.clusterSize / entrySize;
+  const base = Number(offset);
+  const w = windowOf(bytes, base, header.clusterSize);
+  const view = dataView(w.bytes);
+  const l2ctx = l2ContextOf(header);
+  const entries: L2EntryInfo[] = [];
+  for (let i = 0; i < count; i++) {
+    const p = base + i * entrySize;
+    const q = p - w.base;
+    if (view.getUint32(q) === 0 && view.getUint32(q + 4) === 0 && (entrySize === 8 || (view.getUint32(q + 8) === 0 && view.getUint32(q + 12) === 0))) continue;
+    const e = describeL2Entry(i, decodeL2EntryFields(bytes, p, params), header, l2ctx);
+    if (e !== undefined) entries.push(e);
+  }
+  return entries;
+}
+
+/** The non-zero ones of decoded L2 `entries`, described. */
+function describeL2Entries(entries: readonly L2EntryFields[], header: HeaderInfo): L2EntryInfo[] {
+  const out: L2EntryInfo[] = [];
+  for (let i = 0; i < entries.length; i++) {
+    const e = describeL2Entry(i, entries[i]!, header, l2ContextOf(header));
+    if (e !== undefined) out.push(e);
+  }
+  return out;
+}
+
+function l2ContextOf(header: HeaderInfo): L2Context {
+  return { clusterBits: header.clusterBits, extendedL2: header.extendedL2, externalDataFile: header.externalDataFile };
+}
+
+/** L2 entry `index`, described; undefined when it is all zero (unallocated, omitted). */
+function describeL2Entry(index: number, ent: L2EntryFields, header: HeaderInfo, l2ctx: L2Context): L2EntryInfo | undefined {
+  const { word, bitmap } = l2EntryWords(ent);
+  if (word === 0n && (bitmap === undefined || bitmap === 0n)) return undefined;
+  return {
+    index,
+    word,
+    ...(bitmap !== undefined ? { bitmap } : {}),
+    class: classifyL2Entry(ent, l2ctx),
+    ...(header.extendedL2 ? { subclusters: subclusterStates(ent, l2ctx) } : {}),
+    reservedBits: l2ReservedBits(ent),
   };
 }
 
@@ -698,46 +756,62 @@ function clampOffset(v: bigint, fileSize: number): number {
 
 
 /**
- * Reads l1Size L1 entries at `offset`, refusing (before allocating) a table that runs past the file.
- * `decoded[i]` is the decoded entry, or undefined for an all-zero one: those are most of a sparse
- * image's L1 entries, and decoding each (an object with lazy fields) made walks of images with large
- * L1 tables and a few snapshots spend most of their time allocating and collecting them.
+ * Reads l1Size L1 entries at `offset`, refusing (before allocating) a table that runs past the file,
+ * in pieces of TABLE_PIECE bytes. All-zero entries (most of a sparse image's) are skipped undecoded:
+ * decoding each made walks of images with large L1 tables and a few snapshots spend most of their
+ * time allocating and collecting them.
  */
 function readL1(
-  bytes: Uint8Array,
+  bytes: Uint8Array | PagedBytes,
   offset: bigint,
   size: number,
   params: { clusterBits: number; extendedL2: boolean },
   structure: string,
   field: string,
-): { decoded: (L1Entry | undefined)[]; info: L1EntryInfo[]; error?: unknown } {
-  if (size === 0) return { decoded: [], info: [] };
+): { info: L1EntryInfo[]; error?: unknown } {
+  if (size === 0) return { info: [] };
   const end = offset + 8n * BigInt(size);
   if (end > BigInt(bytes.length)) {
     return {
-      decoded: [],
       info: [],
       error: new Qcow2FormatError('truncated', { structure, field, offset: clampOffset(offset, bytes.length) },
         `${size} entries need ${8 * size} byte(s) at 0x${offset.toString(16)} but the file ends at 0x${bytes.length.toString(16)}`),
     };
   }
-  const decoded: (L1Entry | undefined)[] = new Array<L1Entry | undefined>(size).fill(undefined);
   const info: L1EntryInfo[] = [];
   const base = Number(offset);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const perPiece = TABLE_PIECE / 8;
   try {
-    for (let i = 0; i < size; i++) {
-      const at = base + 8 * i;
-      if (view.getUint32(at) === 0 && view.getUint32(at + 4) === 0) continue;
-      const e = decodeL1Entry(bytes, at, params);
-      decoded[i] = e;
-      const word = l1EntryWord(e);
-      if (word !== 0n) info.push({ index: i, word, l2Offset: l1L2Offset(e), copied: e.copied, reservedBits: l1ReservedBits(e) });
+    for (let first = 0; first < size; first += perPiece) {
+      const last = Math.min(size, first + perPiece);
+      const w = windowOf(bytes, base + 8 * first, 8 * (last - first));
+      const view = dataView(w.bytes);
+      for (let i = first; i < last; i++) {
+        const at = base + 8 * i;
+        if (view.getUint32(at - w.base) === 0 && view.getUint32(at - w.base + 4) === 0) continue;
+        const e = decodeL1EntryFields(bytes, at, params);
+        const word = l1EntryWord(e);
+        if (word !== 0n) info.push({ index: i, word, l2Offset: l1L2Offset(e), copied: e.copied, reservedBits: l1ReservedBits(e) });
+      }
     }
   } catch (e) {
-    return { decoded: [], info: [], error: e };
+    return { info: [], error: e };
   }
-  return { decoded, info };
+  return { info };
+}
+
+/** Bytes [pos, pos + count) of the image (inside it): the whole array, or a window of the source. */
+function windowOf(bytes: Uint8Array | PagedBytes, pos: number, count: number): SourceWindow {
+  return bytes instanceof Uint8Array ? { bytes, base: 0 } : bytes.window(pos, count);
+}
+
+/** A copy (of a source) or a view (of an array) of [pos, pos + count), inside the image. */
+function copyOf(bytes: Uint8Array | PagedBytes, pos: number, count: number): Uint8Array {
+  return bytes instanceof Uint8Array ? bytes.subarray(pos, pos + count) : bytes.read(pos, count);
+}
+
+function dataView(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
 }
 
 /** Runs of equal values of `values`. */
@@ -827,7 +901,7 @@ function describeExtension(ext: HeaderExtension, offset: number): ExtensionInfo 
   }
 }
 
-function walkRefcounts(bytes: Uint8Array, header: HeaderInfo, record: (at: string, e: unknown) => WalkError): RefcountInfo {
+function walkRefcounts(bytes: Uint8Array | PagedBytes, header: HeaderInfo, record: (at: string, e: unknown) => WalkError): RefcountInfo {
   const tableBytes = BigInt(header.refcountTableClusters) * BigInt(header.clusterSize);
   const tableSize = Number(tableBytes / 8n);
   const base = { tableOffset: header.refcountTableOffset, tableClusters: header.refcountTableClusters, tableSize };
@@ -842,11 +916,18 @@ function walkRefcounts(bytes: Uint8Array, header: HeaderInfo, record: (at: strin
   const byOffset = new Map<bigint, RefcountBlockInfo>();
   const entryCount = (header.clusterSize * 8) / header.refcountBits;
   const start = Number(header.refcountTableOffset);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const perPiece = TABLE_PIECE / 8;
+  let w: SourceWindow | undefined;
+  let view: DataView | undefined;
   for (let i = 0; i < tableSize; i++) {
+    if (i % perPiece === 0) {
+      w = windowOf(bytes, start + 8 * i, 8 * Math.min(perPiece, tableSize - i));
+      view = dataView(w.bytes);
+    }
     // An all-zero entry (most of a table: 256 Ki entries per cluster of 2 MiB) has no block and no
     // reserved bits: skipped undecoded, as readL1 skips zero L1 entries.
-    if (view.getUint32(start + 8 * i) === 0 && view.getUint32(start + 8 * i + 4) === 0) continue;
+    const q = start + 8 * i - w!.base;
+    if (view!.getUint32(q) === 0 && view!.getUint32(q + 4) === 0) continue;
     let e;
     try {
       e = decodeRefcountTableEntry(bytes, start + 8 * i, params);
@@ -865,10 +946,13 @@ function walkRefcounts(bytes: Uint8Array, header: HeaderInfo, record: (at: strin
     let block: RefcountBlockInfo;
     try {
       // Inside the file: runs straight from the bytes; past its end: the block decoder's error.
-      const runs =
-        blockOffset + BigInt(header.clusterSize) <= BigInt(bytes.length)
-          ? refcountRuns(bytes, Number(blockOffset), header.clusterSize, header.refcountOrder)
-          : refcountRunsOf(e.refcountBlock!.entries.map(refcountValue));
+      let runs: RefcountRun[];
+      if (blockOffset + BigInt(header.clusterSize) <= BigInt(bytes.length)) {
+        const b = windowOf(bytes, Number(blockOffset), header.clusterSize);
+        runs = refcountRuns(b.bytes, Number(blockOffset) - b.base, header.clusterSize, header.refcountOrder);
+      } else {
+        runs = refcountRunsOf(e.refcountBlock!.entries.map(refcountValue));
+      }
       block = { offset: blockOffset, tableIndexes: [i], entryCount, runs };
     } catch (err) {
       block = { offset: blockOffset, tableIndexes: [i], entryCount, runs: [], error: record(`refcount table[${i}] -> refcount block at 0x${blockOffset.toString(16)}`, err) };

@@ -28,8 +28,9 @@
  * - raw output: the temporary file is truncated to the virtual size (a sparse file), its first block
  *   is allocated as QEMU's file-posix does, and the data chunks are written at their guest offsets.
  * - qcow2 output: createImage with the -o options is written to the temporary file; then every chunk
- *   is a model `step` (write, or writeCompressed per cluster) whose host I/O is applied to the file at
- *   once (src/io/host-io-file.ts), and closeImage ends it. The model's flush barriers are not fsync'ed
+ *   is a model `step` (write, or writeCompressed per cluster) whose host I/O is issued to the file at
+ *   once through the disk layer's applier (src/disk/apply-io.ts HostIoIssuer, as Qcow2Disk issues
+ *   its own), and closeImage ends it. The model's flush barriers are not fsync'ed
  *   one by one — like qemu-img convert (cache=unsafe) — because the temporary file is worthless until
  *   the final fsync and rename. To keep memory bounded, the Image's host file is rebased
  *   (rebaseHostFile) onto a reader of the output file every REBASE_BYTES of host writes, which drops
@@ -46,7 +47,7 @@ import { HEADER_MAGIC } from '../../generated/qcow2.ts';
 import { rename, rm, stat } from 'node:fs/promises';
 import { isZeroBytes } from '../codec/index.ts';
 import { isQcow2FormatError } from '../codec/index.ts';
-import { mapImage, type MapExtent } from '../model/index.ts';
+import type { MapExtent } from '../model/index.ts';
 import { closeImage } from '../model/index.ts';
 import { createImage, type CreateOptions } from '../model/index.ts';
 import { errnoText } from '../model/index.ts';
@@ -58,8 +59,10 @@ import { geometryOf, type Image } from '../model/index.ts';
 import { readGuestInto } from '../model/index.ts';
 import { step } from '../model/index.ts';
 import { fileReader, type FileReader } from './file-reader.ts';
-import { HostIOFileWriter, writeFully, writeFullyAsync, writeHostFile } from './host-io-file.ts';
-import { chainImage, openImageFile, type OpenedLayer } from './open-file.ts';
+import { HostIoIssuer, isDiskError } from '../disk/index.ts';
+import { fileBackend } from './file-backend.ts';
+import { writeFully, writeFullyAsync, writeHostFile } from './host-io-file.ts';
+import { chainImage, mapDependencies, mapLayer, openImageFile, type HostAllocations, type OpenedLayer } from './open-file.ts';
 import { probeHostAllocationsOrFull } from './seek-data.ts';
 import { tempPathBeside } from './temp-file.ts';
 
@@ -183,9 +186,14 @@ interface LayerGeometry {
   readonly l2Span: bigint;
 }
 
-/** A qcow2 input (its chain opened under the policy) as a ConvertSource. */
-function qcow2Source(top: OpenedLayer): ConvertSource {
-  const image = chainImage(top);
+/**
+ * A qcow2 input (its chain opened under the policy) as a ConvertSource. `hosts`: where each file of
+ * the chain holds data (SEEK_DATA), so that clusters allocated over holes — metadata preallocation —
+ * are reported as zeros and never read, as QEMU's block status recurses into the file for them
+ * (BDRV_BLOCK_RECURSE) and qemu-img convert skips them.
+ */
+function qcow2Source(top: OpenedLayer, hosts: HostAllocations): ConvertSource {
+  const image = chainImage(top, hosts);
   const layers: (LayerGeometry | undefined)[] = [];
   for (let l: OpenedLayer | undefined = top; l !== undefined; l = l.backing) {
     if (l.image === undefined) {
@@ -210,7 +218,7 @@ function qcow2Source(top: OpenedLayer): ConvertSource {
       const load = (from: bigint): void => {
         wStart = from;
         wEnd = min(size, from + MAP_WINDOW);
-        window = mapImage(image, wStart, wEnd - wStart);
+        window = mapLayer(top, image, hosts, wStart, wEnd - wStart);
         idx = 0;
       };
       return (pos, maxLength) => {
@@ -291,9 +299,9 @@ interface ConvertSink {
   write(offset: bigint, bytes: Uint8Array): Promise<void>;
   writeCompressed(offset: bigint, bytes: Uint8Array): Promise<void>;
   /** Completes the file (qcow2: close the image; -c: align the end of the file), then calls `sync` on its descriptor when given. */
-  finish(compressed: boolean, sync: ((fd: number) => void) | undefined): void;
-  /** Closes the file descriptor (idempotent). */
-  close(): void;
+  finish(compressed: boolean, sync: ((fd: number) => void) | undefined): Promise<void>;
+  /** Closes the file (idempotent). */
+  close(): Promise<void>;
 }
 
 /**
@@ -316,8 +324,8 @@ function rawSink(path: string, size: bigint): ConvertSink {
     clusterSize: 0n,
     write: (offset, bytes) => writeFullyAsync(fd, bytes, offset),
     writeCompressed: () => Promise.reject(new ConvertError('compression is only supported for qcow2 output')),
-    finish: (_compressed, sync) => sync?.(fd),
-    close: () => {
+    finish: async (_compressed, sync) => sync?.(fd),
+    close: async () => {
       if (open) closeSync(fd);
       open = false;
     },
@@ -326,49 +334,57 @@ function rawSink(path: string, size: bigint): ConvertSink {
 
 /**
  * A qcow2 output: `image` (from createImage, already written to `path`) driven through `step`, its
- * host I/O applied to the file as it comes, rebased onto the file every REBASE_BYTES.
+ * host I/O issued to the file as it comes (through a backend without flush: barriers cost nothing,
+ * see the module comment), rebased onto the file every REBASE_BYTES.
  */
-function qcow2Sink(path: string, created: Image, outName: string): ConvertSink {
-  const fd = openSync(path, 'r+');
-  let open = true;
+async function qcow2Sink(path: string, created: Image, outName: string): Promise<ConvertSink> {
+  const backend = await fileBackend(path, { readOnly: false });
+  let fd: number | undefined;
+  let writer: HostIoIssuer;
+  let image: Image = created;
   let sinceRebase = 0;
-  let image: Image;
-  let writer: HostIOFileWriter;
   const rebase = (): void => {
-    // A reader over the descriptor we write (not owned: closing it is a no-op), see the module comment.
-    image = { ...image, file: rebaseHostFile(image.file, fileReader(fd)) };
+    // A reader over the descriptor (not owned: closing it is a no-op), see the module comment.
+    image = { ...image, file: rebaseHostFile(image.file, fileReader(fd!)) };
     sinceRebase = 0;
   };
   try {
-    // Barriers are not fsync'ed one by one: the temporary file is worthless until the final sync and rename.
-    writer = new HostIOFileWriter({ image: fd }, 'skip');
-    image = created;
+    // For the rebase reader and the final sync.
+    fd = openSync(path, 'r');
+    const { flush: _durable, ...noFlush } = backend;
+    writer = await HostIoIssuer.open({ image: noFlush });
     rebase();
   } catch (e) {
-    closeSync(fd);
+    if (fd !== undefined) closeSync(fd);
+    await backend.close!();
     throw e;
   }
-  const apply = (io: readonly HostIO[]): void => {
+  const apply = async (io: readonly HostIO[]): Promise<void> => {
     if (io.some((x) => x.kind !== 'flush' && hostTargetOf(x) !== 'image')) {
       throw new ConvertError('the model addressed an external data file, which convert does not create');
     }
-    const before = writer.stats.bytesWritten;
-    writer.apply(io);
-    sinceRebase += writer.stats.bytesWritten - before;
+    const before = writer.counts.bytesWritten;
+    try {
+      await writer.issue(io);
+    } catch (e) {
+      // The file system's own error (ENOSPC...), as the caller reports it.
+      throw isDiskError(e) && e.cause !== undefined ? e.cause : e;
+    }
+    sinceRebase += writer.counts.bytesWritten - before;
     if (sinceRebase >= REBASE_BYTES) rebase();
   };
-  const run = (op: Parameters<typeof step>[1], what: string): void => {
+  const run = async (op: Parameters<typeof step>[1], what: string): Promise<void> => {
     const r = step(image, op);
     if (!r.ok) throw new ConvertError(`${outName}: ${what}: ${r.error.message}`);
     image = r.image;
-    apply(r.io);
+    await apply(r.io);
   };
+  let open = true;
   return {
     clusterSize: BigInt(geometryOf(created.header).clusterSize),
-    // Synchronous: the model copies what it keeps, and the I/O is applied before the promise exists.
-    write: async (offset, bytes) => run({ kind: 'write', offset, data: bytes }, `write of ${bytes.length} bytes at guest offset ${offset}`),
-    writeCompressed: async (offset, bytes) => run({ kind: 'writeCompressed', offset, data: bytes }, `compressed write at guest offset ${offset}`),
-    finish: (compressed, sync) => {
+    write: (offset, bytes) => run({ kind: 'write', offset, data: bytes }, `write of ${bytes.length} bytes at guest offset ${offset}`),
+    writeCompressed: (offset, bytes) => run({ kind: 'writeCompressed', offset, data: bytes }, `compressed write at guest offset ${offset}`),
+    finish: async (compressed, sync) => {
       if (compressed) {
         // qemu-img ends a compressed conversion with blk_pwrite_compressed(0 bytes), which qcow2
         // turns into "align end of file to a sector boundary": a truncate to the length in sectors.
@@ -378,18 +394,20 @@ function qcow2Sink(path: string, created: Image, outName: string): ConvertSink {
         if (aligned !== length) {
           const io: HostIO[] = [{ kind: 'truncate', length: aligned }];
           image = { ...image, file: applyHostIO(image.file, io) };
-          apply(io);
+          await apply(io);
         }
       }
       // The image first, then its I/O: apply() may rebase, which needs the two to agree.
       const closed = closeImage(image);
       image = closed.image;
-      apply(closed.io);
-      sync?.(fd);
+      await apply(closed.io);
+      sync?.(fd!);
     },
-    close: () => {
-      if (open) closeSync(fd);
+    close: async () => {
+      if (!open) return;
       open = false;
+      closeSync(fd!);
+      await backend.close!();
     },
   };
 }
@@ -605,7 +623,9 @@ async function openSource(req: ConvertRequest, warn: (line: string) => void): Pr
   if (format === 'qcow2') {
     const top = await openImageFile(req.input, req.policy, { backing: true, dataFile: 'read' });
     try {
-      return qcow2Source(top);
+      const paths = mapDependencies(top);
+      const allocs = probeHostAllocationsOrFull(paths, warn);
+      return qcow2Source(top, new Map(paths.map((p, i) => [p, allocs[i]!] as const)));
     } catch (e) {
       top.close();
       throw e;
@@ -646,21 +666,21 @@ export async function convertImage(req: ConvertRequest, hooks: ConvertHooks, war
       sink = rawSink(temp, source.size);
     } else {
       const created = createImage({ ...req.targetOptions, size: source.size });
-      writeHostFile(temp, created.image.file);
-      sink = qcow2Sink(temp, created.image, req.output);
+      await writeHostFile(temp, created.image.file);
+      sink = await qcow2Sink(temp, created.image, req.output);
     }
     if (hooks.showProgress) progress = hooks.progressTarget(Number(dataBytes(source, req.compressed, sink.clusterSize)));
     const summary = await copy(source, sink, req.compressed, { progress, checkpoint: hooks.checkpoint });
     // Crash safety: with any cache mode but unsafe, OUT's bytes reach the disk before its name does.
-    sink.finish(req.compressed, req.cache !== 'unsafe' ? hooks.fsync : undefined);
-    sink.close();
+    await sink.finish(req.compressed, req.cache !== 'unsafe' ? hooks.fsync : undefined);
+    await sink.close();
     progress.update(Number(summary.bytesRead));
     progress.stop();
     await rename(temp, req.output);
     return summary;
   } catch (e) {
     progress.stop();
-    sink?.close();
+    await sink?.close();
     await rm(temp, { force: true });
     throw e;
   } finally {

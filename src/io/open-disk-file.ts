@@ -68,6 +68,11 @@ export async function createDiskFile(path: string, options: CreateOptions, opts:
   return Qcow2Disk.create(top, options, { ...o, ...(data !== undefined ? { data } : {}) });
 }
 
+/** The resolver without allowBacking: the image's header should not choose which files are read. */
+const refuseBacking: FileResolver = async (name) => {
+  throw new OpenImageError('refused', name, 'backing files are opened only with allowBacking (CLI --allow-backing): the image\'s header should not choose which files are read');
+};
+
 /** The driver options for the file at `path`: resolvers that apply the policy and refuse loops. */
 function diskOptions(path: string, top: FileBackend, opts: OpenDiskFileOptions): DiskOpenOptions {
   const seen: { dev: bigint; ino: bigint }[] = [{ dev: top.dev, ino: top.ino }];
@@ -92,7 +97,7 @@ function diskOptions(path: string, top: FileBackend, opts: OpenDiskFileOptions):
   return {
     name: path,
     dataFile,
-    ...(opts.allowBacking === true || opts.allowBackingPath === true ? { backing } : {}),
+    backing: opts.allowBacking === true || opts.allowBackingPath === true ? backing : refuseBacking,
     ...(opts.cacheBytes !== undefined ? { cacheBytes: opts.cacheBytes } : {}),
   };
 }

@@ -90,7 +90,7 @@ function concrete(cfg: Config, a: AbstractOp, size: bigint): Op {
 }
 
 /** The image, data file and backing of `cfg` written into `sub` (created by the model, as qemu-img would). */
-function makeFiles(cfg: Config, sub: string): { path: string; model: Image; oracle: RawDisk; close(): void } {
+async function makeFiles(cfg: Config, sub: string): Promise<{ path: string; model: Image; oracle: RawDisk; close(): void }> {
   let backingReader: FileReader | undefined;
   let backingOracleDisk: RawDisk | undefined;
   if (cfg.backing !== undefined) {
@@ -112,8 +112,8 @@ function makeFiles(cfg: Config, sub: string): { path: string; model: Image; orac
     ...(cfg.lazy === true ? { lazyRefcounts: true } : {}),
   });
   const path = join(sub, 'disk.qcow2');
-  writeHostFile(path, created.image.file);
-  if (created.dataFile !== undefined) writeHostFile(join(sub, 'data.raw'), created.dataFile);
+  await writeHostFile(path, created.image.file);
+  if (created.dataFile !== undefined) await writeHostFile(join(sub, 'data.raw'), created.dataFile);
   const model: Image = backingReader !== undefined ? { ...created.image, backing: rawReaderBackingSource(backingReader) } : created.image;
   return { path, model, oracle: emptyOracle(cfg, backingOracleDisk), close: () => backingReader?.close() };
 }
@@ -124,7 +124,7 @@ async function runSequence(cfg: Config, ops: readonly AbstractOp[]): Promise<voi
   const sub = join(dir, `run${runNo++}`);
   execFileSync('mkdir', ['-p', sub]);
   try {
-    const files = makeFiles(cfg, sub);
+    const files = await makeFiles(cfg, sub);
     let model = files.model;
     const oracle = files.oracle;
     let oracleValid = true;

@@ -14,7 +14,7 @@ let runner: HostileRunner;
 let pool: HostilePoolEntry[] = [];
 
 beforeAll(async () => {
-  pool = modelPool().filter((p) => ['v3-2m-refcount2', 'v2-64k-snapshots'].includes(p.name)).map((p) => ({ ...p, targets: mutationTargets(p.bytes) }));
+  pool = modelPool().filter((p) => ['v3-2m-refcount2', 'v2-64k-snapshots', 'v3-512-refcount1'].includes(p.name)).map((p) => ({ ...p, targets: mutationTargets(p.bytes) }));
   runner = new HostileRunner(pool);
   await runner.start();
 }, 120_000);
@@ -51,5 +51,21 @@ describe('check and repair bounds', () => {
   // (src/check/tables.ts) and the overlap check searches sorted intervals.
   it('a snapshot L1 table of 1441784 entries in a version 2 image', async () => {
     await expectBounded('v2-64k-snapshots', [fieldWrite('v2-64k-snapshots', 'snapshot[1].l1_size', 1441784n)]);
+  });
+
+  // The hour-long hostile campaign of 2026-12-07 (seeds 647113944 and 142964328): a 512-byte, 1-bit
+  // image whose refcount table is said to be 511 or 512 clusters, with one flipped bit. `-r all`
+  // grows the file for a refcount block out of place, and compare_refcounts then prints "Can't get
+  // refcount for cluster N" for 1.6 million clusters — as QEMU does — which the repair kept as
+  // strings: 281 MiB of heap. Now a session keeps MAX_KEPT_LINES lines and counts the rest.
+  it('512-byte clusters, 1-bit refcounts, a 512-cluster refcount table: the repair log', async () => {
+    await expectBounded('v3-512-refcount1', [
+      { kind: 'flip', region: 'l1-table', offset: 3410, bit: 0 },
+      fieldWrite('v3-512-refcount1', 'header.refcount_table_clusters', 512n),
+    ]);
+    await expectBounded('v3-512-refcount1', [
+      { kind: 'flip', region: 'refcount-block', offset: 1130, bit: 0 },
+      fieldWrite('v3-512-refcount1', 'header.refcount_table_clusters', 511n),
+    ]);
   });
 });

@@ -15,6 +15,7 @@ import { delimiter, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { build, type Message } from 'esbuild';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import type { PageApi } from '../browser/page.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 
@@ -183,5 +184,18 @@ export async function startBrowserHarness(dir: string): Promise<BrowserHarness> 
   } catch (e) {
     await close();
     throw e;
+  }
+}
+
+/** Calls `method` of the page's API (PageApi) with `args`; a failure carries the page's console and errors. */
+export async function inPage<K extends keyof PageApi>(h: BrowserHarness, method: K, ...args: Parameters<PageApi[K]>): Promise<Awaited<ReturnType<PageApi[K]>>> {
+  type Call = (...a: unknown[]) => Promise<Awaited<ReturnType<PageApi[K]>>>;
+  try {
+    return await h.page.evaluate(
+      ([m, a]) => ((globalThis as unknown as { qcow2Browser: Record<string, Call> }).qcow2Browser[m]!)(...a),
+      [method as string, args as unknown[]] as const,
+    );
+  } catch (e) {
+    throw new Error(`${method} in the page failed: ${e instanceof Error ? e.message : String(e)}\npage log:\n${h.log()}`, { cause: e });
   }
 }

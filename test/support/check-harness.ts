@@ -58,7 +58,7 @@ export async function ourCheckText(dir: string, name: string, run: CheckRun = {}
     reader.close();
   }
   if (report.io.length > 0) {
-    applyHostIOToPaths({ image: path }, report.io);
+    await applyHostIOToPaths({ image: path }, report.io);
   }
   return { code: report.exitCode, stdout: report.stdout, stderr: report.stderr, report };
 }

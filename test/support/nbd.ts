@@ -79,6 +79,8 @@ export interface Served {
   stderr(): string;
   /** SIGTERM, then waits for the exit; returns the exit code (null when killed by a signal) and stderr. */
   stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
+  /** Waits for the process to exit on its own (SIGKILL after the hang detector's bound). */
+  exited(): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
 }
 
 /** Whether a connection to `socket` succeeds now. */
@@ -124,6 +126,12 @@ async function startServer(argv: readonly string[], socket: string, cwd: string,
     stderr: () => stderr,
     stop: async () => {
       if (exited === undefined) p.kill('SIGTERM');
+      const timer = setTimeout(() => p.kill('SIGKILL'), STOP_MS);
+      const r = await exit;
+      clearTimeout(timer);
+      return { ...r, stderr };
+    },
+    exited: async () => {
       const timer = setTimeout(() => p.kill('SIGKILL'), STOP_MS);
       const r = await exit;
       clearTimeout(timer);
