@@ -2,8 +2,9 @@
 # Installs what qcow2-ref needs on a fresh Debian machine: qemu-utils (qemu-img, qemu-io) through
 # apt-get when qemu-img is missing, python3 when missing, libqcow's python3 module and 7-Zip (the
 # other readers the conformance tests run) when missing, then the npm packages pinned in package-lock.json.
-# With --tests it also installs what only the tests need (Debian's chromium, for test/qemu/browser.test.ts)
-# when missing, so the main job never waits for a browser.
+# With --tests it also installs what only the tests need (Debian's chromium, for test/qemu/browser.test.ts;
+# libnbd-bin and fio, the NBD clients of test/qemu/nbd-*.test.ts) when missing, so the main job never
+# waits for a browser.
 #
 #   bash scripts/setup.sh           # what the commands need
 #   bash scripts/setup.sh --tests   # and what `npm test` needs
@@ -48,10 +49,14 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # Test-only packages: the real-browser test drives Debian's chromium headless (playwright-core, no
-# browser download).
+# browser download); the NBD tests and `npm run bench:nbd` use libnbd's nbdinfo and nbdcopy
+# (libnbd-bin) and fio's nbd engine (fio) as clients of `qcow2-ref serve` (qemu-nbd comes with
+# qemu-utils).
 if [ "$tests" -eq 1 ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
+  command -v fio >/dev/null 2>&1 || need+=(fio)
   if [ "${#need[@]}" -gt 0 ]; then
     echo "setup: installing ${need[*]} with apt-get (tests only)" >&2
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

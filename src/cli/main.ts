@@ -1,5 +1,5 @@
 /**
- * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run, info, map, convert, check, corpus, conform). Exit codes: 0 ok, 1 the
+ * The `qcow2-ref` command: dispatches to a subcommand (dump, create, run, info, map, convert, check, serve, corpus, conform). Exit codes: 0 ok, 1 the
  * image could not be decoded / the operation was refused, 2 usage error.
  */
 import { parseArgs } from 'node:util';
@@ -13,6 +13,7 @@ import { INFO_HELP, runInfo } from './info.ts';
 import { EXIT_OK, EXIT_USAGE, UsageError, processIo, type CliIo } from './io.ts';
 import { MAP_HELP, runMap } from './map.ts';
 import { RUN_HELP, runRun } from './run.ts';
+import { SERVE_HELP, runServe } from './serve.ts';
 // Node's faster inflate for the model's codecs (installed on import; src/io/node-compression.ts).
 import '../io/index.ts';
 
@@ -44,6 +45,10 @@ Commands:
                    (and its external data file) through the model, then close
                    it as QEMU does; nothing is written unless every op
                    succeeds.
+  serve [-k PATH | -p PORT [-b ADDR]] [-r] [-x NAME] [-e NUM] [-t] [-A]
+        [--discard=MODE] [--detect-zeroes=MODE] [--allow-backing] IMAGE
+                   Serve IMAGE over NBD as 'qemu-nbd' does, with its option
+                   names (for qemu-img, qemu-io, nbdinfo, nbdcopy, fio...).
   corpus --out DIR [--seed S] [--count N] [--families LIST] [--max-size BYTES]
          [--verify] [--flat] [--minimize] [--output=human|json]
                    Generate a qcow2 conformance/fuzzing corpus: valid images of
@@ -69,6 +74,8 @@ Exit codes:
      script is invalid
   3  corpus --verify: qemu-img/qemu-io missing; conform: the run could not
      be made (corpus, QEMU or implementation missing)
+  serve: 0 when it stops (its last client left, or a signal), 1 when IMAGE
+  cannot be opened or the server cannot listen
   check uses qemu-img check's codes instead: 0 clean, 1 the check could not
   be made (or bad arguments), 2 corruptions, 3 only leaks, 63 not qcow2.
 `;
@@ -86,6 +93,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   map: { help: MAP_HELP, run: runMap },
   convert: { help: CONVERT_HELP, run: runConvertCommand },
   check: { help: CHECK_HELP, run: runCheck },
+  serve: { help: SERVE_HELP, run: runServe },
   corpus: { help: CORPUS_HELP, run: (args, io) => runCorpus(args, io) },
   conform: { help: CONFORM_HELP, run: (args, io) => runConform(args, io) },
 };

@@ -22,7 +22,12 @@ export class ReadPending extends Error {
     /** Fetch the whole aligned READ_AHEAD window around the range (a metadata read), not just the range. */
     readonly ahead: boolean,
   ) {
-    super(`bytes [${offset}, +${length}) of the backend are not cached yet`);
+    // Thrown and caught once per cache miss: no stack trace to capture (V8 honours the limit at
+    // construction; other engines ignore the property).
+    const limit = (Error as { stackTraceLimit?: number }).stackTraceLimit;
+    (Error as { stackTraceLimit?: number }).stackTraceLimit = 0;
+    super('bytes of the backend are not cached yet');
+    (Error as { stackTraceLimit?: number }).stackTraceLimit = limit;
   }
 }
 

@@ -6,9 +6,9 @@
  * (apply-io.ts), and keeps memory bounded by rebasing the model's file onto the backend.
  */
 import {
-  closeImage, createImage, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
+  closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
   headerReferences, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget,
-  type Image, type MapExtent, type Op,
+  type HostAllocation, type Image, type MapExtent, type MapOptions, type Op,
 } from '../model/index.ts';
 import { HEADER_MAGIC } from '../../generated/qcow2.ts';
 import { checkImage, repairImage, type CheckResult, type RepairMode, type RepairResult } from '../check/index.ts';
@@ -17,6 +17,7 @@ import { qcow2ImageInfo, type InfoResult } from '../views/index.ts';
 import type { DiskBackend } from './backend.ts';
 import { BackendReader, ReadPending } from './backend-reader.ts';
 import { applyIo, type IoCounts, type IoTarget } from './apply-io.ts';
+import { scheduleEpochs } from './writeback.ts';
 import { DiskError, backendError, isDiskError } from './errors.ts';
 import { writeHostFileTo } from './write-host-file.ts';
 
@@ -54,6 +55,25 @@ export interface DiskOpenOptions {
   readonly name?: string;
   /** Bytes of backend chunks cached between operations, per file (default 32 MiB). */
   readonly cacheBytes?: number;
+  /**
+   * Whether clusters freed by a guest request (a zero write with unmap, a discard) are punched out
+   * of the files, as QEMU does when the image is opened with BDRV_O_UNMAP (default true: qemu-io and
+   * qemu-img open images so). false is qemu-nbd's default `--discard=ignore`: the refcounts drop and
+   * the files keep the bytes (SessionState.noDiscardPassthrough).
+   */
+  readonly discardPassthrough?: boolean;
+  /**
+   * Write-back, as QEMU's cache=writeback: the host I/O of changes is kept (in the model's pages,
+   * which reads see) and issued at flush(), at close(), or once `writebackBytes` have accumulated —
+   * then in epochs with a flush only between epochs, each change's crash-safety order kept
+   * (src/disk/writeback.ts). A change's promise then resolves before the backend has it, and a
+   * backend failure is reported by the flush (or the change) that issues it; flush() still returns
+   * only once every earlier change is durable. Default false: each change's I/O is issued before
+   * its promise resolves, with a flush at each of its barriers.
+   */
+  readonly writeback?: boolean;
+  /** Bytes of deferred writes that make a write-back disk issue them (default 64 MiB). */
+  readonly writebackBytes?: number;
 }
 
 /** Longest backing chain opened, the top image included (a crafted chain cannot recurse forever). */
@@ -70,6 +90,8 @@ const MAX_PASSES = 1_000_000;
 
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 
+const DEFAULT_WRITEBACK_BYTES = 64 * 1024 * 1024;
+
 /**
  * An open qcow2 image. Methods are async and serialised: calls made concurrently run one after the
  * other in call order, each seeing the previous one's result. Errors are typed: DiskError (the
@@ -84,6 +106,10 @@ export class Qcow2Disk {
   private state: 'open' | 'closed' | 'failed' = 'open';
   private failure: DiskError | undefined;
   private pendingBytes = 0;
+  /** Write-back: the deferred I/O of each change since the last write-back, in order. */
+  private deferred: (readonly HostIO[])[] = [];
+  /** Write-back: the deferred bytes that trigger a write-back; undefined when writing through. */
+  private writebackLimit: number | undefined;
   private readonly dirty = new Set<HostTarget>();
   /** What the driver issued so far. */
   readonly counts: IoCounts = { hostWrites: 0, bytesWritten: 0, flushes: 0 };
@@ -203,7 +229,9 @@ export class Qcow2Disk {
       image = { ...image, backing: source };
     }
 
+    if (opts.discardPassthrough === false) image = { ...image, session: { ...image.session, noDiscardPassthrough: true } };
     const disk = new Qcow2Disk(image, targets, backingDisk, backingRaw, readOnly, name, opened0.repair, opened0.warnings);
+    if (opts.writeback === true && !readOnly) disk.writebackLimit = Math.max(REBASE_BYTES, opts.writebackBytes ?? DEFAULT_WRITEBACK_BYTES);
     // The writes the open made (cleared autoclear bits, the repair of a dirty image) go out now.
     if (opened0.io.length > 0) await disk.serial(() => disk.commit(image, opened0.io));
     return disk;
@@ -212,6 +240,14 @@ export class Qcow2Disk {
   /** The virtual disk size in bytes. */
   get size(): bigint {
     return this.image.header.size;
+  }
+
+  /**
+   * Files in the open backing chain, this image included: 1 without a backing file (or opened with
+   * `backing: 'none'`), 2 with one backing file, and so on. Depths in map()'s extents are below it.
+   */
+  get chainLength(): number {
+    return 1 + (this.backingDisk?.chainLength ?? (this.backingRaw !== undefined ? 1 : 0));
   }
 
   /** The model's current Image (immutable; for the pure functions of the core: mapImage, checkImage...). */
@@ -248,9 +284,13 @@ export class Qcow2Disk {
     return this.change({ kind: 'writeCompressed', offset, data });
   }
 
-  /** Zeroes [offset, offset + length); `unmap` lets the image free the clusters (`write -z -u`). */
-  writeZeroes(offset: bigint, length: bigint, opts: { readonly unmap?: boolean } = {}): Promise<void> {
-    return this.change({ kind: 'writeZeroes', offset, length, unmap: opts.unmap === true });
+  /**
+   * Zeroes [offset, offset + length); `unmap` lets the image free the clusters (`write -z -u`).
+   * `noFallback` (BDRV_REQ_NO_FALLBACK, NBD's FAST_ZERO) makes it fail with a ModelError (-ENOTSUP)
+   * instead of writing zeros where the image cannot zero by metadata alone.
+   */
+  writeZeroes(offset: bigint, length: bigint, opts: { readonly unmap?: boolean; readonly noFallback?: boolean } = {}): Promise<void> {
+    return this.change({ kind: 'writeZeroes', offset, length, unmap: opts.unmap === true, ...(opts.noFallback === true ? { noFallback: true } : {}) });
   }
 
   /** Discards [offset, offset + length) (what reads return afterwards: src/model/ops.ts DiscardOp). */
@@ -301,12 +341,27 @@ export class Qcow2Disk {
     });
   }
 
-  /** `qemu-img map`'s extents of [offset, offset + length) (default: the whole disk). */
-  map(offset = 0n, length?: bigint): Promise<MapExtent[]> {
+  /**
+   * `qemu-img map`'s extents of [offset, offset + length) (default: the whole disk). `opts` tells the
+   * model how the image's file is stored (mapImage's MapOptions: QEMU reports the holes of a sparse,
+   * metadata-preallocated file as zeros); without it the file counts as fully allocated.
+   */
+  map(offset = 0n, length?: bigint, opts: MapOptions = {}): Promise<MapExtent[]> {
     return this.serial(async () => {
       this.usable();
       const len = length ?? (this.image.header.size & ~511n) - offset;
-      return compute(this.allReaders(), () => mapImage(this.image, offset, len));
+      return compute(this.allReaders(), () => mapImage(this.image, offset, len, opts));
+    });
+  }
+
+  /**
+   * Whether QEMU, opening this image now with its file stored as `host` says, would treat it as
+   * metadata-preallocated (qcow2_detect_metadata_preallocation; see MapOptions.metadataPreallocated).
+   */
+  metadataPreallocation(host: HostAllocation): Promise<boolean> {
+    return this.serial(async () => {
+      this.usable();
+      return compute(this.allReaders(), () => detectMetadataPreallocation(this.image, host));
     });
   }
 
@@ -341,6 +396,7 @@ export class Qcow2Disk {
         if (this.state === 'open' && !this.readOnly) {
           const closed = await compute(this.allReaders(), () => closeImage(this.image));
           await this.commit(closed.image, closed.io);
+          await this.writeBack(true);
         }
       } finally {
         this.state = 'closed';
@@ -379,6 +435,8 @@ export class Qcow2Disk {
       this.writable();
       const r = await compute(this.allReaders(), () => step(this.image, op));
       await this.commit(r.image, r.io);
+      // A flush makes every earlier change durable: with write-back, that is now.
+      if (op.kind === 'flush') await this.writeBack(true);
       if (!r.ok) throw r.error;
     });
   }
@@ -389,19 +447,61 @@ export class Qcow2Disk {
    */
   private async commit(image: Image, io: readonly HostIO[]): Promise<void> {
     if (io.length > 0) {
-      try {
-        await applyIo(io, this.targets, this.counts, this.dirty);
-      } catch (e) {
-        const err = isDiskError(e) ? e : new DiskError('internal', `issuing host I/O failed: ${(e as Error).message}`, { cause: e });
-        this.state = 'failed';
-        this.failure = err;
-        throw err;
+      if (this.writebackLimit !== undefined) {
+        this.deferred.push(io);
+        for (const op of io) {
+          if (op.kind === 'write') this.pendingBytes += op.bytes.length;
+          // A zero or punch is pages the model holds (or hides) too; a truncate moves the base.
+          else if (op.kind === 'zero' || op.kind === 'discard') this.pendingBytes += op.length < 1n << 20n ? Number(op.length) : 1 << 20;
+          else if (op.kind === 'truncate') this.pendingBytes += REBASE_BYTES;
+        }
+      } else {
+        await this.issue(io);
+        for (const op of io) if (op.kind === 'write') this.pendingBytes += op.bytes.length;
+        if (io.some((op) => op.kind !== 'write' && op.kind !== 'flush')) this.pendingBytes += REBASE_BYTES;
       }
-      for (const op of io) if (op.kind === 'write') this.pendingBytes += op.bytes.length;
-      if (io.some((op) => op.kind !== 'write' && op.kind !== 'flush')) this.pendingBytes += REBASE_BYTES;
     }
     this.image = image;
-    if (this.pendingBytes >= REBASE_BYTES) this.rebase();
+    if (this.writebackLimit !== undefined) {
+      if (this.pendingBytes >= this.writebackLimit) await this.writeBack(false);
+    } else if (this.pendingBytes >= REBASE_BYTES) this.rebase();
+  }
+
+  /**
+   * Issues `io` to the backends. A backend failure stops the disk (state 'failed'): the model's
+   * image no longer says what the file holds.
+   */
+  private async issue(io: readonly HostIO[]): Promise<void> {
+    try {
+      await applyIo(io, this.targets, this.counts, this.dirty);
+    } catch (e) {
+      const err = isDiskError(e) ? e : new DiskError('internal', `issuing host I/O failed: ${(e as Error).message}`, { cause: e });
+      this.state = 'failed';
+      this.failure = err;
+      throw err;
+    }
+  }
+
+  /**
+   * Write-back: issues the deferred I/O in epochs (src/disk/writeback.ts), after a flush of what
+   * an earlier write-back left unflushed, then drops the model's pages (the backends hold them);
+   * with `durable`, flushes the last epoch too. Nothing to do when writing through, except the
+   * durable flush (already issued by the change itself).
+   */
+  private async writeBack(durable: boolean): Promise<void> {
+    if (this.writebackLimit === undefined) return;
+    if (this.deferred.length > 0) {
+      const epochs = scheduleEpochs(this.deferred);
+      this.deferred = [];
+      const io: HostIO[] = [{ kind: 'flush' }];
+      epochs.forEach((e, i) => {
+        if (i > 0) io.push({ kind: 'flush' });
+        for (const x of e) io.push(x);
+      });
+      await this.issue(io);
+      this.rebase();
+    }
+    if (durable) await this.issue([{ kind: 'flush' }]);
   }
 
   /**

@@ -15,6 +15,13 @@ export interface OpenDiskFileOptions extends OpenPolicy {
   readonly readOnly?: boolean;
   /** Bytes of file chunks cached between operations, per file (default 32 MiB). */
   readonly cacheBytes?: number;
+  /** Punch clusters freed by guest requests out of the files (default true; DiskOpenOptions.discardPassthrough). */
+  readonly discardPassthrough?: boolean;
+  /** Synchronous system calls instead of the thread pool (FileBackendOptions.syncIo). */
+  readonly syncIo?: boolean;
+  /** Write-back (DiskOpenOptions.writeback, .writebackBytes). */
+  readonly writeback?: boolean;
+  readonly writebackBytes?: number;
 }
 
 /**
@@ -27,8 +34,14 @@ export interface OpenDiskFileOptions extends OpenPolicy {
  * OpenError / Qcow2FormatError (QEMU refuses the image), or DiskError.
  */
 export async function openDiskFile(path: string, opts: OpenDiskFileOptions = {}): Promise<Qcow2Disk> {
-  const top = await openFile(path, opts.readOnly !== false, path);
-  return Qcow2Disk.open(top, { ...diskOptions(path, top, opts), readOnly: opts.readOnly !== false });
+  const top = await openFile(path, opts.readOnly !== false, path, opts.syncIo === true);
+  return Qcow2Disk.open(top, {
+    ...diskOptions(path, top, opts),
+    readOnly: opts.readOnly !== false,
+    ...(opts.discardPassthrough !== undefined ? { discardPassthrough: opts.discardPassthrough } : {}),
+    ...(opts.writeback !== undefined ? { writeback: opts.writeback } : {}),
+    ...(opts.writebackBytes !== undefined ? { writebackBytes: opts.writebackBytes } : {}),
+  });
 }
 
 /**
@@ -67,7 +80,7 @@ function diskOptions(path: string, top: FileBackend, opts: OpenDiskFileOptions):
     const parent = from.parent ?? path;
     if (from.depth >= MAX_BACKING_DEPTH) throw new OpenImageError('unsupported', parent, `backing chain longer than ${MAX_BACKING_DEPTH} files`);
     const p = backingPathOf(parent, name, opts.allowBackingPath === true);
-    const b = await openFile(p, true, parent);
+    const b = await openFile(p, true, parent, opts.syncIo === true);
     if (seen.some((s) => s.dev === b.dev && s.ino === b.ino)) {
       await b.close!();
       throw new OpenImageError('loop', p, `Backing file '${p}' creates an infinite loop.`);
@@ -79,7 +92,7 @@ function diskOptions(path: string, top: FileBackend, opts: OpenDiskFileOptions):
     const parent = from.parent ?? path;
     const p = dataFilePathOf(parent, name, opts.allowDataFilePath === true);
     // Only the top image's data file is written.
-    return { backend: await openFile(p, from.depth > 0 || opts.readOnly !== false, parent), name: p };
+    return { backend: await openFile(p, from.depth > 0 || opts.readOnly !== false, parent, opts.syncIo === true), name: p };
   };
   return {
     name: path,
@@ -89,9 +102,9 @@ function diskOptions(path: string, top: FileBackend, opts: OpenDiskFileOptions):
   };
 }
 
-async function openFile(path: string, readOnly: boolean, owner: string): Promise<FileBackend> {
+async function openFile(path: string, readOnly: boolean, owner: string, syncIo = false): Promise<FileBackend> {
   try {
-    return await fileBackend(path, { readOnly });
+    return await fileBackend(path, { readOnly, syncIo });
   } catch (e) {
     throw new OpenImageError('read', owner, `Could not open '${path}': ${errnoText(e)}`);
   }

@@ -69,6 +69,14 @@ export interface MapOptions {
   readonly host?: HostAllocation;
   /** Allocation of the external data file (where holes are looked up for data-file images). */
   readonly dataFileHost?: HostAllocation;
+  /**
+   * QEMU's metadata-preallocation decision, when the caller already has it. QEMU makes it once per
+   * open, at the first block-status query (qcow2_co_block_status: metadata_preallocation_checked),
+   * from the file as it was then; a caller that keeps an image open (an NBD server) passes that
+   * decision here (detectMetadataPreallocation) with `host` as the file is now. Default: decided
+   * from `host` on each call, as for a freshly opened image.
+   */
+  readonly metadataPreallocated?: boolean;
 }
 
 /** Whether qemu-img would merge `b` onto the end of `a` (qemu-img.c entry_mergeable). */
@@ -147,6 +155,15 @@ function recurse(start: bigint, length: bigint, host: bigint, file: HostAllocati
 const preallocatedCache = new WeakMap<Image, WeakMap<HostAllocation, boolean>>();
 
 /** qcow2_detect_metadata_preallocation: do more clusters have a refcount than the file has allocated? */
+/**
+ * qcow2_detect_metadata_preallocation: whether QEMU, opening `image` stored as `host` says, treats it
+ * as metadata-preallocated — more clusters have a refcount than the file has allocated — and so
+ * looks up the host file's holes inside data clusters (see the top of this file).
+ */
+export function detectMetadataPreallocation(image: Image, host: HostAllocation): boolean {
+  return metadataPreallocated(image, host);
+}
+
 function metadataPreallocated(image: Image, host: HostAllocation): boolean {
   let byHost = preallocatedCache.get(image);
   if (byHost === undefined) preallocatedCache.set(image, (byHost = new WeakMap()));
@@ -266,7 +283,8 @@ export function mapImage(image: Image, offset = 0n, length?: bigint, opts: MapOp
   const out: MapExtent[] = [];
   const tx = beginTx(image);
   const holesIn = geo(tx).externalDataFile ? opts.dataFileHost : opts.host;
-  const recurseInto = opts.host !== undefined && holesIn !== undefined && metadataPreallocated(image, opts.host) ? holesIn : undefined;
+  const preallocated = opts.metadataPreallocated ?? (opts.host !== undefined && metadataPreallocated(image, opts.host));
+  const recurseInto = preallocated && holesIn !== undefined ? holesIn : undefined;
   mapRange(tx, offset, len, recurseInto, out);
   return out;
 }

@@ -48,6 +48,13 @@ export interface SessionState {
    * model refuses to write such an image.
    */
   readonly dirtyBySession?: boolean;
+  /**
+   * The image was opened without BDRV_O_UNMAP (qemu-nbd's default `--discard=ignore`): clusters a
+   * guest request frees (a zero write with unmap) keep their bytes in the host file instead of being
+   * punched out (qcow2_update_options: discard_passthrough[QCOW2_DISCARD_REQUEST] follows
+   * BDRV_O_UNMAP). Absent/false: passed down, as qemu-io and qemu-img open images.
+   */
+  readonly noDiscardPassthrough?: boolean;
 }
 
 /** A read-only backing image: its virtual size and a pure read function (zeros past its end). */

@@ -1,6 +1,6 @@
 /** The surface of the model layer (ARCHITECTURE.md): what the other layers may import from it. */
 export { imageBackingSource, rawBackingSource, rawReaderBackingSource } from './backing.ts';
-export { mapImage } from './block-status.ts';
+export { detectMetadataPreallocation, mapImage } from './block-status.ts';
 export type { HostAllocation, MapExtent, MapOptions } from './block-status.ts';
 export { closeImage } from './close.ts';
 export { compressionCodecs, installCompressionCodecs } from './compression.ts';

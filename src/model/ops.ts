@@ -31,6 +31,13 @@ export interface WriteZeroesOp {
   readonly offset: bigint;
   readonly length: bigint;
   readonly unmap: boolean;
+  /**
+   * BDRV_REQ_NO_FALLBACK (an NBD client's NBD_CMD_FLAG_FAST_ZERO): fail with -ENOTSUP instead of
+   * writing a buffer of zeros where the image cannot zero by metadata alone (v2 images always; v3
+   * when an unaligned piece's subcluster does not already read as zero). As in QEMU, pieces zeroed
+   * before the failing one stay zeroed (the error's `committed`).
+   */
+  readonly noFallback?: boolean;
 }
 
 /**

@@ -60,7 +60,7 @@ const HANDLERS: { readonly [K in Op['kind']]: (tx: Tx, op: Extract<Op, { kind: K
   },
   writeZeroes: (tx, o) => {
     checkRange(tx.img, o.offset, o.length, 'write_zeroes');
-    guestWriteZeroes(tx, o.offset, o.length, o.unmap);
+    guestWriteZeroes(tx, o.offset, o.length, o.unmap, o.noFallback === true);
   },
   discard: (tx, o) => {
     checkRange(tx.img, o.offset, o.length, 'discard');

@@ -189,9 +189,9 @@ export function setSession(tx: Tx, s: Partial<SessionState>): void {
 export function setFreeClusterIndex(tx: Tx, freeClusterIndex: bigint): void {
   const c = tx.img.session;
   // The literal has every SessionState field (SESSION_FIELDS_LISTED); the optional one only when present.
-  const session: SessionState = !('dirtyBySession' in c)
+  const session: SessionState = !('dirtyBySession' in c) && !('noDiscardPassthrough' in c)
     ? { freeClusterIndex, freeByteOffset: c.freeByteOffset, cursorClusterFreed: c.cursorClusterFreed, staleCursorAvoided: c.staleCursorAvoided }
-    : { freeClusterIndex, freeByteOffset: c.freeByteOffset, cursorClusterFreed: c.cursorClusterFreed, staleCursorAvoided: c.staleCursorAvoided, dirtyBySession: c.dirtyBySession };
+    : { ...c, freeClusterIndex };
   tx.img = imageWith(tx.img, tx.img.file, tx.img.dataFile, tx.img.header, session);
 }
 
@@ -199,7 +199,7 @@ export function setFreeClusterIndex(tx: Tx, freeClusterIndex: bigint): void {
 type SameKeys<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 /** imageWith and setFreeClusterIndex list every field: adding one to Image or SessionState fails to compile here. */
 const IMAGE_FIELDS_LISTED: SameKeys<keyof Image, 'file' | 'dataFile' | 'header' | 'session' | 'backing'> = true;
-const SESSION_FIELDS_LISTED: SameKeys<keyof SessionState, 'freeClusterIndex' | 'freeByteOffset' | 'cursorClusterFreed' | 'staleCursorAvoided' | 'dirtyBySession'> = true;
+const SESSION_FIELDS_LISTED: SameKeys<keyof SessionState, 'freeClusterIndex' | 'freeByteOffset' | 'cursorClusterFreed' | 'staleCursorAvoided' | 'dirtyBySession' | 'noDiscardPassthrough'> = true;
 void IMAGE_FIELDS_LISTED;
 void SESSION_FIELDS_LISTED;
 

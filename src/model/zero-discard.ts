@@ -30,7 +30,9 @@ import { discardHost } from './host-file.ts';
 import { AUTOCLEAR_DATA_FILE_RAW } from './image.ts';
 import { clusterTable, l1l2Index, readL2Entry, rewriteL2Slice, statesOf, writeL2Entry, entryAt, zeroedL2Entry } from './mapping.ts';
 import { getRefcount } from './refcount.ts';
-import { type Tx, dataDiscard, dataZero, geo, withOwnedPages } from './tx.ts';
+import { type Tx, checkpointImg, dataDiscard, dataZero, geo, withOwnedPages } from './tx.ts';
+import { ENOTSUP, ModelError } from './errors.ts';
+import { strerror } from './errno.ts';
 import { freeAnyCluster, guestWrite } from './write.ts';
 
 type Result = 'ok' | 'enotsup';
@@ -50,15 +52,18 @@ function isAllocated(tx: Tx, e: L2EntryFields): boolean {
 
 /**
  * Frees what entry `e` pointed at and punches out every host cluster whose refcount reached 0
- * (QCOW2_DISCARD_REQUEST with discard passthrough, as qemu-io and qemu-img open images). With an
+ * (QCOW2_DISCARD_REQUEST with discard passthrough, as qemu-io and qemu-img open images; not when the
+ * session was opened without it, SessionState.noDiscardPassthrough). With an
  * external data file a NORMAL / ZERO_ALLOC cluster is punched out of the data file instead
  * (qcow2_free_any_cluster: no refcount, bdrv_pdiscard on s->data_file).
  */
 function freeAndDiscard(tx: Tx, e: L2EntryFields): void {
   const g = geo(tx);
   const c = classifyL2Entry(e, ctxOf(tx));
+  // Opened without BDRV_O_UNMAP: the refcounts drop, the host file keeps the bytes.
+  const passthrough = tx.img.session.noDiscardPassthrough !== true;
   if (g.externalDataFile) {
-    if (c.kind === 'normal' || c.kind === 'zero-alloc') dataDiscard(tx, c.hostOffset, BigInt(g.clusterSize));
+    if (passthrough && (c.kind === 'normal' || c.kind === 'zero-alloc')) dataDiscard(tx, c.hostOffset, BigInt(g.clusterSize));
     return;
   }
   let first: bigint;
@@ -74,6 +79,7 @@ function freeAndDiscard(tx: Tx, e: L2EntryFields): void {
     return;
   }
   freeAnyCluster(tx, e);
+  if (!passthrough) return;
   for (let ci = first; ci <= last; ci++) {
     if (getRefcount(tx, ci) === 0n) {
       const at = ci << BigInt(g.clusterBits);
@@ -199,15 +205,25 @@ function qcow2PwriteZeroes(tx: Tx, offset: bigint, bytes: bigint, unmap: boolean
  * The caller checks the range is inside the virtual disk. Throws ModelError 'unsupported' for an
  * image whose dirty bit was set when it was loaded (close.ts).
  */
-export function guestWriteZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean): void {
-  withOwnedPages(tx, () => writeZeroes(tx, offset, length, unmap));
+export function guestWriteZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean, noFallback = false): void {
+  withOwnedPages(tx, () => writeZeroes(tx, offset, length, unmap, noFallback));
 }
 
-function writeZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean): void {
+function writeZeroes(tx: Tx, offset: bigint, length: bigint, unmap: boolean, noFallback: boolean): void {
   checkNotDirtyOnLoad(tx, 'write_zeroes');
   const g = geo(tx);
+  // bdrv_co_do_pwrite_zeroes refuses BDRV_REQ_NO_FALLBACK up front when the driver does not support
+  // it, and qcow2_do_open supports it only on v3 images (bs->supported_zero_flags).
+  if (noFallback && tx.img.header.version < 3) throw new ModelError('unsupported', ENOTSUP, strerror(ENOTSUP));
   for (const [at, num] of blockLayerPieces(offset, length, BigInt(g.clusterSize / g.subclusters))) {
     if (qcow2PwriteZeroes(tx, at, num, unmap) === 'enotsup') {
+      if (noFallback) {
+        // bdrv_co_do_pwrite_zeroes: -ENOTSUP with BDRV_REQ_NO_FALLBACK ends the request; what the
+        // earlier pieces did stays done (QEMU does not roll back).
+        const e = new ModelError('unsupported', ENOTSUP, strerror(ENOTSUP));
+        if (tx.io.length > 0) e.committed = { image: checkpointImg(tx), io: [...tx.io] };
+        throw e;
+      }
       // The block layer's fallback: a buffer of zeros through the normal write path.
       guestWrite(tx, at, new Uint8Array(Number(num)));
     }
