@@ -24,7 +24,7 @@ import { cacheEmpty } from './refblocks.ts';
 import { checkMetadataOverlap } from './overlap.ts';
 import type { Imrt } from './imrt.ts';
 import { lowerBound } from './tables.ts';
-import { hostFlush, hostWrite, setHeaderFields } from '../model/index.ts';
+import { hostFlush, hostWrite, hostZero, setHeaderFields } from '../model/index.ts';
 
 /** A refcount rebuild failed: QEMU's message (printed as `qemu-img: <message>`) and errno. */
 class RebuildError extends Error {
@@ -38,6 +38,9 @@ class RebuildError extends Error {
  * gains the new structures' own references) and switches the header to them. On failure prints
  * QEMU's message, counts a check error where QEMU does, and throws CheckAbort.
  */
+/** A rebuilt reftable up to this size is written as one buffer; a larger one (mostly zeros) sparsely. */
+const DENSE_REFTABLE_BYTES = 1 << 20;
+
 export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: Imrt): void {
   const g = c.g;
   const cs = g.clusterSize;
@@ -47,7 +50,10 @@ export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: I
   // The clusters with a non-zero count: those at the start, and those the rebuild allocates.
   const initial = imrt.sortedClusters();
   const added: number[] = [];
-  let reftable: number[] = [];
+  // The in-memory reftable, sparse: index → refblock cluster. A hostile image can put one used
+  // cluster terabytes out (a flipped refcount-table bit), which makes QEMU's table millions of
+  // entries of which a handful are set; a dense array of them cost 128 MiB and more.
+  const reftable = new Map<number, number>();
   let entries = 0;
 
   const nextUsed = (from: number): number => {
@@ -70,6 +76,17 @@ export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: I
     hostWrite(c.tx, offset, bytes);
   };
 
+  /** checkedWrite of a mostly-zero range: one overlap check, a zero request, then the non-zero pieces. */
+  const checkedZeroThenWrite = (offset: bigint, length: bigint, pieces: readonly (readonly [number, Uint8Array])[], what: string): void => {
+    const overlap = checkMetadataOverlap(c, 0, offset, length);
+    if (overlap !== undefined) {
+      signalCorruption(c, `Preventing invalid write on metadata (overlaps with ${overlap})`, 'previous');
+      throw new RebuildError(EIO, `${what}: ${strerror(EIO)}`);
+    }
+    hostZero(c.tx, offset, length);
+    for (const [at, bytes] of pieces) hostWrite(c.tx, offset + BigInt(at), bytes);
+  };
+
   /** rebuild_refcounts_write_refblocks over clusters [firstCluster, endCluster); whether the table grew. */
   const writeRefblocks = (firstCluster: number, endCluster: number): boolean => {
     let firstFree = { value: 0 };
@@ -81,8 +98,9 @@ export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: I
       const index = Math.floor(cluster / rbe);
       const start = index * rbe;
       let offsetCluster: number;
-      if (entries > index && reftable[index] !== 0) {
-        offsetCluster = reftable[index]!;
+      const known = reftable.get(index);
+      if (known !== undefined) {
+        offsetCluster = known;
       } else {
         // Don't allocate a cluster in a refblock already written to disk.
         if (firstFree.value < start) firstFree = { value: start };
@@ -90,12 +108,10 @@ export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: I
         // The refblock that holds this refblock's refcount must be written too.
         if (offsetCluster >= end) end = offsetCluster + 1;
         if (entries <= index) {
-          const grownEntries = Math.ceil(((index + 1) * 8) / cs) * entriesPerCluster;
-          reftable = reftable.concat(new Array<number>(grownEntries - entries).fill(0));
-          entries = grownEntries;
+          entries = Math.ceil(((index + 1) * 8) / cs) * entriesPerCluster;
           grown = true;
         }
-        reftable[index] = offsetCluster;
+        reftable.set(index, offsetCluster);
       }
       checkedWrite(BigInt(offsetCluster) * BigInt(cs), imrt.refblockBytes(index, rbe, cs), 'ERROR writing refblock');
       // This refblock is done: skip to its end.
@@ -119,15 +135,20 @@ export function rebuildRefcountStructure(c: CheckContext, res: Counters, imrt: I
       reftableCluster = allocate(reftableClusters, { value: 0 });
       grown = writeRefblocks(reftableCluster, reftableCluster + reftableClusters);
     } while (grown);
-    const table = new Uint8Array(entries * 8);
-    for (let i = 0; i < entries; i++) {
-      if (reftable[i] === 0) continue;
-      const { hi, lo9 } = offsetToParts(BigInt(reftable[i]!) * BigInt(cs), 32, { structure: 'refcount_table_entry', field: 'refblock_offset', offset: i * 8 });
-      table.set(encodeRefcountTableEntry({ refblockOffsetHi: hi, refblockOffsetLo: lo9, reserved: 0 },
-        { clusterBits: g.clusterBits, refcountOrder: c.tx.img.header.refcountOrder }), i * 8);
-    }
     const reftableOffset = BigInt(reftableCluster) * BigInt(cs);
-    checkedWrite(reftableOffset, table, 'ERROR writing reftable');
+    const entryBytes = (i: number, cluster: number): Uint8Array => {
+      const { hi, lo9 } = offsetToParts(BigInt(cluster) * BigInt(cs), 32, { structure: 'refcount_table_entry', field: 'refblock_offset', offset: i * 8 });
+      return encodeRefcountTableEntry({ refblockOffsetHi: hi, refblockOffsetLo: lo9, reserved: 0 },
+        { clusterBits: g.clusterBits, refcountOrder: c.tx.img.header.refcountOrder });
+    };
+    if (entries * 8 <= DENSE_REFTABLE_BYTES) {
+      const table = new Uint8Array(entries * 8);
+      for (const [i, cluster] of reftable) table.set(entryBytes(i, cluster), i * 8);
+      checkedWrite(reftableOffset, table, 'ERROR writing reftable');
+    } else {
+      // The same bytes as one write of the whole table: zeros over its range, then its set entries.
+      checkedZeroThenWrite(reftableOffset, BigInt(entries * 8), [...reftable].sort((a, b) => a[0] - b[0]).map(([i, cluster]) => [i * 8, entryBytes(i, cluster)] as const), 'ERROR writing reftable');
+    }
     // Crash safety (stronger than QEMU, which only syncs after the header write): the new blocks and
     // table are on disk before the header points at them.
     hostFlush(c.tx);

@@ -32,5 +32,5 @@ export { allocClusters, getRefcount, reftableSize, updateRefcount } from './refc
 export { snapshotTableEntries, writeSnapshots } from './snapshot.ts';
 export type { SnapshotEntrySizes, SnapshotState } from './snapshot.ts';
 export { step } from './step.ts';
-export { beginTx, checkpointImg, hostFlush, hostWrite, setHeaderFields } from './tx.ts';
+export { beginTx, checkpointImg, hostFlush, hostWrite, hostZero, setHeaderFields } from './tx.ts';
 export type { Tx } from './tx.ts';
