@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { openDiskFile } from '../src/io/index.ts';
+import { mulberry32 } from './prng.ts';
 import { qemuIoStdin } from './qemu-io-stdin.ts';
 
 const KiB = 1024;
@@ -36,21 +37,9 @@ const WRITES = Number(values.writes);
 const READS = Number(values.reads);
 const SEED = Number(values.seed);
 
-/** mulberry32: the same seed gives both sides the same offsets. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** `n` random block-aligned offsets inside `size` bytes. */
 function offsets(n: number, size: bigint, seed: number): bigint[] {
-  const r = rng(seed);
+  const r = mulberry32(seed);
   const blocks = Number(size / BigInt(BLOCK));
   return Array.from({ length: n }, () => BigInt(Math.floor(r() * 2 ** 21) * 2 ** 32 + Math.floor(r() * 2 ** 32)) % BigInt(blocks) * BigInt(BLOCK));
 }

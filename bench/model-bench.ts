@@ -37,6 +37,7 @@ import { freshSession, geometryOf, type Image } from '../src/model/image.ts';
 import type { Op } from '../src/model/ops.ts';
 import { step } from '../src/model/step.ts';
 import { qemuImgCreate } from '../src/qemu/qemu-img.ts';
+import { mulberry32 } from './prng.ts';
 import { qemuIoStdin } from './qemu-io-stdin.ts';
 // Node's faster inflate for the model's codecs, as the Node entry and the CLI install it.
 import '../src/io/node-compression.ts';
@@ -93,18 +94,7 @@ function parseArgs(argv: readonly string[]): Args {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Deterministic PRNG (mulberry32)
-
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Deterministic draws (mulberry32, bench/prng.ts)
 
 /** Integer in [0, n) for n ≤ 2^53: a 53-bit draw from two outputs, reduced mod n (bias ≤ n / 2^53). */
 function randInt(rnd: () => number, n: number): number {
@@ -145,7 +135,7 @@ function writeOp(offset: bigint, length: number, pattern: number): BenchOp {
 
 /** Benchmark 1: `count` 4 KiB writes at random 4 KiB-aligned offsets. */
 function* randomWrites(count: number, seed: number): Generator<BenchOp> {
-  const rnd = prng(seed);
+  const rnd = mulberry32(seed);
   const blocks = Number(VIRTUAL_SIZE / 4096n); // 2^28
   for (let i = 0; i < count; i++) {
     yield writeOp(BigInt(randInt(rnd, blocks)) * 4096n, 4096, 1 + (i % 255));
@@ -178,7 +168,7 @@ function snapshotPositions(count: number): Set<number> {
  * every cluster it shares is COW'd by the next write to it.
  */
 function* mixedOps(count: number, seed: number): Generator<BenchOp> {
-  const rnd = prng(seed ^ 0x9e3779b9);
+  const rnd = mulberry32(seed ^ 0x9e3779b9);
   const cs = CLUSTER_SIZE;
   const HOT = 1n << 30n;
   const clusters = VIRTUAL_SIZE / BigInt(cs);

@@ -23,7 +23,7 @@ import { storeDataFile } from '../../src/model/load-store.ts';
 import { ModelError } from '../../src/model/errors.ts';
 import { checkExitCode, checkImage } from '../../src/check/index.ts';
 import { RawDisk, writeRawFile } from '../../src/oracle/raw-disk.ts';
-import { configArb, geoOf, pattern, type Config, type ConfigClass } from '../support/model-configs.ts';
+import { configArb, createOptionsOf, geoOf, pattern, type Config, type ConfigClass } from '../support/model-configs.ts';
 import { backingOracle, emptyOracle } from '../support/model-backing.ts';
 import { hotArb, offsetArb, rangeLengthArb, writeLengthArb } from '../support/model-commands.ts';
 import { place } from '../support/model-cmds.ts';
@@ -99,18 +99,7 @@ async function makeFiles(cfg: Config, sub: string): Promise<{ path: string; mode
     writeRawFile(backingOracleDisk, join(sub, 'base.raw'));
     backingReader = fileReader(join(sub, 'base.raw'));
   }
-  const created = createImage({
-    size: cfg.requestedSize,
-    clusterSize: 1 << cfg.clusterBits,
-    compat: cfg.compat,
-    refcountBits: cfg.refcountBits,
-    extendedL2: cfg.extendedL2,
-    compressionType: cfg.compressionType,
-    preallocation: cfg.preallocation,
-    ...(cfg.backing !== undefined ? { backingFile: 'base.raw', backingFmt: 'raw' } : {}),
-    ...(cfg.dataFile !== undefined ? { dataFile: 'data.raw', dataFileRaw: cfg.dataFile === 'raw' } : {}),
-    ...(cfg.lazy === true ? { lazyRefcounts: true } : {}),
-  });
+  const created = createImage(createOptionsOf(cfg));
   const path = join(sub, 'disk.qcow2');
   await writeHostFile(path, created.image.file);
   if (created.dataFile !== undefined) await writeHostFile(join(sub, 'data.raw'), created.dataFile);

@@ -63,7 +63,7 @@ import { type Op } from '../../src/model/ops.ts';
 import { readGuest } from '../../src/model/read.ts';
 import { step } from '../../src/model/step.ts';
 import { checkInvariants } from '../../src/oracle/invariants.ts';
-import { type Config, NOT_YET_MODELLED_OPS_BY_CONFIG, MiB, GiB, TiB, type ConfigClass, pattern, type Geo, geoOf } from './model-configs.ts';
+import { type Config, createOptionsOf, NOT_YET_MODELLED_OPS_BY_CONFIG, MiB, GiB, TiB, type ConfigClass, pattern, type Geo, geoOf } from './model-configs.ts';
 import { emptyOracle, backingOracle, buildBacking, backingSpots } from './model-backing.ts';
 import { type StepFn, type Real, type Model, type Cmd, pageHash, pageBytes, notePages, show, fingerprint, checkUnchanged, sameFile, replayDiff, compareReads, checkRawDataFile, INCOMPAT_DIRTY_BIT, isDirtyHeader, fileHeader, count } from './model-checks.ts';
 import { type ResizeTarget } from './model-qemu-rules.ts';
@@ -280,18 +280,7 @@ export const CONFIG_CLASSES: readonly ClassRun[] = [
 export function setup(cfg: Config, system: StepFn): { model: Model; real: Real } {
   const backing = cfg.backing !== undefined ? buildBacking(cfg.backing) : undefined;
   const backingExpected = cfg.backing !== undefined ? backingOracle(cfg.backing) : undefined;
-  const created = createImage({
-    size: cfg.requestedSize,
-    clusterSize: 1 << cfg.clusterBits,
-    compat: cfg.compat,
-    refcountBits: cfg.refcountBits,
-    extendedL2: cfg.extendedL2,
-    compressionType: cfg.compressionType,
-    preallocation: cfg.preallocation,
-    ...(cfg.backing !== undefined ? { backingFile: `base.${cfg.backing.format}`, backingFmt: cfg.backing.format } : {}),
-    ...(cfg.dataFile !== undefined ? { dataFile: 'data.raw', dataFileRaw: cfg.dataFile === 'raw' } : {}),
-    ...(cfg.lazy === true ? { lazyRefcounts: true } : {}),
-  }).image;
+  const created = createImage(createOptionsOf(cfg)).image;
   if (created.header.size !== cfg.size) throw new Error(`createImage made a ${created.header.size}-byte disk, expected ${cfg.size}`);
   if ((created.dataFile !== undefined) !== (cfg.dataFile !== undefined)) throw new Error(`createImage: data file ${created.dataFile !== undefined}, configuration ${cfg.dataFile}`);
   const image: Image = backing !== undefined ? { ...created, backing } : created;

@@ -436,6 +436,25 @@ export interface Geo {
   readonly lazy: boolean;
 }
 
+/**
+ * createImage's options for `cfg`: its geometry and features, the backing file named `base.FORMAT`
+ * and the external data file `data.raw` (the names the property and the driver test use).
+ */
+export function createOptionsOf(cfg: Config): CreateOptions {
+  return {
+    size: cfg.requestedSize,
+    clusterSize: 1 << cfg.clusterBits,
+    compat: cfg.compat,
+    refcountBits: cfg.refcountBits,
+    extendedL2: cfg.extendedL2,
+    compressionType: cfg.compressionType,
+    preallocation: cfg.preallocation,
+    ...(cfg.backing !== undefined ? { backingFile: `base.${cfg.backing.format}`, backingFmt: cfg.backing.format } : {}),
+    ...(cfg.dataFile !== undefined ? { dataFile: 'data.raw', dataFileRaw: cfg.dataFile === 'raw' } : {}),
+    ...(cfg.lazy === true ? { lazyRefcounts: true } : {}),
+  };
+}
+
 export function geoOf(cfg: Config): Geo {
   const cs = 1n << BigInt(cfg.clusterBits);
   return {
