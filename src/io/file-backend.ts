@@ -1,6 +1,7 @@
 /**
  * The driver's backend for a local file (Node's FileHandle): positioned reads and writes on libuv's
- * thread pool, fdatasync at flush barriers (as QEMU's file-posix), ftruncate.
+ * thread pool (or, with syncIo, on the JavaScript thread), fdatasync at flush barriers (as QEMU's
+ * file-posix), ftruncate.
  */
 import { fdatasyncSync, fstatSync, ftruncateSync, readSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -39,6 +40,38 @@ export interface FileBackendOptions {
   readonly syncIo?: boolean;
 }
 
+/** The system calls a file backend makes: on libuv's pool (async) or on the JavaScript thread (sync). */
+interface FileCalls {
+  stat(): Promise<{ size: bigint; dev: bigint; ino: bigint; blocks: bigint; isDirectory(): boolean }>;
+  /** Bytes read into target[pos, pos + n) from file position `at` (0 at the end of the file). */
+  read(target: Uint8Array, pos: number, n: number, at: number): Promise<number> | number;
+  /** Bytes written from data[pos, pos + n) at file position `at`. */
+  write(data: Uint8Array, pos: number, n: number, at: number): Promise<number> | number;
+  truncate(length: number): Promise<void> | void;
+  datasync(): Promise<void> | void;
+}
+
+function asyncCalls(fh: FileHandle): FileCalls {
+  return {
+    stat: () => fh.stat({ bigint: true }),
+    read: async (t, pos, n, at) => (await fh.read(t, pos, n, at)).bytesRead,
+    write: async (d, pos, n, at) => (await fh.write(d, pos, n, at)).bytesWritten,
+    truncate: (length) => fh.truncate(length),
+    datasync: () => fh.datasync(),
+  };
+}
+
+function syncCalls(fh: FileHandle): FileCalls {
+  const fd = fh.fd;
+  return {
+    stat: async () => fstatSync(fd, { bigint: true }),
+    read: (t, pos, n, at) => readSync(fd, t, pos, n, at),
+    write: (d, pos, n, at) => writeSync(fd, d, pos, n, at),
+    truncate: (length) => ftruncateSync(fd, length),
+    datasync: () => fdatasyncSync(fd),
+  };
+}
+
 /**
  * Opens the file at `path` as a backend: read-only (no write/truncate/zero) unless `readOnly` is
  * false. Throws the file system's error (ENOENT, EACCES, EISDIR...). Reads past the end of the file
@@ -47,62 +80,10 @@ export interface FileBackendOptions {
 export async function fileBackend(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
   const readOnly = opts.readOnly !== false;
   const fh: FileHandle = await open(path, readOnly ? 'r' : 'r+');
-  if (opts.syncIo === true) return syncBackend(path, fh, readOnly);
+  const calls = opts.syncIo === true ? syncCalls(fh) : asyncCalls(fh);
   let st;
   try {
-    st = await fh.stat({ bigint: true });
-    if (st.isDirectory()) throw Object.assign(new Error(`EISDIR: illegal operation on a directory, open '${path}'`), { code: 'EISDIR' });
-  } catch (e) {
-    await fh.close();
-    throw e;
-  }
-  let closed = false;
-  const read = async (offset: bigint, target: Uint8Array): Promise<void> => {
-    const at = position(offset, target.length);
-    let done = 0;
-    while (done < target.length) {
-      const { bytesRead } = await fh.read(target, done, target.length - done, at + done);
-      if (bytesRead === 0) throw Object.assign(new Error(`the file ended at ${at + done}, reading ${target.length} byte(s) at ${offset} (was it changed?)`), { code: 'EIO' });
-      done += bytesRead;
-    }
-  };
-  const backend: FileBackend = {
-    path,
-    dev: st.dev,
-    ino: st.ino,
-    allocatedBytes: st.blocks * 512n,
-    size: async () => (await fh.stat({ bigint: true })).size,
-    read,
-    close: async () => {
-      if (closed) return;
-      closed = true;
-      await fh.close();
-    },
-  };
-  if (readOnly) return backend;
-  return {
-    ...backend,
-    write: async (offset, data) => {
-      const at = position(offset, data.length);
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await fh.write(data, done, data.length - done, at + done);
-        if (bytesWritten <= 0) throw Object.assign(new Error(`a write at ${at + done} wrote nothing`), { code: 'EIO' });
-        done += bytesWritten;
-      }
-    },
-    truncate: async (length) => fh.truncate(position(length, 0)),
-    // fdatasync, as QEMU's file-posix flushes: the data and what is needed to read it back (the length).
-    flush: async () => fh.datasync(),
-  };
-}
-
-/** fileBackend with `syncIo`: the same contract, each call a synchronous system call on the open descriptor. */
-async function syncBackend(path: string, fh: FileHandle, readOnly: boolean): Promise<FileBackend> {
-  const fd = fh.fd;
-  let st;
-  try {
-    st = fstatSync(fd, { bigint: true });
+    st = await calls.stat();
     if (st.isDirectory()) throw Object.assign(new Error(`EISDIR: illegal operation on a directory, open '${path}'`), { code: 'EISDIR' });
   } catch (e) {
     await fh.close();
@@ -114,12 +95,12 @@ async function syncBackend(path: string, fh: FileHandle, readOnly: boolean): Pro
     dev: st.dev,
     ino: st.ino,
     allocatedBytes: st.blocks * 512n,
-    size: async () => fstatSync(fd, { bigint: true }).size,
+    size: async () => (await calls.stat()).size,
     read: async (offset, target) => {
       const at = position(offset, target.length);
       let done = 0;
       while (done < target.length) {
-        const n = readSync(fd, target, done, target.length - done, at + done);
+        const n = await calls.read(target, done, target.length - done, at + done);
         if (n === 0) throw Object.assign(new Error(`the file ended at ${at + done}, reading ${target.length} byte(s) at ${offset} (was it changed?)`), { code: 'EIO' });
         done += n;
       }
@@ -137,12 +118,13 @@ async function syncBackend(path: string, fh: FileHandle, readOnly: boolean): Pro
       const at = position(offset, data.length);
       let done = 0;
       while (done < data.length) {
-        const n = writeSync(fd, data, done, data.length - done, at + done);
+        const n = await calls.write(data, done, data.length - done, at + done);
         if (n <= 0) throw Object.assign(new Error(`a write at ${at + done} wrote nothing`), { code: 'EIO' });
         done += n;
       }
     },
-    truncate: async (length) => ftruncateSync(fd, position(length, 0)),
-    flush: async () => fdatasyncSync(fd),
+    truncate: async (length) => calls.truncate(position(length, 0)),
+    // fdatasync, as QEMU's file-posix flushes: the data and what is needed to read it back (the length).
+    flush: async () => calls.datasync(),
   };
 }

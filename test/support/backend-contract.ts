@@ -7,6 +7,7 @@
 import fc from 'fast-check';
 import { expect } from 'vitest';
 import type { DiskBackend } from '../../src/disk/backend.ts';
+import { BackendError } from '../../src/disk/backend-errors.ts';
 
 export type BackendOp =
   | { readonly kind: 'write'; readonly offset: number; readonly data: Uint8Array }
@@ -65,4 +66,14 @@ export function expectSameBytes(got: Uint8Array, want: Uint8Array, what: string)
   let i = 0;
   while (i < got.length && i < want.length && got[i] === want[i]) i++;
   expect.fail(`${what}: ${got.length} bytes, expected ${want.length}; first difference at byte ${i} (${got[i]} instead of ${want[i]})`);
+}
+
+/** The BackendError `p` rejects with (a test failure when it resolves or rejects with anything else). */
+export async function rejection(p: Promise<unknown>): Promise<BackendError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(BackendError);
+  return e as BackendError;
 }

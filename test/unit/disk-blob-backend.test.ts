@@ -8,18 +8,8 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BackendError } from '../../src/disk/backend-errors.ts';
 import { blobBackend, type BlobLike } from '../../src/disk/blob-backend.ts';
-import { expectSameBytes } from '../support/backend-contract.ts';
-
-async function rejection(p: Promise<unknown>): Promise<BackendError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(BackendError);
-  return e as BackendError;
-}
+import { expectSameBytes, rejection } from '../support/backend-contract.ts';
 
 describe('blobBackend', () => {
   it('reads every range of a multi-part Blob exactly', async () => {

@@ -6,20 +6,10 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BackendError } from '../../src/disk/backend-errors.ts';
 import { memoryBackend } from '../../src/disk/memory-backend.ts';
-import { backendOps, checkAgainstArray } from '../support/backend-contract.ts';
+import { backendOps, checkAgainstArray, rejection } from '../support/backend-contract.ts';
 
 /** The error `p` rejects with (fails the test when it resolves). */
-async function rejection(p: Promise<unknown>): Promise<BackendError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(BackendError);
-  return e as BackendError;
-}
-
 describe('memoryBackend', () => {
   it('agrees with a plain array on random writes, truncations and reads', async () => {
     await fc.assert(

@@ -8,9 +8,8 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BackendError } from '../../src/disk/backend-errors.ts';
 import { opfsBackend, type SyncAccessHandleLike } from '../../src/disk/opfs-backend.ts';
-import { backendOps, checkAgainstArray } from '../support/backend-contract.ts';
+import { backendOps, checkAgainstArray, rejection } from '../support/backend-contract.ts';
 
 /** A FileSystemSyncAccessHandle in memory, per the File System standard, with faults to inject. */
 class FakeHandle implements SyncAccessHandleLike {
@@ -70,15 +69,6 @@ class FakeHandle implements SyncAccessHandleLike {
   close(): void {
     this.closed = true;
   }
-}
-
-async function rejection(p: Promise<unknown>): Promise<BackendError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(BackendError);
-  return e as BackendError;
 }
 
 describe('opfsBackend', () => {
