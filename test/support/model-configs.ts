@@ -437,10 +437,12 @@ export interface Geo {
 }
 
 /**
- * createImage's options for `cfg`: its geometry and features, the backing file named `base.FORMAT`
- * and the external data file `data.raw` (the names the property and the driver test use).
+ * createImage's options for `cfg`: its geometry and features, the backing file (named `base.FORMAT`
+ * unless `names.backing` says otherwise; none when `names.backing` is null) and the external data
+ * file (`data.raw` unless `names.dataFile` says otherwise).
  */
-export function createOptionsOf(cfg: Config): CreateOptions {
+export function createOptionsOf(cfg: Config, names: { readonly backing?: string | null; readonly dataFile?: string } = {}): CreateOptions {
+  const backingName = names.backing === undefined && cfg.backing !== undefined ? `base.${cfg.backing.format}` : names.backing;
   return {
     size: cfg.requestedSize,
     clusterSize: 1 << cfg.clusterBits,
@@ -449,8 +451,8 @@ export function createOptionsOf(cfg: Config): CreateOptions {
     extendedL2: cfg.extendedL2,
     compressionType: cfg.compressionType,
     preallocation: cfg.preallocation,
-    ...(cfg.backing !== undefined ? { backingFile: `base.${cfg.backing.format}`, backingFmt: cfg.backing.format } : {}),
-    ...(cfg.dataFile !== undefined ? { dataFile: 'data.raw', dataFileRaw: cfg.dataFile === 'raw' } : {}),
+    ...(typeof backingName === 'string' && cfg.backing !== undefined ? { backingFile: backingName, backingFmt: cfg.backing.format } : {}),
+    ...(cfg.dataFile !== undefined ? { dataFile: names.dataFile ?? 'data.raw', dataFileRaw: cfg.dataFile === 'raw' } : {}),
     ...(cfg.lazy === true ? { lazyRefcounts: true } : {}),
   };
 }

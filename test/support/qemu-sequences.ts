@@ -81,6 +81,7 @@ import {
   type Config,
   type ConfigClass,
 } from './model-commands.ts';
+import { createOptionsOf as modelCreateOptionsOf } from './model-configs.ts';
 
 const KiB = 1024n;
 const MiB = 1024n * KiB;
@@ -458,22 +459,6 @@ export function createOptionsOf(cfg: QemuConfig, backingName?: string): Record<s
     ...(cfg.dataFile !== undefined ? { data_file: DATA_NAME } : {}),
     ...(cfg.dataFile === 'raw' ? { data_file_raw: 'on' } : {}),
     ...(backingName !== undefined && cfg.backing !== undefined ? { backing_file: backingName, backing_fmt: cfg.backing.format } : {}),
-  };
-}
-
-/** createImage's options for `cfg`. */
-function modelCreateOptions(cfg: QemuConfig, backingName?: string): CreateOptions {
-  return {
-    size: cfg.requestedSize,
-    clusterSize: 1 << cfg.clusterBits,
-    compat: cfg.compat,
-    refcountBits: cfg.refcountBits,
-    extendedL2: cfg.extendedL2,
-    compressionType: cfg.compressionType,
-    preallocation: cfg.preallocation,
-    ...(cfg.lazy === true ? { lazyRefcounts: true } : {}),
-    ...(cfg.dataFile !== undefined ? { dataFile: DATA_NAME, dataFileRaw: cfg.dataFile === 'raw' } : {}),
-    ...(backingName !== undefined && cfg.backing !== undefined ? { backingFile: backingName, backingFmt: cfg.backing.format } : {}),
   };
 }
 
@@ -968,7 +953,7 @@ export function reproduction(spec: SequenceSpec, files: RunFiles | undefined, sc
 
 /** The model's starting image for `cfg` (createImage) with its backing chain attached. */
 function modelStart(cfg: QemuConfig, files: RunFiles): Image {
-  const created = createImage(modelCreateOptions(cfg, files.backingName));
+  const created = createImage(modelCreateOptionsOf(cfg, { backing: files.backingName ?? null, dataFile: DATA_NAME }));
   const image: Image = { ...created.image, ...(created.dataFile !== undefined ? { dataFile: created.dataFile } : {}) };
   const backing = cfg.backing !== undefined ? chainSource(files.levels, files.backingHosts) : undefined;
   return backing !== undefined ? { ...image, backing } : image;
