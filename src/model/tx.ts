@@ -136,6 +136,7 @@ export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
 /** Zeroes `length` bytes at `offset` of the qcow2 file (a write_zeroes request) and records it. */
 export function hostZero(tx: Tx, offset: bigint, length: bigint): void {
   if (length <= 0n) return;
+  WORK.hostZeroed += Number(length);
   const file = zeroHost(tx.img.file, offset, length);
   if (file !== tx.img.file) tx.img = imageWith(tx.img, file, tx.img.dataFile, tx.img.header, tx.img.session);
   tx.io.push({ kind: 'zero', offset, length });
@@ -163,6 +164,7 @@ export function dataWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
 /** Zeroes `length` bytes at `offset` of the external data file and records it (`target: 'data'`). */
 export function dataZero(tx: Tx, offset: bigint, length: bigint): void {
   if (length <= 0n) return;
+  WORK.hostZeroed += Number(length);
   tx.img = imageWith(tx.img, tx.img.file, zeroHost(dataFileOf(tx), offset, length), tx.img.header, tx.img.session);
   tx.io.push({ kind: 'zero', offset, length, target: 'data' });
 }

@@ -36,8 +36,18 @@ interface Ran {
   readonly stderr: string;
 }
 
+/**
+ * The environment the programs run in: the test's own, without colour. A CI runner that sets
+ * FORCE_COLOR would otherwise wrap publint's verdict in escape codes (it did, once).
+ */
+const PLAIN_ENV: NodeJS.ProcessEnv = (() => {
+  const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
+  delete env.FORCE_COLOR;
+  return env;
+})();
+
 /** Runs a program to its end (no shell); a program that cannot start fails the test. */
-function run(cmd: string, args: readonly string[], cwd: string, env: NodeJS.ProcessEnv = process.env): Ran {
+function run(cmd: string, args: readonly string[], cwd: string, env: NodeJS.ProcessEnv = PLAIN_ENV): Ran {
   const r = spawnSync(cmd, args, { cwd, env, encoding: 'utf8', maxBuffer: 64 << 20, timeout: 300_000 });
   if (r.error !== undefined) throw new Error(`${cmd} ${args.join(' ')}: ${r.error.message}`);
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };

@@ -7,7 +7,7 @@
  * The bounds every case must keep, and why these numbers:
  * - Work (src/codec/work-meter.ts: bytes read from host files plus 8 per field the generated
  *   decoders read, over all 13 stages) at most workLimit(): 64 × the file's bytes, plus 16 clusters,
- *   plus 4 × the bytes the stages wrote, plus 24 MiB. Why: a stage reads the file a few times at most
+ *   plus 4 × the bytes the stages wrote or zeroed, plus 24 MiB. Why: a stage reads the file a few times at most
  *   (a check pass reads every table once, a repair makes three passes), each stage that opens reads
  *   cluster 0 whole even from a file shorter than it, the read stage reads at most 16 MiB of guest
  *   data and the map stage 2048 entries (hostile-harness.ts DEFAULT_LIMITS), and a repair may read
@@ -54,9 +54,9 @@ export function workLimitFor(fileBytes: number, clusterSize: number, written: nu
   return 64 * fileBytes + 16 * clusterSize + 4 * written + 24 * 1024 * 1024;
 }
 
-/** The most work a case may do: workLimitFor its file, cluster size and the bytes its stages wrote. */
+/** The most work a case may do: workLimitFor its file, cluster size and the bytes its stages wrote or zeroed. */
 export function workLimit(r: CaseReport): number {
-  return workLimitFor(r.fileBytes, r.clusterSize, r.stages.reduce((n, s) => n + s.work.hostWritten, 0));
+  return workLimitFor(r.fileBytes, r.clusterSize, r.stages.reduce((n, s) => n + s.work.hostWritten + s.work.hostZeroed, 0));
 }
 
 /** A seed image with where it can be mutated. */

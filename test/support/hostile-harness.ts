@@ -199,7 +199,7 @@ export function runHostileCase(bytes: Uint8Array, dataFile: Uint8Array | undefin
   const t0 = performance.now();
   const stage = <T>(name: HostileStage, fn: (() => T) | undefined): T | undefined => {
     if (fn === undefined) {
-      stages.push({ stage: name, ms: 0, outcome: 'skipped', work: { hostBytes: 0, hostReads: 0, hostWritten: 0, decodedFields: 0 } });
+      stages.push({ stage: name, ms: 0, outcome: 'skipped', work: { hostBytes: 0, hostReads: 0, hostWritten: 0, hostZeroed: 0, decodedFields: 0 } });
       return undefined;
     }
     const w = workSnapshot();
