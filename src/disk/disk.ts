@@ -6,7 +6,7 @@
  * (apply-io.ts), and keeps memory bounded by rebasing the model's file onto the backend.
  */
 import {
-  closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
+  INCOMPAT_DIRTY, closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
   headerReferences, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget,
   type HostAllocation, type Image, type MapExtent, type MapOptions, type Op,
 } from '../model/index.ts';
@@ -433,10 +433,16 @@ export class Qcow2Disk {
   private change(op: Op): Promise<void> {
     return this.serial(async () => {
       this.writable();
+      const wasDirty = (this.image.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
       const r = await compute(this.allReaders(), () => step(this.image, op));
       await this.commit(r.image, r.io);
       // A flush makes every earlier change durable: with write-back, that is now.
       if (op.kind === 'flush') await this.writeBack(true);
+      // Crash safety: with lazy refcounts, every later change leaves refcounts behind the L2
+      // entries on the strength of the dirty bit this change set (qcow2_mark_dirty flushes it).
+      // Write-back orders writes only within a change and per page, so the bit is written out now,
+      // and the next write-back's leading flush puts it on disk before anything that relies on it.
+      else if (!wasDirty && (r.image.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n) await this.writeBack(false);
       if (!r.ok) throw r.error;
     });
   }
@@ -448,6 +454,12 @@ export class Qcow2Disk {
   private async commit(image: Image, io: readonly HostIO[]): Promise<void> {
     if (io.length > 0) {
       if (this.writebackLimit !== undefined) {
+        // Crash safety: I/O that begins with a barrier orders everything before it — closeImage
+        // flushes before it clears the dirty bit (qcow2_mark_clean), which must not reach the disk
+        // before the refcounts earlier changes left behind. Write-back orders writes only within a
+        // change and per page, so what is deferred so far is written out first, and the next
+        // write-back's leading flush keeps it before this change's writes.
+        if (io[0]!.kind === 'flush' && this.deferred.length > 0) await this.writeBack(false);
         this.deferred.push(io);
         for (const op of io) {
           if (op.kind === 'write') this.pendingBytes += op.bytes.length;

@@ -12,7 +12,7 @@ export { ModelError } from './errors.ts';
 export { headerReferences, headerString, pathHasProtocol, qemuFullBackingFilename, qemuUtf8Decode } from './header-references.ts';
 export type { HeaderReferences } from './header-references.ts';
 export { V2_HEADER_LENGTH, encodeHeaderState, headerLengthOf, headerStateFrom, withHeader } from './header.ts';
-export { applyHostIO, discardHost, hostBytes, hostFromReader, hostPage, readHost, rebaseHostFile, truncateHost, viewHost } from './host-file.ts';
+export { applyHostIO, discardHost, hostBytes, hostFromBytes, hostFromReader, hostPage, readHost, rebaseHostFile, truncateHost, viewHost } from './host-file.ts';
 export type { HostFile } from './host-file.ts';
 export { hostTargetOf } from './host-io.ts';
 export type { HostIO, HostTarget } from './host-io.ts';
@@ -22,7 +22,8 @@ export { AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCO
 export type { BackingSource, Geometry, HeaderState, Image } from './image.ts';
 export { loadImage, storeImage } from './load-store.ts';
 export type { LoadOptions } from './load-store.ts';
-export type { Op } from './ops.ts';
+export { OP_KINDS, opRange } from './ops.ts';
+export type { Op, OpKind } from './ops.ts';
 export { ClusterIntervals, metadataOverlap } from './overlap.ts';
 export type { MetadataView, OverlapSection } from './overlap.ts';
 export { PAGE_SIZE } from './page-map.ts';

@@ -252,9 +252,14 @@ function opSpecsArb(n: number, snapshots: boolean): fc.Arbitrary<OpSpec[]> {
   return fc.array(opSpecArb(snapshots), { minLength: n, maxLength: n });
 }
 
-/** Runs of class `cls`: up to `maxOps` ops (lengthArb), and a continuation of up to half as many. */
-export function sequenceArb(cls: QemuClass, maxOps = 50): fc.Arbitrary<SequenceSpec> {
-  return qemuConfigArb(cls).chain((cfg) => {
+/**
+ * Runs of class `cls`: up to `maxOps` ops (lengthArb), and a continuation of up to half as many. With
+ * `maxSize`, larger disks are cut down to it (a multiple of 512; the geometry and backing stay), for
+ * judges that read the whole disk many times (the crash simulator).
+ */
+export function sequenceArb(cls: QemuClass, maxOps = 50, maxSize?: bigint): fc.Arbitrary<SequenceSpec> {
+  const cap = (cfg: QemuConfig): QemuConfig => (maxSize === undefined || cfg.size <= maxSize ? cfg : { ...cfg, size: maxSize - (maxSize % 512n), requestedSize: maxSize - (maxSize % 512n) });
+  return qemuConfigArb(cls).map(cap).chain((cfg) => {
     const snapshots = cfg.dataFile === undefined;
     const ops = lengthArb(maxOps).chain((n) => opSpecsArb(n, snapshots));
     const more = lengthArb(Math.max(1, Math.floor(maxOps / 2))).chain((n) => opSpecsArb(n, snapshots));

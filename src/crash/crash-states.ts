@@ -1,0 +1,186 @@
+/**
+ * Crash states of a write log: what a disk may hold if the machine stops at any moment of a run.
+ * Everything before the last completed flush persisted; of the operations issued after it (the
+ * unflushed epoch) a disk may have persisted any subset, in any order — and, with torn writes, any
+ * subset of a write's 512-byte sectors. An epoch of at most `exhaustiveUpTo` operations gets every
+ * subset; a larger one gets every in-order prefix plus `samples` random subsets.
+ *
+ * The unit a disk persists is the sector: a write persists each sector it touches whole, as the
+ * writer's file held it right after the write — a write of 2 bytes carries the rest of its sector,
+ * including what earlier writes of the epoch put there (the page cache, or QEMU's read-modify-write
+ * of a partial sector, hands the disk the whole sector). So a later write to a sector never persists
+ * without the earlier ones to the same sector.
+ */
+import { applyHostIO, hostFromBytes, readHost, type HostFile, type HostIO } from '../model/index.ts';
+import type { WriteLog } from './write-log.ts';
+
+/** The sector size of torn writes: a disk writes a 512-byte sector entirely or not at all. */
+export const SECTOR_SIZE = 512;
+
+/** How crash states are chosen. */
+export interface CrashStateOptions {
+  /** Epochs with at most this many operations get every subset of them (default 8: 256 states). */
+  readonly exhaustiveUpTo?: number;
+  /** Random subsets drawn from a larger epoch, besides its prefixes (default 32). */
+  readonly samples?: number;
+  /** Tear writes in the random subsets: a persisted write keeps a random subset of its sectors. */
+  readonly tornWrites?: boolean;
+  /** The seed of the random subsets (default 1): the same seed gives the same states. */
+  readonly seed?: number;
+}
+
+/** Where a crash happened and what of the unflushed epoch persisted. */
+export interface CrashPoint {
+  /** Index in the host log of the epoch's first operation (0, or one past a flush): all before it persisted. */
+  readonly epochStart: number;
+  /** One past the epoch's last operation: the index of the flush closing it, or the log's length. */
+  readonly epochEnd: number;
+  /** Host-log indexes of the epoch's operations that persisted, ascending (applied in log order). */
+  readonly persisted: readonly number[];
+  /** Torn writes: host-log index → the 512-byte sectors of the disk that write kept (absolute sector numbers). */
+  readonly torn?: ReadonlyMap<number, readonly number[]>;
+  /** How the point was chosen: an in-order prefix, one of all subsets, or a random subset. */
+  readonly how: 'prefix' | 'subset' | 'sampled';
+}
+
+/** A crash state: the point and the files it leaves. */
+export interface CrashState {
+  readonly point: CrashPoint;
+  readonly image: HostFile;
+  readonly data?: HostFile;
+}
+
+/** The epochs of a log: [start, end) ranges of host operations between flushes (empty ones included). */
+export function epochsOf(host: readonly HostIO[]): { readonly start: number; readonly end: number }[] {
+  const out: { start: number; end: number }[] = [];
+  let start = 0;
+  host.forEach((h, i) => {
+    if (h.kind === 'flush') {
+      out.push({ start, end: i });
+      start = i + 1;
+    }
+  });
+  out.push({ start, end: host.length });
+  return out;
+}
+
+/** A small deterministic PRNG (mulberry32): crash states must be reproducible from the seed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The crash points of one epoch [start, end) (see the module comment). */
+function pointsOfEpoch(start: number, end: number, host: readonly HostIO[], o: Required<CrashStateOptions>, rnd: () => number): CrashPoint[] {
+  const m = end - start;
+  const idx = Array.from({ length: m }, (_, i) => start + i);
+  if (m <= o.exhaustiveUpTo) {
+    const out: CrashPoint[] = [];
+    // Bit i of the mask: operation start + i persisted. Mask order puts every prefix among them.
+    for (let mask = 0; mask < 1 << m; mask++) {
+      const persisted = idx.filter((_, i) => (mask & (1 << i)) !== 0);
+      const prefix = mask === (1 << persisted.length) - 1;
+      out.push({ epochStart: start, epochEnd: end, persisted, how: prefix ? 'prefix' : 'subset' });
+    }
+    return out;
+  }
+  const out: CrashPoint[] = [];
+  for (let k = 0; k <= m; k++) out.push({ epochStart: start, epochEnd: end, persisted: idx.slice(0, k), how: 'prefix' });
+  for (let s = 0; s < o.samples; s++) {
+    const persisted = idx.filter(() => rnd() < 0.5);
+    let torn: Map<number, number[]> | undefined;
+    if (o.tornWrites) {
+      for (const i of persisted) {
+        const h = host[i]!;
+        if (h.kind !== 'write' || rnd() >= 0.3) continue;
+        const first = h.offset / BigInt(SECTOR_SIZE);
+        const last = (h.offset + BigInt(h.bytes.length) - 1n) / BigInt(SECTOR_SIZE);
+        if (last === first) continue;
+        const kept: number[] = [];
+        // A write spans at most a few MiB: its sector count is a safe number.
+        for (let sec = first; sec <= last; sec++) if (rnd() < 0.5) kept.push(Number(sec));
+        (torn ??= new Map()).set(i, kept);
+      }
+    }
+    out.push(torn === undefined ? { epochStart: start, epochEnd: end, persisted, how: 'sampled' } : { epochStart: start, epochEnd: end, persisted, torn, how: 'sampled' });
+  }
+  return out;
+}
+
+/** Every crash point of `log` under `opts`, epoch by epoch in log order. Deterministic. */
+export function crashPoints(log: WriteLog, opts: CrashStateOptions = {}): CrashPoint[] {
+  const o: Required<CrashStateOptions> = { exhaustiveUpTo: opts.exhaustiveUpTo ?? 8, samples: opts.samples ?? 32, tornWrites: opts.tornWrites ?? false, seed: opts.seed ?? 1 };
+  if (!Number.isInteger(o.exhaustiveUpTo) || o.exhaustiveUpTo < 0 || o.exhaustiveUpTo > 16) throw new RangeError(`exhaustiveUpTo must be an integer in [0, 16], not ${o.exhaustiveUpTo}`);
+  const rnd = prng(o.seed);
+  return epochsOf(log.host).flatMap((e) => pointsOfEpoch(e.start, e.end, log.host, o, rnd));
+}
+
+/** The files before a run: the image and (when there is one) the data file. */
+interface Files {
+  readonly image: HostFile;
+  readonly data?: HostFile;
+}
+
+function apply(files: Files, ops: readonly HostIO[]): Files {
+  const image = applyHostIO(files.image, ops, 'image');
+  return files.data === undefined ? { image } : { image, data: applyHostIO(files.data, ops, 'data') };
+}
+
+/**
+ * What persisting write `h` puts on the disk: each sector it touches (or only `sectors`, for a torn
+ * write), whole, as `view` — the writer's files right after `h` — holds it (clipped to the file).
+ */
+function persistedPieces(h: Extract<HostIO, { kind: 'write' }>, view: Files, sectors?: readonly number[]): HostIO[] {
+  const file = h.target === 'data' ? view.data! : view.image;
+  const s = BigInt(SECTOR_SIZE);
+  const first = h.offset / s;
+  const last = (h.offset + BigInt(h.bytes.length) + s - 1n) / s;
+  const ranges: [bigint, bigint][] = sectors === undefined ? [[first, last]] : sectors.map((x) => [BigInt(x), BigInt(x) + 1n]);
+  const out: HostIO[] = [];
+  for (const [a, b] of ranges) {
+    const from = a * s;
+    const to = b * s < file.length ? b * s : file.length;
+    if (to <= from) continue;
+    const bytes = readHost(file, from, Number(to - from));
+    out.push(h.target === 'data' ? { kind: 'write', offset: from, bytes, target: 'data' } : { kind: 'write', offset: from, bytes });
+  }
+  return out;
+}
+
+/**
+ * The crash states of `log` (crashPoints' points, with their files), lazily and in order: the files
+ * before each epoch and the writer's view after each of its operations are built once, and the
+ * persistent host files share everything a state did not change, so a state costs what its epoch
+ * wrote.
+ */
+export function* crashStates(log: WriteLog, opts: CrashStateOptions = {}): Generator<CrashState> {
+  let files: Files = log.baseData === undefined ? { image: hostFromBytes(log.base) } : { image: hostFromBytes(log.base), data: hostFromBytes(log.baseData) };
+  let builtTo = 0;
+  let views: Files[] = [];
+  let viewsOf = -1;
+  for (const point of crashPoints(log, opts)) {
+    if (point.epochStart > builtTo) {
+      files = apply(files, log.host.slice(builtTo, point.epochStart));
+      builtTo = point.epochStart;
+    }
+    if (viewsOf !== point.epochStart) {
+      // views[k]: the writer's files after the epoch's operations up to start + k.
+      views = [];
+      let v = files;
+      for (let i = point.epochStart; i < point.epochEnd; i++) views.push((v = apply(v, [log.host[i]!])));
+      viewsOf = point.epochStart;
+    }
+    const ops = point.persisted.flatMap((i) => {
+      const h = log.host[i]!;
+      return h.kind === 'write' ? persistedPieces(h, views[i - point.epochStart]!, point.torn?.get(i)) : [h];
+    });
+    const after = apply(files, ops);
+    yield after.data === undefined ? { point, image: after.image } : { point, image: after.image, data: after.data };
+  }
+}
