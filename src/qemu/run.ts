@@ -1,9 +1,10 @@
 /**
  * The one place that starts QEMU processes. `runTool` runs `qemu-img` or `qemu-io` with an argument
- * vector (no shell, so no quoting problems) and hands back the exit status and both output streams.
+ * vector (no shell, so no quoting problems) and hands back the exit status and both output streams;
+ * `spawnTool` starts one with piped streams for interactive use (a qemu-io session).
  * A missing binary is never a skip: it is a `QemuToolMissingError` that says what to install.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
 /** The QEMU tools this project drives. */
@@ -144,6 +145,30 @@ export function runTool(cmd: QemuTool, args: readonly string[], opts: RunOptions
         resolve({ code: typeof errno === 'number' ? errno : null, signal, stdout, stderr });
       },
     );
+  });
+}
+
+/**
+ * Starts `cmd args…` without a shell, its stdin, stdout and stderr piped, for a caller that talks to
+ * it (e.g. an interactive qemu-io). Resolves once the process has started; rejects with
+ * `QemuToolMissingError` when the binary is not on PATH and with a plain Error for any other failure
+ * to start. The caller owns the process: it must end it (close stdin, or kill it by its pid).
+ */
+export function spawnTool(cmd: QemuTool, args: readonly string[], opts: Pick<RunOptions, 'env' | 'cwd'> = {}): Promise<ChildProcessWithoutNullStreams> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, [...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      ...(opts.env !== undefined ? { env: opts.env } : {}),
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+    });
+    const onError = (error: NodeJS.ErrnoException): void => {
+      if (error.code === 'ENOENT' && (opts.cwd === undefined || existsSync(opts.cwd))) reject(new QemuToolMissingError(cmd, (opts.env ?? process.env).PATH));
+      else reject(new Error(`could not run ${formatCommandLine(cmd, args)}: ${error.message}`));
+    };
+    // Stays attached: after the start it only keeps a late 'error' event from going unhandled
+    // (the promise is settled; the caller sees the process end).
+    child.on('error', onError);
+    child.once('spawn', () => resolve(child));
   });
 }
 
