@@ -18,8 +18,10 @@
  * sequences whose files were byte-identical to QEMU's; `corruption-injection`
  * (test/support/injection-campaign.ts: a catalog corruption of a model image, our check and
  * repair against qemu-img's) and `hostile-input` (test/support/hostile-campaign.ts: mutated images
- * through open, info, map, reads, check and repair; only typed errors, bounded time and heap), whose
- * summaries (typed errors by code, the slowest case, ...) follow the table.
+ * through open, info, map, reads, check and repair; only typed errors, bounded time and heap), and
+ * `crash` (test/support/crash-campaign.ts: every crash state of the model's, the driver's and
+ * QEMU's write logs over random sequences, judged; qemu-img check sampled against ours), whose
+ * summaries (typed errors by code, the slowest case, crash states by writer, ...) follow the table.
  *
  * Exit codes: 0 no failure, 1 at least one failure, 2 usage error. Importing this module has no side
  * effects: `main` runs only when the file is executed directly.
@@ -37,6 +39,7 @@ import {
   type StepFn,
 } from '../test/support/model-commands.ts';
 import { failureOf, type BatchResult, type Campaign, type Failure } from '../test/support/campaign.ts';
+import { crashCampaign } from '../test/support/crash-campaign.ts';
 import { hostileCampaign } from '../test/support/hostile-campaign.ts';
 import { injectionCampaign } from '../test/support/injection-campaign.ts';
 import {
@@ -137,7 +140,7 @@ export function qemuCampaign(direction: 'forward' | 'reverse', stats: QemuCampai
 
 /** Every campaign `npm run fuzz` runs, in round-robin order. */
 export function defaultCampaigns(): Campaign[] {
-  return [modelCommandsCampaign(), qemuCampaign('forward'), qemuCampaign('reverse'), injectionCampaign(), hostileCampaign()];
+  return [modelCommandsCampaign(), qemuCampaign('forward'), qemuCampaign('reverse'), injectionCampaign(), hostileCampaign(), crashCampaign()];
 }
 
 /**

@@ -25,6 +25,7 @@ import { parseQemuSize } from './create.ts';
 import { formatHumanReport, reportJson } from '../conform/index.ts';
 import { EXIT_OK, UsageError, outputFormat, parseCommand, showHelp, type CliIo } from './io.ts';
 import { NO_PROGRESS, startCountProgress, type ProgressTarget } from './progress.ts';
+import { runCrashConform } from './conform-crash.ts';
 
 /** Exit code: the run had an unexpected failure or an unexpected pass. */
 export const EXIT_CONFORM_FAILED = 1;
@@ -40,6 +41,9 @@ export const CONFORM_HELP = `Usage: qcow2-ref conform [--corpus DIR] [--impl NAM
                          [--expected-failures FILE] [--only PATTERN]... [--name NAME]
                          [--output=human|json] [--jobs N] [--timeout S]
                          [--max-output BYTES] [--keep-work]
+       qcow2-ref conform --crash [--corpus DIR] [--crash-writer NAME]... [--writer TEMPLATE]
+                         [--only PATTERN]... [--exhaustive N] [--samples N] [--torn]
+                         [--seed S] [--qemu-check-every N] [--keep DIR] [--output=human|json]
 
 Runs every case of a qcow2 corpus (made by 'qcow2-ref corpus'; DIR holds
 manifest.jsonl) against an implementation and reports, per family of cases,
@@ -108,6 +112,40 @@ Options:
                    the raw output, the script) and print where.
   -h, --help       Show this help.
 
+Crash consistency (--crash): each writer case's script runs on a fresh image
+while the writer's host writes are logged; every crash state of the log (all
+that persisted before the last completed flush, and any subset of what was
+issued after it) must open in QEMU, check without corruption (leaks are
+allowed; a dirty lazy-refcounts image is repaired first, as QEMU does), and
+read back every write a completed flush covered, each other sector entirely
+old or new. Every n-th state also goes to 'qemu-img check', whose verdict our
+check must match. Report: per writer and family, the states judged, those
+violating (the first with its files when --keep is given), those in QEMU's
+own snapshot COPIED window (docs/format/snapshots.md), and disagreements.
+  --crash-writer NAME
+                   A built-in writer (repeatable; default all): model (the
+                   pure model's host I/O), driver, driver-writeback (Qcow2Disk
+                   on recording backends), qemu-io (QEMU 7.2 through its
+                   blklogwrites driver).
+  --writer TEMPLATE
+                   A third-party writer: applies {script} to {image} and
+                   writes a dm-log-writes log of its writes to {log}, with a
+                   mark entry after each op (docs/crash.md).
+  --exhaustive N   Every subset of an unflushed epoch of up to N host
+                   operations (default 6; at most 16).
+  --samples N      Random subsets of a larger epoch, besides its prefixes
+                   (default 12).
+  --torn           Tear writes in the random subsets at 512-byte sectors.
+  --seed S         Seed of the random subsets (default 1).
+  --qemu-check-every N
+                   Give every N-th state to qemu-img check (default 25; 0 never).
+  --keep DIR       Keep the first violating state of each row under DIR.
+  Known violations of a built-in writer are listed in
+  conform/expected-failures/crash-NAME.txt (QEMU's own, for qemu-io);
+  --expected-failures FILE lists those of the --writer writer. A listed
+  family's violations do not fail the run; an entry that no longer
+  violates does.
+
 A progress bar is drawn on stderr when it is a terminal.
 
 Exit codes:
@@ -143,6 +181,14 @@ export async function runConform(args: readonly string[], io: CliIo, env: Confor
     timeout: { type: 'string' },
     'max-output': { type: 'string' },
     'keep-work': { type: 'boolean' },
+    crash: { type: 'boolean' },
+    'crash-writer': { type: 'string', multiple: true },
+    exhaustive: { type: 'string' },
+    samples: { type: 'string' },
+    torn: { type: 'boolean' },
+    seed: { type: 'string' },
+    'qemu-check-every': { type: 'string' },
+    keep: { type: 'string' },
   }, false);
   const v = parsed.values;
   if (v.help === true) return showHelp(io, CONFORM_HELP);
@@ -156,6 +202,34 @@ export async function runConform(args: readonly string[], io: CliIo, env: Confor
   const jobs = v.jobs === undefined ? availableParallelism() : positiveInt(v.jobs, '--jobs');
   const timeoutS = v.timeout === undefined ? DEFAULT_TIMEOUT_S : positiveNumber(v.timeout, '--timeout');
   const maxOutput = v['max-output'] === undefined ? DEFAULT_MAX_OUTPUT_BYTES : byteCount(v['max-output'], '--max-output');
+  const crashOnly = ['crash-writer', 'exhaustive', 'samples', 'torn', 'seed', 'qemu-check-every', 'keep'] as const;
+  if (v.crash !== true) {
+    const used = crashOnly.find((k) => v[k] !== undefined);
+    if (used !== undefined) throw new UsageError(`--${used} is an option of --crash`);
+  } else {
+    if (v.impl !== undefined || v.reader !== undefined || v['keep-work'] === true) {
+      throw new UsageError('--crash takes --crash-writer NAME or --writer TEMPLATE, not --impl, --reader or --keep-work');
+    }
+    if (v['expected-failures'] !== undefined && v.writer === undefined) throw new UsageError('with --crash, --expected-failures is for the --writer TEMPLATE writer (built-in writers use conform/expected-failures/crash-NAME.txt)');
+    return runCrashConform({
+      corpusDir: resolve(cwd, corpusArg),
+      writers: v['crash-writer'] ?? [],
+      ...(v.writer !== undefined ? { writerTemplate: v.writer } : {}),
+      ...(v.name !== undefined ? { name: v.name } : {}),
+      ...(v['expected-failures'] !== undefined ? { expectedFailures: v['expected-failures'] } : {}),
+      only: v.only ?? [],
+      ...(v.exhaustive !== undefined ? { exhaustive: v.exhaustive } : {}),
+      ...(v.samples !== undefined ? { samples: v.samples } : {}),
+      torn: v.torn === true,
+      ...(v.seed !== undefined ? { seed: v.seed } : {}),
+      ...(v['qemu-check-every'] !== undefined ? { qemuCheckEvery: v['qemu-check-every'] } : {}),
+      ...(v.keep !== undefined ? { keep: v.keep } : {}),
+      timeoutMs: Math.round(timeoutS * 1000),
+      output,
+      cwd,
+      progress: env.progress ?? { write: (t) => io.stderr(t), isTTY: process.stderr.isTTY === true, columns: process.stderr.columns },
+    }, io);
+  }
 
   // The adapters.
   let adapters: Adapter[];

@@ -19,9 +19,9 @@
  */
 
 /** The placeholders a template may use. */
-export type PlaceholderName = 'image' | 'raw' | 'script' | 'dir';
+export type PlaceholderName = 'image' | 'raw' | 'script' | 'dir' | 'log';
 
-const PLACEHOLDERS: readonly PlaceholderName[] = ['image', 'raw', 'script', 'dir'];
+const PLACEHOLDERS: readonly PlaceholderName[] = ['image', 'raw', 'script', 'dir', 'log'];
 
 /** One piece of an argument: literal text, or a placeholder to substitute. */
 export type TemplatePart = { readonly kind: 'text'; readonly text: string } | { readonly kind: 'placeholder'; readonly name: PlaceholderName };

@@ -6,3 +6,6 @@ export { ExpectedFailuresError, globToRegExp, parseExpectedFailures } from './ex
 export type { ExpectedFailure, TestRole } from './expected-failures.ts';
 export { DEFAULT_MAX_OUTPUT_BYTES, HarnessError, runConformance } from './harness.ts';
 export { formatHumanReport, reportJson } from './report.ts';
+export { CRASH_WRITERS, qemuCheckDisagreement, runCrashConformance } from './crash-conform.ts';
+export type { CrashConformOptions, CrashFamilyRow, CrashReport, CrashWriter, CrashWriterName } from './crash-conform.ts';
+export { parseTemplate, requirePlaceholders } from './command-template.ts';

@@ -3,7 +3,8 @@
  * Everything before the last completed flush persisted; of the operations issued after it (the
  * unflushed epoch) a disk may have persisted any subset, in any order — and, with torn writes, any
  * subset of a write's 512-byte sectors. An epoch of at most `exhaustiveUpTo` operations gets every
- * subset; a larger one gets every in-order prefix plus `samples` random subsets.
+ * subset; a larger one gets its in-order prefixes (at most `prefixes` of them, evenly spaced) plus
+ * `samples` random subsets.
  *
  * The unit a disk persists is the sector: a write persists each sector it touches whole, as the
  * writer's file held it right after the write — a write of 2 bytes carries the rest of its sector,
@@ -23,6 +24,12 @@ export interface CrashStateOptions {
   readonly exhaustiveUpTo?: number;
   /** Random subsets drawn from a larger epoch, besides its prefixes (default 32). */
   readonly samples?: number;
+  /**
+   * In-order prefixes of a larger epoch: all of them up to this many, else this many evenly spaced,
+   * the empty and the whole epoch among them (default 64) — a snapshot of a preallocated image is
+   * one epoch of thousands of refcount writes.
+   */
+  readonly prefixes?: number;
   /** Tear writes in the random subsets: a persisted write keeps a random subset of its sectors. */
   readonly tornWrites?: boolean;
   /** The seed of the random subsets (default 1): the same seed gives the same states. */
@@ -91,7 +98,8 @@ function pointsOfEpoch(start: number, end: number, host: readonly HostIO[], o: R
     return out;
   }
   const out: CrashPoint[] = [];
-  for (let k = 0; k <= m; k++) out.push({ epochStart: start, epochEnd: end, persisted: idx.slice(0, k), how: 'prefix' });
+  const lengths = m + 1 <= o.prefixes ? Array.from({ length: m + 1 }, (_, k) => k) : [...new Set(Array.from({ length: o.prefixes }, (_, i) => Math.round((i * m) / (o.prefixes - 1))))];
+  for (const k of lengths) out.push({ epochStart: start, epochEnd: end, persisted: idx.slice(0, k), how: 'prefix' });
   for (let s = 0; s < o.samples; s++) {
     const persisted = idx.filter(() => rnd() < 0.5);
     let torn: Map<number, number[]> | undefined;
@@ -115,8 +123,9 @@ function pointsOfEpoch(start: number, end: number, host: readonly HostIO[], o: R
 
 /** Every crash point of `log` under `opts`, epoch by epoch in log order. Deterministic. */
 export function crashPoints(log: WriteLog, opts: CrashStateOptions = {}): CrashPoint[] {
-  const o: Required<CrashStateOptions> = { exhaustiveUpTo: opts.exhaustiveUpTo ?? 8, samples: opts.samples ?? 32, tornWrites: opts.tornWrites ?? false, seed: opts.seed ?? 1 };
+  const o: Required<CrashStateOptions> = { exhaustiveUpTo: opts.exhaustiveUpTo ?? 8, samples: opts.samples ?? 32, prefixes: opts.prefixes ?? 64, tornWrites: opts.tornWrites ?? false, seed: opts.seed ?? 1 };
   if (!Number.isInteger(o.exhaustiveUpTo) || o.exhaustiveUpTo < 0 || o.exhaustiveUpTo > 16) throw new RangeError(`exhaustiveUpTo must be an integer in [0, 16], not ${o.exhaustiveUpTo}`);
+  if (!Number.isInteger(o.prefixes) || o.prefixes < 2) throw new RangeError(`prefixes must be an integer of at least 2, not ${o.prefixes}`);
   const rnd = prng(o.seed);
   return epochsOf(log.host).flatMap((e) => pointsOfEpoch(e.start, e.end, log.host, o, rnd));
 }
@@ -159,12 +168,21 @@ function persistedPieces(h: Extract<HostIO, { kind: 'write' }>, view: Files, sec
  * persistent host files share everything a state did not change, so a state costs what its epoch
  * wrote.
  */
-export function* crashStates(log: WriteLog, opts: CrashStateOptions = {}): Generator<CrashState> {
+export function crashStates(log: WriteLog, opts: CrashStateOptions = {}): Generator<CrashState> {
+  return crashStatesAt(log, crashPoints(log, opts));
+}
+
+/**
+ * The crash states at `points` (points of `log`, in crashPoints' order: by epoch, ascending) — to
+ * build only a sample of them.
+ */
+export function* crashStatesAt(log: WriteLog, points: readonly CrashPoint[]): Generator<CrashState> {
   let files: Files = log.baseData === undefined ? { image: hostFromBytes(log.base) } : { image: hostFromBytes(log.base), data: hostFromBytes(log.baseData) };
   let builtTo = 0;
   let views: Files[] = [];
   let viewsOf = -1;
-  for (const point of crashPoints(log, opts)) {
+  for (const point of points) {
+    if (point.epochStart < builtTo) throw new RangeError(`crash points out of order: epoch ${point.epochStart} after ${builtTo}`);
     if (point.epochStart > builtTo) {
       files = apply(files, log.host.slice(builtTo, point.epochStart));
       builtTo = point.epochStart;

@@ -41,15 +41,6 @@ export function isDirty(img: Image): boolean {
 }
 
 /**
- * `qcow2_need_accurate_refcounts`: false once the image is dirty; then refcount updates need not
- * reach the disk before the L2 entries that depend on them (see the module comment for why that is
- * safe).
- */
-export function needsAccurateRefcounts(tx: Tx): boolean {
-  return !isDirty(tx.img);
-}
-
-/**
  * `qcow2_mark_dirty`: when the image is not dirty yet, writes incompatible_features with bit 0 set
  * (one 8-byte write at header offset 72) and flushes, and records that this session set the bit.
  * Does nothing when the bit is already set.

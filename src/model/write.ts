@@ -20,7 +20,7 @@ import type { L2EntryFields } from '../../generated/qcow2.ts';
 import { classifyL2Entry, compressedDescriptor, l2HostOffset, type SubclusterState } from '../format/index.ts';
 import { EIO, ModelError } from './errors.ts';
 import { isZeroBytes } from '../codec/index.ts';
-import { checkNotDirtyOnLoad, markDirty, needsAccurateRefcounts, usesLazyRefcounts } from './close.ts';
+import { checkNotDirtyOnLoad, markDirty, usesLazyRefcounts } from './close.ts';
 import { clusterTable, entryAt, l1l2Index, normalEntry, readL2Entry, statesOf, writeL2Entry } from './mapping.ts';
 import { readGuestTx } from './read.ts';
 import { allocClusters, allocClustersAt, freeClusters } from './refcount.ts';
@@ -394,10 +394,15 @@ function linkL2(tx: Tx, m: L2Meta): void {
   // sets the dirty bit (8-byte header write + flush) before any L2 entry changes.
   if (usesLazyRefcounts(tx.img)) markDirty(tx);
   // Crash safety: new clusters' refcounts (qcow2_cache_set_dependency, only while refcounts must be
-  // accurate, i.e. the image is not dirty) and their COW data (perform_cow's
-  // qcow2_cache_depends_on_flush) reach the disk before the L2 entries. On a dirty image a refcount
-  // that lags behind its L2 entry after a crash is what the repair on the next open fixes.
-  if (needsAccurateRefcounts(tx) || cowStart || cowEnd) hostFlush(tx);
+  // accurate, i.e. the image is not dirty), their COW data (perform_cow's
+  // qcow2_cache_depends_on_flush) and the guest data written into them reach the disk before the
+  // L2 entries. On a dirty image a refcount that lags behind its L2 entry after a crash is what the
+  // repair on the next open fixes; an L2 entry ahead of its data is not. QEMU 7.2 flushes here only
+  // for the first two, so with lazy refcounts an allocating write without COW may put its L2 entry
+  // on disk before the data: after a crash the entry points past the end of the file or at a freed
+  // cluster's old bytes, and the repair on open leaves corruptions (docs/format/crash-consistency.md).
+  // The model flushes always — one fdatasync more than QEMU, the same bytes.
+  hostFlush(tx);
   const l2Offset = clusterTable(tx, m.guestCluster);
   const { l2: l2Index } = l1l2Index(tx, m.guestCluster);
   const scSize = cs / g.subclusters;

@@ -71,3 +71,23 @@ export function describeViolation(c: CrashCase, v: RunVerdict): string {
   const json = (x: unknown): string => JSON.stringify(x, (_, y) => (typeof y === 'bigint' ? y.toString() : y instanceof Uint8Array ? `<${y.length} bytes>` : y));
   return `${v.writer}: ${v.violating} of ${v.states} crash states violate; first at ${json(v.first?.point)}: ${json(v.first?.violations)}\nconfig ${json(c.spec.cfg)}\nops ${json(c.ops)}`;
 }
+
+/**
+ * Up to `k` items of `items`, chosen uniformly (reservoir sampling from `seed`), in their order:
+ * the crash states given to `qemu-img check`, bounded per log however many states it has.
+ */
+export function sampleOf<T>(items: Iterable<T>, k: number, seed: number): T[] {
+  let x = seed >>> 0 || 1;
+  const rnd = (): number => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const kept: { i: number; item: T }[] = [];
+  let i = 0;
+  for (const item of items) {
+    if (kept.length < k) kept.push({ i, item });
+    else {
+      const j = Math.floor(rnd() * (i + 1));
+      if (j < k) kept[j] = { i, item };
+    }
+    i++;
+  }
+  return kept.sort((a, b) => a.i - b.i).map((e) => e.item);
+}

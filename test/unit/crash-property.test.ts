@@ -31,7 +31,7 @@ describe('crash states of our writers', () => {
           const c = crashCase(spec);
           for (const writer of WRITERS) {
             if (!writerApplies(c, writer)) continue;
-            const v = await judgeWriter(c, writer, { exhaustiveUpTo: 6, samples: 12, tornWrites: true, seed });
+            const v = await judgeWriter(c, writer, { exhaustiveUpTo: 6, samples: 12, prefixes: 24, tornWrites: true, seed });
             const t = tally.get(writer) ?? { runs: 0, states: 0, known: 0 };
             tally.set(writer, { runs: t.runs + 1, states: t.states + v.states, known: t.known + v.known });
             expect(v.violating, describeViolation(c, v)).toBe(0);

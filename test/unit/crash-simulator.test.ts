@@ -66,6 +66,12 @@ describe('crash states', () => {
     expect(crashPoints(log, { exhaustiveUpTo: 4, samples: 5, seed: 9 })).not.toEqual(crashPoints(log, { exhaustiveUpTo: 4, samples: 5, seed: 10 }));
   });
 
+  it('spaces the prefixes of a huge epoch evenly, the empty and the whole one among them', () => {
+    const huge: WriteLog = { writer: 'huge', base: new Uint8Array(512), host: Array.from({ length: 100 }, (_, i): HostIO => ({ kind: 'write', offset: BigInt(i), bytes: new Uint8Array(1) })), guest: [] };
+    const prefixes = crashPoints(huge, { exhaustiveUpTo: 4, samples: 0, prefixes: 5 }).map((p) => p.persisted.length);
+    expect(prefixes).toEqual([0, 25, 50, 75, 100]);
+  });
+
   it('builds each state from everything before its epoch and its persisted subset, in log order', () => {
     const states = [...crashStates(log, { exhaustiveUpTo: 4, samples: 0 })];
     const s = states.find((x) => x.point.epochStart === 3 && x.point.persisted.length === 2)!;
