@@ -59,12 +59,14 @@ export function formatCrashReport(r: CrashReport): string {
       if (x.knownFailure !== undefined) out.push(`  listed: ${x.knownFailure}`);
     }
     if (x.firstDisagreement !== undefined) out.push('', `check disagreement, ${x.writer}: ${x.firstDisagreement}`);
+    if (x.firstWriterFailure !== undefined) out.push('', `writer failed, ${x.writer} (${x.writerFailures} run(s)): ${x.firstWriterFailure}`);
   }
-  const speed = r.statesPerMinute.qemuImgCheck !== undefined ? `, qemu-img check ${r.statesPerMinute.qemuImgCheck} states/min (ours ${(r.statesPerMinute.ours / r.statesPerMinute.qemuImgCheck).toFixed(1)}× as fast)` : '';
+  const { ours, oursCheck, qemuImgCheck } = r.statesPerMinute;
+  const speed = qemuImgCheck !== undefined && oursCheck !== undefined ? `; on the states qemu-img checked: our open and check ${oursCheck} states/min, qemu-img check ${qemuImgCheck} (ours ${(oursCheck / qemuImgCheck).toFixed(1)}× as fast)` : '';
   out.push('', `judged ${r.totals.states} crash states: ${r.totals.violating} violating, ${r.totals.known} in QEMU's snapshot COPIED window, ${r.totals.disagreements} of ${r.totals.qemuChecked} check verdicts differing from qemu-img's`);
-  out.push(`judging speed: ours ${r.statesPerMinute.ours} states/min${speed}`);
+  out.push(`judging speed: our whole judgement (open, check, every sector) ${ours} states/min${speed}`);
   for (const e of r.staleEntries) out.push(`expected failure that did not happen (remove it): ${e}`);
-  out.push(`unexpected: ${r.unexpected} (violating rows not listed as expected, and check disagreements)`);
+  out.push(`unexpected: ${r.unexpected} (violating rows not listed as expected, check disagreements, failed writer runs)`);
   out.push(r.ok ? 'verdict: ok' : 'verdict: FAILED');
   return `${out.join('\n')}\n`;
 }
@@ -84,7 +86,7 @@ export async function runCrashConform(o: CrashCliOptions, io: CliIo): Promise<nu
   if (o.writerTemplate !== undefined) {
     try {
       const template = parseTemplate(o.writerTemplate);
-      requirePlaceholders(template, ['image', 'script', 'log'], 'a crash writer');
+      requirePlaceholders(template, ['image', 'script', 'log'], 'crash writer');
       writers.push({ kind: 'template', name: o.name ?? 'custom', template });
     } catch (e) {
       if (e instanceof TemplateError) throw new UsageError(e.message);

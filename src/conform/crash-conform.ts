@@ -67,6 +67,9 @@ export interface CrashFamilyRow {
   readonly skipped: number;
   readonly firstSkip?: string;
   readonly states: number;
+  /** Runs whose writer failed (exited non-zero, or handed over a log that does not parse or fit the script). */
+  readonly writerFailures: number;
+  readonly firstWriterFailure?: string;
   readonly violating: number;
   /** States accepted only as QEMU's own snapshot COPIED window (docs/format/snapshots.md). */
   readonly known: number;
@@ -84,8 +87,11 @@ export interface CrashFamilyRow {
 export interface CrashReport {
   readonly rows: readonly CrashFamilyRow[];
   readonly totals: { readonly states: number; readonly violating: number; readonly known: number; readonly qemuChecked: number; readonly disagreements: number };
-  /** Judging speed: crash states per minute with our judge, and with qemu-img check alone. */
-  readonly statesPerMinute: { readonly ours: number; readonly qemuImgCheck?: number };
+  /**
+   * Judging speed in crash states per minute: our whole judgement (open, check, guest content of
+   * every sector), and on the states given to qemu-img check, our open and check against it.
+   */
+  readonly statesPerMinute: { readonly ours: number; readonly oursCheck?: number; readonly qemuImgCheck?: number };
   /** Expected-failures entries that matched no violating row (they fail the run: remove them). */
   readonly staleEntries: readonly string[];
   /** Violating rows no entry covers, plus check disagreements: 0 for a passing run. */
@@ -166,16 +172,18 @@ function ourCheckVerdict(bytes: Uint8Array): string {
 /**
  * Whether `qemu-img check` (no repair) agrees with our check on the crash state `bytes`, written to
  * `path` for it: `differs` is undefined when they agree (exit code, corruptions, leaks), else both
- * verdicts; `qemuMs` is the time qemu-img check took.
+ * verdicts; `qemuMs` is the time qemu-img check took, `oursMs` our open and check of the same bytes.
  */
-export async function qemuCheckDisagreement(bytes: Uint8Array, path: string, timeoutMs: number): Promise<{ readonly differs?: string; readonly qemuMs: number }> {
+export async function qemuCheckDisagreement(bytes: Uint8Array, path: string, timeoutMs: number): Promise<{ readonly differs?: string; readonly qemuMs: number; readonly oursMs: number }> {
   writeFileSync(path, bytes);
   const q0 = performance.now();
   const q = await qemuImgCheck(path, { timeoutMs });
   const qemuMs = performance.now() - q0;
-  const theirs = q.json !== undefined ? `exit ${q.code}, ${toBigInt(checkCounter(q.json, 'corruptions'))} corruptions, ${toBigInt(checkCounter(q.json, 'leaks'))} leaks` : `exit ${q.code} (cannot open)`;
+  const o0 = performance.now();
   const ours = ourCheckVerdict(bytes);
-  return theirs === ours ? { qemuMs } : { differs: `qemu-img check says ${theirs}, ours ${ours}`, qemuMs };
+  const oursMs = performance.now() - o0;
+  const theirs = q.json !== undefined ? `exit ${q.code}, ${toBigInt(checkCounter(q.json, 'corruptions'))} corruptions, ${toBigInt(checkCounter(q.json, 'leaks'))} leaks` : `exit ${q.code} (cannot open)`;
+  return theirs === ours ? { qemuMs, oursMs } : { differs: `qemu-img check says ${theirs}, ours ${ours}`, qemuMs, oursMs };
 }
 
 /** The JSON lines of a log: one host operation per line, bytes in base64. */
@@ -191,6 +199,7 @@ export async function runCrashConformance(opts: CrashConformOptions): Promise<Cr
   let oursMs = 0;
   let oursStates = 0;
   let qemuMs = 0;
+  let oursCheckMs = 0;
   const total = opts.cases.length * opts.writers.length;
   let done = 0;
   try {
@@ -199,7 +208,7 @@ export async function runCrashConformance(opts: CrashConformOptions): Promise<Cr
         const key = `${writer.name}\u0000${c.family}`;
         let row = rows.get(key);
         if (row === undefined) {
-          row = { writer: writer.name, family: c.family, cases: 0, skipped: 0, states: 0, violating: 0, known: 0, byKind: Object.fromEntries(VIOLATION_KINDS.map((k) => [k, 0])) as Record<ViolationKind, number>, qemuChecked: 0, disagreements: 0 };
+          row = { writer: writer.name, family: c.family, cases: 0, skipped: 0, states: 0, writerFailures: 0, violating: 0, known: 0, byKind: Object.fromEntries(VIOLATION_KINDS.map((k) => [k, 0])) as Record<ViolationKind, number>, qemuChecked: 0, disagreements: 0 };
           rows.set(key, row);
         }
         row.cases++;
@@ -216,8 +225,19 @@ export async function runCrashConformance(opts: CrashConformOptions): Promise<Cr
         await qemuImgCreate(created, c.virtualSize!, c.options, [], 'qcow2', { cwd: dir, timeoutMs: opts.timeoutMs });
         const base = new Uint8Array(readFileSync(created));
         const ops = parseScript(c.script!);
-        const log = await writeLogOf(writer, base, ops, c.script!, dir, opts.timeoutMs);
-        validateWriteLog(log);
+        let log: WriteLog;
+        try {
+          log = await writeLogOf(writer, base, ops, c.script!, dir, opts.timeoutMs);
+          validateWriteLog(log);
+        } catch (e) {
+          // A third party's writer or log failing is its result; ours failing is a bug to surface.
+          if (writer.kind !== 'template') throw e;
+          row.writerFailures++;
+          row.firstWriterFailure ??= `${c.id}: ${(e as Error).message}`;
+          rmSync(dir, { recursive: true, force: true });
+          opts.onProgress?.(++done, total);
+          continue;
+        }
         const sampled: Uint8Array[] = [];
         let n = 0;
         const t0 = performance.now();
@@ -250,8 +270,9 @@ export async function runCrashConformance(opts: CrashConformOptions): Promise<Cr
         row.known += v.known;
         for (const k of VIOLATION_KINDS) row.byKind[k] += v.byKind[k];
         for (const bytes of sampled) {
-          const { differs, qemuMs: ms } = await qemuCheckDisagreement(bytes, join(dir, 'state.qcow2'), opts.timeoutMs);
+          const { differs, qemuMs: ms, oursMs } = await qemuCheckDisagreement(bytes, join(dir, 'state.qcow2'), opts.timeoutMs);
           qemuMs += ms;
+          oursCheckMs += oursMs;
           row.qemuChecked++;
           if (differs !== undefined) {
             row.disagreements++;
@@ -286,14 +307,14 @@ export async function runCrashConformance(opts: CrashConformOptions): Promise<Cr
       if (covered.length > 0) staleEntries.push(`${l.source}:${e.line} ${e.pattern}`);
     }
   }
-  const unexpected = list.filter((r) => r.violating > 0 && r.knownFailure === undefined).length + list.reduce((x, r) => x + r.disagreements, 0);
+  const unexpected = list.filter((r) => r.violating > 0 && r.knownFailure === undefined).length + list.reduce((x, r) => x + r.disagreements + r.writerFailures, 0);
   const sum = (f: (r: CrashFamilyRow) => number): number => list.reduce((x, r) => x + f(r), 0);
   const totals = { states: sum((r) => r.states), violating: sum((r) => r.violating), known: sum((r) => r.known), qemuChecked: sum((r) => r.qemuChecked), disagreements: sum((r) => r.disagreements) };
   const perMinute = (states: number, ms: number): number => (ms > 0 ? Math.round((states * 60_000) / ms) : 0);
   return {
     rows: list,
     totals,
-    statesPerMinute: { ours: perMinute(oursStates, oursMs), ...(totals.qemuChecked > 0 ? { qemuImgCheck: perMinute(totals.qemuChecked, qemuMs) } : {}) },
+    statesPerMinute: { ours: perMinute(oursStates, oursMs), ...(totals.qemuChecked > 0 ? { oursCheck: perMinute(totals.qemuChecked, oursCheckMs), qemuImgCheck: perMinute(totals.qemuChecked, qemuMs) } : {}) },
     staleEntries,
     unexpected,
     ok: unexpected === 0 && staleEntries.length === 0,
