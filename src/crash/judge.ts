@@ -7,7 +7,7 @@
 import { checkImage, type CheckResult } from '../check/index.ts';
 import { isQcow2FormatError } from '../codec/index.ts';
 import { openImage, openImageWithIo } from '../open/index.ts';
-import { hostBytes, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, ModelError, opRange, readGuest, type HostFile, type Image, type Op } from '../model/index.ts';
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, ModelError, opRange, readGuest, readHost, type HostFile, type HostReader, type Image, type Op } from '../model/index.ts';
 import type { RawDisk } from '../oracle/index.ts';
 import { crashStates, SECTOR_SIZE, type CrashPoint, type CrashState, type CrashStateOptions } from './crash-states.ts';
 import type { CrashRun, GuestEvent } from './write-log.ts';
@@ -92,8 +92,13 @@ function stateRead(t: GuestTimeline, k: number, at: bigint, n: number): Uint8Arr
   return v;
 }
 
-/** A disk up to this size is compared whole; a larger one over the ranges its ops touched. */
+/**
+ * A disk up to this size is compared whole; a larger one over the first and last COMPARED_EDGE bytes
+ * of every range its ops touched (where a crash shows: the ends of requests and of clusters), so the
+ * work per state stays bounded whatever ranges an op names.
+ */
 const WHOLE_DISK_LIMIT = 64n << 20n;
+const COMPARED_EDGE = 1n << 20n;
 
 /** The oracle's states through `run` (a failed op leaves the state as it was). */
 export function guestTimeline(run: CrashRun): GuestTimeline {
@@ -105,7 +110,8 @@ export function guestTimeline(run: CrashRun): GuestTimeline {
       d = d.clone();
       d.apply(g.op);
       const r = opRange(g.op);
-      if (r !== undefined) ranges.push(r);
+      if (r !== undefined && r.length <= 2n * COMPARED_EDGE) ranges.push(r);
+      else if (r !== undefined) ranges.push({ offset: r.offset, length: COMPARED_EDGE }, { offset: r.offset + r.length - COMPARED_EDGE, length: COMPARED_EDGE });
     }
     states.push(d);
   }
@@ -157,6 +163,11 @@ function messageOf(e: unknown): string {
   return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
 }
 
+/** A HostReader over a persistent host file. */
+function readerOf(file: HostFile): HostReader {
+  return { length: file.length, read: (offset, length) => readHost(file, offset, length) };
+}
+
 /** Whether `e` is one of the typed errors the model's layers throw for a bad image. */
 function isTypedImageError(e: unknown): boolean {
   return e instanceof ModelError || isQcow2FormatError(e) || (e instanceof Error && (e.name === 'OpenError' || e.name === 'HostReaderError'));
@@ -183,8 +194,10 @@ function sameBytes(a: Uint8Array, ai: number, b: Uint8Array, bi: number, n: numb
  */
 export function judgeCrashState(timeline: GuestTimeline, point: CrashPoint, files: { readonly image: HostFile; readonly data?: HostFile }): Judgement {
   const { run } = timeline;
-  const bytes = hostBytes(files.image);
-  const dataFile = files.data !== undefined ? hostBytes(files.data) : undefined;
+  // Opened over readers of the persistent files: nothing is copied but what the open reads, and a
+  // state of any length (a log may address any offset) is judged without materialising it.
+  const bytes = readerOf(files.image);
+  const dataFile = files.data !== undefined ? readerOf(files.data) : undefined;
   const load = { ...run.load, ...(dataFile !== undefined ? { dataFile } : {}) };
   const violations: Violation[] = [];
 
