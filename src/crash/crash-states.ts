@@ -13,6 +13,7 @@
  * without the earlier ones to the same sector.
  */
 import { applyHostIO, hostFromBytes, readHost, type HostFile, type HostIO } from '../model/index.ts';
+import { seededRng, type Rng } from '../corrupt/index.ts';
 import type { WriteLog } from './write-log.ts';
 
 /** The sector size of torn writes: a disk writes a 512-byte sector entirely or not at all. */
@@ -71,20 +72,8 @@ export function epochsOf(host: readonly HostIO[]): { readonly start: number; rea
   return out;
 }
 
-/** A small deterministic PRNG (mulberry32): crash states must be reproducible from the seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The crash points of one epoch [start, end) (see the module comment). */
-function pointsOfEpoch(start: number, end: number, host: readonly HostIO[], o: Required<CrashStateOptions>, rnd: () => number): CrashPoint[] {
+function pointsOfEpoch(start: number, end: number, host: readonly HostIO[], o: Required<CrashStateOptions>, rng: Rng): CrashPoint[] {
   const m = end - start;
   const idx = Array.from({ length: m }, (_, i) => start + i);
   if (m <= o.exhaustiveUpTo) {
@@ -101,18 +90,18 @@ function pointsOfEpoch(start: number, end: number, host: readonly HostIO[], o: R
   const lengths = m + 1 <= o.prefixes ? Array.from({ length: m + 1 }, (_, k) => k) : [...new Set(Array.from({ length: o.prefixes }, (_, i) => Math.round((i * m) / (o.prefixes - 1))))];
   for (const k of lengths) out.push({ epochStart: start, epochEnd: end, persisted: idx.slice(0, k), how: 'prefix' });
   for (let s = 0; s < o.samples; s++) {
-    const persisted = idx.filter(() => rnd() < 0.5);
+    const persisted = idx.filter(() => rng.int(2) === 0);
     let torn: Map<number, number[]> | undefined;
     if (o.tornWrites) {
       for (const i of persisted) {
         const h = host[i]!;
-        if (h.kind !== 'write' || rnd() >= 0.3) continue;
+        if (h.kind !== 'write' || rng.int(10) >= 3) continue;
         const first = h.offset / BigInt(SECTOR_SIZE);
         const last = (h.offset + BigInt(h.bytes.length) - 1n) / BigInt(SECTOR_SIZE);
         if (last === first) continue;
         const kept: number[] = [];
         // A write spans at most a few MiB: its sector count is a safe number.
-        for (let sec = first; sec <= last; sec++) if (rnd() < 0.5) kept.push(Number(sec));
+        for (let sec = first; sec <= last; sec++) if (rng.int(2) === 0) kept.push(Number(sec));
         (torn ??= new Map()).set(i, kept);
       }
     }
@@ -126,8 +115,9 @@ export function crashPoints(log: WriteLog, opts: CrashStateOptions = {}): CrashP
   const o: Required<CrashStateOptions> = { exhaustiveUpTo: opts.exhaustiveUpTo ?? 8, samples: opts.samples ?? 32, prefixes: opts.prefixes ?? 64, tornWrites: opts.tornWrites ?? false, seed: opts.seed ?? 1 };
   if (!Number.isInteger(o.exhaustiveUpTo) || o.exhaustiveUpTo < 0 || o.exhaustiveUpTo > 16) throw new RangeError(`exhaustiveUpTo must be an integer in [0, 16], not ${o.exhaustiveUpTo}`);
   if (!Number.isInteger(o.prefixes) || o.prefixes < 2) throw new RangeError(`prefixes must be an integer of at least 2, not ${o.prefixes}`);
-  const rnd = prng(o.seed);
-  return epochsOf(log.host).flatMap((e) => pointsOfEpoch(e.start, e.end, log.host, o, rnd));
+  // Crash states must be reproducible from the seed: the catalogs' seeded generator.
+  const rng = seededRng(o.seed);
+  return epochsOf(log.host).flatMap((e) => pointsOfEpoch(e.start, e.end, log.host, o, rng));
 }
 
 /** The files before a run: the image and (when there is one) the data file. */

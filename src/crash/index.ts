@@ -3,6 +3,6 @@ export { crashPoints, crashStates, crashStatesAt, epochsOf, SECTOR_SIZE } from '
 export type { CrashPoint, CrashState, CrashStateOptions } from './crash-states.ts';
 export { guestTimeline, judgeCrashState, judgeRun, VIOLATION_KINDS } from './judge.ts';
 export type { GuestTimeline, Judgement, KnownWindow, RunVerdict, Violation, ViolationKind } from './judge.ts';
-export { driverWriteLog, modelWriteLog, recordingBackend } from './writers.ts';
+export { applyOpToDisk, driverWriteLog, modelWriteLog, recordingBackend } from './writers.ts';
 export { validateWriteLog, WriteLogError } from './write-log.ts';
 export type { CrashRun, GuestEvent, WriteLog } from './write-log.ts';

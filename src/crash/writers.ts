@@ -60,8 +60,8 @@ export function recordingBackend(inner: DiskBackend, log: HostIO[], target: 'ima
   return b;
 }
 
-/** Runs one op on the driver. */
-async function driverOp(disk: Qcow2Disk, op: Op): Promise<void> {
+/** Runs one op on the driver: the Qcow2Disk call that performs it. */
+export async function applyOpToDisk(disk: Qcow2Disk, op: Op): Promise<void> {
   switch (op.kind) {
     case 'write':
       return disk.write(op.offset, op.data);
@@ -100,7 +100,7 @@ export async function driverWriteLog(base: Uint8Array, ops: readonly Op[], opts:
   for (const op of ops) {
     const start = host.length;
     try {
-      await driverOp(disk, op);
+      await applyOpToDisk(disk, op);
       guest.push({ op, start, end: host.length, ok: true });
     } catch (e) {
       guest.push({ op, start, end: host.length, ok: false, message: e instanceof Error ? e.message : String(e) });

@@ -8,7 +8,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { memoryBackend, Qcow2Disk, type DiskBackend } from '../../src/disk/index.ts';
-import type { Op } from '../../src/model/index.ts';
+import { applyOpToDisk } from '../../src/crash/index.ts';
 import { parseScript } from '../../src/script/index.ts';
 
 const SECTOR = 512;
@@ -55,21 +55,8 @@ const logging: DiskBackend = {
 };
 
 const disk = await Qcow2Disk.open(logging, { readOnly: false });
-const run = async (op: Op): Promise<void> => {
-  switch (op.kind) {
-    case 'write': return disk.write(op.offset, op.data);
-    case 'writeZeroes': return disk.writeZeroes(op.offset, op.length, { unmap: op.unmap });
-    case 'discard': return disk.discard(op.offset, op.length);
-    case 'writeCompressed': return disk.writeCompressed(op.offset, op.data);
-    case 'snapshotCreate': return disk.snapshotCreate(op.name);
-    case 'snapshotApply': return disk.snapshotApply(op.name);
-    case 'snapshotDelete': return disk.snapshotDelete(op.name);
-    case 'resize': return disk.resize(op.size);
-    case 'flush': return disk.flush();
-  }
-};
 for (const [i, op] of parseScript(readFileSync(scriptPath, 'utf8')).entries()) {
-  await run(op);
+  await applyOpToDisk(disk, op);
   const name = new TextEncoder().encode(`op ${i}`);
   const data = new Uint8Array(SECTOR);
   data.set(name);
