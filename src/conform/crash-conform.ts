@@ -14,9 +14,10 @@ import { checkExitCode, checkImage } from '../check/index.ts';
 import { driverWriteLog, judgeRun, modelWriteLog, validateWriteLog, VIOLATION_KINDS, type CrashPoint, type CrashStateOptions, type Violation, type ViolationKind, type WriteLog } from '../crash/index.ts';
 import type { CorpusCase } from '../corpus/index.ts';
 import { geometryOf, hostBytes, loadImage, type HostIO, type Op } from '../model/index.ts';
-import { openImage as openChecked } from '../open/index.ts';
+import { isOpenError, openImage as openChecked } from '../open/index.ts';
+import { isQcow2FormatError } from '../codec/index.ts';
 import { RawDisk } from '../oracle/index.ts';
-import { checkCounter, parseBlkLogWrites, qemuImgCheck, qemuImgCreate, runQemuLogged, toBigInt } from '../qemu/index.ts';
+import { checkCounter, LOG_MARK_FLAG, parseBlkLogWrites, qemuImgCheck, qemuImgCreate, runQemuLogged, toBigInt } from '../qemu/index.ts';
 import { parseScript } from '../script/index.ts';
 import { expandTemplate, type CommandTemplate } from './command-template.ts';
 import { entryMatches, type ExpectedFailure } from './expected-failures.ts';
@@ -119,7 +120,7 @@ function oracleOf(base: Uint8Array): RawDisk {
 /** A dm-log-writes log with a mark after each op: the host operations and each op's range. */
 function logFromMarks(bytes: Uint8Array, ops: readonly Op[], writer: string, base: Uint8Array): WriteLog {
   const parsed = parseBlkLogWrites(bytes);
-  const marks = parsed.entries.flatMap((e, i) => ((e.flags & 8n) !== 0n ? [parsed.hostStart[i]!] : []));
+  const marks = parsed.entries.flatMap((e, i) => ((e.flags & LOG_MARK_FLAG) !== 0n ? [parsed.hostStart[i]!] : []));
   if (marks.length !== ops.length) throw new Error(`the log has ${marks.length} marks for ${ops.length} ops (docs/crash.md: one mark after each op)`);
   let at = 0;
   const guest = ops.map((op, i) => {
@@ -164,8 +165,10 @@ function ourCheckVerdict(bytes: Uint8Array): string {
   try {
     const r = checkImage(openChecked(bytes, { checkMode: true }));
     return `exit ${checkExitCode(r)}, ${r.corruptions} corruptions, ${r.leaks} leaks`;
-  } catch {
-    return 'exit 1 (cannot open)';
+  } catch (e) {
+    // What QEMU refuses to open, qemu-img check cannot check (exit 1); anything else is our bug.
+    if (isOpenError(e) || isQcow2FormatError(e)) return 'exit 1 (cannot open)';
+    throw e;
   }
 }
 
