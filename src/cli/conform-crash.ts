@@ -71,7 +71,7 @@ export function formatCrashReport(r: CrashReport): string {
   return `${out.join('\n')}\n`;
 }
 
-/** The JSON report: the rows, totals and speeds (bigints as numbers are not needed: all counts are small). */
+/** The JSON report: rows, totals, speeds (a torn-write map becomes an object; every count is a small number). */
 function crashReportJson(r: CrashReport): unknown {
   return JSON.parse(JSON.stringify(r, (_, v) => (v instanceof Map ? Object.fromEntries(v) : v)));
 }
