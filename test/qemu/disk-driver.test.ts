@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { applyOpToDisk } from '../../src/crash/index.ts';
 import { DiskError, Qcow2Disk } from '../../src/disk/index.ts';
 import { createDiskFile, fileBackend, fileReader, openDiskFile, writeHostFile, type FileReader } from '../../src/io/index.ts';
 import { closeImage, createImage, readGuest, step, storeImage, rawReaderBackingSource, type Image, type Op } from '../../src/model/index.ts';
@@ -127,7 +128,7 @@ async function runSequence(cfg: Config, ops: readonly AbstractOp[]): Promise<voi
         const r = step(model, op);
         let driverError: unknown;
         try {
-          await applyOp(disk, op);
+          await applyOpToDisk(disk, op);
         } catch (e) {
           driverError = e;
         }
@@ -176,28 +177,6 @@ async function runSequence(cfg: Config, ops: readonly AbstractOp[]): Promise<voi
   }
 }
 
-async function applyOp(disk: Qcow2Disk, op: Op): Promise<void> {
-  switch (op.kind) {
-    case 'write':
-      return disk.write(op.offset, op.data);
-    case 'writeCompressed':
-      return disk.writeCompressed(op.offset, op.data);
-    case 'writeZeroes':
-      return disk.writeZeroes(op.offset, op.length, { unmap: op.unmap });
-    case 'discard':
-      return disk.discard(op.offset, op.length);
-    case 'snapshotCreate':
-      return disk.snapshotCreate(op.name, { dateSec: op.dateSec ?? 0, dateNsec: op.dateNsec ?? 0 });
-    case 'snapshotApply':
-      return disk.snapshotApply(op.name);
-    case 'snapshotDelete':
-      return disk.snapshotDelete(op.name);
-    case 'resize':
-      return disk.resize(op.size);
-    case 'flush':
-      return disk.flush();
-  }
-}
 
 const CLASSES: readonly { cls: ConfigClass; runs: number }[] = [
   { cls: 'small-clusters', runs: 12 },
