@@ -18,6 +18,9 @@
  * 3. the order around operations that change a file as a whole (a truncate, a zero or punch longer
  *    than WIDE_PAGES pages): nothing after them goes into an earlier epoch than they do, and they go
  *    into an epoch no earlier than anything before them.
+ * 4. the order around freeing: a barrier marked `ordersLater` (the model's, between an unmapping and
+ *    the refcount decrease that frees the clusters) keeps every write of a later operation in a later
+ *    epoch than the writes before it — a later operation may write into the freed clusters at once.
  * Operations touching different pages are independent: a crash leaves each page in one of the
  * states the operations gave it in order, and every barrier an operation placed between two of its
  * writes is still a flush between them. So a run of allocating writes costs the two or three flushes
@@ -42,16 +45,20 @@ export function scheduleEpochs(ops: readonly (readonly HostIO[])[]): HostIO[][] 
   const lastEpoch = new Map<number, number>();
   /** No write goes into an epoch below this (rule 3). */
   let floorAll = 0;
+  /** No write of a later operation goes into an epoch below this (rule 4). */
+  let floorLater = 0;
   /** The highest epoch used so far. */
   let highest = -1;
   for (const io of ops) {
     // The first epoch the next write of this operation may use (rule 1), and the highest epoch
     // this operation used so far.
-    let floor = floorAll;
+    let floor = Math.max(floorAll, floorLater);
     let opHigh = -1;
+    let nextLater = floorLater;
     for (const op of io) {
       if (op.kind === 'flush') {
         if (opHigh >= 0) floor = Math.max(floor, opHigh + 1);
+        if (op.ordersLater === true && opHigh >= 0) nextLater = Math.max(nextLater, opHigh + 1);
         continue;
       }
       const file = hostTargetOf(op) === 'data' ? 1 : 0;
@@ -72,6 +79,7 @@ export function scheduleEpochs(ops: readonly (readonly HostIO[])[]): HostIO[][] 
       highest = Math.max(highest, e);
       opHigh = Math.max(opHigh, e);
     }
+    floorLater = nextLater;
   }
   return epochs.map((runs) => runs.map(materialize));
 }

@@ -19,7 +19,13 @@ export type HostIO =
   | { readonly kind: 'zero'; readonly offset: bigint; readonly length: bigint; readonly target?: 'data' }
   /** Punch a hole: the range reads as zeros afterwards, the file length does not change. */
   | { readonly kind: 'discard'; readonly offset: bigint; readonly length: bigint; readonly target?: 'data' }
-  | { readonly kind: 'flush' }
+  /**
+   * A barrier. `ordersLater`: the writes before it must also reach the disk before any write of a
+   * later operation — set on the barrier between an unmapping and the refcount decrease that frees
+   * the clusters (a later operation may reuse them); a writer that issues each operation's I/O before
+   * the next one's keeps it anyway, a write-back scheduler must (src/disk/writeback.ts).
+   */
+  | { readonly kind: 'flush'; readonly ordersLater?: true }
   | { readonly kind: 'truncate'; readonly length: bigint; readonly target?: 'data' };
 
 /** The file `op` addresses ('image' unless it says 'data'; flushes address both). */

@@ -29,7 +29,7 @@ import { bigIntToU64, offsetToParts } from '../format/index.ts';
 import { EFBIG, EINVAL, EIO, ModelError } from './errors.ts';
 import { hostPage, hostSpotAt, viewHost } from './host-file.ts';
 import { PAGE_SIZE } from './page-map.ts';
-import { type Tx, checkpointImg, geo, hostFlush, hostWrite, isOwnedPage, setFreeClusterIndex, setHeaderFields, setSession } from './tx.ts';
+import { type Tx, checkpointImg, geo, hostFlush, hostWrite, isOwnedPage, markFreeingBarrier, setFreeClusterIndex, setHeaderFields, setSession } from './tx.ts';
 
 /** QEMU's limit on the refcount table: 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
 export const MAX_REFTABLE_BYTES = BigInt(QCOW_MAX_REFTABLE_SIZE);
@@ -349,6 +349,7 @@ export function allocClustersNoref(tx: Tx, size: bigint): bigint {
  * made so far in this call are undone (QEMU's error path) and the caller must search again.
  */
 export function updateRefcount(tx: Tx, offset: bigint, length: bigint, addend: bigint, decrease: boolean): Again {
+  if (decrease && addend !== 0n) markFreeingBarrier(tx);
   if (length <= 0n) return 'ok';
   if (offset >= 0n && offset + length <= 1n << 53n) return updateRefcountBelow2p53(tx, Number(offset), Number(length), addend, decrease);
   const g = geo(tx);

@@ -182,6 +182,20 @@ export function hostFlush(tx: Tx): void {
   tx.io.push({ kind: 'flush' });
 }
 
+/**
+ * Crash safety: a refcount decrease frees what an earlier barrier of this operation unmapped, and a
+ * later operation may reuse the clusters at once; marks that barrier (the last flush issued so far)
+ * as ordering every later operation's writes too (HostIO `ordersLater`). No barrier yet: nothing to mark.
+ */
+export function markFreeingBarrier(tx: Tx): void {
+  for (let i = tx.io.length - 1; i >= 0; i--) {
+    const op = tx.io[i]!;
+    if (op.kind !== 'flush') continue;
+    if (op.ordersLater !== true) tx.io[i] = { kind: 'flush', ordersLater: true };
+    return;
+  }
+}
+
 /** Replaces the per-process session state. */
 export function setSession(tx: Tx, s: Partial<SessionState>): void {
   tx.img = imageWith(tx.img, tx.img.file, tx.img.dataFile, tx.img.header, { ...tx.img.session, ...s });
