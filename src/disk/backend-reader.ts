@@ -75,16 +75,30 @@ export class BackendReader implements HostReader {
     return out;
   }
 
-  /** See HostReader.readInto; throws ReadPending (nothing stored) when a chunk of the range is not cached. */
+  /**
+   * See HostReader.readInto. A backend with readSync is read straight into `target` (guest data: no
+   * copy into the cache, no second pass of the model); otherwise throws ReadPending (nothing stored)
+   * when a chunk of the range is not cached.
+   */
   readInto(offset: bigint, target: Uint8Array, pos: number, count: number): void {
-    this.copy(offset, target, pos, count, false);
+    if (this.backend.readSync === undefined) {
+      this.copy(offset, target, pos, count, false);
+      return;
+    }
+    if (count === 0) return;
+    this.checkRange(offset, count);
+    // The cache always equals the backend (applyWrite/applyZero/applyTruncate), so either may answer.
+    try {
+      this.backend.readSync(offset, target.subarray(pos, pos + count));
+    } catch (e) {
+      throw backendError('read', offset, count, e);
+    }
+    this.bytesFetched += count;
   }
 
   private copy(offset: bigint, target: Uint8Array, pos: number, count: number, ahead: boolean): void {
     if (count === 0) return;
-    if (offset < 0n || offset + BigInt(count) > this.length) {
-      throw new DiskError('internal', `read of ${count} byte(s) at ${offset} past the end of a ${this.length}-byte backend`);
-    }
+    this.checkRange(offset, count);
     const first = Number(offset >> CHUNK_BITS);
     const last = Number((offset + BigInt(count) - 1n) >> CHUNK_BITS);
     for (let c = first; c <= last; c++) {
@@ -98,6 +112,13 @@ export class BackendReader implements HostReader {
       target.set(chunk.subarray(at, at + n), pos + done);
       done += n;
       at = 0;
+    }
+  }
+
+  /** Throws DiskError('internal') unless [offset, offset + count) lies inside the backend. */
+  private checkRange(offset: bigint, count: number): void {
+    if (offset < 0n || offset + BigInt(count) > this.length) {
+      throw new DiskError('internal', `read of ${count} byte(s) at ${offset} past the end of a ${this.length}-byte backend`);
     }
   }
 

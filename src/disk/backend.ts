@@ -17,6 +17,12 @@ export interface DiskBackend {
   /** Fills `target` with the bytes at [offset, offset + target.length), all inside the store. */
   read(offset: bigint, target: Uint8Array): Promise<void>;
   /**
+   * Optional: the same as `read`, completed before it returns (a file read on the calling thread, an
+   * OPFS sync access handle). With it, guest data reads go straight into the caller's buffer instead
+   * of through the driver's chunk cache and a second pass of the model. Errors are thrown as by `read`.
+   */
+  readSync?(offset: bigint, target: Uint8Array): void;
+  /**
    * Stores `data` at `offset`, extending the store (with zeros between the old end and `offset`) when
    * it ends past it. Absent on a read-only backend. The driver does not keep or change `data` after
    * the returned promise settles, and the backend must not change it.

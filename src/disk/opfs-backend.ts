@@ -54,11 +54,15 @@ export function opfsBackend(handle: SyncAccessHandleLike): OpfsBackend {
     }
   };
 
-  return {
+  const backend: OpfsBackend = {
     async size() {
       return call('getSize', {}, () => BigInt(handle.getSize()));
     },
     async read(offset, target) {
+      backend.readSync!(offset, target);
+    },
+    // The handle reads synchronously: the driver reads guest data straight into its buffers.
+    readSync(offset, target) {
       const [start, end] = numberRange('opfs', 'read', offset, target.length);
       const range = { offset, length: BigInt(target.length) };
       call('read', range, () => {
@@ -101,4 +105,5 @@ export function opfsBackend(handle: SyncAccessHandleLike): OpfsBackend {
       }
     },
   };
+  return backend;
 }

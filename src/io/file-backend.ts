@@ -26,6 +26,22 @@ function position(offset: bigint, length: number): number {
   return Number(offset);
 }
 
+/** The error of a read that met the end of the file. */
+function shortRead(at: number, length: number, offset: bigint): Error {
+  return Object.assign(new Error(`the file ended at ${at}, reading ${length} byte(s) at ${offset} (was it changed?)`), { code: 'EIO' });
+}
+
+/** A synchronous read of target.length bytes at `offset`, continued until complete. */
+function readFully(calls: SyncFileCalls, offset: bigint, target: Uint8Array): void {
+  const at = position(offset, target.length);
+  let done = 0;
+  while (done < target.length) {
+    const n = calls.read(target, done, target.length - done, at + done);
+    if (n === 0) throw shortRead(at + done, target.length, offset);
+    done += n;
+  }
+}
+
 /** How fileBackend opens and accesses a file. */
 export interface FileBackendOptions {
   /** Default true: no write/truncate/zero. */
@@ -61,7 +77,12 @@ function asyncCalls(fh: FileHandle): FileCalls {
   };
 }
 
-function syncCalls(fh: FileHandle): FileCalls {
+/** FileCalls whose reads complete on the JavaScript thread. */
+interface SyncFileCalls extends FileCalls {
+  read(target: Uint8Array, pos: number, n: number, at: number): number;
+}
+
+function syncCalls(fh: FileHandle): SyncFileCalls {
   const fd = fh.fd;
   return {
     stat: async () => fstatSync(fd, { bigint: true }),
@@ -80,7 +101,8 @@ function syncCalls(fh: FileHandle): FileCalls {
 export async function fileBackend(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
   const readOnly = opts.readOnly !== false;
   const fh: FileHandle = await open(path, readOnly ? 'r' : 'r+');
-  const calls = opts.syncIo === true ? syncCalls(fh) : asyncCalls(fh);
+  const sync = opts.syncIo === true ? syncCalls(fh) : undefined;
+  const calls = sync ?? asyncCalls(fh);
   let st;
   try {
     st = await calls.stat();
@@ -101,10 +123,11 @@ export async function fileBackend(path: string, opts: FileBackendOptions = {}): 
       let done = 0;
       while (done < target.length) {
         const n = await calls.read(target, done, target.length - done, at + done);
-        if (n === 0) throw Object.assign(new Error(`the file ended at ${at + done}, reading ${target.length} byte(s) at ${offset} (was it changed?)`), { code: 'EIO' });
+        if (n === 0) throw shortRead(at + done, target.length, offset);
         done += n;
       }
     },
+    ...(sync !== undefined ? { readSync: (offset: bigint, target: Uint8Array) => readFully(sync, offset, target) } : {}),
     close: async () => {
       if (closed) return;
       closed = true;
