@@ -261,13 +261,14 @@ export function writeHostOwned(file: HostFile, offset: bigint, bytes: Uint8Array
 
 /**
  * Writes `bytes[pos, pos+n)` (n ≤ one page, starting `within` the page) into page `page` of `m`:
- * returns the new map (PageMap) or `m` itself changed (PageMapBatch). The page is copied, never modified.
+ * returns the new map (PageMap) or `m` itself changed (PageMapBatch). The page is copied, never
+ * modified; a whole page of `adopt`ed bytes is kept as a view of them (writeHost).
  */
-function putPageChunk<T>(m: PageStore<T> & T, page: number, within: number, bytes: Uint8Array, pos: number, n: number): T {
+function putPageChunk<T>(m: PageStore<T> & T, page: number, within: number, bytes: Uint8Array, pos: number, n: number, adopt: boolean): T {
   // Checking the incoming bytes first avoids copying and scanning pages that stay holes, and a
   // non-zero chunk usually proves the page non-zero after a few bytes.
   const zero = n <= SMALL_WRITE ? isZeroSmall(bytes, pos, n) : isZeroBytes(bytes, pos, n);
-  if (n === PAGE_SIZE) return zero ? m.delete(page) : m.setLeaf(page, pageCopy(bytes, pos));
+  if (n === PAGE_SIZE) return zero ? m.delete(page) : m.setLeaf(page, wholePage(bytes, pos, adopt));
   const old = m.leaf(page);
   if (old === undefined && zero) return m; // a hole stays a hole
   // A small write makes a chunked page (chunked-page.ts), a larger one a copy of the page.
@@ -285,16 +286,26 @@ function pageCopy(bytes: Uint8Array, pos: number): Uint8Array {
   return p;
 }
 
-/** A file with `bytes` written at `offset` (extending the length if needed). `file` is unchanged. */
-export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): HostFile {
+/** Page `bytes[pos, pos + PAGE_SIZE)`: a view when the bytes are adopted, else a copy. */
+function wholePage(bytes: Uint8Array, pos: number, adopt: boolean): Uint8Array {
+  return adopt ? bytes.subarray(pos, pos + PAGE_SIZE) : pageCopy(bytes, pos);
+}
+
+/**
+ * A file with `bytes` written at `offset` (extending the length if needed). `file` is unchanged.
+ * With `adopt` the caller hands `bytes` over: nobody changes them any more (they were made for this
+ * write), so whole pages become views of them instead of copies — one copy less per byte of a
+ * copy-on-write or a guest write. The pages keep the whole buffer alive until they are replaced.
+ */
+export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array, adopt = false): HostFile {
   if (bytes.length === 0) return file;
-  if (file.base !== undefined) return writeHostOverBase(file, file.base, offset, bytes);
+  if (file.base !== undefined) return writeHostOverBase(file, file.base, offset, bytes, adopt);
   const first = pageIndexOf(offset);
   const within0 = withinPage(offset);
   let pages: PageMap;
   if (within0 + bytes.length <= PAGE_SIZE) {
     // One page (refcount, L1/L2 entry updates): a plain persistent set, no transient map.
-    pages = putPageChunk(file.pages, first, within0, bytes, 0, bytes.length);
+    pages = putPageChunk(file.pages, first, within0, bytes, 0, bytes.length, adopt);
   } else if (bytes.length >= 2 * PAGE_SIZE && isZeroBytes(bytes)) {
     // A buffer of zeros spanning pages (a new L2 table or refcount block): the same as zeroing.
     return zeroHost(file, offset, BigInt(bytes.length));
@@ -305,7 +316,7 @@ export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): Ho
       let pos = 0;
       while (pos < bytes.length) {
         const n = Math.min(PAGE_SIZE - within, bytes.length - pos);
-        putPageChunk(m, page, within, bytes, pos, n);
+        putPageChunk(m, page, within, bytes, pos, n, adopt);
         pos += n;
         page++;
         within = 0;
@@ -321,11 +332,11 @@ export function writeHost(file: HostFile, offset: bigint, bytes: Uint8Array): Ho
  * page that ends up all zeros is ZERO_PAGE where the base is visible (deleting it would uncover the
  * base), else deleted.
  */
-function putChunkOverBase(m: PageMapBatch, base: HostBase, page: number, within: number, bytes: Uint8Array, pos: number, n: number): void {
+function putChunkOverBase(m: PageMapBatch, base: HostBase, page: number, within: number, bytes: Uint8Array, pos: number, n: number, adopt: boolean): void {
   const zero = n <= SMALL_WRITE ? isZeroSmall(bytes, pos, n) : isZeroBytes(bytes, pos, n);
   const under = baseVisible(base, page);
   if (n === PAGE_SIZE) {
-    if (!zero) m.setLeaf(page, pageCopy(bytes, pos));
+    if (!zero) m.setLeaf(page, wholePage(bytes, pos, adopt));
     else if (under) m.setLeaf(page, ZERO_PAGE);
     else m.delete(page);
     return;
@@ -339,7 +350,7 @@ function putChunkOverBase(m: PageMapBatch, base: HostBase, page: number, within:
 }
 
 /** writeHost of a file with a base. */
-function writeHostOverBase(file: HostFile, base: HostBase, offset: bigint, bytes: Uint8Array): HostFile {
+function writeHostOverBase(file: HostFile, base: HostBase, offset: bigint, bytes: Uint8Array, adopt: boolean): HostFile {
   if (bytes.length >= 2 * PAGE_SIZE && isZeroBytes(bytes)) return zeroHost(file, offset, BigInt(bytes.length));
   const pages = file.pages.batch((m) => {
     let page = pageIndexOf(offset);
@@ -347,7 +358,7 @@ function writeHostOverBase(file: HostFile, base: HostBase, offset: bigint, bytes
     let pos = 0;
     while (pos < bytes.length) {
       const n = Math.min(PAGE_SIZE - within, bytes.length - pos);
-      putChunkOverBase(m, base, page, within, bytes, pos, n);
+      putChunkOverBase(m, base, page, within, bytes, pos, n, adopt);
       pos += n;
       page++;
       within = 0;

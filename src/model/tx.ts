@@ -123,12 +123,17 @@ export function hostView(tx: Tx, offset: bigint, length: number): Uint8Array {
   return viewHost(tx.img.file, offset, length);
 }
 
-/** Writes `bytes` at `offset` of the qcow2 file and records the write. */
-export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
+/**
+ * Writes `bytes` at `offset` of the qcow2 file and records the write (the record holds `bytes`
+ * itself: they must not change afterwards). `fresh`: this transaction made `bytes` for this write
+ * (a copy-on-write's read, the model's copy of guest data), so the file keeps whole pages as views
+ * of them (writeHost's `adopt`).
+ */
+export function hostWrite(tx: Tx, offset: bigint, bytes: Uint8Array, fresh = false): void {
   WORK.hostWritten += bytes.length;
   const owned = tx.owned;
   if (owned === undefined || !writeOwned(tx, owned, offset, bytes)) {
-    tx.img = imageWith(tx.img, writeHost(tx.img.file, offset, bytes), tx.img.dataFile, tx.img.header, tx.img.session);
+    tx.img = imageWith(tx.img, writeHost(tx.img.file, offset, bytes, fresh), tx.img.dataFile, tx.img.header, tx.img.session);
   }
   tx.io.push({ kind: 'write', offset, bytes });
 }
@@ -155,9 +160,9 @@ export function dataRead(tx: Tx, offset: bigint, length: number): Uint8Array {
   return readHost(dataFileOf(tx), offset, length);
 }
 
-/** Writes `bytes` at `offset` of the external data file and records the write (`target: 'data'`). */
-export function dataWrite(tx: Tx, offset: bigint, bytes: Uint8Array): void {
-  tx.img = imageWith(tx.img, tx.img.file, writeHost(dataFileOf(tx), offset, bytes), tx.img.header, tx.img.session);
+/** Writes `bytes` at `offset` of the external data file and records the write (`target: 'data'`); `fresh` as hostWrite. */
+export function dataWrite(tx: Tx, offset: bigint, bytes: Uint8Array, fresh = false): void {
+  tx.img = imageWith(tx.img, tx.img.file, writeHost(dataFileOf(tx), offset, bytes, fresh), tx.img.header, tx.img.session);
   tx.io.push({ kind: 'write', offset, bytes, target: 'data' });
 }
 

@@ -352,9 +352,10 @@ function readsAsZeroByMapping(tx: Tx, offset: bigint, length: number): boolean {
 }
 
 /** Writes guest data at `host`: into the external data file when the image has one (s->data_file). */
-function writeData(tx: Tx, host: bigint, data: Uint8Array): void {
-  if (geo(tx).externalDataFile) dataWrite(tx, host, data);
-  else hostWrite(tx, host, data);
+/** Writes guest data at `host` of the file that holds data clusters; `fresh` as hostWrite. */
+function writeData(tx: Tx, host: bigint, data: Uint8Array, fresh: boolean): void {
+  if (geo(tx).externalDataFile) dataWrite(tx, host, data, fresh);
+  else hostWrite(tx, host, data, fresh);
 }
 
 /**
@@ -368,7 +369,7 @@ function copyRegion(tx: Tx, m: L2Meta, r: CowRegion): boolean {
   const at = m.allocOffset + BigInt(r.offset);
   // QEMU zero-fills COW areas that read as zero with write_zeroes (handle_alloc_space); same bytes.
   // Both go to s->data_file: the data file when the image has one.
-  if (data !== undefined && !isAllZero(data)) writeData(tx, at, data);
+  if (data !== undefined && !isAllZero(data)) writeData(tx, at, data, true);
   else if (geo(tx).externalDataFile) dataZero(tx, at, BigInt(r.nbBytes));
   else hostZero(tx, at, BigInt(r.nbBytes));
   return true;
@@ -442,7 +443,11 @@ function linkL2(tx: Tx, m: L2Meta): void {
  * ModelError 'unsupported' for an image whose dirty bit was set when it was loaded.
  */
 export function guestWrite(tx: Tx, offset: bigint, data: Uint8Array): void {
-  withOwnedPages(tx, () => writeGuest(tx, offset, data));
+  // The model's own copy of the guest's bytes, made once: the host writes it records must not
+  // change when the caller reuses its buffer (a write-back driver issues them later), and the file
+  // keeps its whole pages as views of it instead of copying them again.
+  const own = data.slice();
+  withOwnedPages(tx, () => writeGuest(tx, offset, own));
 }
 
 function writeGuest(tx: Tx, offset: bigint, data: Uint8Array): void {
@@ -467,7 +472,7 @@ function writeGuest(tx: Tx, offset: bigint, data: Uint8Array): void {
     for (let i = ioBefore; i < tx.io.length && !waitedForIo; i++) waitedForIo = tx.io[i]!.kind === 'flush';
     // Regression (test/unit/model-commands.test.ts): preallocated clusters of a data-file image
     // were written into the qcow2 file at host offset = guest offset.
-    writeData(tx, host, data.subarray(pos, pos + bytes));
+    writeData(tx, host, data.subarray(pos, pos + bytes), true);
     if (waitedForIo) {
       for (const m of pending) linkL2(tx, m);
       pending = [];
