@@ -196,8 +196,11 @@ export class SocketChannel implements NbdChannel {
     });
   }
 
-  write(chunks: readonly Uint8Array[]): void {
-    if (this.socket.destroyed || !this.socket.writable) return;
+  write(chunks: readonly Uint8Array[], sent?: () => void): void {
+    if (this.socket.destroyed || !this.socket.writable) {
+      sent?.();
+      return;
+    }
     // Replies finished in the same turn of the event loop (pipelined requests the driver answered
     // one after the other) leave in one writev: the socket is corked until the next tick.
     if (!this.corked) {
@@ -210,7 +213,13 @@ export class SocketChannel implements NbdChannel {
     }
     // The callback of a reply's last chunk runs once the chunk is handed to the kernel: the queue
     // may then be under the high-water mark long before it is empty ('drain').
-    chunks.forEach((c, i) => (i === chunks.length - 1 ? this.socket.write(c, this.progress) : this.socket.write(c)));
+    // Node calls a write's callback once the chunk is handed to the kernel, or with an error when
+    // the socket is destroyed first: either way Node holds the chunks no longer.
+    const done = sent === undefined ? this.progress : (): void => {
+      this.progress();
+      sent();
+    };
+    chunks.forEach((c, i) => (i === chunks.length - 1 ? this.socket.write(c, done) : this.socket.write(c)));
   }
 
   /** Called as queued output leaves: wakes the session once the queue is below the high-water mark. */

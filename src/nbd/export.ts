@@ -161,9 +161,10 @@ export class NbdExport {
   /**
    * The bytes of [offset, offset + length) as runs of data and zeros (nbd_co_send_sparse_read: block
    * status decides which ranges are sent as NBD_REPLY_TYPE_OFFSET_HOLE). The caller has checked the
-   * range against the export size.
+   * range against the export size. With `into` (at least `length` bytes) the data runs are views of
+   * it instead of new arrays.
    */
-  async readSparse(offset: bigint, length: number): Promise<ReadPiece[]> {
+  async readSparse(offset: bigint, length: number, into?: Uint8Array): Promise<ReadPiece[]> {
     const extents = await this.disk.map(offset, BigInt(length), await this.mapOptions());
     const runs: { zero: boolean; start: bigint; length: bigint }[] = [];
     for (const e of clip(extents, offset, BigInt(length))) {
@@ -173,13 +174,14 @@ export class NbdExport {
     }
     // The runs cover the range exactly unless the map broke its contract; then read it all.
     if (runs.reduce((n, r) => n + r.length, 0n) !== BigInt(length) || (runs[0] !== undefined && runs[0].start !== offset)) {
-      return [{ kind: 'data', offset, data: await this.read(offset, length) }];
+      return [{ kind: 'data', offset, data: await this.read(offset, length, into) }];
     }
     const out: ReadPiece[] = [];
     for (const r of runs) {
       if (r.zero) out.push({ kind: 'hole', offset: r.start, length: Number(r.length) });
       else {
-        const data = new Uint8Array(Number(r.length));
+        const at = Number(r.start - offset);
+        const data = into !== undefined ? into.subarray(at, at + Number(r.length)) : new Uint8Array(Number(r.length));
         await this.disk.readInto(r.start, data);
         out.push({ kind: 'data', offset: r.start, data });
       }
@@ -187,9 +189,9 @@ export class NbdExport {
     return out;
   }
 
-  /** `length` bytes at `offset`, all of them (simple replies, NBD_CMD_FLAG_DF). */
-  async read(offset: bigint, length: number): Promise<Uint8Array> {
-    const data = new Uint8Array(length);
+  /** `length` bytes at `offset`, all of them (simple replies, NBD_CMD_FLAG_DF); in `into` (a view of it) when given. */
+  async read(offset: bigint, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    const data = into !== undefined ? into.subarray(0, length) : new Uint8Array(length);
     if (length > 0) await this.disk.readInto(offset, data);
     return data;
   }
