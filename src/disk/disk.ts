@@ -6,8 +6,8 @@
  * (apply-io.ts), and keeps memory bounded by rebasing the model's file onto the backend.
  */
 import {
-  INCOMPAT_DIRTY, closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
-  headerReferences, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget,
+  INCOMPAT_DIRTY, absorbIssuedWrites, closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
+  headerReferences, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget, hostTargetOf,
   type HostAllocation, type Image, type MapExtent, type MapOptions, type Op,
 } from '../model/index.ts';
 import { HEADER_MAGIC } from '../../generated/qcow2.ts';
@@ -17,7 +17,7 @@ import { qcow2ImageInfo, type InfoResult } from '../views/index.ts';
 import type { DiskBackend } from './backend.ts';
 import { BackendReader, ReadPending } from './backend-reader.ts';
 import { applyIo, type IoCounts, type IoTarget } from './apply-io.ts';
-import { scheduleEpochs } from './writeback.ts';
+import { DirectWrites, scheduleEpochs } from './writeback.ts';
 import { DiskError, backendError, isDiskError } from './errors.ts';
 import { writeHostFileTo } from './write-host-file.ts';
 
@@ -63,10 +63,11 @@ export interface DiskOpenOptions {
    */
   readonly discardPassthrough?: boolean;
   /**
-   * Write-back, as QEMU's cache=writeback: the host I/O of changes is kept (in the model's pages,
-   * which reads see) and issued at flush(), at close(), or once `writebackBytes` have accumulated —
-   * then in epochs with a flush only between epochs, each change's crash-safety order kept
-   * (src/disk/writeback.ts). A change's promise then resolves before the backend has it, and a
+   * Write-back, as QEMU's cache=writeback: guest data (and copy-on-write) goes to the backend at
+   * once, without a flush, wherever the crash-safety order allows it (DirectWrites); the rest of the
+   * host I/O of changes — metadata — is kept (in the model's pages, which reads see) and issued at
+   * flush(), at close(), or once `writebackBytes` have accumulated — then in epochs with a flush only
+   * between epochs, each change's crash-safety order kept (src/disk/writeback.ts). A change's promise then resolves before the backend has it, and a
    * backend failure is reported by the flush (or the change) that issues it; flush() still returns
    * only once every earlier change is durable. Default false: each change's I/O is issued before
    * its promise resolves, with a flush at each of its barriers.
@@ -110,6 +111,10 @@ export class Qcow2Disk {
   private deferred: (readonly HostIO[])[] = [];
   /** Write-back: the deferred bytes that trigger a write-back; undefined when writing through. */
   private writebackLimit: number | undefined;
+  /** Write-back: which writes go to the backend at once (data), src/disk/writeback.ts. */
+  private readonly direct = new DirectWrites();
+  /** Write-back: the last write-back's final epoch has not been flushed yet. */
+  private unflushedEpoch = false;
   private readonly dirty = new Set<HostTarget>();
   /** What the driver issued so far. */
   readonly counts: IoCounts = { hostWrites: 0, bytesWritten: 0, flushes: 0 };
@@ -460,8 +465,10 @@ export class Qcow2Disk {
         // change and per page, so what is deferred so far is written out first, and the next
         // write-back's leading flush keeps it before this change's writes.
         if (io[0]!.kind === 'flush' && this.deferred.length > 0) await this.writeBack(false);
-        this.deferred.push(io);
-        for (const op of io) {
+        const { now, later } = this.direct.split(io);
+        if (now.length > 0) image = await this.issueNow(image, now);
+        if (later.some((op) => op.kind !== 'flush')) this.deferred.push(later);
+        for (const op of later) {
           if (op.kind === 'write') this.pendingBytes += op.bytes.length;
           // A zero or punch is pages the model holds (or hides) too; a truncate moves the base.
           else if (op.kind === 'zero' || op.kind === 'discard') this.pendingBytes += op.length < 1n << 20n ? Number(op.length) : 1 << 20;
@@ -495,6 +502,31 @@ export class Qcow2Disk {
   }
 
   /**
+   * Write-back: issues `writes` (DirectWrites.split's `now`) at once — after a flush of the last
+   * write-back's final epoch, which must reach the disk before anything issued after it — and
+   * returns `image` with the written pages handed to the backends (absorbIssuedWrites), so that they
+   * cost no memory until the next write-back. What stays in the model's pages is counted.
+   */
+  private async issueNow(image: Image, writes: readonly Extract<HostIO, { kind: 'write' }>[]): Promise<Image> {
+    if (this.unflushedEpoch) {
+      await this.issue([{ kind: 'flush' }]);
+      this.unflushedEpoch = false;
+    }
+    await this.issue(writes);
+    const onImage = writes.filter((w) => hostTargetOf(w) === 'image');
+    const onData = writes.filter((w) => hostTargetOf(w) === 'data');
+    const file = absorbIssuedWrites(image.file, this.targets.image!.reader, onImage);
+    const dataFile = image.dataFile !== undefined && this.targets.data !== undefined ? absorbIssuedWrites(image.dataFile, this.targets.data.reader, onData) : image.dataFile;
+    // What stays in the model's pages: at most two partial pages per absorbed write, all of a write
+    // its file could not absorb (no base on that reader).
+    for (const w of writes) {
+      const absorbed = hostTargetOf(w) === 'image' ? file !== image.file : dataFile !== image.dataFile;
+      this.pendingBytes += absorbed ? Math.min(w.bytes.length, 2 * 4096) : w.bytes.length;
+    }
+    return { ...image, file, ...(dataFile !== undefined ? { dataFile } : {}) };
+  }
+
+  /**
    * Write-back: issues the deferred I/O in epochs (src/disk/writeback.ts), after a flush of what
    * an earlier write-back left unflushed, then drops the model's pages (the backends hold them);
    * with `durable`, flushes the last epoch too. Nothing to do when writing through, except the
@@ -511,9 +543,14 @@ export class Qcow2Disk {
         for (const x of e) io.push(x);
       });
       await this.issue(io);
+      this.direct.reset();
+      this.unflushedEpoch = true;
       this.rebase();
     }
-    if (durable) await this.issue([{ kind: 'flush' }]);
+    if (durable) {
+      await this.issue([{ kind: 'flush' }]);
+      this.unflushedEpoch = false;
+    }
   }
 
   /**

@@ -25,6 +25,10 @@
  * states the operations gave it in order, and every barrier an operation placed between two of its
  * writes is still a flush between them. So a run of allocating writes costs the two or three flushes
  * of one allocating write, however many there are.
+ *
+ * DirectWrites picks the writes that need not wait at all — guest data whose earliest epoch is
+ * before everything deferred — so that, as in QEMU, data reaches the file as it is written and only
+ * metadata waits for a flush.
  */
 import { hostTargetOf, type HostIO } from '../model/index.ts';
 
@@ -65,7 +69,7 @@ export function scheduleEpochs(ops: readonly (readonly HostIO[])[]): HostIO[][] 
       const { start, end } = extent(op);
       const firstPage = Number(start >> PAGE_BITS);
       const lastPage = end > start ? Number((end - 1n) >> PAGE_BITS) : firstPage;
-      const wide = op.kind === 'truncate' || lastPage - firstPage >= WIDE_PAGES;
+      const wide = isWide(op);
       let e = Math.max(floor, floorAll);
       if (wide) {
         e = Math.max(e, highest);
@@ -142,4 +146,97 @@ function materialize(r: Run): HostIO {
   const bytes = new Uint8Array(Number(r.end - r.start));
   for (const p of r.parts) bytes.set(p.bytes, Number(p.offset - r.start));
   return { kind: 'write', offset: r.start, bytes, ...(r.target === 'data' ? { target: 'data' as const } : {}) };
+}
+
+/** Writes of at least this many bytes may be issued at once (data); smaller ones wait to be merged. */
+const DIRECT_MIN = 4096;
+
+/**
+ * Which writes of a write-back disk go to the backend at once: QEMU writes guest data (and
+ * copy-on-write) straight to the file and keeps only metadata in its caches until a flush, so a run
+ * of allocating writes costs no fdatasync until the guest asks for one. Here a write may be issued
+ * before everything deferred — as if it had the earliest epoch of all, the one before the next
+ * write-back's leading flush — when that epoch is one scheduleEpochs could give it:
+ * - its operation placed no barrier before it (rule 1);
+ * - nothing deferred touches its pages, and no other I/O of its operation does (rule 2; and the
+ *   driver may then drop its pages from the model, host-file.ts absorbIssuedWrites);
+ * - nothing deferred truncates or zeroes a wide range (rule 3) or ends with a freeing barrier
+ *   (rule 4) — a freed cluster may be the one written, still referenced on disk;
+ * - and whatever the last write-back issued has been flushed (the caller flushes first).
+ * Metadata-sized writes (under DIRECT_MIN) are deferred anyway, to be merged. One instance per
+ * write-back disk; `reset` once everything deferred has been issued.
+ */
+export class DirectWrites {
+  /** (page << 1 | file) of every deferred write, zero and discard. */
+  private readonly pages = new Set<number>();
+  /** A deferred truncate, wide zero or freeing barrier: nothing goes early until the next write-back. */
+  private blocked = false;
+
+  /**
+   * Splits one change's I/O into the writes to issue now (in order) and the rest, deferred (barriers
+   * kept), and records what is deferred.
+   */
+  split(io: readonly HostIO[]): { readonly now: Extract<HostIO, { kind: 'write' }>[]; readonly later: HostIO[] } {
+    const now: Extract<HostIO, { kind: 'write' }>[] = [];
+    if (this.blocked || io.some(isWide)) {
+      this.defer(io);
+      return { now, later: [...io] };
+    }
+    // Pages every operation of this change touches, counted (a candidate's own pages count once).
+    const touched = new Map<number, number>();
+    for (const op of io) forPages(op, (k) => touched.set(k, (touched.get(k) ?? 0) + 1));
+    const later: HostIO[] = [];
+    let barrier = false;
+    for (const op of io) {
+      if (op.kind === 'write' && !barrier && op.bytes.length >= DIRECT_MIN && this.free(op, touched)) now.push(op);
+      else {
+        if (op.kind === 'flush') barrier = true;
+        later.push(op);
+      }
+    }
+    this.defer(later);
+    return { now, later };
+  }
+
+  /** Everything deferred has been issued: writes may go early again. */
+  reset(): void {
+    this.pages.clear();
+    this.blocked = false;
+  }
+
+  /** Whether no deferred I/O and no other I/O of the change touches a page of `op`. */
+  private free(op: Extract<HostIO, { kind: 'write' }>, touched: ReadonlyMap<number, number>): boolean {
+    let ok = true;
+    forPages(op, (k) => {
+      if (this.pages.has(k) || touched.get(k)! > 1) ok = false;
+    });
+    return ok;
+  }
+
+  private defer(io: readonly HostIO[]): void {
+    for (const op of io) {
+      if (op.kind === 'flush') {
+        if (op.ordersLater === true) this.blocked = true;
+      } else if (isWide(op)) this.blocked = true;
+      else forPages(op, (k) => this.pages.add(k));
+    }
+  }
+}
+
+/** A truncate, or a zero or punch over more than WIDE_PAGES pages (rule 3's operations). */
+function isWide(op: HostIO): boolean {
+  if (op.kind === 'flush') return false;
+  if (op.kind === 'truncate') return true;
+  const { start, end } = extent(op);
+  return end > start && ((end - 1n) >> PAGE_BITS) - (start >> PAGE_BITS) >= WIDE_PAGES;
+}
+
+/** Calls `fn` with (page << 1 | file) for each 4 KiB page of `op`, which is neither a barrier nor wide. */
+function forPages(op: HostIO, fn: (key: number) => void): void {
+  if (op.kind === 'flush' || op.kind === 'truncate') return;
+  const file = hostTargetOf(op) === 'data' ? 1 : 0;
+  const { start, end } = extent(op);
+  if (end <= start) return;
+  const last = Number((end - 1n) >> PAGE_BITS);
+  for (let p = Number(start >> PAGE_BITS); p <= last; p++) fn(p * 2 + file);
 }

@@ -422,6 +422,35 @@ export function discardHost(file: HostFile, offset: bigint, length: bigint): Hos
 }
 
 /**
+ * The file once its base's reader holds writes the file already shows (a driver issued them through
+ * the reader's backend without waiting for a write-back): the base's limit rises to the reader's
+ * length, the base's memo forgets the pages written, and each whole page of `writes` leaves the
+ * overlay where the base now shows it — so memory stays bounded without a rebase. The caller
+ * promises that the reader holds exactly the file's bytes in every written range, that between the
+ * old limit and the reader's length it holds only those writes and zeros the file shows too (nothing
+ * else reached it since the last rebase), and that no other write of the file is pending on those
+ * pages. Returns the file unchanged when it has no base or the reader is not its base's.
+ */
+export function absorbIssuedWrites(file: HostFile, reader: HostReader, writes: readonly { readonly offset: bigint; readonly bytes: Uint8Array }[]): HostFile {
+  const base0 = file.base;
+  if (base0 === undefined || base0.reader !== reader || writes.length === 0) return file;
+  const limit = reader.length < file.length ? reader.length : file.length;
+  const base = limit > base0.limit ? new HostBase(reader, limit, base0.hidden, base0.cache) : base0;
+  let pages = file.pages;
+  for (const w of writes) {
+    if (w.bytes.length === 0) continue;
+    const first = pageIndexOf(w.offset);
+    const last = pageIndexOf(w.offset + BigInt(w.bytes.length) - 1n);
+    base.cache.forget(first, last);
+    // Whole pages only: a partial page's other bytes may be ones the reader does not hold yet.
+    const firstWhole = withinPage(w.offset) === 0 ? first : first + 1;
+    const lastWhole = withinPage(w.offset + BigInt(w.bytes.length)) === 0 ? last : last - 1;
+    for (let p = firstWhole; p <= lastWhole; p++) if (baseVisible(base, p)) pages = pages.delete(p);
+  }
+  return { length: file.length, pages, base };
+}
+
+/**
  * A file cut (or extended with zeros) to `length`. Bytes cut off read as zeros after a later
  * extension, base bytes included (the base's limit drops to `length`).
  */

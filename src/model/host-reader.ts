@@ -10,7 +10,8 @@ import { PAGE_SIZE, pageIndexOf } from './page-map.ts';
  * A synchronous, read-only source of bytes (e.g. `fs.readSync` on a file descriptor,
  * src/io/file-reader.ts). Its content and length must not change while any HostFile built on it
  * (and any Image holding one) is still used: HostFiles read it lazily, at any later time, and cache
- * what they read.
+ * what they read. (One exception, for the one owner of the files: a write the file already shows
+ * may reach the reader when the file absorbs it, host-file.ts absorbIssuedWrites.)
  */
 export interface HostReader {
   /** Length of the source in bytes. */
@@ -63,6 +64,19 @@ export class BasePageCache {
     if (this.pages.size >= BASE_CACHE_PAGES) this.pages.delete(this.pages.keys().next().value!);
     this.pages.set(index, page);
     return page;
+  }
+
+  /**
+   * Forgets pages first..last: the reader's bytes there changed (a driver wrote through it and
+   * absorbed the writes, host-file.ts absorbIssuedWrites). The one exception to the reader's
+   * immutability, made by the one owner of the files built on it.
+   */
+  forget(first: number, last: number): void {
+    if (last - first + 1 <= this.pages.size) {
+      for (let p = first; p <= last; p++) this.pages.delete(p);
+    } else {
+      for (const p of [...this.pages.keys()]) if (p >= first && p <= last) this.pages.delete(p);
+    }
   }
 }
 

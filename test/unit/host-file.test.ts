@@ -4,7 +4,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { applyHostIO, discardHost, emptyHostFile, hostBytes, hostFromBytes, hostFromReader, hostPage, readHost, rebaseHostFile, truncateHost, viewHost, writeHost, zeroHost, type HostFile } from '../../src/model/host-file.ts';
+import { absorbIssuedWrites, applyHostIO, discardHost, emptyHostFile, hostBytes, hostFromBytes, hostFromReader, hostPage, readHost, rebaseHostFile, truncateHost, viewHost, writeHost, zeroHost, type HostFile } from '../../src/model/host-file.ts';
 import { HostReaderError, type HostReader } from '../../src/model/host-reader.ts';
 import { PAGE_SIZE } from '../../src/model/page-map.ts';
 import { type HostIO } from '../../src/model/host-io.ts';
@@ -210,6 +210,56 @@ describe('HostFile over a read-only base', () => {
     // The old version still reads the base.
     expect(readHost(f0, TiB - 1n, 1)[0]).toBe(byteAt(TiB - 1n));
     expect(bytesRead).toBeLessThan(16 * PAGE_SIZE);
+  });
+
+  it('absorbIssuedWrites: a write the reader took leaves the overlay, and every read stays the same', () => {
+    const writeArb = fc.record({ offset: fc.oneof(fc.nat(SPAN + 2 * PAGE_SIZE), fc.nat(7).map((p) => p * PAGE_SIZE)), length: fc.oneof(fc.integer({ min: 1, max: 3 * PAGE_SIZE }), fc.constantFrom(PAGE_SIZE, 2 * PAGE_SIZE)), fill: fc.integer({ min: 0, max: 255 }) });
+    fc.assert(
+      fc.property(baseArb, fc.array(opArb, { maxLength: 12 }), writeArb, fc.array(rangeArb, { maxLength: 6 }), (base, ops, wa, ranges) => {
+        // The store under the reader: it takes the absorbed write, nothing else (the driver defers the rest).
+        let store = base.slice();
+        const reader: HostReader = {
+          get length() {
+            return BigInt(store.length);
+          },
+          read: (offset, length) => store.slice(Number(offset), Number(offset) + length),
+        };
+        const w = { kind: 'write' as const, offset: BigInt(wa.offset), bytes: new Uint8Array(wa.length).fill(wa.fill) };
+        const wFirst = Math.floor(wa.offset / PAGE_SIZE);
+        const wLast = Math.floor((wa.offset + wa.length - 1) / PAGE_SIZE);
+        // Pending operations touch none of the write's pages, and truncate nothing (a driver absorbs
+        // no write while a truncate is pending).
+        const pending = ops.filter((op) => {
+          if (op.kind === 'truncate' || op.kind === 'flush') return false;
+          const o = Number(op.offset);
+          const n = op.kind === 'write' ? op.bytes.length : Number(op.length);
+          return Math.floor((o + n - 1) / PAGE_SIZE) < wFirst || Math.floor(o / PAGE_SIZE) > wLast;
+        });
+        const before = applyHostIO(hostFromReader(reader), pending);
+        // Every page read once: the base's memo now holds the pages the write will change.
+        expectSameContent(before, reference(pending, base), ranges);
+        const file = applyHostIO(before, [w]);
+        const end = wa.offset + wa.length;
+        if (end > store.length) {
+          const grown = new Uint8Array(end);
+          grown.set(store);
+          store = grown;
+        }
+        store.set(w.bytes, wa.offset);
+        const absorbed = absorbIssuedWrites(file, reader, [w]);
+        expectSameContent(absorbed, reference([...pending, w], base), ranges);
+        expect(absorbed.pages.size).toBeLessThanOrEqual(file.pages.size);
+        // A file over an empty reader has no base to hand pages to.
+        if (base.length === 0) {
+          expect(absorbed).toBe(file);
+          return;
+        }
+        for (let p = wFirst; p <= wLast; p++) {
+          if (p * PAGE_SIZE >= wa.offset && (p + 1) * PAGE_SIZE <= end) expect(absorbed.pages.leaf(p)).toBeUndefined();
+        }
+      }),
+      { numRuns: 400 },
+    );
   });
 
   it('rebaseHostFile refuses a reader whose length differs from the file', () => {

@@ -4,7 +4,7 @@
  * these name the rule that broke.
  */
 import { describe, expect, it } from 'vitest';
-import { scheduleEpochs } from '../../src/disk/writeback.ts';
+import { DirectWrites, scheduleEpochs } from '../../src/disk/writeback.ts';
 import type { HostIO } from '../../src/model/index.ts';
 
 const w = (offset: number, length: number, fill = 1): HostIO => ({ kind: 'write', offset: BigInt(offset), bytes: new Uint8Array(length).fill(fill) });
@@ -57,5 +57,49 @@ describe('scheduleEpochs', () => {
     expect(merged.kind === 'write' && [...merged.bytes]).toEqual([1, 3, 3, 2]);
     // The copy-on-write's bytes are not copied into a merged buffer.
     expect(epochs[0]![1]).toBe(data);
+  });
+});
+
+describe('DirectWrites: which writes of a write-back disk go at once', () => {
+  const kinds = (io: readonly HostIO[]): string[] => io.map((op) => (op.kind === 'write' ? `w${op.offset}` : op.kind));
+
+  it('a data-sized write before its change\'s first barrier goes now; small writes and writes after a barrier wait', () => {
+    const d = new DirectWrites();
+    const { now, later } = d.split([w(0, 2), w(65536, 65536), flush, w(8192, 8), w(1 << 20, 4096)]);
+    expect(kinds(now)).toEqual(['w65536']);
+    expect(kinds(later)).toEqual(['w0', 'flush', 'w8192', `w${1 << 20}`]);
+  });
+
+  it('a write to a page something deferred touches waits (the deferred one would land after it)', () => {
+    const d = new DirectWrites();
+    d.split([w(0, 2), flush, w(131072, 4096)]);
+    expect(d.split([w(131072 + 2048, 4096)]).now).toEqual([]);
+    expect(d.split([w(262144, 4096)]).now.length).toBe(1);
+    d.reset();
+    expect(d.split([w(131072, 4096)]).now.length).toBe(1);
+  });
+
+  it('a write whose pages another operation of its change touches waits', () => {
+    const d = new DirectWrites();
+    expect(d.split([w(65536, 4096), { kind: 'zero', offset: 65536n + 1024n, length: 512n }]).now).toEqual([]);
+  });
+
+  it('after a deferred freeing barrier, a truncate or a wide zero, nothing goes early until reset', () => {
+    for (const first of [
+      [w(0, 8), freeing, w(131072, 2)],
+      [{ kind: 'truncate', length: 1n << 30n } as HostIO],
+      [{ kind: 'zero', offset: 0n, length: 1n << 30n } as HostIO],
+    ]) {
+      const d = new DirectWrites();
+      d.split(first);
+      expect(d.split([w(1 << 24, 65536)]).now).toEqual([]);
+      d.reset();
+      expect(d.split([w(1 << 24, 65536)]).now.length).toBe(1);
+    }
+  });
+
+  it('a change with a truncate sends nothing early, even before it', () => {
+    const d = new DirectWrites();
+    expect(d.split([w(1 << 24, 65536), { kind: 'truncate', length: 1n << 30n }]).now).toEqual([]);
   });
 });
