@@ -2,7 +2,9 @@
  * The judgement of a crash state, by QEMU's rules and the raw-disk oracle: QEMU opens it, `qemu-img
  * check` finds no corruption (leaks are allowed; a dirty lazy-refcounts image is first repaired as a
  * writable open repairs it), every guest op a completed flush covered reads back, and every other
- * sector reads entirely as one of the states the guest went through since that flush.
+ * sector reads entirely as one of the states the guest went through since that flush — or, where
+ * guest writes covered only part of it, as some of those writes applied in order over that flush's
+ * state (reachableBySubsets).
  */
 import { checkImage, type CheckResult } from '../check/index.ts';
 import { isQcow2FormatError } from '../codec/index.ts';
@@ -275,6 +277,7 @@ function judgeGuest(timeline: GuestTimeline, point: CrashPoint, image: Image): V
       for (let s = 0; s < n; s += SECTOR_SIZE) {
         const len = Math.min(SECTOR_SIZE, n - s);
         if (views.some((v) => sameBytes(got, s, v, s, len))) continue;
+        if (reachableBySubsets(timeline, durable, started, at + BigInt(s), len, got, s)) continue;
         const sector = (at + BigInt(s)) / BigInt(SECTOR_SIZE);
         const older = states.slice(0, durable).some((st) => st.size >= at + BigInt(s + len) && sameBytes(got, s, st.read(at + BigInt(s), len), 0, len));
         out.push(older
@@ -285,6 +288,55 @@ function judgeGuest(timeline: GuestTimeline, point: CrashPoint, image: Image): V
     }
   }
   return out;
+}
+
+/** The most distinct sector contents reachableBySubsets follows before it gives up (and the sector fails). */
+const MAX_SUBSET_STATES = 4096;
+
+/**
+ * Whether `got[gotPos, gotPos + len)`, the sector at guest offset `at`, is what some subset of the
+ * unflushed guest ops touching it gives when applied in order to the state the last completed flush
+ * left. A guest write that covers part of a sector reaches the disk as separate host writes — its
+ * bytes, and the zero or copy-on-write fill of the rest of the cluster (QEMU's handle_alloc_space and
+ * perform_cow issue them separately as well) — so a crash may keep one and not the other: the sector
+ * shows the write's bytes over an older state of the rest. For writes of whole sectors this adds
+ * nothing to "a state the guest saw". Only writes, zero writes and discards are followed: with a
+ * resize or a snapshot op among them the sector must be one of the states the guest saw.
+ */
+function reachableBySubsets(t: GuestTimeline, durable: number, started: number, at: bigint, len: number, got: Uint8Array, gotPos: number): boolean {
+  const effects: { readonly from: number; readonly bytes: Uint8Array }[] = [];
+  for (let j = durable; j < started; j++) {
+    const g = t.run.log.guest[j]!;
+    if (!g.ok || g.op.kind === 'flush') continue;
+    const r = opRange(g.op);
+    if (r === undefined) return false;
+    const x = r.offset > at ? r.offset : at;
+    const y = r.offset + r.length < at + BigInt(len) ? r.offset + r.length : at + BigInt(len);
+    // What op j left in the part of the sector it addresses: state j + 1 there.
+    if (y > x) effects.push({ from: Number(x - at), bytes: stateReadPadded(t, j + 1, x, Number(y - x)) });
+  }
+  if (effects.length < 2) return false; // one op: its state or the flushed one, both compared already
+  const base = stateReadPadded(t, durable, at, len);
+  const seen = new Map<string, Uint8Array>([[bytesKey(base), base]]);
+  for (const e of effects) {
+    for (const c of [...seen.values()]) {
+      const next = c.slice();
+      next.set(e.bytes, e.from);
+      const k = bytesKey(next);
+      if (seen.has(k)) continue;
+      if (seen.size >= MAX_SUBSET_STATES) return false;
+      seen.set(k, next);
+    }
+  }
+  for (const c of seen.values()) if (sameBytes(got, gotPos, c, 0, len)) return true;
+  return false;
+}
+
+/** `b` as a string key (one character per byte). */
+function bytesKey(b: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < b.length; i += 4096) s += String.fromCharCode(...b.subarray(i, i + 4096));
+  return s;
 }
 
 /** What judging every crash state of a run found. */

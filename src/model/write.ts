@@ -44,6 +44,8 @@ interface L2Meta {
   readonly keepOld: boolean;
   readonly cowStart: CowRegion;
   readonly cowEnd: CowRegion;
+  /** m->skip_cow: handle_alloc_space zeroed the whole span before the data write, so no COW is written. */
+  skipCow?: boolean;
 }
 
 /** classifyL2Entry's context per geometry (one object, not one per entry classified). */
@@ -385,12 +387,37 @@ function wordNonZero(e: L2EntryFields): boolean {
     || ((e.reservedLo ?? 0) >>> 0) !== 0 || e.zero === true;
 }
 
+/**
+ * QEMU's handle_alloc_space (qcow2_co_pwritev_task, before the data write): when the COW regions of
+ * `m` read as zeros, the whole span from the start of the first to the end of the last — the guest
+ * data's place included — is zeroed with one write_zeroes (BDRV_REQ_NO_FALLBACK) and the COW is
+ * skipped (trace event qcow2_skip_cow). The same bytes as zero COW regions written after the data;
+ * what differs is a crash between the two: where the cluster still reads through old metadata (a
+ * data file's zero cluster rewritten in place), a sector must not show the zero fill of its end
+ * without the data before it (regression: test/regressions/crash-model-zero-cow.test.ts).
+ * Deviation: the model zeroes only when the whole span reads as zeros, not just the COW regions
+ * (QEMU's is_zero_cow): a span over allocated subclusters or in-place clusters holds data that a
+ * crash between the zeroing and the data write would lose.
+ */
+function handleAllocSpace(tx: Tx, m: L2Meta): void {
+  if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) return;
+  const at = m.allocOffset + BigInt(m.cowStart.offset);
+  const span = m.cowEnd.offset + m.cowEnd.nbBytes - m.cowStart.offset;
+  if (!readsAsZeroByMapping(tx, m.guestCluster + BigInt(m.cowStart.offset), span)) return;
+  const length = BigInt(span);
+  if (geo(tx).externalDataFile) dataZero(tx, at, length);
+  else hostZero(tx, at, length);
+  m.skipCow = true;
+}
+
 /** `qcow2_alloc_cluster_link_l2` (with perform_cow before it). */
 function linkL2(tx: Tx, m: L2Meta): void {
   const g = geo(tx);
   const cs = g.clusterSize;
-  const cowStart = copyRegion(tx, m, m.cowStart);
-  const cowEnd = copyRegion(tx, m, m.cowEnd);
+  if (m.skipCow !== true) {
+    copyRegion(tx, m, m.cowStart);
+    copyRegion(tx, m, m.cowEnd);
+  }
   // qcow2_alloc_cluster_link_l2: "Update L2 table." — with lazy refcounts the first one in a session
   // sets the dirty bit (8-byte header write + flush) before any L2 entry changes.
   if (usesLazyRefcounts(tx.img)) markDirty(tx);
@@ -470,6 +497,7 @@ function writeGuest(tx: Tx, offset: bigint, data: Uint8Array): void {
     const { host, bytes } = allocHostOffset(tx, offset + BigInt(pos), data.length - pos, metas);
     let waitedForIo = false;
     for (let i = ioBefore; i < tx.io.length && !waitedForIo; i++) waitedForIo = tx.io[i]!.kind === 'flush';
+    for (const m of metas) handleAllocSpace(tx, m);
     // Regression (test/unit/model-commands.test.ts): preallocated clusters of a data-file image
     // were written into the qcow2 file at host offset = guest offset.
     writeData(tx, host, data.subarray(pos, pos + bytes), true);
