@@ -6,7 +6,7 @@
  * (apply-io.ts), and keeps memory bounded by rebasing the model's file onto the backend.
  */
 import {
-  INCOMPAT_DIRTY, absorbIssuedWrites, closeImage, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
+  INCOMPAT_DIRTY, absorbIssuedWrites, closeImage, overlayBytesIn, createImage, detectMetadataPreallocation, hostFromReader, imageBackingSource, mapImage, rawReaderBackingSource, readGuestInto, rebaseHostFile, step,
   headerReferences, INCOMPAT_DATA_FILE, type BackingSource, type CreateOptions, type HostFile, type HostIO, type HostTarget, hostTargetOf,
   type HostAllocation, type Image, type MapExtent, type MapOptions, type Op,
 } from '../model/index.ts';
@@ -182,7 +182,10 @@ export class Qcow2Disk {
     const reader = new BackendReader(backend, length, cache);
     const readers = [reader];
     const opened0 = await compute(readers, () => openImageWithIo(reader, { writable: !readOnly }));
-    let image = opened0.image;
+    // The open reads through a view of the reader that keeps the header's pages; with nothing to
+    // write, the file is based on the reader itself, so that writes issued at once can hand their
+    // pages to it (absorbIssuedWrites) from the first one.
+    let image = opened0.io.length === 0 ? { ...opened0.image, file: rebaseHostFile(opened0.image.file, reader) } : opened0.image;
     const refs = await compute(readers, () => headerReferences(image));
     const name = opts.name ?? '';
     const targets: Partial<Record<HostTarget, IoTarget>> = { image: { backend, reader } };
@@ -517,12 +520,9 @@ export class Qcow2Disk {
     const onData = writes.filter((w) => hostTargetOf(w) === 'data');
     const file = absorbIssuedWrites(image.file, this.targets.image!.reader, onImage);
     const dataFile = image.dataFile !== undefined && this.targets.data !== undefined ? absorbIssuedWrites(image.dataFile, this.targets.data.reader, onData) : image.dataFile;
-    // What stays in the model's pages: at most two partial pages per absorbed write, all of a write
-    // its file could not absorb (no base on that reader).
-    for (const w of writes) {
-      const absorbed = hostTargetOf(w) === 'image' ? file !== image.file : dataFile !== image.dataFile;
-      this.pendingBytes += absorbed ? Math.min(w.bytes.length, 2 * 4096) : w.bytes.length;
-    }
+    // What stays in the model's pages: partial pages, and all of a write its file could not absorb
+    // (no base on that reader).
+    for (const w of writes) this.pendingBytes += overlayBytesIn(hostTargetOf(w) === 'image' ? file : dataFile!, w.offset, w.bytes.length);
     return { ...image, file, ...(dataFile !== undefined ? { dataFile } : {}) };
   }
 

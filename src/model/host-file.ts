@@ -450,6 +450,15 @@ export function absorbIssuedWrites(file: HostFile, reader: HostReader, writes: r
   return { length: file.length, pages, base };
 }
 
+/** Bytes of the pages `file` holds in its overlay (not read through its base) among those [offset, offset + length) touches. */
+export function overlayBytesIn(file: HostFile, offset: bigint, length: number): number {
+  if (length <= 0) return 0;
+  const last = pageIndexOf(offset + BigInt(length) - 1n);
+  let n = 0;
+  for (let p = pageIndexOf(offset); p <= last; p++) if (file.pages.leaf(p) !== undefined) n += PAGE_SIZE;
+  return n;
+}
+
 /**
  * A file cut (or extended with zeros) to `length`. Bytes cut off read as zeros after a later
  * extension, base bytes included (the base's limit drops to `length`).

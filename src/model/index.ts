@@ -12,7 +12,7 @@ export { ModelError } from './errors.ts';
 export { headerReferences, headerString, pathHasProtocol, qemuFullBackingFilename, qemuUtf8Decode } from './header-references.ts';
 export type { HeaderReferences } from './header-references.ts';
 export { V2_HEADER_LENGTH, encodeHeaderState, headerLengthOf, headerStateFrom, withHeader } from './header.ts';
-export { absorbIssuedWrites, applyHostIO, discardHost, hostBytes, hostFromBytes, hostFromReader, hostPage, readHost, rebaseHostFile, truncateHost, viewHost } from './host-file.ts';
+export { absorbIssuedWrites, applyHostIO, overlayBytesIn, discardHost, hostBytes, hostFromBytes, hostFromReader, hostPage, readHost, rebaseHostFile, truncateHost, viewHost } from './host-file.ts';
 export type { HostFile } from './host-file.ts';
 export { hostTargetOf } from './host-io.ts';
 export type { HostIO, HostTarget } from './host-io.ts';
