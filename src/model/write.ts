@@ -396,8 +396,9 @@ function wordNonZero(e: L2EntryFields): boolean {
  * data file's zero cluster rewritten in place), a sector must not show the zero fill of its end
  * without the data before it (regression: test/regressions/crash-model-zero-cow.test.ts).
  * Deviation: the model zeroes only when the whole span reads as zeros, not just the COW regions
- * (QEMU's is_zero_cow): a span over allocated subclusters or in-place clusters holds data that a
- * crash between the zeroing and the data write would lose.
+ * (QEMU's is_zero_cow): with extended L2 the data's place can hold allocated subclusters, which
+ * QEMU zeroes before rewriting them — a crash in between loses their old data
+ * (docs/format/crash-consistency.md section 5).
  */
 function handleAllocSpace(tx: Tx, m: L2Meta): void {
   if (m.cowStart.nbBytes === 0 && m.cowEnd.nbBytes === 0) return;
