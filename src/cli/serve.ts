@@ -72,13 +72,14 @@ Options:
                        whole clusters, and freed clusters are punched out of
                        the file. (WRITE_ZEROES without NO_HOLE may free
                        clusters in both modes, as in qemu-nbd.)
-  --cache=MODE         writeback (default, as qemu-nbd; also 'none'): changes
-                       are written to IMAGE in batches, each keeping QEMU's
-                       crash-safe order, and are durable once a FLUSH (or a
-                       request with FUA) is answered; writethrough (also
-                       'directsync'): every change is durable before its
-                       reply; unsafe: FLUSH and FUA do nothing (IMAGE is
-                       flushed when the server stops).
+  --cache=MODE         writeback (default, as qemu-nbd; also 'none'): data is
+                       written to IMAGE as it arrives, metadata in batches
+                       that keep QEMU's crash-safe order; all of it is
+                       durable once a FLUSH (or a request with FUA) is
+                       answered; writethrough (also 'directsync'): every
+                       change is durable before its reply; unsafe: FLUSH
+                       and FUA do nothing (IMAGE is flushed when the server
+                       stops).
   --detect-zeroes=MODE off (default), on (a write of zeros becomes a zero
                        write), unmap (and may free clusters; needs
                        --discard=unmap).
