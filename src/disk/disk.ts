@@ -67,9 +67,9 @@ export interface DiskOpenOptions {
    * once, without a flush, wherever the crash-safety order allows it (DirectWrites); the rest of the
    * host I/O of changes — metadata — is kept (in the model's pages, which reads see) and issued at
    * flush(), at close(), or once `writebackBytes` have accumulated — then in epochs with a flush only
-   * between epochs, each change's crash-safety order kept (src/disk/writeback.ts). A change's promise then resolves before the backend has it, and a
-   * backend failure is reported by the flush (or the change) that issues it; flush() still returns
-   * only once every earlier change is durable. Default false: each change's I/O is issued before
+   * between epochs, each change's crash-safety order kept (src/disk/writeback.ts). A change's promise
+   * then resolves before the backend has it, and a backend failure is reported by the flush (or the
+   * change) that issues it; flush() still returns only once every earlier change is durable. Default false: each change's I/O is issued before
    * its promise resolves, with a flush at each of its barriers.
    */
   readonly writeback?: boolean;
