@@ -4,6 +4,7 @@
  * (qemu-sequences.ts, disks cut to CRASH_MAX_SIZE), resolved against the model, then the write logs
  * of our writers over it, each judged on every crash state up to the bound.
  */
+import { expect } from 'vitest';
 import { driverWriteLog, judgeRun, modelWriteLog, validateWriteLog, type CrashRun, type CrashStateOptions, type RunVerdict, type WriteLog } from '../../src/crash/index.ts';
 import { createImage, hostBytes, type Image, type Op } from '../../src/model/index.ts';
 import type { RawDisk } from '../../src/oracle/index.ts';
@@ -64,6 +65,25 @@ export function crashRunOf(c: CrashCase, log: WriteLog): CrashRun {
 /** Judges `writer`'s log over `c` on every crash state `opts` gives. */
 export async function judgeWriter(c: CrashCase, writer: OurWriter, opts: CrashStateOptions): Promise<RunVerdict> {
   return judgeRun(crashRunOf(c, await writeLogOf(c, writer)), opts);
+}
+
+/** A shrunk counterexample as fast-check printed it (bigints written as strings ending in n), as a SequenceSpec. */
+export function shrunkSpec(json: string): SequenceSpec {
+  return JSON.parse(json, (_k, v) => (typeof v === 'string' && /^\d+n$/.test(v) ? BigInt(v.slice(0, -1)) : v)) as SequenceSpec;
+}
+
+/**
+ * Judges `spec` with each of `writers` on a fixed exhaustive-and-sampled set of crash states (torn
+ * writes included) and expects more than `minStates` states and no violation: the regression tests'
+ * check of a shrunk campaign counterexample.
+ */
+export async function expectNoViolation(spec: SequenceSpec, writers: readonly OurWriter[], minStates: number): Promise<void> {
+  const c = crashCase(spec);
+  for (const writer of writers) {
+    const v = await judgeWriter(c, writer, { exhaustiveUpTo: 6, samples: 16, prefixes: 32, tornWrites: true, seed: 1 });
+    expect(v.states).toBeGreaterThan(minStates);
+    expect(v.violating, describeViolation(c, v)).toBe(0);
+  }
 }
 
 /** A failure message: the verdict's first violation, the configuration and the ops (bigints as strings). */
